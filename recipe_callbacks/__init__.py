@@ -1,0 +1,25 @@
+"""recipe_callbacks: Karpathy's "A Recipe for Training Neural Networks" as Lightning callbacks.
+
+Add the callbacks to the Trainer you already have, or switch a preset on, train as usual, and read
+what went wrong in TensorBoard and in one checklist (``RecipeReport``).
+"""
+
+from recipe_callbacks.batch import BatchResolutionError, ResolvedBatch, resolve_batch
+from recipe_callbacks.callback_base import RecipeCallback
+from recipe_callbacks.finding import Finding, RecipeCheckError, RecipeWarning
+from recipe_callbacks.recipe_report import RecipeReport
+
+# Recipe callbacks: one import line per module, in recipe order.
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BatchResolutionError",
+    "Finding",
+    "RecipeCallback",
+    "RecipeCheckError",
+    "RecipeReport",
+    "RecipeWarning",
+    "ResolvedBatch",
+    "resolve_batch",
+]

@@ -1,0 +1,173 @@
+"""What every recipe callback shares: ``on_fail``, Findings, tags, logging and resume awareness.
+
+A callback subclasses :class:`RecipeCallback`, calls :meth:`RecipeCallback.report` with its
+Findings and the ``log_*`` helpers with its measurements; nothing here needs writing again.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback
+from typing_extensions import override
+
+from recipe_callbacks import log_writer
+from recipe_callbacks.batch import BatchResolutionError, BatchToXY, ResolvedBatch, resolve_batch
+from recipe_callbacks.finding import ON_FAIL_CHOICES, Finding, OnFail, Status, apply_on_fail
+from recipe_callbacks.validation import check_choice, check_optional_str
+
+if TYPE_CHECKING:
+    import lightning.pytorch as pl
+
+
+def snake_case(name: str) -> str:
+    """``"InitLossCheck"`` -> ``"init_loss_check"``.
+
+    Example:
+        >>> snake_case("NoLRDecayWarning")
+        'no_lr_decay_warning'
+    """
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", name).lower()
+
+
+class RecipeCallback(Callback):
+    """Base of every recipe check.
+
+    Args:
+        on_fail: what a ``fail`` Finding does: ``"warn"`` emits a ``RecipeWarning``, ``"raise"``
+            raises ``RecipeCheckError``, ``"ignore"`` only records it. ``warn`` Findings emit a
+            ``RecipeWarning`` unless ``on_fail="ignore"``.
+        input_key: where the input is in a batch (a dict key, or a position such as ``"0"``);
+            inferred when ``None``.
+        target_key: where the target is in a batch; inferred when ``None``.
+        batch_to_xy: a function ``batch -> (x, y)`` for batches of any other shape.
+
+    Subclasses set ``one_off = True`` when they judge the model at init: they do not run again on
+    a resumed run and their Findings come back from the checkpoint.
+    """
+
+    one_off: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        on_fail: OnFail = "warn",
+        input_key: str | None = None,
+        target_key: str | None = None,
+        batch_to_xy: BatchToXY | None = None,
+    ) -> None:
+        owner = type(self).__name__
+        self.on_fail: OnFail = check_choice(owner, "on_fail", on_fail, ON_FAIL_CHOICES)
+        self.input_key = check_optional_str(owner, "input_key", input_key)
+        self.target_key = check_optional_str(owner, "target_key", target_key)
+        if batch_to_xy is not None and not callable(batch_to_xy):
+            raise TypeError(f"{owner}(batch_to_xy={batch_to_xy!r}): batch_to_xy must be callable or None")
+        self.batch_to_xy = batch_to_xy
+        self._findings: dict[str, Finding] = {}
+        self._restored = False
+        self.early_finished = not self.one_off
+
+    # ----------------------------------------------------------------- names and tags
+    @property
+    def check_name(self) -> str:
+        """The ``check`` of this callback's Findings: its class name."""
+        return type(self).__name__
+
+    @property
+    def tag_prefix(self) -> str:
+        """``recipe/<snake_case_check_name>``."""
+        return f"recipe/{snake_case(self.check_name)}"
+
+    def tag(self, quantity: str) -> str:
+        """The full tag of one quantity, e.g. ``recipe/init_loss_check/observed``."""
+        return f"{self.tag_prefix}/{quantity}"
+
+    # ----------------------------------------------------------------- findings
+    @property
+    def findings(self) -> list[Finding]:
+        """The current Findings, oldest first (a keyed Finding replaces its earlier version)."""
+        return list(self._findings.values())
+
+    def report(
+        self,
+        trainer: pl.Trainer | None,
+        status: Status,
+        summary: str,
+        values: Mapping[str, float] | None = None,
+        advice: str = "",
+        *,
+        key: str = "",
+        log_values: bool = True,
+    ) -> Finding:
+        """Make a Finding, keep it (replacing an earlier one with the same ``key``), log its
+        values as scalars and act on it as ``on_fail`` says.
+
+        Raises:
+            RecipeCheckError: for a ``fail`` under ``on_fail="raise"``, on every rank.
+        """
+        finding = Finding(self.check_name, status, summary, dict(values or {}), advice)
+        self._findings.pop(key, None)
+        self._findings[key] = finding
+        if trainer is not None and log_values and finding.values:
+            self.log_scalars(trainer, finding.values)
+        apply_on_fail(finding, self.on_fail, warn=trainer is None or trainer.is_global_zero)
+        return finding
+
+    def skip(self, trainer: pl.Trainer | None, reason: str, argument: str = "", *, key: str = "") -> Finding:
+        """Report that the check could not run, naming the argument that would let it."""
+        advice = f"set {self.check_name}({argument}=...)" if argument else ""
+        return self.report(trainer, "skip", reason, {}, advice, key=key)
+
+    def resolve(self, trainer: pl.Trainer | None, batch: Any, *, key: str = "") -> ResolvedBatch | None:
+        """``x``/``y`` of a batch, or ``None`` after a ``skip`` Finding naming the argument to set."""
+        try:
+            return resolve_batch(batch, self.input_key, self.target_key, self.batch_to_xy)
+        except BatchResolutionError as err:
+            self.skip(trainer, f"could not find the input in the batch: {err}", err.argument, key=key)
+            return None
+
+    # ----------------------------------------------------------------- logging
+    def log_scalars(self, trainer: pl.Trainer, values: Mapping[str, float], step: int | None = None) -> None:
+        """Log ``{quantity: value}`` under this callback's tag prefix."""
+        log_writer.log_scalars(trainer, {self.tag(k): v for k, v in values.items()}, step)
+
+    def log_image(self, trainer: pl.Trainer, quantity: str, image: np.ndarray, step: int | None = None) -> None:
+        log_writer.log_image(trainer, self.tag(quantity), image, step)
+
+    def log_text(self, trainer: pl.Trainer, quantity: str, text: str, step: int | None = None) -> None:
+        log_writer.log_text(trainer, self.tag(quantity), text, step)
+
+    def log_histogram(
+        self, trainer: pl.Trainer, quantity: str, values: torch.Tensor, step: int | None = None
+    ) -> None:
+        log_writer.log_histogram(trainer, self.tag(quantity), values, step)
+
+    # ----------------------------------------------------------------- resume
+    def is_resumed(self, trainer: pl.Trainer) -> bool:
+        """True on a run restored from a checkpoint (the one-off checks must not judge it again)."""
+        return self._restored or trainer.ckpt_path is not None or trainer.global_step > 0
+
+    def finish_early(self) -> None:
+        """Mark the one-off work as done, so that ``RecipeReport`` can print the early checklist."""
+        self.early_finished = True
+
+    @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.one_off and self.is_resumed(trainer):
+            self.early_finished = True
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "findings": {key: f.to_dict() for key, f in self._findings.items()},
+            "early_finished": self.early_finished,
+        }
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._findings = {key: Finding.from_dict(d) for key, d in state_dict.get("findings", {}).items()}
+        self.early_finished = bool(state_dict.get("early_finished", self.early_finished))
+        self._restored = True

@@ -1,0 +1,181 @@
+"""RecipeReport: one checklist of every recipe step, on the console, in TensorBoard and on disk."""
+
+from __future__ import annotations
+
+import json
+import platform
+from importlib import metadata
+from typing import TYPE_CHECKING, Any
+
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_info
+from typing_extensions import override
+
+from recipe_callbacks import log_writer
+from recipe_callbacks.callback_base import RecipeCallback
+from recipe_callbacks.finding import Finding
+
+if TYPE_CHECKING:
+    import lightning.pytorch as pl
+
+# (step, what the recipe says, the callbacks that cover it) in the order of the recipe.
+RECIPE_STEPS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("1", "Become one with the data", ("DataInspector",)),
+    ("2a", "Fix random seed", ("SeedEverything",)),
+    ("2c", "Add significant digits to your eval", ("FullEvalSet",)),
+    ("2d/2e", "Verify loss at init; init well", ("InitLossCheck",)),
+    ("2g", "Input-independent baseline", ("InputIndependentBaseline",)),
+    ("2h", "Overfit one batch", ("OverfitOneBatch",)),
+    ("2i", "Verify decreasing training loss", ("LossDecreaseCheck",)),
+    ("2j", "Visualize just before the net", ("InputVisualizer",)),
+    ("2k", "Visualize prediction dynamics", ("PredictionDynamicsLogger",)),
+    ("2l", "Use backprop to chart dependencies", ("BatchIndependenceCheck", "CausalityCheck")),
+    ("3a/3c", "Adam is safe; do not trust LR decay defaults", ("NoLRDecayWarning",)),
+    ("4", "Regularize: look at the first-layer filters", ("FirstLayerFilterViz",)),
+    ("+", "Update-to-weight ratios and activation health", ("UpdateRatioMonitor",)),
+)
+_MARK = {"pass": "PASS", "warn": "WARN", "fail": "FAIL", "skip": "SKIP"}
+_VERSIONED = ("recipe-callbacks", "lightning", "torch", "torchmetrics", "tensorboard")
+
+
+def versions() -> dict[str, str]:
+    """Versions of Python and the packages a report depends on."""
+    out = {"python": platform.python_version()}
+    for name in _VERSIONED:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def _cell(text: str) -> str:
+    return " ".join(text.split()).replace("|", "\\|")
+
+
+def render_markdown(findings: list[Finding], present: set[str]) -> str:
+    """The checklist as a Markdown table: a row per Finding, in recipe order, and a ``not run``
+    row for every step whose callback is not on the Trainer (or reported nothing).
+
+    Example:
+        >>> text = render_markdown([Finding("InitLossCheck", "pass", "ok")], {"InitLossCheck"})
+        >>> "| 2d/2e | Verify loss at init; init well | InitLossCheck | PASS | ok |" in text
+        True
+        >>> "| 2a | Fix random seed | SeedEverything | not run |" in text
+        True
+    """
+    rows = ["| Step | Recipe | Check | Status | Summary | Advice |", "|---|---|---|---|---|---|"]
+    by_check: dict[str, list[Finding]] = {}
+    for f in findings:
+        by_check.setdefault(f.check, []).append(f)
+    known = {c for _, _, checks in RECIPE_STEPS for c in checks}
+    for step, title, checks in RECIPE_STEPS:
+        for check in checks:
+            if by_check.get(check):
+                for f in by_check[check]:
+                    rows.append(
+                        f"| {step} | {title} | {check} | {_MARK[f.status]} | {_cell(f.summary)} | {_cell(f.advice)} |"
+                    )
+            else:
+                why = "on the Trainer, reported nothing yet" if check in present else f"add recipe_callbacks.{check}"
+                rows.append(f"| {step} | {title} | {check} | not run | | {why} |")
+    for check, extra in by_check.items():
+        if check not in known:
+            for f in extra:
+                rows.append(f"| | | {check} | {_MARK[f.status]} | {_cell(f.summary)} | {_cell(f.advice)} |")
+    counts = {s: sum(f.status == s for f in findings) for s in _MARK}
+    tally = ", ".join(f"{n} {s}" for s, n in counts.items())
+    return "## Recipe report\n\n" + "\n".join(rows) + f"\n\n{tally}.\n"
+
+
+class RecipeReport(Callback):
+    """Gathers the Findings of every recipe callback on the Trainer into one checklist.
+
+    Prints the checklist on rank 0 once the early (one-off) checks have all reported, again at the
+    end of fit, and after ``trainer.validate`` / ``trainer.test``. Each time it also writes it to
+    TensorBoard text and to ``recipe_report.md`` and ``recipe_report.json`` in the run's log dir
+    (``trainer.log_dir``, or ``trainer.default_root_dir`` without a logger).
+
+    Args:
+        print_report: print the checklist to the console (through Lightning's rank-zero logger).
+
+    Logged:
+        - ``recipe/report``: the checklist as TensorBoard text (Markdown).
+        - ``recipe_report.md``, ``recipe_report.json`` (``{"findings": [...], "versions": {...}}``).
+
+    Example::
+
+        trainer = Trainer(callbacks=[InitLossCheck(), RecipeReport()])
+    """
+
+    def __init__(self, print_report: bool = True) -> None:
+        if not isinstance(print_report, bool):
+            raise TypeError(f"RecipeReport(print_report={print_report!r}): print_report must be a bool")
+        self.print_report = print_report
+        self._early_printed = False
+        self.last_markdown = ""
+
+    @staticmethod
+    def recipe_callbacks(trainer: pl.Trainer) -> list[RecipeCallback]:
+        return [cb for cb in trainer.callbacks if isinstance(cb, RecipeCallback)]  # type: ignore[attr-defined]
+
+    def findings(self, trainer: pl.Trainer) -> list[Finding]:
+        """Every current Finding of the recipe callbacks on the Trainer."""
+        return [f for cb in self.recipe_callbacks(trainer) for f in cb.findings]
+
+    def write(self, trainer: pl.Trainer) -> str:
+        """Render the checklist and write it everywhere; returns the Markdown."""
+        callbacks = self.recipe_callbacks(trainer)
+        findings = [f for cb in callbacks for f in cb.findings]
+        text = render_markdown(findings, {cb.check_name for cb in callbacks})
+        self.last_markdown = text
+        if not trainer.is_global_zero:
+            return text
+        directory = log_writer.run_log_dir(trainer)
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "recipe_report.md").write_text(text, encoding="utf-8")
+        payload: dict[str, Any] = {"findings": [f.to_dict() for f in findings], "versions": versions()}
+        (directory / "recipe_report.json").write_text(json.dumps(payload, indent=2), encoding="utf-8")
+        writers = log_writer.tensorboard_writers(trainer)
+        for writer in writers:
+            writer.add_text("recipe/report", text, global_step=trainer.global_step)
+            writer.flush()
+        if self.print_report:
+            rank_zero_info(f"\n{text}\nReport written to {directory / 'recipe_report.md'}")
+        return text
+
+    def _maybe_print_early(self, trainer: pl.Trainer) -> None:
+        if self._early_printed:
+            return
+        if all(cb.early_finished for cb in self.recipe_callbacks(trainer)):
+            self._early_printed = True
+            self.write(trainer)
+
+    @override
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        self._maybe_print_early(trainer)
+
+    @override
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self._early_printed:
+            self._early_printed = True
+            self.write(trainer)
+
+    @override
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.write(trainer)
+
+    @override
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.training and trainer.state.fn == "validate":
+            self.write(trainer)
+
+    @override
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.write(trainer)
+
+    @override
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self.write(trainer)
