@@ -68,6 +68,7 @@ class RecipeCallback(Callback):
         self.batch_to_xy = batch_to_xy
         self._findings: dict[str, Finding] = {}
         self._restored = False
+        self._resumed_run: bool | None = None
         self.early_finished = not self.one_off
 
     # ----------------------------------------------------------------- names and tags
@@ -147,8 +148,15 @@ class RecipeCallback(Callback):
 
     # ----------------------------------------------------------------- resume
     def is_resumed(self, trainer: pl.Trainer) -> bool:
-        """True on a run restored from a checkpoint (the one-off checks must not judge it again)."""
-        return self._restored or trainer.ckpt_path is not None or trainer.global_step > 0
+        """True on a run restored from a checkpoint, or a second ``fit`` of an already trained model:
+        the one-off checks must not judge trained weights as if they were at init.
+
+        Decided once at the start of fit (after Lightning restored the callbacks' state) and kept
+        for the rest of the run.
+        """
+        if self._resumed_run is None:
+            self._resumed_run = self._restored or trainer.ckpt_path is not None or trainer.global_step > 0
+        return self._resumed_run
 
     def finish_early(self) -> None:
         """Mark the one-off work as done, so that ``RecipeReport`` can print the early checklist."""
@@ -156,7 +164,8 @@ class RecipeCallback(Callback):
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.one_off and self.is_resumed(trainer):
+        self._resumed_run = None
+        if self.is_resumed(trainer) and self.one_off:
             self.early_finished = True
 
     @override

@@ -1,0 +1,100 @@
+"""Scalars, pictures, text and histograms with every logger set-up, read back from disk."""
+
+from __future__ import annotations
+
+import csv
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from PIL import Image
+
+from recipe_callbacks import RecipeCallback
+from tests.support import TinyClassifier, blobs, fast_trainer, loader, read_events, scalar_values, text_values
+
+PICTURE = np.zeros((6, 10, 3), dtype=np.uint8)
+PICTURE[:, :5, 0] = 255  # left half red
+
+
+class Everything(RecipeCallback):
+    """Logs one of each kind on the first two training batches."""
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if batch_idx < 2:
+            self.log_scalars(trainer, {"value": 1.0 + batch_idx})
+            self.log_image(trainer, "picture", PICTURE)
+            self.log_text(trainer, "note", f"**batch {batch_idx}**")
+            self.log_histogram(trainer, "weights", torch.arange(10.0))
+
+
+def _fit(tmp_path: Path, logger: Any) -> Any:
+    trainer = fast_trainer(tmp_path, logger=logger, callbacks=[Everything()], max_steps=2)
+    trainer.fit(TinyClassifier(), loader(blobs()))
+    return trainer
+
+
+def _check_tensorboard(log_dir: Path | str) -> None:
+    ea = read_events(log_dir)
+    assert scalar_values(ea, "recipe/everything/value") == [1.0, 2.0]
+    assert [e.step for e in ea.Scalars("recipe/everything/value")] == [1, 2]  # global step after each optimizer step
+    images = ea.Images("recipe/everything/picture")
+    assert len(images) == 2 and (images[0].width, images[0].height) == (10, 6)
+    assert text_values(ea, "recipe/everything/note") == ["**batch 0**", "**batch 1**"]
+    assert len(ea.Histograms("recipe/everything/weights")) == 2
+
+
+def _check_csv(log_dir: Path | str) -> None:
+    with open(Path(log_dir) / "metrics.csv") as fh:
+        rows = [r for r in csv.DictReader(fh) if r.get("recipe/everything/value")]
+    assert [float(r["recipe/everything/value"]) for r in rows] == [1.0, 2.0]
+
+
+def _check_files(recipe_dir: Path) -> None:
+    pngs = sorted((recipe_dir / "everything" / "picture").glob("*.png"))
+    assert [p.name for p in pngs] == ["step_0000001.png", "step_0000002.png"]
+    assert np.array_equal(np.asarray(Image.open(pngs[0]).convert("RGB")), PICTURE)
+    notes = sorted((recipe_dir / "everything" / "note").glob("*.md"))
+    assert notes[1].read_text() == "**batch 1**"
+    assert len(list((recipe_dir / "everything" / "weights").glob("*.png"))) == 2
+
+
+def test_tensorboard_logger(tmp_path: Path) -> None:
+    trainer = _fit(tmp_path, "tb")
+    _check_tensorboard(trainer.logger.log_dir)
+    assert not (Path(trainer.logger.log_dir) / "recipe").exists()
+
+
+def test_csv_logger_falls_back_to_files(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO):
+        trainer = _fit(tmp_path, CSVLogger(str(tmp_path), name="csv"))
+    _check_csv(trainer.logger.log_dir)
+    _check_files(Path(trainer.logger.log_dir) / "recipe")
+    assert sum("no TensorBoardLogger" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_both_loggers(tmp_path: Path) -> None:
+    tb = TensorBoardLogger(str(tmp_path), name="tb")
+    csv_logger = CSVLogger(str(tmp_path), name="csv")
+    _fit(tmp_path, [tb, csv_logger])
+    _check_tensorboard(tb.log_dir)
+    _check_csv(csv_logger.log_dir)
+
+
+def test_no_logger_writes_files_to_default_root_dir(tmp_path: Path) -> None:
+    _fit(tmp_path, False)
+    _check_files(tmp_path / "recipe")
+
+
+def test_only_rank_zero_writes_under_ddp(tmp_path: Path) -> None:
+    logger = TensorBoardLogger(str(tmp_path), name="", version="run")
+    trainer = fast_trainer(
+        tmp_path, logger=logger, callbacks=[Everything()], max_steps=2, devices=2, strategy="ddp_spawn"
+    )
+    trainer.fit(TinyClassifier(), loader(blobs()))
+    event_files = list((tmp_path / "run").glob("events.out.tfevents.*"))
+    assert len(event_files) == 1
+    _check_tensorboard(tmp_path / "run")
