@@ -4,12 +4,15 @@ Add the callbacks to the Trainer you already have, or switch a preset on, train 
 what went wrong in TensorBoard and in one checklist (``RecipeReport``).
 """
 
+# The recipe callbacks are imported in recipe order, not sorted (I001 is off for this file).
 from recipe_callbacks.batch import BatchResolutionError, ResolvedBatch, resolve_batch
 from recipe_callbacks.callback_base import RecipeCallback
 from recipe_callbacks.finding import Finding, RecipeCheckError, RecipeWarning
 from recipe_callbacks.recipe_report import RecipeReport
 
 # Recipe callbacks: one import line per module, in recipe order.
+
+from recipe_callbacks import presets
 
 __version__ = "0.1.0"
 
@@ -21,5 +24,6 @@ __all__ = [
     "RecipeReport",
     "RecipeWarning",
     "ResolvedBatch",
+    "presets",
     "resolve_batch",
 ]
