@@ -88,6 +88,16 @@ def render_markdown(findings: list[Finding], present: set[str]) -> str:
     return "## Recipe report\n\n" + "\n".join(rows) + f"\n\n{tally}.\n"
 
 
+def custom_scalars_layout(tag_prefixes: list[str]) -> dict[str, dict[str, list[Any]]]:
+    """A TensorBoard Custom Scalars layout: one category per check, one chart of all its scalars.
+
+    Example:
+        >>> custom_scalars_layout(["recipe/init_loss_check"])
+        {'recipe/init_loss_check': {'all scalars': ['Multiline', ['recipe/init_loss_check/.*']]}}
+    """
+    return {prefix: {"all scalars": ["Multiline", [f"{prefix}/.*"]]} for prefix in tag_prefixes}
+
+
 class RecipeReport(Callback):
     """Gathers the Findings of every recipe callback on the Trainer into one checklist.
 
@@ -101,6 +111,7 @@ class RecipeReport(Callback):
 
     Logged:
         - ``recipe/report``: the checklist as TensorBoard text (Markdown).
+        - a Custom Scalars layout with one category per recipe callback on the Trainer.
         - ``recipe_report.md``, ``recipe_report.json`` (``{"findings": [...], "versions": {...}}``).
 
     Example::
@@ -154,6 +165,10 @@ class RecipeReport(Callback):
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._early_printed = False
+        if trainer.is_global_zero:
+            layout = custom_scalars_layout([cb.tag_prefix for cb in self.recipe_callbacks(trainer)])
+            for writer in log_writer.tensorboard_writers(trainer):
+                writer.add_custom_scalars(layout)
 
     @override
     def on_train_batch_end(

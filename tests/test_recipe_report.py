@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from lightning.pytorch.callbacks import ModelCheckpoint
+from tensorboard.plugins.custom_scalar import layout_pb2
 
 from recipe_callbacks import RecipeCallback, RecipeCheckError, RecipeReport
 from recipe_callbacks.recipe_report import RECIPE_STEPS
@@ -54,8 +55,14 @@ def test_report_files_schema_and_tensorboard(tmp_path: Path, caplog: pytest.LogC
          "values": {"observed": 4.1}, "advice": "shrink the last layer"}
     ]
     assert {"python", "lightning", "torch", "torchmetrics", "tensorboard", "recipe-callbacks"} <= set(data["versions"])
-    texts = text_values(read_events(log_dir), "recipe/report")
+    ea = read_events(log_dir)
+    texts = text_values(ea, "recipe/report")
     assert len(texts) == 2 and "InitLossCheck" in texts[-1]
+    layout = layout_pb2.Layout()
+    layout.ParseFromString(ea.Tensors("custom_scalars__config__")[0].tensor_proto.string_val[0])
+    (category,) = layout.category
+    assert category.title == "recipe/init_loss_check"
+    assert list(category.chart[0].multiline.tag) == ["recipe/init_loss_check/.*"]
 
 
 def test_early_report_waits_for_the_one_off_checks(tmp_path: Path) -> None:
