@@ -69,28 +69,45 @@ class DigitsCNN(pl.LightningModule):
         return torch.optim.Adam(self.parameters(), lr=self.hparams["lr"])
 
 
-def recipe_callback_list() -> list[pl.Callback]:
-    """The recipe callbacks the demo runs with."""
-    return [recipe_callbacks.RecipeReport()]
+class DigitsDataModule(pl.LightningDataModule):
+    """The digits split as a DataModule (for LightningCLI)."""
+
+    def __init__(self, batch_size: int = 64, seed: int = 0) -> None:
+        super().__init__()
+        self.batch_size = batch_size
+        self.seed = seed
+
+    def setup(self, stage: str) -> None:
+        self.train_set, self.val_set = digits_datasets(seed=self.seed)
+
+    def train_dataloader(self) -> DataLoader[Any]:
+        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader[Any]:
+        return DataLoader(self.val_set, batch_size=256)
 
 
 def run(epochs: int = 3, batch_size: int = 64, log_dir: str = "recipe_demo_logs", seed: int = 0,
-        max_steps: int = -1) -> pl.Trainer:
-    """Train the demo and return its Trainer (the report is in ``trainer.log_dir``)."""
-    pl.seed_everything(seed, workers=True)
-    train_set, val_set = digits_datasets(seed=seed)
-    model = DigitsCNN()
+        max_steps: int = -1, preset: str = "full") -> pl.Trainer:
+    """Train the demo with a recipe preset and return its Trainer (the report is in ``trainer.log_dir``)."""
+    if preset == "monitor":  # the one preset without SeedEverything
+        pl.seed_everything(seed, workers=True)
+        kwargs = recipe_callbacks.presets.trainer_kwargs(preset)
+    else:
+        kwargs = recipe_callbacks.presets.trainer_kwargs(preset, seed=seed)
+    model = DigitsCNN()  # built after the preset: SeedEverything seeded at construction
     trainer = pl.Trainer(
         accelerator="cpu",
         devices=1,
         max_epochs=epochs,
         max_steps=max_steps,
         logger=TensorBoardLogger(log_dir, name="digits"),
-        callbacks=recipe_callback_list(),
         enable_progress_bar=False,
         enable_checkpointing=False,
         log_every_n_steps=5,
+        **kwargs,
     )
+    train_set, val_set = digits_datasets(seed=seed)
     trainer.fit(
         model,
         DataLoader(train_set, batch_size=batch_size, shuffle=True),
@@ -106,8 +123,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=64, help="training batch size (default 64)")
     parser.add_argument("--log-dir", default="recipe_demo_logs", help="where TensorBoard logs go")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--preset", default="full", choices=recipe_callbacks.presets.names(),
+                        help="recipe preset to train with (default full)")
     args = parser.parse_args(argv)
-    trainer = run(args.epochs, args.batch_size, args.log_dir, args.seed, args.max_steps)
+    trainer = run(args.epochs, args.batch_size, args.log_dir, args.seed, args.max_steps, args.preset)
     log_dir = Path(str(trainer.log_dir))
     print(f"\nRecipe report: {log_dir / 'recipe_report.md'}")
     print(f"Look at it in TensorBoard:\n    tensorboard --logdir {log_dir.parent.resolve()}")
