@@ -1,0 +1,307 @@
+"""Exact means over a whole evaluation set, their standard errors, and how many digits are real.
+
+Everything here is plain PyTorch: per-sample losses and metrics, float64 sums that can be added
+across batches and processes (count, sum, sum of squares per quantity), the mean with its standard
+error and confidence interval, the figure rounded to the digits its interval supports, and which
+positions of a ``DistributedSampler`` shard are padding.
+
+Why sums: the mean over samples is ``sum / count`` only if the sums run over samples, not over
+batch means (a short last batch weighs as much as a full one in a mean of batch means), and sums
+of different processes can be added exactly, while means of different processes cannot.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from statistics import NormalDist
+from typing import Literal, get_args
+
+import torch
+from torch.nn import functional as F
+
+Task = Literal["multiclass", "binary", "regression"]
+LossName = Literal["cross_entropy", "bce_with_logits", "mse", "l1"]
+TASKS: tuple[str, ...] = get_args(Task)
+LOSSES: tuple[str, ...] = get_args(LossName)
+DEFAULT_LOSS: dict[str, LossName] = {"multiclass": "cross_entropy", "binary": "bce_with_logits", "regression": "mse"}
+# Metrics that are means of a per-sample quantity: their standard error is known from the sums.
+PER_SAMPLE_METRICS: dict[str, tuple[str, ...]] = {
+    "accuracy": ("multiclass", "binary"),
+    "mae": ("regression",),
+    "mse": ("regression",),
+}
+
+
+# ----------------------------------------------------------------------------- task and losses
+def infer_task(preds: torch.Tensor, target: torch.Tensor) -> Task:
+    """The kind of task from the model output and the target of one batch.
+
+    - integer targets ``(N, ...)`` with outputs ``(N, C, ...)``, ``C >= 2``: ``"multiclass"``;
+    - one output per target element and targets that are integers/bools or floats in {0, 1}:
+      ``"binary"`` (also multi-label);
+    - one output per target element and other float targets: ``"regression"``.
+
+    Raises:
+        ValueError: when the shapes fit none of these (give ``task=`` explicitly).
+
+    Example:
+        >>> infer_task(torch.zeros(4, 3), torch.tensor([0, 1, 2, 0]))
+        'multiclass'
+        >>> infer_task(torch.zeros(4, 1), torch.tensor([0.0, 1.0, 1.0, 0.0]))
+        'binary'
+        >>> infer_task(torch.zeros(4), torch.tensor([0.5, 1.5, 2.0, 0.1]))
+        'regression'
+    """
+    if preds.ndim == 0 or target.ndim == 0:
+        raise ValueError(
+            f"output of shape {tuple(preds.shape)} and target of shape {tuple(target.shape)} have no batch dimension"
+        )
+    integer_target = not (target.is_floating_point() or target.is_complex())
+    if (
+        integer_target
+        and target.dtype != torch.bool
+        and preds.ndim >= 2
+        and preds.shape[1] >= 2
+        and tuple(target.shape) == (preds.shape[0], *preds.shape[2:])
+    ):
+        return "multiclass"
+    if preds.shape[0] == target.shape[0] and preds.numel() == target.numel():
+        if integer_target:
+            return "binary"
+        if bool(((target == 0) | (target == 1)).all()):
+            return "binary"
+        return "regression"
+    raise ValueError(
+        f"cannot tell the task from an output of shape {tuple(preds.shape)} and a target of shape "
+        f"{tuple(target.shape)} ({target.dtype})"
+    )
+
+
+def _per_sample(values: torch.Tensor) -> torch.Tensor:
+    """``(N, ...)`` element values -> ``(N,)`` per-sample means."""
+    return values.reshape(values.shape[0], -1).mean(dim=1) if values.ndim > 1 else values
+
+
+def _like_target(preds: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Outputs ``(N, 1)`` for targets ``(N,)`` (and the like) reshaped to the target's shape."""
+    if preds.shape != target.shape and preds.numel() == target.numel():
+        return preds.reshape(target.shape)
+    return preds
+
+
+def per_sample_loss(preds: torch.Tensor, target: torch.Tensor, loss: LossName) -> torch.Tensor:
+    """The loss of every sample, ``(N,)`` float64, averaged over any non-batch dimensions.
+
+    ``cross_entropy`` takes logits ``(N, C, ...)`` and class indices ``(N, ...)`` (or class
+    probabilities shaped like the logits); ``bce_with_logits`` takes logits; ``mse`` and ``l1``
+    compare outputs with targets element by element.
+
+    Example:
+        >>> logits = torch.tensor([[2.0, 0.0], [0.0, 2.0], [1.0, 1.0]])
+        >>> per_sample_loss(logits, torch.tensor([0, 0, 1]), "cross_entropy").round(decimals=4).tolist()
+        [0.1269, 2.1269, 0.6931]
+    """
+    p = preds.to(torch.float64)
+    if loss == "cross_entropy":
+        t = target.to(torch.float64) if target.is_floating_point() and target.shape == preds.shape else target.long()
+        return _per_sample(F.cross_entropy(p, t, reduction="none"))
+    p = _like_target(p, target)
+    t = target.to(torch.float64)
+    if loss == "bce_with_logits":
+        return _per_sample(F.binary_cross_entropy_with_logits(p, t, reduction="none"))
+    if loss == "mse":
+        return _per_sample((p - t) ** 2)
+    if loss == "l1":
+        return _per_sample((p - t).abs())
+    raise ValueError(f"unknown loss {loss!r}; expected one of {LOSSES}")
+
+
+def per_sample_metric(name: str, task: str, preds: torch.Tensor, target: torch.Tensor) -> torch.Tensor | None:
+    """The per-sample value, ``(N,)`` float64, of a metric that is a mean over samples, or ``None``.
+
+    ``accuracy`` (top-1 for multiclass, logit > 0 for binary), ``mae`` and ``mse`` (regression).
+    Metrics such as F1 or AUROC are not means of per-sample values: ``None``.
+
+    Example:
+        >>> logits = torch.tensor([[2.0, 0.0], [0.0, 2.0], [1.0, 0.0]])
+        >>> per_sample_metric("accuracy", "multiclass", logits, torch.tensor([0, 0, 0])).tolist()
+        [1.0, 0.0, 1.0]
+        >>> per_sample_metric("f1", "multiclass", logits, torch.tensor([0, 0, 0])) is None
+        True
+    """
+    if task not in PER_SAMPLE_METRICS.get(name, ()):
+        return None
+    if name == "accuracy" and task == "multiclass":
+        return _per_sample((preds.argmax(dim=1) == target).to(torch.float64))
+    if name == "accuracy":
+        return _per_sample(((_like_target(preds, target) > 0) == (target > 0.5)).to(torch.float64))
+    error = _like_target(preds, target).to(torch.float64) - target.to(torch.float64)
+    return _per_sample(error.abs() if name == "mae" else error**2)
+
+
+# ----------------------------------------------------------------------------- sums
+def sample_sums(values: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+    """``[count, sum, sum of squares]`` (float64) of the per-sample ``values`` where ``keep`` is true.
+
+    Example:
+        >>> sample_sums(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([True, True, False])).tolist()
+        [2.0, 3.0, 5.0]
+    """
+    v = values.detach().to(torch.float64).reshape(-1)
+    if keep is not None:
+        v = v[keep.reshape(-1)]
+    return torch.stack([torch.tensor(float(v.numel()), dtype=torch.float64, device=v.device), v.sum(), (v * v).sum()])
+
+
+@dataclass(frozen=True)
+class MeanEstimate:
+    """A mean over samples with its standard error and a symmetric confidence interval.
+
+    ``stderr`` and ``half_width`` are NaN with fewer than two samples.
+    """
+
+    mean: float
+    stderr: float
+    half_width: float
+    count: int
+    confidence: float = 0.95
+
+    @property
+    def low(self) -> float:
+        return self.mean - self.half_width
+
+    @property
+    def high(self) -> float:
+        return self.mean + self.half_width
+
+    def text(self) -> str:
+        """The mean rounded to the digits its interval supports, e.g. ``0.412 ± 0.006, n = 1,797``."""
+        return format_estimate(self.mean, self.half_width, self.count)
+
+
+def z_value(confidence: float) -> float:
+    """The two-sided normal quantile of a confidence level: 1.96 for 0.95.
+
+    Example:
+        >>> round(z_value(0.95), 3)
+        1.96
+    """
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
+    return NormalDist().inv_cdf(0.5 + confidence / 2.0)
+
+
+def estimate(count: float, total: float, total_sq: float, confidence: float = 0.95) -> MeanEstimate:
+    """Mean, standard error and confidence half-width from ``[count, sum, sum of squares]``.
+
+    The standard error is ``s / sqrt(n)`` with the sample standard deviation ``s`` (``n - 1`` in
+    the denominator); the interval is ``mean ± z * stderr`` (normal approximation).
+
+    Example:
+        >>> e = estimate(4, 10.0, 30.0)  # the values 1, 2, 3, 4
+        >>> e.mean, round(e.stderr, 6)
+        (2.5, 0.645497)
+    """
+    n = round(count)
+    if n <= 0:
+        return MeanEstimate(math.nan, math.nan, math.nan, 0, confidence)
+    mean = total / n
+    if n < 2 or not math.isfinite(mean):
+        return MeanEstimate(mean, math.nan, math.nan, n, confidence)
+    variance = max(total_sq - total * total / n, 0.0) / (n - 1)
+    stderr = math.sqrt(variance / n)
+    return MeanEstimate(mean, stderr, z_value(confidence) * stderr, n, confidence)
+
+
+# ----------------------------------------------------------------------------- significant digits
+def interval_decimals(half_width: float) -> int:
+    """Decimals to show for an interval of this half-width: one significant digit of it, two when
+    that digit would be a 1 (0.014, not 0.01). Negative for half-widths of 10 and more.
+
+    Example:
+        >>> interval_decimals(0.0063), interval_decimals(0.014), interval_decimals(37.0)
+        (3, 3, -1)
+    """
+    if not (math.isfinite(half_width) and half_width > 0):
+        raise ValueError(f"half_width must be a positive finite number, got {half_width!r}")
+    exponent = math.floor(math.log10(half_width))
+    leading = half_width / 10.0**exponent  # in [1, 10)
+    return -exponent + (1 if leading < 2.0 else 0)
+
+
+def _fixed(value: float, decimals: int) -> str:
+    if decimals > 0:
+        return f"{value:.{decimals}f}"
+    return f"{round(value, decimals):.0f}"
+
+
+def round_to_interval(value: float, half_width: float) -> str:
+    """``value ± half_width`` with the digits the interval supports.
+
+    Example:
+        >>> round_to_interval(0.41237, 0.0063)
+        '0.412 ± 0.006'
+        >>> round_to_interval(1234.5, 37.0)
+        '1230 ± 40'
+        >>> round_to_interval(0.5, 0.0)
+        '0.5 ± 0'
+    """
+    if not math.isfinite(value):
+        return f"{value}"
+    if half_width == 0.0:
+        return f"{value:.6g} ± 0"
+    if not math.isfinite(half_width):
+        return f"{value:.4g}"
+    decimals = interval_decimals(half_width)
+    return f"{_fixed(value, decimals)} ± {_fixed(half_width, decimals)}"
+
+
+def format_estimate(value: float, half_width: float, count: int) -> str:
+    """The figure a report shows: ``0.412 ± 0.006, n = 1,797``.
+
+    Example:
+        >>> format_estimate(0.41237, 0.0063, 1797)
+        '0.412 ± 0.006, n = 1,797'
+        >>> format_estimate(0.41237, math.nan, 1)
+        '0.4124 (no interval), n = 1'
+    """
+    if math.isfinite(value) and not math.isfinite(half_width):
+        return f"{value:.4g} (no interval), n = {count:,}"
+    return f"{round_to_interval(value, half_width)}, n = {count:,}"
+
+
+# ----------------------------------------------------------------------------- DDP padding
+def unpadded_positions(dataset_len: int, num_replicas: int, rank: int, num_samples: int) -> int:
+    """How many leading positions of one rank's shard of a padding ``DistributedSampler`` are real.
+
+    ``DistributedSampler(drop_last=False)`` pads its index list (of length ``dataset_len``) to a
+    multiple of ``num_replicas`` by repeating indices at the end, then gives rank ``r`` the
+    positions ``r, r + R, r + 2R, ...``. Position ``j`` of rank ``r`` is global position
+    ``r + j * R``: real when it is below ``dataset_len``, so the real positions of a shard are a
+    prefix and the padded ones follow.
+
+    Example:
+        >>> [unpadded_positions(5, 2, r, 3) for r in range(2)]  # 5 samples over 2 ranks: 3 + 3 positions
+        [3, 2]
+        >>> [unpadded_positions(2, 4, r, 1) for r in range(4)]
+        [1, 1, 0, 0]
+    """
+    if dataset_len <= rank:
+        return 0
+    return min(num_samples, math.ceil((dataset_len - rank) / num_replicas))
+
+
+def real_mask(
+    start: int, batch_size: int, real_positions: int | None, device: torch.device | None = None
+) -> torch.Tensor:
+    """``(batch_size,)`` bool: which rows of a batch starting at shard position ``start`` are real.
+
+    Example:
+        >>> real_mask(2, 3, 4).tolist()
+        [True, True, False]
+    """
+    positions = torch.arange(start, start + batch_size, device=device)
+    if real_positions is None:
+        return torch.ones(batch_size, dtype=torch.bool, device=device)
+    return positions < real_positions
