@@ -1,0 +1,239 @@
+"""Update-to-weight ratios and activation health, on plain tensors.
+
+The update ratio of a parameter is ``||w_after - w_before|| / ||w_before||``: how far one optimizer
+step moved the weights, relative to their size. Karpathy's rule of thumb (makemore lectures) is
+about ``1e-3`` on a log scale: much smaller and the layer does not learn, much larger and the
+updates overwhelm the weights. A layer's ratio pools all its parameter tensors (weight and bias)
+into one vector, so a zero-initialised bias does not make it infinite.
+
+Activation health: a ReLU unit that outputs zero for every sample of a batch gets no gradient
+(dead); a tanh or sigmoid output pinned near its bounds passes almost no gradient (saturated).
+
+Nothing here imports Lightning; the callback ``UpdateRatioMonitor`` collects tensors and calls it.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Mapping, Sequence
+from typing import Literal
+
+import torch
+from torch import nn
+
+# log10 of a ratio that is exactly 0 (a frozen layer) or infinite (a zero weight that moved) is
+# clamped to these, so that charts and scalars stay finite.
+LOG10_FLOOR = -12.0
+LOG10_CEILING = 12.0
+
+# A tanh output with |y| above this, or a sigmoid output within 1 - this of 0 or 1, is saturated.
+SATURATION = 0.99
+
+ActivationKind = Literal["relu", "relu6", "tanh", "sigmoid", "hardtanh", "hardsigmoid"]
+Verdict = Literal["ok", "low", "high"]
+
+
+def layer_name(param_name: str, root: str = "root") -> str:
+    """The module that owns a parameter: its name without the last component.
+
+    Example:
+        >>> layer_name("net.0.weight"), layer_name("scale")
+        ('net.0', 'root')
+    """
+    head, _, _ = param_name.rpartition(".")
+    return head or root
+
+
+def _wide(t: torch.Tensor) -> torch.Tensor:
+    # Differences of low-precision weights are taken in float32 (float64 stays float64).
+    return t.detach().to(torch.promote_types(t.dtype, torch.float32))
+
+
+def update_norms(before: Sequence[torch.Tensor], after: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per tensor ``||after - before||`` and ``||before||`` (Frobenius), as two float64 ``(P,)`` tensors.
+
+    Example:
+        >>> u, w = update_norms([torch.tensor([3.0, 4.0])], [torch.tensor([3.0, 4.1])])
+        >>> round(u.item(), 6), w.item()
+        (0.1, 5.0)
+    """
+    if len(before) != len(after):
+        raise ValueError(f"update_norms: {len(before)} tensors before the step but {len(after)} after")
+    if not before:
+        empty = torch.zeros(0, dtype=torch.float64)
+        return empty, empty.clone()
+    device = before[0].device  # norms gathered on one device: a single transfer, a single sync
+    updates = torch.stack(
+        [torch.linalg.vector_norm(_wide(a) - _wide(b)).to(device) for b, a in zip(before, after, strict=True)]
+    )
+    weights = torch.stack([torch.linalg.vector_norm(_wide(b)).to(device) for b in before])
+    return updates.to(torch.float64).cpu(), weights.to(torch.float64).cpu()
+
+
+def log10_ratio(update_norm: float, weight_norm: float) -> float:
+    """``log10(update_norm / weight_norm)``, clamped to ``[LOG10_FLOOR, LOG10_CEILING]``.
+
+    NaN stays NaN (weights that are no longer finite); ``0 / 0`` is the floor (nothing moved).
+
+    Example:
+        >>> log10_ratio(1e-3, 1.0), log10_ratio(0.0, 2.0), log10_ratio(1.0, 0.0)
+        (-3.0, -12.0, 12.0)
+    """
+    if math.isnan(update_norm) or math.isnan(weight_norm):
+        return math.nan
+    if update_norm == 0.0:
+        return LOG10_FLOOR
+    if weight_norm == 0.0 or math.isinf(update_norm):
+        return LOG10_CEILING
+    return min(LOG10_CEILING, max(LOG10_FLOOR, math.log10(update_norm / weight_norm)))
+
+
+def layer_log10_ratios(
+    names: Sequence[str], update: Sequence[float], weight: Sequence[float]
+) -> dict[str, float]:
+    """Pool per-tensor norms into one ratio per layer: ``sqrt(sum u^2) / sqrt(sum w^2)`` over the
+    layer's tensors, as ``log10``. Layers keep the order in which they first appear.
+
+    Example:
+        >>> r = layer_log10_ratios(["a.weight", "a.bias", "b.weight"], [3e-3, 4e-3, 0.0], [3.0, 4.0, 1.0])
+        >>> {k: round(v, 6) for k, v in r.items()}
+        {'a': -3.0, 'b': -12.0}
+    """
+    sums: dict[str, list[float]] = {}
+    for name, u, w in zip(names, update, weight, strict=True):
+        acc = sums.setdefault(layer_name(name), [0.0, 0.0])
+        acc[0] += float(u) ** 2
+        acc[1] += float(w) ** 2
+    return {layer: log10_ratio(math.sqrt(u2), math.sqrt(w2)) for layer, (u2, w2) in sums.items()}
+
+
+def activation_kind(module: nn.Module) -> ActivationKind | None:
+    """Which activation a module is, for the health statistics; ``None`` for anything else.
+
+    Smooth activations with no zero-gradient region (GELU, SiLU, LeakyReLU, ELU) are not counted:
+    their units cannot die the way a ReLU's do.
+
+    Example:
+        >>> activation_kind(nn.ReLU()), activation_kind(nn.Tanh()), activation_kind(nn.GELU())
+        ('relu', 'tanh', None)
+    """
+    if isinstance(module, nn.ReLU6):  # a subclass of Hardtanh: check it first
+        return "relu6"
+    if isinstance(module, nn.ReLU):
+        return "relu"
+    if isinstance(module, nn.Tanh):
+        return "tanh"
+    if isinstance(module, nn.Sigmoid):
+        return "sigmoid"
+    if isinstance(module, nn.Hardtanh):
+        return "hardtanh"
+    if isinstance(module, nn.Hardsigmoid):
+        return "hardsigmoid"
+    return None
+
+
+def inactive_mask(
+    output: torch.Tensor, kind: ActivationKind, *, low: float = -1.0, high: float = 1.0
+) -> torch.Tensor:
+    """Where an activation passes (almost) no gradient: a bool tensor shaped like ``output``.
+
+    ReLU: exactly zero. ReLU6: 0 or 6. Tanh: ``|y| > 0.99``. Sigmoid: within 0.01 of 0 or 1.
+    Hardtanh: at ``low`` or ``high``. Hardsigmoid: at 0 or 1.
+
+    Example:
+        >>> inactive_mask(torch.tensor([-0.995, 0.5, 0.999]), "tanh").tolist()
+        [True, False, True]
+    """
+    y = output.detach()
+    if kind == "relu":
+        return y <= 0
+    if kind == "relu6":
+        return (y <= 0) | (y >= 6)
+    if kind == "tanh":
+        return y.abs() > SATURATION
+    if kind == "sigmoid":
+        return (y < 1 - SATURATION) | (y > SATURATION)
+    if kind == "hardtanh":
+        return (y <= low) | (y >= high)
+    return (y <= 0) | (y >= 1)
+
+
+def unit_activity(inactive: torch.Tensor, unit_dim: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per unit, how many of its values in the batch were active; and how many values were inactive.
+
+    A unit is one index along ``unit_dim`` (features of ``(N, D)``, channels of ``(N, C, H, W)``);
+    its values are all entries with that index, over samples and positions. Returns
+    ``(active_count (U,), inactive_total ())`` as float64, summable across processes. A
+    1-D activation is one unit; a ``unit_dim`` the tensor does not have means its last dim.
+
+    Example:
+        >>> mask = torch.tensor([[True, False], [True, True]])  # (N=2, D=2)
+        >>> active, inactive = unit_activity(mask)
+        >>> active.tolist(), inactive.item()
+        ([0.0, 1.0], 3.0)
+    """
+    if inactive.ndim < 2:
+        flat = inactive.reshape(1, -1)
+    else:
+        dim = unit_dim if -inactive.ndim <= unit_dim < inactive.ndim else inactive.ndim - 1
+        flat = inactive.movedim(dim, 0).reshape(inactive.shape[dim], -1)
+    active = (~flat).sum(dim=1, dtype=torch.float64)
+    return active, inactive.sum(dtype=torch.float64)
+
+
+def dead_fraction(active_count: torch.Tensor) -> float:
+    """Fraction of units that were never active in the batch.
+
+    Example:
+        >>> dead_fraction(torch.tensor([0.0, 3.0, 0.0, 1.0]))
+        0.5
+    """
+    if active_count.numel() == 0:
+        return math.nan
+    return float((active_count == 0).double().mean())
+
+
+def judge_history(values: Sequence[float], low: float, high: float, patience: int) -> Verdict:
+    """``"low"`` when each of the last ``patience`` values is below ``low``, ``"high"`` when each is
+    above ``high`` (a NaN counts as high), else ``"ok"``: a layer is flagged only when it *stays*
+    out of range.
+
+    Example:
+        >>> judge_history([-3.0, -6.0, -7.0], low=-5.0, high=-1.0, patience=2)
+        'low'
+        >>> judge_history([-6.0, -3.0, -7.0], low=-5.0, high=-1.0, patience=2)
+        'ok'
+    """
+    recent = list(values)[-patience:]
+    if len(recent) < patience:
+        return "ok"
+    if all(v < low for v in recent):
+        return "low"
+    if all(math.isnan(v) or v > high for v in recent):
+        return "high"
+    return "ok"
+
+
+def recent_median(values: Sequence[float], count: int) -> float:
+    """Median of the last ``count`` values (NaN when there are none).
+
+    Example:
+        >>> recent_median([9.0, 1.0, 3.0, 2.0], 3)
+        2.0
+    """
+    recent = list(values)[-count:]
+    return float(statistics.median(recent)) if recent else math.nan
+
+
+def summarize_layers(layers: Mapping[str, float], limit: int = 5) -> str:
+    """``"net.0 (-12.0), net.2 (-6.1)"``, at most ``limit`` layers and ``"and N more"``.
+
+    Example:
+        >>> summarize_layers({"a": -12.0, "b": -6.14, "c": 0.5}, limit=2)
+        'a (-12.0), b (-6.1) and 1 more'
+    """
+    items = [f"{name} ({value:.1f})" for name, value in list(layers.items())[:limit]]
+    text = ", ".join(items)
+    extra = len(layers) - limit
+    return f"{text} and {extra} more" if extra > 0 else text
