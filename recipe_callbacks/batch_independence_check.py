@@ -1,0 +1,348 @@
+"""BatchIndependenceCheck: recipe step 2l, use backprop to chart dependencies across the batch."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+from typing_extensions import override
+
+from recipe_callbacks.batch import BatchToXY
+from recipe_callbacks.callback_base import RecipeCallback
+from recipe_callbacks.core.dependencies import (
+    CannotRun,
+    Dependency,
+    EmbeddingCapture,
+    LayerScan,
+    OutputRecorder,
+    batch_major,
+    batchnorm_in_eval,
+    cost_in_steps,
+    dependency_by_gradient,
+    dependency_by_perturbation,
+    dependency_picture,
+    first_mixing_output,
+    first_tensor,
+    largest,
+    off_diagonal,
+    probe_indices,
+    relative,
+    restored_buffers,
+)
+from recipe_callbacks.finding import OnFail, Status
+from recipe_callbacks.observe import observing
+from recipe_callbacks.validation import check_choice, check_float, check_int
+
+if TYPE_CHECKING:
+    import lightning.pytorch as pl
+
+Method = Literal["auto", "gradient", "perturbation"]
+METHODS: tuple[str, ...] = ("auto", "gradient", "perturbation")
+
+
+@dataclass
+class _Measurement:
+    rel: torch.Tensor  # (B, B) relative dependency, NaN where not measured
+    probes: list[int]
+    method: str
+    leaks: list[Dependency]
+    cost: float
+    where: str  # what the gradient was taken at
+    scan: LayerScan | None
+    names: list[str]
+    kinds: list[str]
+    batchnorms: int
+
+
+class OneOffDependencyCheck(RecipeCallback):
+    """What ``BatchIndependenceCheck`` and ``CausalityCheck`` share: run once on the first training batch.
+
+    Subclasses measure (``_measure``, raising ``CannotRun`` to skip) and report (``_report``).
+    """
+
+    one_off = True
+
+    def __init__(
+        self,
+        on_fail: OnFail = "warn",
+        input_key: str | None = None,
+        target_key: str | None = None,
+        batch_to_xy: BatchToXY | None = None,
+    ) -> None:
+        super().__init__(on_fail, input_key, target_key, batch_to_xy)
+        self._done = False
+
+    def _measure(self, pl_module: pl.LightningModule, x: torch.Tensor) -> Any:
+        raise NotImplementedError
+
+    @staticmethod
+    @contextmanager
+    def _probing(pl_module: pl.LightningModule, train_mode: bool) -> Iterator[int]:
+        """The model as in training (or in eval), BatchNorm in eval, grad on, RNG isolated, modes and
+        buffers restored on exit; yields how many BatchNorm layers were put in eval mode."""
+        with observing(pl_module, eval_mode=not train_mode, grad=True), restored_buffers(pl_module):
+            yield batchnorm_in_eval(pl_module)
+
+    def _failed(self, measured: Any) -> bool:
+        raise NotImplementedError
+
+    def _report(self, trainer: pl.Trainer, measured: Any, any_fail: bool) -> None:
+        raise NotImplementedError
+
+    @override
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if self._done:
+            return
+        self._done = True
+        if self.is_resumed(trainer):
+            self.finish_early()
+            return
+        measured: Any = None
+        resolved = self.resolve(trainer, batch)
+        if resolved is not None:
+            try:
+                measured = self._measure(pl_module, resolved.x)
+            except CannotRun as err:
+                self.skip(trainer, str(err), err.argument)
+            except Exception as err:  # a diagnostic must never crash the user's training
+                self.skip(trainer, f"running the model on the batch failed: {type(err).__name__}: {err}", "")
+        local_fail = measured is not None and self._failed(measured)
+        # Every rank takes part, so that a failure under on_fail="raise" stops all of them together.
+        any_fail = trainer.strategy.reduce_boolean_decision(local_fail, all=False)
+        if measured is not None:
+            self._report(trainer, measured, any_fail)
+        elif any_fail:
+            self.report(trainer, "fail", "the check failed on another rank (see that rank's Finding)")
+        self.finish_early()
+
+    @override
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self._done and not self.early_finished:
+            self.skip(trainer, "no training batch was seen, so the check did not run")
+            self.finish_early()
+
+
+class BatchIndependenceCheck(OneOffDependencyCheck):
+    """Checks that the model's output for one sample depends on no other sample of the batch.
+
+    On the first training batch of the fit: the "loss" is a fixed random weighting of the
+    outputs of sample ``i``; its gradient with respect to the input must be zero at every other
+    sample (relative to the largest gradient, within ``tolerance``) for a few probed ``i``. A
+    ``view``/``reshape`` that moves the batch dimension, or statistics over the batch in
+    ``forward``, make samples leak into each other; the Finding then names which samples leak
+    into which and the first module whose output shows the mixing (forward hooks on every
+    submodule, re-checked at each output in the order they ran).
+
+    The model is run as in training (dropout on, under an isolated RNG) except BatchNorm layers,
+    which mix the batch by design and are put in eval mode for the check (not replaced).
+    Gradients are taken with ``torch.autograd.grad`` with respect to the input only, so no
+    parameter ``.grad`` changes; train/eval modes and every buffer are restored afterwards, so the
+    training run is unchanged. Integer inputs (token ids) are differentiated at the output of the
+    ``nn.Embedding`` that embeds them; without one, each probed sample's input is perturbed
+    instead and the other samples' outputs watched. Does not run on a resumed run.
+
+    Args:
+        num_probes: how many samples ``i`` to probe (spread over the batch); each costs one
+            backward pass over the batch.
+        tolerance: largest cross-sample gradient allowed, relative to the largest gradient of the
+            same probe; a model that keeps samples apart has exactly zero.
+        train_mode: run the model in its training mode with only BatchNorm in eval (``True``), or
+            the whole model in eval mode (``False``, misses mixing that happens only in training).
+        method: ``"gradient"``, ``"perturbation"``, or ``"auto"`` (gradients where the input or
+            its embedding has them, perturbation otherwise).
+        on_fail: ``"warn"``, ``"raise"`` or ``"ignore"`` (see :class:`RecipeCallback`).
+        input_key: where the input is in a batch; inferred when ``None``.
+        target_key: where the target is in a batch; inferred when ``None``.
+        batch_to_xy: a function ``batch -> (x, y)`` for other batch shapes.
+
+    Raises:
+        ValueError: for a non-positive ``num_probes`` or ``tolerance``, or an unknown ``method``.
+        TypeError: for arguments of the wrong type.
+
+    Logged:
+        - ``recipe/batch_independence_check/max_leak``: largest relative cross-sample dependency.
+        - ``recipe/batch_independence_check/leaking_pairs``: (output sample, input sample) pairs above tolerance.
+        - ``recipe/batch_independence_check/num_probes``: samples probed.
+        - ``recipe/batch_independence_check/cost_steps``: cost in training-step equivalents.
+        - ``recipe/batch_independence_check/dependency_matrix``: image, output sample (rows) x
+          input sample (columns), log colour scale, grey not measured, red a leak.
+        - ``recipe/batch_independence_check/layer_scan``: text, on failure: each module output's
+          leak in the order they ran, up to the first mixed one.
+
+    Example::
+
+        trainer = Trainer(callbacks=[BatchIndependenceCheck(num_probes=4)])
+    """
+
+    def __init__(
+        self,
+        num_probes: int = 4,
+        tolerance: float = 1e-4,
+        train_mode: bool = True,
+        method: Method = "auto",
+        on_fail: OnFail = "warn",
+        input_key: str | None = None,
+        target_key: str | None = None,
+        batch_to_xy: BatchToXY | None = None,
+    ) -> None:
+        super().__init__(on_fail, input_key, target_key, batch_to_xy)
+        owner = type(self).__name__
+        self.num_probes = check_int(owner, "num_probes", num_probes)
+        self.tolerance = check_float(owner, "tolerance", tolerance, maximum=1.0)
+        if not isinstance(train_mode, bool):
+            raise TypeError(f"{owner}(train_mode={train_mode!r}): train_mode must be a bool")
+        self.train_mode = train_mode
+        self.method: Method = check_choice(owner, "method", method, METHODS)
+
+    # ----------------------------------------------------------------- measuring
+    @override
+    def _measure(self, pl_module: pl.LightningModule, x: torch.Tensor) -> _Measurement:
+        batch_size = x.shape[0] if x.ndim > 0 else 0
+        if batch_size < 2:
+            raise CannotRun(f"the batch holds {batch_size} sample(s); samples can only mix in a batch of 2 or more")
+        probes = probe_indices(batch_size, self.num_probes)
+        integer = not (x.is_floating_point() or x.is_complex())
+
+        def forward(inp: torch.Tensor) -> torch.Tensor:
+            torch.manual_seed(0)  # the same dropout masks on every call (the RNG is isolated)
+            out = first_tensor(pl_module(inp))
+            if out is None or not out.is_floating_point():
+                raise CannotRun("forward(x) returned no floating-point tensor to differentiate")
+            per_sample = batch_major(out, batch_size)
+            if per_sample is None:
+                raise CannotRun(
+                    f"the output's leading dim ({out.shape[0]}) is not the batch size ({batch_size}) or a "
+                    "multiple of it, so the output of one sample cannot be told apart"
+                )
+            return per_sample
+
+        with self._probing(pl_module, self.train_mode) as batchnorms:
+            method, where = self.method, "the input"
+            inputs: torch.Tensor | None = None
+            out: torch.Tensor | None = None
+            recorder = OutputRecorder(pl_module)
+            forwards = 0
+            if method != "perturbation":
+                forwards += 1
+                x_in = x if integer else x.detach().clone().requires_grad_(True)
+                with EmbeddingCapture(pl_module, x) as embedding, recorder:
+                    out = forward(x_in)
+                inputs = embedding.output if integer else x_in
+                where = f"the output of embedding `{embedding.name}`" if integer else where
+                if inputs is not None and out.requires_grad:
+                    method = "gradient"
+                elif method == "gradient":
+                    raise CannotRun("the input has no gradient (integer ids that reach no nn.Embedding)", "method")
+                else:
+                    method = "perturbation"
+            scan: LayerScan | None = None
+            if method == "gradient":
+                assert out is not None and inputs is not None
+                rel = relative(dependency_by_gradient(out, inputs, probes), axis=1)
+                leaks = off_diagonal(rel, self.tolerance)
+                if leaks:
+                    scan = first_mixing_output(recorder.outputs, inputs, leaks[0].out, self.tolerance)
+                backwards = len(probes) + (scan.backwards if scan else 0)
+                cost = cost_in_steps(forwards, backwards, batch_size, batch_size)
+            else:
+                rel = relative(dependency_by_perturbation(forward, x, probes), axis=0)
+                leaks = off_diagonal(rel, self.tolerance)
+                cost = cost_in_steps(forwards + 1 + len(probes), 0, batch_size, batch_size)
+        kinds = [recorder.kind(k) for k in range(len(recorder.names))]
+        return _Measurement(rel, probes, method, leaks, cost, where, scan, recorder.names, kinds, batchnorms)
+
+    # ----------------------------------------------------------------- reporting
+    @override
+    def _failed(self, measured: _Measurement) -> bool:
+        return bool(measured.leaks)
+
+    @override
+    def _report(self, trainer: pl.Trainer, m: _Measurement, any_fail: bool) -> None:
+        values = {
+            "max_leak": largest(m.leaks),
+            "leaking_pairs": float(len(m.leaks)),
+            "num_probes": float(len(m.probes)),
+            "cost_steps": m.cost,
+        }
+        self.log_image(trainer, "dependency_matrix", dependency_picture(m.rel, m.leaks))
+        setup = (
+            f"{self.tolerance:g} relative tolerance, "
+            + (f"gradients at {m.where}, " if m.method == "gradient" else "perturbing the input, ")
+            + ("training mode" if self.train_mode else "eval mode")
+            + (f" with {m.batchnorms} BatchNorm layer(s) in eval mode" if m.batchnorms and self.train_mode else "")
+        )
+        if m.leaks:
+            where = self._where_mixing(m)
+            if m.scan is not None and m.scan.first_mixed is not None:
+                self.log_text(trainer, "layer_scan", self._scan_table(m))
+            self.report(
+                trainer,
+                "fail",
+                f"samples of the batch mix: {_describe(m.leaks)} (largest {values['max_leak']:.3g} relative to the "
+                f"own-sample dependency; {setup}). {where}",
+                values,
+                "samples must meet only in the loss: look for a view/reshape/transpose that moves the batch dim "
+                "(use permute/transpose, not view, to reorder dims), or statistics over dim 0 in forward "
+                "(use nn.BatchNorm/LayerNorm, not a hand-written x - x.mean(0)).",
+            )
+            return
+        measured = torch.nan_to_num(m.rel, nan=0.0)
+        if not bool((measured > 0).any()):
+            self.report(
+                trainer,
+                "warn",
+                f"the probed outputs do not depend on any input ({setup}), so mixing cannot be judged",
+                values,
+                "check that forward uses its input (InputIndependentBaseline looks at this).",
+            )
+            return
+        status: Status = "fail" if any_fail else "pass"
+        summary = (
+            f"the outputs of samples {m.probes} depend only on their own inputs "
+            f"(largest cross-sample dependency {values['max_leak']:.3g}; {setup})"
+        )
+        if any_fail:
+            summary += "; but samples mix on another rank (see that rank's Finding)"
+        self.report(trainer, status, summary, values)
+
+    def _where_mixing(self, m: _Measurement) -> str:
+        scan = m.scan
+        if scan is None:
+            return "Rerun with method='gradient' and a differentiable input to locate the first mixing layer."
+        if scan.first_mixed is None:
+            last = f" after `{m.names[scan.last_clean]}`" if scan.last_clean is not None else ""
+            return f"No module output shows it: the mixing happens in forward code{last}, outside any submodule."
+        first = m.names[scan.first_mixed]
+        text = f"Mixing first appears at the output of `{first}` ({m.kinds[scan.first_mixed]})"
+        if scan.last_clean is not None:
+            clean = m.names[scan.last_clean]
+            text += f"; the output of `{clean}` ({m.kinds[scan.last_clean]}) before it is clean"
+            return text + f": look at `{first}` and the forward code between `{clean}` and `{first}`."
+        return text + "; it is the first module output that depends on the input."
+
+    def _scan_table(self, m: _Measurement) -> str:
+        assert m.scan is not None
+        rows = ["| # | module output | kind | leak |", "|---|---|---|---|"]
+        for k, leak in enumerate(m.scan.leaks):
+            shown = "not judged" if math.isnan(leak) else f"{leak:.3g}"
+            rows.append(f"| {k} | `{m.names[k]}` | {m.kinds[k]} | {shown} |")
+        return "\n".join(rows)
+
+
+def _describe(leaks: list[Dependency], shown: int = 4) -> str:
+    """``"output of sample 0 depends on samples 1, 2, 3; ..."`` for at most ``shown`` outputs."""
+    by_out: dict[int, list[int]] = {}
+    for dep in leaks:
+        by_out.setdefault(dep.out, []).append(dep.source)
+    parts = []
+    for out, sources in list(by_out.items())[:shown]:
+        listed = ", ".join(map(str, sources[:6])) + (f" (+{len(sources) - 6} more)" if len(sources) > 6 else "")
+        parts.append(f"output of sample {out} depends on sample(s) {listed}")
+    more = f"; and {len(by_out) - shown} more outputs" if len(by_out) > shown else ""
+    return "; ".join(parts) + more

@@ -1,0 +1,253 @@
+"""CausalityCheck: recipe step 2l for autoregressive models, the output at time t must not see the future."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from typing_extensions import override
+
+from recipe_callbacks.batch import BatchToXY
+from recipe_callbacks.batch_independence_check import METHODS, Method, OneOffDependencyCheck
+from recipe_callbacks.core.dependencies import (
+    CannotRun,
+    Dependency,
+    EmbeddingCapture,
+    cost_in_steps,
+    dependency_by_gradient,
+    dependency_by_perturbation,
+    dependency_picture,
+    first_tensor,
+    future,
+    largest,
+    probe_indices,
+    relative,
+)
+from recipe_callbacks.finding import OnFail, Status
+from recipe_callbacks.validation import check_choice, check_float, check_int
+
+if TYPE_CHECKING:
+    import lightning.pytorch as pl
+
+
+@dataclass
+class _Measurement:
+    rel: torch.Tensor  # (T, T) relative dependency of output time (rows) on input time (columns)
+    positions: list[int]
+    method: str
+    where: str
+    violations: list[Dependency]
+    cost: float
+    batchnorms: int
+
+
+class CausalityCheck(OneOffDependencyCheck):
+    """Checks that a sequence model's output at time ``t`` depends on no input after ``t``.
+
+    On the first training batch of the fit, for sequence inputs ``(B, T, ...)`` of features or
+    ``(B, T)`` of token ids and outputs with the same time dim: for a few probed output times
+    ``t``, the gradient of a fixed random weighting of the outputs at ``t`` with respect to the
+    input is charted over input time, giving a time x time dependency matrix. Any dependency on
+    the future (input time ``s > t``, or ``s >= t`` with ``strict``) above ``tolerance`` relative
+    to the probe's strongest dependency is a failure: a causal attention mask off by one, a
+    bidirectional RNN, a convolution padded on both sides, a shift the wrong way.
+
+    Token ids are differentiated at the output of the ``nn.Embedding`` that embeds them; where
+    there are no input gradients (ids that reach no embedding, a non-differentiable model) a few
+    input times are perturbed instead and the outputs watched (one forward pass each). The model
+    runs as in training with BatchNorm in eval (or all in eval with ``train_mode=False``), under
+    an isolated RNG, on ``num_samples`` sequences of the batch; parameter ``.grad``, modes and
+    buffers are left as they were. Non-sequence inputs are skipped (name ``time_dim`` to force
+    the check). Does not run on a resumed run.
+
+    Args:
+        num_positions: how many output times (gradient) or input times (perturbation) to probe,
+            spread over the sequence; each costs one backward (or forward) pass.
+        num_samples: how many sequences of the batch to run the check on.
+        tolerance: largest dependency on the future allowed, relative to the probe's strongest
+            dependency; a causal model has exactly zero.
+        strict: ``False``: output ``t`` may use inputs up to and including ``t`` (a language model
+            fed tokens ``<= t``); ``True``: only inputs before ``t``.
+        time_dim: the time dim of the input and the output (the same for both). ``None`` infers
+            dim 1 for ``(B, T)`` integer ids and ``(B, T, F)`` float features and skips other inputs.
+        train_mode: run the model in its training mode with only BatchNorm in eval (``True``) or the
+            whole model in eval mode (``False``).
+        method: ``"gradient"``, ``"perturbation"`` or ``"auto"`` (gradients when available).
+        on_fail: ``"warn"``, ``"raise"`` or ``"ignore"`` (see :class:`RecipeCallback`).
+        input_key: where the input is in a batch; inferred when ``None``.
+        target_key: where the target is in a batch; inferred when ``None``.
+        batch_to_xy: a function ``batch -> (x, y)`` for other batch shapes.
+
+    Raises:
+        ValueError: for non-positive counts or tolerance, ``time_dim`` 0, or an unknown ``method``.
+        TypeError: for arguments of the wrong type.
+
+    Logged:
+        - ``recipe/causality_check/max_future_dependency``: the largest relative dependency on the future.
+        - ``recipe/causality_check/future_pairs``: (output time, input time) pairs flagged.
+        - ``recipe/causality_check/max_lookahead``: how far ahead the farthest flagged input is (``s - t``).
+        - ``recipe/causality_check/num_positions``: times probed.
+        - ``recipe/causality_check/cost_steps``: cost in training-step equivalents.
+        - ``recipe/causality_check/dependency_matrix``: image, output time (rows, top = 0) x input
+          time (columns, left = 0), log colour scale; the upper-right triangle must be dark; red
+          marks a dependency on the future, grey what was not probed.
+
+    Example::
+
+        trainer = Trainer(callbacks=[CausalityCheck(num_positions=8)])
+    """
+
+    def __init__(
+        self,
+        num_positions: int = 8,
+        num_samples: int = 2,
+        tolerance: float = 1e-4,
+        strict: bool = False,
+        time_dim: int | None = None,
+        train_mode: bool = True,
+        method: Method = "auto",
+        on_fail: OnFail = "warn",
+        input_key: str | None = None,
+        target_key: str | None = None,
+        batch_to_xy: BatchToXY | None = None,
+    ) -> None:
+        super().__init__(on_fail, input_key, target_key, batch_to_xy)
+        owner = type(self).__name__
+        self.num_positions = check_int(owner, "num_positions", num_positions)
+        self.num_samples = check_int(owner, "num_samples", num_samples)
+        self.tolerance = check_float(owner, "tolerance", tolerance, maximum=1.0)
+        for name, flag in (("strict", strict), ("train_mode", train_mode)):
+            if not isinstance(flag, bool):
+                raise TypeError(f"{owner}({name}={flag!r}): {name} must be a bool")
+        self.strict = strict
+        self.train_mode = train_mode
+        self.time_dim = None if time_dim is None else check_int(owner, "time_dim", time_dim, minimum=1)
+        self.method: Method = check_choice(owner, "method", method, METHODS)
+
+    # ----------------------------------------------------------------- measuring
+    def _time_dim(self, x: torch.Tensor, integer: bool) -> int:
+        if self.time_dim is not None:
+            if self.time_dim >= x.ndim:
+                raise CannotRun(f"time_dim={self.time_dim} but the input has shape {tuple(x.shape)}", "time_dim")
+            return self.time_dim
+        if (integer and x.ndim == 2) or (not integer and x.ndim == 3):
+            return 1
+        kind = "integer ids" if integer else "float features"
+        raise CannotRun(
+            f"the input of shape {tuple(x.shape)} ({kind}) is not a sequence: expected (B, T) token ids or "
+            "(B, T, F) features; name the time dim to check it anyway",
+            "time_dim",
+        )
+
+    @override
+    def _measure(self, pl_module: pl.LightningModule, x: torch.Tensor) -> _Measurement:
+        integer = not (x.is_floating_point() or x.is_complex())
+        dim = self._time_dim(x, integer)
+        steps = x.shape[dim]
+        if steps < 2:
+            raise CannotRun(f"the sequence has {steps} time step(s); nothing to compare", "time_dim")
+        batch_size = x.shape[0]
+        n = min(self.num_samples, batch_size)
+        xs = x[:n]
+        positions = probe_indices(steps, self.num_positions)
+
+        def forward(inp: torch.Tensor) -> torch.Tensor:
+            torch.manual_seed(0)  # the same dropout masks on every call (the RNG is isolated)
+            out = first_tensor(pl_module(inp))
+            if out is None or not out.is_floating_point():
+                raise CannotRun("forward(x) returned no floating-point tensor to differentiate")
+            if out.ndim > dim and out.shape[0] == n and out.shape[dim] == steps:
+                return out
+            if dim == 1 and out.ndim >= 1 and out.shape[0] == n * steps:  # logits flattened to (B * T, V)
+                return out.reshape(n, steps, *out.shape[1:])
+            raise CannotRun(
+                f"the output of shape {tuple(out.shape)} has no time dim {dim} of length {steps} like the input "
+                f"{tuple(inp.shape)}: not a sequence-to-sequence model",
+                "time_dim",
+            )
+
+        with self._probing(pl_module, self.train_mode) as batchnorms:
+            method, where, forwards = self.method, "the input", 0
+            inputs: torch.Tensor | None = None
+            out: torch.Tensor | None = None
+            if method != "perturbation":
+                forwards += 1
+                x_in = xs if integer else xs.detach().clone().requires_grad_(True)
+                with EmbeddingCapture(pl_module, xs) as embedding:
+                    out = forward(x_in)
+                inputs = embedding.output if integer else x_in
+                where = f"the output of embedding `{embedding.name}`" if integer else where
+                if inputs is not None and out.requires_grad and inputs.shape[dim] == steps:
+                    method = "gradient"
+                elif method == "gradient":
+                    raise CannotRun("the input has no gradient (integer ids that reach no nn.Embedding)", "method")
+                else:
+                    method = "perturbation"
+            if method == "gradient":
+                assert out is not None and inputs is not None
+                raw = dependency_by_gradient(out, inputs, positions, out_dim=dim, in_dim=dim)
+                rel = relative(raw, axis=1)
+                cost = cost_in_steps(forwards, len(positions), n, batch_size)
+            else:
+                raw = dependency_by_perturbation(forward, xs, positions, out_dim=dim, in_dim=dim)
+                rel = relative(raw, axis=0)
+                cost = cost_in_steps(forwards + 1 + len(positions), 0, n, batch_size)
+        violations = future(rel, self.tolerance, self.strict)
+        return _Measurement(rel, positions, method, where, violations, cost, batchnorms)
+
+    # ----------------------------------------------------------------- reporting
+    @override
+    def _failed(self, measured: _Measurement) -> bool:
+        return bool(measured.violations)
+
+    @override
+    def _report(self, trainer: pl.Trainer, m: _Measurement, any_fail: bool) -> None:
+        lookahead = max((d.source - d.out for d in m.violations), default=0)
+        values = {
+            "max_future_dependency": largest(m.violations),
+            "future_pairs": float(len(m.violations)),
+            "max_lookahead": float(lookahead),
+            "num_positions": float(len(m.positions)),
+            "cost_steps": m.cost,
+        }
+        self.log_image(trainer, "dependency_matrix", dependency_picture(m.rel, m.violations))
+        allowed = "before t" if self.strict else "up to t"
+        setup = (
+            f"{self.tolerance:g} relative tolerance, "
+            + (f"gradients at {m.where}, " if m.method == "gradient" else "perturbing the input, ")
+            + ("training mode" if self.train_mode else "eval mode")
+            + (f" with {m.batchnorms} BatchNorm layer(s) in eval mode" if m.batchnorms and self.train_mode else "")
+        )
+        if m.violations:
+            shown = "; ".join(f"output at t={d.out} depends on input at t={d.source}" for d in m.violations[:4])
+            more = f" (+{len(m.violations) - 4} more)" if len(m.violations) > 4 else ""
+            self.report(
+                trainer,
+                "fail",
+                f"the output sees the future: {shown}{more}; up to {lookahead} step(s) ahead, largest "
+                f"{values['max_future_dependency']:.3g} relative to the strongest dependency ({setup}); the output "
+                f"at t may only depend on inputs {allowed}.",
+                values,
+                "check the causal attention mask (torch.triu(ones(T, T), diagonal=1) marks the future to hide; "
+                "diagonal=2 lets t see t+1), bidirectional RNNs, convolutions padded on both sides, and shifts of "
+                "the input or target; see the dependency_matrix picture (red: the future).",
+            )
+            return
+        if not bool((torch.nan_to_num(m.rel, nan=0.0) > 0).any()):
+            self.report(
+                trainer,
+                "warn",
+                f"the probed outputs do not depend on any input time ({setup}), so causality cannot be judged",
+                values,
+                "check that forward uses its input (InputIndependentBaseline looks at this).",
+            )
+            return
+        status: Status = "fail" if any_fail else "pass"
+        summary = (
+            f"the output at each probed time depends only on inputs {allowed} "
+            f"({len(m.positions)} times probed of {m.rel.shape[1]}; {setup})"
+        )
+        if any_fail:
+            summary += "; but the check failed on another rank (see that rank's Finding)"
+        self.report(trainer, status, summary, values)

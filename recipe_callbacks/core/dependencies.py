@@ -1,0 +1,509 @@
+"""Dependency matrices from backprop: which outputs depend on which inputs, sample x sample or time x time.
+
+Recipe step 2l ("use backprop to chart dependencies"): make the loss a (weighted) sum of the
+outputs of one sample, or of one time step, backpropagate to the input, and see where the gradient
+is non-zero. A model that keeps samples apart has a diagonal sample x sample matrix; a causal
+sequence model has a lower-triangular time x time matrix.
+
+Every matrix here is ``D[o, i]``: how strongly output slice ``o`` depends on input slice ``i``
+along one dimension (the batch dim, or the time dim), measured as the L2 norm of that slice of
+the gradient (or of the output change). Gradient mode fills the rows of the probed outputs, one
+backward pass each; perturbation mode (for inputs without gradients, e.g. integer token ids that
+reach no ``nn.Embedding``) fills the columns of the perturbed inputs, one forward pass each.
+Entries that were not measured are NaN.
+
+This module knows nothing of Lightning; it also holds the small hooks the checks need (capture
+the output of the first ``nn.Embedding``, record every module's output, keep buffers unchanged).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+from recipe_callbacks.core.pictures import colormap
+
+# ----------------------------------------------------------------------------- small pieces
+
+
+class CannotRun(Exception):
+    """A dependency check cannot judge this model or batch; ``argument`` names what would let it."""
+
+    def __init__(self, reason: str, argument: str = "") -> None:
+        super().__init__(reason)
+        self.argument = argument
+
+
+def probe_indices(size: int, count: int) -> list[int]:
+    """``count`` indices spread evenly over ``range(size)``, first and last included.
+
+    Example:
+        >>> probe_indices(10, 4)
+        [0, 3, 6, 9]
+        >>> probe_indices(3, 8)
+        [0, 1, 2]
+    """
+    if size <= 0 or count <= 0:
+        return []
+    if count >= size:
+        return list(range(size))
+    if count == 1:
+        return [0]
+    return sorted({round(k * (size - 1) / (count - 1)) for k in range(count)})
+
+
+def slice_norms(tensor: torch.Tensor, dim: int) -> torch.Tensor:
+    """The L2 norm of each slice of ``tensor`` along ``dim``: shape ``(tensor.shape[dim],)``, float64.
+
+    Example:
+        >>> slice_norms(torch.tensor([[3.0, 4.0], [0.0, 0.0]]), 0).tolist()
+        [5.0, 0.0]
+    """
+    moved = tensor.detach().to(torch.float64).movedim(dim, 0)
+    norms: torch.Tensor = moved.reshape(moved.shape[0], -1).norm(dim=1).cpu()
+    return norms
+
+
+def probe_weights(output: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """Fixed random weights shaped like ``output``, from a private generator (the global RNG is untouched).
+
+    The probed "loss" is ``(output[k] * weights[k]).sum()`` rather than a plain sum: a plain sum
+    of softmax probabilities is constant, and its gradient would be zero everywhere.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    weights = torch.randn(output.shape, generator=generator, dtype=torch.float64)
+    return weights.to(device=output.device, dtype=output.dtype)
+
+
+def relative(matrix: torch.Tensor, axis: int) -> torch.Tensor:
+    """Each row (``axis=1``) or column (``axis=0``) divided by its largest finite entry.
+
+    All-zero rows stay zero; NaN (not measured) stays NaN.
+
+    Example:
+        >>> relative(torch.tensor([[2.0, 1.0], [0.0, 0.0]]), axis=1).tolist()
+        [[1.0, 0.5], [0.0, 0.0]]
+    """
+    peak = torch.nan_to_num(matrix, nan=0.0).amax(dim=axis, keepdim=True)
+    return torch.where(peak > 0, matrix / peak.clamp_min(1e-300), matrix * 0.0)
+
+
+def batch_major(output: torch.Tensor, batch_size: int) -> torch.Tensor | None:
+    """``output`` as ``(batch_size, ...)``: as it is, or ``(B * k, ...)`` split back into ``(B, k, ...)``.
+
+    The second case is a model that flattens ``(B, T, V)`` logits to ``(B * T, V)`` (sample-major,
+    as ``view(-1, V)`` does). ``None`` when the leading dim is no multiple of the batch size.
+
+    Example:
+        >>> tuple(batch_major(torch.zeros(6, 5), 2).shape)
+        (2, 3, 5)
+        >>> batch_major(torch.zeros(5, 5), 2) is None
+        True
+    """
+    if output.ndim == 0 or output.shape[0] % batch_size != 0:
+        return None
+    if output.shape[0] == batch_size:
+        return output
+    return output.reshape(batch_size, output.shape[0] // batch_size, *output.shape[1:])
+
+
+def first_tensor(output: Any) -> torch.Tensor | None:
+    """The prediction tensor in what ``forward`` returned.
+
+    A tensor; the ``"logits"``/``"output"``/``"y_hat"`` entry (or first floating tensor) of a dict;
+    the first floating tensor of a tuple or list (e.g. a GRU's ``(output, h_n)``); an object's
+    ``.logits``. ``None`` when there is none.
+
+    Example:
+        >>> first_tensor((torch.ones(2), torch.zeros(1))).tolist()
+        [1.0, 1.0]
+        >>> first_tensor({"loss": 1.0, "logits": torch.zeros(1)}).tolist()
+        [0.0]
+    """
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, Mapping):
+        for key in ("logits", "output", "y_hat", "preds"):
+            if isinstance(output.get(key), torch.Tensor):
+                return output[key]  # type: ignore[no-any-return]
+        items: Sequence[Any] = list(output.values())
+    elif isinstance(output, (tuple, list)):
+        items = output
+    else:
+        logits = getattr(output, "logits", None)
+        return logits if isinstance(logits, torch.Tensor) else None
+    for item in items:
+        if isinstance(item, torch.Tensor) and item.is_floating_point():
+            return item
+    return None
+
+
+def cost_in_steps(forwards: float, backwards: float, samples: int, batch_size: int) -> float:
+    """Work in training-step equivalents: a step is one forward and one backward over the batch.
+
+    A backward pass costs about two forward passes, so a step is three forward units; passes over
+    ``samples`` samples cost ``samples / batch_size`` of a pass over the training batch.
+
+    Example:
+        >>> cost_in_steps(1, 1, 16, 16)
+        1.0
+        >>> cost_in_steps(1, 4, 4, 16)
+        0.75
+    """
+    return (forwards + 2.0 * backwards) / 3.0 * samples / max(1, batch_size)
+
+
+# ----------------------------------------------------------------------------- dependency matrices
+
+
+def dependency_by_gradient(
+    output: torch.Tensor,
+    inputs: torch.Tensor,
+    indices: Sequence[int],
+    *,
+    out_dim: int = 0,
+    in_dim: int = 0,
+    seed: int = 0,
+) -> torch.Tensor:
+    """``D[o, i]`` for the probed outputs ``o`` in ``indices``: one backward pass per probe.
+
+    Row ``o`` holds the L2 norm of each ``in_dim`` slice of the gradient of
+    ``(output.select(out_dim, o) * w).sum()`` with respect to ``inputs`` (fixed random ``w``).
+    Gradients are taken with ``torch.autograd.grad`` with respect to ``inputs`` only, so no
+    parameter's ``.grad`` changes. ``inputs`` may be any tensor of ``output``'s graph (e.g. an
+    embedding output); an output not connected to it gives a zero row.
+
+    Returns:
+        ``(output.shape[out_dim], inputs.shape[in_dim])`` float64 on the CPU, NaN outside the probed rows.
+
+    Raises:
+        ValueError: when ``output`` does not require grad (no graph to backpropagate through).
+
+    Example:
+        >>> x = torch.randn(3, 2, requires_grad=True)
+        >>> y = x * 2 + x.mean(0)  # mixes samples through the batch mean
+        >>> bool((dependency_by_gradient(y, x, [0])[0] > 0).all())
+        True
+    """
+    if not output.requires_grad:
+        raise ValueError("dependency_by_gradient: the output does not require grad; use perturbation")
+    matrix = torch.full((output.shape[out_dim], inputs.shape[in_dim]), math.nan, dtype=torch.float64)
+    weights = probe_weights(output, seed)
+    for o in indices:
+        target = (output.select(out_dim, o) * weights.select(out_dim, o)).sum()
+        (grad,) = torch.autograd.grad(target, inputs, retain_graph=True, allow_unused=True)
+        matrix[o] = 0.0 if grad is None else slice_norms(grad, in_dim)
+    return matrix
+
+
+def perturbed(x: torch.Tensor, dim: int, index: int, generator: torch.Generator) -> torch.Tensor:
+    """A copy of ``x`` with slice ``index`` along ``dim`` changed, everything else equal.
+
+    Integer inputs (token ids) move to the next id within the ids seen in ``x``; float inputs
+    get Gaussian noise of the size of ``x``'s spread.
+
+    Example:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> perturbed(torch.tensor([[0, 1], [2, 0]]), 1, 0, g).tolist()
+        [[1, 1], [0, 0]]
+    """
+    out = x.detach().clone()
+    piece = out.select(dim, index)
+    if x.is_floating_point() or x.is_complex():
+        scale = float(x.detach().float().std()) if x.numel() > 1 else 1.0
+        scale = scale if math.isfinite(scale) and scale > 0 else 1.0
+        noise = torch.randn(piece.shape, generator=generator, dtype=torch.float64) * scale
+        piece.add_(noise.to(device=x.device, dtype=x.dtype))
+    else:
+        vocab = max(int(x.max()) + 1, 2)
+        piece.copy_((piece + 1) % vocab)
+    return out
+
+
+def dependency_by_perturbation(
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    indices: Sequence[int],
+    *,
+    out_dim: int = 0,
+    in_dim: int = 0,
+    seed: int = 0,
+) -> torch.Tensor:
+    """``D[o, i]`` for the perturbed inputs ``i`` in ``indices``: one forward pass per probe.
+
+    Column ``i`` holds the L2 norm of each ``out_dim`` slice of ``forward(x_i) - forward(x)``,
+    where ``x_i`` is ``x`` with only slice ``i`` along ``in_dim`` changed. ``forward`` must be
+    deterministic (same dropout masks on every call).
+
+    Returns:
+        ``(n_out, x.shape[in_dim])`` float64 on the CPU, NaN outside the perturbed columns.
+
+    Example:
+        >>> net = lambda t: t.cumsum(1)  # output t depends on inputs <= t
+        >>> m = dependency_by_perturbation(net, torch.zeros(1, 3), [1], out_dim=1, in_dim=1)
+        >>> (m[:, 1] > 0).tolist()
+        [False, True, True]
+    """
+    with torch.no_grad():
+        base = forward(x).detach()
+        matrix = torch.full((base.shape[out_dim], x.shape[in_dim]), math.nan, dtype=torch.float64)
+        generator = torch.Generator().manual_seed(seed)
+        for i in indices:
+            changed = forward(perturbed(x, in_dim, i, generator)).detach()
+            matrix[:, i] = slice_norms(changed - base, out_dim)
+    return matrix
+
+
+# ----------------------------------------------------------------------------- verdicts
+
+
+@dataclass(frozen=True)
+class Dependency:
+    """One unexpected entry of a relative dependency matrix: output ``out`` depends on input ``source``."""
+
+    out: int
+    source: int
+    strength: float
+
+
+def off_diagonal(rel: torch.Tensor, tolerance: float) -> list[Dependency]:
+    """Entries ``o != i`` above ``tolerance``: outputs of one sample depending on another sample.
+
+    Example:
+        >>> off_diagonal(torch.tensor([[1.0, 0.5], [0.0, 1.0]]), 1e-4)
+        [Dependency(out=0, source=1, strength=0.5)]
+    """
+    mask = torch.nan_to_num(rel, nan=0.0) > tolerance
+    mask.fill_diagonal_(False)
+    return [Dependency(int(o), int(i), float(rel[o, i])) for o, i in mask.nonzero().tolist()]
+
+
+def future(rel: torch.Tensor, tolerance: float, strict: bool = False) -> list[Dependency]:
+    """Entries where output time ``t`` depends on input time ``s > t`` (``s >= t`` when ``strict``).
+
+    Example:
+        >>> future(torch.tensor([[1.0, 0.5], [1.0, 1.0]]), 1e-4)
+        [Dependency(out=0, source=1, strength=0.5)]
+        >>> len(future(torch.tensor([[0.0, 0.0], [1.0, 0.0]]), 1e-4, strict=True))
+        0
+    """
+    n_out, n_in = rel.shape
+    rows = torch.arange(n_out).unsqueeze(1)
+    cols = torch.arange(n_in).unsqueeze(0)
+    ahead = cols >= rows if strict else cols > rows
+    mask = (torch.nan_to_num(rel, nan=0.0) > tolerance) & ahead
+    return [Dependency(int(o), int(i), float(rel[o, i])) for o, i in mask.nonzero().tolist()]
+
+
+def largest(dependencies: Sequence[Dependency]) -> float:
+    """The strongest of ``dependencies`` (0.0 when there are none)."""
+    return max((d.strength for d in dependencies), default=0.0)
+
+
+@dataclass
+class LayerScan:
+    """Where mixing across samples first appears among recorded module outputs (in the order they ran)."""
+
+    first_mixed: int | None
+    last_clean: int | None
+    leaks: list[float] = field(default_factory=list)  # per recorded output; NaN: not judged
+    backwards: int = 0
+
+
+def first_mixing_output(
+    outputs: Sequence[torch.Tensor],
+    inputs: torch.Tensor,
+    probe: int,
+    tolerance: float,
+    seed: int = 0,
+) -> LayerScan:
+    """Scan module outputs in the order they ran for the first whose sample ``probe`` depends on other samples.
+
+    Each output is judged like the model output: the gradient of sample ``probe``'s slice with
+    respect to ``inputs`` (batch dim 0) must vanish at every other sample. Outputs whose leading
+    dim is no multiple of the batch size, or that are not connected to ``inputs``, are not judged.
+
+    Example:
+        >>> x = torch.randn(4, 3, requires_grad=True)
+        >>> a = x * 2
+        >>> b = a - a.mean(0)  # the batch mean: mixing starts here
+        >>> scan = first_mixing_output([a, b, b + 1], x, probe=0, tolerance=1e-4)
+        >>> scan.first_mixed, scan.last_clean
+        (1, 0)
+    """
+    batch_size = inputs.shape[0]
+    scan = LayerScan(first_mixed=None, last_clean=None)
+    for k, raw in enumerate(outputs):
+        out = batch_major(raw, batch_size)
+        if out is None or not out.requires_grad or not out.is_floating_point():
+            scan.leaks.append(math.nan)
+            continue
+        row = dependency_by_gradient(out, inputs, [probe], seed=seed)[probe : probe + 1]
+        scan.backwards += 1
+        if not bool((row > 0).any()):  # not connected to the input (e.g. a positional embedding)
+            scan.leaks.append(math.nan)
+            continue
+        leak = largest(off_diagonal_row(relative(row, axis=1)[0], probe, tolerance))
+        scan.leaks.append(leak)
+        if leak > 0:
+            scan.first_mixed = k
+            return scan
+        scan.last_clean = k
+    return scan
+
+
+def off_diagonal_row(row: torch.Tensor, probe: int, tolerance: float) -> list[Dependency]:
+    """Entries of one relative row (output ``probe``) above ``tolerance`` at other samples."""
+    return [
+        Dependency(probe, i, float(v)) for i, v in enumerate(row.tolist()) if i != probe and v > tolerance
+    ]
+
+
+# ----------------------------------------------------------------------------- hooks and state
+
+
+@contextmanager
+def restored_buffers(module: nn.Module) -> Iterator[None]:
+    """Put every buffer's value back on exit (a forward in train mode may update running statistics)."""
+    saved = [(b, b.detach().clone()) for b in module.buffers()]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for buffer, value in saved:
+                buffer.copy_(value)
+
+
+def batchnorm_in_eval(module: nn.Module) -> int:
+    """Put every BatchNorm layer (``_BatchNorm``: 1d/2d/3d, SyncBatchNorm, lazy) in eval mode.
+
+    Batch statistics mix samples by design; in eval mode the layer uses its running statistics
+    and keeps samples apart. Returns how many layers were switched. Callers restore the modes.
+    """
+    layers = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for layer in layers:
+        layer.eval()
+    return len(layers)
+
+
+class EmbeddingCapture:
+    """Hooks every ``nn.Embedding`` and keeps the output of the call that embeds the token ids ``x``.
+
+    That output is where gradients are taken for integer inputs (ids have none). It is made to
+    require grad if the embedding is frozen. Use as a context manager around the forward pass.
+    """
+
+    def __init__(self, module: nn.Module, token_ids: torch.Tensor) -> None:
+        self.module = module
+        self.token_ids = token_ids
+        self.output: torch.Tensor | None = None
+        self.name = ""
+        self._handles: list[RemovableHandle] = []
+
+    def _hook(self, name: str) -> Callable[[nn.Module, tuple[Any, ...], Any], Any]:
+        def hook(_module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
+            if self.output is not None or not args or not isinstance(output, torch.Tensor):
+                return None
+            ids = args[0]
+            same = ids is self.token_ids or (
+                isinstance(ids, torch.Tensor)
+                and ids.shape == self.token_ids.shape
+                and torch.equal(ids, self.token_ids)
+            )
+            if not same:
+                return None
+            if not output.requires_grad:
+                output = output.detach().requires_grad_(True)
+            self.output, self.name = output, name
+            return output
+
+        return hook
+
+    def __enter__(self) -> EmbeddingCapture:
+        for name, sub in self.module.named_modules():
+            if isinstance(sub, nn.Embedding):
+                self._handles.append(sub.register_forward_hook(self._hook(name)))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+
+class OutputRecorder:
+    """Records the output tensor of every submodule call, in the order the calls finish.
+
+    A container's output is recorded after its children's, so the first mixed output in this
+    order names the innermost module (or the container whose own ``forward`` code) that mixed.
+    The root module is not recorded (its output is the model output). At most ``limit`` calls.
+    """
+
+    def __init__(self, module: nn.Module, limit: int = 512) -> None:
+        self.module = module
+        self.limit = limit
+        self.names: list[str] = []
+        self.outputs: list[torch.Tensor] = []
+        self._calls: dict[str, int] = {}
+        self._handles: list[RemovableHandle] = []
+
+    def _hook(self, name: str) -> Callable[[nn.Module, tuple[Any, ...], Any], None]:
+        def hook(module: nn.Module, _args: tuple[Any, ...], output: Any) -> None:
+            tensor = first_tensor(output)
+            if tensor is None or len(self.outputs) >= self.limit:
+                return
+            calls = self._calls[name] = self._calls.get(name, 0) + 1
+            self.names.append(name if calls == 1 else f"{name} (call {calls})")
+            self.outputs.append(tensor)
+
+        return hook
+
+    def kind(self, index: int) -> str:
+        """The class name of the module behind recorded output ``index``."""
+        name = self.names[index].split(" (call ")[0]
+        return type(self.module.get_submodule(name)).__name__
+
+    def __enter__(self) -> OutputRecorder:
+        for name, sub in self.module.named_modules():
+            if name:
+                self._handles.append(sub.register_forward_hook(self._hook(name)))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+
+# ----------------------------------------------------------------------------- picture
+
+
+def dependency_picture(
+    rel: torch.Tensor, flagged: Sequence[Dependency] = (), *, floor: float = 1e-6, cell: int = 8, max_side: int = 768
+) -> np.ndarray:
+    """A relative dependency matrix as an ``(H, W, 3)`` uint8 picture, rows top-down.
+
+    Colour is ``log10`` of the relative strength on the viridis map from ``floor`` (dark purple,
+    no dependency) to 1 (yellow, the strongest dependency of that probe); grey is not measured;
+    red marks the ``flagged`` entries (dependencies that should not exist).
+
+    Example:
+        >>> dependency_picture(torch.eye(3), cell=2).shape
+        (6, 6, 3)
+    """
+    values = rel.detach().to(torch.float64).cpu().numpy()
+    logged = np.where(np.isnan(values), np.nan, np.log10(np.clip(values, floor, 1.0)))
+    rgb = colormap(logged, vmin=math.log10(floor), vmax=0.0)
+    for dep in flagged:
+        rgb[dep.out, dep.source] = (255, 0, 0)
+    size = max(1, min(cell, max_side // max(1, max(values.shape))))
+    picture: np.ndarray = rgb.repeat(size, axis=0).repeat(size, axis=1)
+    return picture
