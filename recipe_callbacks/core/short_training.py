@@ -1,0 +1,487 @@
+"""Train a copy of a model for a few steps, and judge the loss curves it leaves.
+
+The math behind ``InputIndependentBaseline`` (recipe step 2g) and ``OverfitOneBatch`` (2h),
+free of Lightning: a module, a loss closure ``(module, batch) -> loss`` and an optimizer go in, a
+:class:`ShortRun` (the loss curve and what the first backward pass showed) comes out. The verdict
+functions turn curves into numbers and a status; the helpers read an optimizer and a model for the
+usual reasons a model cannot fit (learning rate zero, frozen parameters, dropout still on).
+
+The caller owns the RNG: :func:`train_for` seeds torch when given ``seed``, so run it inside
+``torch.random.fork_rng`` (or Lightning's ``isolate_rng``) to leave the real run untouched.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+LossFn = Callable[[nn.Module, Any], "torch.Tensor | None"]
+Verdict = Literal["pass", "warn", "fail"]
+
+
+class ShortTrainingError(RuntimeError):
+    """The short training could not run (no loss, no optimizer); the message says why."""
+
+
+# ----------------------------------------------------------------------------- the training loop
+@dataclass
+class ShortRun:
+    """What a short training left.
+
+    Attributes:
+        losses: the loss before each optimizer step; when the run was not stopped early, one more
+            entry: the loss after the last step (so ``len(losses) == steps + 1``).
+        steps: optimizer steps taken.
+        reached_target: the run stopped because the loss fell to ``stop_below``.
+        no_grad_params: names of trainable parameters that got no (or an all-zero) gradient from the
+            first backward pass.
+    """
+
+    losses: list[float] = field(default_factory=list)
+    steps: int = 0
+    reached_target: bool = False
+    no_grad_params: list[str] = field(default_factory=list)
+
+
+def train_for(
+    model: nn.Module,
+    loss_fn: LossFn,
+    optimizer: torch.optim.Optimizer,
+    batches: Sequence[Any],
+    steps: int,
+    *,
+    stop_below: float | None = None,
+    seed: int | None = None,
+) -> ShortRun:
+    """Take up to ``steps`` optimizer steps on ``batches`` (cycled), recording the loss.
+
+    The loss is recorded before each step; when it is already ``<= stop_below`` the run stops
+    there (no step taken). Otherwise, after the last step the loss is evaluated once more without
+    gradients. A non-finite loss ends the run too.
+
+    Raises:
+        ShortTrainingError: ``loss_fn`` returned no tensor, or ``batches`` is empty.
+
+    Example:
+        >>> _ = torch.manual_seed(0)
+        >>> net = nn.Linear(1, 1)
+        >>> data = [(torch.tensor([[1.0], [2.0]]), torch.tensor([[2.0], [4.0]]))]
+        >>> mse = lambda m, b: nn.functional.mse_loss(m(b[0]), b[1])
+        >>> run = train_for(net, mse, torch.optim.SGD(net.parameters(), lr=0.1), data, 200, stop_below=0.01)
+        >>> run.reached_target, run.steps, len(run.losses), run.losses[-1] <= 0.01 < run.losses[0]
+        (True, 96, 97, True)
+    """
+    if not batches:
+        raise ShortTrainingError("no batch to train on")
+    if seed is not None:
+        torch.manual_seed(seed)
+    run = ShortRun()
+    for step in range(steps):
+        batch = batches[step % len(batches)]
+        optimizer.zero_grad(set_to_none=True)
+        loss = _scalar_loss(loss_fn(model, batch))
+        value = float(loss.detach())
+        run.losses.append(value)
+        if not math.isfinite(value):
+            return run
+        if stop_below is not None and value <= stop_below:
+            run.reached_target = True
+            return run
+        loss.backward()  # type: ignore[no-untyped-call]
+        if step == 0:
+            run.no_grad_params = params_without_grad(model)
+        optimizer.step()
+        run.steps += 1
+    with torch.no_grad():
+        run.losses.append(float(_scalar_loss(loss_fn(model, batches[steps % len(batches)]))))
+    if stop_below is not None and run.losses[-1] <= stop_below:
+        run.reached_target = True
+    return run
+
+
+def _scalar_loss(loss: torch.Tensor | None) -> torch.Tensor:
+    if not isinstance(loss, torch.Tensor):
+        raise ShortTrainingError("the training step returned no loss tensor (manual optimization, or it returned None)")
+    return loss if loss.ndim == 0 else loss.mean()
+
+
+def params_without_grad(model: nn.Module) -> list[str]:
+    """Names of parameters that require grad but have no gradient, or an all-zero one.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(2, 1), nn.Linear(2, 1))
+        >>> net[0](torch.ones(1, 2)).sum().backward()
+        >>> params_without_grad(net)
+        ['1.weight', '1.bias']
+    """
+    return [
+        name
+        for name, p in model.named_parameters()
+        if p.requires_grad and (p.grad is None or not bool(torch.any(p.grad != 0)))
+    ]
+
+
+# ----------------------------------------------------------------------------- optimizers
+def first_optimizer(conf: Any) -> torch.optim.Optimizer | None:
+    """The first optimizer in what ``configure_optimizers`` returned, in any of its documented forms.
+
+    A single optimizer, a list or tuple of them, ``([optimizers], [schedulers])``, a dict with an
+    ``"optimizer"`` key, or a list of such dicts. ``None`` when there is none.
+
+    Example:
+        >>> opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
+        >>> first_optimizer({"optimizer": opt, "lr_scheduler": None}) is opt
+        True
+        >>> first_optimizer(([opt], [])) is opt, first_optimizer(None)
+        (True, None)
+    """
+    if isinstance(conf, torch.optim.Optimizer):
+        return conf
+    if isinstance(conf, Mapping):
+        return first_optimizer(conf.get("optimizer"))
+    if isinstance(conf, (list, tuple)):
+        for item in conf:
+            found = first_optimizer(item)
+            if found is not None:
+                return found
+    return None
+
+
+def optimizer_owns(optimizer: torch.optim.Optimizer, model: nn.Module) -> bool:
+    """True when every parameter the optimizer updates belongs to ``model``."""
+    own = {id(p) for p in model.parameters()}
+    return all(id(p) in own for group in optimizer.param_groups for p in group["params"])
+
+
+def use_initial_lr(optimizer: torch.optim.Optimizer) -> None:
+    """Undo what a scheduler did at construction: set each group's ``lr`` back to its ``initial_lr``.
+
+    A warm-up schedule starts at a learning rate near zero; the short runs use the base rate the
+    user chose.
+    """
+    for group in optimizer.param_groups:
+        if "initial_lr" in group:
+            group["lr"] = group["initial_lr"]
+
+
+def rebuild_optimizer(template: torch.optim.Optimizer, source: nn.Module, target: nn.Module) -> torch.optim.Optimizer:
+    """An optimizer of ``template``'s class and settings over ``target``'s parameters.
+
+    Parameters are matched by name between ``source`` (the model ``template`` optimizes) and
+    ``target`` (a copy of it); the state (e.g. Adam's moments) is not copied.
+
+    Raises:
+        ShortTrainingError: a parameter of ``template`` is not in ``source``, or the class cannot be
+            built from its settings.
+
+    Example:
+        >>> import copy
+        >>> net = nn.Linear(2, 1)
+        >>> opt = torch.optim.SGD([{"params": [net.weight], "lr": 0.5}, {"params": [net.bias]}], lr=0.1)
+        >>> twin = copy.deepcopy(net)
+        >>> new = rebuild_optimizer(opt, net, twin)
+        >>> [g["lr"] for g in new.param_groups], new.param_groups[0]["params"][0] is twin.weight
+        ([0.5, 0.1], True)
+    """
+    names = {id(p): name for name, p in source.named_parameters()}
+    params = dict(target.named_parameters())
+    groups = []
+    for group in template.param_groups:
+        try:
+            copied = [params[names[id(p)]] for p in group["params"]]
+        except KeyError:
+            raise ShortTrainingError("the optimizer updates parameters that are not the model's") from None
+        groups.append({**{k: v for k, v in group.items() if k != "params"}, "params": copied})
+    try:
+        return type(template)(groups, **template.defaults)
+    except Exception as err:  # an optimizer class with a constructor of its own
+        raise ShortTrainingError(f"cannot rebuild {type(template).__name__}: {err}") from err
+
+
+def user_optimizer(
+    model: nn.Module,
+    source: nn.Module,
+    fallbacks: Sequence[torch.optim.Optimizer] = (),
+    lr: float | None = None,
+) -> torch.optim.Optimizer:
+    """The user's optimizer, built afresh for ``model`` (a copy of ``source``).
+
+    Tried in order: the first optimizer of ``model.configure_optimizers()`` (when it updates
+    ``model``'s own parameters); a rebuild of ``fallbacks[0]`` (the optimizer that trains
+    ``source``) over ``model``'s parameters; Adam at ``lr`` when ``lr`` is given. Each group's
+    learning rate is set back to the base rate a scheduler started from (``initial_lr``), and to
+    ``lr`` when given.
+
+    Raises:
+        ShortTrainingError: no optimizer could be built and ``lr`` is ``None``.
+
+    Example:
+        >>> class Net(nn.Linear):
+        ...     def configure_optimizers(self):
+        ...         return {"optimizer": torch.optim.SGD(self.parameters(), lr=0.3)}
+        >>> opt = user_optimizer(Net(2, 1), Net(2, 1))
+        >>> type(opt).__name__, opt.param_groups[0]["lr"]
+        ('SGD', 0.3)
+    """
+    optimizer: torch.optim.Optimizer | None = None
+    problems: list[str] = []
+    configure = getattr(model, "configure_optimizers", None)
+    if callable(configure):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                candidate = first_optimizer(configure())
+        except Exception as err:  # e.g. a scheduler that asks the (absent) Trainer for its length
+            candidate = None
+            problems.append(f"configure_optimizers() of a copy raised {type(err).__name__}: {err}")
+        if candidate is not None and optimizer_owns(candidate, model):
+            optimizer = candidate
+        elif candidate is not None:
+            problems.append("configure_optimizers() of a copy returns an optimizer of other parameters")
+    if optimizer is None and fallbacks:
+        try:
+            optimizer = rebuild_optimizer(fallbacks[0], source, model)
+        except ShortTrainingError as err:
+            problems.append(str(err))
+    if optimizer is None:
+        if lr is None:
+            raise ShortTrainingError("; ".join(problems) or "the model has no optimizer")
+        return torch.optim.Adam(model.parameters(), lr=lr)
+    use_initial_lr(optimizer)
+    if lr is not None:
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+    return optimizer
+
+
+def learning_rates(optimizer: torch.optim.Optimizer) -> list[float]:
+    """The ``lr`` of each parameter group that has one (``nan`` when it is not a number)."""
+    out = []
+    for group in optimizer.param_groups:
+        lr = group.get("lr")
+        out.append(float(lr) if isinstance(lr, (int, float, torch.Tensor)) else math.nan)
+    return out
+
+
+# ----------------------------------------------------------------------------- what a model shows
+@dataclass
+class ModelNotes:
+    """Counts that explain a failure to fit."""
+
+    frozen_tensors: int
+    total_tensors: int
+    frozen_elements: int
+    total_elements: int
+    not_in_optimizer: list[str]
+    dropout_in_train_mode: list[str]
+    weight_decay: float
+
+
+def model_notes(model: nn.Module, optimizer: torch.optim.Optimizer) -> ModelNotes:
+    """Frozen parameters, parameters the optimizer does not update, dropout in train mode, and the
+    largest weight decay of the optimizer.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(2, 2), nn.Dropout(0.5), nn.Linear(2, 1)).train()
+        >>> net[0].weight.requires_grad_(False)  # doctest: +ELLIPSIS
+        Parameter containing:...
+        >>> notes = model_notes(net, torch.optim.SGD(net[2].parameters(), lr=0.1))
+        >>> notes.frozen_tensors, notes.total_tensors, notes.not_in_optimizer, notes.dropout_in_train_mode
+        (1, 4, ['0.bias'], ['1'])
+    """
+    optimized = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    named = list(model.named_parameters())
+    frozen = [(n, p) for n, p in named if not p.requires_grad]
+    dropouts = [
+        name
+        for name, m in model.named_modules()
+        if m.training and isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0
+    ]
+    decays = [float(g.get("weight_decay", 0.0) or 0.0) for g in optimizer.param_groups]
+    return ModelNotes(
+        frozen_tensors=len(frozen),
+        total_tensors=len(named),
+        frozen_elements=sum(p.numel() for _, p in frozen),
+        total_elements=sum(p.numel() for _, p in named),
+        not_in_optimizer=[n for n, p in named if p.requires_grad and id(p) not in optimized],
+        dropout_in_train_mode=dropouts,
+        weight_decay=max(decays, default=0.0),
+    )
+
+
+# ----------------------------------------------------------------------------- batches
+def batch_size_of(batch: Any) -> int | None:
+    """The first dimension of the first tensor found in a (nested) batch, or ``None``."""
+    if isinstance(batch, torch.Tensor):
+        return int(batch.shape[0]) if batch.ndim > 0 else None
+    items = batch.values() if isinstance(batch, Mapping) else batch if isinstance(batch, (list, tuple)) else ()
+    for item in items:
+        size = batch_size_of(item)
+        if size is not None:
+            return size
+    return None
+
+
+def take_samples(batch: Any, n: int, batch_size: int) -> Any:
+    """The first ``n`` samples of a batch: every tensor whose first dimension is ``batch_size`` is
+    cut to ``n``; everything else is kept as it is (tuples, lists and dicts are rebuilt).
+
+    Example:
+        >>> x, y = take_samples((torch.zeros(8, 3), torch.arange(8)), 2, 8)
+        >>> tuple(x.shape), y.tolist()
+        ((2, 3), [0, 1])
+        >>> take_samples({"x": torch.zeros(8, 3), "scale": torch.ones(3)}, 2, 8)["scale"].shape
+        torch.Size([3])
+    """
+    if isinstance(batch, torch.Tensor):
+        return batch[:n] if batch.ndim > 0 and batch.shape[0] == batch_size else batch
+    if isinstance(batch, Mapping):
+        return type(batch)({k: take_samples(v, n, batch_size) for k, v in batch.items()})  # type: ignore[call-arg]
+    if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # a namedtuple
+        return type(batch)(*(take_samples(v, n, batch_size) for v in batch))
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(take_samples(v, n, batch_size) for v in batch)
+    return batch
+
+
+# ----------------------------------------------------------------------------- verdicts
+@dataclass
+class BaselineVerdict:
+    """The input-independent baseline judged.
+
+    ``gap`` is ``zero_final - real_final``. ``head_start`` is how much lower the zero-input run
+    started (``max(0, real_initial - zero_initial)``): zeroed inputs often give near-uniform outputs
+    whose loss at init is already close to what a model without input can reach, while the real
+    run starts from random features and needs steps to catch up. ``relative_gap`` is
+    ``(gap + head_start) / (real_initial - real_final)``: the share of the real run's loss decrease
+    that the zero-input run did not match. 1 (or more) means the input explains all of it; 0 means
+    the model learned nothing from its input.
+    """
+
+    status: Verdict
+    real_initial: float
+    real_final: float
+    zero_initial: float
+    zero_final: float
+    gap: float
+    head_start: float
+    relative_gap: float
+    real_learned: bool
+    identical: bool
+
+
+def baseline_verdict(
+    real: Sequence[float],
+    zero: Sequence[float],
+    min_relative_gap: float,
+    *,
+    min_decrease: float = 0.001,
+    rtol: float = 1e-6,
+) -> BaselineVerdict:
+    """Judge two loss curves of the same model from the same weights, on real and zeroed inputs.
+
+    ``fail`` when the two curves are the same at every step (to ``rtol``: the loss does not depend
+    on the input at all), or when ``relative_gap < min_relative_gap``; ``warn`` when the real run's
+    loss did not decrease by ``min_decrease`` of its initial value (then the comparison says
+    nothing about the input) or a loss is not finite; ``pass`` otherwise.
+
+    Example:
+        >>> v = baseline_verdict([2.3, 1.0, 0.3], [2.3, 2.1, 2.0], 0.25)
+        >>> v.status, round(v.gap, 3), round(v.relative_gap, 3)
+        ('pass', 1.7, 0.85)
+        >>> v = baseline_verdict([2.5, 2.4], [2.3, 2.3], 0.25)  # zero run started lower, learned nothing
+        >>> v.status, round(v.gap, 3), round(v.head_start, 3), round(v.relative_gap, 3)
+        ('pass', -0.1, 0.2, 1.0)
+        >>> baseline_verdict([2.3, 2.0], [2.3, 2.0], 0.25).status
+        'fail'
+        >>> baseline_verdict([2.3, 2.3], [2.3, 2.3], 0.25).status  # identical: no input dependence
+        'fail'
+        >>> baseline_verdict([2.3, 2.3], [2.1, 2.1], 0.25).status  # nothing learned: says nothing
+        'warn'
+    """
+    if not real or not zero:
+        raise ValueError("baseline_verdict needs two non-empty loss curves")
+    r0, r1, z0, z1 = float(real[0]), float(real[-1]), float(zero[0]), float(zero[-1])
+    gap = z1 - r1
+    head_start = max(0.0, r0 - z0)
+    decrease = r0 - r1
+    finite = all(math.isfinite(v) for v in (r0, r1, z0, z1))
+    learned = finite and decrease > min_decrease * max(abs(r0), 1e-12)
+    relative = (gap + head_start) / decrease if learned else math.nan
+    identical = len(real) == len(zero) and all(
+        abs(r - z) <= rtol * max(1.0, abs(r)) for r, z in zip(real, zero, strict=True)
+    )
+    status: Verdict
+    if identical:
+        status = "fail"
+    elif not learned:
+        status = "warn"
+    else:
+        status = "pass" if relative >= min_relative_gap else "fail"
+    return BaselineVerdict(status, r0, r1, z0, z1, gap, head_start, relative, learned, identical)
+
+
+@dataclass
+class OverfitVerdict:
+    """One batch overfitted (or not), and why not."""
+
+    status: Verdict
+    initial: float
+    lowest: float
+    final: float
+    reached: bool
+    negative: bool
+    rising: bool
+    decrease_fraction: float
+
+
+def overfit_verdict(
+    losses: Sequence[float],
+    target_loss: float,
+    *,
+    allow_negative: bool = False,
+    min_decrease: float = 0.5,
+) -> OverfitVerdict:
+    """Judge the loss curve of a model trained on one fixed batch.
+
+    ``pass`` when the lowest loss is ``<= target_loss`` (and not negative, unless
+    ``allow_negative``). Otherwise ``fail`` when the loss went negative, rose, is not finite, or
+    fell by less than ``min_decrease`` of its initial value; ``warn`` when it fell that much but
+    did not reach the target in the steps given (it may need more steps or a higher learning rate).
+
+    Example:
+        >>> overfit_verdict([2.3, 0.5, 0.01], 0.05).status
+        'pass'
+        >>> overfit_verdict([2.3, 0.9, 0.6], 0.05).status
+        'warn'
+        >>> overfit_verdict([2.3, 2.2, 2.2], 0.05).status
+        'fail'
+        >>> v = overfit_verdict([2.3, -5.0, -40.0], 0.05)
+        >>> v.status, v.negative
+        ('fail', True)
+    """
+    if not losses:
+        raise ValueError("overfit_verdict needs a non-empty loss curve")
+    finite = [v for v in losses if math.isfinite(v)]
+    initial = float(losses[0])
+    lowest = min(finite) if finite else math.nan
+    final = float(losses[-1])
+    negative = not allow_negative and lowest < 0
+    # "rising": the end of the run sits above its start by more than noise.
+    rising = math.isfinite(final) and final > initial + 1e-6 * max(1.0, abs(initial))
+    decrease = (initial - lowest) / abs(initial) if math.isfinite(initial) and initial != 0 else math.nan
+    reached = math.isfinite(lowest) and lowest <= target_loss and not negative
+    status: Verdict
+    if reached:
+        status = "pass"
+    elif negative or rising or len(finite) < len(losses) or not decrease >= min_decrease:
+        status = "fail"
+    else:
+        status = "warn"
+    return OverfitVerdict(status, initial, lowest, final, reached, negative, rising, decrease)

@@ -1,0 +1,265 @@
+"""OverfitOneBatch: recipe step 2h, a model must be able to memorise one small batch."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import torch
+from lightning.pytorch.utilities.seed import isolate_rng
+from typing_extensions import override
+
+from recipe_callbacks.batch import BatchResolutionError, BatchToXY, resolve_batch
+from recipe_callbacks.callback_base import RecipeCallback
+from recipe_callbacks.core.pictures import line_chart
+from recipe_callbacks.core.short_training import (
+    ShortTrainingError,
+    batch_size_of,
+    learning_rates,
+    model_notes,
+    overfit_verdict,
+    take_samples,
+    train_for,
+    user_optimizer,
+)
+from recipe_callbacks.finding import OnFail
+from recipe_callbacks.observe import detached_copy, training_step_loss
+from recipe_callbacks.validation import check_float, check_int
+
+if TYPE_CHECKING:
+    import lightning.pytorch as pl
+
+
+def _loss(model: torch.nn.Module, batch: Any) -> torch.Tensor | None:
+    return training_step_loss(model, batch)  # type: ignore[arg-type]
+
+
+def _names(names: list[str], limit: int = 4) -> str:
+    shown = ", ".join(names[:limit])
+    return f"{shown}, ... ({len(names)} in all)" if len(names) > limit else shown
+
+
+class OverfitOneBatch(RecipeCallback):
+    """Trains a copy of the model on a few samples of the first training batch until it memorises
+    them, and says why when it cannot.
+
+    Recipe step 2h, "overfit one batch": a model that cannot drive the loss on a handful of
+    examples to (near) its minimum has a bug. The copy is a ``detached_copy`` of the model at the
+    start of fit, trained with the user's own optimizer class and settings (the first optimizer of
+    ``configure_optimizers()``, at its base learning rate, without scheduler) on the user's own
+    loss (``training_step``), in train mode, under an isolated RNG: the real model, its optimizer,
+    the logged metrics and the RNG are untouched. The run stops as soon as the loss reaches
+    ``target_loss``; it does not run again on a run resumed from a checkpoint.
+
+    The default ``target_loss=0.05`` suits classification with cross-entropy, whose minimum is 0
+    for a model that can memorise; set it for other losses (e.g. a fraction of the targets'
+    variance for a mean squared error). ``pass`` when the lowest loss reaches the target;
+    ``warn`` when the loss fell by at least half but not to the target within ``max_steps``;
+    ``fail`` when it fell less, rose, went negative or became non-finite. The advice lists what it
+    finds: frozen parameters (``requires_grad=False``), trainable parameters missing from the
+    optimizer or getting no gradient, a learning rate of zero, dropout on in train mode, weight
+    decay, and a rising or negative loss (a loss with a wrong sign or a wrong target).
+
+    Cost (``values["cost_steps"]``): the optimizer steps taken, in training-step equivalents: a
+    step on ``num_samples`` samples of a ``B``-sample batch counts ``num_samples / B``.
+
+    Args:
+        num_samples: how many samples of the first training batch to memorise (all of it if smaller).
+        max_steps: the most optimizer steps to take.
+        target_loss: the loss that counts as memorised.
+        allow_negative_loss: accept a negative loss (otherwise it is taken for a wrong sign).
+        lr: learning rate for the copy; default the user's base rate. Also used (with Adam) when the
+            user's optimizer cannot be rebuilt for a copy.
+        on_fail: ``"warn"``, ``"raise"`` or ``"ignore"`` (see ``RecipeCallback``).
+        input_key: where the input is in a batch (only used to count the batch's samples).
+        target_key: where the target is in a batch.
+        batch_to_xy: a function ``batch -> (x, y)`` for batches of another shape.
+
+    Raises:
+        ValueError: an argument out of range (the message names it).
+        TypeError: an argument of the wrong type.
+
+    Logged:
+        - ``recipe/overfit_one_batch/loss_curve``: picture of the copy's loss per step and the target.
+        - ``recipe/overfit_one_batch/initial_loss``, ``.../lowest_loss``, ``.../final_loss``,
+          ``.../target_loss``: the loss before training, the lowest reached, the last, the target.
+        - ``recipe/overfit_one_batch/steps``, ``.../cost_steps``: optimizer steps taken and their cost.
+        - ``recipe/overfit_one_batch/num_samples``, ``.../lr``, ``.../frozen_params``: samples used,
+          the learning rate of the first parameter group, parameter tensors with ``requires_grad=False``.
+
+    Example::
+
+        trainer = Trainer(callbacks=[OverfitOneBatch(num_samples=8, max_steps=60), RecipeReport()])
+    """
+
+    one_off = True
+
+    def __init__(
+        self,
+        num_samples: int = 8,
+        max_steps: int = 60,
+        target_loss: float = 0.05,
+        allow_negative_loss: bool = False,
+        lr: float | None = None,
+        on_fail: OnFail = "warn",
+        input_key: str | None = None,
+        target_key: str | None = None,
+        batch_to_xy: BatchToXY | None = None,
+    ) -> None:
+        super().__init__(on_fail, input_key, target_key, batch_to_xy)
+        owner = type(self).__name__
+        self.num_samples = check_int(owner, "num_samples", num_samples)
+        self.max_steps = check_int(owner, "max_steps", max_steps)
+        self.target_loss = check_float(owner, "target_loss", target_loss, minimum=-math.inf)
+        if not isinstance(allow_negative_loss, bool):
+            raise TypeError(f"{owner}(allow_negative_loss={allow_negative_loss!r}): allow_negative_loss must be a bool")
+        self.allow_negative_loss = allow_negative_loss
+        self.lr = None if lr is None else check_float(owner, "lr", lr)
+        self._ran = False
+
+    @override
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if self._ran:
+            return
+        self._ran = True
+        if not self.is_resumed(trainer):
+            self._check(trainer, pl_module, batch)
+        self.finish_early()
+
+    @override
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self._ran and not self.is_resumed(trainer):
+            self._ran = True
+            self.skip(trainer, "no training batch was seen, so there was no batch to overfit")
+            self.finish_early()
+
+    def _batch_size(self, batch: Any) -> int | None:
+        try:
+            return int(resolve_batch(batch, self.input_key, self.target_key, self.batch_to_xy).x.shape[0])
+        except (BatchResolutionError, IndexError):
+            return batch_size_of(batch)
+
+    def _check(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any) -> None:
+        size = self._batch_size(batch)
+        n = min(self.num_samples, size) if size else None
+        small = take_samples(batch, n, size) if n and size else batch
+        payload = trainer.strategy.broadcast(self._train(trainer, pl_module, small), src=0)
+        if "skip" in payload:
+            self.skip(trainer, payload["skip"], payload.get("argument", ""))
+            return
+        scale = n / size if n and size else 1.0
+        self._judge(trainer, payload, n or 0, scale)
+
+    def _train(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any) -> dict[str, Any]:
+        """Train the copy; returns plain data (the same on every rank after the broadcast)."""
+        with isolate_rng():
+            copy = detached_copy(pl_module)  # keeps the train/eval mode of every submodule
+            try:
+                optimizer = user_optimizer(copy, pl_module, trainer.optimizers, self.lr)
+            except ShortTrainingError as err:
+                return {"skip": f"cannot build the optimizer for a copy of the model: {err}", "argument": "lr"}
+            notes = model_notes(copy, optimizer)
+            lrs = learning_rates(optimizer)
+            try:
+                run = train_for(
+                    copy,
+                    _loss,
+                    optimizer,
+                    [batch],
+                    self.max_steps,
+                    stop_below=self.target_loss,
+                    seed=torch.initial_seed(),
+                )
+            except ShortTrainingError as err:
+                return {"skip": f"cannot train a copy of the model: {err}"}
+            except Exception as err:  # the user's training_step on a copy without a Trainer
+                return {"skip": f"the training_step of a copy raised {type(err).__name__}: {err}"}
+        return {"losses": run.losses, "steps": run.steps, "no_grad": run.no_grad_params, "lrs": lrs, "notes": notes}
+
+    def _judge(self, trainer: pl.Trainer, p: dict[str, Any], n: int, scale: float) -> None:
+        losses: list[float] = p["losses"]
+        v = overfit_verdict(losses, self.target_loss, allow_negative=self.allow_negative_loss)
+        notes = p["notes"]
+        lrs: list[float] = p["lrs"]
+        cost = (p["steps"] + (len(losses) - p["steps"]) / 3) * scale  # a forward-only pass: a third
+        values = {
+            "initial_loss": v.initial,
+            "lowest_loss": v.lowest,
+            "final_loss": v.final,
+            "target_loss": self.target_loss,
+            "steps": float(p["steps"]),
+            "cost_steps": cost,
+            "num_samples": float(n),
+            "lr": lrs[0] if lrs else math.nan,
+            "frozen_params": float(notes.frozen_tensors),
+        }
+        self._picture(trainer, losses)
+        where = f"{n} samples" if n else "the first batch"
+        if v.status == "pass":
+            summary = (
+                f"a copy memorised {where} of the first batch: loss {v.initial:.3g} -> {v.lowest:.3g} "
+                f"(target {self.target_loss:g}) in {p['steps']} steps"
+            )
+            self.report(trainer, "pass", summary, values)
+            return
+        summary = (
+            f"a copy did not memorise {where} of the first batch in {p['steps']} steps: "
+            f"loss {v.initial:.3g} -> lowest {v.lowest:.3g}, target {self.target_loss:g}"
+        )
+        self.report(trainer, v.status, summary, values, self._advice(v, notes, lrs, p["no_grad"]))
+
+    def _advice(self, v: Any, notes: Any, lrs: list[float], no_grad: list[str]) -> str:
+        found: list[str] = []
+        if v.negative:
+            found.append(
+                f"the loss went negative ({v.lowest:.3g}): a loss with a wrong sign (maximised?) or a "
+                "wrong target; set allow_negative_loss=True if your loss can be negative"
+            )
+        if v.rising:
+            found.append(
+                f"the loss rose ({v.initial:.3g} -> {v.final:.3g}) while the optimizer descended: a wrong "
+                "sign of the loss, a wrong target, or a learning rate far too high"
+            )
+        zero = [i for i, lr in enumerate(lrs) if lr == 0]
+        if zero:
+            found.append(f"the learning rate is 0 in parameter group(s) {zero} of the optimizer")
+        if notes.frozen_tensors:
+            found.append(
+                f"{notes.frozen_tensors} of {notes.total_tensors} parameter tensors "
+                f"({notes.frozen_elements} of {notes.total_elements} values) have requires_grad=False"
+            )
+        if notes.not_in_optimizer:
+            found.append(f"trainable parameters missing from the optimizer: {_names(notes.not_in_optimizer)}")
+        if no_grad:
+            found.append(f"parameters that got no gradient from the loss (unused or detached): {_names(no_grad)}")
+        if notes.dropout_in_train_mode:
+            found.append(
+                f"dropout is on in train mode ({_names(notes.dropout_in_train_mode)}): it fights "
+                "memorisation; turn it off while overfitting"
+            )
+        if notes.weight_decay > 0:
+            found.append(f"weight_decay={notes.weight_decay:g} in the optimizer pulls the weights back")
+        if not found:
+            if v.status == "warn":
+                return (
+                    f"the loss is falling but slowly: raise max_steps (now {self.max_steps}) or lr, or give "
+                    "the model more capacity; if the loss levels off, check the target (shape, dtype, class "
+                    "indices) and the loss function"
+                )
+            return (
+                "found no frozen parameter, zero learning rate or dropout: check that the target matches the "
+                "output (shape, dtype, class indices, a view that mixes samples), the loss function, and try "
+                "a higher lr or a larger model"
+            )
+        return "; ".join(found) + "."
+
+    def _picture(self, trainer: pl.Trainer, losses: list[float]) -> None:
+        positive = all(x > 0 for x in losses if math.isfinite(x)) and self.target_loss > 0
+        chart = line_chart(
+            {"loss": losses, f"target {self.target_loss:g}": [self.target_loss] * len(losses)},
+            title="OverfitOneBatch: loss of a copy on one fixed batch" + (" (log10)" if positive else ""),
+            log_y=positive,
+        )
+        self.log_image(trainer, "loss_curve", chart)
