@@ -11,6 +11,8 @@ from recipe_callbacks.finding import Finding, RecipeCheckError, RecipeWarning
 from recipe_callbacks.recipe_report import RecipeReport
 
 # Recipe callbacks: one import line per module, in recipe order.
+from recipe_callbacks.data_inspector import DataInspector
+from recipe_callbacks.init_loss_check import InitLossCheck
 
 from recipe_callbacks import presets
 
@@ -18,7 +20,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BatchResolutionError",
+    "DataInspector",
     "Finding",
+    "InitLossCheck",
     "RecipeCallback",
     "RecipeCheckError",
     "RecipeReport",

@@ -1,0 +1,193 @@
+"""Looking at a data set (recipe step 1): label counts, sample hashes for exact duplicates, the
+hardest samples, and a bounded, deterministic way to read a loader's data set.
+
+Nothing here imports Lightning.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+from torch.utils.data import (
+    DataLoader,
+    Dataset,
+    DistributedSampler,
+    IterableDataset,
+    RandomSampler,
+    SequentialSampler,
+    Subset,
+)
+
+
+def label_counts(target: torch.Tensor, num_classes: int | None = None) -> torch.Tensor:
+    """How often each class index occurs in ``target`` (any shape), as an int64 ``(C,)`` tensor.
+
+    Negative entries (an ``ignore_index`` such as -100) are not counted; bool / 0-1 float targets
+    count as classes 0 and 1.
+
+    Example:
+        >>> label_counts(torch.tensor([0, 2, 2, -100]), num_classes=4).tolist()
+        [1, 0, 2, 0]
+    """
+    labels = target.detach().cpu().long().flatten()
+    labels = labels[labels >= 0]
+    size = max(num_classes or 0, int(labels.max()) + 1 if labels.numel() else 0)
+    return torch.bincount(labels, minlength=size)
+
+
+def imbalance_ratio(counts: torch.Tensor) -> float:
+    """Largest class count over the smallest one (classes with count 0 make it infinite).
+
+    Example:
+        >>> imbalance_ratio(torch.tensor([90, 10]))
+        9.0
+        >>> imbalance_ratio(torch.tensor([5, 0]))
+        inf
+    """
+    c = counts.to(torch.float64)
+    if c.numel() == 0 or float(c.max()) <= 0:
+        return math.nan
+    low = float(c.min())
+    return math.inf if low <= 0 else float(c.max()) / low
+
+
+def sample_hashes(x: torch.Tensor) -> list[bytes]:
+    """A 16-byte digest of each sample's exact contents (dtype, shape and bytes) along dim 0.
+
+    Two samples hash alike only when they are bit-for-bit equal (up to a negligible chance).
+
+    Example:
+        >>> h = sample_hashes(torch.tensor([[1.0, 2.0], [3.0, 4.0], [1.0, 2.0]]))
+        >>> h[0] == h[2], h[0] == h[1]
+        (True, False)
+    """
+    data = x.detach().cpu().contiguous()
+    prefix = f"{data.dtype}{tuple(data.shape[1:])}".encode()
+    if data.dtype == torch.bfloat16:
+        data = data.view(torch.int16)
+    arr = data.numpy()
+    return [hashlib.blake2b(prefix + arr[i].tobytes(), digest_size=16).digest() for i in range(arr.shape[0])]
+
+
+def shared_samples(train_hashes: Sequence[bytes], val_hashes: Sequence[bytes]) -> list[int]:
+    """Positions in ``val_hashes`` of samples that also occur in ``train_hashes``.
+
+    Example:
+        >>> shared_samples([b"a", b"b"], [b"c", b"b", b"b"])
+        [1, 2]
+    """
+    seen = set(train_hashes)
+    return [i for i, h in enumerate(val_hashes) if h in seen]
+
+
+def top_k_hardest(losses: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of the ``k`` largest losses, largest first (NaN counts as largest).
+
+    Example:
+        >>> top_k_hardest(torch.tensor([0.1, 3.0, 0.5, 2.0]), 2).tolist()
+        [1, 3]
+    """
+    values = torch.nan_to_num(losses.detach().to(torch.float64).flatten(), nan=math.inf)
+    k = min(k, values.numel())
+    return torch.topk(values, k, largest=True, sorted=True).indices
+
+
+def looks_like_images(x: torch.Tensor) -> bool:
+    """A batch ``(N, C, H, W)`` with 1 or 3 channels and both sides at least 4 pixels.
+
+    Example:
+        >>> looks_like_images(torch.zeros(2, 1, 8, 8)), looks_like_images(torch.zeros(2, 64))
+        (True, False)
+    """
+    return x.ndim == 4 and x.shape[1] in (1, 3) and x.shape[2] >= 4 and x.shape[3] >= 4
+
+
+def _plain_sampler(loader: DataLoader[Any]) -> bool:
+    return type(loader.sampler) in (SequentialSampler, RandomSampler, DistributedSampler)
+
+
+def bounded_loader(loader: DataLoader[Any], max_samples: int, seed: int = 0) -> tuple[DataLoader[Any], int]:
+    """A loader over at most ``max_samples`` samples of ``loader``'s data set, with its collate
+    function and batch size, in the main process, the same on every process.
+
+    The whole data set when it is small; otherwise a random subset drawn with its own generator
+    seeded by ``seed`` (the global RNG is not touched). A loader with a custom sampler (e.g. a
+    ``WeightedRandomSampler``) keeps its sampling: the first ``max_samples`` indices it yields are
+    used, since they are what training sees. Returns the loader and the number of samples it
+    covers (``-1`` for an iterable data set, whose length is unknown).
+
+    Example:
+        >>> from torch.utils.data import TensorDataset
+        >>> dl, n = bounded_loader(DataLoader(TensorDataset(torch.arange(10.0)), batch_size=4), 6)
+        >>> n, sum(len(b[0]) for b in dl)
+        (6, 6)
+    """
+    dataset: Dataset[Any] = loader.dataset
+    batch_size = loader.batch_size or (
+        getattr(loader.batch_sampler, "batch_size", None) if loader.batch_sampler is not None else None
+    ) or 1
+    common: dict[str, Any] = {"batch_size": batch_size, "collate_fn": loader.collate_fn, "num_workers": 0}
+    if isinstance(dataset, IterableDataset):
+        return DataLoader(_Take(dataset, max_samples), **common), -1
+    size = len(dataset)  # type: ignore[arg-type]
+    if not _plain_sampler(loader) and loader.sampler is not None:
+        indices: list[int] = []
+        for index in loader.sampler:
+            indices.append(int(index))
+            if len(indices) >= max_samples:
+                break
+    elif size <= max_samples:
+        return DataLoader(dataset, shuffle=False, **common), size
+    else:
+        generator = torch.Generator().manual_seed(seed)
+        indices = sorted(torch.randperm(size, generator=generator)[:max_samples].tolist())
+    return DataLoader(Subset(dataset, indices), shuffle=False, **common), len(indices)
+
+
+class _Take(IterableDataset[Any]):
+    """The first ``n`` items of an iterable data set."""
+
+    def __init__(self, dataset: IterableDataset[Any], n: int) -> None:
+        self.dataset = dataset
+        self.n = n
+
+    def __iter__(self) -> Iterator[Any]:
+        for i, item in enumerate(self.dataset):
+            if i >= self.n:
+                return
+            yield item
+
+
+def first_dataloader(loaders: Any) -> DataLoader[Any] | None:
+    """The first ``DataLoader`` in a loader, or a list / tuple / dict of loaders (nested).
+
+    Example:
+        >>> dl = DataLoader(range(3))
+        >>> first_dataloader({"a": [dl]}) is dl, first_dataloader(None)
+        (True, None)
+    """
+    if isinstance(loaders, DataLoader):
+        return loaders
+    if isinstance(loaders, dict):
+        loaders = list(loaders.values())
+    if isinstance(loaders, (list, tuple)):
+        for item in loaders:
+            found = first_dataloader(item)
+            if found is not None:
+                return found
+    return None
+
+
+def all_dataloaders(loaders: Any) -> list[DataLoader[Any]]:
+    """Every ``DataLoader`` in a loader, or a list / tuple / dict of loaders (nested), in order."""
+    if isinstance(loaders, DataLoader):
+        return [loaders]
+    if isinstance(loaders, dict):
+        loaders = list(loaders.values())
+    if isinstance(loaders, (list, tuple)):
+        return [dl for item in loaders for dl in all_dataloaders(item)]
+    return []

@@ -1,0 +1,418 @@
+"""DataInspector: become one with the data (recipe step 1)."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+from lightning.fabric.utilities.apply_func import move_data_to_device
+from lightning.pytorch.utilities.seed import isolate_rng
+from torch.utils.data import DataLoader, Subset
+from typing_extensions import override
+
+from recipe_callbacks.batch import BatchToXY
+from recipe_callbacks.callback_base import RecipeCallback
+from recipe_callbacks.core.data_stats import (
+    all_dataloaders,
+    bounded_loader,
+    first_dataloader,
+    imbalance_ratio,
+    label_counts,
+    looks_like_images,
+    sample_hashes,
+    shared_samples,
+    top_k_hardest,
+)
+from recipe_callbacks.core.init_loss import TASKS, Task, infer_task, logits_of, per_sample_loss
+from recipe_callbacks.core.pictures import bar_chart, image_grid
+from recipe_callbacks.finding import OnFail, Status
+from recipe_callbacks.observe import observing
+from recipe_callbacks.validation import check_choice, check_float, check_int
+
+if TYPE_CHECKING:
+    import lightning.pytorch as pl
+
+_MAX_CLASS_SCALARS = 100
+_FORWARD_COST = 1.0 / 3.0
+
+
+def _is_class_target(y: torch.Tensor) -> bool:
+    if y.dtype == torch.bool or not y.is_floating_point():
+        return True
+    return bool(((y == 0) | (y == 1)).all())
+
+
+class _Hardest:
+    """The ``k`` highest-loss samples seen so far: inputs, targets, predictions and positions."""
+
+    def __init__(self, k: int) -> None:
+        self.k = k
+        self.losses = torch.zeros(0, dtype=torch.float64)
+        self.positions = torch.zeros(0, dtype=torch.long)
+        self.inputs: list[torch.Tensor] = []
+        self.targets: list[str] = []
+        self.predictions: list[str] = []
+
+    def add(self, losses: torch.Tensor, start: int, x: torch.Tensor, y: torch.Tensor, preds: list[str]) -> None:
+        all_losses = torch.cat([self.losses, losses.cpu()])
+        positions = torch.cat([self.positions, torch.arange(start, start + losses.numel())])
+        keep = top_k_hardest(all_losses, self.k)
+        inputs = self.inputs + [x[i].detach().cpu() for i in range(x.shape[0])]
+        targets = self.targets + [_describe(y[i]) for i in range(y.shape[0])]
+        predictions = self.predictions + preds
+        idx = keep.tolist()
+        self.losses, self.positions = all_losses[keep], positions[keep]
+        self.inputs = [inputs[i] for i in idx]
+        self.targets = [targets[i] for i in idx]
+        self.predictions = [predictions[i] for i in idx]
+
+
+def _describe(value: torch.Tensor) -> str:
+    if value.numel() == 1:
+        v = value.item()
+        return f"{v:.3g}" if isinstance(v, float) else str(v)
+    return f"{tuple(value.shape)} tensor"
+
+
+def _predictions(logits: torch.Tensor, task: Task) -> list[str]:
+    out = logits.detach().to(torch.float64)
+    n = out.shape[0]
+    if task == "multiclass":
+        if out.ndim == 2:
+            return [str(int(c)) for c in out.argmax(dim=1)]
+        return [f"{tuple(out.shape[2:])} map" for _ in range(n)]
+    flat = out.reshape(n, -1)
+    if task == "binary":
+        return [f"p={float(p):.2f}" if flat.shape[1] == 1 else "map" for p in flat.sigmoid()[:, 0]]
+    return [f"{float(v):.3g}" for v in flat.mean(dim=1)]
+
+
+class DataInspector(RecipeCallback):
+    """Become one with the data (recipe step 1): label distribution, train/val leaks, hardest samples.
+
+    Before training it reads the training set (all of it when it has at most ``max_samples``
+    samples, else a seeded random subset of that size; a custom sampler such as a
+    ``WeightedRandomSampler`` is followed, since it decides what training sees) and counts the
+    labels: a bar chart and a scalar per class; a ``fail`` when every label is the same class, a
+    ``warn`` when the largest class outnumbers the smallest by more than ``max_imbalance`` (or a
+    class in ``range(num_classes)`` never occurs). :meth:`class_prior` hands the counted prior to
+    :class:`~recipe_callbacks.InitLossCheck` on the same Trainer.
+
+    It hashes every input sample it reads from the training set and up to ``max_samples`` of the
+    validation set (exact, bit-for-bit copies) and reports how many validation samples also occur
+    in training (``fail``: the validation figure is inflated by a leak).
+
+    At the end of training it runs the model forward (eval mode, no grad, isolated RNG) over up to
+    ``max_samples`` validation samples, computes each sample's loss (cross-entropy, BCE or MSE,
+    inferred from the logits and targets like ``InitLossCheck``) and shows the ``top_k`` highest:
+    an image grid captioned ``y<label> p<prediction>`` when the inputs are images, and always a
+    table (rank, sample index, loss, label, prediction). Look at them: mislabelled samples,
+    outliers and corrupt files sit at the top.
+
+    Args:
+        max_samples: most samples read from each of the training and the validation set.
+        top_k: how many of the highest-loss validation samples to show.
+        max_imbalance: largest class count over the smallest one above which it warns.
+        num_classes: number of classes (classes that never occur are then reported); inferred
+            from the largest label when ``None``.
+        task: ``"multiclass"``, ``"binary"`` or ``"regression"`` for the per-sample loss;
+            inferred when ``None``.
+        check_duplicates: hash samples to find validation samples that are also in training.
+        show_hardest: show the highest-loss validation samples at the end of training.
+        seed: seed of the generator that picks the subset of a large data set.
+        on_fail: ``"warn"``, ``"raise"`` or ``"ignore"`` (see :class:`~recipe_callbacks.RecipeCallback`).
+        input_key: where the input is in a batch; inferred when ``None``.
+        target_key: where the target is in a batch; inferred when ``None``.
+        batch_to_xy: a function ``batch -> (x, y)`` for batches of any other shape.
+
+    Raises:
+        ValueError: for counts or thresholds out of range.
+        TypeError: for arguments of the wrong type.
+
+    Logged:
+        - ``recipe/data_inspector/label_distribution``: bar chart of the training label counts.
+        - ``recipe/data_inspector/count/<c>``: training samples of class ``c`` (up to 100 classes).
+        - ``recipe/data_inspector/samples``, ``num_classes``, ``present_classes``, ``imbalance_ratio``,
+          ``majority_fraction``, ``cost_steps``: the label Finding's values.
+        - ``recipe/data_inspector/targets``: histogram of the targets when they are not classes.
+        - ``recipe/data_inspector/duplicates``, ``duplicate_fraction``, ``checked_train``,
+          ``checked_val``: the leak Finding's values.
+        - ``recipe/data_inspector/hardest_samples``: image grid (image inputs) and Markdown table.
+        - ``recipe/data_inspector/hardest_loss``, ``mean_val_loss``, ``val_samples``,
+          ``hardest_cost_steps``: the hardest-samples Finding's values.
+
+    Example::
+
+        trainer = Trainer(callbacks=[DataInspector(top_k=25), InitLossCheck(), RecipeReport()])
+    """
+
+    def __init__(
+        self,
+        max_samples: int = 10000,
+        top_k: int = 16,
+        max_imbalance: float = 20.0,
+        num_classes: int | None = None,
+        task: Literal["multiclass", "binary", "regression"] | None = None,
+        check_duplicates: bool = True,
+        show_hardest: bool = True,
+        seed: int = 0,
+        on_fail: OnFail = "warn",
+        input_key: str | None = None,
+        target_key: str | None = None,
+        batch_to_xy: BatchToXY | None = None,
+    ) -> None:
+        super().__init__(on_fail, input_key, target_key, batch_to_xy)
+        owner = type(self).__name__
+        self.max_samples = check_int(owner, "max_samples", max_samples)
+        self.top_k = check_int(owner, "top_k", top_k)
+        self.max_imbalance = check_float(owner, "max_imbalance", max_imbalance, minimum=1.0, inclusive_minimum=True)
+        self.num_classes = None if num_classes is None else check_int(owner, "num_classes", num_classes, minimum=2)
+        self.task: Task | None = None if task is None else check_choice(owner, "task", task, TASKS)
+        for name, flag in (("check_duplicates", check_duplicates), ("show_hardest", show_hardest)):
+            if not isinstance(flag, bool):
+                raise TypeError(f"{owner}({name}={flag!r}): {name} must be a bool")
+        self.check_duplicates = check_duplicates
+        self.show_hardest = show_hardest
+        self.seed = check_int(owner, "seed", seed, minimum=0)
+        self._reset()
+
+    def _reset(self) -> None:
+        self._counted = False
+        self._prior: torch.Tensor | None = None
+        self._train_hashes: list[bytes] = []
+        self.label_counts: torch.Tensor | None = None
+        self.hardest_indices: torch.Tensor | None = None
+        self.hardest_losses: torch.Tensor | None = None
+
+    # ----------------------------------------------------------------- public
+    def class_prior(self, trainer: pl.Trainer | None = None) -> torch.Tensor | None:
+        """The training label frequencies ``(C,)`` (binary targets: ``[negatives, positives]``),
+        or ``None`` when the targets are not classes or were not counted.
+
+        Counted in ``on_train_start``; given a ``trainer`` before that, it counts now (so the order
+        of the callbacks on the Trainer does not matter).
+        """
+        if not self._counted and trainer is not None:
+            self._inspect_labels(trainer)
+        return None if self._prior is None else self._prior.clone()
+
+    # ----------------------------------------------------------------- hooks
+    @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_fit_start(trainer, pl_module)
+        self._reset()
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self._counted:
+            self._inspect_labels(trainer)
+        if self.check_duplicates:
+            self._check_duplicates(trainer)
+        self._train_hashes = []
+
+    @override
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.show_hardest:
+            self._show_hardest(trainer, pl_module)
+
+    # ----------------------------------------------------------------- reading data
+    def _read(self, trainer: pl.Trainer, loader: DataLoader[Any], key: str) -> tuple[list[Any], int, int] | None:
+        """``([(x, y), ...], samples read, data set size)`` over a bounded subset, ``None`` after a skip."""
+        bounded, size = bounded_loader(loader, self.max_samples, self.seed)
+        out: list[Any] = []
+        read = 0
+        with isolate_rng():
+            for batch in bounded:
+                resolved = self.resolve(trainer, batch, key=key)
+                if resolved is None:
+                    return None
+                out.append((resolved.x, resolved.y))
+                read += int(resolved.x.shape[0]) if resolved.x.ndim else 1
+                if read >= self.max_samples:
+                    break
+        return out, read, size
+
+    # ----------------------------------------------------------------- labels
+    def _inspect_labels(self, trainer: pl.Trainer) -> None:
+        self._counted = True
+        key = "labels"
+        loader = first_dataloader(trainer.train_dataloader)
+        if loader is None:
+            self.skip(trainer, "found no training DataLoader to inspect", "", key=key)
+            return
+        data = self._read(trainer, loader, key)
+        if data is None:
+            return
+        items, read, size = data
+        if self.check_duplicates:
+            self._train_hashes = [h for x, _ in items for h in sample_hashes(x)]
+        targets = [y for _, y in items if y is not None]
+        if not targets:
+            self.skip(trainer, "the training batches have no target to count", "target_key", key=key)
+            return
+        try:
+            y = torch.cat([t.detach().cpu().reshape(t.shape[0], -1) for t in targets])
+        except RuntimeError as err:
+            self.skip(trainer, f"could not stack the training targets: {err}", "target_key", key=key)
+            return
+        of = f"{read} of {size}" if size >= 0 else f"the first {read}"
+        classes = self.task in ("multiclass", "binary") or (self.task is None and _is_class_target(y))
+        if not classes:
+            self.log_histogram(trainer, "targets", y)
+            self.report(
+                trainer, "pass",
+                f"targets of {of} training samples are continuous: mean {float(y.double().mean()):.4g}, std "
+                f"{float(y.double().std()):.4g}, range [{float(y.min()):.4g}, {float(y.max()):.4g}]",
+                {"samples": float(read), "cost_steps": 0.0}, key=key,
+            )
+            return
+        self._report_labels(trainer, label_counts(y, self.num_classes), of, read)
+
+    def _report_labels(self, trainer: pl.Trainer, counts: torch.Tensor, of: str, read: int) -> None:
+        total = int(counts.sum())
+        if total == 0:
+            self.skip(trainer, "no labels were counted (all negative / ignored)", "target_key", key="labels")
+            return
+        self.label_counts = counts
+        self._prior = counts.to(torch.float64) / total
+        present = int((counts > 0).sum())
+        ratio = imbalance_ratio(counts)
+        majority = int(counts.argmax())
+        values = {
+            "samples": float(read), "num_classes": float(counts.numel()), "present_classes": float(present),
+            "imbalance_ratio": ratio, "majority_fraction": float(counts.max()) / total, "cost_steps": 0.0,
+        }
+        labels = [str(c) for c in range(counts.numel())]
+        self.log_image(trainer, "label_distribution",
+                       bar_chart(labels, counts.tolist(), title=f"training labels ({of} samples)"))
+        if counts.numel() <= _MAX_CLASS_SCALARS:
+            self.log_scalars(trainer, {f"count/{c}": float(n) for c, n in enumerate(counts)})
+        shares = ", ".join(f"{c}: {int(n)}" for c, n in enumerate(counts[:12]))
+        more = ", ..." if counts.numel() > 12 else ""
+        head = f"label counts over {of} training samples: {{{shares}{more}}}"
+        status: Status = "pass"
+        advice = ""
+        if present == 1:
+            status = "fail"
+            summary = f"every label is class {majority} ({head})"
+            advice = "Check the labels: the loader, the label column or the target transform gives one class only."
+        elif ratio > self.max_imbalance:
+            status = "warn"
+            missing = [c for c in range(counts.numel()) if counts[c] == 0]
+            what = f"classes {missing[:10]} never occur" if missing else f"imbalance {ratio:.3g}:1"
+            summary = f"extremely imbalanced: {what} ({head})"
+            advice = (
+                "Check the labels; if the imbalance is real, init the final bias to the prior "
+                "(InitLossCheck(fix_bias=True)) and judge with per-class metrics."
+            )
+        else:
+            summary = f"{head}; {present} classes present, imbalance {ratio:.3g}:1"
+        self.report(trainer, status, summary, values, advice, key="labels")
+
+    # ----------------------------------------------------------------- leaks
+    def _val_loaders(self, trainer: pl.Trainer) -> list[DataLoader[Any]]:
+        if trainer.val_dataloaders is None:
+            try:
+                trainer.fit_loop.epoch_loop.val_loop.setup_data()
+            except Exception:  # a broken val loader is the user's to meet in validation, not here
+                return []
+        return all_dataloaders(trainer.val_dataloaders)
+
+    def _check_duplicates(self, trainer: pl.Trainer) -> None:
+        key = "duplicates"
+        if not self._train_hashes:
+            self.skip(trainer, "read no training samples to compare (see the label finding)", "batch_to_xy", key=key)
+            return
+        loaders = self._val_loaders(trainer)
+        if not loaders:
+            self.skip(trainer, "no validation data to compare with the training set", "", key=key)
+            return
+        val_hashes: list[bytes] = []
+        for loader in loaders:
+            data = self._read(trainer, loader, key)
+            if data is None:
+                return
+            val_hashes += [h for x, _ in data[0] for h in sample_hashes(x)]
+        val_hashes = val_hashes[: self.max_samples]
+        shared = shared_samples(self._train_hashes, val_hashes)
+        n_train, n_val = len(self._train_hashes), len(val_hashes)
+        values = {
+            "duplicates": float(len(shared)), "duplicate_fraction": len(shared) / max(n_val, 1),
+            "checked_train": float(n_train), "checked_val": float(n_val),
+        }
+        head = f"{len(shared)} of {n_val} validation samples are exact copies of one of {n_train} training samples"
+        if shared:
+            self.report(
+                trainer, "fail", f"{head} (first validation positions: {shared[:10]}): the validation figure "
+                "measures memory, not generalisation.", values,
+                "Deduplicate: split the data after removing duplicates, or drop these samples from validation.",
+                key=key,
+            )
+        else:
+            self.report(trainer, "pass", head, values, key=key)
+
+    # ----------------------------------------------------------------- hardest samples
+    def _show_hardest(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        key = "hardest"
+        loader = first_dataloader(self._val_loaders(trainer))
+        if loader is None:
+            self.skip(trainer, "no validation data to rank by loss", "", key=key)
+            return
+        bounded, _ = bounded_loader(loader, self.max_samples, self.seed)
+        subset = bounded.dataset.indices if isinstance(bounded.dataset, Subset) else None
+        hardest = _Hardest(self.top_k)
+        total, seen, batches = 0.0, 0, 0
+        images = True
+        with observing(pl_module):
+            for batch in bounded:
+                resolved = self.resolve(trainer, batch, key=key)
+                if resolved is None:
+                    return
+                if resolved.y is None:
+                    self.skip(trainer, "the validation batches have no target to rank by loss", "target_key", key=key)
+                    return
+                x = move_data_to_device(resolved.x, pl_module.device)
+                y = resolved.y.to(pl_module.device)
+                logits = logits_of(pl_module(x))
+                task = self.task or (infer_task(logits, y) if logits is not None else None)
+                if logits is None or task is None:
+                    self.skip(trainer, "could not tell the per-sample loss from the model's output and targets",
+                              "task", key=key)
+                    return
+                losses = per_sample_loss(logits, y, task)
+                images = images and looks_like_images(resolved.x)
+                hardest.add(losses, seen, resolved.x, resolved.y, _predictions(logits, task))
+                total += float(losses.sum())
+                seen += losses.numel()
+                batches += 1
+                if seen >= self.max_samples:
+                    break
+        if seen == 0:
+            self.skip(trainer, "the validation set is empty", "", key=key)
+            return
+        positions = hardest.positions
+        if subset is not None:
+            positions = torch.tensor([subset[int(p)] for p in positions], dtype=torch.long)
+        self.hardest_indices, self.hardest_losses = positions, hardest.losses
+        self._log_hardest(trainer, hardest, positions, images)
+        top = ", ".join(f"#{int(i)} ({float(v):.3g})" for i, v in zip(positions[:5], hardest.losses[:5], strict=False))
+        self.report(
+            trainer, "pass",
+            f"the {len(positions)} highest-loss of {seen} validation samples: {top}; mean loss {total / seen:.4g}. "
+            f"See {self.tag('hardest_samples')}.",
+            {"hardest_loss": float(hardest.losses[0]), "mean_val_loss": total / seen, "val_samples": float(seen),
+             "hardest_cost_steps": batches * _FORWARD_COST},
+            "Look at them: mislabelled samples, outliers and corrupt inputs collect at the top.", key=key,
+        )
+
+    def _log_hardest(self, trainer: pl.Trainer, hardest: _Hardest, positions: torch.Tensor, images: bool) -> None:
+        rows = ["| rank | sample | loss | label | prediction |", "|---|---|---|---|---|"]
+        for r, (pos, loss) in enumerate(zip(positions.tolist(), hardest.losses.tolist(), strict=False)):
+            loss_text = f"{loss:.4g}" if math.isfinite(loss) else str(loss)
+            rows.append(f"| {r + 1} | {pos} | {loss_text} | {hardest.targets[r]} | {hardest.predictions[r]} |")
+        self.log_text(trainer, "hardest_samples", "\n".join(rows))
+        if images and hardest.inputs:
+            captions = [f"y{t} p{p}" for t, p in zip(hardest.targets, hardest.predictions, strict=False)]
+            grid = image_grid(torch.stack(hardest.inputs).float(), captions=captions)
+            self.log_image(trainer, "hardest_samples", grid)
