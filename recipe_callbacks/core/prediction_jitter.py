@@ -1,0 +1,204 @@
+"""Prediction dynamics on a fixed set of samples: what the model predicts, how much it jitters.
+
+Recipe step 2k: keep a fixed batch of validation samples and look at the model's predictions on
+it over training. With a sane learning rate the predictions settle; with one that is too high
+they keep jumping back and forth. The quantities here, computed from the model's outputs on the
+same ``K`` samples at consecutive records:
+
+- **tracked value**, per sample (and per position for sequence / dense outputs): the probability
+  the model gives to the true class (classification: softmax over the class dimension, or the
+  sigmoid of a single logit for binary), or the prediction itself (regression).
+- **jitter**: mean absolute change of the tracked value between two consecutive records. For
+  classification it is a probability change in [0, 1]; for regression it is divided by the
+  standard deviation of the fixed targets, so it is unit-free.
+- **flip rate**: the fraction of predicted classes that changed between two consecutive records.
+- **heat-map value**, per sample: the true-class probability (classification) or the absolute
+  prediction error (regression), averaged over positions.
+- **fixed-batch loss**: cross-entropy (multiclass), binary cross-entropy with logits (binary) or
+  mean squared error (regression) of the fixed samples.
+
+Nothing here imports Lightning.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch.nn import functional
+
+Task = Literal["multiclass", "binary", "regression"]
+
+
+def infer_task(outputs: torch.Tensor, targets: torch.Tensor) -> Task:
+    """The kind of task from the model's outputs and the targets.
+
+    Integer targets are classes: ``multiclass`` when the outputs have a class dimension (dim 1 as
+    ``cross_entropy`` expects, or the last one as in ``(N, T, C)`` sequence models), ``binary``
+    when there is one logit per target. Float targets are ``regression``.
+
+    Raises:
+        ValueError: when integer targets do not fit the shape of the outputs.
+
+    Example:
+        >>> infer_task(torch.zeros(4, 3), torch.tensor([0, 1, 2, 0]))
+        'multiclass'
+        >>> infer_task(torch.zeros(4, 1), torch.tensor([0, 1, 1, 0]))
+        'binary'
+        >>> infer_task(torch.zeros(4), torch.zeros(4))
+        'regression'
+    """
+    if targets.is_floating_point():
+        return "regression"
+    if outputs.numel() == targets.numel():
+        return "binary"
+    try:
+        class_dim(outputs, targets)
+    except ValueError:
+        raise ValueError(
+            f"integer targets of shape {tuple(targets.shape)} do not fit outputs of shape {tuple(outputs.shape)}"
+        ) from None
+    return "multiclass"
+
+
+def class_dim(outputs: torch.Tensor, targets: torch.Tensor) -> int:
+    """The class dimension of multiclass ``outputs``: 1 for ``(N, C, *)`` with targets ``(N, *)``,
+    or -1 for ``(N, *, C)`` with targets ``(N, *)``.
+
+    Raises:
+        ValueError: when neither layout fits.
+
+    Example:
+        >>> class_dim(torch.zeros(2, 5, 7), torch.zeros(2, 7, dtype=torch.long))
+        1
+        >>> class_dim(torch.zeros(2, 7, 5), torch.zeros(2, 7, dtype=torch.long))
+        -1
+    """
+    if outputs.ndim == targets.ndim + 1:
+        if outputs.shape[:1] + outputs.shape[2:] == targets.shape:
+            return 1
+        if outputs.shape[:-1] == targets.shape:
+            return -1
+    raise ValueError(f"outputs {tuple(outputs.shape)} have no class dimension that fits targets {tuple(targets.shape)}")
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What one record keeps of the model's outputs on the fixed samples.
+
+    Attributes:
+        tracked: ``(K, *)`` true-class probability (classification) or prediction (regression);
+            jitter is the mean absolute change of this between records.
+        classes: ``(K, *)`` predicted classes, or ``None`` for regression.
+        per_sample: ``(K,)`` heat-map value: true-class probability, or absolute error.
+        loss: the fixed-batch loss.
+    """
+
+    tracked: torch.Tensor
+    classes: torch.Tensor | None
+    per_sample: torch.Tensor
+    loss: float
+
+
+def _per_sample_mean(values: torch.Tensor) -> torch.Tensor:
+    return values.reshape(values.shape[0], -1).mean(dim=1)
+
+
+def snapshot(outputs: torch.Tensor, targets: torch.Tensor, task: Task) -> Snapshot:
+    """Summarise the outputs on the fixed samples (float64, on the outputs' device).
+
+    Example:
+        >>> s = snapshot(torch.tensor([[0.0, 0.0], [4.0, 0.0]]), torch.tensor([1, 0]), "multiclass")
+        >>> s.tracked.tolist(), s.classes.tolist()
+        ([0.5, 0.9820137900379085], [0, 0])
+        >>> s = snapshot(torch.tensor([1.0, 3.0]), torch.tensor([2.0, 2.0]), "regression")
+        >>> s.per_sample.tolist(), s.loss
+        ([1.0, 1.0], 1.0)
+    """
+    out = outputs.detach().to(torch.float64)
+    if task == "regression":
+        prediction = out.reshape(targets.shape)
+        target = targets.detach().to(torch.float64)
+        error = (prediction - target).abs()
+        return Snapshot(prediction, None, _per_sample_mean(error), float(functional.mse_loss(prediction, target)))
+    labels = targets.detach().long()
+    if task == "binary":
+        logit = out.reshape(labels.shape)
+        p_one = torch.sigmoid(logit)
+        tracked = torch.where(labels == 1, p_one, 1.0 - p_one)
+        classes = (logit > 0).long()
+        loss = float(functional.binary_cross_entropy_with_logits(logit, labels.to(torch.float64)))
+        return Snapshot(tracked, classes, _per_sample_mean(tracked), loss)
+    dim = class_dim(out, labels)
+    log_probs = torch.log_softmax(out, dim=dim)
+    moved = log_probs.movedim(dim, -1)  # (K, *, C)
+    tracked = moved.gather(-1, labels.unsqueeze(-1)).squeeze(-1).exp()
+    classes = moved.argmax(dim=-1)
+    loss = float(-moved.gather(-1, labels.unsqueeze(-1)).mean())
+    return Snapshot(tracked, classes, _per_sample_mean(tracked), loss)
+
+
+def target_scale(targets: torch.Tensor) -> float:
+    """The unit regression jitter is measured in: the standard deviation of the fixed targets
+    (1.0 when they are all equal).
+
+    Example:
+        >>> target_scale(torch.tensor([1.0, 3.0]))
+        1.0
+        >>> target_scale(torch.tensor([0.0, 4.0]))
+        2.0
+    """
+    t = targets.detach().to(torch.float64).flatten()
+    std = float(t.std(unbiased=False)) if t.numel() > 1 else 0.0
+    return std if std > 0 and math.isfinite(std) else 1.0
+
+
+def jitter(previous: torch.Tensor, current: torch.Tensor, scale: float = 1.0) -> float:
+    """Mean absolute change of the tracked values between two records, divided by ``scale``.
+
+    Example:
+        >>> jitter(torch.tensor([0.75, 0.25]), torch.tensor([0.25, 0.25]))
+        0.25
+    """
+    return float((current.to(torch.float64) - previous.to(torch.float64)).abs().mean()) / scale
+
+
+def flip_rate(previous: torch.Tensor, current: torch.Tensor) -> float:
+    """Fraction of predicted classes that changed between two records.
+
+    Example:
+        >>> flip_rate(torch.tensor([0, 1, 2, 3]), torch.tensor([0, 1, 0, 0]))
+        0.5
+    """
+    return float((previous != current).to(torch.float64).mean())
+
+
+def late_median(values: Sequence[float], steps: Sequence[int], after_step: float) -> tuple[float, int]:
+    """Median of the finite ``values`` recorded at steps later than ``after_step``, and how many
+    there were (NaN and 0 when none). The median asks for a *sustained* level: more than half of
+    the late records must be above a limit for the median to be.
+
+    Example:
+        >>> late_median([0.9, 0.5, 0.1, 0.2, 0.3], [0, 10, 20, 30, 40], after_step=15)
+        (0.2, 3)
+    """
+    late = [float(v) for v, s in zip(values, steps, strict=True) if s > after_step and math.isfinite(v)]
+    if not late:
+        return math.nan, 0
+    return float(torch.tensor(late, dtype=torch.float64).median()), len(late)
+
+
+def thin_indices(length: int) -> list[int]:
+    """The records kept when a full history is halved: every other one, counted back from the
+    newest, so the newest record always stays and the kept ones span the whole run.
+
+    Example:
+        >>> thin_indices(5)
+        [0, 2, 4]
+        >>> thin_indices(4)
+        [1, 3]
+    """
+    return list(range((length - 1) % 2, length, 2))

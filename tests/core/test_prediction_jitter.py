@@ -1,0 +1,92 @@
+"""Prediction dynamics math, checked against plain PyTorch and hand-derived values."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+from torch.nn import functional
+
+from recipe_callbacks.core.prediction_jitter import (
+    class_dim,
+    flip_rate,
+    infer_task,
+    jitter,
+    late_median,
+    snapshot,
+    target_scale,
+    thin_indices,
+)
+
+
+def test_multiclass_snapshot_matches_softmax_and_cross_entropy() -> None:
+    g = torch.Generator().manual_seed(0)
+    logits, y = torch.randn(6, 4, generator=g), torch.tensor([0, 1, 2, 3, 0, 1])
+    s = snapshot(logits, y, "multiclass")
+    probs = torch.softmax(logits.double(), dim=1)
+    torch.testing.assert_close(s.tracked, probs[torch.arange(6), y])
+    torch.testing.assert_close(s.per_sample, probs[torch.arange(6), y])
+    assert s.classes is not None and s.classes.tolist() == logits.argmax(1).tolist()
+    assert s.loss == pytest.approx(float(functional.cross_entropy(logits.double(), y)))
+
+
+def test_dense_and_sequence_layouts_use_the_right_class_dimension() -> None:
+    g = torch.Generator().manual_seed(1)
+    dense, y = torch.randn(2, 3, 4, 5, generator=g), torch.randint(0, 3, (2, 4, 5), generator=g)
+    s = snapshot(dense, y, "multiclass")
+    oracle = torch.softmax(dense.double(), 1).gather(1, y.unsqueeze(1)).squeeze(1)
+    torch.testing.assert_close(s.tracked, oracle)
+    torch.testing.assert_close(s.per_sample, oracle.flatten(1).mean(1))
+    assert s.loss == pytest.approx(float(functional.cross_entropy(dense.double(), y)))
+    seq, t = torch.randn(2, 7, 5, generator=g), torch.randint(0, 5, (2, 7), generator=g)
+    assert class_dim(seq, t) == -1
+    s = snapshot(seq, t, "multiclass")
+    assert s.loss == pytest.approx(float(functional.cross_entropy(seq.double().transpose(1, 2), t)))
+
+
+def test_binary_and_regression_snapshots() -> None:
+    logit, y = torch.tensor([[2.0], [-1.0], [0.5]]), torch.tensor([1, 1, 0])
+    s = snapshot(logit, y, "binary")
+    p = torch.sigmoid(logit.double().flatten())
+    torch.testing.assert_close(s.tracked, torch.stack([p[0], p[1], 1 - p[2]]))
+    assert s.classes is not None and s.classes.tolist() == [1, 0, 1]
+    assert s.loss == pytest.approx(float(functional.binary_cross_entropy_with_logits(logit.flatten(), y.float())))
+    pred, target = torch.tensor([[1.0, 2.0], [0.0, 0.0]]), torch.tensor([[1.0, 4.0], [1.0, -1.0]])
+    s = snapshot(pred, target, "regression")
+    assert s.classes is None
+    assert s.per_sample.tolist() == [1.0, 1.0]
+    assert s.loss == pytest.approx(float(functional.mse_loss(pred, target)))
+
+
+def test_infer_task() -> None:
+    assert infer_task(torch.zeros(3, 5), torch.zeros(3, dtype=torch.long)) == "multiclass"
+    assert infer_task(torch.zeros(3), torch.zeros(3, dtype=torch.long)) == "binary"
+    assert infer_task(torch.zeros(3, 2), torch.zeros(3, 2)) == "regression"
+    with pytest.raises(ValueError, match="do not fit"):
+        infer_task(torch.zeros(3, 5), torch.zeros(4, dtype=torch.long))
+
+
+def test_jitter_flip_rate_and_scale_by_hand() -> None:
+    assert jitter(torch.tensor([0.1, 0.5, 0.9]), torch.tensor([0.4, 0.5, 0.3])) == pytest.approx((0.3 + 0 + 0.6) / 3)
+    assert jitter(torch.tensor([0.0, 0.0]), torch.tensor([2.0, 4.0]), scale=2.0) == pytest.approx(1.5)
+    assert flip_rate(torch.tensor([[0, 1], [2, 2]]), torch.tensor([[0, 0], [1, 2]])) == 0.5
+    assert target_scale(torch.tensor([1.0, 2.0, 3.0, 4.0])) == pytest.approx(math.sqrt(1.25))
+    assert target_scale(torch.tensor([5.0, 5.0])) == 1.0
+
+
+def test_late_median_ignores_the_warm_up_and_nan() -> None:
+    values = [math.nan, 0.9, 0.8, 0.1, math.nan, 0.3, 0.2]
+    steps = [0, 5, 10, 15, 20, 25, 30]
+    assert late_median(values, steps, after_step=12) == (0.2, 3)
+    value, count = late_median(values, steps, after_step=30)
+    assert math.isnan(value) and count == 0
+
+
+@pytest.mark.parametrize("length", [2, 7, 8, 257])
+def test_thin_indices_halve_and_keep_the_newest(length: int) -> None:
+    kept = thin_indices(length)
+    assert kept[-1] == length - 1
+    assert len(kept) == math.ceil(length / 2)
+    assert all(b - a == 2 for a, b in itertools.pairwise(kept))
