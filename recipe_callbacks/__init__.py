@@ -12,6 +12,7 @@ from recipe_callbacks.recipe_report import RecipeReport
 
 # Recipe callbacks: one import line per module, in recipe order.
 from recipe_callbacks.data_inspector import DataInspector
+from recipe_callbacks.seed_everything import SeedEverything
 from recipe_callbacks.init_loss_check import InitLossCheck
 
 from recipe_callbacks import presets
@@ -28,6 +29,7 @@ __all__ = [
     "RecipeReport",
     "RecipeWarning",
     "ResolvedBatch",
+    "SeedEverything",
     "presets",
     "resolve_batch",
 ]
