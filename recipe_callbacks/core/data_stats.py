@@ -117,7 +117,8 @@ def bounded_loader(loader: DataLoader[Any], max_samples: int, seed: int = 0) -> 
     The whole data set when it is small; otherwise a random subset drawn with its own generator
     seeded by ``seed`` (the global RNG is not touched). A loader with a custom sampler (e.g. a
     ``WeightedRandomSampler``) keeps its sampling: the first ``max_samples`` indices it yields are
-    used, since they are what training sees. Returns the loader and the number of samples it
+    used, since they are what training sees (that sampler may draw from the global RNG: call this
+    under an isolated RNG). Returns the loader and the number of samples it
     covers (``-1`` for an iterable data set, whose length is unknown).
 
     Example:
@@ -130,7 +131,11 @@ def bounded_loader(loader: DataLoader[Any], max_samples: int, seed: int = 0) -> 
     batch_size = loader.batch_size or (
         getattr(loader.batch_sampler, "batch_size", None) if loader.batch_sampler is not None else None
     ) or 1
-    common: dict[str, Any] = {"batch_size": batch_size, "collate_fn": loader.collate_fn, "num_workers": 0}
+    # its own generator: iterating a DataLoader draws a base seed, which must not come from the global RNG
+    common: dict[str, Any] = {
+        "batch_size": batch_size, "collate_fn": loader.collate_fn, "num_workers": 0,
+        "generator": torch.Generator().manual_seed(seed),
+    }
     if isinstance(dataset, IterableDataset):
         return DataLoader(_Take(dataset, max_samples), **common), -1
     size = len(dataset)  # type: ignore[arg-type]

@@ -1,0 +1,205 @@
+"""The expected loss at init and the prior bias, against plain PyTorch losses and distributions."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from recipe_callbacks.core.init_loss import (
+    ExpectedLoss,
+    TargetSummary,
+    bias_for_prior,
+    binary_entropy,
+    entropy,
+    expected_classification_loss,
+    expected_regression_loss,
+    infer_task,
+    judge_init_loss,
+    logits_of,
+    per_sample_loss,
+    predicted_distribution,
+)
+
+
+def labels_with_prior(counts: list[int]) -> torch.Tensor:
+    """Integer labels with exactly ``counts[c]`` samples of class c, shuffled."""
+    y = torch.cat([torch.full((n,), c) for c, n in enumerate(counts)])
+    return y[torch.randperm(len(y), generator=torch.Generator().manual_seed(0))]
+
+
+def test_entropy_matches_torch_categorical() -> None:
+    prior = torch.tensor([0.5, 0.2, 0.2, 0.1])
+    oracle = float(torch.distributions.Categorical(probs=prior).entropy())
+    assert entropy(prior) == pytest.approx(oracle, rel=1e-6)
+    assert entropy(torch.tensor([3.0, 0.0, 1.0])) == pytest.approx(
+        float(torch.distributions.Categorical(probs=torch.tensor([0.75, 0.0, 0.25])).entropy()), rel=1e-6
+    )
+    assert entropy(torch.ones(10)) == pytest.approx(math.log(10))
+
+
+@pytest.mark.parametrize("p", [0.0, 0.1, 0.5, 0.93, 1.0])
+def test_binary_entropy_matches_torch_bernoulli(p: float) -> None:
+    oracle = float(torch.distributions.Bernoulli(probs=torch.tensor(p, dtype=torch.float64)).entropy())
+    assert binary_entropy(p) == pytest.approx(oracle, abs=1e-9)
+
+
+def test_binary_entropy_rejects_a_probability_out_of_range() -> None:
+    with pytest.raises(ValueError, match="p must be in"):
+        binary_entropy(1.5)
+
+
+def test_infer_task_from_shapes_and_dtypes() -> None:
+    assert infer_task(torch.zeros(4, 10), torch.tensor([1, 2, 3, 0])) == "multiclass"
+    assert infer_task(torch.zeros(4, 3, 5, 5), torch.zeros(4, 5, 5, dtype=torch.long)) == "multiclass"
+    assert infer_task(torch.zeros(4, 2), torch.tensor([0, 1, 1, 0])) == "multiclass"
+    assert infer_task(torch.zeros(4), torch.tensor([0.0, 1.0, 0.0, 1.0])) == "binary"
+    assert infer_task(torch.zeros(4, 1), torch.tensor([0, 1, 1, 0])) == "binary"
+    assert infer_task(torch.zeros(4, 1), torch.tensor([[0.3], [50.0], [1.0], [2.0]])) == "regression"
+    assert infer_task(torch.zeros(4, 3), torch.zeros(4, 3) + 0.5) == "regression"
+    assert infer_task(torch.zeros(4, 3), torch.tensor([7, 8, 9, 1])) == "multiclass"
+    assert infer_task(torch.zeros(4, 3), torch.zeros(5, dtype=torch.long)) is None  # batch sizes differ
+    assert infer_task(torch.zeros(4, 3), torch.zeros(4, 2)) is None  # nothing fits
+
+
+def test_per_sample_loss_matches_torch_losses() -> None:
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(6, 5, generator=g)
+    y = torch.randint(0, 5, (6,), generator=g)
+    torch.testing.assert_close(
+        per_sample_loss(logits, y, "multiclass"), F.cross_entropy(logits.double(), y, reduction="none")
+    )
+    seg_logits, seg_y = torch.randn(3, 4, 2, 2, generator=g), torch.randint(0, 4, (3, 2, 2), generator=g)
+    torch.testing.assert_close(
+        per_sample_loss(seg_logits, seg_y, "multiclass"),
+        F.cross_entropy(seg_logits.double(), seg_y, reduction="none").mean(dim=(1, 2)),
+    )
+    b_logits, b_y = torch.randn(6, generator=g), (torch.rand(6, generator=g) > 0.5).float()
+    torch.testing.assert_close(
+        per_sample_loss(b_logits, b_y, "binary"),
+        F.binary_cross_entropy_with_logits(b_logits.double(), b_y.double(), reduction="none"),
+    )
+    r_out, r_y = torch.randn(6, 3, generator=g), torch.randn(6, 3, generator=g)
+    torch.testing.assert_close(
+        per_sample_loss(r_out, r_y, "regression"), F.mse_loss(r_out.double(), r_y.double(), reduction="none").mean(1)
+    )
+    # the mean of the per-sample losses is the usual batch loss
+    assert float(per_sample_loss(logits, y, "multiclass").mean()) == pytest.approx(float(F.cross_entropy(logits, y)))
+
+
+def test_logits_of_reads_common_output_structures() -> None:
+    t = torch.zeros(2, 3)
+    assert logits_of(t) is t
+    assert logits_of((t, torch.ones(1))) is t
+    assert logits_of({"logits": t, "hidden": torch.ones(1)}) is t
+    assert logits_of("text") is None
+
+
+def test_predicted_distribution_is_the_mean_softmax_or_sigmoid() -> None:
+    logits = torch.tensor([[0.0, math.log(3.0)], [math.log(3.0), 0.0]])
+    torch.testing.assert_close(predicted_distribution(logits, "multiclass"), torch.tensor([0.5, 0.5]).double())
+    binary = predicted_distribution(torch.tensor([0.0, 0.0]), "binary")
+    torch.testing.assert_close(binary, torch.tensor([0.5, 0.5]).double())
+    assert predicted_distribution(logits, "regression") is None
+
+
+def test_balanced_and_unknown_priors_expect_log_c() -> None:
+    assert expected_classification_loss(10, None, 0.25).value == pytest.approx(math.log(10))
+    near_balanced = torch.tensor([0.12, 0.08, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1])
+    e = expected_classification_loss(10, near_balanced, 0.25)
+    assert e.value == pytest.approx(math.log(10))
+    assert e.source.startswith("log C (prior balanced")
+
+
+def test_imbalanced_prior_expects_its_entropy_which_a_prior_predicting_model_reaches() -> None:
+    y = labels_with_prior([90, 10])  # 1:9 as a two-class softmax problem
+    summary = TargetSummary("multiclass", 2)
+    summary.update(y)
+    e = expected_classification_loss(2, summary.prior(), 0.25)
+    assert e.value == pytest.approx(binary_entropy(0.1))
+    assert e.uninformed == pytest.approx(math.log(2))
+    # oracle: logits equal to the prior bias give exactly this cross-entropy
+    bias = bias_for_prior("multiclass", summary)
+    assert bias is not None
+    oracle = F.cross_entropy(bias.expand(len(y), 2), y)
+    assert float(oracle) == pytest.approx(e.value, rel=1e-9)
+    # and a default (all-zero logits) model sits at the uninformed loss log 2
+    assert float(F.cross_entropy(torch.zeros(len(y), 2), y)) == pytest.approx(e.uninformed, rel=1e-6)
+
+
+def test_expected_loss_against_a_prior_on_a_batch_with_another_label_mix() -> None:
+    prior = torch.tensor([0.9, 0.1], dtype=torch.float64)
+    y = labels_with_prior([13, 3])  # a batch with 3/16 positives
+    observed = torch.bincount(y, minlength=2).double()
+    e = expected_classification_loss(2, prior, 0.25, observed)
+    oracle = F.cross_entropy(prior.log().expand(len(y), 2), y)
+    assert e.value == pytest.approx(float(oracle), rel=1e-9)
+
+
+def test_bias_for_prior_makes_the_prediction_the_prior() -> None:
+    multi = TargetSummary("multiclass", 4)
+    multi.update(labels_with_prior([50, 30, 15, 5]))
+    bias = bias_for_prior("multiclass", multi)
+    assert bias is not None
+    torch.testing.assert_close(bias.softmax(0), torch.tensor([0.5, 0.3, 0.15, 0.05], dtype=torch.float64))
+    binary = TargetSummary("binary")
+    binary.update(labels_with_prior([90, 10]).float())
+    b = bias_for_prior("binary", binary)
+    assert b is not None and b.shape == (1,)
+    assert float(b.sigmoid()) == pytest.approx(0.1)
+    reg = TargetSummary("regression")
+    reg.update(torch.tensor([[49.0, 1.0], [51.0, 3.0]]))
+    torch.testing.assert_close(bias_for_prior("regression", reg), torch.tensor([50.0, 2.0], dtype=torch.float64))
+
+
+def test_a_class_never_seen_gets_a_small_finite_bias() -> None:
+    s = TargetSummary("multiclass", 3)
+    s.update(torch.tensor([0, 0, 1]))
+    bias = bias_for_prior("multiclass", s)
+    assert bias is not None and torch.isfinite(bias).all()
+    assert float(bias.softmax(0)[2]) < 1e-3
+
+
+def test_target_summary_counts_across_batches_and_ignores_negative_labels() -> None:
+    s = TargetSummary("multiclass", 3)
+    s.update(torch.tensor([0, 1, -100]))
+    s.update(torch.tensor([2, 2]))
+    assert s.counts is not None and s.counts.tolist() == [1.0, 1.0, 2.0]
+    assert s.n == 4
+
+
+def test_regression_expected_loss_is_the_target_variance() -> None:
+    g = torch.Generator().manual_seed(2)
+    y = 50 + 3 * torch.randn(200, 1, generator=g)
+    s = TargetSummary("regression")
+    s.update(y[:100])
+    s.update(y[100:])
+    e = expected_regression_loss(s)
+    assert e is not None
+    assert e.value == pytest.approx(float(y.double().var(unbiased=False)), rel=1e-9)
+    # oracle: predicting the mean gives the variance, predicting zero gives E[y^2]
+    assert e.value == pytest.approx(float(F.mse_loss(y.double().mean().expand_as(y), y.double())), rel=1e-9)
+    assert e.uninformed == pytest.approx(float(F.mse_loss(torch.zeros_like(y), y.double())), rel=1e-9)
+    judged = TargetSummary("regression")
+    judged.update(y[:10])
+    with_judged = expected_regression_loss(s, judged)
+    assert with_judged is not None
+    oracle = F.mse_loss(y.double().mean().expand(10, 1), y[:10].double())
+    assert with_judged.value == pytest.approx(float(oracle), rel=1e-9)
+
+
+def test_judge_init_loss_places_the_observed_loss() -> None:
+    uniform10 = ExpectedLoss(math.log(10), math.log(10), "")
+    ok = judge_init_loss(2.35, uniform10, 0.25)
+    assert ok.verdict == "pass"
+    assert (ok.low, ok.high) == pytest.approx((math.log(10) / 1.25, math.log(10) * 1.25))
+    assert ok.ratio == pytest.approx(2.35 / math.log(10))
+    assert judge_init_loss(9.0, uniform10, 0.25).verdict == "too_high"
+    assert judge_init_loss(0.5, uniform10, 0.25).verdict == "too_low"
+    assert judge_init_loss(math.nan, uniform10, 0.25).verdict == "too_high"
+    imbalanced = ExpectedLoss(binary_entropy(0.1), math.log(2), "")
+    assert judge_init_loss(0.70, imbalanced, 0.25).verdict == "uninformed"
+    assert judge_init_loss(0.33, imbalanced, 0.25).verdict == "pass"
+    assert judge_init_loss(3.0, imbalanced, 0.25).verdict == "too_high"
