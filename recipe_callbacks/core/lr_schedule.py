@@ -1,0 +1,734 @@
+"""Learning-rate schedules planned before the first step, and the ways they silently go wrong.
+
+Recipe step 3c: *do not trust learning rate decay defaults*. A schedule copied from other code
+decays at the wrong time for this run: a cosine whose ``T_max`` was counted in epochs while the
+scheduler steps every batch wraps around and rises again; a OneCycle ``total_steps`` that does not
+match the run never finishes (or crashes); the LR reaches ~0 long before the end. This module
+
+1. copies optimizers and schedulers so that they can be stepped without touching the real ones
+   (:func:`copy_for_simulation`),
+2. steps the copies through the whole planned run exactly as Lightning 2.x's training loop steps
+   the real ones (:func:`simulate_schedule`), giving the LR every parameter group will use at every
+   optimizer step, and
+3. judges the planned curve (:func:`decay_profile`, :func:`length_issues`, :func:`analyze_schedule`).
+
+It never imports Lightning: the loop's geometry comes in as numbers (:class:`LoopPlan`).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch.optim import Optimizer
+from torch.optim import lr_scheduler as sched
+
+ADAM_SAFE_LR = 3e-4
+"""The recipe's "Adam with 3e-4 is safe" learning rate (row 3a)."""
+
+Interval = Literal["step", "epoch"]
+Stage = Literal["early", "final"]
+# Schedulers that rise again by design: a rise after a decay is not a mistake for them.
+CYCLIC_BY_DESIGN: tuple[type, ...] = (sched.CosineAnnealingWarmRestarts, sched.CyclicLR)
+
+
+# --------------------------------------------------------------------------- the loop's geometry
+@dataclass(frozen=True)
+class LoopPlan:
+    """How many optimizer steps a run makes, and where its epochs end.
+
+    Args:
+        batches_per_epoch: training batches per epoch (``math.inf`` for an endless loader).
+        max_epochs: epochs to run; ``-1`` for no limit (then ``max_steps`` ends the run).
+        max_steps: optimizer steps to run; ``-1`` for no limit.
+        accumulate_grad_batches: batches per optimizer step.
+        accumulate_on_final_batch: the strategy accumulates across the end of an epoch (DeepSpeed);
+            otherwise the last batch of an epoch always steps the optimizer, as Lightning does.
+        start_epoch: the epoch the run starts (or resumes) at.
+        start_step: optimizer steps already made (when resuming).
+
+    Example:
+        >>> LoopPlan(batches_per_epoch=5, max_epochs=3, accumulate_grad_batches=2).total_steps()
+        9
+    """
+
+    batches_per_epoch: float
+    max_epochs: int = 1
+    max_steps: int = -1
+    accumulate_grad_batches: int = 1
+    accumulate_on_final_batch: bool = False
+    start_epoch: int = 0
+    start_step: int = 0
+
+    def steps_per_epoch(self) -> float:
+        """Optimizer steps in one full epoch."""
+        if math.isinf(self.batches_per_epoch):
+            return math.inf
+        b, a = int(self.batches_per_epoch), self.accumulate_grad_batches
+        return b // a if self.accumulate_on_final_batch else math.ceil(b / a)
+
+    def total_steps(self) -> float:
+        """Optimizer steps of the whole run, counted from step 0 (``math.inf`` when unbounded)."""
+        per_epoch = self.steps_per_epoch()
+        by_epochs = math.inf if self.max_epochs < 0 else per_epoch * self.max_epochs
+        if self.max_epochs >= 0 and per_epoch == 0:
+            by_epochs = 0
+        limit = math.inf if self.max_steps < 0 else self.max_steps
+        total = min(by_epochs, limit)
+        return total if math.isinf(total) else int(total)
+
+    def epoch_batches(self) -> Iterator[tuple[int, bool, bool]]:
+        """``(batch_idx, steps_optimizer, is_last_batch)`` for every batch of one epoch.
+
+        Lightning steps the optimizer when ``batch_idx + 1`` is a multiple of the accumulation, and
+        on the last batch of the epoch (unless the strategy accumulates across epochs).
+        """
+        b = 0
+        while b < self.batches_per_epoch:
+            ready = b + 1
+            is_last = ready == self.batches_per_epoch
+            steps = ready % self.accumulate_grad_batches == 0 or (is_last and not self.accumulate_on_final_batch)
+            yield b, steps, is_last
+            b += 1
+
+
+@dataclass
+class ScheduledStep:
+    """One configured scheduler and how Lightning steps it (its ``LRSchedulerConfig``).
+
+    Args:
+        scheduler: the (copied) torch LR scheduler.
+        interval: ``"step"`` (after optimizer steps) or ``"epoch"`` (at the end of an epoch).
+        frequency: step it every ``frequency`` intervals; for ``"step"`` Lightning counts
+            ``batch_idx + 1`` within the epoch, for ``"epoch"`` ``current_epoch + 1``.
+        reduce_on_plateau: a metric-driven scheduler (not simulated: its decisions need metrics).
+        optimizer_index: which of the optimizers it drives.
+    """
+
+    scheduler: Any
+    interval: Interval = "epoch"
+    frequency: int = 1
+    reduce_on_plateau: bool = False
+    optimizer_index: int = 0
+
+    @property
+    def name(self) -> str:
+        return type(self.scheduler).__name__
+
+
+# --------------------------------------------------------------------------- copies
+def _copy_optimizer(optimizer: Optimizer) -> Optimizer:
+    # copy.copy goes through Optimizer.__getstate__/__setstate__: a new object without the step
+    # wrapper a scheduler patched onto the original; then nothing mutable is left shared.
+    clone = copy.copy(optimizer)
+    clone.defaults = dict(optimizer.defaults)
+    clone.state = defaultdict(dict)
+    clone.param_groups = [
+        {k: ([torch.zeros(1) for _ in v] if k == "params" else copy.deepcopy(v)) for k, v in group.items()}
+        for group in optimizer.param_groups
+    ]
+    clone._opt_called = True  # type: ignore[attr-defined]  # silences "scheduler before optimizer"
+
+    def step(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("a copy made for the LR simulation is never stepped as an optimizer")
+
+    step._wrapped_by_lr_sched = True  # type: ignore[attr-defined]  # what schedulers look for
+    clone.step = step  # type: ignore[method-assign,assignment]
+    return clone
+
+
+def copy_for_simulation(
+    optimizers: Sequence[Optimizer], schedulers: Sequence[Any], keep: Iterable[object] = ()
+) -> tuple[list[Optimizer], list[Any]]:
+    """Copies of ``optimizers`` and ``schedulers`` that can be stepped without touching the originals.
+
+    Each optimizer copy has the same class and param-group hyperparameters, one-element placeholder
+    tensors instead of the parameters and no state (moments are not needed for the LR). The
+    schedulers are deep-copied with their ``optimizer`` pointing at the copies. Objects in ``keep``
+    (the model, the trainer: what a ``LambdaLR`` bound method may reach) are shared, not copied.
+
+    Raises:
+        ValueError: when a scheduler copy does not drive one of the optimizer copies.
+
+    Example:
+        >>> p = torch.nn.Parameter(torch.zeros(2))
+        >>> opt = torch.optim.SGD([p], lr=1.0)
+        >>> s = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+        >>> (opt_c,), (s_c,) = copy_for_simulation([opt], [s])
+        >>> s_c.step()
+        >>> opt_c.param_groups[0]["lr"], opt.param_groups[0]["lr"]
+        (0.5, 1.0)
+    """
+    clones = [_copy_optimizer(opt) for opt in optimizers]
+    memo: dict[int, Any] = {id(obj): obj for obj in keep}
+    memo.update({id(opt): clone for opt, clone in zip(optimizers, clones, strict=True)})
+    copies = copy.deepcopy(list(schedulers), memo)
+    for s in copies:
+        if not any(getattr(s, "optimizer", None) is c for c in clones):
+            raise ValueError(f"{type(s).__name__} does not drive one of the configured optimizers")
+    return clones, copies
+
+
+# --------------------------------------------------------------------------- simulation
+@dataclass
+class PlannedSchedule:
+    """The LR each parameter group will use at each optimizer step of the planned run.
+
+    ``lrs[i, g]`` is the LR of group ``g`` at optimizer step ``steps[i]`` (recorded every ``stride``
+    steps); ``groups[g]`` is ``(optimizer_index, param_group_index)``. ``scheduler_steps[k]`` is how
+    often scheduler ``k`` is stepped (for metric-driven ones: how often Lightning would step it).
+    ``error`` is what a scheduler raised (e.g. OneCycleLR stepped past ``total_steps``) after
+    ``error_step`` optimizer steps; the simulation stops there, as the real run would.
+    """
+
+    steps: np.ndarray
+    lrs: np.ndarray
+    groups: list[tuple[int, int]]
+    scheduler_steps: list[int]
+    scheduler_steps_by_epoch: list[list[int]] = field(default_factory=list)
+    total_steps: float = 0
+    simulated_steps: int = 0
+    epochs: int = 0
+    stride: int = 1
+    truncated: bool = False
+    error: str = ""
+    error_step: int = -1
+
+    def planned(self, step: int) -> np.ndarray | None:
+        """The LRs (one per group) planned at optimizer ``step``, or ``None`` when not recorded."""
+        first = int(self.steps[0]) if self.steps.size else 0
+        offset = step - first
+        if offset < 0 or offset % self.stride:
+            return None
+        i = offset // self.stride
+        return self.lrs[i] if i < self.lrs.shape[0] else None
+
+    def group_lrs(self, g: int) -> np.ndarray:
+        """The planned curve of group ``g``, shape ``(len(steps),)``."""
+        return self.lrs[:, g]
+
+
+def _read_lrs(optimizers: Sequence[Optimizer]) -> list[float]:
+    return [float(group["lr"]) for opt in optimizers for group in opt.param_groups]
+
+
+def simulate_schedule(
+    optimizers: Sequence[Optimizer],
+    schedulers: Sequence[ScheduledStep],
+    loop: LoopPlan,
+    *,
+    max_steps: int = 2_000_000,
+    max_points: int = 100_000,
+) -> PlannedSchedule:
+    """Step ``schedulers`` (copies!) through the planned run as Lightning 2.x's training loop does.
+
+    The rules (``lightning/pytorch/loops/training_epoch_loop.py``): after each batch that steps the
+    optimizer, every ``interval="step"`` scheduler steps when ``(batch_idx + 1) % frequency == 0``;
+    after the last batch of an epoch every ``interval="epoch"`` scheduler steps when
+    ``(current_epoch + 1) % frequency == 0``; the LR an optimizer step uses is the one set before
+    that batch's scheduler steps. ``ReduceLROnPlateau`` schedulers are counted, not stepped.
+
+    Args:
+        optimizers: the (copied) optimizers, in the Trainer's order.
+        schedulers: the (copied) schedulers with their Lightning configuration.
+        loop: the run's geometry.
+        max_steps: simulate at most this many optimizer steps (``truncated`` says when it stopped).
+        max_points: record at most about this many steps (every ``stride``-th step).
+
+    Example:
+        >>> p = torch.nn.Parameter(torch.zeros(1))
+        >>> opt = torch.optim.SGD([p], lr=1.0)
+        >>> s = ScheduledStep(torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5), "epoch")
+        >>> plan = simulate_schedule([opt], [s], LoopPlan(batches_per_epoch=2, max_epochs=3))
+        >>> plan.group_lrs(0).tolist(), plan.scheduler_steps
+        ([1.0, 1.0, 0.5, 0.5, 0.25, 0.25], [3])
+    """
+    total = loop.total_steps()
+    budget = min(total - loop.start_step, max_steps)
+    if math.isinf(budget):
+        raise ValueError("simulate_schedule: the run has no end (set max_steps or max_epochs)")
+    budget = max(0, int(budget))
+    stride = max(1, math.ceil(budget / max(1, max_points)))
+    groups = [(i, j) for i, opt in enumerate(optimizers) for j in range(len(opt.param_groups))]
+    steps: list[int] = []
+    lrs: list[list[float]] = []
+    counts = [0] * len(schedulers)
+    by_epoch: list[list[int]] = []
+    step, made, epoch = loop.start_step, 0, loop.start_epoch
+    error, error_step = "", -1
+
+    def advance(k: int, entry: ScheduledStep) -> bool:
+        nonlocal error, error_step
+        counts[k] += 1
+        if entry.reduce_on_plateau:
+            return True
+        try:
+            entry.scheduler.step()
+        except Exception as err:  # a scheduler that raises in the simulation raises in the real run
+            error, error_step = f"{entry.name}: {type(err).__name__}: {err}", step
+            return False
+        return True
+
+    done = budget == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        while not done and (loop.max_epochs < 0 or epoch < loop.max_epochs):
+            for batch_idx, steps_optimizer, is_last in loop.epoch_batches():
+                if steps_optimizer:
+                    if made % stride == 0:
+                        steps.append(step)
+                        lrs.append(_read_lrs(optimizers))
+                    step, made = step + 1, made + 1
+                    for k, entry in enumerate(schedulers):
+                        if entry.interval == "step" and (batch_idx + 1) % entry.frequency == 0:
+                            done = done or not advance(k, entry)
+                if is_last:
+                    for k, entry in enumerate(schedulers):
+                        if entry.interval == "epoch" and (epoch + 1) % entry.frequency == 0:
+                            done = done or not advance(k, entry)
+                if done or made >= budget:
+                    done = True
+                    break
+            by_epoch.append(list(counts))
+            epoch += 1
+    n_groups = len(groups)
+    return PlannedSchedule(
+        steps=np.asarray(steps, dtype=np.int64),
+        lrs=np.asarray(lrs, dtype=np.float64).reshape(len(lrs), n_groups),
+        groups=groups,
+        scheduler_steps=counts,
+        scheduler_steps_by_epoch=by_epoch,
+        total_steps=total,
+        simulated_steps=made,
+        epochs=epoch - loop.start_epoch,
+        stride=stride,
+        truncated=not error and made < total - loop.start_step,
+        error=error,
+        error_step=error_step,
+    )
+
+
+# --------------------------------------------------------------------------- judging a curve
+@dataclass(frozen=True)
+class DecayProfile:
+    """The shape of one planned LR curve.
+
+    ``below_step``: first step after the peak where the LR is under ``fraction * peak`` (-1: never);
+    ``rise_step``: first step where the LR climbs back more than ``rise * peak`` above the lowest LR
+    seen since a real decay (-1: never); ``decays``: the LR falls by more than 1% after its peak.
+    """
+
+    peak: float
+    peak_step: int
+    final: float
+    lowest_after_peak: float
+    below_step: int
+    rise_step: int
+    decays: bool
+
+
+def decay_profile(
+    lrs: np.ndarray, steps: np.ndarray, *, fraction: float = 0.01, rise: float = 0.1, decay_tolerance: float = 0.01
+) -> DecayProfile:
+    """Peak, end, first step under ``fraction`` of the peak, and a rise after a decay.
+
+    Example:
+        >>> lr = np.array([1.0, 0.5, 0.001, 0.5, 1.0])
+        >>> p = decay_profile(lr, np.arange(5))
+        >>> p.below_step, p.rise_step, p.decays
+        (2, 3, True)
+    """
+    lr = np.asarray(lrs, dtype=np.float64)
+    if lr.size == 0:
+        return DecayProfile(0.0, -1, 0.0, 0.0, -1, -1, False)
+    peak_i = int(np.argmax(lr))
+    peak = float(lr[peak_i])
+    after = lr[peak_i:]
+    lowest = float(after.min())
+    below = np.nonzero(after < fraction * peak)[0]
+    below_step = int(steps[peak_i + below[0]]) if below.size and peak > 0 else -1
+    running_min = np.minimum.accumulate(after)
+    decayed = running_min < (1.0 - decay_tolerance) * peak
+    rising = decayed & (after > running_min + rise * peak)
+    rise_i = np.nonzero(rising)[0]
+    rise_step = int(steps[peak_i + rise_i[0]]) if rise_i.size else -1
+    return DecayProfile(
+        peak=peak,
+        peak_step=int(steps[peak_i]),
+        final=float(lr[-1]),
+        lowest_after_peak=lowest,
+        below_step=below_step,
+        rise_step=rise_step,
+        decays=bool(lowest < (1.0 - decay_tolerance) * peak),
+    )
+
+
+@dataclass(frozen=True)
+class ScheduleIssue:
+    """One thing wrong (or worth a note) with a planned schedule, ready to become a Finding."""
+
+    key: str
+    status: Literal["warn", "fail"]
+    summary: str
+    values: dict[str, float]
+    advice: str
+
+
+def _unit_hint(name: str, length: float, interval: str, stepped: int, epochs: int, steps: int) -> str:
+    """A sentence when ``length`` fits the run in the other unit much better than in its own."""
+    other = epochs if interval == "step" else steps
+    if stepped <= 0 or other <= 0 or other == stepped:
+        return ""
+    here, there = length / stepped, length / other
+    if not (0 < there <= 1.1 and (here > 1.1 or here < 0.25 * there)):
+        return ""
+    if interval == "step":
+        return (
+            f" {name}={length:g} looks counted in epochs (the run has {epochs}) while the scheduler steps after "
+            f"every optimizer step ({stepped} times): count {name} in steps (e.g. from "
+            "trainer.estimated_stepping_batches) or put 'interval': 'epoch' inside the lr_scheduler dict."
+        )
+    return (
+        f" {name}={length:g} looks counted in optimizer steps (the run has {steps}) while the scheduler steps "
+        f"once per epoch ({stepped} times): put 'interval': 'step' inside the lr_scheduler dict, or count "
+        f"{name} in epochs."
+    )
+
+
+def length_issues(
+    entry: ScheduledStep,
+    index: int,
+    stepped: int,
+    *,
+    epochs: int,
+    steps: int,
+    tolerance: float = 0.1,
+    error: str = "",
+    error_step: int = -1,
+) -> list[ScheduleIssue]:
+    """Does the scheduler's length (``T_max``, ``total_steps``, ``step_size``, ``milestones``,
+    ``total_iters``) match the ``stepped`` times Lightning will step it?
+
+    ``epochs`` and ``steps`` are the run's length in epochs and optimizer steps (for the hint that
+    names the unit the length was probably counted in). ``error`` is what the simulation caught.
+
+    Example:
+        >>> p = torch.nn.Parameter(torch.zeros(1))
+        >>> s = torch.optim.lr_scheduler.CosineAnnealingLR(torch.optim.SGD([p], lr=1.0), T_max=10)
+        >>> [i.key for i in length_issues(ScheduledStep(s, "step"), 0, 40, epochs=10, steps=40)]
+        ['length:0']
+    """
+    s, name, key = entry.scheduler, entry.name, f"length:{index}"
+    unit = "optimizer step" if entry.interval == "step" else "epoch"
+    where = f"scheduler {index} ({name}, stepped once per {unit}, {stepped} times in this run)"
+    lo, hi = (1.0 - tolerance) * stepped, (1.0 + tolerance) * stepped
+    out: list[ScheduleIssue] = []
+
+    def add(summary: str, values: dict[str, float], advice: str, length_name: str, length: float) -> None:
+        hint = _unit_hint(length_name, length, entry.interval, stepped, epochs, steps)
+        out.append(ScheduleIssue(key, "fail", summary, {"stepped": float(stepped), **values}, (advice + hint).strip()))
+
+    if stepped <= 0:
+        return out
+    if isinstance(s, sched.CosineAnnealingLR):
+        t_max = float(s.T_max)
+        if t_max < lo:
+            add(
+                f"{where}: CosineAnnealingLR(T_max={t_max:g}) reaches eta_min after {t_max:g} steps and then "
+                f"wraps around: the LR rises again back towards its peak for the remaining {stepped - t_max:g}.",
+                {"T_max": t_max},
+                f"set T_max to {stepped} (the number of times the scheduler steps).",
+                "T_max",
+                t_max,
+            )
+        elif t_max > hi:
+            reached = (stepped - 1) / t_max
+            left = 0.5 * (1 + math.cos(math.pi * reached))
+            add(
+                f"{where}: CosineAnnealingLR(T_max={t_max:g}) is only {reached:.0%} of the way down when the run "
+                f"ends; the last LR is still {left:.0%} of the way from eta_min to the peak.",
+                {"T_max": t_max, "fraction_reached": reached},
+                f"set T_max to {stepped} (the number of times the scheduler steps).",
+                "T_max",
+                t_max,
+            )
+    elif isinstance(s, sched.OneCycleLR):
+        total = float(s.total_steps)
+        if error and name in error:
+            out.append(
+                ScheduleIssue(
+                    key,
+                    "fail",
+                    f"{where}: OneCycleLR(total_steps={total:g}) will raise after optimizer step {error_step} "
+                    f"(\"{error.split(': ', 2)[-1]}\"); the run needs {stepped} scheduler steps.",
+                    {"stepped": float(stepped), "total_steps": total, "error_step": float(error_step)},
+                    (
+                        f"set total_steps={stepped} (e.g. total_steps=trainer.estimated_stepping_batches with "
+                        "'interval': 'step' inside the lr_scheduler dict)."
+                        + _unit_hint("total_steps", total, entry.interval, stepped, epochs, steps)
+                    ),
+                )
+            )
+        elif total > hi:
+            add(
+                f"{where}: OneCycleLR(total_steps={total:g}) is only {stepped / total:.0%} through its cycle when "
+                "the run ends: the LR never anneals to its final value.",
+                {"total_steps": total},
+                f"set total_steps={stepped} (e.g. trainer.estimated_stepping_batches with 'interval': 'step').",
+                "total_steps",
+                total,
+            )
+    elif isinstance(s, sched.StepLR):
+        size = float(s.step_size)
+        if (stepped - 1) // size < 1:
+            add(
+                f"{where}: StepLR(step_size={size:g}) never decays: the run ends before scheduler step {size:g}.",
+                {"step_size": size},
+                f"choose step_size below {stepped} (or drop the scheduler while the recipe keeps the LR constant).",
+                "step_size",
+                size,
+            )
+    elif isinstance(s, sched.MultiStepLR):
+        milestones = sorted(int(m) for m in s.milestones)
+        missed = [m for m in milestones if m > stepped - 1]
+        if missed:
+            add(
+                f"{where}: MultiStepLR milestones {missed} are never reached (the scheduler steps {stepped} times; "
+                f"milestones {milestones}).",
+                {"milestone_max": float(milestones[-1]), "milestones_missed": float(len(missed))},
+                f"put the milestones within the {stepped} scheduler steps of this run.",
+                "milestones",
+                float(milestones[-1]),
+            )
+    elif isinstance(s, sched.PolynomialLR):
+        iters = float(s.total_iters)
+        if not lo <= iters <= hi:
+            add(
+                f"{where}: PolynomialLR(total_iters={iters:g}) does not match the {stepped} scheduler steps: the LR "
+                + ("reaches its end long before the run ends." if iters < lo else "never gets to its end."),
+                {"total_iters": iters},
+                f"set total_iters={stepped}.",
+                "total_iters",
+                iters,
+            )
+    elif isinstance(s, sched.ChainedScheduler):
+        for child in getattr(s, "_schedulers", []):
+            sub = ScheduledStep(child, entry.interval, entry.frequency, optimizer_index=entry.optimizer_index)
+            out += length_issues(sub, index, stepped, epochs=epochs, steps=steps, tolerance=tolerance)
+    return out
+
+
+def _never_steps(entry: ScheduledStep, index: int, loop: LoopPlan, epochs: int) -> ScheduleIssue:
+    if entry.interval == "step" and entry.frequency > loop.batches_per_epoch:
+        why = (
+            f"'frequency': {entry.frequency} is larger than the {loop.batches_per_epoch:g} batches per epoch, and "
+            "Lightning counts a 'step' frequency within each epoch ((batch_idx + 1) % frequency)"
+        )
+        advice = f"use a frequency of at most {loop.batches_per_epoch:g}, or 'interval': 'epoch'."
+    elif entry.interval == "epoch" and math.isinf(loop.batches_per_epoch):
+        why = "the epoch never ends (an endless training loader), so an 'epoch' interval never comes"
+        advice = "put 'interval': 'step' inside the lr_scheduler dict."
+    elif entry.interval == "epoch":
+        why = f"'frequency': {entry.frequency} is larger than the run's {epochs} epochs"
+        advice = f"use a frequency of at most {epochs}, or 'interval': 'step'."
+    else:
+        why = "the run has no optimizer step at which its 'frequency' comes round"
+        advice = "check 'interval' and 'frequency' inside the lr_scheduler dict."
+    return ScheduleIssue(
+        f"never_steps:{index}",
+        "fail",
+        f"scheduler {index} ({entry.name}) is never stepped in this run: {why}.",
+        {"frequency": float(entry.frequency), "batches_per_epoch": float(loop.batches_per_epoch)},
+        advice,
+    )
+
+
+def analyze_schedule(
+    plan: PlannedSchedule,
+    schedulers: Sequence[ScheduledStep],
+    loop: LoopPlan,
+    *,
+    stage: Stage = "early",
+    min_lr_fraction: float = 0.01,
+    end_margin: float = 0.1,
+    length_tolerance: float = 0.1,
+) -> list[ScheduleIssue]:
+    """Everything wrong with a planned schedule, for the recipe ``stage``.
+
+    Per scheduler: never stepped, a length that does not match the run (and a OneCycle that will
+    raise). Per parameter group (groups driven by ``ReduceLROnPlateau`` are left out, their curve is
+    not known in advance; groups whose scheduler already has a length issue are not judged twice):
+    the LR under ``min_lr_fraction`` of its peak with more than ``end_margin`` of the run left; the
+    LR rising again after a decay (not for schedulers cyclic by design); in the ``"early"`` stage
+    any decay (a warning: the recipe keeps the LR constant until the end); in the ``"final"`` stage
+    no decay at all (a warning).
+
+    Example:
+        >>> p = torch.nn.Parameter(torch.zeros(1))
+        >>> opt = torch.optim.SGD([p], lr=1.0)
+        >>> entry = ScheduledStep(torch.optim.lr_scheduler.ExponentialLR(opt, gamma=0.5), "step")
+        >>> loop = LoopPlan(batches_per_epoch=40)
+        >>> plan = simulate_schedule([opt], [entry], loop)
+        >>> [i.key for i in analyze_schedule(plan, [entry], loop, stage="final")]
+        ['decays_too_early']
+    """
+    issues: list[ScheduleIssue] = []
+    run_steps = int(plan.simulated_steps)
+    epochs = plan.epochs
+    flagged_optimizers: set[int] = set()
+    optimizer_of = [e.optimizer_index for e in schedulers]
+    for k, entry in enumerate(schedulers):
+        stepped = plan.scheduler_steps[k]
+        if stepped == 0 and run_steps > 0 and not plan.error:
+            issues.append(_never_steps(entry, k, loop, epochs))
+            flagged_optimizers.add(optimizer_of[k])
+            continue
+        if plan.truncated:
+            continue
+        found = length_issues(
+            entry,
+            k,
+            stepped,
+            epochs=epochs,
+            steps=run_steps,
+            tolerance=length_tolerance,
+            error=plan.error,
+            error_step=plan.error_step,
+        )
+        if found:
+            flagged_optimizers.add(optimizer_of[k])
+        issues += found
+    plateau = {optimizer_of[k] for k, e in enumerate(schedulers) if e.reduce_on_plateau}
+    cyclic = {optimizer_of[k] for k, e in enumerate(schedulers) if isinstance(e.scheduler, CYCLIC_BY_DESIGN)}
+    too_early: list[tuple[str, DecayProfile]] = []
+    rising: list[tuple[str, DecayProfile]] = []
+    decaying: list[tuple[str, DecayProfile]] = []
+    flat: list[tuple[str, DecayProfile]] = []
+    end = plan.steps[0] + run_steps if plan.steps.size else 0
+    for g, (opt_i, _) in enumerate(plan.groups):
+        if opt_i in plateau or plan.steps.size == 0:
+            continue
+        prof = decay_profile(plan.group_lrs(g), plan.steps, fraction=min_lr_fraction)
+        label = f"group {g}" if len(plan.groups) > 1 else "the LR"
+        if opt_i not in flagged_optimizers:
+            if prof.below_step >= 0 and end - prof.below_step > end_margin * run_steps:
+                too_early.append((label, prof))
+            if prof.rise_step >= 0 and opt_i not in cyclic:
+                rising.append((label, prof))
+        (decaying if prof.decays else flat).append((label, prof))
+    if too_early:
+        label, prof = too_early[0]
+        issues.append(
+            ScheduleIssue(
+                "decays_too_early",
+                "fail",
+                f"{label} falls below {min_lr_fraction:g} of its peak ({prof.peak:.3g}) at optimizer step "
+                f"{prof.below_step} of {run_steps}: {(end - prof.below_step) / max(1, run_steps):.0%} of the run "
+                "trains at an LR near zero.",
+                {"peak_lr": prof.peak, "below_step": float(prof.below_step), "planned_steps": float(run_steps)},
+                "stretch the decay over the whole run (gamma closer to 1, fewer or later milestones, T_max/"
+                "total_steps equal to the run's scheduler steps), or keep the LR constant until the final stage.",
+            )
+        )
+    if rising:
+        label, prof = rising[0]
+        issues.append(
+            ScheduleIssue(
+                "rises_after_decay",
+                "fail",
+                f"{label} decays and then rises again from optimizer step {prof.rise_step}: the schedule wraps "
+                "around before the run ends.",
+                {"peak_lr": prof.peak, "rise_step": float(prof.rise_step)},
+                "make the schedule's length match the run (T_max, total_steps), or use a scheduler that stays at "
+                "its floor.",
+            )
+        )
+    if stage == "early" and decaying:
+        label, prof = decaying[0]
+        issues.append(
+            ScheduleIssue(
+                "decay_in_early_stage",
+                "warn",
+                f"decay is on: {label} goes from {prof.peak:.3g} down to {prof.lowest_after_peak:.3g}; the recipe "
+                "keeps the LR constant while you build and overfit, and tunes decay at the very end.",
+                {"peak_lr": prof.peak, "lowest_lr": prof.lowest_after_peak},
+                "drop the scheduler (or use a constant LR) for now; switch to stage='final' when you add decay "
+                "on purpose.",
+            )
+        )
+    if stage == "final" and flat and not decaying:
+        label, prof = flat[0]
+        issues.append(
+            ScheduleIssue(
+                "never_decays",
+                "warn",
+                f"the final stage has no decay: {label} stays at {prof.final:.3g} to the end of the run.",
+                {"final_lr": prof.final, "peak_lr": prof.peak},
+                "add a decay that ends with the run (e.g. CosineAnnealingLR with T_max=trainer."
+                "estimated_stepping_batches and 'interval': 'step'); decay usually buys the last bit of loss.",
+            )
+        )
+    return issues
+
+
+def adam_lr_issue(optimizer_name: str, lr: float, factor: float = 10.0) -> ScheduleIssue | None:
+    """A note when Adam/AdamW runs more than ``factor`` times away from the recipe's 3e-4.
+
+    Example:
+        >>> adam_lr_issue("Adam", 3e-2).key
+        'adam_lr'
+        >>> adam_lr_issue("Adam", 1e-3) is None
+        True
+    """
+    if lr <= 0 or (ADAM_SAFE_LR / factor <= lr <= ADAM_SAFE_LR * factor):
+        return None
+    direction = "above" if lr > ADAM_SAFE_LR else "below"
+    return ScheduleIssue(
+        "adam_lr",
+        "warn",
+        f"{optimizer_name} runs at lr={lr:.3g}, {max(lr, ADAM_SAFE_LR) / min(lr, ADAM_SAFE_LR):.0f}x {direction} "
+        f"the recipe's safe {ADAM_SAFE_LR:g}.",
+        {"adam_lr": lr, "ratio_to_3e-4": lr / ADAM_SAFE_LR},
+        f"start from lr={ADAM_SAFE_LR:g} with Adam while you build the baseline; tune it later on purpose.",
+    )
+
+
+# Modules whose weights are scales and shifts, not features: weight decay should not pull them to 0.
+NORM_TYPES: tuple[type[torch.nn.Module], ...] = (
+    torch.nn.modules.batchnorm._NormBase,
+    torch.nn.LayerNorm,
+    torch.nn.GroupNorm,
+    torch.nn.LocalResponseNorm,
+    *((torch.nn.RMSNorm,) if hasattr(torch.nn, "RMSNorm") else ()),
+)
+
+
+def decayed_bias_and_norm_params(module: torch.nn.Module, optimizers: Sequence[Optimizer]) -> list[str]:
+    """Names of biases and normalisation-layer parameters in param groups with ``weight_decay > 0``.
+
+    Example:
+        >>> net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.LayerNorm(2))
+        >>> decayed_bias_and_norm_params(net, [torch.optim.AdamW(net.parameters())])
+        ['0.bias', '1.weight', '1.bias']
+        >>> decayed_bias_and_norm_params(net, [torch.optim.Adam(net.parameters())])
+        []
+    """
+    norm_ids = {id(p) for m in module.modules() if isinstance(m, NORM_TYPES) for p in m.parameters(recurse=False)}
+    names = {id(p): n for n, p in module.named_parameters()}
+    out: list[str] = []
+    for opt in optimizers:
+        for group in opt.param_groups:
+            if float(group.get("weight_decay", 0.0) or 0.0) <= 0:
+                continue
+            for p in group["params"]:
+                name = names.get(id(p), "")
+                if id(p) in norm_ids or name == "bias" or name.endswith(".bias"):
+                    out.append(name or f"<unnamed {tuple(p.shape)}>")
+    return out
