@@ -14,6 +14,8 @@ from recipe_callbacks.recipe_report import RecipeReport
 from recipe_callbacks.data_inspector import DataInspector
 from recipe_callbacks.seed_everything import SeedEverything
 from recipe_callbacks.init_loss_check import InitLossCheck
+from recipe_callbacks.loss_decrease_check import LossDecreaseCheck
+from recipe_callbacks.update_ratio_monitor import UpdateRatioMonitor
 
 from recipe_callbacks import presets
 
@@ -24,12 +26,14 @@ __all__ = [
     "DataInspector",
     "Finding",
     "InitLossCheck",
+    "LossDecreaseCheck",
     "RecipeCallback",
     "RecipeCheckError",
     "RecipeReport",
     "RecipeWarning",
     "ResolvedBatch",
     "SeedEverything",
+    "UpdateRatioMonitor",
     "presets",
     "resolve_batch",
 ]

@@ -1,0 +1,245 @@
+"""LossDecreaseCheck (recipe step 2i): the training loss must go down over the first steps."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import torch
+from typing_extensions import override
+
+from recipe_callbacks.callback_base import RecipeCallback
+from recipe_callbacks.core import loss_trend as core
+from recipe_callbacks.core.pictures import line_chart
+from recipe_callbacks.finding import OnFail
+from recipe_callbacks.observe import loss_from_step_output
+from recipe_callbacks.validation import check_float, check_int, check_optional_str
+
+if TYPE_CHECKING:
+    import lightning.pytorch as pl
+
+_ADVICE_FLAT = (
+    "check the learning rate (0 or far too low; a warmup that starts near 0 needs a larger num_steps), "
+    "parameters that do not train (requires_grad=False, or missing from the optimizer), a loss that does "
+    "not depend on the model's output (detached, or computed from the wrong tensor), and the data "
+    "(labels shuffled independently of the inputs, constant inputs)"
+)
+_ADVICE_RISING = (
+    "the learning rate is probably too high (try 3e-4 with Adam, or 10x lower), or the loss has the "
+    "wrong sign; also check the data and the targets"
+)
+_ADVICE_STALLED = (
+    "the loss stopped far above zero: if the model should fit this data, look for a learning rate too "
+    "low or decayed too early, frozen layers, labels that do not match the inputs, or a model too small; "
+    "if a high floor is expected (noisy targets, a regulariser), raise plateau_fraction"
+)
+_ADVICE_NAN = (
+    "a loss that is not finite: lower the learning rate, clip gradients, look for log(0), division by "
+    "zero or sqrt of a negative in the loss, and for NaN/Inf in that batch's inputs and targets"
+)
+
+
+class LossDecreaseCheck(RecipeCallback):
+    """Verifies that the training loss decreases over the first ``num_steps`` training batches.
+
+    It reads the loss that ``training_step`` returns (a tensor, or ``dict["loss"]``; or the logged
+    metric named by ``monitor``) in ``on_train_batch_end``, so it costs no extra forward pass. After
+    ``num_steps`` batches it cuts the losses into thirds and computes the relative decrease
+    ``(median(first third) - median(last third)) / |median(first third)|`` and the Theil–Sen slope
+    (see ``recipe_callbacks.core.loss_trend``). Verdicts:
+
+    - ``fail``: the loss is flat (decrease below ``min_decrease``) or rising;
+    - ``fail``: a NaN or infinite loss, reported at once with the step and batch index;
+    - ``warn``: the loss fell but then stalled (the last third barely below the middle one) at
+      more than ``plateau_fraction`` of its starting level: far above zero for a task the model
+      should fit;
+    - ``pass``: it decreases.
+
+    One-off: it judges once, then watches nothing; not run again on a resumed run. With gradient
+    accumulation the per-batch loss is restored from Lightning's scaled value; under DDP the loss
+    is averaged over the processes.
+
+    Args:
+        num_steps: how many training batches to watch (at least 6).
+        min_decrease: the smallest relative decrease that counts as going down.
+        plateau_fraction: warn when the loss stalls above this fraction of its starting level
+            (1.0 switches the warning off).
+        monitor: read the loss from this logged metric (``trainer.callback_metrics``) instead of the
+            ``training_step`` output, e.g. ``"train_loss"`` when ``training_step`` returns nothing.
+        on_fail: what a ``fail`` Finding does: ``"warn"``, ``"raise"`` or ``"ignore"``.
+
+    Raises:
+        ValueError: an argument out of range.
+        TypeError: an argument of the wrong type.
+
+    Logged:
+        - ``recipe/loss_decrease_check/relative_decrease``, ``.../first_loss``, ``.../last_loss``,
+          ``.../slope`` (Theil–Sen, loss per batch), ``.../steps``, ``.../cost_steps`` (0: it only
+          watches): when judged.
+        - ``recipe/loss_decrease_check/nan_step``, ``.../nan_batch_idx``, ``.../steps``,
+          ``.../cost_steps``: when a loss is not finite.
+        - ``recipe/loss_decrease_check/loss_curve``: picture of the watched losses and the Theil–Sen
+          line.
+
+    Example::
+
+        trainer = Trainer(callbacks=[LossDecreaseCheck(num_steps=30), RecipeReport()])
+    """
+
+    one_off = True
+
+    def __init__(
+        self,
+        num_steps: int = 30,
+        min_decrease: float = 0.05,
+        plateau_fraction: float = 0.25,
+        monitor: str | None = None,
+        on_fail: OnFail = "warn",
+    ) -> None:
+        super().__init__(on_fail=on_fail)
+        owner = type(self).__name__
+        self.num_steps = check_int(owner, "num_steps", num_steps, minimum=core.MIN_LOSSES)
+        self.min_decrease = check_float(owner, "min_decrease", min_decrease, maximum=1.0)
+        self.plateau_fraction = check_float(owner, "plateau_fraction", plateau_fraction, maximum=1.0)
+        self.monitor = check_optional_str(owner, "monitor", monitor)
+        self.losses: list[float] = []
+        self.batches_seen = 0
+        self._active = False
+        self._batch_step = 0
+
+    @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_fit_start(trainer, pl_module)
+        self._active = not self.is_resumed(trainer) and not self.early_finished
+        self.losses, self.batches_seen = [], 0
+
+    @override
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        self._batch_step = trainer.global_step  # the optimizer step this batch's loss belongs to
+
+    @override
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if not self._active:
+            return
+        self.batches_seen += 1
+        loss = self._loss(trainer, pl_module, outputs)
+        if loss is not None:
+            self.losses.append(loss)
+            if not math.isfinite(loss):
+                self._report_non_finite(trainer, loss, batch_idx)
+                return
+        if self.batches_seen >= self.num_steps:
+            self._judge(trainer)
+
+    @override
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._active:
+            self._judge(trainer)
+
+    def _loss(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any) -> float | None:
+        """This batch's loss as a float, averaged over processes; ``None`` when there is none."""
+        if self.monitor is not None:
+            value = trainer.callback_metrics.get(self.monitor)
+            tensor = value.detach() if isinstance(value, torch.Tensor) else None
+        else:
+            tensor = loss_from_step_output(outputs)
+            tensor = tensor.detach() if tensor is not None else None
+            # Lightning hands on_train_batch_end the loss divided by the accumulation factor.
+            if tensor is not None and pl_module.automatic_optimization:
+                tensor = tensor * trainer.accumulate_grad_batches
+        if tensor is None or tensor.numel() != 1:
+            return None
+        tensor = tensor.to(torch.float64).reshape(())
+        if trainer.world_size > 1:
+            tensor = trainer.strategy.reduce(tensor, reduce_op="mean")
+        return float(tensor)
+
+    def _finish(self) -> None:
+        self._active = False
+        self.finish_early()
+
+    def _report_non_finite(self, trainer: pl.Trainer, loss: float, batch_idx: int) -> None:
+        step = self._batch_step
+        values = {
+            "nan_step": float(step),
+            "nan_batch_idx": float(batch_idx),
+            "steps": float(len(self.losses)),
+            "cost_steps": 0.0,
+        }
+        self._finish()
+        self.report(
+            trainer,
+            "fail",
+            f"the training loss is {loss} at global step {step} (epoch {trainer.current_epoch}, batch index "
+            f"{batch_idx}; watched batch {len(self.losses)} of {self.num_steps}); the losses before it were finite",
+            values,
+            _ADVICE_NAN,
+        )
+
+    def _judge(self, trainer: pl.Trainer) -> None:
+        self._finish()
+        losses = self.losses
+        if len(losses) < core.MIN_LOSSES:
+            if self.batches_seen and not losses:
+                reason = (
+                    f"found no loss in {self.batches_seen} training batches: training_step returned neither "
+                    "a tensor nor a dict with 'loss'"
+                    if self.monitor is None
+                    else f"the metric monitor={self.monitor!r} was not in trainer.callback_metrics"
+                )
+                self.skip(trainer, f"{reason}; log the loss and name it", "monitor")
+            else:
+                self.skip(
+                    trainer,
+                    f"only {len(losses)} training losses before training ended; need at least {core.MIN_LOSSES}",
+                    "num_steps",
+                )
+            return
+        trend = core.loss_trend(losses, min_decrease=self.min_decrease, plateau_fraction=self.plateau_fraction)
+        values = {
+            "relative_decrease": trend.relative_decrease,
+            "first_loss": trend.first,
+            "last_loss": trend.last,
+            "slope": trend.slope,
+            "steps": float(trend.steps),
+            "cost_steps": 0.0,
+        }
+        self._draw(trainer, trend)
+        over = (
+            f"over the first {trend.steps} training batches the loss went from {trend.first:.4g} to "
+            f"{trend.last:.4g} (medians of the first and last thirds): a relative decrease of "
+            f"{trend.relative_decrease:.1%} (Theil–Sen slope {trend.slope:.3g} per batch)"
+        )
+        if trend.status in ("flat", "rising"):
+            self.report(
+                trainer,
+                "fail",
+                f"{over}; the loss is {trend.status}, expected a decrease of at least {self.min_decrease:.0%}",
+                values,
+                _ADVICE_FLAT if trend.status == "flat" else _ADVICE_RISING,
+            )
+        elif trend.status == "stalled":
+            self.report(
+                trainer,
+                "warn",
+                f"{over}, then stalled at {trend.last:.4g} (middle third {trend.middle:.4g}), still above "
+                f"{self.plateau_fraction:.0%} of where it started",
+                values,
+                _ADVICE_STALLED,
+            )
+        else:
+            self.report(trainer, "pass", f"{over}", values)
+
+    def _draw(self, trainer: pl.Trainer, trend: core.LossTrend) -> None:
+        if not trainer.is_global_zero:
+            return
+        fit = [trend.intercept + trend.slope * i for i in range(trend.steps)]
+        image = line_chart(
+            {"training loss": self.losses, "Theil-Sen trend": fit},
+            title=f"LossDecreaseCheck: first {trend.steps} training losses ({trend.status})",
+        )
+        self.log_image(trainer, "loss_curve", image)

@@ -1,0 +1,426 @@
+"""UpdateRatioMonitor: how far each optimizer step moves each layer, and whether activations are alive.
+
+Beyond Karpathy's post but in its spirit (his later lectures): ``log10(||update|| / ||weight||)``
+per layer should sit near ``-3``; far below, the layer does not learn; far above, the updates
+overwhelm the weights. A ReLU that outputs zero for a whole batch, or a tanh pinned at +-1, passes
+no gradient. The monitor measures both on sampled steps only, so it can stay on for a whole run.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+from typing_extensions import override
+
+from recipe_callbacks.callback_base import RecipeCallback
+from recipe_callbacks.core import update_ratio as core
+from recipe_callbacks.core.pictures import line_chart
+from recipe_callbacks.finding import OnFail, Status
+from recipe_callbacks.validation import check_float, check_int
+
+if TYPE_CHECKING:
+    import lightning.pytorch as pl
+
+_KINDS_TEXT = "nn.ReLU, ReLU6, Tanh, Sigmoid, Hardtanh or Hardsigmoid"
+
+
+def _push(history: dict[str, deque[float]], values: Mapping[str, float], length: int, cap: int) -> None:
+    """Append one sample to every series (NaN where a series has no value; new series NaN-padded)."""
+    for name, value in values.items():
+        if name not in history:
+            history[name] = deque([math.nan] * min(length - 1, cap - 1), maxlen=cap)
+        history[name].append(value)
+    for name, series in history.items():
+        if name not in values:
+            series.append(math.nan)
+
+
+class UpdateRatioMonitor(RecipeCallback):
+    """Logs update-to-weight ratios per layer and the share of dead or saturated activation units.
+
+    Every ``every_n_steps`` optimizer steps it copies the parameters just before the optimizer step
+    (``on_before_optimizer_step``, so with gradient accumulation it brackets the real step) and
+    after the batch computes, per layer, ``log10(||w_after - w_before|| / ||w_before||)`` with all
+    the layer's parameter tensors pooled. On the same steps it hooks every activation module
+    (``nn.ReLU``, ``ReLU6``, ``Tanh``, ``Sigmoid``, ``Hardtanh``, ``Hardsigmoid``) for one forward
+    pass: a unit (a feature, or a channel of a conv map) is dead when it is inactive for every value
+    in the batch (ReLU: exactly 0; tanh: ``|y| > 0.99``; sigmoid: within 0.01 of 0 or 1). Between
+    sampled steps nothing is hooked or copied. It only reads: the run's weights stay bit-identical.
+
+    A layer is flagged when its ratio stays below ``min_ratio`` (not learning: a frozen layer, a
+    parameter missing from the optimizer, a vanishing gradient) or above ``max_ratio`` (exploding:
+    learning rate too high) for ``patience`` samples in a row, and an activation layer when more
+    than ``max_dead_fraction`` of its units stay dead for ``patience`` samples. Two Findings: key
+    ``ratio`` (``fail`` when exploding, ``warn`` when not learning) and key ``activations``
+    (``warn``). They are reported when the set of flagged layers changes and at the end of training.
+
+    Args:
+        every_n_steps: measure on optimizer steps 0, N, 2N, ...
+        min_ratio: a layer whose ratio stays below this is not learning.
+        max_ratio: a layer whose ratio stays above this is exploding.
+        patience: how many samples in a row a layer must be out of range to be flagged.
+        max_dead_fraction: an activation layer with more dead units than this is flagged.
+        activations: also measure activation health.
+        unit_dim: the dimension of an activation output that indexes units (1: features of
+            ``(N, D)``, channels of ``(N, C, H, W)``; use -1 for ``(N, T, D)`` sequence models).
+        include_frozen: also measure parameters with ``requires_grad=False`` (they are then flagged
+            as not learning; set ``False`` when freezing is intended, e.g. a fine-tuned backbone).
+        history_size: samples kept per layer for the chart (older ones are dropped).
+        plot_every_n_samples: draw the ratio chart every this many samples (and at the end).
+        on_fail: what a ``fail`` Finding does: ``"warn"``, ``"raise"`` or ``"ignore"``.
+
+    Raises:
+        ValueError: an argument out of range, or ``min_ratio >= max_ratio``.
+        TypeError: an argument of the wrong type.
+
+    Logged:
+        - ``recipe/update_ratio_monitor/<layer>/log10_ratio``: per layer (module name, e.g. ``net.0``;
+          ``root`` for parameters of the model itself), at each sampled step; an exact 0 update is
+          logged as -12.
+        - ``recipe/update_ratio_monitor/<activation>/dead_fraction``: per activation module call
+          (``act``, ``act#2`` for a module called twice in one forward).
+        - ``recipe/update_ratio_monitor/<activation>/saturated_fraction``: share of saturated values,
+          for tanh, sigmoid, hardtanh and hardsigmoid.
+        - ``recipe/update_ratio_monitor/ratio_chart``: picture of log10 ratio per layer over steps,
+          with the healthy -3 as a reference line.
+
+    Example::
+
+        trainer = Trainer(callbacks=[UpdateRatioMonitor(every_n_steps=50), RecipeReport()])
+    """
+
+    def __init__(
+        self,
+        every_n_steps: int = 50,
+        min_ratio: float = 1e-5,
+        max_ratio: float = 1e-1,
+        patience: int = 3,
+        max_dead_fraction: float = 0.5,
+        activations: bool = True,
+        unit_dim: int = 1,
+        include_frozen: bool = True,
+        history_size: int = 200,
+        plot_every_n_samples: int = 10,
+        on_fail: OnFail = "warn",
+    ) -> None:
+        super().__init__(on_fail=on_fail)
+        owner = type(self).__name__
+        self.every_n_steps = check_int(owner, "every_n_steps", every_n_steps)
+        self.min_ratio = check_float(owner, "min_ratio", min_ratio)
+        self.max_ratio = check_float(owner, "max_ratio", max_ratio)
+        if self.min_ratio >= self.max_ratio:
+            raise ValueError(f"{owner}(min_ratio={min_ratio!r}): min_ratio must be below max_ratio={max_ratio!r}")
+        self.patience = check_int(owner, "patience", patience)
+        self.max_dead_fraction = check_float(owner, "max_dead_fraction", max_dead_fraction, maximum=1.0)
+        for name, flag in (("activations", activations), ("include_frozen", include_frozen)):
+            if not isinstance(flag, bool):
+                raise TypeError(f"{owner}({name}={flag!r}): {name} must be a bool")
+        self.activations = activations
+        self.include_frozen = include_frozen
+        self.unit_dim = check_int(owner, "unit_dim", unit_dim, minimum=-8)
+        self.history_size = check_int(owner, "history_size", history_size, minimum=2)
+        self.plot_every_n_samples = check_int(owner, "plot_every_n_samples", plot_every_n_samples)
+        # Ratio measurement: parameters copied before a sampled optimizer step.
+        self._snapshot: list[tuple[str, nn.Parameter, torch.Tensor]] | None = None
+        self._snapshot_step = -1
+        self._frozen_layers: set[str] = set()
+        # Activation measurement: hooks armed for one sampled step.
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._records: list[tuple[str, str, torch.Tensor, torch.Tensor, int]] = []
+        self._calls: dict[str, int] = {}
+        self._armed_step = -1
+        # Capped histories.
+        self.ratio_steps: deque[int] = deque(maxlen=self.history_size)
+        self.ratios: dict[str, deque[float]] = {}
+        self.activation_steps: deque[int] = deque(maxlen=self.history_size)
+        self.dead: dict[str, deque[float]] = {}
+        self._signatures: dict[str, tuple[Any, ...]] = {}
+
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._generate_state_key(every_n_steps=self.every_n_steps)
+
+    def _sampled(self, step: int) -> bool:
+        return step % self.every_n_steps == 0
+
+    # ----------------------------------------------------------------- hooks
+    @override
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        step = trainer.global_step
+        if self.activations and self._sampled(step) and step != self._armed_step:
+            self._armed_step = step
+            self._arm(trainer, pl_module)
+
+    @override
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
+    ) -> None:
+        step = trainer.global_step
+        # Only the first call of a step: closure-based optimizers (LBFGS) may call this repeatedly.
+        if self._sampled(step) and self._snapshot is None and step != self._snapshot_step:
+            self._snapshot_step = step
+            self._take_snapshot(pl_module)
+
+    @override
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if self._handles:
+            self._disarm()
+            self._record_activations(trainer, pl_module)
+        if self._snapshot is not None and trainer.global_step != self._snapshot_step:
+            self._record_ratios(trainer)
+
+    @override
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._disarm()
+        self._snapshot = None
+        self._judge_ratios(trainer, final=True)
+        if self.activations:
+            self._judge_activations(trainer, final=True)
+        self._draw(trainer)
+
+    @override
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._disarm()
+        self._snapshot = None
+
+    # ----------------------------------------------------------------- update ratios
+    def _take_snapshot(self, pl_module: pl.LightningModule) -> None:
+        named = [(n, p) for n, p in pl_module.named_parameters() if self.include_frozen or p.requires_grad]
+        with torch.no_grad():
+            self._snapshot = [(n, p, p.detach().clone()) for n, p in named]
+        by_layer: dict[str, bool] = {}
+        for n, p in named:
+            layer = core.layer_name(n)
+            by_layer[layer] = by_layer.get(layer, False) or p.requires_grad
+        self._frozen_layers = {layer for layer, trains in by_layer.items() if not trains}
+
+    def _record_ratios(self, trainer: pl.Trainer) -> None:
+        assert self._snapshot is not None
+        names = [n for n, _, _ in self._snapshot]
+        with torch.no_grad():
+            update, weight = core.update_norms([b for _, _, b in self._snapshot], [p for _, p, _ in self._snapshot])
+        step, self._snapshot = self._snapshot_step, None
+        ratios = core.layer_log10_ratios(names, update.tolist(), weight.tolist())
+        if not ratios:
+            return
+        self.ratio_steps.append(step)
+        _push(self.ratios, ratios, len(self.ratio_steps), self.history_size)
+        self.log_scalars(trainer, {f"{layer}/log10_ratio": v for layer, v in ratios.items()}, step=step)
+        self._judge_ratios(trainer, final=False)
+        if len(self.ratio_steps) % self.plot_every_n_samples == 0:
+            self._draw(trainer)
+
+    def _judge_ratios(self, trainer: pl.Trainer, *, final: bool) -> None:
+        samples = len(self.ratio_steps)
+        if samples < self.patience:
+            if final and "ratio" not in self._findings:
+                self.skip(
+                    trainer,
+                    f"{samples} update ratio sample(s) in this run, fewer than patience={self.patience}; "
+                    f"sampled every {self.every_n_steps} optimizer steps",
+                    "every_n_steps",
+                    key="ratio",
+                )
+            return
+        low_log, high_log = math.log10(self.min_ratio), math.log10(self.max_ratio)
+        verdicts = {k: core.judge_history(v, low_log, high_log, self.patience) for k, v in self.ratios.items()}
+        medians = {k: core.recent_median(v, self.patience) for k, v in self.ratios.items()}
+        low = {k: medians[k] for k, verdict in verdicts.items() if verdict == "low"}
+        high = {k: medians[k] for k, verdict in verdicts.items() if verdict == "high"}
+        finite = [m for m in medians.values() if math.isfinite(m)]
+        values = {
+            "layers": float(len(verdicts)),
+            "not_learning_layers": float(len(low)),
+            "exploding_layers": float(len(high)),
+            "min_log10_ratio": min(finite, default=math.nan),
+            "max_log10_ratio": max(finite, default=math.nan),
+            "samples": float(samples),
+        }
+        status: Status = "fail" if high else "warn" if low else "pass"
+        signature = (status, tuple(sorted(low)), tuple(sorted(high)))
+        if signature == self._signatures.get("ratio") and not (final and status == "pass"):
+            return
+        self._signatures["ratio"] = signature
+        window = f"for the last {self.patience} samples (every {self.every_n_steps} steps)"
+        parts, advice = [], []
+        if high:
+            parts.append(
+                f"{len(high)} of {len(verdicts)} layers exploding: log10(update/weight) stayed above "
+                f"{high_log:.1f} {window}: {core.summarize_layers(high)}"
+            )
+            advice.append(
+                "lower the learning rate (a ratio near 1e-3 is healthy), clip gradients, or check the "
+                "init and normalisation of these layers"
+            )
+        if low:
+            frozen = sorted(set(low) & self._frozen_layers)
+            note = f" (requires_grad=False: {', '.join(frozen[:5])})" if frozen else ""
+            parts.append(
+                f"{len(low)} of {len(verdicts)} layers not learning: log10(update/weight) stayed below "
+                f"{low_log:.1f} {window}: {core.summarize_layers(low)}{note}"
+            )
+            advice.append(
+                "for layers that should train: check requires_grad, that their parameters are in the "
+                "optimizer, the learning rate (too low, or 0), and vanishing gradients (dead or saturated "
+                "activations before them); -12 means nothing moved. If the freeze is intended, set "
+                "UpdateRatioMonitor(include_frozen=False)"
+            )
+        if not parts:
+            parts.append(
+                f"update-to-weight ratios of all {len(verdicts)} layers within "
+                f"[{self.min_ratio:g}, {self.max_ratio:g}] (log10 from {values['min_log10_ratio']:.1f} to "
+                f"{values['max_log10_ratio']:.1f}; about -3 is healthy)"
+            )
+        self.report(trainer, status, "; ".join(parts), values, "; ".join(advice), key="ratio", log_values=False)
+
+    # ----------------------------------------------------------------- activations
+    def _arm(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._records, self._calls = [], {}
+        for name, module in pl_module.named_modules():
+            kind = core.activation_kind(module)
+            if kind is not None:
+                self._handles.append(module.register_forward_hook(self._hook(name or "root", kind, module)))
+        if not self._handles and "activations" not in self._findings:
+            self.skip(
+                trainer,
+                f"no {_KINDS_TEXT} module in the model, so no activation health (activations called as "
+                "functions, e.g. F.relu, are not seen); the update ratios are still measured",
+                "activations",
+                key="activations",
+            )
+
+    def _hook(self, name: str, kind: core.ActivationKind, module: nn.Module) -> Any:
+        low = float(getattr(module, "min_val", -1.0))
+        high = float(getattr(module, "max_val", 1.0))
+
+        def hook(_: nn.Module, __: Any, output: Any) -> None:
+            if not isinstance(output, torch.Tensor):
+                return
+            count = self._calls.get(name, 0) + 1
+            self._calls[name] = count
+            site = name if count == 1 else f"{name}#{count}"
+            with torch.no_grad():
+                mask = core.inactive_mask(output, kind, low=low, high=high)
+                active, inactive = core.unit_activity(mask, self.unit_dim)
+            self._records.append((site, kind, active, inactive, output.numel()))
+
+        return hook
+
+    def _disarm(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def _record_activations(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        records, self._records = self._records, []
+        if not records:
+            return
+        # One flat vector [active counts of every site..., inactive totals..., sizes...] so that a
+        # single collective sums it over the processes (all ranks run the same sampled step).
+        device = records[0][2].device
+        sizes = torch.tensor([float(r[4]) for r in records], dtype=torch.float64, device=device)
+        flat = torch.cat([r[2].to(device) for r in records] + [torch.stack([r[3].to(device) for r in records]), sizes])
+        if trainer.world_size > 1:
+            flat = trainer.strategy.reduce(flat, reduce_op="sum")
+        flat = flat.cpu()
+        dead: dict[str, float] = {}
+        scalars: dict[str, float] = {}
+        offset, n = 0, len(records)
+        totals, numels = flat[-2 * n : -n], flat[-n:]
+        for i, (site, kind, active, _, _) in enumerate(records):
+            dead[site] = core.dead_fraction(flat[offset : offset + active.numel()])
+            offset += active.numel()
+            scalars[f"{site}/dead_fraction"] = dead[site]
+            if kind not in ("relu", "relu6"):
+                scalars[f"{site}/saturated_fraction"] = float(totals[i] / numels[i].clamp_min(1.0))
+        step = self._armed_step
+        self.activation_steps.append(step)
+        _push(self.dead, dead, len(self.activation_steps), self.history_size)
+        self.log_scalars(trainer, scalars, step=step)
+        self._judge_activations(trainer, final=False)
+
+    def _judge_activations(self, trainer: pl.Trainer, *, final: bool) -> None:
+        samples = len(self.activation_steps)
+        if samples < self.patience:
+            if final and "activations" not in self._findings:
+                self.skip(
+                    trainer,
+                    f"{samples} activation sample(s) in this run, fewer than patience={self.patience}",
+                    "every_n_steps",
+                    key="activations",
+                )
+            return
+        verdicts = {k: core.judge_history(v, -1.0, self.max_dead_fraction, self.patience) for k, v in self.dead.items()}
+        medians = {k: core.recent_median(v, self.patience) for k, v in self.dead.items()}
+        dead = {k: medians[k] for k, verdict in verdicts.items() if verdict == "high"}
+        finite = [m for m in medians.values() if math.isfinite(m)]
+        values = {
+            "activation_layers": float(len(verdicts)),
+            "dead_layers": float(len(dead)),
+            "max_dead_fraction": max(finite, default=math.nan),
+            "samples": float(samples),
+        }
+        status: Status = "warn" if dead else "pass"
+        signature = (status, tuple(sorted(dead)))
+        if signature == self._signatures.get("activations") and not (final and status == "pass"):
+            return
+        self._signatures["activations"] = signature
+        if dead:
+            summary = (
+                f"{len(dead)} of {len(verdicts)} activation layers have mostly dead units (more than "
+                f"{self.max_dead_fraction:.0%} of units inactive on the whole batch for the last {self.patience} "
+                f"samples; dead fraction in brackets): {core.summarize_layers(dead)}"
+            )
+            advice = (
+                "dead ReLUs come from a large negative bias, a bad init or a learning rate that pushed the "
+                "units off: lower the learning rate, check the init, normalise before the activation, or try "
+                "LeakyReLU/GELU; saturated tanh/sigmoid: scale the init or the inputs down"
+            )
+        else:
+            summary = (
+                f"no activation layer with mostly dead units ({len(verdicts)} layers; largest dead fraction "
+                f"{values['max_dead_fraction']:.0%})"
+            )
+            advice = ""
+        self.report(trainer, status, summary, values, advice, key="activations", log_values=False)
+
+    # ----------------------------------------------------------------- picture and state
+    def _draw(self, trainer: pl.Trainer) -> None:
+        if not trainer.is_global_zero or not self.ratio_steps:
+            return
+        series: dict[str, Iterable[float]] = dict(self.ratios)
+        series["healthy -3"] = [-3.0] * len(self.ratio_steps)
+        image = line_chart(
+            {k: list(v) for k, v in series.items()},
+            x=list(self.ratio_steps),
+            title="log10(||update|| / ||weight||) per layer over optimizer steps",
+        )
+        self.log_image(trainer, "ratio_chart", image, step=self.ratio_steps[-1])
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        state["ratio_steps"] = list(self.ratio_steps)
+        state["ratios"] = {k: list(v) for k, v in self.ratios.items()}
+        state["activation_steps"] = list(self.activation_steps)
+        state["dead"] = {k: list(v) for k, v in self.dead.items()}
+        return state
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        cap = self.history_size
+        self.ratio_steps = deque((int(s) for s in state_dict.get("ratio_steps", [])), maxlen=cap)
+        self.ratios = {k: deque(map(float, v), maxlen=cap) for k, v in state_dict.get("ratios", {}).items()}
+        self.activation_steps = deque((int(s) for s in state_dict.get("activation_steps", [])), maxlen=cap)
+        self.dead = {k: deque(map(float, v), maxlen=cap) for k, v in state_dict.get("dead", {}).items()}

@@ -1,0 +1,223 @@
+"""LossDecreaseCheck on real Trainer runs, read back from TensorBoard event files."""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from recipe_callbacks import RecipeCheckError, RecipeReport, RecipeWarning
+from recipe_callbacks.loss_decrease_check import LossDecreaseCheck
+from tests.support import TinyClassifier, blobs, fast_trainer, loader, read_events, scalar_values
+
+TAG = "recipe/loss_decrease_check"
+
+
+class NaNAtStep(TinyClassifier):
+    """Returns a NaN loss from global step ``k`` on (a planted numerical bug)."""
+
+    def __init__(self, k: int) -> None:
+        super().__init__(lr=0.05)
+        self.k = k
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        loss = super().training_step(batch, batch_idx)
+        return loss * math.nan if self.global_step >= self.k else loss
+
+
+class IgnoresInput(pl.LightningModule):
+    """A regressor whose forward never looks at ``x``: only its bias learns, so the loss stalls at the
+    targets' variance (1.0 for +-1 targets) far above zero. The bias starts at 3 (loss 10)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Linear(8, 1)
+        with torch.no_grad():
+            self.head.bias.fill_(3.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.zeros_like(x)).squeeze(1)
+
+    def training_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
+        x, y = batch
+        return {"loss": nn.functional.mse_loss(self(x), y), "extra": torch.tensor(1.0)}
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+class LogsOnly(TinyClassifier):
+    """Returns nothing from training_step under manual optimisation; logs its loss as train_loss."""
+
+    def __init__(self) -> None:
+        super().__init__(lr=0.05)
+        self.automatic_optimization = False
+
+    def training_step(self, batch: Any, batch_idx: int) -> None:  # type: ignore[override]
+        opt = self.optimizers()
+        x, y = batch
+        loss = nn.functional.cross_entropy(self(x), y)
+        opt.zero_grad()  # type: ignore[union-attr]
+        self.manual_backward(loss)
+        opt.step()  # type: ignore[union-attr]
+        self.log("train_loss", loss)
+
+
+def fit(root: Path, model: pl.LightningModule, check: LossDecreaseCheck, data: Any = None,
+        **kw: Any) -> pl.Trainer:
+    kw.setdefault("max_steps", 30)
+    trainer = fast_trainer(root, callbacks=[check, RecipeReport(print_report=False)], max_epochs=-1, **kw)
+    trainer.fit(model, loader(data if data is not None else blobs(64), batch_size=16))
+    return trainer
+
+
+def test_constant_loss_with_zero_learning_rate_fails_and_losses_are_exact_under_accumulation(
+    tmp_path: Path,
+) -> None:
+    torch.manual_seed(0)
+    model = TinyClassifier(lr=0.0)
+    check = LossDecreaseCheck(num_steps=24, on_fail="ignore")
+    fit(tmp_path, model, check, accumulate_grad_batches=2, max_steps=12)
+    f = check.findings[0]
+    assert f.status == "fail"
+    assert "flat" in f.summary and "learning rate" in f.advice
+    assert abs(f.values["relative_decrease"]) < 0.05
+    assert f.values["cost_steps"] == 0.0 and f.values["steps"] == 24.0
+    # The recorded losses are the per-batch losses, not Lightning's loss / accumulate_grad_batches.
+    data = blobs(64)
+    with torch.no_grad():
+        oracle = [nn.functional.cross_entropy(model(data.tensors[0][16 * i : 16 * i + 16]),
+                                              data.tensors[1][16 * i : 16 * i + 16]).item() for i in range(4)]
+    assert check.losses == pytest.approx(oracle * 6, rel=1e-6)
+    ea = read_events(tmp_path / "run")
+    assert scalar_values(ea, f"{TAG}/relative_decrease") == pytest.approx([f.values["relative_decrease"]])
+    assert scalar_values(ea, f"{TAG}/cost_steps") == [0.0]
+    assert len(ea.Images(f"{TAG}/loss_curve")) == 1
+    assert check.early_finished
+
+
+def test_nan_at_step_k_fails_at_that_step_with_its_batch_index(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    check = LossDecreaseCheck(on_fail="ignore")
+    fit(tmp_path, NaNAtStep(k=7), check, max_steps=12)
+    f = check.findings[0]
+    assert f.status == "fail"
+    assert f.values["nan_step"] == 7.0 and f.values["nan_batch_idx"] == 3.0  # 4 batches per epoch
+    assert "global step 7" in f.summary and "batch index 3" in f.summary and "nan" in f.summary
+    assert "learning rate" in f.advice
+    ea = read_events(tmp_path / "run")
+    assert scalar_values(ea, f"{TAG}/nan_step") == [7.0]
+    assert scalar_values(ea, f"{TAG}/nan_batch_idx") == [3.0]
+
+
+def test_nan_raises_at_once_under_on_fail_raise(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = NaNAtStep(k=2)
+    with pytest.raises(RecipeCheckError, match="global step 2"):
+        fit(tmp_path, model, LossDecreaseCheck(on_fail="raise"))
+    assert model.global_step == 3  # stopped right after the step that produced the NaN
+
+
+def test_healthy_model_passes(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    check = LossDecreaseCheck()
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        fit(tmp_path, TinyClassifier(lr=0.05), check, max_steps=40)
+    assert not [w for w in record if issubclass(w.category, RecipeWarning)]
+    f = check.findings[0]
+    assert f.status == "pass", f.summary
+    assert f.values["relative_decrease"] > 0.3 and f.values["slope"] < 0
+    assert len(check.losses) == 30  # judged after num_steps, then no longer watching
+    ea = read_events(tmp_path / "run")
+    for quantity in ("relative_decrease", "first_loss", "last_loss", "slope", "steps", "cost_steps"):
+        assert scalar_values(ea, f"{TAG}/{quantity}") == pytest.approx([f.values[quantity]]), quantity
+    assert [e.step for e in ea.Scalars(f"{TAG}/steps")] == [30]
+    report = json.loads((tmp_path / "run" / "recipe_report.json").read_text())
+    assert [x["status"] for x in report["findings"] if x["check"] == "LossDecreaseCheck"] == ["pass"]
+
+
+def test_loss_stalling_far_above_zero_warns(tmp_path: Path) -> None:
+    x = torch.randn(64, 8, generator=torch.Generator().manual_seed(0))
+    y = torch.tensor([1.0, -1.0] * 32)  # every batch of 16 has mean 0 and variance 1
+    check = LossDecreaseCheck()
+    with pytest.warns(RecipeWarning, match="stalled"):
+        fit(tmp_path, IgnoresInput(), check, TensorDataset(x, y))
+    f = check.findings[0]
+    assert f.status == "warn"
+    assert f.values["last_loss"] == pytest.approx(1.0, abs=1e-3)
+    assert f.values["first_loss"] > 2.0  # 1 + 9 * 0.64^t over the first 10 steps
+    assert "frozen layers" in f.advice
+
+
+def test_monitor_reads_a_logged_metric_and_missing_loss_skips_naming_monitor(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    check = LossDecreaseCheck(num_steps=20, monitor="train_loss", on_fail="ignore")
+    fit(tmp_path / "monitor", LogsOnly(), check)
+    assert check.findings[0].status == "pass"
+    assert len(check.losses) == 20
+
+    torch.manual_seed(0)
+    blind = LossDecreaseCheck(num_steps=20)
+    fit(tmp_path / "blind", LogsOnly(), blind)
+    f = blind.findings[0]
+    assert f.status == "skip" and "found no loss in 20 training batches" in f.summary
+    assert "monitor=" in f.advice
+
+
+def test_run_shorter_than_num_steps_is_judged_at_the_end_or_skipped(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    check = LossDecreaseCheck(num_steps=30)
+    fit(tmp_path / "short", TinyClassifier(lr=0.05), check, max_steps=12)
+    assert check.findings[0].status == "pass" and check.findings[0].values["steps"] == 12.0
+
+    tiny = LossDecreaseCheck()
+    fit(tmp_path / "tiny", TinyClassifier(lr=0.05), tiny, max_steps=3)
+    assert tiny.findings[0].status == "skip" and "num_steps" in tiny.findings[0].advice
+
+
+def test_not_run_again_on_a_resumed_run(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = TinyClassifier(lr=0.05)
+    trainer = fit(tmp_path, model, LossDecreaseCheck(num_steps=8), max_steps=10)
+    ckpt = tmp_path / "last.ckpt"
+    trainer.save_checkpoint(ckpt)
+    again = LossDecreaseCheck(num_steps=8)
+    resumed = fast_trainer(tmp_path / "resumed", callbacks=[again], max_steps=20, max_epochs=-1)
+    resumed.fit(TinyClassifier(lr=0.05), loader(blobs(64), batch_size=16), ckpt_path=str(ckpt))
+    assert again.losses == []
+    assert [f.status for f in again.findings] == ["pass"]  # the Finding came back from the checkpoint
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"num_steps": 3}, ValueError, r"LossDecreaseCheck\(num_steps=3\): num_steps must be an int >= 6"),
+        ({"min_decrease": 0.0}, ValueError, r"LossDecreaseCheck\(min_decrease=0.0\)"),
+        ({"plateau_fraction": 2.0}, ValueError, r"plateau_fraction=2.0"),
+        ({"monitor": ""}, TypeError, r"LossDecreaseCheck\(monitor=''\)"),
+        ({"num_steps": 30.0}, TypeError, r"num_steps=30.0"),
+    ],
+)
+def test_bad_arguments_name_the_argument(kwargs: dict[str, Any], error: type[Exception], match: str) -> None:
+    with pytest.raises(error, match=match):
+        LossDecreaseCheck(**kwargs)
+
+
+def test_healthy_model_passes_under_ddp_spawn(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    trainer = fast_trainer(tmp_path, callbacks=[LossDecreaseCheck(num_steps=12), RecipeReport(print_report=False)],
+                           max_steps=12, max_epochs=-1, devices=2, strategy="ddp_spawn")
+    trainer.fit(TinyClassifier(lr=0.05), loader(blobs(64), batch_size=8))
+    ea = read_events(tmp_path / "run")
+    assert scalar_values(ea, f"{TAG}/relative_decrease")[0] > 0.05
+    report = json.loads((tmp_path / "run" / "recipe_report.json").read_text())
+    assert [x["status"] for x in report["findings"] if x["check"] == "LossDecreaseCheck"] == ["pass"]
