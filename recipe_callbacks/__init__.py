@@ -13,6 +13,7 @@ from recipe_callbacks.recipe_report import RecipeReport
 # Recipe callbacks: one import line per module, in recipe order.
 from recipe_callbacks.data_inspector import DataInspector
 from recipe_callbacks.seed_everything import SeedEverything
+from recipe_callbacks.full_eval_set import FullEvalSet
 from recipe_callbacks.init_loss_check import InitLossCheck
 from recipe_callbacks.loss_decrease_check import LossDecreaseCheck
 from recipe_callbacks.update_ratio_monitor import UpdateRatioMonitor
@@ -25,6 +26,7 @@ __all__ = [
     "BatchResolutionError",
     "DataInspector",
     "Finding",
+    "FullEvalSet",
     "InitLossCheck",
     "LossDecreaseCheck",
     "RecipeCallback",
