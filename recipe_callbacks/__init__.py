@@ -16,6 +16,8 @@ from recipe_callbacks.seed_everything import SeedEverything
 from recipe_callbacks.full_eval_set import FullEvalSet
 from recipe_callbacks.init_loss_check import InitLossCheck
 from recipe_callbacks.loss_decrease_check import LossDecreaseCheck
+from recipe_callbacks.batch_independence_check import BatchIndependenceCheck
+from recipe_callbacks.causality_check import CausalityCheck
 from recipe_callbacks.update_ratio_monitor import UpdateRatioMonitor
 
 from recipe_callbacks import presets
@@ -23,7 +25,9 @@ from recipe_callbacks import presets
 __version__ = "0.1.0"
 
 __all__ = [
+    "BatchIndependenceCheck",
     "BatchResolutionError",
+    "CausalityCheck",
     "DataInspector",
     "Finding",
     "FullEvalSet",
