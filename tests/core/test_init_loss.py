@@ -201,5 +201,7 @@ def test_judge_init_loss_places_the_observed_loss() -> None:
     assert judge_init_loss(math.nan, uniform10, 0.25).verdict == "too_high"
     imbalanced = ExpectedLoss(binary_entropy(0.1), math.log(2), "")
     assert judge_init_loss(0.70, imbalanced, 0.25).verdict == "uninformed"
+    assert judge_init_loss(math.log(2) * 1.5, imbalanced, 0.25).verdict == "uninformed"  # default-bias skew
+    assert judge_init_loss(math.log(2) * 1.6, imbalanced, 0.25).verdict == "too_high"
     assert judge_init_loss(0.33, imbalanced, 0.25).verdict == "pass"
     assert judge_init_loss(3.0, imbalanced, 0.25).verdict == "too_high"
