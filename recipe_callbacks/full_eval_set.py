@@ -29,7 +29,7 @@ from recipe_callbacks.core.eval_stats import (
     infer_task,
     per_sample_loss,
     per_sample_metric,
-    real_mask,
+    real_rows,
     round_to_interval,
     sample_sums,
     unpadded_positions,
@@ -435,20 +435,20 @@ class FullEvalSet(RecipeCallback):
         if tally.metrics is None:
             self._build_metrics(tally, task, preds)
         batch_size = int(preds.shape[0])
-        keep = real_mask(tally.position, batch_size, tally.real_positions, preds.device)
+        rows = real_rows(tally.position, batch_size, tally.real_positions)
         tally.position += batch_size
-        tally.excluded += int(batch_size - keep.sum())
+        tally.excluded += batch_size - rows
+        if rows < batch_size:  # DDP padding comes last in a shard: keep the real prefix
+            preds, target = preds[:rows], target[:rows]
+        if rows == 0:
+            return
         losses = per_sample_loss(preds, target, self.loss or DEFAULT_LOSS[task])
-        tally.sums[0] += sample_sums(losses, keep)
+        tally.sums[0] += sample_sums(losses)
         wanted = self._wanted_names(task)
         for i, name in enumerate(SLOTS[1:], start=1):
             values = per_sample_metric(name, task, preds, target) if name in wanted else None
             if values is not None:
-                tally.sums[i] += sample_sums(values, keep)
-        if not bool(keep.any()):
-            return
-        if not bool(keep.all()):
-            preds, target = preds[keep], target[keep]
+                tally.sums[i] += sample_sums(values)
         for metric in (tally.metrics or {}).values():
             if self.metric_objects is not None:
                 metric.update(preds, target)

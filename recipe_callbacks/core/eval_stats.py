@@ -292,16 +292,16 @@ def unpadded_positions(dataset_len: int, num_replicas: int, rank: int, num_sampl
     return min(num_samples, math.ceil((dataset_len - rank) / num_replicas))
 
 
-def real_mask(
-    start: int, batch_size: int, real_positions: int | None, device: torch.device | None = None
-) -> torch.Tensor:
-    """``(batch_size,)`` bool: which rows of a batch starting at shard position ``start`` are real.
+def real_rows(start: int, batch_size: int, real_positions: int | None) -> int:
+    """How many leading rows of a batch starting at shard position ``start`` are real (not padding).
+
+    Padding positions of a shard come last, so the real rows of a batch are a prefix: slicing
+    ``[:rows]`` leaves the padding out without a mask (and without a device sync).
 
     Example:
-        >>> real_mask(2, 3, 4).tolist()
-        [True, True, False]
+        >>> real_rows(16, 4, 18), real_rows(20, 2, 18), real_rows(0, 4, None)
+        (2, 0, 4)
     """
-    positions = torch.arange(start, start + batch_size, device=device)
     if real_positions is None:
-        return torch.ones(batch_size, dtype=torch.bool, device=device)
-    return positions < real_positions
+        return batch_size
+    return max(0, min(batch_size, real_positions - start))

@@ -17,7 +17,7 @@ from recipe_callbacks.core.eval_stats import (
     interval_decimals,
     per_sample_loss,
     per_sample_metric,
-    real_mask,
+    real_rows,
     round_to_interval,
     sample_sums,
     unpadded_positions,
@@ -146,7 +146,8 @@ def test_unpadded_positions_match_distributed_sampler(n: int, replicas: int) -> 
     assert padding == sampler.total_size - n
 
 
-def test_real_mask() -> None:
-    assert real_mask(0, 4, None).tolist() == [True] * 4
-    assert real_mask(16, 4, 18).tolist() == [True, True, False, False]
-    assert real_mask(20, 2, 18).tolist() == [False, False]
+def test_real_rows() -> None:
+    assert real_rows(0, 4, None) == 4
+    assert real_rows(16, 4, 18) == 2
+    assert real_rows(20, 2, 18) == 0
+    assert real_rows(0, 8, 18) == 8
