@@ -185,7 +185,8 @@ class PlannedSchedule:
     steps); ``groups[g]`` is ``(optimizer_index, param_group_index)``. ``scheduler_steps[k]`` is how
     often scheduler ``k`` is stepped (for metric-driven ones: how often Lightning would step it).
     ``error`` is what a scheduler raised (e.g. OneCycleLR stepped past ``total_steps``) after
-    ``error_step`` optimizer steps; the simulation stops there, as the real run would.
+    ``error_step`` optimizer steps, where the real run will crash: the curve is recorded up to there,
+    the scheduler steps are counted for the whole run.
     """
 
     steps: np.ndarray
@@ -251,10 +252,9 @@ def simulate_schedule(
         ([1.0, 1.0, 0.5, 0.5, 0.25, 0.25], [3])
     """
     total = loop.total_steps()
-    budget = min(total - loop.start_step, max_steps)
-    if math.isinf(budget):
+    if math.isinf(total):
         raise ValueError("simulate_schedule: the run has no end (set max_steps or max_epochs)")
-    budget = max(0, int(budget))
+    budget = max(0, int(min(total - loop.start_step, max_steps)))
     stride = max(1, math.ceil(budget / max(1, max_points)))
     groups = [(i, j) for i, opt in enumerate(optimizers) for j in range(len(opt.param_groups))]
     steps: list[int] = []
@@ -264,17 +264,19 @@ def simulate_schedule(
     step, made, epoch = loop.start_step, 0, loop.start_epoch
     error, error_step = "", -1
 
-    def advance(k: int, entry: ScheduledStep) -> bool:
+    dead: set[int] = set()
+
+    def advance(k: int, entry: ScheduledStep) -> None:
         nonlocal error, error_step
         counts[k] += 1
-        if entry.reduce_on_plateau:
-            return True
+        if entry.reduce_on_plateau or k in dead:
+            return
         try:
             entry.scheduler.step()
-        except Exception as err:  # a scheduler that raises in the simulation raises in the real run
-            error, error_step = f"{entry.name}: {type(err).__name__}: {err}", step
-            return False
-        return True
+        except Exception as err:  # what raises here raises in the real run, after the same optimizer step
+            dead.add(k)
+            if not error:
+                error, error_step = f"{entry.name}: {type(err).__name__}: {err}", step
 
     done = budget == 0
     with warnings.catch_warnings():
@@ -282,18 +284,18 @@ def simulate_schedule(
         while not done and (loop.max_epochs < 0 or epoch < loop.max_epochs):
             for batch_idx, steps_optimizer, is_last in loop.epoch_batches():
                 if steps_optimizer:
-                    if made % stride == 0:
+                    if made % stride == 0 and not error:  # after an error the curve is fiction: counts only
                         steps.append(step)
                         lrs.append(_read_lrs(optimizers))
                     step, made = step + 1, made + 1
                     for k, entry in enumerate(schedulers):
                         if entry.interval == "step" and (batch_idx + 1) % entry.frequency == 0:
-                            done = done or not advance(k, entry)
+                            advance(k, entry)
                 if is_last:
                     for k, entry in enumerate(schedulers):
                         if entry.interval == "epoch" and (epoch + 1) % entry.frequency == 0:
-                            done = done or not advance(k, entry)
-                if done or made >= budget:
+                            advance(k, entry)
+                if made >= budget:
                     done = True
                     break
             by_epoch.append(list(counts))
@@ -309,7 +311,7 @@ def simulate_schedule(
         simulated_steps=made,
         epochs=epoch - loop.start_epoch,
         stride=stride,
-        truncated=not error and made < total - loop.start_step,
+        truncated=made < total - loop.start_step,
         error=error,
         error_step=error_step,
     )
@@ -586,7 +588,7 @@ def analyze_schedule(
     optimizer_of = [e.optimizer_index for e in schedulers]
     for k, entry in enumerate(schedulers):
         stepped = plan.scheduler_steps[k]
-        if stepped == 0 and run_steps > 0 and not plan.error:
+        if stepped == 0 and run_steps > 0:
             issues.append(_never_steps(entry, k, loop, epochs))
             flagged_optimizers.add(optimizer_of[k])
             continue
@@ -687,13 +689,14 @@ def adam_lr_issue(optimizer_name: str, lr: float, factor: float = 10.0) -> Sched
         >>> adam_lr_issue("Adam", 1e-3) is None
         True
     """
-    if lr <= 0 or (ADAM_SAFE_LR / factor <= lr <= ADAM_SAFE_LR * factor):
+    ratio = max(lr, ADAM_SAFE_LR) / min(lr, ADAM_SAFE_LR) if lr > 0 else 0.0
+    if lr <= 0 or ratio <= factor * (1 + 1e-9):
         return None
     direction = "above" if lr > ADAM_SAFE_LR else "below"
     return ScheduleIssue(
         "adam_lr",
         "warn",
-        f"{optimizer_name} runs at lr={lr:.3g}, {max(lr, ADAM_SAFE_LR) / min(lr, ADAM_SAFE_LR):.0f}x {direction} "
+        f"{optimizer_name} runs at lr={lr:.3g}, {ratio:.0f}x {direction} "
         f"the recipe's safe {ADAM_SAFE_LR:g}.",
         {"adam_lr": lr, "ratio_to_3e-4": lr / ADAM_SAFE_LR},
         f"start from lr={ADAM_SAFE_LR:g} with Adam while you build the baseline; tune it later on purpose.",
