@@ -134,6 +134,13 @@ class InputIndependentBaseline(RecipeCallback):
             self.finish_early()
 
     def _check(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any) -> None:
+        if not pl_module.automatic_optimization:
+            self.skip(
+                trainer,
+                "the model uses manual optimization: its training_step steps its own optimizer, "
+                "so a copy cannot be trained with its loss",
+            )
+            return
         resolved = self.resolve(trainer, batch)
         if resolved is None:
             return

@@ -142,6 +142,13 @@ class OverfitOneBatch(RecipeCallback):
             return batch_size_of(batch)
 
     def _check(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any) -> None:
+        if not pl_module.automatic_optimization:
+            self.skip(
+                trainer,
+                "the model uses manual optimization: its training_step steps its own optimizer, "
+                "so a copy cannot be trained with its loss",
+            )
+            return
         size = self._batch_size(batch)
         n = min(self.num_samples, size) if size else None
         small = take_samples(batch, n, size) if n and size else batch

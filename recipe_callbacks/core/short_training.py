@@ -12,6 +12,7 @@ The caller owns the RNG: :func:`train_for` seeds torch when given ``seed``, so r
 
 from __future__ import annotations
 
+import inspect
 import math
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -198,8 +199,12 @@ def rebuild_optimizer(template: torch.optim.Optimizer, source: nn.Module, target
         except KeyError:
             raise ShortTrainingError("the optimizer updates parameters that are not the model's") from None
         groups.append({**{k: v for k, v in group.items() if k != "params"}, "params": copied})
+    # Every group already holds every setting; the defaults are passed for constructors that
+    # require some (e.g. ``lr``), limited to the arguments the constructor takes.
     try:
-        return type(template)(groups, **template.defaults)
+        accepted = inspect.signature(type(template)).parameters
+        kwargs = {k: v for k, v in template.defaults.items() if k in accepted}
+        return type(template)(groups, **kwargs)
     except Exception as err:  # an optimizer class with a constructor of its own
         raise ShortTrainingError(f"cannot rebuild {type(template).__name__}: {err}") from err
 

@@ -1,0 +1,233 @@
+"""The short-training core against plain PyTorch and hand-derived numbers, without a Trainer."""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections import namedtuple
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from recipe_callbacks.core.short_training import (
+    ShortTrainingError,
+    baseline_verdict,
+    batch_size_of,
+    first_optimizer,
+    learning_rates,
+    model_notes,
+    overfit_verdict,
+    params_without_grad,
+    rebuild_optimizer,
+    take_samples,
+    train_for,
+    use_initial_lr,
+    user_optimizer,
+)
+
+
+def _mse(model: nn.Module, batch: Any) -> torch.Tensor:
+    x, y = batch
+    return nn.functional.mse_loss(model(x), y)
+
+
+def _data() -> list[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(1)
+    return [(torch.randn(4, 3, generator=g), torch.randn(4, 1, generator=g)) for _ in range(2)]
+
+
+def test_train_for_matches_a_plain_pytorch_loop() -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, 5), nn.Dropout(0.3), nn.Linear(5, 1))
+    twin = copy.deepcopy(net)
+    batches = _data()
+    run = train_for(net, _mse, torch.optim.Adam(net.parameters(), lr=0.01), batches, 5, seed=7)
+
+    torch.manual_seed(7)  # the oracle: the textbook loop, batches cycled
+    opt = torch.optim.Adam(twin.parameters(), lr=0.01)
+    expected = []
+    for step in range(5):
+        opt.zero_grad()
+        loss = _mse(twin, batches[step % 2])
+        expected.append(loss.item())
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        expected.append(_mse(twin, batches[5 % 2]).item())
+
+    assert run.losses == expected
+    assert run.steps == 5 and not run.reached_target
+    for a, b in zip(net.parameters(), twin.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_train_for_stops_when_the_target_is_reached() -> None:
+    net = nn.Linear(1, 1)
+    with torch.no_grad():
+        net.weight.fill_(0.0)
+        net.bias.fill_(0.0)
+    batch = (torch.ones(2, 1), torch.ones(2, 1))
+    # Gradient descent on (w + b - 1)^2 with lr 0.1 shrinks the residual by 1 - 0.4 per step:
+    # losses 1, 0.36, 0.1296, ... -> 0.6^(2k) <= 0.05 first at k = 3.
+    run = train_for(net, _mse, torch.optim.SGD(net.parameters(), lr=0.1), [batch], 100, stop_below=0.05)
+    assert run.reached_target
+    assert run.steps == 3
+    assert run.losses == pytest.approx([1.0, 0.36, 0.1296, 0.6**6])
+
+
+def test_train_for_stops_on_a_non_finite_loss_and_refuses_no_loss() -> None:
+    net = nn.Linear(1, 1)
+    run = train_for(net, lambda m, b: torch.tensor(float("nan")), torch.optim.SGD(net.parameters(), lr=0.1), [0], 5)
+    assert run.steps == 0 and math.isnan(run.losses[0])
+    with pytest.raises(ShortTrainingError, match="no loss tensor"):
+        train_for(net, lambda m, b: None, torch.optim.SGD(net.parameters(), lr=0.1), [0], 5)
+    with pytest.raises(ShortTrainingError, match="no batch"):
+        train_for(net, _mse, torch.optim.SGD(net.parameters(), lr=0.1), [], 5)
+
+
+def test_train_for_names_parameters_without_gradient() -> None:
+    class HalfUsed(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.used = nn.Linear(3, 1)
+            self.unused = nn.Linear(3, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.used(x)
+
+    net = HalfUsed()
+    run = train_for(net, _mse, torch.optim.SGD(net.parameters(), lr=0.1), _data(), 2)
+    assert run.no_grad_params == ["unused.weight", "unused.bias"]
+    assert params_without_grad(net) == ["unused.weight", "unused.bias"]
+
+
+def test_first_optimizer_reads_every_configure_optimizers_form() -> None:
+    p = nn.Parameter(torch.zeros(1))
+    a, b = torch.optim.SGD([p], lr=0.1), torch.optim.Adam([p], lr=0.1)
+    sched = torch.optim.lr_scheduler.StepLR(a, 1)
+    assert first_optimizer(a) is a
+    assert first_optimizer([a, b]) is a
+    assert first_optimizer((a, b)) is a
+    assert first_optimizer(([a, b], [sched])) is a
+    assert first_optimizer({"optimizer": b, "lr_scheduler": {"scheduler": sched}}) is b
+    assert first_optimizer([{"optimizer": b}, {"optimizer": a}]) is b
+    assert first_optimizer(None) is None
+    assert first_optimizer({"lr_scheduler": sched}) is None
+
+
+def test_rebuild_optimizer_copies_groups_and_settings_onto_the_copy() -> None:
+    net = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 1))
+    opt = torch.optim.AdamW(
+        [{"params": net[0].parameters(), "lr": 0.5}, {"params": net[1].parameters(), "weight_decay": 0.0}],
+        lr=0.1,
+        betas=(0.8, 0.9),
+        weight_decay=0.3,
+    )
+    twin = copy.deepcopy(net)
+    new = rebuild_optimizer(opt, net, twin)
+    assert type(new) is torch.optim.AdamW
+    assert [g["lr"] for g in new.param_groups] == [0.5, 0.1]
+    assert [g["weight_decay"] for g in new.param_groups] == [0.3, 0.0]
+    assert new.param_groups[0]["betas"] == (0.8, 0.9)
+    assert new.param_groups[1]["params"][0] is twin[1].weight
+    with pytest.raises(ShortTrainingError, match="not the model's"):
+        rebuild_optimizer(torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1), net, twin)
+
+
+class _Configured(nn.Linear):
+    def __init__(self, conf: str) -> None:
+        super().__init__(2, 1)
+        self.conf = conf
+
+    def configure_optimizers(self) -> Any:
+        if self.conf == "trainer":
+            raise RuntimeError("Net is not attached to a `Trainer`.")
+        opt = torch.optim.SGD(self.parameters(), lr=0.4)
+        # a linear warm-up from 0: the optimizer's lr is 0 right after the scheduler is built
+        warmup = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: step / 10)
+        return {"optimizer": opt, "lr_scheduler": warmup}
+
+
+def test_user_optimizer_uses_the_base_lr_and_falls_back_to_the_trainers_optimizer() -> None:
+    model = _Configured("ok")
+    opt = user_optimizer(model, model)
+    assert learning_rates(opt) == [0.4]  # not the warm-up's 0
+    assert user_optimizer(model, model, lr=0.02).param_groups[0]["lr"] == 0.02
+
+    source, broken = _Configured("trainer"), _Configured("trainer")
+    trainer_opt = torch.optim.Adam(source.parameters(), lr=0.003)
+    opt = user_optimizer(broken, source, [trainer_opt])
+    assert type(opt) is torch.optim.Adam and learning_rates(opt) == [0.003]
+    assert all(p is q for p, q in zip(opt.param_groups[0]["params"], broken.parameters(), strict=True))
+    with pytest.raises(ShortTrainingError, match="not attached"):
+        user_optimizer(broken, source)
+    assert type(user_optimizer(broken, source, lr=0.01)) is torch.optim.Adam
+
+
+def test_use_initial_lr_undoes_a_scheduler() -> None:
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.0)
+    assert learning_rates(opt) == [0.0]
+    use_initial_lr(opt)
+    assert learning_rates(opt) == [1.0]
+
+
+def test_model_notes_counts_what_keeps_a_model_from_fitting() -> None:
+    net = nn.Sequential(nn.Linear(2, 3), nn.Dropout(0.2), nn.Dropout(0.0), nn.Linear(3, 1)).train()
+    for p in net[0].parameters():
+        p.requires_grad_(False)
+    opt = torch.optim.SGD([net[3].weight], lr=0.1, weight_decay=0.01)
+    notes = model_notes(net, opt)
+    assert (notes.frozen_tensors, notes.total_tensors) == (2, 4)
+    assert (notes.frozen_elements, notes.total_elements) == (2 * 3 + 3, 2 * 3 + 3 + 3 + 1)
+    assert notes.not_in_optimizer == ["3.bias"]
+    assert notes.dropout_in_train_mode == ["1"]  # p = 0 is no dropout
+    assert notes.weight_decay == 0.01
+    assert model_notes(net.eval(), opt).dropout_in_train_mode == []
+
+
+def test_take_samples_cuts_every_batched_tensor() -> None:
+    Pair = namedtuple("Pair", ["x", "y"])
+    batch = {"x": torch.arange(12).reshape(6, 2), "y": torch.arange(6), "mean": torch.ones(2), "name": "b"}
+    small = take_samples(batch, 2, 6)
+    assert small["x"].tolist() == [[0, 1], [2, 3]] and small["y"].tolist() == [0, 1]
+    assert small["mean"].shape == (2,) and small["name"] == "b"
+    pair = take_samples(Pair(torch.zeros(6, 1), [torch.arange(6)]), 3, 6)
+    assert isinstance(pair, Pair) and pair.x.shape == (3, 1) and pair.y[0].tolist() == [0, 1, 2]
+    assert batch_size_of(batch) == 6 and batch_size_of([["a"], (torch.zeros(5, 2),)]) == 5
+    assert batch_size_of("no tensors") is None
+
+
+def test_baseline_verdict_against_hand_computed_numbers() -> None:
+    # the zero run starts 0.2 lower and stays flat; the real run falls by 0.4 and ends 0.2 lower:
+    # relative gap = (gap + head start) / real decrease = (0.2 + 0.2) / 0.4 = 1
+    v = baseline_verdict([2.5, 2.3, 2.1], [2.3, 2.3, 2.3], 0.25)
+    assert v.status == "pass" and not v.identical
+    assert (v.gap, v.head_start, v.relative_gap) == pytest.approx((0.2, 0.2, 1.0))
+    # both learn the same amount from the same start: only 1/4 of the real decrease is the input's
+    v = baseline_verdict([2.0, 1.0], [2.0, 1.25], 0.5)
+    assert v.status == "fail" and v.relative_gap == pytest.approx(0.25) and v.head_start == 0.0
+    assert baseline_verdict([2.0, 1.0], [2.0, 1.25], 0.25).status == "pass"
+    # the same curve, step by step: the loss does not depend on the input
+    v = baseline_verdict([2.0, 1.5, 1.2], [2.0, 1.5, 1.2], 0.25)
+    assert v.status == "fail" and v.identical and v.relative_gap == 0.0
+    # the real run learned nothing: no verdict on the input
+    v = baseline_verdict([2.0, 2.0], [1.0, 0.9], 0.25)
+    assert v.status == "warn" and not v.real_learned and math.isnan(v.relative_gap)
+    assert baseline_verdict([2.0, float("nan")], [2.0, 1.0], 0.25).status == "warn"
+
+
+def test_overfit_verdict_cases() -> None:
+    v = overfit_verdict([2.0, 0.5, 0.04], 0.05)
+    assert (v.status, v.initial, v.lowest, v.final, v.reached) == ("pass", 2.0, 0.04, 0.04, True)
+    assert v.decrease_fraction == pytest.approx(0.98)
+    assert overfit_verdict([2.0, 0.9, 0.8], 0.05).status == "warn"  # fell 60%: slow, not broken
+    assert overfit_verdict([2.0, 1.5, 1.2], 0.05).status == "fail"  # fell 40%
+    v = overfit_verdict([2.0, 2.5, 3.0], 0.05)
+    assert v.status == "fail" and v.rising
+    v = overfit_verdict([-1.0], 0.05)
+    assert v.status == "fail" and v.negative and not v.reached
+    assert overfit_verdict([-1.0, -3.0], -2.0, allow_negative=True).status == "pass"
+    assert overfit_verdict([2.0, float("inf")], 0.05).status == "fail"

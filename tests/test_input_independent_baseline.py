@@ -1,0 +1,183 @@
+"""InputIndependentBaseline on a real Trainer: planted bugs of recipe step 2g caught, a healthy model
+passed; and, for both training checks (2g, 2h), no observer effect, resume and DDP."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from recipe_callbacks.input_independent_baseline import InputIndependentBaseline
+from recipe_callbacks.overfit_one_batch import OverfitOneBatch
+from tests.support import TinyClassifier, blobs, fast_trainer, loader, read_events, scalar_values
+
+TAG = "recipe/input_independent_baseline"
+
+
+class AdamClassifier(TinyClassifier):
+    """The healthy model: an MLP with Adam."""
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=self.lr)
+
+
+class IgnoresInput(AdamClassifier):
+    """Planted bug: ``forward`` never looks at ``x`` (it feeds a constant to the network)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.ones_like(x))
+
+
+class DictBatches(AdamClassifier):
+    """Healthy, with dict batches ``{"image": x, "label": y}``."""
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        return nn.functional.cross_entropy(self(batch["image"]), batch["label"])
+
+
+class DropoutAdam(AdamClassifier):
+    """Healthy, with dropout: the runs depend on the RNG, so an observer effect would show."""
+
+    def __init__(self) -> None:
+        super().__init__(lr=0.01)
+        self.net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Dropout(0.3), nn.Linear(16, 4))
+
+
+def _fit(model: pl.LightningModule, root: Path, data: Any = None, **cb_kwargs: Any) -> InputIndependentBaseline:
+    pl.seed_everything(0)
+    cb = InputIndependentBaseline(on_fail="ignore", **cb_kwargs)
+    trainer = fast_trainer(root, callbacks=[cb], max_steps=2)
+    trainer.fit(model, data if data is not None else loader(blobs(64), batch_size=32))
+    assert cb.early_finished
+    return cb
+
+
+def test_healthy_model_passes(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    (finding,) = _fit(AdamClassifier(lr=0.02), tmp_path).findings
+    assert finding.status == "pass", finding.message()
+    v = finding.values
+    assert v["relative_gap"] >= 0.25 and v["identical"] == 0
+    assert v["real_loss"] < v["zero_loss"]
+    assert v["steps"] == 20
+    # two runs of 10 steps on 16 of 32 samples, plus one forward-only pass each (a third of a step)
+    assert v["cost_steps"] == pytest.approx((20 + 2 / 3) * 16 / 32)
+    ea = read_events(tmp_path / "run")
+    assert scalar_values(ea, f"{TAG}/relative_gap") == [pytest.approx(v["relative_gap"])]
+    assert scalar_values(ea, f"{TAG}/zero_loss") == [pytest.approx(v["zero_loss"])]
+    (image,) = ea.Images(f"{TAG}/loss_curves")
+    assert image.width > 100 and image.height > 100
+
+
+def test_model_that_ignores_its_input_is_caught(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    (finding,) = _fit(IgnoresInput(lr=0.02), tmp_path).findings
+    assert finding.status == "fail", finding.message()
+    assert finding.values["identical"] == 1 and finding.values["gap"] == 0
+    assert "does not depend on the input" in finding.summary
+    assert "forward uses x" in finding.advice
+
+
+def test_data_pipeline_feeding_zeros_is_caught(tmp_path: Path) -> None:
+    x, y = blobs(64).tensors
+    zeros = loader(TensorDataset(torch.zeros_like(x), y), batch_size=32)
+    torch.manual_seed(0)
+    (finding,) = _fit(AdamClassifier(lr=0.02), tmp_path, zeros).findings
+    assert finding.status == "fail", finding.message()
+    assert "every input value of the first batch is 0" in finding.advice
+
+
+def test_dict_batches_work_without_configuration(tmp_path: Path) -> None:
+    x, y = blobs(64).tensors
+    data = loader([{"image": xi, "label": yi} for xi, yi in zip(x, y, strict=True)], batch_size=16)
+    torch.manual_seed(0)
+    (finding,) = _fit(DictBatches(lr=0.02), tmp_path, data).findings
+    assert finding.status == "pass", finding.message()
+
+
+def test_a_model_that_does_not_learn_gives_no_verdict(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    (finding,) = _fit(AdamClassifier(lr=0.0), tmp_path).findings
+    assert finding.status == "warn", finding.message()
+    assert "OverfitOneBatch" in finding.advice
+
+
+def test_batch_to_xy_batches_are_skipped_naming_input_key(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    (finding,) = _fit(AdamClassifier(), tmp_path, batch_to_xy=lambda b: (b[0], b[1])).findings
+    assert finding.status == "skip"
+    assert "InputIndependentBaseline(input_key=...)" in finding.advice
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"steps": 0}, ValueError, r"InputIndependentBaseline\(steps=0\): steps"),
+        ({"num_samples": "all"}, TypeError, r"InputIndependentBaseline\(num_samples='all'\): num_samples"),
+        ({"min_relative_gap": 1.5}, ValueError, r"InputIndependentBaseline\(min_relative_gap=1.5\): min_relative_gap"),
+        ({"lr": 0.0}, ValueError, r"InputIndependentBaseline\(lr=0.0\): lr"),
+        ({"input_key": ""}, TypeError, r"InputIndependentBaseline\(input_key=''\): input_key"),
+    ],
+)
+def test_argument_errors_name_the_argument(kwargs: dict[str, Any], error: type[Exception], match: str) -> None:
+    with pytest.raises(error, match=match):
+        InputIndependentBaseline(**kwargs)
+
+
+# ----------------------------------------------------------------------------- both training checks
+def _seeded_run(root: Path, callbacks: list[pl.Callback]) -> tuple[dict[str, torch.Tensor], float]:
+    pl.seed_everything(3)
+    model = DropoutAdam()
+    trainer = fast_trainer(root, callbacks=callbacks, max_epochs=2, log_every_n_steps=1)
+    trainer.fit(model, loader(blobs(96), batch_size=16, shuffle=True))
+    return model.state_dict(), float(trainer.callback_metrics["train_loss"])
+
+
+def test_seeded_run_ends_with_the_same_weights_with_both_checks(tmp_path: Path) -> None:
+    checks: list[pl.Callback] = [InputIndependentBaseline(on_fail="ignore"), OverfitOneBatch(on_fail="ignore")]
+    with_checks, loss_with = _seeded_run(tmp_path / "with", checks)
+    without, loss_without = _seeded_run(tmp_path / "without", [])
+    assert all(cb.findings for cb in checks)  # type: ignore[attr-defined]
+    assert with_checks.keys() == without.keys()
+    for name, tensor in with_checks.items():
+        assert torch.equal(tensor, without[name]), name
+    assert loss_with == loss_without
+    ea = read_events(tmp_path / "with" / "run")
+    assert len(scalar_values(ea, "train_loss")) == len(
+        scalar_values(read_events(tmp_path / "without" / "run"), "train_loss")
+    )
+
+
+def test_resumed_run_does_not_train_the_copies_again(tmp_path: Path) -> None:
+    pl.seed_everything(0)
+    model = AdamClassifier(lr=0.02)
+    first = [InputIndependentBaseline(on_fail="ignore"), OverfitOneBatch(on_fail="ignore")]
+    trainer = fast_trainer(tmp_path / "a", callbacks=first, max_epochs=1)
+    trainer.fit(model, loader(blobs(64), batch_size=32))
+    ckpt = tmp_path / "a.ckpt"
+    trainer.save_checkpoint(ckpt)
+
+    again = [InputIndependentBaseline(on_fail="raise", lr=1e-9), OverfitOneBatch(on_fail="raise", lr=1e-9)]
+    resumed = fast_trainer(tmp_path / "b", callbacks=again, max_epochs=2)
+    resumed.fit(AdamClassifier(lr=0.02), loader(blobs(64), batch_size=32), ckpt_path=str(ckpt))
+    for old, new in zip(first, again, strict=True):
+        assert new.findings == old.findings  # back from the checkpoint, not judged again
+        assert new.early_finished
+    tags = read_events(tmp_path / "b" / "run").Tags()["images"]
+    assert not any(tag.startswith("recipe/") for tag in tags)
+
+
+def test_ddp_spawn_two_processes(tmp_path: Path) -> None:
+    pl.seed_everything(0)
+    checks = [InputIndependentBaseline(on_fail="raise"), OverfitOneBatch(on_fail="raise")]
+    trainer = fast_trainer(tmp_path, callbacks=checks, max_steps=1, accelerator="cpu", devices=2, strategy="ddp_spawn")
+    trainer.fit(AdamClassifier(lr=0.02), loader(blobs(64), batch_size=32))
+    ea = read_events(tmp_path / "run")
+    assert scalar_values(ea, f"{TAG}/relative_gap")[0] >= 0.25
+    assert scalar_values(ea, "recipe/overfit_one_batch/lowest_loss")[0] <= 0.05
+    assert ea.Images(f"{TAG}/loss_curves") and ea.Images("recipe/overfit_one_batch/loss_curve")
