@@ -15,9 +15,12 @@ from recipe_callbacks.data_inspector import DataInspector
 from recipe_callbacks.seed_everything import SeedEverything
 from recipe_callbacks.full_eval_set import FullEvalSet
 from recipe_callbacks.init_loss_check import InitLossCheck
+from recipe_callbacks.input_independent_baseline import InputIndependentBaseline
+from recipe_callbacks.overfit_one_batch import OverfitOneBatch
 from recipe_callbacks.loss_decrease_check import LossDecreaseCheck
 from recipe_callbacks.batch_independence_check import BatchIndependenceCheck
 from recipe_callbacks.causality_check import CausalityCheck
+from recipe_callbacks.no_lr_decay_warning import NoLRDecayWarning
 from recipe_callbacks.update_ratio_monitor import UpdateRatioMonitor
 
 from recipe_callbacks import presets
@@ -32,7 +35,10 @@ __all__ = [
     "Finding",
     "FullEvalSet",
     "InitLossCheck",
+    "InputIndependentBaseline",
     "LossDecreaseCheck",
+    "NoLRDecayWarning",
+    "OverfitOneBatch",
     "RecipeCallback",
     "RecipeCheckError",
     "RecipeReport",
