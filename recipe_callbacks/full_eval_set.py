@@ -363,14 +363,16 @@ class FullEvalSet(RecipeCallback):
                 torch.zeros(len(SLOTS), 3, dtype=torch.float64), None, skip_reason=reason, skip_argument=argument
             )
 
-    def _logits(self, pl_module: pl.LightningModule, tally: _Tally, x: torch.Tensor) -> torch.Tensor | None:
-        """The captured forward output, or FullEvalSet's own forward pass when the hook saw none."""
-        if self._captured is None:
-            self._expected = None  # the own pass below must not be captured as the user's call
-            tally.own_pass_batches += 1
+    def _own_pass(self, pl_module: pl.LightningModule, tally: _Tally, x: torch.Tensor) -> str:
+        """One forward pass of FullEvalSet's own when the hook saw none; an error message or ``""``."""
+        self._expected = None  # the own pass below must not be captured as the user's call
+        tally.own_pass_batches += 1
+        try:
             with observing(pl_module):
                 self._captured = pl_module(x)
-        return _first_tensor(self._captured)
+        except Exception as err:  # e.g. a LightningModule without forward: report it, do not stop training
+            return f"the evaluation step did not call self(x) with the batch input and forward(x) failed: {err}"
+        return ""
 
     def _accumulate(self, trainer: pl.Trainer, pl_module: pl.LightningModule, dataloader_idx: int) -> None:
         x, y = self._expected, self._target
@@ -380,9 +382,10 @@ class FullEvalSet(RecipeCallback):
         if tally is None:
             tally = self._new_tally(trainer, pl_module, dataloader_idx)
         try:
-            preds = self._logits(pl_module, tally, x)
-            if preds is None:
-                self._mark_skipped(dataloader_idx, "forward returned no tensor to compute a loss from", "batch_to_xy")
+            failure = self._own_pass(pl_module, tally, x) if self._captured is None else ""
+            preds = _first_tensor(self._captured)
+            if failure or preds is None:
+                self._mark_skipped(dataloader_idx, failure or "forward returned no tensor to compute a loss from", "")
                 return
             self._add_batch(tally, preds.detach(), y.detach())
         except Exception as err:  # a shape or dtype FullEvalSet cannot read must not stop the user's training

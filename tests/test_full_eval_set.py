@@ -7,6 +7,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import lightning.pytorch as pl
 import pytest
 import torch
 import torchmetrics
@@ -263,12 +264,31 @@ def test_binary_task_is_inferred(tmp_path: Path) -> None:
     assert finding.values["accuracy"] == pytest.approx(float(((logits > 0).double() == target).double().mean()))
 
 
-def test_unreadable_batch_skips_naming_the_argument(tmp_path: Path) -> None:
-    cb = FullEvalSet(input_key="pixels")
+class NoForward(TinyClassifier):
+    """No forward: validation_step calls self.net(x), so neither the hook nor an own pass sees logits."""
+
+    forward = pl.LightningModule.forward  # type: ignore[assignment]
+
+    def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self.log("val_loss", F.cross_entropy(self.net(batch[0]), batch[1]))
+
+
+@pytest.mark.parametrize(
+    ("model", "kwargs", "reason"),
+    [
+        (TinyClassifier, {"input_key": "pixels"}, "input_key"),
+        (TinyClassifier, {"task": "regression", "loss": "mse"}, "could not compute the per-sample loss"),
+        (NoForward, {}, "did not call self(x)"),
+    ],
+)
+def test_unreadable_batch_skips_with_a_reason(
+    tmp_path: Path, model: type[TinyClassifier], kwargs: dict[str, Any], reason: str
+) -> None:
+    cb = FullEvalSet(**kwargs)
     trainer = fast_trainer(tmp_path, callbacks=[cb])
-    trainer.validate(TinyClassifier(), loader(blobs(16), 8), verbose=False)
+    trainer.validate(model(), loader(blobs(16), 8), verbose=False)  # no crash of the user's run
     (finding,) = cb.findings
-    assert finding.status == "skip" and "input_key" in finding.advice
+    assert finding.status == "skip" and reason in finding.summary + finding.advice
 
 
 @pytest.mark.parametrize(

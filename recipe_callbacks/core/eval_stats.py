@@ -107,6 +107,8 @@ def per_sample_loss(preds: torch.Tensor, target: torch.Tensor, loss: LossName) -
         t = target.to(torch.float64) if target.is_floating_point() and target.shape == preds.shape else target.long()
         return _per_sample(F.cross_entropy(p, t, reduction="none"))
     p = _like_target(p, target)
+    if p.shape != target.shape:  # no broadcasting: (N, C) against (N,) is a wrong task, not a loss
+        raise ValueError(f"{loss} needs an output shaped like the target {tuple(target.shape)}, got {tuple(p.shape)}")
     t = target.to(torch.float64)
     if loss == "bce_with_logits":
         return _per_sample(F.binary_cross_entropy_with_logits(p, t, reduction="none"))

@@ -54,6 +54,8 @@ def test_per_sample_losses_average_to_the_torch_losses() -> None:
     pred, real = torch.randn(7, 3, generator=g), torch.randn(7, 3, generator=g)
     torch.testing.assert_close(per_sample_loss(pred, real, "mse").mean(), F.mse_loss(pred.double(), real.double()))
     torch.testing.assert_close(per_sample_loss(pred, real, "l1").mean(), F.l1_loss(pred.double(), real.double()))
+    with pytest.raises(ValueError, match="shaped like the target"):
+        per_sample_loss(torch.zeros(4, 4), torch.zeros(4), "mse")  # would broadcast to (4, 4)
 
 
 def test_per_sample_metrics() -> None:
