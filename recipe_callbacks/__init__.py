@@ -18,6 +18,7 @@ from recipe_callbacks.init_loss_check import InitLossCheck
 from recipe_callbacks.input_independent_baseline import InputIndependentBaseline
 from recipe_callbacks.overfit_one_batch import OverfitOneBatch
 from recipe_callbacks.loss_decrease_check import LossDecreaseCheck
+from recipe_callbacks.prediction_dynamics_logger import PredictionDynamicsLogger
 from recipe_callbacks.batch_independence_check import BatchIndependenceCheck
 from recipe_callbacks.causality_check import CausalityCheck
 from recipe_callbacks.no_lr_decay_warning import NoLRDecayWarning
@@ -39,6 +40,7 @@ __all__ = [
     "LossDecreaseCheck",
     "NoLRDecayWarning",
     "OverfitOneBatch",
+    "PredictionDynamicsLogger",
     "RecipeCallback",
     "RecipeCheckError",
     "RecipeReport",

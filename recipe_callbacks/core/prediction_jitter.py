@@ -14,6 +14,11 @@ same ``K`` samples at consecutive records:
 - **flip rate**: the fraction of predicted classes that changed between two consecutive records.
 - **heat-map value**, per sample: the true-class probability (classification) or the absolute
   prediction error (regression), averaged over positions.
+- **back-and-forth fraction**: of the way each sample's heat-map value travelled over a stretch
+  of records, the part that was undone: ``1 - sum_k |last - first| / sum_k sum_r |step r|``.
+  About 0 for predictions that drift steadily (still learning), near 1 for predictions that
+  jump back and forth (a learning rate too high); a random walk of ``R`` steps gives about
+  ``1 - 1/sqrt(R)``.
 - **fixed-batch loss**: cross-entropy (multiclass), binary cross-entropy with logits (binary) or
   mean squared error (regression) of the fixed samples.
 
@@ -189,6 +194,24 @@ def late_median(values: Sequence[float], steps: Sequence[int], after_step: float
     if not late:
         return math.nan, 0
     return float(torch.tensor(late, dtype=torch.float64).median()), len(late)
+
+
+def back_and_forth(history: torch.Tensor) -> float:
+    """The back-and-forth fraction of ``(R, K)`` values (records x samples): the part of the way
+    travelled that was undone (NaN with fewer than 2 records or no movement).
+
+    Example:
+        >>> back_and_forth(torch.tensor([[0.1], [0.5], [0.9]]))  # steady drift
+        0.0
+        >>> back_and_forth(torch.tensor([[0.1], [0.9], [0.1], [0.9]]))  # 2.4 travelled, 0.8 net
+        0.6666666666666667
+    """
+    h = history.detach().to(torch.float64)
+    if h.ndim != 2 or h.shape[0] < 2:
+        return math.nan
+    path = float(h.diff(dim=0).abs().sum())
+    net = float((h[-1] - h[0]).abs().sum())
+    return 1.0 - net / path if path > 0 else math.nan
 
 
 def thin_indices(length: int) -> list[int]:

@@ -10,6 +10,7 @@ import torch
 from torch.nn import functional
 
 from recipe_callbacks.core.prediction_jitter import (
+    back_and_forth,
     class_dim,
     flip_rate,
     infer_task,
@@ -90,3 +91,12 @@ def test_thin_indices_halve_and_keep_the_newest(length: int) -> None:
     assert kept[-1] == length - 1
     assert len(kept) == math.ceil(length / 2)
     assert all(b - a == 2 for a, b in itertools.pairwise(kept))
+
+
+def test_back_and_forth_by_hand() -> None:
+    drift = torch.tensor([[0.1, 0.9], [0.2, 0.8], [0.4, 0.7]])
+    assert back_and_forth(drift) == pytest.approx(0.0)
+    # Sample 0 goes 0 -> 1 -> 0 (path 2, net 0); sample 1 goes 0 -> 0.5 -> 1 (path 1, net 1).
+    assert back_and_forth(torch.tensor([[0.0, 0.0], [1.0, 0.5], [0.0, 1.0]])) == pytest.approx(1 - 1 / 3)
+    assert math.isnan(back_and_forth(torch.ones(1, 3)))
+    assert math.isnan(back_and_forth(torch.ones(4, 3)))

@@ -1,0 +1,474 @@
+"""PredictionDynamicsLogger: recipe step 2k, the model's predictions on a fixed batch over training."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+from lightning.pytorch.utilities.seed import isolate_rng
+from torch.utils.data import DataLoader, IterableDataset
+from typing_extensions import override
+
+from recipe_callbacks.batch import BatchToXY
+from recipe_callbacks.callback_base import RecipeCallback
+from recipe_callbacks.core.pictures import heatmap, image_grid
+from recipe_callbacks.core.prediction_jitter import (
+    Snapshot,
+    Task,
+    back_and_forth,
+    class_dim,
+    flip_rate,
+    infer_task,
+    jitter,
+    late_median,
+    snapshot,
+    target_scale,
+    thin_indices,
+)
+from recipe_callbacks.finding import OnFail
+from recipe_callbacks.observe import observing
+from recipe_callbacks.validation import check_choice, check_float, check_int
+
+if TYPE_CHECKING:
+    import lightning.pytorch as pl
+
+_OWNER = "PredictionDynamicsLogger"
+
+
+def _first_loader(loaders: Any) -> DataLoader[Any] | None:
+    """The first DataLoader of what ``trainer.val_dataloaders`` / ``train_dataloader`` hold."""
+    if isinstance(loaders, DataLoader):
+        return loaders
+    if isinstance(loaders, Mapping):
+        loaders = list(loaders.values())
+    if isinstance(loaders, Sequence) and loaders:
+        return _first_loader(loaders[0])
+    return None
+
+
+def _output_tensor(output: Any) -> torch.Tensor | None:
+    """The prediction in what ``forward`` returned: a tensor, ``output["logits"]`` or ``output[0]``."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, Mapping):
+        for key in ("logits", "preds", "prediction", "output"):
+            if isinstance(output.get(key), torch.Tensor):
+                return output[key]  # type: ignore[no-any-return]
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    return None
+
+
+class PredictionDynamicsLogger(RecipeCallback):
+    """Records the model's predictions on a fixed set of validation samples every few steps.
+
+    The samples are chosen once (the first ``num_samples`` of the validation dataloader's
+    dataset, or ``indices``), kept on the model's device and in the callback's ``state_dict``,
+    so a resumed run watches the very same samples. Every ``every_n_steps`` optimizer steps the
+    model predicts on them in eval mode, without gradients and with an isolated RNG (the
+    training is not changed). From consecutive records it logs the **jitter** (mean absolute
+    change of the probability given to the true class, or of the regression prediction in units
+    of the targets' standard deviation) and the **flip rate** (fraction of predicted classes that
+    changed). At the end of training a Finding flags a learning rate that is too high: jitter or
+    flip rate still high after the first ``warmup_fraction`` of training (their median over the
+    later records above ``max_jitter`` / ``max_flip_rate``) while the predictions go back and
+    forth (at least ``min_back_and_forth`` of their movement undone, so a model that is still
+    learning steadily is not flagged). The math is in
+    :mod:`recipe_callbacks.core.prediction_jitter`.
+
+    Args:
+        num_samples: how many fixed samples to watch (the first ones of the dataset).
+        every_n_steps: record the predictions every this many optimizer steps (and once at the
+            start of training).
+        indices: dataset indices of the samples to watch; overrides ``num_samples``.
+        source: ``"val"`` takes the samples from the validation dataloader, ``"train"`` from the
+            training dataloader (for runs without validation).
+        task: ``"auto"`` infers it (integer targets are classes, float targets regression);
+            ``"classification"`` or ``"regression"`` say it.
+        max_jitter: the median jitter after warm-up above which the learning rate is flagged.
+        max_flip_rate: the median flip rate after warm-up above which it is flagged.
+        warmup_fraction: the first part of training (a fraction of the steps seen) that is not
+            judged: predictions are expected to move a lot there.
+        min_back_and_forth: high jitter is flagged only when, after warm-up, at least this fraction
+            of the way the predictions travelled was undone (they went back and forth); steady
+            movement of a model that is still learning is not flagged.
+        max_records: records kept for the heat map and the verdict; when full, every other one is
+            dropped, so the history spans the whole run in bounded memory.
+        pictures_every_n_records: log the heat map and the sample grid every this many records
+            (and at the end of training).
+        on_fail: see :class:`~recipe_callbacks.callback_base.RecipeCallback`.
+        input_key: where the input is in a batch; inferred when ``None``.
+        target_key: where the target is in a batch; inferred when ``None``.
+        batch_to_xy: a function ``batch -> (x, y)`` for other batch shapes.
+
+    Raises:
+        ValueError: for an argument out of range or not one of its choices.
+        TypeError: for an argument of the wrong type.
+
+    Logged:
+        - ``recipe/prediction_dynamics_logger/jitter``: mean absolute change of the tracked
+          prediction since the previous record (every record after the first).
+        - ``recipe/prediction_dynamics_logger/flip_rate``: fraction of predicted classes that
+          flipped since the previous record (classification).
+        - ``recipe/prediction_dynamics_logger/fixed_batch_loss``: loss on the fixed samples
+          (cross-entropy, or mean squared error for regression).
+        - ``recipe/prediction_dynamics_logger/heatmap`` (image): samples (rows) x records
+          (columns, left to right); colour is the probability of the true class (0 dark, 1
+          yellow) or the absolute regression error.
+        - ``recipe/prediction_dynamics_logger/samples`` (image, for image inputs): the fixed
+          samples captioned ``y=<label> p=<prediction>``.
+        - At the end: ``late_jitter``, ``late_flip_rate``, ``max_jitter``, ``max_flip_rate``,
+          ``back_and_forth``, ``records``, ``learning_rate`` under the same prefix, and a Finding.
+
+    Example::
+
+        trainer = Trainer(callbacks=[PredictionDynamicsLogger(num_samples=16, every_n_steps=50)])
+    """
+
+    def __init__(
+        self,
+        num_samples: int = 16,
+        every_n_steps: int = 50,
+        indices: list[int] | None = None,
+        source: Literal["val", "train"] = "val",
+        task: Literal["auto", "classification", "regression"] = "auto",
+        max_jitter: float = 0.1,
+        max_flip_rate: float = 0.1,
+        warmup_fraction: float = 0.3,
+        min_back_and_forth: float = 0.5,
+        max_records: int = 256,
+        pictures_every_n_records: int = 10,
+        on_fail: OnFail = "warn",
+        input_key: str | None = None,
+        target_key: str | None = None,
+        batch_to_xy: BatchToXY | None = None,
+    ) -> None:
+        super().__init__(on_fail, input_key, target_key, batch_to_xy)
+        self.num_samples = check_int(_OWNER, "num_samples", num_samples)
+        self.every_n_steps = check_int(_OWNER, "every_n_steps", every_n_steps)
+        if indices is not None:
+            if not isinstance(indices, (list, tuple)) or not indices:
+                raise TypeError(f"{_OWNER}(indices={indices!r}): indices must be None or a non-empty list of ints")
+            indices = [check_int(_OWNER, "indices", i, minimum=0) for i in indices]
+        self.indices = indices
+        self.source: Literal["val", "train"] = check_choice(_OWNER, "source", source, ("val", "train"))
+        self.task: Literal["auto", "classification", "regression"] = check_choice(
+            _OWNER, "task", task, ("auto", "classification", "regression")
+        )
+        self.max_jitter = check_float(_OWNER, "max_jitter", max_jitter)
+        self.max_flip_rate = check_float(_OWNER, "max_flip_rate", max_flip_rate, maximum=1.0)
+        self.warmup_fraction = check_float(
+            _OWNER, "warmup_fraction", warmup_fraction, maximum=0.95, inclusive_minimum=True
+        )
+        self.min_back_and_forth = check_float(_OWNER, "min_back_and_forth", min_back_and_forth, maximum=1.0)
+        self.max_records = check_int(_OWNER, "max_records", max_records, minimum=8)
+        self.pictures_every_n_records = check_int(_OWNER, "pictures_every_n_records", pictures_every_n_records)
+        self._reset()
+
+    def _reset(self) -> None:
+        # The fixed samples: CPU copies (state) and device copies (cache).
+        self.sample_x: torch.Tensor | None = None
+        self.sample_y: torch.Tensor | None = None
+        self.sample_indices: torch.Tensor | None = None
+        self._device_xy: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._task: Task | None = None
+        self._scale = 1.0
+        self._disabled = False
+        # The capped history, one entry per record.
+        self.steps: list[int] = []
+        self.per_sample: list[torch.Tensor] = []  # (K,) each
+        self.jitters: list[float] = []
+        self.flip_rates: list[float] = []
+        self.losses: list[float] = []
+        self._previous: Snapshot | None = None
+        self._nonfinite_step = -1
+        self._records_since_picture = 0
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(num_samples=self.num_samples, every_n_steps=self.every_n_steps)
+
+    # ----------------------------------------------------------------- hooks
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._disabled = False
+        if self.sample_x is None and not self._choose_samples(trainer):
+            self._disabled = True
+            return
+        if not self.steps or self.steps[-1] != trainer.global_step:
+            self._record(trainer, pl_module)
+
+    @override
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        step = trainer.global_step
+        if self._disabled or step % self.every_n_steps or (self.steps and self.steps[-1] == step):
+            return
+        self._record(trainer, pl_module)
+
+    @override
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._disabled:
+            return
+        if self.steps and self.steps[-1] != trainer.global_step:
+            self._record(trainer, pl_module)
+        if not self._disabled:
+            self._log_pictures(trainer)
+            self._judge(trainer)
+
+    # ----------------------------------------------------------------- the fixed samples
+    def _choose_samples(self, trainer: pl.Trainer) -> bool:
+        loaders = trainer.val_dataloaders if self.source == "val" else trainer.train_dataloader
+        loader = _first_loader(loaders)
+        if loader is None:
+            other = "train" if self.source == "val" else "val"
+            reason = f"no {self.source} DataLoader to take the fixed samples from; try source={other!r}"
+            self.skip(trainer, reason, "source")
+            return False
+        with isolate_rng():  # a dataset's __getitem__ may draw random augmentations
+            batch = self._fixed_batch(trainer, loader)
+        if batch is None:
+            return False
+        resolved = self.resolve(trainer, batch)
+        if resolved is None:
+            return False
+        if resolved.y is None:
+            self.skip(trainer, "the batches have no target to compare the predictions with", "target_key")
+            return False
+        k = len(self.indices) if self.indices is not None else self.num_samples
+        self.sample_x = resolved.x[:k].detach().cpu().clone()
+        self.sample_y = resolved.y[:k].detach().cpu().clone()
+        return True
+
+    def _fixed_batch(self, trainer: pl.Trainer, loader: DataLoader[Any]) -> Any:
+        dataset = loader.dataset
+        map_style = not isinstance(dataset, IterableDataset) and hasattr(dataset, "__len__")
+        if map_style and loader.batch_size is not None:
+            size = len(dataset)  # type: ignore[arg-type]
+            chosen = self.indices if self.indices is not None else list(range(min(self.num_samples, size)))
+            bad = [i for i in chosen if i >= size]
+            if bad:
+                self.skip(trainer, f"indices {bad} are out of range for a dataset of {size} samples", "indices")
+                return None
+            self.sample_indices = torch.tensor(chosen, dtype=torch.long)
+            return loader.collate_fn([dataset[i] for i in chosen])
+        if self.indices is not None:
+            self.skip(trainer, "indices need a map-style dataset (with __len__ and __getitem__)", "indices")
+            return None
+        # Iterable datasets: the first batch, cut to num_samples.
+        return next(iter(loader), None)
+
+    def _device_samples(self, pl_module: pl.LightningModule) -> tuple[torch.Tensor, torch.Tensor]:
+        assert self.sample_x is not None and self.sample_y is not None
+        if self._device_xy is None or self._device_xy[0].device != pl_module.device:
+            self._device_xy = (self.sample_x.to(pl_module.device), self.sample_y.to(pl_module.device))
+        return self._device_xy
+
+    # ----------------------------------------------------------------- one record
+    def _predict(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> torch.Tensor | None:
+        x, _ = self._device_samples(pl_module)
+        try:
+            with observing(pl_module), trainer.precision_plugin.val_step_context():
+                output = _output_tensor(pl_module(x))
+        except Exception as err:  # the user's training must go on
+            self.skip(trainer, f"the model's forward failed on the fixed samples ({err!r})", "batch_to_xy")
+            return None
+        if output is None:
+            self.skip(trainer, "forward did not return a tensor (or a dict with 'logits')", "batch_to_xy")
+        return output
+
+    def _resolve_task(self, trainer: pl.Trainer, output: torch.Tensor, y: torch.Tensor) -> Task | None:
+        try:
+            if self.task == "regression":
+                if output.numel() != y.numel():
+                    raise ValueError(f"outputs {tuple(output.shape)} and targets {tuple(y.shape)} differ in size")
+                return "regression"
+            if self.task == "classification":
+                if output.numel() == y.numel():
+                    return "binary"
+                class_dim(output, y.long())
+                return "multiclass"
+            return infer_task(output, y)
+        except ValueError as err:
+            self.skip(trainer, f"cannot compare the predictions with the targets: {err}", "task")
+            return None
+
+    def _record(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        output = self._predict(trainer, pl_module)
+        _, y = self._device_samples(pl_module)
+        if output is None:
+            self._disabled = True
+            return
+        if self._task is None:
+            self._task = self._resolve_task(trainer, output, y)
+            if self._task is None:
+                self._disabled = True
+                return
+            self._scale = target_scale(y) if self._task == "regression" else 1.0
+        snap = snapshot(output.float(), y, self._task)
+        step = int(trainer.global_step)
+        if self._nonfinite_step < 0 and not bool(torch.isfinite(output).all()):
+            self._nonfinite_step = step
+        scalars = {"fixed_batch_loss": snap.loss}
+        jit, flips = math.nan, math.nan
+        if self._previous is not None:
+            jit = jitter(self._previous.tracked.to(snap.tracked.device), snap.tracked, self._scale)
+            scalars["jitter"] = jit
+            if snap.classes is not None and self._previous.classes is not None:
+                flips = flip_rate(self._previous.classes.to(snap.classes.device), snap.classes)
+                scalars["flip_rate"] = flips
+        self._previous = snap
+        self.steps.append(step)
+        self.per_sample.append(snap.per_sample.float().cpu())
+        self.jitters.append(jit)
+        self.flip_rates.append(flips)
+        self.losses.append(snap.loss)
+        if len(self.steps) > self.max_records:
+            self._thin()
+        self.log_scalars(trainer, scalars, step)
+        self._records_since_picture += 1
+        if self._records_since_picture >= self.pictures_every_n_records:
+            self._log_pictures(trainer)
+
+    def _thin(self) -> None:
+        keep = thin_indices(len(self.steps))
+        self.steps = [self.steps[i] for i in keep]
+        self.per_sample = [self.per_sample[i] for i in keep]
+        self.jitters = [self.jitters[i] for i in keep]
+        self.flip_rates = [self.flip_rates[i] for i in keep]
+        self.losses = [self.losses[i] for i in keep]
+
+    # ----------------------------------------------------------------- pictures and verdict
+    def heatmap_matrix(self) -> torch.Tensor:
+        """``(K, R)``: one row per fixed sample, one column per kept record (oldest left)."""
+        return torch.stack(self.per_sample, dim=1) if self.per_sample else torch.zeros(0, 0)
+
+    def _log_pictures(self, trainer: pl.Trainer) -> None:
+        self._records_since_picture = 0
+        if not trainer.is_global_zero or not self.per_sample:
+            return
+        classification = self._task != "regression"
+        matrix = self.heatmap_matrix().numpy()
+        self.log_image(trainer, "heatmap", heatmap(matrix, vmin=0.0, vmax=1.0 if classification else None))
+        x = self.sample_x
+        if x is None or x.ndim != 4 or x.shape[1] not in (1, 3) or self._previous is None:
+            return
+        y = self.sample_y
+        assert y is not None
+        if classification and self._previous.classes is not None and self._previous.classes.ndim == 1:
+            predicted = self._previous.classes.cpu().tolist()
+            captions = [f"y={int(t)} p={int(p)}" for t, p in zip(y.flatten().tolist(), predicted, strict=False)]
+        elif not classification and self._previous.tracked.ndim == 1:
+            predicted_values = self._previous.tracked.cpu().tolist()
+            captions = [f"y={t:.2g} p={p:.2g}" for t, p in zip(y.flatten().tolist(), predicted_values, strict=False)]
+        else:
+            captions = None
+        self.log_image(trainer, "samples", image_grid(x.float(), captions=captions))
+
+    def _learning_rate(self, trainer: pl.Trainer) -> float:
+        try:
+            return float(trainer.optimizers[0].param_groups[0]["lr"])
+        except (IndexError, KeyError, TypeError, ValueError):
+            return math.nan
+
+    def _judge(self, trainer: pl.Trainer) -> None:
+        lr = self._learning_rate(trainer)
+        lr_text = f"the learning rate ({lr:.3g})" if math.isfinite(lr) else "the learning rate"
+        k = len(self.per_sample[0]) if self.per_sample else 0
+        if self._nonfinite_step >= 0:
+            self.report(
+                trainer,
+                "fail",
+                f"the predictions on the {k} fixed samples became NaN/inf at step {self._nonfinite_step}",
+                {"nonfinite_step": float(self._nonfinite_step), "learning_rate": lr},
+                f"training diverged: lower {lr_text} (e.g. 10x), add gradient clipping or warm-up, and check "
+                "the loss and the inputs for NaN",
+            )
+            return
+        after = self.warmup_fraction * (self.steps[-1] if self.steps else 0)
+        late_jitter, n_late = late_median(self.jitters, self.steps, after)
+        late_flips, _ = late_median(self.flip_rates, self.steps, after)
+        if n_late < 3:
+            self.skip(
+                trainer,
+                f"only {n_late} records after the first {self.warmup_fraction:.0%} of training "
+                f"(every_n_steps={self.every_n_steps}, {self.steps[-1] if self.steps else 0} steps); need 3",
+                "every_n_steps",
+            )
+            return
+        classification = self._task != "regression"
+        values = {"late_jitter": late_jitter, "max_jitter": self.max_jitter, "records": float(len(self.steps)),
+                  "learning_rate": lr}
+        if classification:
+            values.update({"late_flip_rate": late_flips, "max_flip_rate": self.max_flip_rate})
+        unit = "" if classification else " target std"
+        seen = f"after the first {self.warmup_fraction:.0%} of training, the predictions on {k} fixed samples " \
+               f"moved by {late_jitter:.3g}{unit} per record (median; limit {self.max_jitter:.3g})"
+        if classification:
+            seen += f" and {late_flips:.1%} of them flipped class per record (limit {self.max_flip_rate:.1%})"
+        first_late = next(i for i, s in enumerate(self.steps) if s > after)
+        bf = back_and_forth(torch.stack(self.per_sample[max(0, first_late - 1) :]))
+        values["back_and_forth"] = bf
+        seen += f"; {bf:.0%} of their movement was undone"
+        high = late_jitter > self.max_jitter or (classification and late_flips > self.max_flip_rate)
+        jumpy = high and bf >= self.min_back_and_forth
+        if jumpy:
+            self.report(
+                trainer,
+                "warn",
+                f"{seen}: the predictions keep jumping back and forth instead of settling",
+                values,
+                f"{lr_text[0].upper()}{lr_text[1:]} is probably too high: lower it (e.g. 3-10x) or decay it, "
+                f"and look at the heat map {self.tag('heatmap')}",
+            )
+        else:
+            verdict = "they still move, but steadily (still learning), not back and forth" if high else "they settle"
+            self.report(trainer, "pass", f"{seen}: {verdict}", values)
+
+    # ----------------------------------------------------------------- state
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        previous = self._previous
+        state.update(
+            {
+                "sample_x": self.sample_x,
+                "sample_y": self.sample_y,
+                "sample_indices": self.sample_indices,
+                "task": self._task or "",
+                "steps": torch.tensor(self.steps, dtype=torch.long),
+                "per_sample": self.heatmap_matrix().T.contiguous(),  # (R, K)
+                "jitters": torch.tensor(self.jitters, dtype=torch.float64),
+                "flip_rates": torch.tensor(self.flip_rates, dtype=torch.float64),
+                "losses": torch.tensor(self.losses, dtype=torch.float64),
+                "previous_tracked": None if previous is None else previous.tracked.cpu(),
+                "previous_classes": None if previous is None or previous.classes is None else previous.classes.cpu(),
+                "nonfinite_step": self._nonfinite_step,
+            }
+        )
+        return state
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self._reset()
+        self.sample_x = state_dict.get("sample_x")
+        self.sample_y = state_dict.get("sample_y")
+        self.sample_indices = state_dict.get("sample_indices")
+        task = state_dict.get("task", "")
+        self._task = task if task in ("multiclass", "binary", "regression") else None
+        if self._task == "regression" and self.sample_y is not None:
+            self._scale = target_scale(self.sample_y)
+        self.steps = [int(s) for s in state_dict.get("steps", torch.zeros(0)).tolist()]
+        self.per_sample = list(state_dict.get("per_sample", torch.zeros(0, 0)).unbind(0))
+        self.jitters = [float(v) for v in state_dict.get("jitters", torch.zeros(0)).tolist()]
+        self.flip_rates = [float(v) for v in state_dict.get("flip_rates", torch.zeros(0)).tolist()]
+        self.losses = [float(v) for v in state_dict.get("losses", torch.zeros(0)).tolist()]
+        tracked = state_dict.get("previous_tracked")
+        if isinstance(tracked, torch.Tensor):
+            self._previous = Snapshot(tracked, state_dict.get("previous_classes"), torch.zeros(0), math.nan)
+        self._nonfinite_step = int(state_dict.get("nonfinite_step", -1))
+
