@@ -231,7 +231,8 @@ class CausalityCheck(OneOffDependencyCheck):
                 values,
                 "check the causal attention mask (torch.triu(ones(T, T), diagonal=1) marks the future to hide; "
                 "diagonal=2 lets t see t+1), bidirectional RNNs, convolutions padded on both sides, and shifts of "
-                "the input or target; see the dependency_matrix picture (red: the future).",
+                "the input or target; see the dependency_matrix picture (red: the future). A model that is not "
+                "meant to be autoregressive (a bidirectional encoder or tagger) needs no CausalityCheck.",
             )
             return
         if not bool((torch.nan_to_num(m.rel, nan=0.0) > 0).any()):

@@ -487,7 +487,7 @@ class OutputRecorder:
 
 
 def dependency_picture(
-    rel: torch.Tensor, flagged: Sequence[Dependency] = (), *, floor: float = 1e-6, cell: int = 8, max_side: int = 768
+    rel: torch.Tensor, flagged: Sequence[Dependency] = (), *, floor: float = 1e-6, cell: int = 24, max_side: int = 768
 ) -> np.ndarray:
     """A relative dependency matrix as an ``(H, W, 3)`` uint8 picture, rows top-down.
 
