@@ -408,3 +408,27 @@ def test_on_fail_raise_stops_before_the_first_step(tmp_path: Path) -> None:
             extra=[oracle],
         )
     assert oracle.lrs == []
+
+
+# ------------------------------------------------------------------ DDP
+class DDPCosine(TinyClassifier):
+    """Module-level (picklable) model: cosine with T_max counted in epochs, stepped per step."""
+
+    def configure_optimizers(self) -> Any:
+        opt = sgd(self)
+        cosine = sched.CosineAnnealingLR(opt, T_max=2)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": cosine, "interval": "step"}}
+
+
+def test_ddp_spawn_two_processes(tmp_path: Path) -> None:
+    cb = NoLRDecayWarning(stage="final", on_fail="ignore")
+    trainer = fast_trainer(
+        tmp_path, callbacks=[cb], max_epochs=2, accelerator="cpu", devices=2, strategy="ddp_spawn", log_every_n_steps=1
+    )
+    trainer.fit(DDPCosine(), loader(blobs(64)))
+    ea = read_events(tmp_path / "run")
+    assert [e.step for e in ea.Images(f"{TAG}/planned_lr")] == [0]
+    # 64 samples over 2 ranks in batches of 16: 2 optimizer steps per epoch, 4 in all, logged by rank 0 only
+    assert scalar_values(ea, f"{TAG}/planned_steps") == [4.0]
+    assert scalar_values(ea, f"{TAG}/stepped") == [4.0] and scalar_values(ea, f"{TAG}/T_max") == [2.0]
+    assert len(scalar_values(ea, f"{TAG}/lr_group_0")) == 4
