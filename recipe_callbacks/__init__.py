@@ -18,6 +18,7 @@ from recipe_callbacks.init_loss_check import InitLossCheck
 from recipe_callbacks.input_independent_baseline import InputIndependentBaseline
 from recipe_callbacks.overfit_one_batch import OverfitOneBatch
 from recipe_callbacks.loss_decrease_check import LossDecreaseCheck
+from recipe_callbacks.input_visualizer import InputVisualizer
 from recipe_callbacks.prediction_dynamics_logger import PredictionDynamicsLogger
 from recipe_callbacks.batch_independence_check import BatchIndependenceCheck
 from recipe_callbacks.causality_check import CausalityCheck
@@ -37,6 +38,7 @@ __all__ = [
     "FullEvalSet",
     "InitLossCheck",
     "InputIndependentBaseline",
+    "InputVisualizer",
     "LossDecreaseCheck",
     "NoLRDecayWarning",
     "OverfitOneBatch",
