@@ -13,6 +13,8 @@ from recipe_callbacks.batch import BatchResolutionError, BatchToXY, resolve_batc
 from recipe_callbacks.callback_base import RecipeCallback
 from recipe_callbacks.core.pictures import line_chart
 from recipe_callbacks.core.short_training import (
+    ModelNotes,
+    OverfitVerdict,
     ShortTrainingError,
     batch_size_of,
     learning_rates,
@@ -54,8 +56,10 @@ class OverfitOneBatch(RecipeCallback):
     The default ``target_loss=0.05`` suits classification with cross-entropy, whose minimum is 0
     for a model that can memorise; set it for other losses (e.g. a fraction of the targets'
     variance for a mean squared error). ``pass`` when the lowest loss reaches the target;
-    ``warn`` when the loss fell by at least half but not to the target within ``max_steps``;
-    ``fail`` when it fell less, rose, went negative or became non-finite. The advice lists what it
+    ``warn`` when the loss is still falling at the end of ``max_steps`` (a slow learning rate:
+    more steps would tell); ``fail`` when it stayed flat, levelled off above the target (less than
+    a tenth of its decrease made in the last third of the run), rose, went negative or became
+    non-finite. The advice lists what it
     finds: frozen parameters (``requires_grad=False``), trainable parameters missing from the
     optimizer or getting no gradient, a learning rate of zero, dropout on in train mode, weight
     decay, and a rising or negative loss (a loss with a wrong sign or a wrong target).
@@ -217,50 +221,53 @@ class OverfitOneBatch(RecipeCallback):
         )
         self.report(trainer, v.status, summary, values, self._advice(v, notes, lrs, p["no_grad"]))
 
-    def _advice(self, v: Any, notes: Any, lrs: list[float], no_grad: list[str]) -> str:
-        found: list[str] = []
+    def _advice(self, v: OverfitVerdict, notes: ModelNotes, lrs: list[float], no_grad: list[str]) -> str:
+        """What was found, causes first (each alone can keep a model from fitting), then context."""
+        causes: list[str] = []
         if v.negative:
-            found.append(
+            causes.append(
                 f"the loss went negative ({v.lowest:.3g}): a loss with a wrong sign (maximised?) or a "
                 "wrong target; set allow_negative_loss=True if your loss can be negative"
             )
         if v.rising:
-            found.append(
+            causes.append(
                 f"the loss rose ({v.initial:.3g} -> {v.final:.3g}) while the optimizer descended: a wrong "
                 "sign of the loss, a wrong target, or a learning rate far too high"
             )
         zero = [i for i, lr in enumerate(lrs) if lr == 0]
         if zero:
-            found.append(f"the learning rate is 0 in parameter group(s) {zero} of the optimizer")
+            causes.append(f"the learning rate is 0 in parameter group(s) {zero} of the optimizer")
         if notes.frozen_tensors:
-            found.append(
+            causes.append(
                 f"{notes.frozen_tensors} of {notes.total_tensors} parameter tensors "
                 f"({notes.frozen_elements} of {notes.total_elements} values) have requires_grad=False"
             )
         if notes.not_in_optimizer:
-            found.append(f"trainable parameters missing from the optimizer: {_names(notes.not_in_optimizer)}")
+            causes.append(f"trainable parameters missing from the optimizer: {_names(notes.not_in_optimizer)}")
         if no_grad:
-            found.append(f"parameters that got no gradient from the loss (unused or detached): {_names(no_grad)}")
+            causes.append(f"parameters that got no gradient from the loss (unused or detached): {_names(no_grad)}")
+        context: list[str] = []
+        if v.status == "warn":
+            context.append(
+                f"the loss is still falling, slowly: raise max_steps (now {self.max_steps}) or lr to see it "
+                "reach the target"
+            )
+        elif v.levelled_off and not (v.rising or v.negative) and v.decrease_fraction >= 0.01:
+            context.append(f"the loss levelled off at {v.lowest:.3g}, above the target {self.target_loss:g}")
         if notes.dropout_in_train_mode:
-            found.append(
+            context.append(
                 f"dropout is on in train mode ({_names(notes.dropout_in_train_mode)}): it fights "
                 "memorisation; turn it off while overfitting"
             )
         if notes.weight_decay > 0:
-            found.append(f"weight_decay={notes.weight_decay:g} in the optimizer pulls the weights back")
-        if not found:
-            if v.status == "warn":
-                return (
-                    f"the loss is falling but slowly: raise max_steps (now {self.max_steps}) or lr, or give "
-                    "the model more capacity; if the loss levels off, check the target (shape, dtype, class "
-                    "indices) and the loss function"
-                )
-            return (
-                "found no frozen parameter, zero learning rate or dropout: check that the target matches the "
-                "output (shape, dtype, class indices, a view that mixes samples), the loss function, and try "
-                "a higher lr or a larger model"
+            context.append(f"weight_decay={notes.weight_decay:g} in the optimizer pulls the weights back")
+        if not causes and v.status == "fail":
+            context.append(
+                "found no frozen parameter or zero learning rate: check that the target matches the output "
+                "(shape, dtype, class indices, a view that mixes samples) and the loss function, or try a "
+                "higher lr or a larger model"
             )
-        return "; ".join(found) + "."
+        return "; ".join(causes + context) + "."
 
     def _picture(self, trainer: pl.Trainer, losses: list[float]) -> None:
         positive = all(x > 0 for x in losses if math.isfinite(x)) and self.target_loss > 0

@@ -434,7 +434,12 @@ def baseline_verdict(
 
 @dataclass
 class OverfitVerdict:
-    """One batch overfitted (or not), and why not."""
+    """One batch overfitted (or not), and why not.
+
+    ``decrease_fraction`` is ``(initial - lowest) / |initial|``. ``tail_progress`` is the share of
+    that decrease made in the last third of the run: about 1/3 for a loss still falling steadily,
+    about 0 for a loss that levelled off.
+    """
 
     status: Verdict
     initial: float
@@ -443,7 +448,9 @@ class OverfitVerdict:
     reached: bool
     negative: bool
     rising: bool
+    levelled_off: bool
     decrease_fraction: float
+    tail_progress: float
 
 
 def overfit_verdict(
@@ -451,21 +458,26 @@ def overfit_verdict(
     target_loss: float,
     *,
     allow_negative: bool = False,
-    min_decrease: float = 0.5,
+    min_decrease: float = 0.01,
+    min_tail_progress: float = 0.1,
 ) -> OverfitVerdict:
     """Judge the loss curve of a model trained on one fixed batch.
 
     ``pass`` when the lowest loss is ``<= target_loss`` (and not negative, unless
-    ``allow_negative``). Otherwise ``fail`` when the loss went negative, rose, is not finite, or
-    fell by less than ``min_decrease`` of its initial value; ``warn`` when it fell that much but
-    did not reach the target in the steps given (it may need more steps or a higher learning rate).
+    ``allow_negative``). Otherwise ``fail`` when the loss went negative, rose, is not finite, fell
+    by less than ``min_decrease`` of its initial value, or levelled off above the target (less than
+    ``min_tail_progress`` of its decrease in the last third of the run); ``warn`` when it is still
+    falling but did not reach the target in the steps given (more steps or a higher learning rate
+    would tell).
 
     Example:
         >>> overfit_verdict([2.3, 0.5, 0.01], 0.05).status
         'pass'
-        >>> overfit_verdict([2.3, 0.9, 0.6], 0.05).status
+        >>> overfit_verdict([2.3, 2.2, 2.1, 2.0, 1.9, 1.8], 0.05).status  # slow, still falling
         'warn'
-        >>> overfit_verdict([2.3, 2.2, 2.2], 0.05).status
+        >>> overfit_verdict([2.3, 1.5, 1.4, 1.4, 1.4, 1.4], 0.05).status  # levelled off
+        'fail'
+        >>> overfit_verdict([2.3, 2.3, 2.3], 0.05).status  # flat
         'fail'
         >>> v = overfit_verdict([2.3, -5.0, -40.0], 0.05)
         >>> v.status, v.negative
@@ -480,13 +492,19 @@ def overfit_verdict(
     negative = not allow_negative and lowest < 0
     # "rising": the end of the run sits above its start by more than noise.
     rising = math.isfinite(final) and final > initial + 1e-6 * max(1.0, abs(initial))
-    decrease = (initial - lowest) / abs(initial) if math.isfinite(initial) and initial != 0 else math.nan
+    ok = math.isfinite(initial) and initial != 0 and len(finite) == len(losses)
+    decrease = (initial - lowest) / abs(initial) if ok else math.nan
+    head = losses[: max(1, (2 * len(losses)) // 3)]  # the first two thirds
+    tail_progress = (min(head) - lowest) / (initial - lowest) if ok and initial > lowest else 0.0
+    levelled_off = tail_progress < min_tail_progress
     reached = math.isfinite(lowest) and lowest <= target_loss and not negative
     status: Verdict
     if reached:
         status = "pass"
-    elif negative or rising or len(finite) < len(losses) or not decrease >= min_decrease:
+    elif negative or rising or not ok or not decrease >= min_decrease or levelled_off:
         status = "fail"
     else:
         status = "warn"
-    return OverfitVerdict(status, initial, lowest, final, reached, negative, rising, decrease)
+    return OverfitVerdict(
+        status, initial, lowest, final, reached, negative, rising, levelled_off, decrease, tail_progress
+    )

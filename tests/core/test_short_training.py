@@ -223,8 +223,15 @@ def test_overfit_verdict_cases() -> None:
     v = overfit_verdict([2.0, 0.5, 0.04], 0.05)
     assert (v.status, v.initial, v.lowest, v.final, v.reached) == ("pass", 2.0, 0.04, 0.04, True)
     assert v.decrease_fraction == pytest.approx(0.98)
-    assert overfit_verdict([2.0, 0.9, 0.8], 0.05).status == "warn"  # fell 60%: slow, not broken
-    assert overfit_verdict([2.0, 1.5, 1.2], 0.05).status == "fail"  # fell 40%
+    # a steady fall of 0.1 a step over 7 losses: the first two thirds are 4 losses (lowest 1.7),
+    # so the last third made (1.7 - 1.4) / (2.0 - 1.4) = 1/2 of the decrease: still falling
+    v = overfit_verdict([2.0, 1.9, 1.8, 1.7, 1.6, 1.5, 1.4], 0.05)
+    assert v.status == "warn" and v.tail_progress == pytest.approx(0.5) and not v.levelled_off
+    # fell fast, then flat: levelled off far above the target
+    v = overfit_verdict([2.0, 1.2, 1.1, 1.1, 1.1, 1.1], 0.05)
+    assert v.status == "fail" and v.levelled_off and v.tail_progress == 0.0
+    assert overfit_verdict([2.0, 2.0, 2.0], 0.05).status == "fail"  # flat: lr 0, frozen
+    assert overfit_verdict([2.0, 1.999, 1.998], 0.05).status == "fail"  # fell 0.1% < 1%
     v = overfit_verdict([2.0, 2.5, 3.0], 0.05)
     assert v.status == "fail" and v.rising
     v = overfit_verdict([-1.0], 0.05)
