@@ -187,6 +187,16 @@ class NoTensorOut(TinyClassifier):
         return nn.functional.cross_entropy(self.net(x), y)
 
 
+class IgnoresInput(TinyClassifier):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.zeros_like(x))
+
+
+def test_output_that_ignores_the_input_is_a_warning_not_a_pass(tmp_path: Path) -> None:
+    (finding,) = fit(tmp_path, IgnoresInput(), blobs()).findings
+    assert finding.status == "warn" and "do not depend on any input" in finding.summary
+
+
 @pytest.mark.parametrize(
     ("model", "batch_size", "kw", "reason"),
     [
