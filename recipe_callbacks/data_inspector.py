@@ -217,21 +217,27 @@ class DataInspector(RecipeCallback):
             self._show_hardest(trainer, pl_module)
 
     # ----------------------------------------------------------------- reading data
-    def _read(self, trainer: pl.Trainer, loader: DataLoader[Any], key: str) -> tuple[list[Any], int, int] | None:
-        """``([(x, y), ...], samples read, data set size)`` over a bounded subset, ``None`` after a skip."""
+    def _read(
+        self, trainer: pl.Trainer, loader: DataLoader[Any], key: str, hashes: list[bytes] | None
+    ) -> tuple[list[torch.Tensor], int, int] | None:
+        """Read a bounded subset: hash its inputs into ``hashes`` (when given) and return
+        ``(targets, samples read, data set size)``; ``None`` after a skip. Inputs are not kept."""
         bounded, size = bounded_loader(loader, self.max_samples, self.seed)
-        out: list[Any] = []
+        targets: list[torch.Tensor] = []
         read = 0
         with isolate_rng():
             for batch in bounded:
                 resolved = self.resolve(trainer, batch, key=key)
                 if resolved is None:
                     return None
-                out.append((resolved.x, resolved.y))
+                if hashes is not None:
+                    hashes += sample_hashes(resolved.x)
+                if resolved.y is not None:
+                    targets.append(resolved.y.detach().cpu())
                 read += int(resolved.x.shape[0]) if resolved.x.ndim else 1
                 if read >= self.max_samples:
                     break
-        return out, read, size
+        return targets, read, size
 
     # ----------------------------------------------------------------- labels
     def _inspect_labels(self, trainer: pl.Trainer) -> None:
@@ -241,13 +247,11 @@ class DataInspector(RecipeCallback):
         if loader is None:
             self.skip(trainer, "found no training DataLoader to inspect", "", key=key)
             return
-        data = self._read(trainer, loader, key)
+        self._train_hashes = []
+        data = self._read(trainer, loader, key, self._train_hashes if self.check_duplicates else None)
         if data is None:
             return
-        items, read, size = data
-        if self.check_duplicates:
-            self._train_hashes = [h for x, _ in items for h in sample_hashes(x)]
-        targets = [y for _, y in items if y is not None]
+        targets, read, size = data
         if not targets:
             self.skip(trainer, "the training batches have no target to count", "target_key", key=key)
             return
@@ -330,10 +334,8 @@ class DataInspector(RecipeCallback):
             return
         val_hashes: list[bytes] = []
         for loader in loaders:
-            data = self._read(trainer, loader, key)
-            if data is None:
+            if self._read(trainer, loader, key, val_hashes) is None:
                 return
-            val_hashes += [h for x, _ in data[0] for h in sample_hashes(x)]
         val_hashes = val_hashes[: self.max_samples]
         shared = shared_samples(self._train_hashes, val_hashes)
         n_train, n_val = len(self._train_hashes), len(val_hashes)

@@ -29,6 +29,7 @@ from recipe_callbacks.core.init_loss import (
     per_sample_loss,
     predicted_distribution,
 )
+from recipe_callbacks.core.pictures import line_chart
 from recipe_callbacks.data_inspector import DataInspector
 from recipe_callbacks.finding import OnFail, Status
 from recipe_callbacks.observe import observing
@@ -172,6 +173,7 @@ class InitLossCheck(RecipeCallback):
           distribution and the prior); ``step_loss`` (the loss ``training_step`` returned).
         - ``recipe/init_loss_check/mean_prob/<c>`` and ``recipe/init_loss_check/prior/<c>``: mean
           predicted probability and prior of each class (up to 32 classes).
+        - ``recipe/init_loss_check/predicted_vs_prior``: image, the two as lines over the classes.
         - with ``fix_bias``: ``recipe/init_loss_check/fix_bias/loss_before``, ``fix_bias/loss_after``,
           ``fix_bias/expected``, ``fix_bias/counted_samples``, ``fix_bias/cost_steps``.
 
@@ -533,6 +535,12 @@ class InitLossCheck(RecipeCallback):
         self.report(trainer, status, summary, values, advice, key="init_loss")
 
     def _log_per_class(self, trainer: pl.Trainer, mean_prob: torch.Tensor, prior: torch.Tensor | None) -> None:
+        if prior is not None:
+            chart = line_chart(
+                {"mean predicted probability": mean_prob.tolist(), "prior": prior.tolist()},
+                title="InitLossCheck: predicted distribution at init vs the class prior (x: class)",
+            )
+            self.log_image(trainer, "predicted_vs_prior", chart)
         if mean_prob.numel() > _MAX_CLASS_SCALARS:
             return
         scalars = {f"mean_prob/{c}": float(p) for c, p in enumerate(mean_prob)}
@@ -568,11 +576,12 @@ class InitLossCheck(RecipeCallback):
                 return
             summary.update(resolved.y)
         summary = self._reduce_summary(trainer, summary)
+        inspector: torch.Tensor | None = None
         if task != "regression":
             size = num_classes if task == "multiclass" else 2
             inspector = self._prior_from_inspector(trainer, int(size or 0))
             if inspector is not None:
-                summary.counts = inspector
+                summary.counts = inspector  # a prior over more samples; only its proportions are used
         bias = bias_for_prior(task, summary)
         layer = dict(pl_module.named_modules()).get(layer_name) if layer_name else None
         layer_bias = getattr(layer, "bias", None)
@@ -593,18 +602,24 @@ class InitLossCheck(RecipeCallback):
         after = self._mean_loss(pl_module, after_pairs, task)
         self._fixed_summary = summary
         self._fix_cost = 2 * len(pairs) * _FORWARD_COST
-        exp = expected_regression_loss(summary) if task == "regression" else expected_classification_loss(
-            (num_classes or 2) if task == "multiclass" else 2, summary.prior(), self.tolerance
-        )
+        judged = TargetSummary(task, num_classes)
+        for _, tg in pairs:
+            judged.update(tg)
+        if task == "regression":
+            exp = expected_regression_loss(summary, judged)
+        else:
+            size = (num_classes or 2) if task == "multiclass" else 2
+            exp = expected_classification_loss(size, summary.prior(), self.tolerance, judged.counts)
         kind = {"multiclass": "log class frequencies", "binary": "log-odds of the positive rate",
                 "regression": "target mean"}[task]
+        counted = "the prior of DataInspector" if inspector is not None else (
+            f"counted over {summary.n} targets in {len(batches)} batches")
         self.report(
             trainer,
             "pass",
-            f"fix_bias set the bias of '{layer_name}' to {_fmt_vector(layer_bias.detach())} ({kind}, counted over "
-            f"{summary.n} targets in {len(batches)} batches): loss {before:.4g} -> {after:.4g} on {len(pairs)} "
-            f"batches, expected {exp.value if exp else math.nan:.4g}. This changed the model on purpose "
-            "(fix_bias=True).",
+            f"fix_bias set the bias of '{layer_name}' to {_fmt_vector(layer_bias.detach())} ({kind}, {counted}): "
+            f"loss {before:.4g} -> {after:.4g} on {len(pairs)} batches, expected "
+            f"{exp.value if exp else math.nan:.4g}. This changed the model on purpose (fix_bias=True).",
             {
                 "fix_bias/loss_before": before, "fix_bias/loss_after": after,
                 "fix_bias/expected": exp.value if exp else math.nan,
