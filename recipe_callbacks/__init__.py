@@ -23,6 +23,7 @@ from recipe_callbacks.prediction_dynamics_logger import PredictionDynamicsLogger
 from recipe_callbacks.batch_independence_check import BatchIndependenceCheck
 from recipe_callbacks.causality_check import CausalityCheck
 from recipe_callbacks.no_lr_decay_warning import NoLRDecayWarning
+from recipe_callbacks.first_layer_filter_viz import FirstLayerFilterViz
 from recipe_callbacks.update_ratio_monitor import UpdateRatioMonitor
 
 from recipe_callbacks import presets
@@ -35,6 +36,7 @@ __all__ = [
     "CausalityCheck",
     "DataInspector",
     "Finding",
+    "FirstLayerFilterViz",
     "FullEvalSet",
     "InitLossCheck",
     "InputIndependentBaseline",

@@ -1,0 +1,313 @@
+"""FirstLayerFilterViz: recipe step 4, the first layer's weights as pictures and a noise score."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+from typing_extensions import override
+
+from recipe_callbacks.batch import BatchResolutionError, BatchToXY, resolve_batch
+from recipe_callbacks.callback_base import RecipeCallback
+from recipe_callbacks.core.filter_noise import bank_from_linear, bank_noise_score, filter_tiles
+from recipe_callbacks.core.pictures import heatmap, image_grid
+from recipe_callbacks.finding import OnFail
+from recipe_callbacks.observe import observing
+from recipe_callbacks.validation import check_float, check_int, check_optional_str
+
+if TYPE_CHECKING:
+    import lightning.pytorch as pl
+
+_OWNER = "FirstLayerFilterViz"
+FILTER_LAYERS: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+# Layers that may come first but have no filters over the input; seeing one first is a skip.
+NON_FILTER_LAYERS: tuple[type[nn.Module], ...] = (nn.Embedding, nn.EmbeddingBag)
+
+
+class _FirstLayerFound(Exception):
+    """Stops the search forward as soon as the first candidate layer is entered."""
+
+
+class FirstLayerFilterViz(RecipeCallback):
+    """Draws the weights of the layer that first sees the input, and scores how noise-like they are.
+
+    The layer is the first ``Conv1d/2d/3d`` or ``Linear`` entered in forward order: on the first
+    training batch the model runs once (eval mode, no grad, isolated RNG) with pre-forward hooks
+    on the candidate layers, stopped as soon as one is entered; the hooks are then removed. An
+    ``Embedding`` entered first means there are no filters to draw (a ``skip`` Finding).
+    ``layer`` names the module instead.
+
+    Its weights are drawn at the start, every ``every_n_epochs`` epochs and at the end of
+    training: a filter over 3 input channels as one colour tile, other channel counts as one grey
+    tile per channel (one filter per row), each tile scaled to its own min..max; a ``Linear`` over
+    an image as one tile per output unit, reshaped to the image. The **noise score** of the bank
+    (:mod:`recipe_callbacks.core.filter_noise`: mean squared difference of neighbouring weights
+    over twice their variance) is about 1 for random, i.i.d. weights and far lower for smooth,
+    structured filters. At the end a score still above ``noise_threshold`` is flagged: the first
+    layer has not learned structure from the data.
+
+    Args:
+        every_n_epochs: draw and score the filters every this many training epochs.
+        layer: the name of the module to draw (as in ``model.named_modules()``), instead of the
+            first ``Conv``/``Linear`` found.
+        image_shape: the shape of one input sample, e.g. ``[1, 28, 28]``, for a ``Linear`` first
+            layer over flattened images (inferred from the batch when it is not flat).
+        noise_threshold: the noise score at the end of training above which the filters are
+            flagged as noise-like (i.i.d. noise scores about 1; 5x5 Gabor-like filters about 0.5).
+        min_kernel_size: kernels with fewer spatial elements than this (e.g. 3x3 = 9 < 16) are
+            drawn and scored but not judged: small kernels are high-pass by nature.
+        max_filters: draw at most this many filters.
+        on_fail: see :class:`~recipe_callbacks.callback_base.RecipeCallback`.
+        input_key: where the input is in a batch; inferred when ``None``.
+        target_key: where the target is in a batch; inferred when ``None``.
+        batch_to_xy: a function ``batch -> (x, y)`` for other batch shapes.
+
+    Raises:
+        ValueError: for an argument out of range.
+        TypeError: for an argument of the wrong type.
+
+    Logged:
+        - ``recipe/first_layer_filter_viz/filters`` (image): the filter grid (a heat map of the
+          weight matrix for a ``Linear`` over plain feature vectors).
+        - ``recipe/first_layer_filter_viz/noise_score``: the bank's noise score at each drawing.
+        - At the end: ``final_noise_score``, ``initial_noise_score``, ``noise_threshold`` under the
+          same prefix, and a Finding.
+
+    Example::
+
+        trainer = Trainer(callbacks=[FirstLayerFilterViz(every_n_epochs=1)])
+    """
+
+    def __init__(
+        self,
+        every_n_epochs: int = 1,
+        layer: str | None = None,
+        image_shape: list[int] | None = None,
+        noise_threshold: float = 0.8,
+        min_kernel_size: int = 16,
+        max_filters: int = 64,
+        on_fail: OnFail = "warn",
+        input_key: str | None = None,
+        target_key: str | None = None,
+        batch_to_xy: BatchToXY | None = None,
+    ) -> None:
+        super().__init__(on_fail, input_key, target_key, batch_to_xy)
+        self.every_n_epochs = check_int(_OWNER, "every_n_epochs", every_n_epochs)
+        self.layer = check_optional_str(_OWNER, "layer", layer)
+        if image_shape is not None:
+            if not isinstance(image_shape, (list, tuple)) or not 2 <= len(image_shape) <= 4:
+                raise TypeError(f"{_OWNER}(image_shape={image_shape!r}): image_shape must be None or 2-4 ints")
+            image_shape = [check_int(_OWNER, "image_shape", s) for s in image_shape]
+        self.image_shape = image_shape
+        self.noise_threshold = check_float(_OWNER, "noise_threshold", noise_threshold, maximum=2.0)
+        self.min_kernel_size = check_int(_OWNER, "min_kernel_size", min_kernel_size, minimum=2)
+        self.max_filters = check_int(_OWNER, "max_filters", max_filters)
+        self.layer_name: str | None = None
+        self.initial_noise_score = math.nan
+        self._module: nn.Module | None = None
+        self._input_shape: tuple[int, ...] | None = None
+        self._searched = False
+        self._last_drawn_step = -1
+        self.last_noise_score = math.nan
+
+    # ----------------------------------------------------------------- hooks
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._searched, self._module, self._last_drawn_step = False, None, -1
+
+    @override
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if self._searched:
+            return
+        self._searched = True
+        if self._find_layer(trainer, pl_module, batch):
+            score = self._draw(trainer)
+            if math.isnan(self.initial_noise_score):
+                self.initial_noise_score = score
+
+    @override
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._module is not None and (trainer.current_epoch + 1) % self.every_n_epochs == 0:
+            self._draw(trainer)
+
+    @override
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._module is not None:
+            self._draw(trainer)
+            self._judge(trainer)
+
+    # ----------------------------------------------------------------- finding the layer
+    def _find_layer(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any) -> bool:
+        if self.layer is not None:
+            return self._named_layer(trainer, pl_module, batch, self.layer)
+        resolved = self.resolve(trainer, batch)
+        if resolved is None:
+            return False
+        self._input_shape = tuple(resolved.x.shape[1:])
+        entered: list[str] = []
+
+        def make_hook(name: str) -> Any:
+            def hook(module: nn.Module, args: Any) -> None:
+                entered.append(name)
+                raise _FirstLayerFound
+
+            return hook
+
+        candidates = FILTER_LAYERS + NON_FILTER_LAYERS
+        handles = [
+            m.register_forward_pre_hook(make_hook(name))
+            for name, m in pl_module.named_modules()
+            if isinstance(m, candidates)
+        ]
+        try:
+            with observing(pl_module), trainer.precision_plugin.val_step_context():
+                pl_module(resolved.x)
+        except _FirstLayerFound:
+            pass
+        except Exception as err:  # the user's training must go on
+            if not entered:
+                self.skip(trainer, f"the forward pass to find the first layer failed ({err!r})", "layer")
+                return False
+        finally:
+            for handle in handles:
+                handle.remove()
+        if not entered:
+            self.skip(trainer, "no Conv1d/2d/3d or Linear layer ran on the input", "layer")
+            return False
+        module = pl_module.get_submodule(entered[0])
+        if isinstance(module, NON_FILTER_LAYERS):
+            self.skip(
+                trainer,
+                f"the first layer, {entered[0]!r}, is an {type(module).__name__}: its rows are learned vectors "
+                "looked up by index, not filters over the input, so there is nothing to draw",
+                "layer",
+            )
+            return False
+        self.layer_name, self._module = entered[0], module
+        return True
+
+    def _named_layer(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, name: str) -> bool:
+        try:
+            module = pl_module.get_submodule(name)
+        except AttributeError:
+            names = [n for n, m in pl_module.named_modules() if isinstance(m, FILTER_LAYERS)][:8]
+            self.skip(trainer, f"the model has no module named {name!r} (Conv/Linear modules: {names})", "layer")
+            return False
+        if not isinstance(module, FILTER_LAYERS):
+            self.skip(trainer, f"{name!r} is a {type(module).__name__}, not a Conv1d/2d/3d or Linear", "layer")
+            return False
+        try:
+            resolved = resolve_batch(batch, self.input_key, self.target_key, self.batch_to_xy)
+            self._input_shape = tuple(resolved.x.shape[1:])
+        except BatchResolutionError:
+            self._input_shape = None
+        self.layer_name, self._module = name, module
+        return True
+
+    # ----------------------------------------------------------------- drawing and scoring
+    def _weight(self) -> torch.Tensor:
+        """A float64 CPU copy of the layer's weight."""
+        weight = getattr(self._module, "weight", None)
+        if not isinstance(weight, torch.Tensor):
+            raise RuntimeError(f"{_OWNER}: layer {self.layer_name!r} has no weight tensor")
+        return weight.detach().to("cpu", torch.float64)
+
+    def filter_bank(self) -> torch.Tensor | None:
+        """The layer's weight as ``(O, C, *spatial)`` float64 on the CPU, or ``None`` for a
+        ``Linear`` over inputs without a spatial layout."""
+        if self._module is None:
+            return None
+        weight = self._weight()
+        if isinstance(self._module, nn.Linear):
+            shape = self.image_shape if self.image_shape is not None else self._input_shape
+            return bank_from_linear(weight, shape) if shape is not None else None
+        return weight
+
+    def _draw(self, trainer: pl.Trainer) -> float:
+        """Log the picture and the score (once per step); returns the score (NaN if none)."""
+        step = int(trainer.global_step)
+        if step == self._last_drawn_step:
+            return self.last_noise_score
+        self._last_drawn_step = step
+        bank = self.filter_bank()
+        score = math.nan
+        if bank is not None and any(s > 1 for s in bank.shape[2:]):
+            score = bank_noise_score(bank)
+            self.log_scalars(trainer, {"noise_score": score})
+        self.last_noise_score = score
+        if trainer.is_global_zero:
+            self.log_image(trainer, "filters", self.picture(bank))
+        return score
+
+    def picture(self, bank: torch.Tensor | None = None) -> Any:
+        """The ``(H, W, 3)`` uint8 picture of the filters (of ``bank``, or the layer's)."""
+        bank = self.filter_bank() if bank is None else bank
+        if bank is None:
+            weight = self._weight()[: self.max_filters]
+            peak = float(weight.abs().max()) or 1.0
+            return heatmap(weight, vmin=-peak, vmax=peak, cell=4)
+        tiles, ncols = filter_tiles(bank, self.max_filters)
+        return image_grid(tiles, ncols=ncols)
+
+    def _judge(self, trainer: pl.Trainer) -> None:
+        bank = self.filter_bank()
+        name = self.layer_name
+        if bank is None:
+            features = self._weight().shape[1]
+            self.skip(
+                trainer,
+                f"the first layer {name!r} is a Linear over {features} plain features: no spatial layout to judge "
+                "its weights by (the weight matrix is drawn as a heat map)",
+                "image_shape",
+            )
+            return
+        kernel = tuple(bank.shape[2:])
+        size = math.prod(kernel)
+        score = self.last_noise_score
+        values = {
+            "final_noise_score": score,
+            "initial_noise_score": self.initial_noise_score,
+            "noise_threshold": self.noise_threshold,
+        }
+        shape_text = f"{bank.shape[0]} filters of {bank.shape[1]} channel(s) x {'x'.join(map(str, kernel))}"
+        seen = (
+            f"first layer {name!r} ({shape_text}): noise score {score:.2f} at the end of training "
+            f"(start {self.initial_noise_score:.2f}; i.i.d. noise ~1, smooth filters far lower)"
+        )
+        if size < self.min_kernel_size or math.isnan(score):
+            self.report(
+                trainer,
+                "skip",
+                f"{seen}; kernels of {size} weights are too small to tell noise from edges",
+                values,
+                f"look at the picture {self.tag('filters')}; "
+                f"set {self.check_name}(min_kernel_size=...) to judge anyway",
+            )
+        elif score > self.noise_threshold:
+            self.report(
+                trainer,
+                "warn",
+                f"{seen}, above {self.noise_threshold:.2f}: the filters still look like noise",
+                values,
+                "the first layer has not learned structure: train longer, check the learning rate (too high keeps "
+                "filters noisy, too low leaves them at init), normalise the inputs, add data augmentation or "
+                f"weight decay; look at {self.tag('filters')}",
+            )
+        else:
+            self.report(trainer, "pass", f"{seen}: the filters have structure", values)
+
+    # ----------------------------------------------------------------- state
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        state.update({"initial_noise_score": self.initial_noise_score, "layer_name": self.layer_name or ""})
+        return state
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self.initial_noise_score = float(state_dict.get("initial_noise_score", math.nan))
