@@ -221,9 +221,9 @@ class InputIndependentBaseline(RecipeCallback):
         share = f"{min(v.relative_gap, 1.0):.0%}" if math.isfinite(v.relative_gap) else "nothing"
         if v.identical:
             summary = (
-                f"the loss is the same with zeroed inputs as with the real inputs at every one of "
-                f"{len(real)} steps ({v.real_initial:.3g} -> {v.real_final:.3g}): the loss does not "
-                "depend on the input"
+                f"the loss is the same with zeroed inputs as with the real inputs at all {len(real)} points "
+                f"of the curve ({v.real_initial:.3g} -> {v.real_final:.3g}, {self.steps} steps on {n} samples): "
+                "the loss does not depend on the input"
             )
             self.report(trainer, "fail", summary, values, self._advice(p))
         elif v.status == "pass":
@@ -258,7 +258,9 @@ class InputIndependentBaseline(RecipeCallback):
                 f"every input value of the first batch is {p['constant_value']:g}: the data pipeline feeds a "
                 "constant; look at what the loader yields (InputVisualizer shows it)"
             )
-        where = f"input_key={self.input_key!r}" if self.input_key else "the inferred input (set input_key if wrong)"
+        where = (
+            f"input_key={self.input_key!r}" if self.input_key else "the input found by default; set input_key if wrong"
+        )
         return (
             f"check that forward uses x (not a constant, a cached tensor or a buffer), that the input "
             f"reaches the network ({where}), and that the data pipeline does not feed zeros or constants"

@@ -215,10 +215,16 @@ class OverfitOneBatch(RecipeCallback):
             )
             self.report(trainer, "pass", summary, values)
             return
-        summary = (
-            f"a copy did not memorise {where} of the first batch in {p['steps']} steps: "
-            f"loss {v.initial:.3g} -> lowest {v.lowest:.3g}, target {self.target_loss:g}"
-        )
+        if v.negative:
+            summary = (
+                f"the loss of a copy on {where} of the first batch is negative ({v.lowest:.3g}), which a "
+                "cross-entropy or a squared error never is"
+            )
+        else:
+            summary = (
+                f"a copy did not memorise {where} of the first batch in {p['steps']} steps: "
+                f"loss {v.initial:.3g} -> lowest {v.lowest:.3g}, target {self.target_loss:g}"
+            )
         self.report(trainer, v.status, summary, values, self._advice(v, notes, lrs, p["no_grad"]))
 
     def _advice(self, v: OverfitVerdict, notes: ModelNotes, lrs: list[float], no_grad: list[str]) -> str:
@@ -231,7 +237,7 @@ class OverfitOneBatch(RecipeCallback):
             )
         if v.rising:
             causes.append(
-                f"the loss rose ({v.initial:.3g} -> {v.final:.3g}) while the optimizer descended: a wrong "
+                f"the loss rose ({v.initial:.3g} -> {v.final:.3g}) although the optimizer should lower it: a wrong "
                 "sign of the loss, a wrong target, or a learning rate far too high"
             )
         zero = [i for i, lr in enumerate(lrs) if lr == 0]
