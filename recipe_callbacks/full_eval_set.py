@@ -153,7 +153,9 @@ class FullEvalSet(RecipeCallback):
     The per-sample loss is computed by FullEvalSet from the logits (``loss``): cross-entropy for a
     multiclass task, BCE with logits for a binary one, MSE for regression; ``forward`` must return
     logits (or predictions, for regression). Metrics are torchmetrics metrics; the standard error
-    of a metric is known when it is a mean of per-sample values (accuracy, MAE, MSE).
+    of a metric is known when it is a mean of per-sample values (accuracy, MAE, MSE): those are
+    computed exactly from the float64 sums (the same definitions as torchmetrics' micro
+    ``Accuracy``, ``MeanAbsoluteError``, ``MeanSquaredError``); the others are torchmetrics metrics.
 
     Args:
         metrics: names of metrics to build for the inferred task (``"accuracy"``, ``"f1"``,
@@ -428,10 +430,11 @@ class FullEvalSet(RecipeCallback):
         allowed = REGRESSION_METRICS if task == "regression" else CLASSIFICATION_METRICS
         num_classes = self.num_classes or (int(preds.shape[1]) if preds.ndim >= 2 else None)
         for name in self._wanted_names(task):
-            if name in allowed:
-                tally.metrics[name] = build_metric(name, task, num_classes).to(preds.device)
-            else:
+            if name not in allowed:
                 tally.notes.append(f"metric {name!r} does not apply to a {task} task")
+            elif task not in PER_SAMPLE_METRICS.get(name, ()):
+                # Means of per-sample values (accuracy, MAE, MSE) come exactly from the float64 sums.
+                tally.metrics[name] = build_metric(name, task, num_classes).to(preds.device)
 
     def _add_batch(self, tally: _Tally, preds: torch.Tensor, target: torch.Tensor) -> None:
         task = self._task_of(preds, target)
@@ -501,16 +504,30 @@ class FullEvalSet(RecipeCallback):
                 argument = tally.skip_argument if tally is not None else ""
                 self.skip(trainer, f"{self._label(idx)}: {reason}", argument, key=self._key(idx))
                 continue
-            metric_values: dict[str, float] = {}
+            computed: dict[str, float] = {}
             if head[_READY] == trainer.world_size and tally is not None and tally.metrics is not None:
-                metric_values = {name: float(m.compute()) for name, m in tally.metrics.items()}
+                computed = {name: float(m.compute()) for name, m in tally.metrics.items()}
             estimates = {
                 name: estimate(sums[3 * i], sums[3 * i + 1], sums[3 * i + 2], self.confidence)
                 for i, name in enumerate(SLOTS)
             }
+            metric_values = self._metric_values(computed, estimates)
             notes = tally.notes if tally is not None else []
             self._report(trainer, idx, loader, estimates, metric_values, head, notes)
         self._end()
+
+    def _metric_values(self, computed: dict[str, float], estimates: dict[str, MeanEstimate]) -> dict[str, float]:
+        """Every metric's value in the order given: torchmetrics' or, for per-sample means, the sums'."""
+        if self.metric_objects is not None:
+            return {name: computed[name] for name in self.metric_objects if name in computed}
+        task = self.task or self._inferred_task
+        out: dict[str, float] = {}
+        for name in self._wanted_names(task) if task is not None else []:
+            if name in computed:
+                out[name] = computed[name]
+            elif name in estimates and estimates[name].count > 0:
+                out[name] = estimates[name].mean
+        return out
 
     def _label(self, idx: int) -> str:
         return f"{self._stage} dataloader {idx}" if idx else self._stage

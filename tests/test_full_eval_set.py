@@ -11,6 +11,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 import torchmetrics
+from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
 from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import Dataset, IterableDataset, Sampler, TensorDataset
@@ -164,6 +165,8 @@ def _validate(tmp_path: Path, val_loader: Any, **trainer_kwargs: Any) -> tuple[F
         ("drop_last=True", lambda d: loader(d, 8, drop_last=True), {}, 32),
         ("EvenIndices", lambda d: loader(d, 8, sampler=EvenIndices(len(d))), {}, 19),
         ("IterableDataset of unknown length", lambda d: loader(Stream(d), 8), {}, 37),
+        # Lightning's wrapper around a custom sampler under DDP (rank 0 of 2 here): the custom sampler is found inside
+        ("EvenIndices", lambda d: loader(d, 8, sampler=DistributedSamplerWrapper(EvenIndices(len(d)), 2, 0)), {}, 10),
     ],
 )
 def test_coverage_warning_names_the_setting(
@@ -316,7 +319,7 @@ def test_ddp_spawn_two_processes_odd_set_is_exact(tmp_path: Path) -> None:
     model, val = SilentClassifier(), blobs(13, seed=1)
     trainer = fast_trainer(
         tmp_path,
-        callbacks=[FullEvalSet(), RecipeReport(print_report=False)],
+        callbacks=[FullEvalSet(metrics=["accuracy", "f1"]), RecipeReport(print_report=False)],
         accelerator="cpu",
         devices=2,
         strategy="ddp_spawn",
@@ -324,11 +327,17 @@ def test_ddp_spawn_two_processes_odd_set_is_exact(tmp_path: Path) -> None:
     )
     trainer.fit(model, loader(blobs(64), 8), loader(val, 4))
     loss, accuracy = direct(model, val)  # ddp_spawn brings the trained weights back to this process
+    assert accuracy not in (0.0, 1.0)  # a figure the padded sample can move
 
     ea = read_events(tmp_path / "run")
     assert scalar_values(ea, f"{TAG}/num_samples") == [13.0]
     assert scalar_values(ea, f"{TAG}/loss") == [pytest.approx(loss, rel=1e-5)]
     assert scalar_values(ea, f"{TAG}/accuracy") == [pytest.approx(accuracy, rel=1e-5)]
+    with torch.no_grad():  # a torchmetrics metric, synced across processes by torchmetrics, padding left out
+        f1 = torchmetrics.functional.f1_score(
+            model(val.tensors[0]), val.tensors[1], "multiclass", num_classes=4, average="macro"
+        )
+    assert scalar_values(ea, f"{TAG}/f1") == [pytest.approx(float(f1), rel=1e-5)]
     (lightning_figure,) = scalar_values(ea, "val_loss")  # sync_dist averages, the padded sample counted twice
     assert lightning_figure != pytest.approx(loss, rel=1e-4)
 

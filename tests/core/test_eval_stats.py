@@ -9,6 +9,8 @@ import pytest
 import torch
 from torch.nn import functional as F
 from torch.utils.data import DistributedSampler
+from torchmetrics.functional import mean_absolute_error, mean_squared_error
+from torchmetrics.functional.classification import binary_accuracy, multiclass_accuracy
 
 from recipe_callbacks.core.eval_stats import (
     estimate,
@@ -70,6 +72,22 @@ def test_per_sample_metrics() -> None:
     assert mse is not None and mse.tolist() == [1.0, 4.0]
     assert per_sample_metric("auroc", "binary", torch.zeros(2), torch.zeros(2)) is None
     assert per_sample_metric("mae", "multiclass", logits, y) is None
+
+
+def test_per_sample_metrics_average_to_torchmetrics() -> None:
+    g = torch.Generator().manual_seed(1)
+    logits, y = torch.randn(50, 5, generator=g), torch.randint(0, 5, (50,), generator=g)
+    accuracy = per_sample_metric("accuracy", "multiclass", logits, y)
+    assert accuracy is not None
+    reference = multiclass_accuracy(logits, y, num_classes=5, average="micro")
+    assert float(accuracy.mean()) == pytest.approx(float(reference), rel=1e-6)
+    out, bits = torch.randn(50, generator=g), torch.randint(0, 2, (50,), generator=g)
+    binary = per_sample_metric("accuracy", "binary", out, bits)
+    assert binary is not None and float(binary.mean()) == pytest.approx(float(binary_accuracy(out.sigmoid(), bits)))
+    pred, real = torch.randn(50, 1, generator=g), torch.randn(50, generator=g)
+    mae, mse = per_sample_metric("mae", "regression", pred, real), per_sample_metric("mse", "regression", pred, real)
+    assert mae is not None and float(mae.mean()) == pytest.approx(float(mean_absolute_error(pred.squeeze(1), real)))
+    assert mse is not None and float(mse.mean()) == pytest.approx(float(mean_squared_error(pred.squeeze(1), real)))
 
 
 def test_sums_over_uneven_batches_give_the_exact_mean_and_stderr() -> None:
