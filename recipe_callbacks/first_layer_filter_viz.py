@@ -164,8 +164,9 @@ class FirstLayerFilterViz(RecipeCallback):
             if isinstance(m, candidates)
         ]
         try:
-            with observing(pl_module), trainer.precision_plugin.val_step_context():
-                pl_module(resolved.x)
+            precision = trainer.precision_plugin
+            with observing(pl_module), precision.val_step_context():
+                pl_module(precision.convert_input(resolved.x))
         except _FirstLayerFound:
             pass
         except Exception as err:  # the user's training must go on

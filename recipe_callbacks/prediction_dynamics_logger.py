@@ -271,8 +271,9 @@ class PredictionDynamicsLogger(RecipeCallback):
     def _predict(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> torch.Tensor | None:
         x, _ = self._device_samples(pl_module)
         try:
-            with observing(pl_module), trainer.precision_plugin.val_step_context():
-                output = _output_tensor(pl_module(x))
+            precision = trainer.precision_plugin  # e.g. float64 inputs under precision="64-true"
+            with observing(pl_module), precision.val_step_context():
+                output = _output_tensor(pl_module(precision.convert_input(x)))
         except Exception as err:  # the user's training must go on
             self.skip(trainer, f"the model's forward failed on the fixed samples ({err!r})", "batch_to_xy")
             return None

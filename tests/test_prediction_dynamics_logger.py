@@ -17,6 +17,7 @@ from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
 from recipe_callbacks import RecipeWarning
+from recipe_callbacks.first_layer_filter_viz import FirstLayerFilterViz
 from recipe_callbacks.prediction_dynamics_logger import PredictionDynamicsLogger
 from tests.support import TinyClassifier, blobs, fast_trainer, loader, read_events, scalar_values
 
@@ -223,11 +224,26 @@ def test_argument_errors_name_the_argument(kwargs: dict[str, Any], error: type[E
 
 
 def test_under_ddp_spawn_rank_zero_logs(tmp_path: Path) -> None:
-    cb = PredictionDynamicsLogger(num_samples=8, every_n_steps=1, on_fail="ignore")
-    trainer = fast_trainer(tmp_path, max_epochs=4, callbacks=[cb], devices=2, strategy="ddp_spawn")
-    trainer.fit(TinyClassifier(), loader(blobs(64), batch_size=8), loader(blobs(32, seed=1)))
+    # Both picture monitors of the issue, on 2 processes; only rank 0 writes.
+    cb = PredictionDynamicsLogger(num_samples=4, every_n_steps=1, on_fail="ignore")
+    filters = FirstLayerFilterViz(on_fail="ignore")
+    trainer = fast_trainer(tmp_path, max_epochs=2, callbacks=[cb, filters], devices=2, strategy="ddp_spawn")
+    trainer.fit(ImageNet(), loader(DictImages(32), batch_size=4), loader(DictImages(8)))
     ea = read_events(tmp_path / "run")
     jitter_values = scalar_values(ea, f"{TAG}/jitter")
-    assert len(jitter_values) == 16  # 4 epochs x 4 steps per rank, one writer
+    assert len(jitter_values) == 8  # 2 epochs x 4 steps per rank, one writer
     assert np.isfinite(jitter_values).all()
     assert len(ea.Images(f"{TAG}/heatmap")) >= 1
+    assert len(ea.Images(f"{TAG}/samples")) >= 1
+    assert len(scalar_values(ea, "recipe/first_layer_filter_viz/noise_score")) == 3  # start, 2 epoch ends
+    assert len(ea.Images("recipe/first_layer_filter_viz/filters")) == 3
+
+
+@pytest.mark.parametrize("precision", ["64-true", "bf16-mixed"])
+def test_other_precisions(tmp_path: Path, precision: str) -> None:
+    cb = PredictionDynamicsLogger(num_samples=4, every_n_steps=1, on_fail="ignore")
+    filters = FirstLayerFilterViz(image_shape=[2, 4], min_kernel_size=8, on_fail="ignore")
+    trainer = fast_trainer(tmp_path, max_epochs=3, callbacks=[cb, filters], logger=False, precision=precision)
+    trainer.fit(TinyClassifier(), loader(blobs(32)), loader(blobs(16, seed=1)))
+    assert cb.findings[-1].status == "pass", cb.findings[-1].message()
+    assert filters.findings[-1].status != "skip", filters.findings[-1].message()
