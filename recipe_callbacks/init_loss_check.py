@@ -29,7 +29,7 @@ from recipe_callbacks.core.init_loss import (
     per_sample_loss,
     predicted_distribution,
 )
-from recipe_callbacks.core.pictures import line_chart
+from recipe_callbacks.core.pictures import bar_chart
 from recipe_callbacks.data_inspector import DataInspector
 from recipe_callbacks.finding import OnFail, Status
 from recipe_callbacks.observe import observing
@@ -173,7 +173,8 @@ class InitLossCheck(RecipeCallback):
           distribution and the prior); ``step_loss`` (the loss ``training_step`` returned).
         - ``recipe/init_loss_check/mean_prob/<c>`` and ``recipe/init_loss_check/prior/<c>``: mean
           predicted probability and prior of each class (up to 32 classes).
-        - ``recipe/init_loss_check/predicted_vs_prior``: image, the two as lines over the classes.
+        - ``recipe/init_loss_check/predicted_vs_prior``: image, a bar per class of the mean predicted
+          probability over the prior (1 everywhere is a calibrated init).
         - with ``fix_bias``: ``recipe/init_loss_check/fix_bias/loss_before``, ``fix_bias/loss_after``,
           ``fix_bias/expected``, ``fix_bias/counted_samples``, ``fix_bias/cost_steps``.
 
@@ -536,9 +537,12 @@ class InitLossCheck(RecipeCallback):
 
     def _log_per_class(self, trainer: pl.Trainer, mean_prob: torch.Tensor, prior: torch.Tensor | None) -> None:
         if prior is not None:
-            chart = line_chart(
-                {"mean predicted probability": mean_prob.tolist(), "prior": prior.tolist()},
-                title="InitLossCheck: predicted distribution at init vs the class prior (x: class)",
+            # one bar per class: 1 is a prediction that matches the prior; a zoomed line chart of
+            # two near-equal curves would exaggerate noise
+            ratio = (mean_prob / prior.clamp_min(1e-12)).tolist()
+            chart = bar_chart(
+                [str(c) for c in range(len(ratio))], ratio,
+                title="InitLossCheck at init: mean predicted probability / prior, per class (1 = matches the prior)",
             )
             self.log_image(trainer, "predicted_vs_prior", chart)
         if mean_prob.numel() > _MAX_CLASS_SCALARS:
