@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 # Keys of Lightning's scheduler config that only work inside the "lr_scheduler" dict.
 SCHEDULER_ONLY_KEYS: tuple[str, ...] = ("interval", "frequency", "strict", "name", "reduce_on_plateau")
 _CHART_POINTS = 1000
+# Findings about what happened during training (kept across a resume); all others come from the preview.
+_HISTORY_KEYS: tuple[str, ...] = ("plateau_metric:", "manual_not_stepped:")
 
 
 def misplaced_scheduler_keys(optim_conf: Any) -> list[str]:
@@ -230,6 +232,10 @@ class NoLRDecayWarning(RecipeCallback):
     # ------------------------------------------------------------------ the preview
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # the preview judges the whole run again: findings restored from a checkpoint about the
+        # schedule are replaced, what happened during earlier training is kept
+        for key in [k for k in self._findings if not k.startswith(_HISTORY_KEYS)]:
+            del self._findings[key]
         optimizers = list(trainer.optimizers)
         configs = list(trainer.lr_scheduler_configs)
         self._opt_steps = [0] * len(optimizers)

@@ -432,3 +432,21 @@ def test_ddp_spawn_two_processes(tmp_path: Path) -> None:
     assert scalar_values(ea, f"{TAG}/planned_steps") == [4.0]
     assert scalar_values(ea, f"{TAG}/stepped") == [4.0] and scalar_values(ea, f"{TAG}/T_max") == [2.0]
     assert len(scalar_values(ea, f"{TAG}/lr_group_0")) == 4
+
+
+# ------------------------------------------------------------------ resume
+def test_resumed_run_previews_the_rest_and_judges_the_whole_run(tmp_path: Path) -> None:
+    # T_max=20 fits the whole 4-epoch run; the first fit stops after 2 epochs and is resumed
+    make = with_scheduler(lambda o, m: sched.CosineAnnealingLR(o, T_max=20), interval="step")
+    first = NoLRDecayWarning(stage="final")
+    trainer = fit(tmp_path / "a", Scheduled(make), first, max_epochs=2)
+    assert first.finding("length:0") is not None  # judged alone, 2 epochs do not match T_max=20
+    trainer.save_checkpoint(tmp_path / "half.ckpt")
+    cb, oracle = NoLRDecayWarning(stage="final"), LRRecorder()
+    resumed = fast_trainer(tmp_path / "b", callbacks=[oracle, cb], max_epochs=4)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=RecipeWarning)
+        resumed.fit(Scheduled(make), loader(blobs(80)), ckpt_path=tmp_path / "half.ckpt")
+    assert problems(cb) == {}, [f.summary for f in cb.findings]
+    assert cb.plan is not None and cb.plan.steps.tolist() == list(range(10, 20))
+    np.testing.assert_allclose(cb.plan.lrs, np.asarray(oracle.lrs), rtol=1e-12)

@@ -184,7 +184,8 @@ class PlannedSchedule:
     ``lrs[i, g]`` is the LR of group ``g`` at optimizer step ``steps[i]`` (recorded every ``stride``
     steps); ``groups[g]`` is ``(optimizer_index, param_group_index)``. ``scheduler_steps[k]`` is how
     often scheduler ``k`` is stepped (for metric-driven ones: how often Lightning would step it).
-    ``error`` is what a scheduler raised (e.g. OneCycleLR stepped past ``total_steps``) after
+    ``scheduler_start[k]`` is scheduler ``k``'s ``last_epoch`` before the simulation (its steps
+    before a resume). ``error`` is what a scheduler raised (e.g. OneCycleLR stepped past ``total_steps``) after
     ``error_step`` optimizer steps, where the real run will crash: the curve is recorded up to there,
     the scheduler steps are counted for the whole run.
     """
@@ -194,6 +195,7 @@ class PlannedSchedule:
     groups: list[tuple[int, int]]
     scheduler_steps: list[int]
     scheduler_steps_by_epoch: list[list[int]] = field(default_factory=list)
+    scheduler_start: list[int] = field(default_factory=list)
     total_steps: float = 0
     simulated_steps: int = 0
     epochs: int = 0
@@ -260,6 +262,7 @@ def simulate_schedule(
     steps: list[int] = []
     lrs: list[list[float]] = []
     counts = [0] * len(schedulers)
+    start_positions = [int(getattr(e.scheduler, "last_epoch", 0)) for e in schedulers]
     by_epoch: list[list[int]] = []
     step, made, epoch = loop.start_step, 0, loop.start_epoch
     error, error_step = "", -1
@@ -307,6 +310,7 @@ def simulate_schedule(
         groups=groups,
         scheduler_steps=counts,
         scheduler_steps_by_epoch=by_epoch,
+        scheduler_start=start_positions,
         total_steps=total,
         simulated_steps=made,
         epochs=epoch - loop.start_epoch,
@@ -416,7 +420,7 @@ def length_issues(
     error_step: int = -1,
 ) -> list[ScheduleIssue]:
     """Does the scheduler's length (``T_max``, ``total_steps``, ``step_size``, ``milestones``,
-    ``total_iters``) match the ``stepped`` times Lightning will step it?
+    ``total_iters``) match the ``stepped`` times Lightning will step it over the whole run?
 
     ``epochs`` and ``steps`` are the run's length in epochs and optimizer steps (for the hint that
     names the unit the length was probably counted in). ``error`` is what the simulation caught.
@@ -429,7 +433,7 @@ def length_issues(
     """
     s, name, key = entry.scheduler, entry.name, f"length:{index}"
     unit = "optimizer step" if entry.interval == "step" else "epoch"
-    where = f"scheduler {index} ({name}, stepped once per {unit}, {stepped} times in this run)"
+    where = f"scheduler {index} ({name}, stepped once per {unit}, {stepped} times over the run)"
     lo, hi = (1.0 - tolerance) * stepped, (1.0 + tolerance) * stepped
     out: list[ScheduleIssue] = []
 
@@ -583,7 +587,8 @@ def analyze_schedule(
     """
     issues: list[ScheduleIssue] = []
     run_steps = int(plan.simulated_steps)
-    epochs = plan.epochs
+    # lengths are judged over the whole run, including what came before a resume
+    epochs, all_steps = loop.start_epoch + plan.epochs, loop.start_step + run_steps
     flagged_optimizers: set[int] = set()
     optimizer_of = [e.optimizer_index for e in schedulers]
     for k, entry in enumerate(schedulers):
@@ -594,12 +599,13 @@ def analyze_schedule(
             continue
         if plan.truncated:
             continue
+        before = plan.scheduler_start[k] if k < len(plan.scheduler_start) else 0
         found = length_issues(
             entry,
             k,
-            stepped,
+            before + stepped,
             epochs=epochs,
-            steps=run_steps,
+            steps=all_steps,
             tolerance=length_tolerance,
             error=plan.error,
             error_step=plan.error_step,
