@@ -6,6 +6,7 @@ import math
 from typing import TYPE_CHECKING, Any
 
 import torch
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.seed import isolate_rng
 from typing_extensions import override
 
@@ -15,6 +16,7 @@ from recipe_callbacks.core.pictures import line_chart
 from recipe_callbacks.core.short_training import (
     ShortTrainingError,
     baseline_verdict,
+    remove_hooks_owned_by,
     take_samples,
     train_for,
     user_optimizer,
@@ -178,6 +180,8 @@ class InputIndependentBaseline(RecipeCallback):
             seed = torch.initial_seed()
             for name, batches in (("real", [real]), ("zero", [zero])):
                 copy = detached_copy(pl_module)  # same initial weights, modes kept
+                # other callbacks' hooks on the real model must not see the copy's forward passes
+                remove_hooks_owned_by(copy, (Callback,))
                 try:
                     optimizer = user_optimizer(copy, pl_module, trainer.optimizers, self.lr)
                     run = train_for(copy, _loss, optimizer, batches, self.steps, seed=seed)

@@ -6,6 +6,7 @@ import math
 from typing import TYPE_CHECKING, Any
 
 import torch
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.seed import isolate_rng
 from typing_extensions import override
 
@@ -20,6 +21,7 @@ from recipe_callbacks.core.short_training import (
     learning_rates,
     model_notes,
     overfit_verdict,
+    remove_hooks_owned_by,
     take_samples,
     train_for,
     user_optimizer,
@@ -167,6 +169,8 @@ class OverfitOneBatch(RecipeCallback):
         """Train the copy; returns plain data (the same on every rank after the broadcast)."""
         with isolate_rng():
             copy = detached_copy(pl_module)  # keeps the train/eval mode of every submodule
+            # other callbacks' hooks on the real model must not see the copy's forward passes
+            remove_hooks_owned_by(copy, (Callback,))
             try:
                 optimizer = user_optimizer(copy, pl_module, trainer.optimizers, self.lr)
             except ShortTrainingError as err:

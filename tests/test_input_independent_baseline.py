@@ -153,6 +153,37 @@ def test_seeded_run_ends_with_the_same_weights_with_both_checks(tmp_path: Path) 
     )
 
 
+class ForwardWatcher(pl.Callback):
+    """Another callback that watches the real model's forward passes with a hook during step 0."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.handle: Any = None
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, idx: int) -> None:
+        if idx == 0:
+
+            def hook(module: nn.Module, args: Any, output: Any) -> None:
+                self.calls += 1
+
+            self.handle = pl_module.register_forward_hook(hook)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        if self.handle is not None:
+            self.handle.remove()
+            self.handle = None
+
+
+def test_hooks_of_other_callbacks_do_not_see_the_copies(tmp_path: Path) -> None:
+    watcher = ForwardWatcher()  # registered before the checks run, as InitLossCheck does in the presets
+    checks = [InputIndependentBaseline(on_fail="ignore"), OverfitOneBatch(on_fail="ignore")]
+    pl.seed_everything(0)
+    trainer = fast_trainer(tmp_path, callbacks=[watcher, *checks], max_steps=1)
+    trainer.fit(AdamClassifier(lr=0.02), loader(blobs(64), batch_size=32))
+    assert all(cb.findings[0].values["steps"] > 0 for cb in checks)
+    assert watcher.calls == 1  # the real training step only, none of the copies' passes
+
+
 def test_resumed_run_does_not_train_the_copies_again(tmp_path: Path) -> None:
     pl.seed_everything(0)
     model = AdamClassifier(lr=0.02)
