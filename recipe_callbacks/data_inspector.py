@@ -24,7 +24,7 @@ from recipe_callbacks.core.data_stats import (
     shared_samples,
     top_k_hardest,
 )
-from recipe_callbacks.core.init_loss import TASKS, Task, infer_task, logits_of, per_sample_loss
+from recipe_callbacks.core.init_loss import TASKS, Task, class_first, infer_task, logits_of, per_sample_loss
 from recipe_callbacks.core.pictures import bar_chart, image_grid
 from recipe_callbacks.finding import OnFail, Status
 from recipe_callbacks.observe import observing
@@ -75,8 +75,10 @@ def _describe(value: torch.Tensor) -> str:
     return f"{tuple(value.shape)} tensor"
 
 
-def _predictions(logits: torch.Tensor, task: Task) -> list[str]:
+def _predictions(logits: torch.Tensor, target: torch.Tensor, task: Task) -> list[str]:
     out = logits.detach().to(torch.float64)
+    if task == "multiclass":
+        out = class_first(out, target)
     n = out.shape[0]
     if task == "multiclass":
         if out.ndim == 2:
@@ -384,7 +386,7 @@ class DataInspector(RecipeCallback):
                     return
                 losses = per_sample_loss(logits, y, task)
                 images = images and looks_like_images(resolved.x)
-                hardest.add(losses, seen, resolved.x, resolved.y, _predictions(logits, task))
+                hardest.add(losses, seen, resolved.x, resolved.y, _predictions(logits, y, task))
                 total += float(losses.sum())
                 seen += losses.numel()
                 batches += 1

@@ -21,6 +21,7 @@ from recipe_callbacks.core.init_loss import (
     TargetSummary,
     Task,
     bias_for_prior,
+    class_first,
     expected_classification_loss,
     expected_regression_loss,
     infer_task,
@@ -442,6 +443,8 @@ class InitLossCheck(RecipeCallback):
             return
         num_classes = None
         if task == "multiclass":
+            pairs = [(class_first(lg, tg), tg) for lg, tg in pairs]
+            logits = pairs[0][0]
             num_classes = self.num_classes or int(logits.shape[1])
             if logits.ndim < 2 or logits.shape[1] != num_classes:
                 self.skip(trainer, f"logits {tuple(logits.shape)} do not have {num_classes} classes", "num_classes")
@@ -571,7 +574,7 @@ class InitLossCheck(RecipeCallback):
         if task is None:
             self.skip(trainer, "fix_bias could not tell the task from the logits and targets", "task", key=key)
             return
-        num_classes = self.num_classes or (int(logits.shape[1]) if task == "multiclass" else None)
+        num_classes = self.num_classes or (int(class_first(logits, target).shape[1]) if task == "multiclass" else None)
         summary = TargetSummary(task, num_classes)
         for batch in batches:
             resolved = self.resolve(trainer, batch, key=key)

@@ -373,3 +373,40 @@ def test_under_ddp_spawn_both_ranks_agree(tmp_path: Path) -> None:
     expected = binary_entropy(float(zero_vs_rest().tensors[1].mean()))
     assert abs(observed - expected) / expected < 0.25
     assert scalar_values(ea, "recipe/data_inspector/duplicates") == [200.0]  # val is the train set here
+
+
+class TinyLM(pl.LightningModule):
+    """(B, T) token ids -> (B, T, V) logits, nanoGPT's layout; cross-entropy over flattened tokens."""
+
+    def __init__(self, vocab: int = 12) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, 16)
+        self.head = nn.Linear(16, vocab)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head(self.embed(ids))
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        return nn.functional.cross_entropy(self(x).flatten(0, 1), y.flatten())
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+def test_sequence_logits_with_the_class_axis_last(tmp_path: Path) -> None:
+    g = torch.Generator().manual_seed(0)
+    uniform = torch.randint(0, 12, (32, 9), generator=g)
+    cb = InitLossCheck()
+    fit(tmp_path / "uniform", TinyLM(), loader(TensorDataset(uniform[:, :-1], uniform[:, 1:]), 8), [cb])
+    f = finding(cb, "pass")
+    assert f.values["num_classes"] == 12 and f.values["expected"] == pytest.approx(math.log(12))
+    # skewed tokens: most are token 0; fix_bias sets the 12 biases of the head
+    skewed = torch.where(torch.rand(32, 9, generator=g) < 0.8, 0, uniform)
+    fixer = InitLossCheck(fix_bias=True)
+    model = TinyLM()
+    fit(tmp_path / "skewed", model, loader(TensorDataset(skewed[:, :-1], skewed[:, 1:]), 8), [fixer], max_steps=1)
+    fixed = next(x for x in fixer.findings if x.summary.startswith("fix_bias set"))
+    assert "'head'" in fixed.summary
+    assert fixed.values["fix_bias/loss_after"] < fixed.values["fix_bias/loss_before"]
+    assert finding(fixer).status == "pass"

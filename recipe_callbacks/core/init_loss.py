@@ -61,10 +61,36 @@ def logits_of(output: object) -> torch.Tensor | None:
     return None
 
 
+def class_axis(output: torch.Tensor, target: torch.Tensor) -> int | None:
+    """Where the classes are in multiclass logits for these targets: ``1`` for ``(N, C, ...)``
+    (PyTorch's layout), ``-1`` for ``(N, ..., C)`` (sequence models: ``(B, T, V)`` logits for
+    ``(B, T)`` targets), ``None`` when neither fits. ``1`` wins when both do.
+
+    Example:
+        >>> class_axis(torch.zeros(2, 5, 3), torch.zeros(2, 3, dtype=torch.long))
+        1
+        >>> class_axis(torch.zeros(2, 3, 65), torch.zeros(2, 3, dtype=torch.long))
+        -1
+    """
+    if output.ndim != target.ndim + 1 or output.ndim < 2 or output.shape[0] != target.shape[0]:
+        return None
+    if output.shape[1] >= 2 and output.shape[2:] == target.shape[1:]:
+        return 1
+    if output.shape[-1] >= 2 and output.shape[:-1] == target.shape:
+        return -1
+    return None
+
+
+def class_first(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Multiclass logits in PyTorch's ``(N, C, ...)`` layout (moves a last class axis to dim 1)."""
+    return output.movedim(-1, 1) if class_axis(output, target) == -1 else output
+
+
 def infer_task(output: torch.Tensor, target: torch.Tensor) -> Task | None:
     """Which loss fits ``output`` (logits or predictions) and ``target``, from shapes and dtypes.
 
-    - ``multiclass``: integer targets of shape ``(N, ...)`` and logits ``(N, C, ...)`` with C >= 2;
+    - ``multiclass``: integer targets of shape ``(N, ...)`` and logits ``(N, C, ...)`` or
+      ``(N, ..., C)`` with C >= 2;
     - ``binary``: one logit per target (``(N,)`` or ``(N, 1)``, or the target's shape) and
       targets that are all 0 or 1 (float, int or bool);
     - ``regression``: float targets with as many elements per sample as the output;
@@ -85,12 +111,7 @@ def infer_task(output: torch.Tensor, target: torch.Tensor) -> Task | None:
     if not output.is_floating_point():
         return None
     integral = not target.is_floating_point() and target.dtype != torch.bool
-    if (
-        integral
-        and output.ndim == target.ndim + 1
-        and output.shape[1] >= 2
-        and output.shape[2:] == target.shape[1:]
-    ):
+    if integral and class_axis(output, target) is not None:
         return "multiclass"
     per_sample_out = output[0].numel()
     per_sample_target = target[0].numel()
@@ -114,7 +135,7 @@ def per_sample_loss(output: torch.Tensor, target: torch.Tensor, task: Task) -> t
     n = output.shape[0]
     out = output.detach().to(torch.float64)
     if task == "multiclass":
-        losses = F.cross_entropy(out, target.detach().long(), reduction="none")
+        losses = F.cross_entropy(class_first(out, target), target.detach().long(), reduction="none")
     elif task == "binary":
         losses = F.binary_cross_entropy_with_logits(
             out.reshape(n, -1), target.detach().to(torch.float64).reshape(n, -1), reduction="none"

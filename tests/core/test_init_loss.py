@@ -205,3 +205,11 @@ def test_judge_init_loss_places_the_observed_loss() -> None:
     assert judge_init_loss(math.log(2) * 1.6, imbalanced, 0.25).verdict == "too_high"
     assert judge_init_loss(0.33, imbalanced, 0.25).verdict == "pass"
     assert judge_init_loss(3.0, imbalanced, 0.25).verdict == "too_high"
+
+
+def test_class_axis_last_for_sequence_logits_matches_flattened_cross_entropy() -> None:
+    g = torch.Generator().manual_seed(4)
+    logits, y = torch.randn(3, 5, 7, generator=g), torch.randint(0, 7, (3, 5), generator=g)
+    assert infer_task(logits, y) == "multiclass"
+    oracle = F.cross_entropy(logits.double().flatten(0, 1), y.flatten(), reduction="none").reshape(3, 5).mean(1)
+    torch.testing.assert_close(per_sample_loss(logits, y, "multiclass"), oracle)
