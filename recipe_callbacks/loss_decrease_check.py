@@ -106,6 +106,12 @@ class LossDecreaseCheck(RecipeCallback):
         self.batches_seen = 0
         self._active = False
         self._batch_step = 0
+        self._state_key = self._generate_state_key(num_steps=self.num_steps, monitor=self.monitor)
+
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._state_key
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -91,12 +91,12 @@ class UpdateRatioMonitor(RecipeCallback):
 
     Example::
 
-        trainer = Trainer(callbacks=[UpdateRatioMonitor(every_n_steps=50), RecipeReport()])
+        trainer = Trainer(callbacks=[UpdateRatioMonitor(every_n_steps=100), RecipeReport()])
     """
 
     def __init__(
         self,
-        every_n_steps: int = 50,
+        every_n_steps: int = 100,
         min_ratio: float = 1e-5,
         max_ratio: float = 1e-1,
         patience: int = 3,
@@ -105,7 +105,7 @@ class UpdateRatioMonitor(RecipeCallback):
         unit_dim: int = 1,
         include_frozen: bool = True,
         history_size: int = 200,
-        plot_every_n_samples: int = 10,
+        plot_every_n_samples: int = 100,
         on_fail: OnFail = "warn",
     ) -> None:
         super().__init__(on_fail=on_fail)
@@ -140,11 +140,14 @@ class UpdateRatioMonitor(RecipeCallback):
         self.activation_steps: deque[int] = deque(maxlen=self.history_size)
         self.dead: dict[str, deque[float]] = {}
         self._signatures: dict[str, tuple[Any, ...]] = {}
+        self._drawn_step = -1
+        # Lightning reads state_key around every hook call (profiler names): build it once.
+        self._state_key = self._generate_state_key(every_n_steps=self.every_n_steps)
 
     @property
     @override
     def state_key(self) -> str:
-        return self._generate_state_key(every_n_steps=self.every_n_steps)
+        return self._state_key
 
     def _sampled(self, step: int) -> bool:
         return step % self.every_n_steps == 0
@@ -285,6 +288,7 @@ class UpdateRatioMonitor(RecipeCallback):
 
     # ----------------------------------------------------------------- activations
     def _arm(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._disarm()  # a batch that ended without on_train_batch_end must not leave hooks behind
         self._records, self._calls = [], {}
         for name, module in pl_module.named_modules():
             kind = core.activation_kind(module)
@@ -396,8 +400,9 @@ class UpdateRatioMonitor(RecipeCallback):
 
     # ----------------------------------------------------------------- picture and state
     def _draw(self, trainer: pl.Trainer) -> None:
-        if not trainer.is_global_zero or not self.ratio_steps:
+        if not trainer.is_global_zero or not self.ratio_steps or self.ratio_steps[-1] == self._drawn_step:
             return
+        self._drawn_step = self.ratio_steps[-1]
         series: dict[str, Iterable[float]] = dict(self.ratios)
         series["healthy -3"] = [-3.0] * len(self.ratio_steps)
         image = line_chart(

@@ -173,6 +173,17 @@ def test_monitor_reads_a_logged_metric_and_missing_loss_skips_naming_monitor(tmp
     assert "monitor=" in f.advice
 
 
+def test_logged_metric_and_returned_loss_agree_on_the_same_run(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    from_output = LossDecreaseCheck(num_steps=8)
+    from_metric = LossDecreaseCheck(num_steps=8, monitor="train_loss")
+    assert from_output.state_key != from_metric.state_key  # both can sit on one Trainer
+    trainer = fast_trainer(tmp_path, callbacks=[from_output, from_metric], max_steps=8, max_epochs=-1)
+    trainer.fit(TinyClassifier(lr=0.05), loader(blobs(64), batch_size=16))
+    assert len(from_output.losses) == 8
+    assert from_metric.losses == pytest.approx(from_output.losses, rel=1e-6)
+
+
 def test_run_shorter_than_num_steps_is_judged_at_the_end_or_skipped(tmp_path: Path) -> None:
     torch.manual_seed(0)
     check = LossDecreaseCheck(num_steps=30)
