@@ -187,11 +187,14 @@ class SeedEverything(RecipeCallback):
             self._pending_rng = None
             self._report_resume(trainer, restored)
             return
-        built_before = self._built_before_seeding(trainer, pl_module)
-        seed_everything(self.seed, workers=self.workers, verbose=False)
-        if self.is_resumed(trainer):
+        if trainer.ckpt_path is not None:  # resumed from a checkpoint without RNG states
+            seed_everything(self.seed, workers=self.workers, verbose=False)
             self._report_resume(trainer, [])
             return
+        if trainer.global_step > 0:  # a further fit() of the same Trainer: let the streams run on
+            return
+        built_before = self._built_before_seeding(trainer, pl_module)
+        seed_everything(self.seed, workers=self.workers, verbose=False)
         self.weights_fingerprint = fingerprint_tensors(pl_module.state_dict().items())
         self.batch_fingerprint = ""
         self._batch_pending = True

@@ -240,7 +240,8 @@ def test_no_observer_effect(tmp_path: Path) -> None:
 
 
 # ----------------------------------------------------------------- DDP
-def test_flags_agree_across_ddp_ranks(tmp_path: Path) -> None:
+def test_flags_agree_across_ddp_ranks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PL_GLOBAL_SEED", "0")  # the seed of Lightning's DistributedSampler
     x, y = images(n=32)
     # Lightning gives each rank a shuffled DistributedSampler (seed 0): plant a NaN in rank 1's first batch only.
     rank1 = list(DistributedSampler(TensorDataset(x, y), num_replicas=2, rank=1, shuffle=True, seed=0))[:8]
@@ -271,3 +272,14 @@ def test_flags_agree_across_ddp_ranks(tmp_path: Path) -> None:
 def test_argument_errors_name_the_argument(kwargs: dict[str, Any], error: type[Exception], name: str) -> None:
     with pytest.raises(error, match=rf"InputVisualizer\({name}="):
         InputVisualizer(**kwargs)
+
+
+def test_without_a_logger_pictures_and_text_land_in_files(tmp_path: Path) -> None:
+    x, y = images()
+    cb = InputVisualizer()
+    trainer = fast_trainer(tmp_path, callbacks=[cb], max_steps=1, logger=False)
+    trainer.fit(FlatClassifier(), DataLoader(TensorDataset(x, y), batch_size=16))
+    folder = tmp_path / "recipe" / "input_visualizer"
+    assert (folder / "images" / "step_0000000.png").is_file()
+    assert "(16, 1, 8, 8)" in (folder / "summary" / "step_0000000.md").read_text()
+    assert status(cb) == "pass"

@@ -15,7 +15,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from recipe_callbacks import RecipeReport, RecipeWarning
-from recipe_callbacks.core.fingerprints import fingerprint_scalar
+from recipe_callbacks.core.fingerprints import fingerprint_scalar, fingerprint_tensors
 from recipe_callbacks.seed_everything import SeedEverything
 from tests.support import TinyClassifier, blobs, fast_trainer, read_events, scalar_values, text_values
 
@@ -249,3 +249,28 @@ def test_resumed_run_reports_restored_states(tmp_path: Path) -> None:
     f = finding(cb2)
     assert f.status == "pass" and "restored" in f.summary and cb.weights_fingerprint in f.summary
     assert cb2.weights_fingerprint == cb.weights_fingerprint
+
+
+def test_resume_from_a_checkpoint_without_rng_state_warns(tmp_path: Path) -> None:
+    pl.seed_everything(0, verbose=False)
+    trainer = fit(tmp_path / "a", TinyClassifier(), [], 1)  # planted: a checkpoint made without the callback
+    trainer.save_checkpoint(tmp_path / "plain.ckpt")
+    cb = SeedEverything(seed=0)
+    with pytest.warns(RecipeWarning, match="holds no RNG state"):
+        fit(tmp_path / "b", TinyClassifier(), [cb], 2, ckpt_path=str(tmp_path / "plain.ckpt"))
+    assert finding(cb).status == "warn"
+    off = SeedEverything(seed=0, save_rng_state=False)
+    fit(tmp_path / "c", TinyClassifier(), [off], 2, ckpt_path=str(tmp_path / "plain.ckpt"))
+    assert finding(off).status == "pass" and "save_rng_state=False" in finding(off).summary
+
+
+def test_fingerprints_under_ddp_spawn(tmp_path: Path) -> None:
+    cb = SeedEverything(seed=3)
+    model = TinyClassifier()
+    expected = fingerprint_tensors(model.state_dict().items())
+    trainer = fast_trainer(tmp_path, callbacks=[cb], max_steps=1, devices=2, strategy="ddp_spawn")
+    trainer.fit(model, DataLoader(blobs(64), batch_size=8, shuffle=True))
+    ea = read_events(tmp_path / "run")
+    assert scalar_values(ea, f"{TAG}/weights_fingerprint") == [fingerprint_scalar(expected)]
+    assert len(scalar_values(ea, f"{TAG}/batch_fingerprint")) == 1
+    assert expected in text_values(ea, f"{TAG}/fingerprints")[0]
