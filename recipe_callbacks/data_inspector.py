@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     import lightning.pytorch as pl
 
 _MAX_CLASS_SCALARS = 100
+_MAX_BARS = 60
 _FORWARD_COST = 1.0 / 3.0
 
 
@@ -98,7 +99,9 @@ class DataInspector(RecipeCallback):
     ``WeightedRandomSampler`` is followed, since it decides what training sees) and counts the
     labels: a bar chart and a scalar per class; a ``fail`` when every label is the same class, a
     ``warn`` when the largest class outnumbers the smallest by more than ``max_imbalance`` (or a
-    class in ``range(num_classes)`` never occurs). :meth:`class_prior` hands the counted prior to
+    class in ``range(num_classes)`` never occurs). Dense labels (one per token or pixel, as in
+    language models and segmentation) are counted and shown, but their imbalance, which is the
+    rule there, is not judged. :meth:`class_prior` hands the counted prior to
     :class:`~recipe_callbacks.InitLossCheck` on the same Trainer.
 
     It hashes every input sample it reads from the training set and up to ``max_samples`` of the
@@ -133,7 +136,8 @@ class DataInspector(RecipeCallback):
         TypeError: for arguments of the wrong type.
 
     Logged:
-        - ``recipe/data_inspector/label_distribution``: bar chart of the training label counts.
+        - ``recipe/data_inspector/label_distribution``: bar chart of the training label counts (the
+          60 most frequent classes when there are more).
         - ``recipe/data_inspector/count/<c>``: training samples of class ``c`` (up to 100 classes).
         - ``recipe/data_inspector/samples``, ``num_classes``, ``present_classes``, ``imbalance_ratio``,
           ``majority_fraction``, ``cost_steps``: the label Finding's values.
@@ -273,9 +277,9 @@ class DataInspector(RecipeCallback):
                 {"samples": float(read), "cost_steps": 0.0}, key=key,
             )
             return
-        self._report_labels(trainer, label_counts(y, self.num_classes), of, read)
+        self._report_labels(trainer, label_counts(y, self.num_classes), of, read, dense=y.shape[1] > 1)
 
-    def _report_labels(self, trainer: pl.Trainer, counts: torch.Tensor, of: str, read: int) -> None:
+    def _report_labels(self, trainer: pl.Trainer, counts: torch.Tensor, of: str, read: int, dense: bool) -> None:
         total = int(counts.sum())
         if total == 0:
             self.skip(trainer, "no labels were counted (all negative / ignored)", "target_key", key="labels")
@@ -289,9 +293,13 @@ class DataInspector(RecipeCallback):
             "samples": float(read), "num_classes": float(counts.numel()), "present_classes": float(present),
             "imbalance_ratio": ratio, "majority_fraction": float(counts.max()) / total, "cost_steps": 0.0,
         }
-        labels = [str(c) for c in range(counts.numel())]
-        self.log_image(trainer, "label_distribution",
-                       bar_chart(labels, counts.tolist(), title=f"training labels ({of} samples)"))
+        shown = torch.arange(counts.numel())
+        title = f"training labels ({of} samples)"
+        if counts.numel() > _MAX_BARS:  # e.g. a vocabulary: the most frequent classes, most frequent first
+            shown = counts.argsort(descending=True, stable=True)[:_MAX_BARS]
+            title += f", the {_MAX_BARS} most frequent of {counts.numel()} classes"
+        chart = bar_chart([str(int(c)) for c in shown], counts[shown].tolist(), title=title)
+        self.log_image(trainer, "label_distribution", chart)
         if counts.numel() <= _MAX_CLASS_SCALARS:
             self.log_scalars(trainer, {f"count/{c}": float(n) for c, n in enumerate(counts)})
         shares = ", ".join(f"{c}: {int(n)}" for c, n in enumerate(counts[:12]))
@@ -303,7 +311,7 @@ class DataInspector(RecipeCallback):
             status = "fail"
             summary = f"every label is class {majority} ({head})"
             advice = "Check the labels: the loader, the label column or the target transform gives one class only."
-        elif ratio > self.max_imbalance:
+        elif ratio > self.max_imbalance and not dense:
             status = "warn"
             missing = [c for c in range(counts.numel()) if counts[c] == 0]
             what = f"classes {missing[:10]} never occur" if missing else f"imbalance {ratio:.3g}:1"
@@ -313,7 +321,8 @@ class DataInspector(RecipeCallback):
                 "(InitLossCheck(fix_bias=True)) and judge with per-class metrics."
             )
         else:
-            summary = f"{head}; {present} classes present, imbalance {ratio:.3g}:1"
+            per = " (labels per token / pixel: imbalance is reported, not judged)" if dense else ""
+            summary = f"{head}; {present} classes present, imbalance {ratio:.3g}:1{per}"
         self.report(trainer, status, summary, values, advice, key="labels")
 
     # ----------------------------------------------------------------- leaks

@@ -256,3 +256,19 @@ def test_no_validation_data_is_a_skip(tmp_path: Path) -> None:
 def test_argument_errors_name_the_argument(kwargs: dict[str, Any], error: type[Exception], match: str) -> None:
     with pytest.raises(error, match=match):
         DataInspector(**kwargs)
+
+
+def test_dense_token_labels_are_counted_but_their_imbalance_is_not_judged(tmp_path: Path) -> None:
+    from tests.test_init_loss_check import TinyLM
+
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.where(torch.rand(32, 9, generator=g) < 0.9, 0, torch.randint(0, 12, (32, 9), generator=g))
+    cb = DataInspector(show_hardest=False, check_duplicates=False)
+    fit(tmp_path, TinyLM(), loader(TensorDataset(tokens[:, :-1], tokens[:, 1:]), 8), None, [cb], max_steps=1)
+    f = by_summary(cb, "label counts")
+    assert f.status == "pass" and f.values["imbalance_ratio"] > 20
+    assert "not judged" in f.summary
+    counts = torch.bincount(tokens[:, 1:].flatten(), minlength=12).double()
+    prior = cb.class_prior()
+    assert prior is not None
+    torch.testing.assert_close(prior, counts / counts.sum())
