@@ -26,6 +26,8 @@ from typing import Literal, get_args
 import torch
 import torch.nn.functional as F
 
+from recipe_callbacks.core.data_stats import label_counts
+
 Task = Literal["multiclass", "binary", "regression"]
 TASKS: tuple[str, ...] = get_args(Task)
 Verdict = Literal["pass", "too_low", "uninformed", "too_high"]
@@ -219,20 +221,16 @@ class TargetSummary:
             self.total_sq += (cols**2).sum(dim=0)
             self.n += cols.shape[0]
             return
-        labels = t.long().flatten()
-        if labels.numel() == 0:
+        counts = label_counts(t, self.num_classes).to(torch.float64)  # an ignore_index (-100) is not a class
+        if counts.numel() == 0:
             return
-        if int(labels.min()) < 0:
-            labels = labels[labels >= 0]  # ignore_index style padding (-100) is not a class
-        size = max(self.num_classes or 0, int(labels.max()) + 1 if labels.numel() else 0)
-        counts = torch.bincount(labels, minlength=size).to(torch.float64)
         if self.counts is None:
             self.counts = counts
         else:
             if counts.numel() > self.counts.numel():
                 self.counts = F.pad(self.counts, (0, counts.numel() - self.counts.numel()))
             self.counts[: counts.numel()] += counts
-        self.n += int(labels.numel())
+        self.n += int(counts.sum())
 
     def prior(self) -> torch.Tensor | None:
         """Class frequencies ``(C,)`` summing to 1 (binary: ``[negatives, positives]``)."""
