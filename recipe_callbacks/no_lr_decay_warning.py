@@ -104,7 +104,8 @@ class NoLRDecayWarning(RecipeCallback):
         adam_lr_factor: the Adam/AdamW note fires beyond this factor away from 3e-4.
         log_every_n_steps: log the actual LR every this many optimizer steps (default: the
             Trainer's ``log_every_n_steps``).
-        max_preview_steps: simulate at most this many optimizer steps (about 3 us each).
+        max_preview_steps: simulate at most this many optimizer steps (a few microseconds each; a longer
+            run is previewed over its first ``max_preview_steps`` steps and the Finding says so).
         on_fail: ``"warn"``, ``"raise"`` or ``"ignore"`` (see :class:`RecipeCallback`).
         input_key: unused (the check reads no batch); accepted like every recipe callback.
         target_key: unused, as ``input_key``.
@@ -139,7 +140,7 @@ class NoLRDecayWarning(RecipeCallback):
         length_tolerance: float = 0.1,
         adam_lr_factor: float = 10.0,
         log_every_n_steps: int | None = None,
-        max_preview_steps: int = 2_000_000,
+        max_preview_steps: int = 1_000_000,
         on_fail: OnFail = "warn",
         input_key: str | None = None,
         target_key: str | None = None,

@@ -227,7 +227,7 @@ def simulate_schedule(
     schedulers: Sequence[ScheduledStep],
     loop: LoopPlan,
     *,
-    max_steps: int = 2_000_000,
+    max_steps: int = 1_000_000,
     max_points: int = 100_000,
 ) -> PlannedSchedule:
     """Step ``schedulers`` (copies!) through the planned run as Lightning 2.x's training loop does.
@@ -268,6 +268,8 @@ def simulate_schedule(
     error, error_step = "", -1
 
     dead: set[int] = set()
+    per_step = [(k, e) for k, e in enumerate(schedulers) if e.interval == "step"]
+    per_epoch = [(k, e) for k, e in enumerate(schedulers) if e.interval != "step"]
 
     def advance(k: int, entry: ScheduledStep) -> None:
         nonlocal error, error_step
@@ -291,12 +293,12 @@ def simulate_schedule(
                         steps.append(step)
                         lrs.append(_read_lrs(optimizers))
                     step, made = step + 1, made + 1
-                    for k, entry in enumerate(schedulers):
-                        if entry.interval == "step" and (batch_idx + 1) % entry.frequency == 0:
+                    for k, entry in per_step:
+                        if (batch_idx + 1) % entry.frequency == 0:
                             advance(k, entry)
                 if is_last:
-                    for k, entry in enumerate(schedulers):
-                        if entry.interval == "epoch" and (epoch + 1) % entry.frequency == 0:
+                    for k, entry in per_epoch:
+                        if (epoch + 1) % entry.frequency == 0:
                             advance(k, entry)
                 if made >= budget:
                     done = True
