@@ -575,7 +575,8 @@ def analyze_schedule(
     not known in advance; groups whose scheduler already has a length issue are not judged twice):
     the LR under ``min_lr_fraction`` of its peak with more than ``end_margin`` of the run left; the
     LR rising again after a decay (not for schedulers cyclic by design); in the ``"early"`` stage
-    any decay (a warning: the recipe keeps the LR constant until the end); in the ``"final"`` stage
+    any decay, a ``ReduceLROnPlateau`` included (a warning: the recipe keeps the LR constant until
+    the end); in the ``"final"`` stage
     no decay at all (a warning).
 
     Example:
@@ -671,6 +672,18 @@ def analyze_schedule(
                 {"peak_lr": prof.peak, "lowest_lr": prof.lowest_after_peak},
                 "drop the scheduler (or use a constant LR) for now; switch to stage='final' when you add decay "
                 "on purpose.",
+            )
+        )
+    elif stage == "early" and plateau:
+        k = next(k for k, e in enumerate(schedulers) if e.reduce_on_plateau)
+        issues.append(
+            ScheduleIssue(
+                "decay_in_early_stage",
+                "warn",
+                f"decay is on: scheduler {k} (ReduceLROnPlateau) lowers the LR whenever its metric stalls; the "
+                "recipe keeps the LR constant while you build and overfit, and tunes decay at the very end.",
+                {"plateau_schedulers": float(sum(e.reduce_on_plateau for e in schedulers))},
+                "drop the scheduler for now; switch to stage='final' when you add decay on purpose.",
             )
         )
     if stage == "final" and flat and not decaying:

@@ -216,6 +216,8 @@ def test_plateau_groups_are_not_judged() -> None:
     entry = core.ScheduledStep(sched.ReduceLROnPlateau(opt), "epoch", reduce_on_plateau=True)
     plan = core.simulate_schedule([opt], [entry], LOOP)
     assert core.analyze_schedule(plan, [entry], LOOP, stage="final") == []
+    early = core.analyze_schedule(plan, [entry], LOOP, stage="early")
+    assert [i.key for i in early] == ["decay_in_early_stage"] and "ReduceLROnPlateau" in early[0].summary
 
 
 # ------------------------------------------------------------------ optimizer notes
