@@ -253,6 +253,17 @@ def test_reduce_on_plateau_metric_not_logged(tmp_path: Path, monitor: str) -> No
         assert finding.values["plateau_missed_steps"] == 3 and "'val_loss'" in finding.summary
 
 
+def test_reduce_on_plateau_strict_crash_is_in_the_report(tmp_path: Path) -> None:
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    cb = NoLRDecayWarning(stage="final")
+    make = with_scheduler(lambda o, m: sched.ReduceLROnPlateau(o), monitor="val_acc")
+    with pytest.raises(MisconfigurationException, match="val_acc"):
+        fit(tmp_path, Scheduled(make), cb, val=True, max_epochs=2)
+    finding = cb.finding("plateau_metric:0")
+    assert finding is not None and finding.status == "fail" and "'val_acc'" in finding.summary
+
+
 def test_optimizer_notes(tmp_path: Path) -> None:
     cb = NoLRDecayWarning()
     fit(tmp_path, Scheduled(lambda m: torch.optim.AdamW(m.parameters(), lr=0.1)), cb, max_epochs=1)
