@@ -35,6 +35,8 @@ MAX_CHANNEL_SCALARS = 16
 MAX_CHANNEL_ROWS = 32
 # Values drawn into a histogram (the first samples of a large batch).
 MAX_HISTOGRAM_VALUES = 1 << 20
+# Largest side of an image tile in the picture (larger images are drawn at a stride).
+MAX_TILE_SIDE = 512
 
 _ADVICE = {
     "non_finite": "find where the NaN/Inf enter (missing values in the data, a division by zero, a log of 0 in "
@@ -233,6 +235,9 @@ class InputVisualizer(RecipeCallback):
                     (f"{labels[i // cols]} " if labels and i % cols == 0 else "") + f"c{i % cols}"
                     for i in range(len(tiles))
                 ]
+            # Very large images are drawn at a stride, so the picture stays about 512 px per tile at most.
+            stride = max(1, -(-max(tiles.shape[-2:]) // MAX_TILE_SIDE))
+            tiles = tiles[..., ::stride, ::stride]
             grid = image_grid(tiles.float().cpu(), ncols=cols or None, captions=captions or None)
             self.log_image(trainer, "images", grid)
         flat = x.detach().reshape(-1)[:MAX_HISTOGRAM_VALUES]

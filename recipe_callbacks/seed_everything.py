@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from lightning.fabric.utilities.seed import max_seed_value, min_seed_value, pl_worker_init_function
 from lightning.pytorch import seed_everything
+from torch.nn.parameter import is_lazy
 from torch.utils.data import DataLoader
 from typing_extensions import override
 
@@ -48,6 +49,13 @@ def _dataloaders(obj: Any) -> list[DataLoader[Any]]:
     if isinstance(obj, (list, tuple)):
         return [dl for v in obj for dl in _dataloaders(v)]
     return []
+
+
+def weights_fingerprint(module: torch.nn.Module) -> str:
+    """Fingerprint of a module's ``state_dict`` (parameters and buffers, in its own order); lazy
+    parameters that do not exist yet and non-tensor extra state are left out."""
+    named = [(k, v) for k, v in module.state_dict().items() if isinstance(v, torch.Tensor) and not is_lazy(v)]
+    return fingerprint_tensors(named)
 
 
 def _is_lightning_worker_init(fn: Any) -> bool:
@@ -165,7 +173,7 @@ class SeedEverything(RecipeCallback):
         """
         if trainer.world_size > 1 or os.getpid() != self._seeded_pid:
             return False
-        if not any(p.is_floating_point() for p in pl_module.parameters()):
+        if not any(p.is_floating_point() for p in pl_module.parameters() if not is_lazy(p)):
             return False
         return fingerprint_tensors([("torch", torch.get_rng_state())]) == self._seeded_torch_state
 
@@ -195,7 +203,7 @@ class SeedEverything(RecipeCallback):
             return
         built_before = self._built_before_seeding(trainer, pl_module)
         seed_everything(self.seed, workers=self.workers, verbose=False)
-        self.weights_fingerprint = fingerprint_tensors(pl_module.state_dict().items())
+        self.weights_fingerprint = weights_fingerprint(pl_module)
         self.batch_fingerprint = ""
         self._batch_pending = True
         settings = self._settings()

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 
 from recipe_callbacks import RecipeReport, RecipeWarning
 from recipe_callbacks.core.fingerprints import fingerprint_scalar, fingerprint_tensors
-from recipe_callbacks.seed_everything import SeedEverything
+from recipe_callbacks.seed_everything import SeedEverything, weights_fingerprint
 from tests.support import TinyClassifier, blobs, fast_trainer, read_events, scalar_values, text_values
 
 TAG = "recipe/seed_everything"
@@ -274,3 +274,10 @@ def test_fingerprints_under_ddp_spawn(tmp_path: Path) -> None:
     assert scalar_values(ea, f"{TAG}/weights_fingerprint") == [fingerprint_scalar(expected)]
     assert len(scalar_values(ea, f"{TAG}/batch_fingerprint")) == 1
     assert expected in text_values(ea, f"{TAG}/fingerprints")[0]
+
+
+def test_weights_fingerprint_skips_lazy_parameters() -> None:
+    lazy = nn.Sequential(nn.Linear(2, 3), nn.LazyLinear(4))
+    plain = nn.Sequential(nn.Linear(2, 3))
+    plain.load_state_dict({k: v for k, v in lazy.state_dict().items() if k.startswith("0.")})
+    assert weights_fingerprint(lazy) == weights_fingerprint(plain)
