@@ -43,6 +43,23 @@ class DeadReluClassifier(TinyClassifier):
             self.net[0].bias.fill_(-100.0)
 
 
+class ManualClassifier(TinyClassifier):
+    """TinyClassifier under manual optimisation: training_step steps the optimizer itself."""
+
+    def __init__(self) -> None:
+        super().__init__(lr=0.05)
+        self.automatic_optimization = False
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        opt = self.optimizers()
+        x, y = batch
+        loss = nn.functional.cross_entropy(self(x), y)
+        opt.zero_grad()  # type: ignore[union-attr]
+        self.manual_backward(loss)
+        opt.step()  # type: ignore[union-attr]
+        return loss
+
+
 class DictData(torch.utils.data.Dataset[dict[str, torch.Tensor]]):
     def __init__(self) -> None:
         self.data = blobs(64)
@@ -67,15 +84,18 @@ def finding(monitor: UpdateRatioMonitor, key: str) -> Any:
     return monitor._findings[key]
 
 
-@pytest.mark.parametrize("accumulate", [1, 2])
-def test_ratio_of_the_first_sgd_step_equals_the_hand_computed_one(tmp_path: Path, accumulate: int) -> None:
+@pytest.mark.parametrize(("accumulate", "manual"), [(1, False), (2, False), (1, True)])
+def test_ratio_of_the_first_sgd_step_equals_the_hand_computed_one(
+    tmp_path: Path, accumulate: int, manual: bool
+) -> None:
     torch.manual_seed(0)
-    model = TinyClassifier(lr=0.05)
+    model = ManualClassifier() if manual else TinyClassifier(lr=0.05)
     data = blobs(64)
     # Oracle in plain PyTorch: the first optimizer step applies -lr * (mean gradient of the
     # `accumulate` micro-batches, each loss divided by `accumulate` as Lightning does).
     oracle = TinyClassifier()
     oracle.load_state_dict(model.state_dict())
+    assert torch.equal(oracle.net[0].weight, model.net[0].weight)
     for i in range(accumulate):
         x, y = data.tensors[0][16 * i : 16 * (i + 1)], data.tensors[1][16 * i : 16 * (i + 1)]
         (nn.functional.cross_entropy(oracle(x), y) / accumulate).backward()
