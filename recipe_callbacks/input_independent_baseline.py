@@ -16,6 +16,7 @@ from recipe_callbacks.core.pictures import line_chart
 from recipe_callbacks.core.short_training import (
     ShortTrainingError,
     baseline_verdict,
+    make_batchnorm_local,
     remove_hooks_owned_by,
     take_samples,
     train_for,
@@ -182,6 +183,7 @@ class InputIndependentBaseline(RecipeCallback):
                 copy = detached_copy(pl_module)  # same initial weights, modes kept
                 # other callbacks' hooks on the real model must not see the copy's forward passes
                 remove_hooks_owned_by(copy, (Callback,))
+                make_batchnorm_local(copy)  # a copy trains alone: no all_reduce with other ranks
                 try:
                     optimizer = user_optimizer(copy, pl_module, trainer.optimizers, self.lr)
                     run = train_for(copy, _loss, optimizer, batches, self.steps, seed=seed)

@@ -19,6 +19,7 @@ from recipe_callbacks.core.short_training import (
     ShortTrainingError,
     batch_size_of,
     learning_rates,
+    make_batchnorm_local,
     model_notes,
     overfit_verdict,
     remove_hooks_owned_by,
@@ -171,6 +172,7 @@ class OverfitOneBatch(RecipeCallback):
             copy = detached_copy(pl_module)  # keeps the train/eval mode of every submodule
             # other callbacks' hooks on the real model must not see the copy's forward passes
             remove_hooks_owned_by(copy, (Callback,))
+            make_batchnorm_local(copy)  # a copy trains alone: no all_reduce with other ranks
             try:
                 optimizer = user_optimizer(copy, pl_module, trainer.optimizers, self.lr)
             except ShortTrainingError as err:

@@ -193,6 +193,35 @@ def remove_hooks_owned_by(model: nn.Module, owner_types: tuple[type, ...]) -> in
     return removed
 
 
+class LocalBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """A ``SyncBatchNorm`` made local: the same parameters and statistics, no collective calls."""
+
+    def _check_input_dim(self, input: torch.Tensor) -> None:
+        if input.dim() < 2:
+            raise ValueError(f"expected at least 2D input (got {input.dim()}D input)")
+
+
+def make_batchnorm_local(model: nn.Module) -> int:
+    """Turn every ``SyncBatchNorm`` of ``model`` (a copy) into a local batch norm; returns how many.
+
+    A copy trains on one process alone: a ``SyncBatchNorm`` would wait in ``all_reduce`` for the
+    other processes, which do not run the same steps (a short run may stop early on one rank).
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(2, 3), nn.SyncBatchNorm(3))
+        >>> make_batchnorm_local(net), type(net[1]).__name__
+        (1, 'LocalBatchNorm')
+        >>> net(torch.ones(4, 2)).shape
+        torch.Size([4, 3])
+    """
+    count = 0
+    for module in model.modules():
+        if isinstance(module, nn.SyncBatchNorm):
+            module.__class__ = LocalBatchNorm  # type: ignore[assignment]
+            count += 1
+    return count
+
+
 # ----------------------------------------------------------------------------- optimizers
 def first_optimizer(conf: Any) -> torch.optim.Optimizer | None:
     """The first optimizer in what ``configure_optimizers`` returned, in any of its documented forms.
