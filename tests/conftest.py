@@ -1,5 +1,18 @@
-"""Test-wide settings: one torch thread per test process (the suite runs in parallel on 2 cores)."""
+"""Test-wide settings: one torch thread per test process (the suite runs in parallel on 2 cores),
+and no seed left behind in the environment by an earlier test's ``seed_everything``."""
 
+from collections.abc import Iterator
+
+import pytest
 import torch
 
 torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _no_inherited_seed(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    # Lightning's seed_everything writes PL_GLOBAL_SEED / PL_SEED_WORKERS into os.environ, and its
+    # DistributedSampler and worker seeding read them back: each test starts without them.
+    monkeypatch.delenv("PL_GLOBAL_SEED", raising=False)
+    monkeypatch.delenv("PL_SEED_WORKERS", raising=False)
+    yield
