@@ -239,6 +239,18 @@ class InputIndependentBaseline(RecipeCallback):
                 f"{share} of the decrease (needed {self.min_relative_gap:.0%})"
             )
             self.report(trainer, "pass", summary, values)
+        elif not all(math.isfinite(x) for x in (*real, *zero)):
+            which = "real" if not all(math.isfinite(x) for x in real) else "zeroed"
+            summary = (
+                f"the loss with {which} inputs became non-finite {after} (real {v.real_initial:.3g} -> "
+                f"{v.real_final:.3g}, zeroed {v.zero_initial:.3g} -> {v.zero_final:.3g}); the runs cannot be "
+                "compared"
+            )
+            advice = (
+                "a model that divides by or takes the log of its input cannot take zeros; give "
+                "InputIndependentBaseline(lr=...) a smaller learning rate if the real run diverged"
+            )
+            self.report(trainer, "warn", summary, values, advice)
         elif v.status == "warn":
             summary = (
                 f"the real run's loss did not decrease {after} ({v.real_initial:.3g} -> {v.real_final:.3g}), "

@@ -115,6 +115,20 @@ def test_a_model_that_does_not_learn_gives_no_verdict(tmp_path: Path) -> None:
     assert "OverfitOneBatch" in finding.advice
 
 
+class NormalisesByItsInput(AdamClassifier):
+    """Healthy, but divides by the input's norm: zeroed inputs give NaN."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x / x.norm(dim=1, keepdim=True))
+
+
+def test_zeroed_inputs_that_make_the_loss_nan_give_no_verdict(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    (finding,) = _fit(NormalisesByItsInput(lr=0.02), tmp_path).findings
+    assert finding.status == "warn", finding.message()
+    assert "zeroed inputs became non-finite" in finding.summary
+
+
 def test_batch_to_xy_batches_are_skipped_naming_input_key(tmp_path: Path) -> None:
     torch.manual_seed(0)
     (finding,) = _fit(AdamClassifier(), tmp_path, batch_to_xy=lambda b: (b[0], b[1])).findings
