@@ -392,8 +392,8 @@ class UpdateRatioMonitor(RecipeCallback):
             )
         else:
             summary = (
-                f"no activation layer with mostly dead units ({len(verdicts)} layers; largest dead fraction "
-                f"{values['max_dead_fraction']:.0%})"
+                f"no activation layer with mostly dead units (activation layers checked: {len(verdicts)}; "
+                f"largest dead fraction {values['max_dead_fraction']:.0%})"
             )
             advice = ""
         self.report(trainer, status, summary, values, advice, key="activations", log_values=False)
