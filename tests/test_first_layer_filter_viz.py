@@ -102,6 +102,44 @@ def test_grid_of_a_grey_conv_shows_one_tile_per_channel(tmp_path: Path) -> None:
             np.testing.assert_array_equal(tile, expected_tile(known[o, ch : ch + 1], 8))
 
 
+class VolumeOrSignalNet(pl.LightningModule):
+    """A Conv1d over (N, 2, 32) signals or a Conv3d over (N, 1, 4, 10, 10) volumes, then a head."""
+
+    def __init__(self, dims: int) -> None:
+        super().__init__()
+        self.conv: nn.Module = nn.Conv1d(2, 4, 9) if dims == 1 else nn.Conv3d(1, 4, (2, 5, 5))
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.conv(x).flatten(2).mean(dim=2))
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        return nn.functional.cross_entropy(self(batch[0]), batch[1])
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+@pytest.mark.parametrize(("dims", "shape"), [(1, (2, 32)), (3, (1, 4, 10, 10))])
+def test_conv1d_strips_and_conv3d_slices(tmp_path: Path, dims: int, shape: tuple[int, ...]) -> None:
+    data = TensorDataset(torch.randn(16, *shape), torch.arange(16) % 3)
+    model = VolumeOrSignalNet(dims)
+    bank = model.conv.weight.detach().clone()  # type: ignore[operator]
+    cb = FirstLayerFilterViz(on_fail="ignore")
+    fast_trainer(tmp_path, max_epochs=1, callbacks=[cb]).fit(model, loader(data, batch_size=8))
+    assert cb.layer_name == "conv"
+    assert 0.6 < cb.findings[-1].values["initial_noise_score"] < 1.4  # random init
+    _, grid = png(read_events(tmp_path / "run"), f"{TAG}/filters", 0)
+    if dims == 1:  # 4 filters x 2 channels, each a 1 x 9 strip enlarged 6x: one filter per row
+        assert grid.shape == (2 + 4 * (6 + 2), 2 + 2 * (54 + 2), 3)
+        expected = expected_tile(bank[1, 1].reshape(1, 1, 9), 6)
+        np.testing.assert_array_equal(grid[2 + 8 : 2 + 8 + 6, 2 + 56 : 2 + 56 + 54], expected)
+    else:  # 4 filters, the 2 depth slices of 5x5 side by side (5 x 10), enlarged 5x, 2 columns
+        assert grid.shape == (2 + 2 * (25 + 2), 2 + 2 * (50 + 2), 3)
+        side_by_side = torch.cat([bank[3, 0, 0], bank[3, 0, 1]], dim=1).unsqueeze(0)  # (1, 5, 10)
+        np.testing.assert_array_equal(grid[29 : 29 + 25, 54 : 54 + 50], expected_tile(side_by_side, 5))
+
+
 def fit_filters(root: Path, bank: torch.Tensor | None, freeze: bool, epochs: int = 3, **kw: Any) -> FirstLayerFilterViz:
     pl.seed_everything(0, verbose=False)
     model = ConvNet(in_channels=1, filters=8, kernel=7)
