@@ -186,9 +186,12 @@ class InputIndependentBaseline(RecipeCallback):
                 make_batchnorm_local(copy)  # a copy trains alone: no all_reduce with other ranks
                 try:
                     optimizer = user_optimizer(copy, pl_module, trainer.optimizers, self.lr)
+                except ShortTrainingError as err:
+                    return {"skip": f"cannot build the optimizer for a copy of the model: {err}", "argument": "lr"}
+                try:
                     run = train_for(copy, _loss, optimizer, batches, self.steps, seed=seed)
                 except ShortTrainingError as err:
-                    return {"skip": f"cannot train a copy of the model: {err}", "argument": "lr"}
+                    return {"skip": f"cannot train a copy of the model: {err}"}
                 except Exception as err:  # the user's training_step on a copy without a Trainer
                     return {"skip": f"the training_step of a copy raised {type(err).__name__}: {err}"}
                 curves[name] = run.losses

@@ -176,6 +176,22 @@ def test_manual_optimization_is_skipped_not_crashed(tmp_path: Path) -> None:
     assert "manual optimization" in finding.summary
 
 
+class OneCycle(AdamClassifier):
+    """Healthy; its configure_optimizers asks the Trainer for the run length, which a copy has not."""
+
+    def configure_optimizers(self) -> Any:
+        opt = torch.optim.Adam(self.parameters(), lr=self.lr)
+        total = int(self.trainer.estimated_stepping_batches)
+        return {"optimizer": opt, "lr_scheduler": torch.optim.lr_scheduler.OneCycleLR(opt, 0.5, total_steps=total)}
+
+
+def test_optimizer_of_the_trainer_is_rebuilt_when_configure_optimizers_needs_the_trainer(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    (finding,) = _fit(OneCycle(), tmp_path).findings
+    assert finding.status == "pass", finding.message()
+    assert finding.values["lr"] == pytest.approx(0.5 / 25)  # the user's Adam, at OneCycle's start (max_lr / 25)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
