@@ -228,8 +228,12 @@ class PredictionDynamicsLogger(RecipeCallback):
             reason = f"no {self.source} DataLoader to take the fixed samples from; try source={other!r}"
             self.skip(trainer, reason, "source")
             return False
-        with isolate_rng():  # a dataset's __getitem__ may draw random augmentations
-            batch = self._fixed_batch(trainer, loader)
+        try:
+            with isolate_rng():  # a dataset's __getitem__ may draw random augmentations
+                batch = self._fixed_batch(trainer, loader)
+        except Exception as err:  # the user's training must go on
+            self.skip(trainer, f"reading the fixed samples from the {self.source} data failed ({err!r})", "indices")
+            return False
         if batch is None:
             return False
         resolved = self.resolve(trainer, batch)
@@ -283,16 +287,18 @@ class PredictionDynamicsLogger(RecipeCallback):
 
     def _resolve_task(self, trainer: pl.Trainer, output: torch.Tensor, y: torch.Tensor) -> Task | None:
         try:
+            task: Task
             if self.task == "regression":
-                if output.numel() != y.numel():
-                    raise ValueError(f"outputs {tuple(output.shape)} and targets {tuple(y.shape)} differ in size")
-                return "regression"
-            if self.task == "classification":
-                if output.numel() == y.numel():
-                    return "binary"
-                class_dim(output, y.long())
-                return "multiclass"
-            return infer_task(output, y)
+                task = "regression"
+            elif self.task == "classification":
+                task = "binary" if output.numel() == y.numel() else "multiclass"
+                if task == "multiclass":
+                    class_dim(output, y.long())
+            else:
+                task = infer_task(output, y)
+            if task == "regression" and output.numel() != y.numel():
+                raise ValueError(f"outputs {tuple(output.shape)} and targets {tuple(y.shape)} differ in size")
+            return task
         except ValueError as err:
             self.skip(trainer, f"cannot compare the predictions with the targets: {err}", "task")
             return None

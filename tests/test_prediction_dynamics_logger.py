@@ -182,6 +182,11 @@ def test_history_is_capped(tmp_path: Path) -> None:
     assert list((tmp_path / "recipe" / "prediction_dynamics_logger" / "heatmap").glob("*.png"))
 
 
+class QuietValidation(TinyClassifier):
+    def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        pass
+
+
 def test_cannot_run_situations_skip_naming_the_argument(tmp_path: Path) -> None:
     cb = PredictionDynamicsLogger(num_samples=4, every_n_steps=2)
     trainer = fast_trainer(tmp_path, max_epochs=1, callbacks=[cb], logger=False)
@@ -201,6 +206,13 @@ def test_cannot_run_situations_skip_naming_the_argument(tmp_path: Path) -> None:
     cb = PredictionDynamicsLogger(num_samples=4, every_n_steps=1, source="train", task="regression")
     fast_trainer(tmp_path, callbacks=[cb], logger=False).fit(TinyClassifier(), loader(blobs(32)))
     assert cb.findings[-1].status == "skip" and "task" in cb.findings[-1].advice
+
+    # Float targets (regression by default) that do not fit 4 outputs per sample.
+    floats = TensorDataset(blobs(16).tensors[0], torch.zeros(16))
+    cb = PredictionDynamicsLogger(num_samples=4, every_n_steps=1)
+    fast_trainer(tmp_path, callbacks=[cb], logger=False).fit(QuietValidation(), loader(blobs(32)), loader(floats))
+    assert cb.findings[-1].status == "skip" and "task" in cb.findings[-1].advice
+    assert "differ in size" in cb.findings[-1].summary
 
 
 @pytest.mark.parametrize(
