@@ -62,13 +62,14 @@ class OverfitOneBatch(RecipeCallback):
     ``warn`` when the loss is still falling at the end of ``max_steps`` (a slow learning rate:
     more steps would tell); ``fail`` when it stayed flat, levelled off above the target (less than
     a tenth of its decrease made in the last third of the run), rose, went negative or became
-    non-finite. The advice lists what it
-    finds: frozen parameters (``requires_grad=False``), trainable parameters missing from the
-    optimizer or getting no gradient, a learning rate of zero, dropout on in train mode, weight
-    decay, and a rising or negative loss (a loss with a wrong sign or a wrong target).
+    non-finite. The advice lists what it finds: frozen parameters (``requires_grad=False``),
+    trainable parameters missing from the optimizer or getting no gradient, a learning rate of
+    zero, dropout on in train mode, weight decay, and a rising or negative loss (a loss with a
+    wrong sign or a wrong target).
 
-    Cost (``values["cost_steps"]``): the optimizer steps taken, in training-step equivalents: a
-    step on ``num_samples`` samples of a ``B``-sample batch counts ``num_samples / B``.
+    Cost (``values["cost_steps"]``): the optimizer steps taken (and one forward-only pass, a third
+    of a step), in training-step equivalents: a step on ``num_samples`` samples of a ``B``-sample
+    batch counts ``num_samples / B``. With the defaults and batches of 32: at most 15.
 
     Args:
         num_samples: how many samples of the first training batch to memorise (all of it if smaller).
