@@ -69,7 +69,7 @@ class OverfitOneBatch(RecipeCallback):
 
     Cost (``values["cost_steps"]``): the optimizer steps taken (and one forward-only pass, a third
     of a step), in training-step equivalents: a step on ``num_samples`` samples of a ``B``-sample
-    batch counts ``num_samples / B``. With the defaults and batches of 32: at most 15.
+    batch counts ``num_samples / B``. With the defaults and batches of 32: 15.1 at most.
 
     Args:
         num_samples: how many samples of the first training batch to memorise (all of it if smaller).
