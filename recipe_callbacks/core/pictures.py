@@ -169,8 +169,11 @@ def line_chart(
         >>> line_chart({"lr": [1.0, 0.5, 0.25]}, title="LR").shape
         (360, 640, 3)
     """
+    per_row = max(1, (width - 68) // 110)
+    legend_rows = max(1, math.ceil(len(series) / per_row))
+    height += 10 * (legend_rows - 1)  # grow the picture so that every legend entry has its own place
     pil, draw = _frame(width, height, title)
-    left, right, top, bottom = 60, width - 10, 22, height - 28
+    left, right, top, bottom = 60, width - 10, 22, height - 18 - 10 * legend_rows
     ys: dict[str, np.ndarray] = {}
     for name, values in series.items():
         arr = np.asarray(list(values), dtype=np.float64)
@@ -209,7 +212,7 @@ def line_chart(
             draw.ellipse((cx - 2, cy - 2, cx + 2, cy + 2), fill=colour)
         elif points:
             draw.line(points, fill=colour, width=2)
-        draw.text((left + 8 + 110 * (k % 5), bottom + 14 - 0 * (k // 5)), name[:16], fill=colour)
+        draw.text((left + 8 + 110 * (k % per_row), bottom + 14 + 10 * (k // per_row)), name[:16], fill=colour)
     return np.asarray(pil)
 
 
