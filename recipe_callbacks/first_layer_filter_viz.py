@@ -48,6 +48,10 @@ class FirstLayerFilterViz(RecipeCallback):
     structured filters. At the end a score still above ``noise_threshold`` is flagged: the first
     layer has not learned structure from the data.
 
+    Cost: on the first batch, one forward pass cut short at the first layer; then only a copy of
+    that layer's weights, a score and a picture once every ``every_n_epochs`` epochs. Nothing
+    runs on ordinary training steps.
+
     Args:
         every_n_epochs: draw and score the filters every this many training epochs.
         layer: the name of the module to draw (as in ``model.named_modules()``), instead of the
