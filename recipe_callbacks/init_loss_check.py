@@ -44,6 +44,7 @@ FINAL_LAYER_TYPES: tuple[type[nn.Module], ...] = (
     nn.Linear, nn.Bilinear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d,
 )
 _MAX_CLASS_SCALARS = 32
+_KEY = "init_loss"  # the key of the loss-at-init Finding (fix_bias reports under "fix_bias")
 # A forward pass costs about a third of a training step (forward + backward + update).
 _FORWARD_COST = 1.0 / 3.0
 
@@ -307,13 +308,13 @@ class InitLossCheck(RecipeCallback):
         return None
 
     # ----------------------------------------------------------------- measuring
-    def _forward(self, pl_module: pl.LightningModule, batch: Any, trainer: pl.Trainer | None) -> Any:
+    def _forward(self, pl_module: pl.LightningModule, batch: Any, trainer: pl.Trainer | None, key: str) -> Any:
         """``(logits, target)`` of one batch, run forward under ``observing``; ``None`` after a skip."""
-        resolved = self.resolve(trainer, batch)
+        resolved = self.resolve(trainer, batch, key=key)
         if resolved is None:
             return None
         if resolved.y is None:
-            self.skip(trainer, "the batch has no target to judge the loss against", "target_key")
+            self.skip(trainer, "the batch has no target to judge the loss against", "target_key", key=key)
             return None
         self._calls = []
         self._register_hooks(pl_module, capture=False)
@@ -324,7 +325,7 @@ class InitLossCheck(RecipeCallback):
             self._remove_hooks()
         logits = logits_of(output)
         if logits is None:
-            self.skip(trainer, f"forward(x) returned a {type(output).__name__}, not logits", "batch_to_xy")
+            self.skip(trainer, f"forward(x) returned a {type(output).__name__}, not logits", "batch_to_xy", key=key)
             return None
         self._captured_ptr = logits.data_ptr()
         return logits, resolved.y
@@ -356,12 +357,12 @@ class InitLossCheck(RecipeCallback):
         cost = self._fix_cost
         source = "the logits of the first training step"
         if captured is not None:
-            resolved = self.resolve(trainer, batch)
+            resolved = self.resolve(trainer, batch, key=_KEY)
             if resolved is None:
                 self.finish_early()
                 return
             if resolved.y is None:
-                self.skip(trainer, "the first batch has no target to judge the loss against", "target_key")
+                self.skip(trainer, "the first batch has no target to judge the loss against", "target_key", key=_KEY)
                 self.finish_early()
                 return
             pairs.append((captured, resolved.y))
@@ -371,14 +372,14 @@ class InitLossCheck(RecipeCallback):
                 trainer, pl_module, self.num_batches - 1
             )
             for b in batches:
-                out = self._forward(pl_module, b, trainer)
+                out = self._forward(pl_module, b, trainer, _KEY)
                 if out is None:
                     self.finish_early()
                     return
                 pairs.append(out)
             cost += len(pairs) * _FORWARD_COST
         if not pairs:
-            self.skip(trainer, "saw no batch to judge", "batch_to_xy")
+            self.skip(trainer, "saw no batch to judge", "batch_to_xy", key=_KEY)
             self.finish_early()
             return
         self.final_layer_name = self._final_layer_of(self._captured_ptr, pairs[-1][0].numel())
@@ -439,6 +440,7 @@ class InitLossCheck(RecipeCallback):
                 f"could not tell the task from logits {tuple(logits.shape)} ({logits.dtype}) and targets "
                 f"{tuple(target.shape)} ({target.dtype})",
                 "task",
+                key=_KEY,
             )
             return
         num_classes = None
@@ -447,12 +449,14 @@ class InitLossCheck(RecipeCallback):
             logits = pairs[0][0]
             num_classes = self.num_classes or int(logits.shape[1])
             if logits.ndim < 2 or logits.shape[1] != num_classes:
-                self.skip(trainer, f"logits {tuple(logits.shape)} do not have {num_classes} classes", "num_classes")
+                self.skip(
+                    trainer, f"logits {tuple(logits.shape)} do not have {num_classes} classes", "num_classes", key=_KEY
+                )
                 return
             if any(int(t.max()) >= num_classes for _, t in pairs if t.numel()):
                 self.report(
                     trainer, "fail", f"a target class index is >= the {num_classes} logits of the model",
-                    {}, "Check the labels and the size of the final layer.",
+                    {}, "Check the labels and the size of the final layer.", key=_KEY,
                 )
                 return
         evaluation = _Evaluation(task, num_classes)
@@ -460,7 +464,7 @@ class InitLossCheck(RecipeCallback):
             for lg, tg in pairs:
                 evaluation.add(lg, tg)
         except (RuntimeError, ValueError) as err:
-            self.skip(trainer, f"could not compute the {task} loss: {err}", "task")
+            self.skip(trainer, f"could not compute the {task} loss: {err}", "task", key=_KEY)
             return
         has_step = torch.tensor([step_loss if step_loss is not None else 0.0, float(step_loss is not None)])
         if trainer.world_size > 1:
@@ -468,7 +472,7 @@ class InitLossCheck(RecipeCallback):
         evaluation.reduce(trainer)
         exp, prior = self._expected(trainer, task, num_classes, evaluation.targets)
         if exp is None:
-            self.skip(trainer, "no targets were counted", "expected")
+            self.skip(trainer, "no targets were counted", "expected", key=_KEY)
             return
         self._report_judgement(trainer, evaluation, exp, prior, float(has_step[0]) if has_step[1] > 0 else None,
                                cost, source)
@@ -536,7 +540,7 @@ class InitLossCheck(RecipeCallback):
                 "The model already knows the answers: look for the label leaking into the input or targets the "
                 "model can read. A pretrained model does this by design: then pass expected= or drop this check."
             )
-        self.report(trainer, status, summary, values, advice, key="init_loss")
+        self.report(trainer, status, summary, values, advice, key=_KEY)
 
     def _log_per_class(self, trainer: pl.Trainer, mean_prob: torch.Tensor, prior: torch.Tensor | None) -> None:
         if prior is not None:
@@ -564,7 +568,7 @@ class InitLossCheck(RecipeCallback):
             return
         pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
         for batch in batches[: self.num_batches]:
-            out = self._forward(pl_module, batch, trainer)
+            out = self._forward(pl_module, batch, trainer, key)
             if out is None:
                 return
             pairs.append(out)
@@ -605,7 +609,7 @@ class InitLossCheck(RecipeCallback):
         before = self._mean_loss(pl_module, pairs, task)
         with torch.no_grad():
             layer_bias.copy_(bias.reshape(layer_bias.shape).to(layer_bias))
-        after_pairs = [p for p in (self._forward(pl_module, b, trainer) for b in batches[: self.num_batches]) if p]
+        after_pairs = [p for p in (self._forward(pl_module, b, trainer, key) for b in batches[: self.num_batches]) if p]
         after = self._mean_loss(pl_module, after_pairs, task)
         self._fixed_summary = summary
         self._fix_cost = 2 * len(pairs) * _FORWARD_COST

@@ -19,6 +19,12 @@ from tests.support import TinyClassifier, blobs, fast_trainer, loader, read_even
 TAG = "recipe/data_inspector"
 
 
+@pytest.fixture(autouse=True)
+def seeded() -> None:
+    """Every test starts from the same weights, whatever ran before it in the same process."""
+    pl.seed_everything(0, verbose=False)
+
+
 class TinyCNN(TinyClassifier):
     """(N, 1, 8, 8) images, 4 classes."""
 
