@@ -6,7 +6,6 @@ import math
 from typing import TYPE_CHECKING, Any
 
 import torch
-from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.seed import isolate_rng
 from typing_extensions import override
 
@@ -17,7 +16,6 @@ from recipe_callbacks.core.short_training import (
     ShortTrainingError,
     baseline_verdict,
     make_batchnorm_local,
-    remove_hooks_owned_by,
     take_samples,
     train_for,
     user_optimizer,
@@ -182,7 +180,6 @@ class InputIndependentBaseline(RecipeCallback):
             for name, batches in (("real", [real]), ("zero", [zero])):
                 copy = detached_copy(pl_module)  # same initial weights, modes kept
                 # other callbacks' hooks on the real model must not see the copy's forward passes
-                remove_hooks_owned_by(copy, (Callback,))
                 make_batchnorm_local(copy)  # a copy trains alone: no all_reduce with other ranks
                 try:
                     optimizer = user_optimizer(copy, pl_module, trainer.optimizers, self.lr)

@@ -9,8 +9,11 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.seed import isolate_rng
 from torch import nn
+
+from recipe_callbacks.core.module_hooks import remove_hooks_owned_by
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
@@ -55,7 +58,9 @@ def detached_copy(pl_module: M) -> M:
     """A deep copy of the model that shares nothing with it and is not attached to the Trainer.
 
     The copy can be trained (its ``training_step`` called, ``self.log`` inside it is a no-op)
-    without touching the real model, its optimizer or the Trainer's logged metrics.
+    without touching the real model, its optimizer or the Trainer's logged metrics. Hooks that
+    callbacks registered on the real model are not carried over, so an observer never mistakes
+    the copy's forward passes for the real model's; the model's own hooks are kept.
     """
     memo: dict[int, Any] = {}
     trainer = getattr(pl_module, "_trainer", None)
@@ -66,7 +71,9 @@ def detached_copy(pl_module: M) -> M:
         memo[id(fabric)] = None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return copy.deepcopy(pl_module, memo)
+        twin = copy.deepcopy(pl_module, memo)
+    remove_hooks_owned_by(twin, (Callback,))
+    return twin
 
 
 def loss_from_step_output(output: Any) -> torch.Tensor | None:

@@ -6,7 +6,6 @@ import math
 from typing import TYPE_CHECKING, Any
 
 import torch
-from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.seed import isolate_rng
 from typing_extensions import override
 
@@ -22,7 +21,6 @@ from recipe_callbacks.core.short_training import (
     make_batchnorm_local,
     model_notes,
     overfit_verdict,
-    remove_hooks_owned_by,
     take_samples,
     train_for,
     user_optimizer,
@@ -172,7 +170,6 @@ class OverfitOneBatch(RecipeCallback):
         with isolate_rng():
             copy = detached_copy(pl_module)  # keeps the train/eval mode of every submodule
             # other callbacks' hooks on the real model must not see the copy's forward passes
-            remove_hooks_owned_by(copy, (Callback,))
             make_batchnorm_local(copy)  # a copy trains alone: no all_reduce with other ranks
             try:
                 optimizer = user_optimizer(copy, pl_module, trainer.optimizers, self.lr)

@@ -12,7 +12,6 @@ The caller owns the RNG: :func:`train_for` seeds torch when given ``seed``, so r
 
 from __future__ import annotations
 
-import functools
 import inspect
 import math
 import warnings
@@ -127,70 +126,6 @@ def params_without_grad(model: nn.Module) -> list[str]:
         for name, p in model.named_parameters()
         if p.requires_grad and (p.grad is None or not bool(torch.any(p.grad != 0)))
     ]
-
-
-# ----------------------------------------------------------------------------- hooks of observers
-_HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
-_HOOK_FLAGS = ("_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_forward_pre_hooks_with_kwargs")
-
-
-def _owners(hook: Any) -> list[Any]:
-    """The objects a hook function is bound to or closes over (through ``functools.partial`` too)."""
-    out: list[Any] = []
-    func = hook
-    while isinstance(func, functools.partial):
-        out.extend(func.args)
-        out.extend(func.keywords.values())
-        func = func.func
-    bound = getattr(func, "__self__", None)
-    if bound is not None:
-        out.append(bound)
-        func = getattr(func, "__func__", func)
-    for cell in getattr(func, "__closure__", None) or ():
-        try:
-            out.append(cell.cell_contents)
-        except ValueError:  # an empty cell
-            continue
-    return out
-
-
-def remove_hooks_owned_by(model: nn.Module, owner_types: tuple[type, ...]) -> int:
-    """Remove from ``model`` (a copy) every forward/backward hook bound to, or closing over, an
-    instance of ``owner_types``; returns how many were removed.
-
-    A deep copy keeps the hooks of the original, and a hook that closes over an observer (a
-    callback that watches the real model's forward) would see the copy's forward passes as if
-    they were the real model's. The model's own hooks (weight norm, user hooks) are kept.
-
-    Example:
-        >>> class Watcher:
-        ...     def __init__(self):
-        ...         self.calls = 0
-        >>> def watch(watcher):
-        ...     def hook(module, args, output):
-        ...         watcher.calls += 1
-        ...     return hook
-        >>> w, net = Watcher(), nn.Linear(1, 1)
-        >>> _ = net.register_forward_hook(watch(w))
-        >>> _ = net.register_forward_pre_hook(lambda module, args: None)  # the model's own
-        >>> remove_hooks_owned_by(net, (Watcher,)), len(net._forward_pre_hooks)
-        (1, 1)
-        >>> _ = net(torch.ones(1, 1)); w.calls
-        0
-    """
-    removed = 0
-    for module in model.modules():
-        for attr in _HOOK_DICTS:
-            hooks = getattr(module, attr, None)
-            if not hooks:
-                continue
-            for key, hook in list(hooks.items()):
-                if any(isinstance(owner, owner_types) for owner in _owners(hook)):
-                    del hooks[key]
-                    removed += 1
-                    for flags in _HOOK_FLAGS:
-                        getattr(module, flags, {}).pop(key, None)
-    return removed
 
 
 class LocalBatchNorm(nn.modules.batchnorm._BatchNorm):
