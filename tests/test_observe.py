@@ -61,3 +61,24 @@ def test_detached_copy_is_independent_and_trainable(tmp_path: Any) -> None:
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k])
     assert not torch.equal(twin.net[0].weight, model.net[0].weight)
+
+
+def test_detached_copy_leaves_callback_hooks_behind_and_keeps_the_models_own() -> None:
+    from lightning.pytorch.callbacks import Callback
+
+    class Watcher(Callback):
+        calls = 0
+
+        def hook(self, module: Any, args: Any, output: Any) -> None:
+            self.calls += 1
+
+    own_calls: list[int] = []
+    model = TinyClassifier()
+    watcher = Watcher()
+    model.register_forward_hook(watcher.hook)
+    model.register_forward_hook(lambda module, args, output: own_calls.append(1))
+    twin = detached_copy(model)
+    twin(torch.zeros(2, 8))
+    assert watcher.calls == 0 and own_calls == [1]
+    model(torch.zeros(2, 8))
+    assert watcher.calls == 1 and own_calls == [1, 1]
