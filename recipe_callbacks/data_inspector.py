@@ -387,7 +387,12 @@ class DataInspector(RecipeCallback):
                     return
                 x = move_data_to_device(resolved.x, pl_module.device)
                 y = resolved.y.to(pl_module.device)
-                logits = logits_of(pl_module(x))
+                try:
+                    logits = logits_of(pl_module(x))
+                except Exception as err:  # a forward that wants more than x: say so, do not break training
+                    self.skip(trainer, f"forward(x) failed on the resolved input: {type(err).__name__}: {err}",
+                              "input_key", key=key)
+                    return
                 task = self.task or (infer_task(logits, y) if logits is not None else None)
                 if logits is None or task is None:
                     self.skip(trainer, "could not tell the per-sample loss from the model's output and targets",

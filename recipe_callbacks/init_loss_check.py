@@ -321,6 +321,10 @@ class InitLossCheck(RecipeCallback):
         try:
             with observing(pl_module):
                 output = pl_module(resolved.x)
+        except Exception as err:  # a forward that wants more than x: say so, do not break training
+            self.skip(trainer, f"forward(x) failed on the resolved input: {type(err).__name__}: {err}", "input_key",
+                      key=key)
+            return None
         finally:
             self._remove_hooks()
         logits = logits_of(output)

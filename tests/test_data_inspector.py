@@ -278,3 +278,29 @@ def test_dense_token_labels_are_counted_but_their_imbalance_is_not_judged(tmp_pa
     prior = cb.class_prior()
     assert prior is not None
     torch.testing.assert_close(prior, counts / counts.sum())
+
+
+class TwoArgClassifier(TinyClassifier):
+    """forward needs a second argument: the check's forward(x) cannot run, training can."""
+
+    def forward(self, x: torch.Tensor, scale: float) -> torch.Tensor:  # type: ignore[override]
+        return self.net(x) * scale
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        return F.cross_entropy(self(batch[0], 1.0), batch[1])
+
+    def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
+        return F.cross_entropy(self(batch[0], 1.0), batch[1])
+
+
+def test_a_forward_that_needs_more_than_x_is_a_skip_not_a_crash(tmp_path: Path) -> None:
+    from recipe_callbacks import InitLossCheck
+
+    cb, init = DataInspector(), InitLossCheck()
+    trainer = fit(tmp_path, TwoArgClassifier(), loader(blobs()), loader(blobs(seed=1)), [cb, init], max_steps=2)
+    assert trainer.global_step == 2
+    hardest = [f for f in cb.findings if "forward(x) failed" in f.summary]
+    assert len(hardest) == 1 and hardest[0].status == "skip"
+    assert "DataInspector(input_key=...)" in hardest[0].advice
+    # InitLossCheck needs no forward of its own: the first step's hook saw self(x, 1.0)
+    assert [f.status for f in init.findings] == ["pass"]
