@@ -144,7 +144,8 @@ class InitLossCheck(RecipeCallback):
     ``fix_bias=True`` changes the model on purpose, before the first step: it counts the targets
     over at most ``max_batches`` training batches and sets the final layer's bias to the log class
     frequencies (softmax), the log-odds of the positive rate (BCE) or the target mean (MSE), and
-    reports the bias it set and the loss before and after. The final layer is the last
+    reports the bias it set and the loss before and after; a bias that makes the loss worse (its
+    layer's output is not the logits) is put back with a ``warn``. The final layer is the last
     ``Linear``/``Conv`` layer whose output is the logits (or ``final_layer``).
 
     Does not run again on a run resumed from a checkpoint.
@@ -610,13 +611,39 @@ class InitLossCheck(RecipeCallback):
             self.skip(trainer, f"fix_bias: the bias of '{layer_name}' has {layer_bias.numel()} entries, the prior "
                       f"{bias.numel()}", "final_layer", key=key)
             return
-        before = self._mean_loss(pl_module, pairs, task)
+        before = self._mean_loss(pairs, task)
+        old_bias = layer_bias.detach().clone()
         with torch.no_grad():
             layer_bias.copy_(bias.reshape(layer_bias.shape).to(layer_bias))
         after_pairs = [p for p in (self._forward(pl_module, b, trainer, key) for b in batches[: self.num_batches]) if p]
-        after = self._mean_loss(pl_module, after_pairs, task)
-        self._fixed_summary = summary
+        after = self._mean_loss(after_pairs, task)
         self._fix_cost = 2 * len(pairs) * _FORWARD_COST
+        if not after <= before * 1.01:  # worse (or NaN): this layer's bias does not shift the logits as assumed
+            with torch.no_grad():
+                layer_bias.copy_(old_bias)
+            self.report(
+                trainer, "warn",
+                f"fix_bias: setting the bias of '{layer_name}' raised the loss {before:.4g} -> {after:.4g}; the bias "
+                "was put back. Its output is probably not the logits (an activation or a scale follows it).",
+                {"fix_bias/loss_before": before, "fix_bias/loss_after": after, "fix_bias/cost_steps": self._fix_cost},
+                "Name the layer whose output is the logits with final_layer=, or init its bias by hand.", key=key,
+            )
+            return
+        self._fixed_summary = summary
+        self._report_fix(trainer, task, num_classes, summary, pairs, (before, after), layer_name or "", inspector)
+
+    def _report_fix(
+        self,
+        trainer: pl.Trainer,
+        task: Task,
+        num_classes: int | None,
+        summary: TargetSummary,
+        pairs: list[tuple[torch.Tensor, torch.Tensor]],
+        losses: tuple[float, float],
+        layer_name: str,
+        inspector: torch.Tensor | None,
+    ) -> None:
+        before, after = losses
         judged = TargetSummary(task, num_classes)
         for _, tg in pairs:
             judged.update(tg)
@@ -625,25 +652,27 @@ class InitLossCheck(RecipeCallback):
         else:
             size = (num_classes or 2) if task == "multiclass" else 2
             exp = expected_classification_loss(size, summary.prior(), self.tolerance, judged.counts)
+        expected = exp.value if exp else math.nan
         kind = {"multiclass": "log class frequencies", "binary": "log-odds of the positive rate",
                 "regression": "target mean"}[task]
         counted = "the prior of DataInspector" if inspector is not None else (
-            f"counted over {summary.n} targets in {len(batches)} batches")
+            f"counted over {summary.n} targets")
+        bias = bias_for_prior(task, summary)
         self.report(
             trainer,
             "pass",
-            f"fix_bias set the bias of '{layer_name}' to {_fmt_vector(layer_bias.detach())} ({kind}, {counted}): "
-            f"loss {before:.4g} -> {after:.4g} on {len(pairs)} batches, expected "
-            f"{exp.value if exp else math.nan:.4g}. This changed the model on purpose (fix_bias=True).",
+            f"fix_bias set the bias of '{layer_name}' to {_fmt_vector(bias if bias is not None else torch.zeros(0))} "
+            f"({kind}, {counted}): loss {before:.4g} -> {after:.4g} on {len(pairs)} batches, expected "
+            f"{expected:.4g}. This changed the model on purpose (fix_bias=True).",
             {
-                "fix_bias/loss_before": before, "fix_bias/loss_after": after,
-                "fix_bias/expected": exp.value if exp else math.nan,
+                "fix_bias/loss_before": before, "fix_bias/loss_after": after, "fix_bias/expected": expected,
                 "fix_bias/counted_samples": float(summary.n), "fix_bias/cost_steps": self._fix_cost,
             },
-            key=key,
+            key="fix_bias",
         )
 
-    def _mean_loss(self, pl_module: nn.Module, pairs: list[tuple[torch.Tensor, torch.Tensor]], task: Task) -> float:
+    @staticmethod
+    def _mean_loss(pairs: list[tuple[torch.Tensor, torch.Tensor]], task: Task) -> float:
         losses = [per_sample_loss(lg, tg, task) for lg, tg in pairs]
         return float(torch.cat(losses).mean()) if losses else math.nan
 

@@ -418,3 +418,22 @@ def test_sequence_logits_with_the_class_axis_last(tmp_path: Path) -> None:
     assert "'head'" in fixed.summary
     assert fixed.values["fix_bias/loss_after"] < fixed.values["fix_bias/loss_before"]
     assert finding(fixer).status == "pass"
+
+
+class NegatedRegressor(DictRegressor):
+    """The head's output is negated after it: its bias does not move the prediction the way fix_bias assumes."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return -self.head(self.body(x))
+
+
+def test_fix_bias_that_makes_the_loss_worse_is_put_back(tmp_path: Path) -> None:
+    model = NegatedRegressor()
+    initial = model.head.bias.detach().clone()
+    cb = InitLossCheck(fix_bias=True)
+    fit(tmp_path, model, loader(DictData(), 16), [cb], max_steps=1, limit_train_batches=1)
+    fixed = next(x for x in cb.findings if x.summary.startswith("fix_bias"))
+    assert fixed.status == "warn" and "put back" in fixed.summary
+    assert fixed.values["fix_bias/loss_after"] > fixed.values["fix_bias/loss_before"]
+    # one SGD step at lr 1e-3 moved it a little, from the initial bias, not from 50
+    assert abs(float(model.head.bias.detach()) - float(initial)) < 1.0
