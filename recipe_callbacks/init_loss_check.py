@@ -283,8 +283,11 @@ class InitLossCheck(RecipeCallback):
             return hook
 
         def on_module(module: nn.Module, args: Any, output: Any) -> None:
+            # only training_step's own forward: other callbacks observe in eval mode without grad
+            if self._captured is not None or not (module.training and torch.is_grad_enabled()):
+                return
             logits = logits_of(output)
-            if self._captured is None and logits is not None and logits.is_floating_point():
+            if logits is not None and logits.is_floating_point():
                 self._captured_ptr = logits.data_ptr()
                 self._captured = logits.detach().clone()
 

@@ -437,3 +437,20 @@ def test_fix_bias_that_makes_the_loss_worse_is_put_back(tmp_path: Path) -> None:
     assert fixed.values["fix_bias/loss_after"] > fixed.values["fix_bias/loss_before"]
     # one SGD step at lr 1e-3 moved it a little, from the initial bias, not from 50
     assert abs(float(model.head.bias.detach()) - float(initial)) < 1.0
+
+
+class Peeker(pl.Callback):
+    """Another callback that looks at the model (eval mode, no grad) at the start of the first step."""
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, i: int) -> None:
+        from recipe_callbacks.observe import observing
+
+        with observing(pl_module):
+            pl_module(batch[0] * 100.0)  # logits that would fail the check if they were judged
+
+
+def test_other_callbacks_forward_passes_are_not_judged(tmp_path: Path) -> None:
+    cb = InitLossCheck()
+    fit(tmp_path, TinyClassifier(), loader(blobs()), [cb, Peeker()])
+    f = finding(cb, "pass")
+    assert f.values["observed"] == pytest.approx(f.values["step_loss"], rel=1e-5)
