@@ -234,6 +234,12 @@ class WithScheduler(DigitsCNN):
         if self.schedule == "interval_top_level":  # interval beside lr_scheduler: Lightning ignores it
             sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=10)  # the run's 10 steps
             return {"optimizer": opt, "lr_scheduler": sched, "interval": "step"}
+        if self.schedule == "onecycle_other_run":  # total_steps copied from a longer run
+            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=1000)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        if self.schedule == "exponential_fast":  # gamma meant per epoch, stepped per step: ~0 in 5 steps
+            sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=0.3)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
         return opt
 
 
@@ -482,6 +488,17 @@ def _scenarios() -> list[Scenario]:
           _one(lambda: rc.NoLRDecayWarning(stage="final", **ignore),
                lambda: _seeded(WithScheduler, "interval_top_level"), **_short_epochs(2)),
           match="interval"),
+        s("onecycle_total_steps", "OneCycle total_steps=1000 in a 10-step run", "3c LR decay", "NoLRDecayWarning",
+          _one(lambda: rc.NoLRDecayWarning(stage="final", **ignore),
+               lambda: _seeded(WithScheduler, "onecycle_other_run"), **_short_epochs(2)),
+          match="total_steps"),
+        s("lr_near_zero_early", "ExponentialLR(gamma=0.3) stepped per step", "3c LR decay", "NoLRDecayWarning",
+          _one(lambda: rc.NoLRDecayWarning(stage="final", **ignore),
+               lambda: _seeded(WithScheduler, "exponential_fast"), **_short_epochs(2)),
+          match="near"),
+        s("adam_lr_far", "Adam with lr 0.1 (300x 3e-4): a note", "3a Adam 3e-4", "NoLRDecayWarning",
+          _one(lambda: rc.NoLRDecayWarning(**ignore), lambda: _seeded_digits_cnn(lr=0.1), max_steps=1),
+          match="Adam"),
         s("noise_filters", "frozen 5x5 first conv: filters stay noise", "4 regularize", "FirstLayerFilterViz",
           _one(lambda: rc.FirstLayerFilterViz(**ignore), _frozen_first_filters, max_steps=4)),
         s("dead_relus", "first conv bias -100: ReLUs dead", "beyond: updates", "UpdateRatioMonitor",

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from examples import planted_bugs
+from recipe_callbacks import Finding
 from recipe_callbacks.callback_base import snake_case
 from tests.support import read_events
 
@@ -35,6 +36,9 @@ EXPECTED = {
     "decay_in_early_stage": "NoLRDecayWarning",
     "cosine_tmax_epochs": "NoLRDecayWarning",
     "interval_wrong_level": "NoLRDecayWarning",
+    "onecycle_total_steps": "NoLRDecayWarning",
+    "lr_near_zero_early": "NoLRDecayWarning",
+    "adam_lr_far": "NoLRDecayWarning",
     "noise_filters": "FirstLayerFilterViz",
     "dead_relus": "UpdateRatioMonitor",
     "frozen_head_ratio": "UpdateRatioMonitor",
@@ -101,3 +105,17 @@ def test_unknown_scenario_is_named() -> None:
         planted_bugs.run_scenarios(["no_such_bug"])
     with pytest.raises(SystemExit):
         planted_bugs.main(["--only", "no_such_bug"])
+
+
+def test_main_exits_one_when_a_bug_is_missed(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A planted scenario whose check reports only a pass: the table says MISSED and the exit code is 1.
+    silent = planted_bugs.Scenario(
+        "silent_bug", "a bug nothing reports", "2h overfit", "OverfitOneBatch",
+        lambda ctx: planted_bugs.Outcome([Finding("OverfitOneBatch", "pass", "memorised")]),
+    )
+    monkeypatch.setattr(planted_bugs, "SCENARIOS", [silent])
+    assert planted_bugs.main(["--only", "silent_bug"]) == 1
+    out = capsys.readouterr().out
+    assert "MISSED pass" in out and "not as expected: silent_bug" in out
