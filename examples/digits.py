@@ -41,7 +41,7 @@ class DigitsCNN(pl.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.features = nn.Sequential(
-            nn.Conv2d(1, channels, 3, padding=1),
+            nn.Conv2d(1, channels, 5, padding=2),  # 5x5: big enough for FirstLayerFilterViz to judge
             nn.ReLU(),
             nn.Conv2d(channels, channels, 3, padding=1),
             nn.ReLU(),
@@ -87,14 +87,17 @@ class DigitsDataModule(pl.LightningDataModule):
         return DataLoader(self.val_set, batch_size=256)
 
 
-def run(epochs: int = 3, batch_size: int = 64, log_dir: str = "recipe_demo_logs", seed: int = 0,
-        max_steps: int = -1, preset: str = "full") -> pl.Trainer:
-    """Train the demo with a recipe preset and return its Trainer (the report is in ``trainer.log_dir``)."""
+def run(epochs: int = 5, batch_size: int = 64, log_dir: str = "recipe_demo_logs", seed: int = 0,
+        max_steps: int = -1, preset: str = "full", monitor_every: int = 5) -> pl.Trainer:
+    """Train the demo with a recipe preset and return its Trainer (the report is in ``trainer.log_dir``).
+
+    ``monitor_every`` is the monitors' ``every_n_steps``: a short demo run samples often.
+    """
     if preset == "monitor":  # the one preset without SeedEverything
         pl.seed_everything(seed, workers=True)
-        kwargs = recipe_callbacks.presets.trainer_kwargs(preset)
+        kwargs = recipe_callbacks.presets.trainer_kwargs(preset, every_n_steps=monitor_every)
     else:
-        kwargs = recipe_callbacks.presets.trainer_kwargs(preset, seed=seed)
+        kwargs = recipe_callbacks.presets.trainer_kwargs(preset, seed=seed, every_n_steps=monitor_every)
     model = DigitsCNN()  # built after the preset: SeedEverything seeded at construction
     trainer = pl.Trainer(
         accelerator="cpu",
@@ -118,7 +121,7 @@ def run(epochs: int = 3, batch_size: int = 64, log_dir: str = "recipe_demo_logs"
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--epochs", type=int, default=3, help="training epochs (default 3)")
+    parser.add_argument("--epochs", type=int, default=5, help="training epochs (default 5)")
     parser.add_argument("--max-steps", type=int, default=-1, help="stop after this many steps (default: no limit)")
     parser.add_argument("--batch-size", type=int, default=64, help="training batch size (default 64)")
     parser.add_argument("--log-dir", default="recipe_demo_logs", help="where TensorBoard logs go")

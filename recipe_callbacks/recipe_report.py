@@ -77,8 +77,10 @@ def render_markdown(findings: list[Finding], present: set[str]) -> str:
                         f"| {step} | {title} | {check} | {_MARK[f.status]} | {_cell(f.summary)} | {_cell(f.advice)} |"
                     )
             else:
-                why = "on the Trainer, reported nothing yet" if check in present else f"add recipe_callbacks.{check}"
-                rows.append(f"| {step} | {title} | {check} | not run | | {why} |")
+                if check in present:
+                    rows.append(f"| {step} | {title} | {check} | pending | on the Trainer, no verdict yet | |")
+                else:
+                    rows.append(f"| {step} | {title} | {check} | not run | | add recipe_callbacks.{check} |")
     for check, extra in by_check.items():
         if check not in known:
             for f in extra:

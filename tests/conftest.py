@@ -1,5 +1,5 @@
 """Test-wide settings: one torch thread per test process (the suite runs in parallel on 2 cores),
-and no seed left behind in the environment by an earlier test's ``seed_everything``."""
+and no seed or determinism setting left behind by an earlier test."""
 
 from collections.abc import Iterator
 
@@ -15,4 +15,9 @@ def _no_inherited_seed(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     # DistributedSampler and worker seeding read them back: each test starts without them.
     monkeypatch.delenv("PL_GLOBAL_SEED", raising=False)
     monkeypatch.delenv("PL_SEED_WORKERS", raising=False)
+    # Trainer(deterministic=True) turns deterministic algorithms on for the whole process and
+    # leaves them on after fit: put the process-wide flag back after every test.
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
     yield
+    torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)

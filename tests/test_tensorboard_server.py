@@ -50,7 +50,7 @@ def _wait_for(url: str, ready: Any, timeout: float = 90.0) -> Any:
 def full_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[RecipeCallback]]:
     root = tmp_path_factory.mktemp("tb")
     train, val = digits_datasets()
-    callbacks = presets.callbacks("full", on_fail="ignore")
+    callbacks = presets.callbacks("full", on_fail="ignore", every_n_steps=4)  # a short run samples often
     trainer = pl.Trainer(
         accelerator="cpu", devices=1, max_epochs=2, limit_train_batches=12,
         logger=TensorBoardLogger(str(root), name="full"),
@@ -75,11 +75,15 @@ def test_every_callback_is_served(full_run: tuple[Path, list[RecipeCallback]]) -
         images = _wait_for(f"{base}/images/tags", lambda d: any(d.values()))
         texts = _wait_for(f"{base}/text/tags", lambda d: any(d.values()))
         (run,) = scalars
-        served = set(scalars[run]) | set(images.get(run, {})) | set(texts.get(run, []))
-        assert "recipe/report" in texts[run]
+        text_tags = {t.removesuffix("/text_summary") for t in texts.get(run, [])}
+        served = set(scalars[run]) | set(images.get(run, {})) | text_tags
+        assert "recipe/report" in text_tags
+        # CausalityCheck has nothing to judge on images (it reports a skip); every other check is served.
+        skipped = {cb.check_name for cb in callbacks if cb.findings and all(f.status == "skip" for f in cb.findings)}
+        assert skipped == {"CausalityCheck"}
         for cb in callbacks:
             mine = sorted(t for t in served if t.startswith(cb.tag_prefix + "/"))
-            assert mine, f"{cb.check_name}: nothing served under {cb.tag_prefix}/ (findings: {cb.findings})"
+            assert mine or cb.check_name in skipped, f"{cb.check_name}: nothing served under {cb.tag_prefix}/"
         # the values themselves come back through the API
         tag = next(t for t in scalars[run] if t.startswith("recipe/"))
         points = _get(f"{base}/scalars/scalars?run={run}&tag={urllib.request.quote(tag)}")
