@@ -609,7 +609,7 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(results))
     missed = [r.name for r in results if not r.ok]
     seconds = sum(r.seconds for r in results)
-    print(f"\n{sum(r.ok for r in results)} of {len(results)} as expected in {seconds:.0f} s"
+    print(f"\n{sum(r.ok for r in results)} of {len(results)} as expected; {seconds:.1f} s of training"
           + (f"; not as expected: {', '.join(missed)}" if missed else ""))
     if args.log_dir:
         print(f"TensorBoard: tensorboard --logdir {Path(args.log_dir).resolve()}")

@@ -96,7 +96,7 @@ def test_main_lists_runs_one_and_exits_zero_when_caught(
 
     assert planted_bugs.main(["--only", "lr_zero", "--log-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "lr_zero" in out and "CAUGHT fail" in out and "1 of 1 as expected" in out
+    assert "lr_zero" in out and "CAUGHT fail" in out and "1 of 1 as expected;" in out
     assert (tmp_path / "lr_zero").is_dir()
 
 
