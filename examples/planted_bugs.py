@@ -289,17 +289,9 @@ def _dead_relus() -> DigitsCNN:
     return model
 
 
-class BigFirstFilters(DigitsCNN):
-    """The demo with a 5x5 first convolution (large enough for its filters to be judged)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.features[0] = nn.Conv2d(1, 16, 5, padding=2)
-
-
 def _frozen_first_filters() -> DigitsCNN:
-    pl.seed_everything(0, workers=True, verbose=False)
-    return _frozen(BigFirstFilters(), "features.0")  # still the random init after training: noise
+    # The demo's first conv is 5x5, large enough to be judged (min_kernel_size=16).
+    return _frozen(_seeded_digits_cnn(), "features.0")  # still the random init after training: noise
 
 
 # --------------------------------------------------------------------------- planted data
@@ -411,6 +403,7 @@ _HEALTHY_CHECKS: dict[str, Callable[[], RecipeCallback]] = {
     "BatchIndependenceCheck": lambda: rc.BatchIndependenceCheck(on_fail="ignore"),
     "NoLRDecayWarning": lambda: rc.NoLRDecayWarning(on_fail="ignore"),
     "UpdateRatioMonitor": lambda: rc.UpdateRatioMonitor(every_n_steps=2, on_fail="ignore"),
+    "FirstLayerFilterViz": lambda: rc.FirstLayerFilterViz(on_fail="ignore"),
 }
 
 
@@ -421,9 +414,9 @@ def _healthy(check: str) -> Callable[[_Context], Outcome]:
         if "healthy" not in ctx.cache:
             callbacks = {name: make() for name, make in _HEALTHY_CHECKS.items()}
             _fit(ctx, "control_digits", _seeded_digits_cnn(), list(callbacks.values()), _loader(_digits()[0]),
-                 _val()(), max_steps=46, val_check_interval=23)
+                 _val()(), max_steps=90, val_check_interval=45)
             ctx.cache["healthy"] = callbacks
-        return Outcome(ctx.cache["healthy"][check].findings, "healthy digits CNN, 46 steps")
+        return Outcome(ctx.cache["healthy"][check].findings, "healthy digits CNN, 90 steps")
 
     return run
 

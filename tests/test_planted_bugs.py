@@ -72,9 +72,8 @@ def test_every_planted_bug_is_caught_and_every_control_passes(tmp_path: Path) ->
 
     controls = [r for r in results if not r.planted]
     checks_with_control = {r.check for r in controls}
-    # Every check with a planted bug has a healthy control, except the filter noise score, which
-    # a few seconds of training cannot bring below its threshold.
-    assert set(EXPECTED.values()) - checks_with_control == {"FirstLayerFilterViz"}
+    # Every check with a planted bug has a healthy control.
+    assert set(EXPECTED.values()) <= checks_with_control
     for r in controls:
         assert "pass" in r.statuses and not r.caught, f"{r.name}: {r.check} reported {r.statuses}: {r.summary}"
 
