@@ -12,7 +12,7 @@ import torch
 from typing_extensions import override
 
 from recipe_callbacks.batch import BatchToXY
-from recipe_callbacks.callback_base import RecipeCallback
+from recipe_callbacks.callback_base import FirstBatchCheck
 from recipe_callbacks.core.dependencies import (
     CannotRun,
     Dependency,
@@ -58,23 +58,11 @@ class _Measurement:
     batchnorms: int
 
 
-class OneOffDependencyCheck(RecipeCallback):
+class OneOffDependencyCheck(FirstBatchCheck):
     """What ``BatchIndependenceCheck`` and ``CausalityCheck`` share: run once on the first training batch.
 
     Subclasses measure (``_measure``, raising ``CannotRun`` to skip) and report (``_report``).
     """
-
-    one_off = True
-
-    def __init__(
-        self,
-        on_fail: OnFail = "warn",
-        input_key: str | None = None,
-        target_key: str | None = None,
-        batch_to_xy: BatchToXY | None = None,
-    ) -> None:
-        super().__init__(on_fail, input_key, target_key, batch_to_xy)
-        self._done = False
 
     def _measure(self, pl_module: pl.LightningModule, x: torch.Tensor) -> Any:
         raise NotImplementedError
@@ -94,15 +82,7 @@ class OneOffDependencyCheck(RecipeCallback):
         raise NotImplementedError
 
     @override
-    def on_train_batch_start(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
-    ) -> None:
-        if self._done:
-            return
-        self._done = True
-        if self.is_resumed(trainer):
-            self.finish_early()
-            return
+    def check_first_batch(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any) -> None:
         measured: Any = None
         resolved = self.resolve(trainer, batch)
         if resolved is not None:
@@ -119,13 +99,6 @@ class OneOffDependencyCheck(RecipeCallback):
             self._report(trainer, measured)
         elif any_fail:
             self.report(trainer, "fail", "the check failed on another rank (see that rank's Finding)")
-        self.finish_early()
-
-    @override
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not self._done and not self.early_finished:
-            self.skip(trainer, "no training batch was seen, so the check did not run")
-            self.finish_early()
 
 
 class BatchIndependenceCheck(OneOffDependencyCheck):

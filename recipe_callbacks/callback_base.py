@@ -180,3 +180,51 @@ class RecipeCallback(Callback):
         self._findings = {key: Finding.from_dict(d) for key, d in state_dict.get("findings", {}).items()}
         self.early_finished = bool(state_dict.get("early_finished", self.early_finished))
         self._restored = True
+
+
+class FirstBatchCheck(RecipeCallback):
+    """A one-off check that judges the model at init on the first training batch of a fresh run.
+
+    Subclasses implement :meth:`check_first_batch`. It runs once per fit, on the batch exactly as
+    ``training_step`` receives it, and not at all on a resumed run (the earlier Findings come back
+    from the checkpoint). A fit that ends before any training batch gets a ``skip``.
+    """
+
+    one_off = True
+
+    def __init__(
+        self,
+        on_fail: OnFail = "warn",
+        input_key: str | None = None,
+        target_key: str | None = None,
+        batch_to_xy: BatchToXY | None = None,
+    ) -> None:
+        super().__init__(on_fail, input_key, target_key, batch_to_xy)
+        self._ran = False
+
+    def check_first_batch(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any) -> None:
+        """Judge the model on ``batch`` and report; called once, on a fresh run only."""
+        raise NotImplementedError
+
+    @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_fit_start(trainer, pl_module)
+        self._ran = False
+
+    @override
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if self._ran:
+            return
+        self._ran = True
+        if not self.is_resumed(trainer):
+            self.check_first_batch(trainer, pl_module, batch)
+        self.finish_early()
+
+    @override
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self._ran and not self.is_resumed(trainer):
+            self._ran = True
+            self.skip(trainer, "no training batch was seen, so the check did not run")
+            self.finish_early()

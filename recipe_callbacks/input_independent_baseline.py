@@ -10,7 +10,7 @@ from lightning.pytorch.utilities.seed import isolate_rng
 from typing_extensions import override
 
 from recipe_callbacks.batch import BatchToXY, ResolvedBatch
-from recipe_callbacks.callback_base import RecipeCallback
+from recipe_callbacks.callback_base import FirstBatchCheck
 from recipe_callbacks.core.pictures import line_chart
 from recipe_callbacks.core.short_training import (
     ShortTrainingError,
@@ -32,7 +32,7 @@ def _loss(model: torch.nn.Module, batch: Any) -> torch.Tensor | None:
     return training_step_loss(model, batch)  # type: ignore[arg-type]
 
 
-class InputIndependentBaseline(RecipeCallback):
+class InputIndependentBaseline(FirstBatchCheck):
     """Trains two copies of the model from the same initial weights on the same samples, one on
     the real inputs and one on inputs set to zero (targets unchanged), and checks that the real
     run reaches a clearly lower loss.
@@ -114,27 +114,9 @@ class InputIndependentBaseline(RecipeCallback):
         self.num_samples = check_int(owner, "num_samples", num_samples)
         self.min_relative_gap = check_float(owner, "min_relative_gap", min_relative_gap, maximum=1.0)
         self.lr = None if lr is None else check_float(owner, "lr", lr)
-        self._ran = False
 
     @override
-    def on_train_batch_start(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
-    ) -> None:
-        if self._ran:
-            return
-        self._ran = True
-        if not self.is_resumed(trainer):
-            self._check(trainer, pl_module, batch)
-        self.finish_early()
-
-    @override
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not self._ran and not self.is_resumed(trainer):
-            self._ran = True
-            self.skip(trainer, "no training batch was seen, so there was nothing to train the baseline on")
-            self.finish_early()
-
-    def _check(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any) -> None:
+    def check_first_batch(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any) -> None:
         if not pl_module.automatic_optimization:
             self.skip(
                 trainer,

@@ -10,7 +10,7 @@ from lightning.pytorch.utilities.seed import isolate_rng
 from typing_extensions import override
 
 from recipe_callbacks.batch import BatchResolutionError, BatchToXY, resolve_batch
-from recipe_callbacks.callback_base import RecipeCallback
+from recipe_callbacks.callback_base import FirstBatchCheck
 from recipe_callbacks.core.pictures import line_chart
 from recipe_callbacks.core.short_training import (
     ModelNotes,
@@ -42,7 +42,7 @@ def _names(names: list[str], limit: int = 4) -> str:
     return f"{shown}, ... ({len(names)} in all)" if len(names) > limit else shown
 
 
-class OverfitOneBatch(RecipeCallback):
+class OverfitOneBatch(FirstBatchCheck):
     """Trains a copy of the model on a few samples of the first training batch until it memorises
     them, and says why when it cannot.
 
@@ -121,25 +121,6 @@ class OverfitOneBatch(RecipeCallback):
             raise TypeError(f"{owner}(allow_negative_loss={allow_negative_loss!r}): allow_negative_loss must be a bool")
         self.allow_negative_loss = allow_negative_loss
         self.lr = None if lr is None else check_float(owner, "lr", lr)
-        self._ran = False
-
-    @override
-    def on_train_batch_start(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
-    ) -> None:
-        if self._ran:
-            return
-        self._ran = True
-        if not self.is_resumed(trainer):
-            self._check(trainer, pl_module, batch)
-        self.finish_early()
-
-    @override
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not self._ran and not self.is_resumed(trainer):
-            self._ran = True
-            self.skip(trainer, "no training batch was seen, so there was no batch to overfit")
-            self.finish_early()
 
     def _batch_size(self, batch: Any) -> int | None:
         try:
@@ -147,7 +128,8 @@ class OverfitOneBatch(RecipeCallback):
         except (BatchResolutionError, IndexError):
             return batch_size_of(batch)
 
-    def _check(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any) -> None:
+    @override
+    def check_first_batch(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any) -> None:
         if not pl_module.automatic_optimization:
             self.skip(
                 trainer,
