@@ -35,7 +35,7 @@ from recipe_callbacks.core.dependencies import (
 )
 from recipe_callbacks.finding import OnFail
 from recipe_callbacks.observe import observing
-from recipe_callbacks.validation import check_choice, check_float, check_int
+from recipe_callbacks.validation import check_bool, check_choice, check_float, check_int
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
@@ -168,8 +168,7 @@ class BatchIndependenceCheck(OneOffDependencyCheck):
         owner = type(self).__name__
         self.num_probes = check_int(owner, "num_probes", num_probes)
         self.tolerance = check_float(owner, "tolerance", tolerance, maximum=1.0)
-        if not isinstance(train_mode, bool):
-            raise TypeError(f"{owner}(train_mode={train_mode!r}): train_mode must be a bool")
+        check_bool(owner, "train_mode", train_mode)
         self.train_mode = train_mode
         self.method: Method = check_choice(owner, "method", method, METHODS)
 

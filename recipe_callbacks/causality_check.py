@@ -25,7 +25,7 @@ from recipe_callbacks.core.dependencies import (
     relative,
 )
 from recipe_callbacks.finding import OnFail
-from recipe_callbacks.validation import check_choice, check_float, check_int
+from recipe_callbacks.validation import check_bool, check_choice, check_float, check_int
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
@@ -118,8 +118,7 @@ class CausalityCheck(OneOffDependencyCheck):
         self.num_samples = check_int(owner, "num_samples", num_samples)
         self.tolerance = check_float(owner, "tolerance", tolerance, maximum=1.0)
         for name, flag in (("strict", strict), ("train_mode", train_mode)):
-            if not isinstance(flag, bool):
-                raise TypeError(f"{owner}({name}={flag!r}): {name} must be a bool")
+            check_bool(owner, name, flag)
         self.strict = strict
         self.train_mode = train_mode
         self.time_dim = None if time_dim is None else check_int(owner, "time_dim", time_dim, minimum=1)

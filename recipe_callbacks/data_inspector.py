@@ -28,7 +28,7 @@ from recipe_callbacks.core.init_loss import TASKS, Task, class_first, infer_task
 from recipe_callbacks.core.pictures import bar_chart, image_grid
 from recipe_callbacks.finding import OnFail, Status
 from recipe_callbacks.observe import observing
-from recipe_callbacks.validation import check_choice, check_float, check_int
+from recipe_callbacks.validation import check_bool, check_choice, check_float, check_int
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
@@ -176,8 +176,7 @@ class DataInspector(RecipeCallback):
         self.num_classes = None if num_classes is None else check_int(owner, "num_classes", num_classes, minimum=2)
         self.task: Task | None = None if task is None else check_choice(owner, "task", task, TASKS)
         for name, flag in (("check_duplicates", check_duplicates), ("show_hardest", show_hardest)):
-            if not isinstance(flag, bool):
-                raise TypeError(f"{owner}({name}={flag!r}): {name} must be a bool")
+            check_bool(owner, name, flag)
         self.check_duplicates = check_duplicates
         self.show_hardest = show_hardest
         self.seed = check_int(owner, "seed", seed, minimum=0)

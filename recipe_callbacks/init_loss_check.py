@@ -34,7 +34,7 @@ from recipe_callbacks.core.pictures import bar_chart
 from recipe_callbacks.data_inspector import DataInspector
 from recipe_callbacks.finding import OnFail, Status
 from recipe_callbacks.observe import observing
-from recipe_callbacks.validation import check_choice, check_float, check_int, check_optional_str
+from recipe_callbacks.validation import check_bool, check_choice, check_float, check_int, check_optional_str
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
@@ -209,8 +209,7 @@ class InitLossCheck(RecipeCallback):
         self.num_classes = None if num_classes is None else check_int(owner, "num_classes", num_classes, minimum=2)
         self.expected = None if expected is None else check_float(owner, "expected", expected)
         self.tolerance = check_float(owner, "tolerance", tolerance)
-        if not isinstance(fix_bias, bool):
-            raise TypeError(f"{owner}(fix_bias={fix_bias!r}): fix_bias must be a bool")
+        check_bool(owner, "fix_bias", fix_bias)
         self.fix_bias = fix_bias
         self.max_batches = check_int(owner, "max_batches", max_batches)
         self.num_batches = check_int(owner, "num_batches", num_batches)

@@ -27,7 +27,7 @@ from recipe_callbacks.core.short_training import (
 )
 from recipe_callbacks.finding import OnFail
 from recipe_callbacks.observe import detached_copy, training_step_loss
-from recipe_callbacks.validation import check_float, check_int
+from recipe_callbacks.validation import check_bool, check_float, check_int
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
@@ -117,8 +117,7 @@ class OverfitOneBatch(FirstBatchCheck):
         self.num_samples = check_int(owner, "num_samples", num_samples)
         self.max_steps = check_int(owner, "max_steps", max_steps)
         self.target_loss = check_float(owner, "target_loss", target_loss, minimum=-math.inf)
-        if not isinstance(allow_negative_loss, bool):
-            raise TypeError(f"{owner}(allow_negative_loss={allow_negative_loss!r}): allow_negative_loss must be a bool")
+        check_bool(owner, "allow_negative_loss", allow_negative_loss)
         self.allow_negative_loss = allow_negative_loss
         self.lr = None if lr is None else check_float(owner, "lr", lr)
 

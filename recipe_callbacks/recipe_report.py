@@ -14,6 +14,7 @@ from typing_extensions import override
 from recipe_callbacks import log_writer
 from recipe_callbacks.callback_base import RecipeCallback
 from recipe_callbacks.finding import Finding
+from recipe_callbacks.validation import check_bool
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
@@ -122,9 +123,7 @@ class RecipeReport(Callback):
     """
 
     def __init__(self, print_report: bool = True) -> None:
-        if not isinstance(print_report, bool):
-            raise TypeError(f"RecipeReport(print_report={print_report!r}): print_report must be a bool")
-        self.print_report = print_report
+        self.print_report = check_bool("RecipeReport", "print_report", print_report)
         self._early_printed = False
         self.last_markdown = ""
 

@@ -18,7 +18,7 @@ from recipe_callbacks.callback_base import RecipeCallback
 from recipe_callbacks.core.fingerprints import fingerprint_batch, fingerprint_scalar, fingerprint_tensors
 from recipe_callbacks.core.rng_state import capture_rng_states, restore_rng_states
 from recipe_callbacks.finding import OnFail
-from recipe_callbacks.validation import check_int
+from recipe_callbacks.validation import check_bool, check_int
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
@@ -32,12 +32,6 @@ _COMPARE = (
     "batch fingerprint means the data order or augmentation is not seeded (a sampler or worker_init_fn "
     "with its own generator, or files listed in a different order)."
 )
-
-
-def _check_bool(name: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"SeedEverything({name}={value!r}): {name} must be a bool")
-    return value
 
 
 def _dataloaders(obj: Any) -> list[DataLoader[Any]]:
@@ -128,9 +122,9 @@ class SeedEverything(RecipeCallback):
             raise ValueError(
                 f"SeedEverything(seed={seed!r}): seed must be an int in [{min_seed_value}, {max_seed_value}]"
             )
-        self.workers = _check_bool("workers", workers)
-        self.deterministic = _check_bool("deterministic", deterministic)
-        self.save_rng_state = _check_bool("save_rng_state", save_rng_state)
+        self.workers = check_bool("SeedEverything", "workers", workers)
+        self.deterministic = check_bool("SeedEverything", "deterministic", deterministic)
+        self.save_rng_state = check_bool("SeedEverything", "save_rng_state", save_rng_state)
         self.weights_fingerprint = ""
         self.batch_fingerprint = ""
         self._pending_rng: dict[str, Any] | None = None

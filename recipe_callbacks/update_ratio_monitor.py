@@ -21,7 +21,7 @@ from recipe_callbacks.callback_base import RecipeCallback
 from recipe_callbacks.core import update_ratio as core
 from recipe_callbacks.core.pictures import line_chart
 from recipe_callbacks.finding import OnFail, Status
-from recipe_callbacks.validation import check_float, check_int
+from recipe_callbacks.validation import check_bool, check_float, check_int
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
@@ -118,8 +118,7 @@ class UpdateRatioMonitor(RecipeCallback):
         self.patience = check_int(owner, "patience", patience)
         self.max_dead_fraction = check_float(owner, "max_dead_fraction", max_dead_fraction, maximum=1.0)
         for name, flag in (("activations", activations), ("include_frozen", include_frozen)):
-            if not isinstance(flag, bool):
-                raise TypeError(f"{owner}({name}={flag!r}): {name} must be a bool")
+            check_bool(owner, name, flag)
         self.activations = activations
         self.include_frozen = include_frozen
         self.unit_dim = check_int(owner, "unit_dim", unit_dim, minimum=-8)

@@ -52,6 +52,20 @@ def check_float(
     return float(value)
 
 
+def check_bool(owner: str, name: str, value: Any) -> bool:
+    """A bool (not merely truthy).
+
+    Example:
+        >>> check_bool("InitLossCheck", "fix_bias", "yes")
+        Traceback (most recent call last):
+        ...
+        TypeError: InitLossCheck(fix_bias='yes'): fix_bias must be a bool
+    """
+    if not isinstance(value, bool):
+        raise _fail(owner, name, value, "a bool", TypeError)
+    return value
+
+
 def check_choice(owner: str, name: str, value: Any, choices: Sequence[Any]) -> Any:
     """One of ``choices``.
 
