@@ -24,8 +24,9 @@ from recipe_callbacks.core.data_stats import (
     shared_samples,
     top_k_hardest,
 )
-from recipe_callbacks.core.init_loss import TASKS, Task, class_first, infer_task, logits_of, per_sample_loss
+from recipe_callbacks.core.init_loss import logits_of
 from recipe_callbacks.core.pictures import bar_chart, image_grid
+from recipe_callbacks.core.task import TASKS, Task, class_first, infer_task, is_binary_valued, per_sample_loss
 from recipe_callbacks.finding import OnFail, Status
 from recipe_callbacks.observe import observing
 from recipe_callbacks.validation import check_bool, check_choice, check_float, check_int
@@ -39,9 +40,8 @@ _FORWARD_COST = 1.0 / 3.0
 
 
 def _is_class_target(y: torch.Tensor) -> bool:
-    if y.dtype == torch.bool or not y.is_floating_point():
-        return True
-    return bool(((y == 0) | (y == 1)).all())
+    """Class labels by :mod:`~recipe_callbacks.core.task`'s rules: integer or bool, or float 0/1."""
+    return not y.is_floating_point() or is_binary_valued(y)
 
 
 class _Hardest:
@@ -122,7 +122,7 @@ class DataInspector(RecipeCallback):
         num_classes: number of classes (classes that never occur are then reported); inferred
             from the largest label when ``None``.
         task: ``"multiclass"``, ``"binary"`` or ``"regression"`` for the per-sample loss;
-            inferred when ``None``.
+            inferred when ``None`` (:func:`~recipe_callbacks.core.task.infer_task`).
         check_duplicates: hash samples to find validation samples that are also in training.
         show_hardest: show the highest-loss validation samples at the end of training.
         seed: seed of the generator that picks the subset of a large data set.
@@ -397,7 +397,11 @@ class DataInspector(RecipeCallback):
                     self.skip(trainer, "could not tell the per-sample loss from the model's output and targets",
                               "task", key=key)
                     return
-                losses = per_sample_loss(logits, y, task)
+                try:
+                    losses = per_sample_loss(logits, y, task)
+                except (RuntimeError, ValueError) as err:  # a task= that does not fit the shapes
+                    self.skip(trainer, f"could not compute the {task} loss: {err}", "task", key=key)
+                    return
                 images = images and looks_like_images(resolved.x)
                 hardest.add(losses, seen, resolved.x, resolved.y, _predictions(logits, y, task))
                 total += float(losses.sum())

@@ -16,21 +16,17 @@ from recipe_callbacks.batch import BatchToXY
 from recipe_callbacks.callback_base import RecipeCallback
 from recipe_callbacks.core.data_stats import bounded_loader, first_dataloader
 from recipe_callbacks.core.init_loss import (
-    TASKS,
     ExpectedLoss,
     TargetSummary,
-    Task,
     bias_for_prior,
-    class_first,
     expected_classification_loss,
     expected_regression_loss,
-    infer_task,
     judge_init_loss,
     logits_of,
-    per_sample_loss,
     predicted_distribution,
 )
 from recipe_callbacks.core.pictures import bar_chart
+from recipe_callbacks.core.task import TASKS, Task, class_first, infer_task, per_sample_loss
 from recipe_callbacks.data_inspector import DataInspector
 from recipe_callbacks.finding import OnFail, Status
 from recipe_callbacks.observe import observing
@@ -124,9 +120,10 @@ class InitLossCheck(RecipeCallback):
     nothing usable (``training_step`` does not call ``self(...)``), ``num_batches`` batches are
     run forward under ``torch.no_grad`` in eval mode before the first weight update instead.
 
-    The task is inferred from the logits and targets: integer targets and ``(N, C)`` logits are
-    multiclass cross-entropy; one logit per target with 0/1 targets is binary cross-entropy; float
-    targets of the logits' shape are MSE. The expected loss is chosen as follows:
+    The task is inferred from the logits and targets by :func:`~recipe_callbacks.core.task.infer_task`:
+    integer targets and ``(N, C, ...)`` or ``(N, ..., C)`` logits are multiclass cross-entropy; one
+    logit per target with 0/1 targets is binary cross-entropy; other float targets of the logits'
+    size are MSE. The expected loss is chosen as follows:
 
     - multiclass / binary: ``log C`` (``log 2``) when the class prior is unknown or balanced (its
       entropy within the tolerance band of ``log C``), the prior's entropy otherwise. The prior
@@ -613,7 +610,11 @@ class InitLossCheck(RecipeCallback):
             self.skip(trainer, f"fix_bias: the bias of '{layer_name}' has {layer_bias.numel()} entries, the prior "
                       f"{bias.numel()}", "final_layer", key=key)
             return
-        before = self._mean_loss(pairs, task)
+        try:
+            before = self._mean_loss(pairs, task)
+        except (RuntimeError, ValueError) as err:
+            self.skip(trainer, f"fix_bias could not compute the {task} loss: {err}", "task", key=key)
+            return
         old_bias = layer_bias.detach().clone()
         with torch.no_grad():
             layer_bias.copy_(bias.reshape(layer_bias.shape).to(layer_bias))

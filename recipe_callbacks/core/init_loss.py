@@ -14,6 +14,7 @@ is the *uninformed* loss: ``log C`` whatever the prior, ``log 2`` for BCE, ``E[y
 (predicting 0). On a balanced task the two agree. On a 1:9 binary task they do not (``log 2 =
 0.693`` against ``h(0.1) = 0.325``): that gap is what ``fix_bias`` removes.
 
+Which task a model solves and the loss of each sample are :mod:`recipe_callbacks.core.task`'s.
 Nothing here imports Lightning; the functions work on plain tensors.
 """
 
@@ -21,24 +22,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
 from recipe_callbacks.core.data_stats import label_counts
+from recipe_callbacks.core.task import Task
 
-Task = Literal["multiclass", "binary", "regression"]
-TASKS: tuple[str, ...] = get_args(Task)
 Verdict = Literal["pass", "too_low", "uninformed", "too_high"]
-
-
-def _is_binary_valued(target: torch.Tensor) -> bool:
-    if target.numel() == 0:
-        return False
-    if target.dtype == torch.bool:
-        return True
-    return bool(((target == 0) | (target == 1)).all())
 
 
 def logits_of(output: object) -> torch.Tensor | None:
@@ -61,90 +53,6 @@ def logits_of(output: object) -> torch.Tensor | None:
             if isinstance(value, torch.Tensor):
                 return value
     return None
-
-
-def class_axis(output: torch.Tensor, target: torch.Tensor) -> int | None:
-    """Where the classes are in multiclass logits for these targets: ``1`` for ``(N, C, ...)``
-    (PyTorch's layout), ``-1`` for ``(N, ..., C)`` (sequence models: ``(B, T, V)`` logits for
-    ``(B, T)`` targets), ``None`` when neither fits. ``1`` wins when both do.
-
-    Example:
-        >>> class_axis(torch.zeros(2, 5, 3), torch.zeros(2, 3, dtype=torch.long))
-        1
-        >>> class_axis(torch.zeros(2, 3, 65), torch.zeros(2, 3, dtype=torch.long))
-        -1
-    """
-    if output.ndim != target.ndim + 1 or output.ndim < 2 or output.shape[0] != target.shape[0]:
-        return None
-    if output.shape[1] >= 2 and output.shape[2:] == target.shape[1:]:
-        return 1
-    if output.shape[-1] >= 2 and output.shape[:-1] == target.shape:
-        return -1
-    return None
-
-
-def class_first(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Multiclass logits in PyTorch's ``(N, C, ...)`` layout (moves a last class axis to dim 1)."""
-    return output.movedim(-1, 1) if class_axis(output, target) == -1 else output
-
-
-def infer_task(output: torch.Tensor, target: torch.Tensor) -> Task | None:
-    """Which loss fits ``output`` (logits or predictions) and ``target``, from shapes and dtypes.
-
-    - ``multiclass``: integer targets of shape ``(N, ...)`` and logits ``(N, C, ...)`` or
-      ``(N, ..., C)`` with C >= 2;
-    - ``binary``: one logit per target (``(N,)`` or ``(N, 1)``, or the target's shape) and
-      targets that are all 0 or 1 (float, int or bool);
-    - ``regression``: float targets with as many elements per sample as the output;
-    - ``None`` when nothing fits (then the caller asks for ``task=``).
-
-    Example:
-        >>> infer_task(torch.zeros(4, 10), torch.tensor([1, 2, 3, 0]))
-        'multiclass'
-        >>> infer_task(torch.zeros(4, 1), torch.tensor([0.0, 1.0, 0.0, 0.0]))
-        'binary'
-        >>> infer_task(torch.zeros(4, 1), torch.tensor([0.5, 1.7, 0.2, 3.0]))
-        'regression'
-        >>> infer_task(torch.zeros(4, 3), torch.zeros(5)) is None
-        True
-    """
-    if output.ndim == 0 or target.ndim == 0 or output.shape[0] != target.shape[0]:
-        return None
-    if not output.is_floating_point():
-        return None
-    integral = not target.is_floating_point() and target.dtype != torch.bool
-    if integral and class_axis(output, target) is not None:
-        return "multiclass"
-    per_sample_out = output[0].numel()
-    per_sample_target = target[0].numel()
-    if per_sample_out != per_sample_target:
-        return None
-    if _is_binary_valued(target):
-        return "binary"
-    if target.is_floating_point():
-        return "regression"
-    return None
-
-
-def per_sample_loss(output: torch.Tensor, target: torch.Tensor, task: Task) -> torch.Tensor:
-    """The loss of each sample, ``(N,)``: cross-entropy, BCE-with-logits or squared error, averaged
-    over everything but the batch dimension (so that the mean over samples is the usual loss).
-
-    Example:
-        >>> per_sample_loss(torch.zeros(2, 4), torch.tensor([0, 3]), "multiclass").tolist() == [math.log(4)] * 2
-        True
-    """
-    n = output.shape[0]
-    out = output.detach().to(torch.float64)
-    if task == "multiclass":
-        losses = F.cross_entropy(class_first(out, target), target.detach().long(), reduction="none")
-    elif task == "binary":
-        losses = F.binary_cross_entropy_with_logits(
-            out.reshape(n, -1), target.detach().to(torch.float64).reshape(n, -1), reduction="none"
-        )
-    else:
-        losses = (out.reshape(n, -1) - target.detach().to(torch.float64).reshape(n, -1)) ** 2
-    return losses.reshape(n, -1).mean(dim=1)
 
 
 def predicted_distribution(output: torch.Tensor, task: Task) -> torch.Tensor | None:

@@ -16,10 +16,8 @@ from recipe_callbacks.core.init_loss import (
     entropy,
     expected_classification_loss,
     expected_regression_loss,
-    infer_task,
     judge_init_loss,
     logits_of,
-    per_sample_loss,
     predicted_distribution,
 )
 
@@ -49,44 +47,6 @@ def test_binary_entropy_matches_torch_bernoulli(p: float) -> None:
 def test_binary_entropy_rejects_a_probability_out_of_range() -> None:
     with pytest.raises(ValueError, match="p must be in"):
         binary_entropy(1.5)
-
-
-def test_infer_task_from_shapes_and_dtypes() -> None:
-    assert infer_task(torch.zeros(4, 10), torch.tensor([1, 2, 3, 0])) == "multiclass"
-    assert infer_task(torch.zeros(4, 3, 5, 5), torch.zeros(4, 5, 5, dtype=torch.long)) == "multiclass"
-    assert infer_task(torch.zeros(4, 2), torch.tensor([0, 1, 1, 0])) == "multiclass"
-    assert infer_task(torch.zeros(4), torch.tensor([0.0, 1.0, 0.0, 1.0])) == "binary"
-    assert infer_task(torch.zeros(4, 1), torch.tensor([0, 1, 1, 0])) == "binary"
-    assert infer_task(torch.zeros(4, 1), torch.tensor([[0.3], [50.0], [1.0], [2.0]])) == "regression"
-    assert infer_task(torch.zeros(4, 3), torch.zeros(4, 3) + 0.5) == "regression"
-    assert infer_task(torch.zeros(4, 3), torch.tensor([7, 8, 9, 1])) == "multiclass"
-    assert infer_task(torch.zeros(4, 3), torch.zeros(5, dtype=torch.long)) is None  # batch sizes differ
-    assert infer_task(torch.zeros(4, 3), torch.zeros(4, 2)) is None  # nothing fits
-
-
-def test_per_sample_loss_matches_torch_losses() -> None:
-    g = torch.Generator().manual_seed(1)
-    logits = torch.randn(6, 5, generator=g)
-    y = torch.randint(0, 5, (6,), generator=g)
-    torch.testing.assert_close(
-        per_sample_loss(logits, y, "multiclass"), F.cross_entropy(logits.double(), y, reduction="none")
-    )
-    seg_logits, seg_y = torch.randn(3, 4, 2, 2, generator=g), torch.randint(0, 4, (3, 2, 2), generator=g)
-    torch.testing.assert_close(
-        per_sample_loss(seg_logits, seg_y, "multiclass"),
-        F.cross_entropy(seg_logits.double(), seg_y, reduction="none").mean(dim=(1, 2)),
-    )
-    b_logits, b_y = torch.randn(6, generator=g), (torch.rand(6, generator=g) > 0.5).float()
-    torch.testing.assert_close(
-        per_sample_loss(b_logits, b_y, "binary"),
-        F.binary_cross_entropy_with_logits(b_logits.double(), b_y.double(), reduction="none"),
-    )
-    r_out, r_y = torch.randn(6, 3, generator=g), torch.randn(6, 3, generator=g)
-    torch.testing.assert_close(
-        per_sample_loss(r_out, r_y, "regression"), F.mse_loss(r_out.double(), r_y.double(), reduction="none").mean(1)
-    )
-    # the mean of the per-sample losses is the usual batch loss
-    assert float(per_sample_loss(logits, y, "multiclass").mean()) == pytest.approx(float(F.cross_entropy(logits, y)))
 
 
 def test_logits_of_reads_common_output_structures() -> None:
@@ -205,11 +165,3 @@ def test_judge_init_loss_places_the_observed_loss() -> None:
     assert judge_init_loss(math.log(2) * 1.6, imbalanced, 0.25).verdict == "too_high"
     assert judge_init_loss(0.33, imbalanced, 0.25).verdict == "pass"
     assert judge_init_loss(3.0, imbalanced, 0.25).verdict == "too_high"
-
-
-def test_class_axis_last_for_sequence_logits_matches_flattened_cross_entropy() -> None:
-    g = torch.Generator().manual_seed(4)
-    logits, y = torch.randn(3, 5, 7, generator=g), torch.randint(0, 7, (3, 5), generator=g)
-    assert infer_task(logits, y) == "multiclass"
-    oracle = F.cross_entropy(logits.double().flatten(0, 1), y.flatten(), reduction="none").reshape(3, 5).mean(1)
-    torch.testing.assert_close(per_sample_loss(logits, y, "multiclass"), oracle)

@@ -82,6 +82,7 @@ def test_per_sample_loss_matches_torch_losses() -> None:
         per_sample_loss(seg, seg_y, "multiclass"), F.cross_entropy(seg.double(), seg_y, reduction="none").mean((1, 2))
     )
     seq, tokens = torch.randn(3, 5, 7, generator=g), torch.randint(0, 7, (3, 5), generator=g)
+    assert infer_task(seq, tokens) == "multiclass"
     oracle = F.cross_entropy(seq.double().flatten(0, 1), tokens.flatten(), reduction="none").reshape(3, 5).mean(1)
     torch.testing.assert_close(per_sample_loss(seq, tokens, "multiclass"), oracle)
     soft = torch.softmax(torch.randn(6, 5, generator=g), dim=1)
@@ -92,6 +93,11 @@ def test_per_sample_loss_matches_torch_losses() -> None:
 
 def test_per_sample_binary_and_regression_losses_match_torch() -> None:
     g = torch.Generator().manual_seed(2)
+    flat, flat_bits = torch.randn(6, generator=g), (torch.rand(6, generator=g) > 0.5).float()
+    torch.testing.assert_close(
+        per_sample_loss(flat, flat_bits, "binary"),
+        F.binary_cross_entropy_with_logits(flat.double(), flat_bits.double(), reduction="none"),
+    )
     out, bits = torch.randn(6, 1, generator=g), (torch.rand(6, generator=g) > 0.5).float()
     torch.testing.assert_close(
         per_sample_loss(out, bits, "binary"),
