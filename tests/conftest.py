@@ -16,8 +16,6 @@ def _no_inherited_seed(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.delenv("PL_GLOBAL_SEED", raising=False)
     monkeypatch.delenv("PL_SEED_WORKERS", raising=False)
     # Trainer(deterministic=True) turns deterministic algorithms on for the whole process and
-    # leaves them on after fit: put the process-wide flag back after every test.
-    deterministic = torch.are_deterministic_algorithms_enabled()
-    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    # leaves them on after fit: every test starts from torch's default (off).
+    torch.use_deterministic_algorithms(False)
     yield
-    torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
