@@ -68,7 +68,10 @@ OBSERVERS = sorted(
 )
 
 
-@pytest.mark.parametrize("configuration", ["preset:monitor", "preset:skeleton", *OBSERVERS])
+TOGETHER = "BatchIndependenceCheck+CausalityCheck+InputIndependentBaseline+OverfitOneBatch"
+
+
+@pytest.mark.parametrize("configuration", ["preset:monitor", "preset:skeleton", TOGETHER, *OBSERVERS])
 def test_final_weights_are_bit_identical(
     configuration: str, bare: dict[str, torch.Tensor], tmp_path: Path
 ) -> None:
@@ -76,7 +79,8 @@ def test_final_weights_are_bit_identical(
         callbacks = [cb for cb in presets.callbacks(configuration.removeprefix("preset:"), on_fail="ignore")
                      if type(cb).__name__ not in CHANGES_TRAINING_ON_PURPOSE]
     else:
-        callbacks = [getattr(recipe_callbacks, configuration)(on_fail="ignore"), recipe_callbacks.RecipeReport(False)]
+        callbacks = [getattr(recipe_callbacks, name)(on_fail="ignore") for name in configuration.split("+")]
+        callbacks.append(recipe_callbacks.RecipeReport(False))
     observed = final_weights(tmp_path, callbacks)
     assert observed.keys() == bare.keys()
     for name, tensor in bare.items():
