@@ -21,12 +21,9 @@ from recipe_callbacks.core.eval_stats import (
     DEFAULT_LOSS,
     LOSSES,
     PER_SAMPLE_METRICS,
-    TASKS,
     LossName,
     MeanEstimate,
-    Task,
     estimate,
-    infer_task,
     per_sample_loss,
     per_sample_metric,
     real_rows,
@@ -34,6 +31,7 @@ from recipe_callbacks.core.eval_stats import (
     sample_sums,
     unpadded_positions,
 )
+from recipe_callbacks.core.task import TASKS, Task, class_first, require_task
 from recipe_callbacks.finding import OnFail
 from recipe_callbacks.observe import observing
 from recipe_callbacks.validation import check_choice, check_float, check_int
@@ -164,10 +162,11 @@ class FullEvalSet(RecipeCallback):
             ``forward`` output and the target). ``None``: accuracy for classification, MAE for
             regression. ``[]``: the loss only.
         task: ``"multiclass"``, ``"binary"`` or ``"regression"``; inferred from the logits and
-            targets of the first batch when ``None``.
+            targets of the first batch when ``None`` (:func:`~recipe_callbacks.core.task.infer_task`;
+            multiclass logits may be ``(N, C, ...)`` or ``(N, ..., C)``).
         loss: the per-sample loss: ``"cross_entropy"``, ``"bce_with_logits"``, ``"mse"``,
             ``"l1"``; the task's default when ``None``.
-        num_classes: classes of a multiclass task; the size of the logits' dimension 1 when ``None``.
+        num_classes: classes of a multiclass task; the size of the logits' class axis when ``None``.
         confidence: the level of the interval (normal approximation), 0.95 by default.
         on_fail, input_key, target_key, batch_to_xy: see :class:`RecipeCallback`.
 
@@ -412,7 +411,7 @@ class FullEvalSet(RecipeCallback):
         if self.task is not None:
             return self.task
         if self._inferred_task is None:
-            self._inferred_task = infer_task(preds, target)
+            self._inferred_task = require_task(preds, target)
         return self._inferred_task
 
     def _wanted_names(self, task: str) -> list[str]:
@@ -436,8 +435,9 @@ class FullEvalSet(RecipeCallback):
                 # Means of per-sample values (accuracy, MAE, MSE) come exactly from the float64 sums.
                 tally.metrics[name] = build_metric(name, task, num_classes).to(preds.device)
 
-    def _add_batch(self, tally: _Tally, preds: torch.Tensor, target: torch.Tensor) -> None:
-        task = self._task_of(preds, target)
+    def _add_batch(self, tally: _Tally, output: torch.Tensor, target: torch.Tensor) -> None:
+        task = self._task_of(output, target)
+        preds = class_first(output, target) if task == "multiclass" else output  # (N, C, ...) logits
         if tally.metrics is None:
             self._build_metrics(tally, task, preds)
         batch_size = int(preds.shape[0])
@@ -445,7 +445,7 @@ class FullEvalSet(RecipeCallback):
         tally.position += batch_size
         tally.excluded += batch_size - rows
         if rows < batch_size:  # DDP padding comes last in a shard: keep the real prefix
-            preds, target = preds[:rows], target[:rows]
+            output, preds, target = output[:rows], preds[:rows], target[:rows]
         if rows == 0:
             return
         losses = per_sample_loss(preds, target, self.loss or DEFAULT_LOSS[task])
@@ -457,7 +457,7 @@ class FullEvalSet(RecipeCallback):
                 tally.sums[i] += sample_sums(values)
         for metric in (tally.metrics or {}).values():
             if self.metric_objects is not None:
-                metric.update(preds, target)
+                metric.update(output, target)
             else:
                 metric.update(*_metric_inputs(task, preds, target))
 

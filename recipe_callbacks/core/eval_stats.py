@@ -1,6 +1,7 @@
 """Exact means over a whole evaluation set, their standard errors, and how many digits are real.
 
-Everything here is plain PyTorch: per-sample losses and metrics, float64 sums that can be added
+Everything here is plain PyTorch: per-sample losses (by name; the task's losses are
+:mod:`recipe_callbacks.core.task`'s) and metrics, float64 sums that can be added
 across batches and processes (count, sum, sum of squares per quantity), the mean with its standard
 error and confidence interval, the figure rounded to the digits its interval supports, and which
 positions of a ``DistributedSampler`` shard are padding.
@@ -18,13 +19,15 @@ from statistics import NormalDist
 from typing import Literal, get_args
 
 import torch
-from torch.nn import functional as F
 
-Task = Literal["multiclass", "binary", "regression"]
+from recipe_callbacks.core.task import Task, class_first, paired_rows
+from recipe_callbacks.core.task import per_sample_loss as task_loss
+
 LossName = Literal["cross_entropy", "bce_with_logits", "mse", "l1"]
-TASKS: tuple[str, ...] = get_args(Task)
 LOSSES: tuple[str, ...] = get_args(LossName)
 DEFAULT_LOSS: dict[str, LossName] = {"multiclass": "cross_entropy", "binary": "bce_with_logits", "regression": "mse"}
+# The task whose loss each loss name is (l1 is no task's default).
+LOSS_TASK: dict[str, Task] = {"cross_entropy": "multiclass", "bce_with_logits": "binary", "mse": "regression"}
 # Metrics that are means of a per-sample quantity: their standard error is known from the sums.
 PER_SAMPLE_METRICS: dict[str, tuple[str, ...]] = {
     "accuracy": ("multiclass", "binary"),
@@ -33,96 +36,36 @@ PER_SAMPLE_METRICS: dict[str, tuple[str, ...]] = {
 }
 
 
-# ----------------------------------------------------------------------------- task and losses
-def infer_task(preds: torch.Tensor, target: torch.Tensor) -> Task:
-    """The kind of task from the model output and the target of one batch.
+# ----------------------------------------------------------------------------- losses and metrics
+def per_sample_loss(preds: torch.Tensor, target: torch.Tensor, loss: LossName) -> torch.Tensor:
+    """The loss of every sample by its name, ``(N,)`` float64, averaged over any non-batch dimensions.
 
-    - integer targets ``(N, ...)`` with outputs ``(N, C, ...)``, ``C >= 2``: ``"multiclass"``;
-    - one output per target element and targets that are integers/bools or floats in {0, 1}:
-      ``"binary"`` (also multi-label);
-    - one output per target element and other float targets: ``"regression"``.
+    ``cross_entropy``, ``bce_with_logits`` and ``mse`` are the losses of the ``multiclass``,
+    ``binary`` and ``regression`` tasks, computed by :func:`recipe_callbacks.core.task.per_sample_loss`
+    (class indices or class probabilities for cross-entropy; one output per target element for the
+    others, nothing broadcast); ``l1`` is the absolute error, one output per target element.
 
     Raises:
-        ValueError: when the shapes fit none of these (give ``task=`` explicitly).
-
-    Example:
-        >>> infer_task(torch.zeros(4, 3), torch.tensor([0, 1, 2, 0]))
-        'multiclass'
-        >>> infer_task(torch.zeros(4, 1), torch.tensor([0.0, 1.0, 1.0, 0.0]))
-        'binary'
-        >>> infer_task(torch.zeros(4), torch.tensor([0.5, 1.5, 2.0, 0.1]))
-        'regression'
-    """
-    if preds.ndim == 0 or target.ndim == 0:
-        raise ValueError(
-            f"output of shape {tuple(preds.shape)} and target of shape {tuple(target.shape)} have no batch dimension"
-        )
-    integer_target = not (target.is_floating_point() or target.is_complex())
-    if (
-        integer_target
-        and target.dtype != torch.bool
-        and preds.ndim >= 2
-        and preds.shape[1] >= 2
-        and tuple(target.shape) == (preds.shape[0], *preds.shape[2:])
-    ):
-        return "multiclass"
-    if preds.shape[0] == target.shape[0] and preds.numel() == target.numel():
-        if integer_target:
-            return "binary"
-        if bool(((target == 0) | (target == 1)).all()):
-            return "binary"
-        return "regression"
-    raise ValueError(
-        f"cannot tell the task from an output of shape {tuple(preds.shape)} and a target of shape "
-        f"{tuple(target.shape)} ({target.dtype})"
-    )
-
-
-def _per_sample(values: torch.Tensor) -> torch.Tensor:
-    """``(N, ...)`` element values -> ``(N,)`` per-sample means."""
-    return values.reshape(values.shape[0], -1).mean(dim=1) if values.ndim > 1 else values
-
-
-def _like_target(preds: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Outputs ``(N, 1)`` for targets ``(N,)`` (and the like) reshaped to the target's shape."""
-    if preds.shape != target.shape and preds.numel() == target.numel():
-        return preds.reshape(target.shape)
-    return preds
-
-
-def per_sample_loss(preds: torch.Tensor, target: torch.Tensor, loss: LossName) -> torch.Tensor:
-    """The loss of every sample, ``(N,)`` float64, averaged over any non-batch dimensions.
-
-    ``cross_entropy`` takes logits ``(N, C, ...)`` and class indices ``(N, ...)`` (or class
-    probabilities shaped like the logits); ``bce_with_logits`` takes logits; ``mse`` and ``l1``
-    compare outputs with targets element by element.
+        ValueError: for shapes that do not fit the loss, or an unknown loss name.
 
     Example:
         >>> logits = torch.tensor([[2.0, 0.0], [0.0, 2.0], [1.0, 1.0]])
         >>> per_sample_loss(logits, torch.tensor([0, 0, 1]), "cross_entropy").round(decimals=4).tolist()
         [0.1269, 2.1269, 0.6931]
     """
-    p = preds.to(torch.float64)
-    if loss == "cross_entropy":
-        t = target.to(torch.float64) if target.is_floating_point() and target.shape == preds.shape else target.long()
-        return _per_sample(F.cross_entropy(p, t, reduction="none"))
-    p = _like_target(p, target)
-    if p.shape != target.shape:  # no broadcasting: (N, C) against (N,) is a wrong task, not a loss
-        raise ValueError(f"{loss} needs an output shaped like the target {tuple(target.shape)}, got {tuple(p.shape)}")
-    t = target.to(torch.float64)
-    if loss == "bce_with_logits":
-        return _per_sample(F.binary_cross_entropy_with_logits(p, t, reduction="none"))
-    if loss == "mse":
-        return _per_sample((p - t) ** 2)
     if loss == "l1":
-        return _per_sample((p - t).abs())
-    raise ValueError(f"unknown loss {loss!r}; expected one of {LOSSES}")
+        out, t = paired_rows(preds, target)
+        return (out - t).abs().mean(dim=1)
+    if loss not in LOSS_TASK:
+        raise ValueError(f"unknown loss {loss!r}; expected one of {LOSSES}")
+    return task_loss(preds, target, LOSS_TASK[loss])
 
 
 def per_sample_metric(name: str, task: str, preds: torch.Tensor, target: torch.Tensor) -> torch.Tensor | None:
     """The per-sample value, ``(N,)`` float64, of a metric that is a mean over samples, or ``None``.
 
-    ``accuracy`` (top-1 for multiclass, logit > 0 for binary), ``mae`` and ``mse`` (regression).
+    ``accuracy`` (top-1 for multiclass, logits ``(N, C, ...)`` or ``(N, ..., C)``; logit > 0 for
+    binary), ``mae`` and ``mse`` (regression), each averaged over any non-batch dimensions.
     Metrics such as F1 or AUROC are not means of per-sample values: ``None``.
 
     Example:
@@ -135,11 +78,13 @@ def per_sample_metric(name: str, task: str, preds: torch.Tensor, target: torch.T
     if task not in PER_SAMPLE_METRICS.get(name, ()):
         return None
     if name == "accuracy" and task == "multiclass":
-        return _per_sample((preds.argmax(dim=1) == target).to(torch.float64))
+        hits = class_first(preds, target).argmax(dim=1) == target  # (N, ...)
+        return hits.to(torch.float64).reshape(hits.shape[0], -1).mean(dim=1)
+    out, t = paired_rows(preds, target)  # (N, D) each
     if name == "accuracy":
-        return _per_sample(((_like_target(preds, target) > 0) == (target > 0.5)).to(torch.float64))
-    error = _like_target(preds, target).to(torch.float64) - target.to(torch.float64)
-    return _per_sample(error.abs() if name == "mae" else error**2)
+        return ((out > 0) == (t > 0.5)).to(torch.float64).mean(dim=1)
+    error = out - t
+    return (error.abs() if name == "mae" else error**2).mean(dim=1)
 
 
 # ----------------------------------------------------------------------------- sums

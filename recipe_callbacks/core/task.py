@@ -174,8 +174,8 @@ def paired_rows(output: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tenso
     """
     if output.ndim == 0 or target.ndim == 0 or output.shape[0] != target.shape[0] or output.numel() != target.numel():
         raise ValueError(
-            f"needs one output per target element (an output shaped like the target {tuple(target.shape)}), "
-            f"got {tuple(output.shape)}"
+            f"outputs {tuple(output.shape)} do not pair with targets {tuple(target.shape)}: one output per target "
+            "element is needed (an output shaped like the target)"
         )
     n = output.shape[0]
     out = output.detach().to(torch.float64).reshape(n, -1)

@@ -15,7 +15,6 @@ from torchmetrics.functional.classification import binary_accuracy, multiclass_a
 from recipe_callbacks.core.eval_stats import (
     estimate,
     format_estimate,
-    infer_task,
     interval_decimals,
     per_sample_loss,
     per_sample_metric,
@@ -25,16 +24,6 @@ from recipe_callbacks.core.eval_stats import (
     unpadded_positions,
     z_value,
 )
-
-
-def test_infer_task_from_shapes_and_targets() -> None:
-    assert infer_task(torch.zeros(5, 3), torch.tensor([0, 1, 2, 0, 1])) == "multiclass"
-    assert infer_task(torch.zeros(2, 4, 3, 3), torch.zeros(2, 3, 3, dtype=torch.long)) == "multiclass"
-    assert infer_task(torch.zeros(5, 1), torch.tensor([0, 1, 1, 0, 1])) == "binary"
-    assert infer_task(torch.zeros(5, 3), torch.tensor([[0.0, 1.0, 1.0]] * 5)) == "binary"  # multi-label
-    assert infer_task(torch.zeros(5), torch.tensor([0.1, 2.0, 3.0, 4.0, 5.0])) == "regression"
-    with pytest.raises(ValueError, match="cannot tell the task"):
-        infer_task(torch.zeros(5, 3), torch.zeros(5, 2))
 
 
 def test_per_sample_losses_average_to_the_torch_losses() -> None:
@@ -171,3 +160,13 @@ def test_real_rows() -> None:
     assert real_rows(16, 4, 18) == 2
     assert real_rows(20, 2, 18) == 0
     assert real_rows(0, 8, 18) == 8
+
+
+def test_sequence_logits_with_the_class_axis_last() -> None:
+    g = torch.Generator().manual_seed(2)
+    logits, tokens = torch.randn(3, 5, 7, generator=g), torch.randint(0, 7, (3, 5), generator=g)  # (B, T, V), (B, T)
+    oracle = F.cross_entropy(logits.double().flatten(0, 1), tokens.flatten(), reduction="none").reshape(3, 5).mean(1)
+    torch.testing.assert_close(per_sample_loss(logits, tokens, "cross_entropy"), oracle)
+    accuracy = per_sample_metric("accuracy", "multiclass", logits, tokens)
+    assert accuracy is not None
+    torch.testing.assert_close(accuracy, (logits.argmax(-1) == tokens).double().mean(1))

@@ -64,6 +64,17 @@ def test_require_task_raises_naming_the_shapes() -> None:
         require_task(torch.zeros(4, 1), torch.tensor([0, 3, 2, 1]))
 
 
+# Moved from test_eval_stats, where it tested eval_stats.infer_task (FullEvalSet's inference, now require_task).
+def test_require_task_from_shapes_and_targets() -> None:
+    assert require_task(torch.zeros(5, 3), torch.tensor([0, 1, 2, 0, 1])) == "multiclass"
+    assert require_task(torch.zeros(2, 4, 3, 3), torch.zeros(2, 3, 3, dtype=torch.long)) == "multiclass"
+    assert require_task(torch.zeros(5, 1), torch.tensor([0, 1, 1, 0, 1])) == "binary"
+    assert require_task(torch.zeros(5, 3), torch.tensor([[0.0, 1.0, 1.0]] * 5)) == "binary"  # multi-label
+    assert require_task(torch.zeros(5), torch.tensor([0.1, 2.0, 3.0, 4.0, 5.0])) == "regression"
+    with pytest.raises(ValueError, match="cannot tell the task"):
+        require_task(torch.zeros(5, 3), torch.zeros(5, 2))
+
+
 def test_is_binary_valued() -> None:
     assert is_binary_valued(torch.tensor([0.0, 1.0])) and is_binary_valued(torch.tensor([True]))
     assert not is_binary_valued(torch.tensor([0.0, 0.5])) and not is_binary_valued(torch.zeros(0))
