@@ -16,17 +16,15 @@ from recipe_callbacks.callback_base import RecipeCallback
 from recipe_callbacks.core.pictures import heatmap, image_grid
 from recipe_callbacks.core.prediction_jitter import (
     Snapshot,
-    Task,
     back_and_forth,
-    class_dim,
     flip_rate,
-    infer_task,
     jitter,
     late_median,
     snapshot,
     target_scale,
     thin_indices,
 )
+from recipe_callbacks.core.task import TASKS, Task, require_task
 from recipe_callbacks.finding import OnFail
 from recipe_callbacks.observe import observing
 from recipe_callbacks.validation import check_choice, check_float, check_int
@@ -91,7 +89,9 @@ class PredictionDynamicsLogger(RecipeCallback):
         indices: dataset indices of the samples to watch; overrides ``num_samples``.
         source: ``"val"`` takes the samples from the validation dataloader, ``"train"`` from the
             training dataloader (for runs without validation).
-        task: ``"auto"`` infers it (integer targets are classes, float targets regression);
+        task: ``"auto"`` infers it with :func:`~recipe_callbacks.core.task.infer_task`, as the
+            other checks do (class indices for the logits' class axis: multiclass; one logit per
+            target and 0/1 targets, float ones too: binary; other float targets: regression);
             ``"classification"`` or ``"regression"`` say it.
         max_jitter: the median jitter after warm-up above which the learning rate is flagged.
         max_flip_rate: the median flip rate after warm-up above which it is flagged.
@@ -119,7 +119,7 @@ class PredictionDynamicsLogger(RecipeCallback):
         - ``recipe/prediction_dynamics_logger/flip_rate``: fraction of predicted classes that
           flipped since the previous record (classification).
         - ``recipe/prediction_dynamics_logger/fixed_batch_loss``: loss on the fixed samples
-          (cross-entropy, or mean squared error for regression).
+          (cross-entropy, binary cross-entropy with logits, or mean squared error for regression).
         - ``recipe/prediction_dynamics_logger/heatmap`` (image): samples (rows) x records
           (columns, left to right); colour is the probability of the true class (0 dark, 1
           yellow) or the absolute regression error.
@@ -293,18 +293,13 @@ class PredictionDynamicsLogger(RecipeCallback):
 
     def _resolve_task(self, trainer: pl.Trainer, output: torch.Tensor, y: torch.Tensor) -> Task | None:
         try:
-            task: Task
             if self.task == "regression":
-                task = "regression"
-            elif self.task == "classification":
-                task = "binary" if output.numel() == y.numel() else "multiclass"
-                if task == "multiclass":
-                    class_dim(output, y.long())
-            else:
-                task = infer_task(output, y)
-            if task == "regression" and output.numel() != y.numel():
-                raise ValueError(f"outputs {tuple(output.shape)} and targets {tuple(y.shape)} differ in size")
-            return task
+                if output.numel() != y.numel():
+                    raise ValueError(f"outputs {tuple(output.shape)} and targets {tuple(y.shape)} differ in size")
+                return "regression"
+            if self.task == "classification":  # float labels are class indices or 0/1 here
+                return require_task(output, y.long() if y.is_floating_point() else y)
+            return require_task(output, y)
         except ValueError as err:
             self.skip(trainer, f"cannot compare the predictions with the targets: {err}", "task")
             return None
@@ -472,7 +467,7 @@ class PredictionDynamicsLogger(RecipeCallback):
         self.sample_y = state_dict.get("sample_y")
         self.sample_indices = state_dict.get("sample_indices")
         task = state_dict.get("task", "")
-        self._task = task if task in ("multiclass", "binary", "regression") else None
+        self._task = task if task in TASKS else None
         if self._task == "regression" and self.sample_y is not None:
             self._scale = target_scale(self.sample_y)
         self.steps = [int(s) for s in state_dict.get("steps", torch.zeros(0)).tolist()]

@@ -215,6 +215,45 @@ def test_cannot_run_situations_skip_naming_the_argument(tmp_path: Path) -> None:
     assert "differ in size" in cb.findings[-1].summary
 
 
+class BinaryLogit(pl.LightningModule):
+    """One logit per sample trained with BCE on float 0/1 targets."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Linear(8, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        return nn.functional.binary_cross_entropy_with_logits(self(batch[0]).squeeze(1), batch[1])
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        pass
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_float_zero_one_targets_are_binary_as_in_the_other_checks(tmp_path: Path) -> None:
+    # core.task's rule: one logit per target and 0/1 targets (float ones too) is binary, not regression.
+    x = blobs(48).tensors[0]
+    data = TensorDataset(x, (x[:, 0] > 1.5).float())
+    cb = PredictionDynamicsLogger(num_samples=8, every_n_steps=1, on_fail="ignore")
+    trainer = fast_trainer(tmp_path, max_epochs=2, callbacks=[cb])
+    pl.seed_everything(0, verbose=False)
+    trainer.fit(BinaryLogit(), loader(data), loader(data))
+    assert f"{TAG}/flip_rate" in read_events(tmp_path / "run").Tags()["scalars"]
+    model = trainer.lightning_module.eval()
+    with torch.no_grad():
+        logit = model(cb.sample_x).squeeze(1).double()
+    target = cb.sample_y.double()
+    p_true = torch.where(target == 1, logit.sigmoid(), 1 - logit.sigmoid())
+    torch.testing.assert_close(cb.heatmap_matrix()[:, -1].double(), p_true, rtol=1e-5, atol=1e-6)
+    bce = float(nn.functional.binary_cross_entropy_with_logits(logit, target))
+    assert cb.losses[-1] == pytest.approx(bce, rel=1e-5)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "error", "argument"),
     [

@@ -22,7 +22,7 @@ same ``K`` samples at consecutive records:
 - **fixed-batch loss**: cross-entropy (multiclass), binary cross-entropy with logits (binary) or
   mean squared error (regression) of the fixed samples.
 
-Nothing here imports Lightning.
+The task and its loss are :mod:`recipe_callbacks.core.task`'s. Nothing here imports Lightning.
 """
 
 from __future__ import annotations
@@ -30,64 +30,10 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
-from torch.nn import functional
 
-Task = Literal["multiclass", "binary", "regression"]
-
-
-def infer_task(outputs: torch.Tensor, targets: torch.Tensor) -> Task:
-    """The kind of task from the model's outputs and the targets.
-
-    Integer targets are classes: ``multiclass`` when the outputs have a class dimension (dim 1 as
-    ``cross_entropy`` expects, or the last one as in ``(N, T, C)`` sequence models), ``binary``
-    when there is one logit per target. Float targets are ``regression``.
-
-    Raises:
-        ValueError: when integer targets do not fit the shape of the outputs.
-
-    Example:
-        >>> infer_task(torch.zeros(4, 3), torch.tensor([0, 1, 2, 0]))
-        'multiclass'
-        >>> infer_task(torch.zeros(4, 1), torch.tensor([0, 1, 1, 0]))
-        'binary'
-        >>> infer_task(torch.zeros(4), torch.zeros(4))
-        'regression'
-    """
-    if targets.is_floating_point():
-        return "regression"
-    if outputs.numel() == targets.numel():
-        return "binary"
-    try:
-        class_dim(outputs, targets)
-    except ValueError:
-        raise ValueError(
-            f"integer targets of shape {tuple(targets.shape)} do not fit outputs of shape {tuple(outputs.shape)}"
-        ) from None
-    return "multiclass"
-
-
-def class_dim(outputs: torch.Tensor, targets: torch.Tensor) -> int:
-    """The class dimension of multiclass ``outputs``: 1 for ``(N, C, *)`` with targets ``(N, *)``,
-    or -1 for ``(N, *, C)`` with targets ``(N, *)``.
-
-    Raises:
-        ValueError: when neither layout fits.
-
-    Example:
-        >>> class_dim(torch.zeros(2, 5, 7), torch.zeros(2, 7, dtype=torch.long))
-        1
-        >>> class_dim(torch.zeros(2, 7, 5), torch.zeros(2, 7, dtype=torch.long))
-        -1
-    """
-    if outputs.ndim == targets.ndim + 1:
-        if outputs.shape[:1] + outputs.shape[2:] == targets.shape:
-            return 1
-        if outputs.shape[:-1] == targets.shape:
-            return -1
-    raise ValueError(f"outputs {tuple(outputs.shape)} have no class dimension that fits targets {tuple(targets.shape)}")
+from recipe_callbacks.core.task import Task, class_axis, class_first, per_sample_loss
 
 
 @dataclass(frozen=True)
@@ -124,26 +70,22 @@ def snapshot(outputs: torch.Tensor, targets: torch.Tensor, task: Task) -> Snapsh
         ([1.0, 1.0], 1.0)
     """
     out = outputs.detach().to(torch.float64)
+    labels = targets.detach().long()
+    if task == "multiclass" and class_axis(out, labels) is None:
+        raise ValueError(f"outputs {tuple(out.shape)} have no class axis that fits targets {tuple(labels.shape)}")
+    loss = float(per_sample_loss(out, targets, task).mean())
     if task == "regression":
         prediction = out.reshape(targets.shape)
-        target = targets.detach().to(torch.float64)
-        error = (prediction - target).abs()
-        return Snapshot(prediction, None, _per_sample_mean(error), float(functional.mse_loss(prediction, target)))
-    labels = targets.detach().long()
+        error = (prediction - targets.detach().to(torch.float64)).abs()
+        return Snapshot(prediction, None, _per_sample_mean(error), loss)
     if task == "binary":
         logit = out.reshape(labels.shape)
         p_one = torch.sigmoid(logit)
         tracked = torch.where(labels == 1, p_one, 1.0 - p_one)
-        classes = (logit > 0).long()
-        loss = float(functional.binary_cross_entropy_with_logits(logit, labels.to(torch.float64)))
-        return Snapshot(tracked, classes, _per_sample_mean(tracked), loss)
-    dim = class_dim(out, labels)
-    log_probs = torch.log_softmax(out, dim=dim)
-    moved = log_probs.movedim(dim, -1)  # (K, *, C)
-    tracked = moved.gather(-1, labels.unsqueeze(-1)).squeeze(-1).exp()
-    classes = moved.argmax(dim=-1)
-    loss = float(-moved.gather(-1, labels.unsqueeze(-1)).mean())
-    return Snapshot(tracked, classes, _per_sample_mean(tracked), loss)
+        return Snapshot(tracked, (logit > 0).long(), _per_sample_mean(tracked), loss)
+    log_probs = torch.log_softmax(class_first(out, labels), dim=1).movedim(1, -1)  # (K, *, C)
+    tracked = log_probs.gather(-1, labels.unsqueeze(-1)).squeeze(-1).exp()
+    return Snapshot(tracked, log_probs.argmax(dim=-1), _per_sample_mean(tracked), loss)
 
 
 def target_scale(targets: torch.Tensor) -> float:

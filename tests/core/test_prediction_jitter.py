@@ -11,15 +11,14 @@ from torch.nn import functional
 
 from recipe_callbacks.core.prediction_jitter import (
     back_and_forth,
-    class_dim,
     flip_rate,
-    infer_task,
     jitter,
     late_median,
     snapshot,
     target_scale,
     thin_indices,
 )
+from recipe_callbacks.core.task import class_axis
 
 
 def test_multiclass_snapshot_matches_softmax_and_cross_entropy() -> None:
@@ -42,7 +41,7 @@ def test_dense_and_sequence_layouts_use_the_right_class_dimension() -> None:
     torch.testing.assert_close(s.per_sample, oracle.flatten(1).mean(1))
     assert s.loss == pytest.approx(float(functional.cross_entropy(dense.double(), y)))
     seq, t = torch.randn(2, 7, 5, generator=g), torch.randint(0, 5, (2, 7), generator=g)
-    assert class_dim(seq, t) == -1
+    assert class_axis(seq, t) == -1
     s = snapshot(seq, t, "multiclass")
     assert s.loss == pytest.approx(float(functional.cross_entropy(seq.double().transpose(1, 2), t)))
 
@@ -59,14 +58,6 @@ def test_binary_and_regression_snapshots() -> None:
     assert s.classes is None
     assert s.per_sample.tolist() == [1.0, 1.0]
     assert s.loss == pytest.approx(float(functional.mse_loss(pred, target)))
-
-
-def test_infer_task() -> None:
-    assert infer_task(torch.zeros(3, 5), torch.zeros(3, dtype=torch.long)) == "multiclass"
-    assert infer_task(torch.zeros(3), torch.zeros(3, dtype=torch.long)) == "binary"
-    assert infer_task(torch.zeros(3, 2), torch.zeros(3, 2)) == "regression"
-    with pytest.raises(ValueError, match="do not fit"):
-        infer_task(torch.zeros(3, 5), torch.zeros(4, dtype=torch.long))
 
 
 def test_jitter_flip_rate_and_scale_by_hand() -> None:

@@ -75,6 +75,18 @@ def test_require_task_from_shapes_and_targets() -> None:
         require_task(torch.zeros(5, 3), torch.zeros(5, 2))
 
 
+# Moved from test_prediction_jitter, where it tested prediction_jitter.infer_task (PredictionDynamicsLogger's
+# inference, now require_task). One expectation changed on purpose: float targets that are all 0/1 with one
+# output each were "regression" there and are "binary" everywhere now (see
+# test_float_targets_of_zeros_and_ones_are_binary).
+def test_require_task_for_prediction_dynamics() -> None:
+    assert require_task(torch.zeros(3, 5), torch.zeros(3, dtype=torch.long)) == "multiclass"
+    assert require_task(torch.zeros(3), torch.zeros(3, dtype=torch.long)) == "binary"
+    assert require_task(torch.zeros(3, 2), torch.zeros(3, 2)) == "binary"  # was "regression"
+    with pytest.raises(ValueError, match="do not fit"):
+        require_task(torch.zeros(3, 5), torch.zeros(4, dtype=torch.long))
+
+
 def test_is_binary_valued() -> None:
     assert is_binary_valued(torch.tensor([0.0, 1.0])) and is_binary_valued(torch.tensor([True]))
     assert not is_binary_valued(torch.tensor([0.0, 0.5])) and not is_binary_valued(torch.zeros(0))
