@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import torch
 from lightning.fabric.utilities.apply_func import move_data_to_device
@@ -159,7 +159,7 @@ class DataInspector(RecipeCallback):
         top_k: int = 16,
         max_imbalance: float = 20.0,
         num_classes: int | None = None,
-        task: Literal["multiclass", "binary", "regression"] | None = None,
+        task: Task | None = None,
         check_duplicates: bool = True,
         show_hardest: bool = True,
         seed: int = 0,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import torch
 from lightning.fabric.utilities.apply_func import move_data_to_device
@@ -187,7 +187,7 @@ class InitLossCheck(RecipeCallback):
 
     def __init__(
         self,
-        task: Literal["multiclass", "binary", "regression"] | None = None,
+        task: Task | None = None,
         num_classes: int | None = None,
         expected: float | None = None,
         tolerance: float = 0.25,
