@@ -267,6 +267,37 @@ def test_binary_task_is_inferred(tmp_path: Path) -> None:
     assert finding.values["accuracy"] == pytest.approx(float(((logits > 0).double() == target).double().mean()))
 
 
+class TokenModel(pl.LightningModule):
+    """A sequence model: (B, T) token ids in, (B, T, V) logits out, the class axis last."""
+
+    def __init__(self, vocab: int = 5) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, vocab)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.embed(x)
+
+    def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        x, y = batch
+        self.log("val_loss", F.cross_entropy(self(x).flatten(0, 1), y.flatten()))
+
+
+def test_sequence_logits_with_the_class_axis_last_are_multiclass(tmp_path: Path) -> None:
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, 5, (21, 6), generator=g)
+    data = TensorDataset(tokens, tokens.roll(-1, dims=1))
+    model, cb = TokenModel(), FullEvalSet()
+    fast_trainer(tmp_path, callbacks=[cb]).validate(model, loader(data, 8), verbose=False)
+    with torch.no_grad():
+        logits = model(tokens).double()  # (21, 6, 5)
+    target = data.tensors[1]
+    per_sample = F.cross_entropy(logits.flatten(0, 1), target.flatten(), reduction="none").reshape(21, 6).mean(1)
+    (finding,) = cb.findings
+    assert finding.status == "pass", finding.message()
+    assert finding.values["loss"] == pytest.approx(float(per_sample.mean()), rel=1e-6)
+    assert finding.values["accuracy"] == pytest.approx(float((logits.argmax(-1) == target).double().mean()))
+
+
 class NoForward(TinyClassifier):
     """No forward: validation_step calls self.net(x), so neither the hook nor an own pass sees logits."""
 
