@@ -24,9 +24,16 @@ from recipe_callbacks.core.data_stats import (
     shared_samples,
     top_k_hardest,
 )
-from recipe_callbacks.core.init_loss import logits_of
 from recipe_callbacks.core.pictures import bar_chart, image_grid
-from recipe_callbacks.core.task import TASKS, Task, class_first, infer_task, is_binary_valued, per_sample_loss
+from recipe_callbacks.core.task import (
+    TASKS,
+    Task,
+    class_first,
+    infer_task,
+    is_binary_valued,
+    logits_of,
+    per_sample_loss,
+)
 from recipe_callbacks.finding import OnFail, Status
 from recipe_callbacks.observe import observing
 from recipe_callbacks.validation import check_bool, check_choice, check_float, check_int

@@ -31,7 +31,7 @@ from recipe_callbacks.core.eval_stats import (
     sample_sums,
     unpadded_positions,
 )
-from recipe_callbacks.core.task import TASKS, Task, class_first, require_task
+from recipe_callbacks.core.task import TASKS, Task, class_first, logits_of, require_task
 from recipe_callbacks.finding import OnFail
 from recipe_callbacks.observe import observing
 from recipe_callbacks.validation import check_choice, check_float, check_int
@@ -51,7 +51,6 @@ SLOTS: tuple[str, ...] = ("loss", *PER_SAMPLE_METRICS)
 _READY, _SKIPPED, _OWN_PASS, _EXCLUDED, _HEAD = 0, 1, 2, 3, 4
 # A forward pass is counted as a third of a training step (forward + backward + update).
 _FORWARD_COST = 1.0 / 3.0
-_OUTPUT_KEYS: tuple[str, ...] = ("logits", "preds", "output", "y_hat")
 
 
 @dataclass
@@ -67,19 +66,6 @@ class _Tally:
     skip_reason: str = ""
     skip_argument: str = ""
     notes: list[str] = field(default_factory=list)
-
-
-def _first_tensor(output: Any) -> torch.Tensor | None:
-    """The logits in what ``forward`` returned: a tensor, the first tensor of a tuple, or a dict entry."""
-    if isinstance(output, torch.Tensor):
-        return output
-    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
-        return output[0]
-    if isinstance(output, Mapping):
-        for k in _OUTPUT_KEYS:
-            if isinstance(output.get(k), torch.Tensor):
-                return output[k]  # type: ignore[no-any-return]
-    return None
 
 
 def _same_input(seen: Any, expected: torch.Tensor) -> bool:
@@ -384,7 +370,7 @@ class FullEvalSet(RecipeCallback):
             tally = self._new_tally(trainer, pl_module, dataloader_idx)
         try:
             failure = self._own_pass(pl_module, tally, x) if self._captured is None else ""
-            preds = _first_tensor(self._captured)
+            preds = logits_of(self._captured)
             if failure or preds is None:
                 self._mark_skipped(dataloader_idx, failure or "forward returned no tensor to compute a loss from", "")
                 return

@@ -22,11 +22,10 @@ from recipe_callbacks.core.init_loss import (
     expected_classification_loss,
     expected_regression_loss,
     judge_init_loss,
-    logits_of,
     predicted_distribution,
 )
 from recipe_callbacks.core.pictures import bar_chart
-from recipe_callbacks.core.task import TASKS, Task, class_first, infer_task, per_sample_loss
+from recipe_callbacks.core.task import TASKS, Task, class_first, infer_task, logits_of, per_sample_loss
 from recipe_callbacks.data_inspector import DataInspector
 from recipe_callbacks.finding import OnFail, Status
 from recipe_callbacks.observe import observing

@@ -24,7 +24,7 @@ from recipe_callbacks.core.prediction_jitter import (
     target_scale,
     thin_indices,
 )
-from recipe_callbacks.core.task import TASKS, Task, require_task
+from recipe_callbacks.core.task import TASKS, Task, logits_of, require_task
 from recipe_callbacks.finding import OnFail
 from recipe_callbacks.observe import observing
 from recipe_callbacks.validation import check_choice, check_float, check_int
@@ -43,19 +43,6 @@ def _first_loader(loaders: Any) -> DataLoader[Any] | None:
         loaders = list(loaders.values())
     if isinstance(loaders, Sequence) and loaders:
         return _first_loader(loaders[0])
-    return None
-
-
-def _output_tensor(output: Any) -> torch.Tensor | None:
-    """The prediction in what ``forward`` returned: a tensor, ``output["logits"]`` or ``output[0]``."""
-    if isinstance(output, torch.Tensor):
-        return output
-    if isinstance(output, Mapping):
-        for key in ("logits", "preds", "prediction", "output"):
-            if isinstance(output.get(key), torch.Tensor):
-                return output[key]  # type: ignore[no-any-return]
-    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
-        return output[0]
     return None
 
 
@@ -283,7 +270,7 @@ class PredictionDynamicsLogger(RecipeCallback):
         try:
             precision = trainer.precision_plugin  # e.g. float64 inputs under precision="64-true"
             with observing(pl_module), precision.val_step_context():
-                output = _output_tensor(pl_module(precision.convert_input(x)))
+                output = logits_of(pl_module(precision.convert_input(x)))
         except Exception as err:  # the user's training must go on
             self.skip(trainer, f"the model's forward failed on the fixed samples ({err!r})", "batch_to_xy")
             return None

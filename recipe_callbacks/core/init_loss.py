@@ -33,28 +33,6 @@ from recipe_callbacks.core.task import Task
 Verdict = Literal["pass", "too_low", "uninformed", "too_high"]
 
 
-def logits_of(output: object) -> torch.Tensor | None:
-    """The logits in what a ``forward`` returned: a tensor, the first item of a tuple/list, or
-    the ``"logits"`` entry of a dict; ``None`` for anything else.
-
-    Example:
-        >>> logits_of((torch.zeros(2, 3), "aux")).shape
-        torch.Size([2, 3])
-        >>> logits_of({"features": torch.zeros(1)}) is None
-        True
-    """
-    if isinstance(output, torch.Tensor):
-        return output
-    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
-        return output[0]
-    if isinstance(output, dict):
-        for key in ("logits", "logit", "output", "out", "pred", "prediction", "y_hat"):
-            value = output.get(key)
-            if isinstance(value, torch.Tensor):
-                return value
-    return None
-
-
 def predicted_distribution(output: torch.Tensor, task: Task) -> torch.Tensor | None:
     """The mean predicted probability of each class over the batch: softmax for multiclass
     (``(C,)``), ``[1 - mean sigmoid, mean sigmoid]`` for binary; ``None`` for regression."""

@@ -29,6 +29,7 @@ Nothing here imports Lightning.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Literal, get_args
 
 import torch
@@ -221,3 +222,33 @@ def per_sample_loss(output: torch.Tensor, target: torch.Tensor, task: Task) -> t
     if task == "regression":
         return ((out - t) ** 2).mean(dim=1)
     raise ValueError(f"per_sample_loss(task={task!r}): task must be one of {TASKS}")
+
+
+# Dict keys under which a ``forward`` that returns a dict is understood to put its logits.
+OUTPUT_KEYS: tuple[str, ...] = (
+    "logits", "logit", "preds", "pred", "prediction", "predictions", "output", "out", "y_hat",
+)
+
+
+def logits_of(output: object) -> torch.Tensor | None:
+    """The logits (or predictions) in what a ``forward`` returned: a tensor, the first item of a
+    tuple/list, or the first of :data:`OUTPUT_KEYS` in a dict; ``None`` for anything else.
+
+    Example:
+        >>> logits_of((torch.zeros(2, 3), "aux")).shape
+        torch.Size([2, 3])
+        >>> logits_of({"preds": torch.zeros(1), "hidden": torch.ones(1)}).tolist()
+        [0.0]
+        >>> logits_of({"features": torch.zeros(1)}) is None
+        True
+    """
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    if isinstance(output, Mapping):
+        for key in OUTPUT_KEYS:
+            value = output.get(key)
+            if isinstance(value, torch.Tensor):
+                return value
+    return None

@@ -17,9 +17,9 @@ from recipe_callbacks.core.init_loss import (
     expected_classification_loss,
     expected_regression_loss,
     judge_init_loss,
-    logits_of,
     predicted_distribution,
 )
+from recipe_callbacks.core.task import logits_of
 
 
 def labels_with_prior(counts: list[int]) -> torch.Tensor:
