@@ -168,8 +168,7 @@ class BatchIndependenceCheck(OneOffDependencyCheck):
         owner = type(self).__name__
         self.num_probes = check_int(owner, "num_probes", num_probes)
         self.tolerance = check_float(owner, "tolerance", tolerance, maximum=1.0)
-        check_bool(owner, "train_mode", train_mode)
-        self.train_mode = train_mode
+        self.train_mode = check_bool(owner, "train_mode", train_mode)
         self.method: Method = check_choice(owner, "method", method, METHODS)
 
     # ----------------------------------------------------------------- measuring

@@ -205,8 +205,7 @@ class InitLossCheck(RecipeCallback):
         self.num_classes = None if num_classes is None else check_int(owner, "num_classes", num_classes, minimum=2)
         self.expected = None if expected is None else check_float(owner, "expected", expected)
         self.tolerance = check_float(owner, "tolerance", tolerance)
-        check_bool(owner, "fix_bias", fix_bias)
-        self.fix_bias = fix_bias
+        self.fix_bias = check_bool(owner, "fix_bias", fix_bias)
         self.max_batches = check_int(owner, "max_batches", max_batches)
         self.num_batches = check_int(owner, "num_batches", num_batches)
         self.final_layer = check_optional_str(owner, "final_layer", final_layer)

@@ -117,8 +117,7 @@ class OverfitOneBatch(FirstBatchCheck):
         self.num_samples = check_int(owner, "num_samples", num_samples)
         self.max_steps = check_int(owner, "max_steps", max_steps)
         self.target_loss = check_float(owner, "target_loss", target_loss, minimum=-math.inf)
-        check_bool(owner, "allow_negative_loss", allow_negative_loss)
-        self.allow_negative_loss = allow_negative_loss
+        self.allow_negative_loss = check_bool(owner, "allow_negative_loss", allow_negative_loss)
         self.lr = None if lr is None else check_float(owner, "lr", lr)
 
     def _batch_size(self, batch: Any) -> int | None:
