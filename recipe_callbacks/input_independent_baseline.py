@@ -11,25 +11,17 @@ from typing_extensions import override
 
 from recipe_callbacks.batch import BatchToXY, ResolvedBatch
 from recipe_callbacks.callback_base import FirstBatchCheck
+from recipe_callbacks.copy_training import CopyTrainingSkip, train_copy, trainable_copy
 from recipe_callbacks.core.pictures import line_chart
 from recipe_callbacks.core.short_training import (
-    ShortTrainingError,
     baseline_verdict,
-    make_batchnorm_local,
     take_samples,
-    train_for,
-    user_optimizer,
 )
 from recipe_callbacks.finding import OnFail
-from recipe_callbacks.observe import detached_copy, training_step_loss
 from recipe_callbacks.validation import check_float, check_int
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
-
-
-def _loss(model: torch.nn.Module, batch: Any) -> torch.Tensor | None:
-    return training_step_loss(model, batch)  # type: ignore[arg-type]
 
 
 class InputIndependentBaseline(FirstBatchCheck):
@@ -159,23 +151,15 @@ class InputIndependentBaseline(FirstBatchCheck):
         steps = 0
         with isolate_rng():
             seed = torch.initial_seed()
-            for name, batches in (("real", [real]), ("zero", [zero])):
-                copy = detached_copy(pl_module)  # same initial weights, modes kept
-                # other callbacks' hooks on the real model must not see the copy's forward passes
-                make_batchnorm_local(copy)  # a copy trains alone: no all_reduce with other ranks
-                try:
-                    optimizer = user_optimizer(copy, pl_module, trainer.optimizers, self.lr)
-                except ShortTrainingError as err:
-                    return {"skip": f"cannot build the optimizer for a copy of the model: {err}", "argument": "lr"}
-                try:
-                    run = train_for(copy, _loss, optimizer, batches, self.steps, seed=seed)
-                except ShortTrainingError as err:
-                    return {"skip": f"cannot train a copy of the model: {err}"}
-                except Exception as err:  # the user's training_step on a copy without a Trainer
-                    return {"skip": f"the training_step of a copy raised {type(err).__name__}: {err}"}
-                curves[name] = run.losses
-                steps += run.steps
-                del copy, optimizer
+            try:
+                for name, batches in (("real", [real]), ("zero", [zero])):
+                    copy, optimizer = trainable_copy(trainer, pl_module, self.lr)  # same initial weights
+                    run = train_copy(copy, optimizer, batches, self.steps, seed=seed)
+                    curves[name] = run.losses
+                    steps += run.steps
+                    del copy, optimizer
+            except CopyTrainingSkip as skip:
+                return {"skip": skip.reason, "argument": skip.argument}
         return {
             "curves": curves,
             "steps": steps,

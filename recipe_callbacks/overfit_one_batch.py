@@ -11,30 +11,22 @@ from typing_extensions import override
 
 from recipe_callbacks.batch import BatchResolutionError, BatchToXY, resolve_batch
 from recipe_callbacks.callback_base import FirstBatchCheck
+from recipe_callbacks.copy_training import CopyTrainingSkip, train_copy, trainable_copy
 from recipe_callbacks.core.pictures import line_chart
 from recipe_callbacks.core.short_training import (
     ModelNotes,
     OverfitVerdict,
-    ShortTrainingError,
     batch_size_of,
     learning_rates,
-    make_batchnorm_local,
     model_notes,
     overfit_verdict,
     take_samples,
-    train_for,
-    user_optimizer,
 )
 from recipe_callbacks.finding import OnFail
-from recipe_callbacks.observe import detached_copy, training_step_loss
 from recipe_callbacks.validation import check_bool, check_float, check_int
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
-
-
-def _loss(model: torch.nn.Module, batch: Any) -> torch.Tensor | None:
-    return training_step_loss(model, batch)  # type: ignore[arg-type]
 
 
 def _names(names: list[str], limit: int = 4) -> str:
@@ -148,29 +140,15 @@ class OverfitOneBatch(FirstBatchCheck):
     def _train(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any) -> dict[str, Any]:
         """Train the copy; returns plain data (the same on every rank after the broadcast)."""
         with isolate_rng():
-            copy = detached_copy(pl_module)  # keeps the train/eval mode of every submodule
-            # other callbacks' hooks on the real model must not see the copy's forward passes
-            make_batchnorm_local(copy)  # a copy trains alone: no all_reduce with other ranks
             try:
-                optimizer = user_optimizer(copy, pl_module, trainer.optimizers, self.lr)
-            except ShortTrainingError as err:
-                return {"skip": f"cannot build the optimizer for a copy of the model: {err}", "argument": "lr"}
-            notes = model_notes(copy, optimizer)
-            lrs = learning_rates(optimizer)
-            try:
-                run = train_for(
-                    copy,
-                    _loss,
-                    optimizer,
-                    [batch],
-                    self.max_steps,
-                    stop_below=self.target_loss,
-                    seed=torch.initial_seed(),
+                copy, optimizer = trainable_copy(trainer, pl_module, self.lr)
+                notes = model_notes(copy, optimizer)
+                lrs = learning_rates(optimizer)
+                run = train_copy(
+                    copy, optimizer, [batch], self.max_steps, stop_below=self.target_loss, seed=torch.initial_seed()
                 )
-            except ShortTrainingError as err:
-                return {"skip": f"cannot train a copy of the model: {err}"}
-            except Exception as err:  # the user's training_step on a copy without a Trainer
-                return {"skip": f"the training_step of a copy raised {type(err).__name__}: {err}"}
+            except CopyTrainingSkip as skip:
+                return {"skip": skip.reason, "argument": skip.argument}
         return {"losses": run.losses, "steps": run.steps, "no_grad": run.no_grad_params, "lrs": lrs, "notes": notes}
 
     def _judge(self, trainer: pl.Trainer, p: dict[str, Any], n: int, scale: float) -> None:
