@@ -139,13 +139,13 @@ class BatchIndependenceCheck(OneOffDependencyCheck):
         TypeError: for arguments of the wrong type.
 
     Logged:
-        - ``recipe/batch_independence_check/max_leak``: largest relative cross-sample dependency.
-        - ``recipe/batch_independence_check/leaking_pairs``: (output sample, input sample) pairs above tolerance.
-        - ``recipe/batch_independence_check/num_probes``: samples probed.
-        - ``recipe/batch_independence_check/cost_steps``: cost in training-step equivalents.
-        - ``recipe/batch_independence_check/dependency_matrix``: image, output sample (rows) x
+        - ``recipe.batch_independence_check/max_leak``: largest relative cross-sample dependency.
+        - ``recipe.batch_independence_check/leaking_pairs``: (output sample, input sample) pairs above tolerance.
+        - ``recipe.batch_independence_check/num_probes``: samples probed.
+        - ``recipe.batch_independence_check/cost_steps``: cost in training-step equivalents.
+        - ``recipe.batch_independence_check/dependency_matrix``: image, output sample (rows) x
           input sample (columns), log colour scale, grey not measured, red a leak.
-        - ``recipe/batch_independence_check/layer_scan``: text, on failure: each module output's
+        - ``recipe.batch_independence_check/layer_scan``: text, on failure: each module output's
           leak in the order they ran, up to the first mixed one.
 
     Example::

@@ -79,11 +79,11 @@ class RecipeCallback(Callback):
 
     @property
     def tag_prefix(self) -> str:
-        """``recipe/<snake_case_check_name>``."""
-        return f"recipe/{snake_case(self.check_name)}"
+        """``recipe.<snake_case_check_name>``: one TensorBoard group per check, one common leading word."""
+        return f"recipe.{snake_case(self.check_name)}"
 
     def tag(self, quantity: str) -> str:
-        """The full tag of one quantity, e.g. ``recipe/init_loss_check/observed``."""
+        """The full tag of one quantity, e.g. ``recipe.init_loss_check/observed``."""
         return f"{self.tag_prefix}/{quantity}"
 
     # ----------------------------------------------------------------- findings

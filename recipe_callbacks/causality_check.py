@@ -84,12 +84,12 @@ class CausalityCheck(OneOffDependencyCheck):
         TypeError: for arguments of the wrong type.
 
     Logged:
-        - ``recipe/causality_check/max_future_dependency``: the largest relative dependency on the future.
-        - ``recipe/causality_check/future_pairs``: (output time, input time) pairs flagged.
-        - ``recipe/causality_check/max_lookahead``: how far ahead the farthest flagged input is (``s - t``).
-        - ``recipe/causality_check/num_positions``: times probed.
-        - ``recipe/causality_check/cost_steps``: cost in training-step equivalents.
-        - ``recipe/causality_check/dependency_matrix``: image, output time (rows, top = 0) x input
+        - ``recipe.causality_check/max_future_dependency``: the largest relative dependency on the future.
+        - ``recipe.causality_check/future_pairs``: (output time, input time) pairs flagged.
+        - ``recipe.causality_check/max_lookahead``: how far ahead the farthest flagged input is (``s - t``).
+        - ``recipe.causality_check/num_positions``: times probed.
+        - ``recipe.causality_check/cost_steps``: cost in training-step equivalents.
+        - ``recipe.causality_check/dependency_matrix``: image, output time (rows, top = 0) x input
           time (columns, left = 0), log colour scale; the upper-right triangle must be dark; red
           marks a dependency on the future, grey what was not probed.
 

@@ -143,16 +143,16 @@ class DataInspector(RecipeCallback):
         TypeError: for arguments of the wrong type.
 
     Logged:
-        - ``recipe/data_inspector/label_distribution``: bar chart of the training label counts (the
+        - ``recipe.data_inspector/label_distribution``: bar chart of the training label counts (the
           60 most frequent classes when there are more).
-        - ``recipe/data_inspector/count/<c>``: training samples of class ``c`` (up to 100 classes).
-        - ``recipe/data_inspector/samples``, ``num_classes``, ``present_classes``, ``imbalance_ratio``,
+        - ``recipe.data_inspector/count/<c>``: training samples of class ``c`` (up to 100 classes).
+        - ``recipe.data_inspector/samples``, ``num_classes``, ``present_classes``, ``imbalance_ratio``,
           ``majority_fraction``, ``cost_steps``: the label Finding's values.
-        - ``recipe/data_inspector/targets``: histogram of the targets when they are not classes.
-        - ``recipe/data_inspector/duplicates``, ``duplicate_fraction``, ``checked_train``,
+        - ``recipe.data_inspector/targets``: histogram of the targets when they are not classes.
+        - ``recipe.data_inspector/duplicates``, ``duplicate_fraction``, ``checked_train``,
           ``checked_val``: the leak Finding's values.
-        - ``recipe/data_inspector/hardest_samples``: image grid (image inputs) and Markdown table.
-        - ``recipe/data_inspector/hardest_loss``, ``mean_val_loss``, ``val_samples``,
+        - ``recipe.data_inspector/hardest_samples``: image grid (image inputs) and Markdown table.
+        - ``recipe.data_inspector/hardest_loss``, ``mean_val_loss``, ``val_samples``,
           ``hardest_cost_steps``: the hardest-samples Finding's values.
 
     Example::

@@ -73,9 +73,9 @@ class FirstLayerFilterViz(RecipeCallback):
         TypeError: for an argument of the wrong type.
 
     Logged:
-        - ``recipe/first_layer_filter_viz/filters`` (image): the filter grid (a heat map of the
+        - ``recipe.first_layer_filter_viz/filters`` (image): the filter grid (a heat map of the
           weight matrix for a ``Linear`` over plain feature vectors).
-        - ``recipe/first_layer_filter_viz/noise_score``: the bank's noise score at each drawing.
+        - ``recipe.first_layer_filter_viz/noise_score``: the bank's noise score at each drawing.
         - At the end: ``final_noise_score``, ``initial_noise_score``, ``noise_threshold`` under the
           same prefix, and a Finding.
 

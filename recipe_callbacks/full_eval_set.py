@@ -161,12 +161,12 @@ class FullEvalSet(RecipeCallback):
         TypeError: ``metrics`` neither a list of names nor a dict of torchmetrics metrics.
 
     Logged (at the global step, by every evaluation epoch; ``<name>`` is ``loss`` and each metric):
-        - ``recipe/full_eval_set/<name>``: the exact mean over the samples of the (first) val dataloader.
-        - ``recipe/full_eval_set/<name>_stderr``: its standard error (for metrics that are
+        - ``recipe.full_eval_set/<name>``: the exact mean over the samples of the (first) val dataloader.
+        - ``recipe.full_eval_set/<name>_stderr``: its standard error (for metrics that are
           per-sample means: the loss, accuracy, MAE, MSE).
-        - ``recipe/full_eval_set/num_samples``: the number of unique samples it covered.
-        - ``recipe/full_eval_set/dataloader_<k>/...``: the same for val dataloader ``k >= 1``.
-        - ``recipe/full_eval_set/test/...`` and ``recipe/full_eval_set/test/dataloader_<k>/...``:
+        - ``recipe.full_eval_set/num_samples``: the number of unique samples it covered.
+        - ``recipe.full_eval_set/dataloader_<k>/...``: the same for val dataloader ``k >= 1``.
+        - ``recipe.full_eval_set/test/...`` and ``recipe.full_eval_set/test/dataloader_<k>/...``:
           the same for ``trainer.test``.
 
         One Finding per dataloader and stage (``val`` covers ``fit`` and ``trainer.validate``),

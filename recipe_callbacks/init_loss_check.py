@@ -166,15 +166,15 @@ class InitLossCheck(RecipeCallback):
         TypeError: for arguments of the wrong type.
 
     Logged:
-        - ``recipe/init_loss_check/observed``, ``expected``, ``ratio``, ``band_low``, ``band_high``,
+        - ``recipe.init_loss_check/observed``, ``expected``, ``ratio``, ``band_low``, ``band_high``,
           ``uninformed``, ``logit_std``, ``samples``, ``cost_steps``; for classification also
           ``num_classes`` and ``prob_gap`` (total variation between the mean predicted
           distribution and the prior); ``step_loss`` (the loss ``training_step`` returned).
-        - ``recipe/init_loss_check/mean_prob/<c>`` and ``recipe/init_loss_check/prior/<c>``: mean
+        - ``recipe.init_loss_check/mean_prob/<c>`` and ``recipe.init_loss_check/prior/<c>``: mean
           predicted probability and prior of each class (up to 32 classes).
-        - ``recipe/init_loss_check/predicted_vs_prior``: image, a bar per class of the mean predicted
+        - ``recipe.init_loss_check/predicted_vs_prior``: image, a bar per class of the mean predicted
           probability over the prior (1 everywhere is a calibrated init).
-        - with ``fix_bias``: ``recipe/init_loss_check/fix_bias/loss_before``, ``fix_bias/loss_after``,
+        - with ``fix_bias``: ``recipe.init_loss_check/fix_bias/loss_before``, ``fix_bias/loss_after``,
           ``fix_bias/expected``, ``fix_bias/counted_samples``, ``fix_bias/cost_steps``.
 
     Example::

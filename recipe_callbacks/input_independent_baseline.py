@@ -73,14 +73,14 @@ class InputIndependentBaseline(FirstBatchCheck):
         TypeError: an argument of the wrong type.
 
     Logged:
-        - ``recipe/input_independent_baseline/loss_curves``: picture of both copies' loss per step.
-        - ``recipe/input_independent_baseline/real_loss``, ``.../zero_loss``: final losses on real and
+        - ``recipe.input_independent_baseline/loss_curves``: picture of both copies' loss per step.
+        - ``recipe.input_independent_baseline/real_loss``, ``.../zero_loss``: final losses on real and
           zeroed inputs; ``.../real_initial_loss``, ``.../zero_initial_loss``: their losses before training.
-        - ``recipe/input_independent_baseline/gap``, ``.../head_start``, ``.../relative_gap``:
+        - ``recipe.input_independent_baseline/gap``, ``.../head_start``, ``.../relative_gap``:
           ``zero_loss - real_loss``, the zero run's lower start, and the share of the real run's
           decrease the zero run did not match.
-        - ``recipe/input_independent_baseline/identical``: 1 when both curves are the same at every step.
-        - ``recipe/input_independent_baseline/steps``, ``.../cost_steps``, ``.../num_samples``.
+        - ``recipe.input_independent_baseline/identical``: 1 when both curves are the same at every step.
+        - ``recipe.input_independent_baseline/steps``, ``.../cost_steps``, ``.../num_samples``.
 
     Example::
 

@@ -99,14 +99,14 @@ class InputVisualizer(RecipeCallback):
         TypeError: an argument of the wrong type.
 
     Logged (at the steps it looks at):
-        - ``recipe/input_visualizer/images``: the image grid (image inputs only).
-        - ``recipe/input_visualizer/input_values``: histogram of the input's values.
-        - ``recipe/input_visualizer/targets``: histogram of the targets (numeric targets only).
-        - ``recipe/input_visualizer/mean``, ``.../std``, ``.../min``, ``.../max``, ``.../nan_count``,
+        - ``recipe.input_visualizer/images``: the image grid (image inputs only).
+        - ``recipe.input_visualizer/input_values``: histogram of the input's values.
+        - ``recipe.input_visualizer/targets``: histogram of the targets (numeric targets only).
+        - ``recipe.input_visualizer/mean``, ``.../std``, ``.../min``, ``.../max``, ``.../nan_count``,
           ``.../inf_count``, ``.../max_channel_rms``: scalars over the whole input.
-        - ``recipe/input_visualizer/channel_<c>/mean``, ``.../std``, ``.../min``, ``.../max``: scalars of
+        - ``recipe.input_visualizer/channel_<c>/mean``, ``.../std``, ``.../min``, ``.../max``: scalars of
           the first 16 channels.
-        - ``recipe/input_visualizer/summary``: text with shape, dtype, layout, a table per channel,
+        - ``recipe.input_visualizer/summary``: text with shape, dtype, layout, a table per channel,
           the targets and the flags.
 
     Example::

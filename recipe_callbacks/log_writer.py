@@ -64,7 +64,7 @@ def log_scalars(trainer: pl.Trainer, values: Mapping[str, float], step: int | No
 
 
 def _file_path(trainer: pl.Trainer, tag: str, step: int, suffix: str) -> Path:
-    relative = tag.removeprefix("recipe/").replace("/", os.sep)
+    relative = tag.removeprefix("recipe.").removeprefix("recipe/").replace("/", os.sep)
     path = recipe_file_dir(trainer) / relative / f"step_{step:07d}{suffix}"
     path.parent.mkdir(parents=True, exist_ok=True)
     root = str(recipe_file_dir(trainer))

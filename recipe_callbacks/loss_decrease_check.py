@@ -73,12 +73,12 @@ class LossDecreaseCheck(RecipeCallback):
         TypeError: an argument of the wrong type.
 
     Logged:
-        - ``recipe/loss_decrease_check/relative_decrease``, ``.../first_loss``, ``.../last_loss``,
+        - ``recipe.loss_decrease_check/relative_decrease``, ``.../first_loss``, ``.../last_loss``,
           ``.../slope`` (Theil–Sen, loss per batch), ``.../steps``, ``.../cost_steps`` (0: it only
           watches): when judged.
-        - ``recipe/loss_decrease_check/nan_step``, ``.../nan_batch_idx``, ``.../steps``,
+        - ``recipe.loss_decrease_check/nan_step``, ``.../nan_batch_idx``, ``.../steps``,
           ``.../cost_steps``: when a loss is not finite.
-        - ``recipe/loss_decrease_check/loss_curve``: picture of the watched losses and the Theil–Sen
+        - ``recipe.loss_decrease_check/loss_curve``: picture of the watched losses and the Theil–Sen
           line.
 
     Example::

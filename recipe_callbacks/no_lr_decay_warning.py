@@ -116,15 +116,15 @@ class NoLRDecayWarning(RecipeCallback):
         TypeError: for an argument of the wrong type.
 
     Logged:
-        - ``recipe/no_lr_decay_warning/planned_lr``: picture of the planned LR per param group over the
+        - ``recipe.no_lr_decay_warning/planned_lr``: picture of the planned LR per param group over the
           optimizer steps of the run, at the first step.
-        - ``recipe/no_lr_decay_warning/schedule``: text, one line per scheduler (class, interval,
+        - ``recipe.no_lr_decay_warning/schedule``: text, one line per scheduler (class, interval,
           frequency, times stepped).
-        - ``recipe/no_lr_decay_warning/lr_group_<i>``: the LR param group ``i`` used (groups numbered
+        - ``recipe.no_lr_decay_warning/lr_group_<i>``: the LR param group ``i`` used (groups numbered
           across optimizers), every ``log_every_n_steps`` optimizer steps.
-        - ``recipe/no_lr_decay_warning/actual_vs_planned``: picture of the actual against the planned
+        - ``recipe.no_lr_decay_warning/actual_vs_planned``: picture of the actual against the planned
           LR, at the end of training.
-        - the values of every Finding, e.g. ``recipe/no_lr_decay_warning/planned_steps``,
+        - the values of every Finding, e.g. ``recipe.no_lr_decay_warning/planned_steps``,
           ``peak_lr``, ``stepped``, ``T_max``, ``mismatched_steps``.
 
     Example::

@@ -78,11 +78,11 @@ class OverfitOneBatch(FirstBatchCheck):
         TypeError: an argument of the wrong type.
 
     Logged:
-        - ``recipe/overfit_one_batch/loss_curve``: picture of the copy's loss per step and the target.
-        - ``recipe/overfit_one_batch/initial_loss``, ``.../lowest_loss``, ``.../final_loss``,
+        - ``recipe.overfit_one_batch/loss_curve``: picture of the copy's loss per step and the target.
+        - ``recipe.overfit_one_batch/initial_loss``, ``.../lowest_loss``, ``.../final_loss``,
           ``.../target_loss``: the loss before training, the lowest reached, the last, the target.
-        - ``recipe/overfit_one_batch/steps``, ``.../cost_steps``: optimizer steps taken and their cost.
-        - ``recipe/overfit_one_batch/num_samples``, ``.../lr``, ``.../frozen_params``: samples used,
+        - ``recipe.overfit_one_batch/steps``, ``.../cost_steps``: optimizer steps taken and their cost.
+        - ``recipe.overfit_one_batch/num_samples``, ``.../lr``, ``.../frozen_params``: samples used,
           the learning rate of the first parameter group, parameter tensors with ``requires_grad=False``.
 
     Example::

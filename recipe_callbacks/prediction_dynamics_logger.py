@@ -101,16 +101,16 @@ class PredictionDynamicsLogger(RecipeCallback):
         TypeError: for an argument of the wrong type.
 
     Logged:
-        - ``recipe/prediction_dynamics_logger/jitter``: mean absolute change of the tracked
+        - ``recipe.prediction_dynamics_logger/jitter``: mean absolute change of the tracked
           prediction since the previous record (every record after the first).
-        - ``recipe/prediction_dynamics_logger/flip_rate``: fraction of predicted classes that
+        - ``recipe.prediction_dynamics_logger/flip_rate``: fraction of predicted classes that
           flipped since the previous record (classification).
-        - ``recipe/prediction_dynamics_logger/fixed_batch_loss``: loss on the fixed samples
+        - ``recipe.prediction_dynamics_logger/fixed_batch_loss``: loss on the fixed samples
           (cross-entropy, binary cross-entropy with logits, or mean squared error for regression).
-        - ``recipe/prediction_dynamics_logger/heatmap`` (image): samples (rows) x records
+        - ``recipe.prediction_dynamics_logger/heatmap`` (image): samples (rows) x records
           (columns, left to right); colour is the probability of the true class (0 dark, 1
           yellow) or the absolute regression error.
-        - ``recipe/prediction_dynamics_logger/samples`` (image, for image inputs): the fixed
+        - ``recipe.prediction_dynamics_logger/samples`` (image, for image inputs): the fixed
           samples captioned ``y=<label> p=<prediction>``.
         - At the end: ``late_jitter``, ``late_flip_rate``, ``max_jitter``, ``max_flip_rate``,
           ``back_and_forth``, ``records``, ``learning_rate`` under the same prefix, and a Finding.

@@ -95,8 +95,8 @@ def custom_scalars_layout(tag_prefixes: list[str]) -> dict[str, dict[str, list[A
     """A TensorBoard Custom Scalars layout: one category per check, one chart of all its scalars.
 
     Example:
-        >>> custom_scalars_layout(["recipe/init_loss_check"])
-        {'recipe/init_loss_check': {'all scalars': ['Multiline', ['recipe/init_loss_check/.*']]}}
+        >>> custom_scalars_layout(["recipe.init_loss_check"])
+        {'recipe.init_loss_check': {'all scalars': ['Multiline', ['recipe.init_loss_check/.*']]}}
     """
     return {prefix: {"all scalars": ["Multiline", [f"{prefix}/.*"]]} for prefix in tag_prefixes}
 

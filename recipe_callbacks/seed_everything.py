@@ -25,8 +25,8 @@ if TYPE_CHECKING:
 
 _COMPARE = (
     "To compare two runs, put their logs side by side in TensorBoard and read the scalars "
-    "recipe/seed_everything/weights_fingerprint and recipe/seed_everything/batch_fingerprint (or the "
-    "text recipe/seed_everything/fingerprints, or the values in recipe_report.json): the same seed must "
+    "recipe.seed_everything/weights_fingerprint and recipe.seed_everything/batch_fingerprint (or the "
+    "text recipe.seed_everything/fingerprints, or the values in recipe_report.json): the same seed must "
     "give the same two numbers. A different weights fingerprint means the model was not built from the "
     "seeded generator (built before seeding, or something drew random numbers in between); a different "
     "batch fingerprint means the data order or augmentation is not seeded (a sampler or worker_init_fn "
@@ -91,12 +91,12 @@ class SeedEverything(RecipeCallback):
         TypeError: a flag that is not a bool, or a seed that is not an int.
 
     Logged:
-        - ``recipe/seed_everything/seed``, ``.../workers`` (0/1), ``.../deterministic`` (0/1, torch's
+        - ``recipe.seed_everything/seed``, ``.../workers`` (0/1), ``.../deterministic`` (0/1, torch's
           setting in effect at the start of fit): scalars at the start of fit.
-        - ``recipe/seed_everything/weights_fingerprint``: the first 24 bits of the initial weights'
+        - ``recipe.seed_everything/weights_fingerprint``: the first 24 bits of the initial weights'
           fingerprint, as a scalar (exact in float32), at the start of fit.
-        - ``recipe/seed_everything/batch_fingerprint``: the same for the first training batch.
-        - ``recipe/seed_everything/fingerprints``: text with the seed, the settings and both full
+        - ``recipe.seed_everything/batch_fingerprint``: the same for the first training batch.
+        - ``recipe.seed_everything/fingerprints``: text with the seed, the settings and both full
           fingerprints.
 
     Example::

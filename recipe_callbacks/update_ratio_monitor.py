@@ -79,14 +79,14 @@ class UpdateRatioMonitor(RecipeCallback):
         TypeError: an argument of the wrong type.
 
     Logged:
-        - ``recipe/update_ratio_monitor/<layer>/log10_ratio``: per layer (module name, e.g. ``net.0``;
+        - ``recipe.update_ratio_monitor/<layer>/log10_ratio``: per layer (module name, e.g. ``net.0``;
           ``root`` for parameters of the model itself), at each sampled step; an exact 0 update is
           logged as -12.
-        - ``recipe/update_ratio_monitor/<activation>/dead_fraction``: per activation module call
+        - ``recipe.update_ratio_monitor/<activation>/dead_fraction``: per activation module call
           (``act``, ``act#2`` for a module called twice in one forward).
-        - ``recipe/update_ratio_monitor/<activation>/saturated_fraction``: share of saturated values,
+        - ``recipe.update_ratio_monitor/<activation>/saturated_fraction``: share of saturated values,
           for tanh, sigmoid, hardtanh and hardsigmoid.
-        - ``recipe/update_ratio_monitor/ratio_chart``: picture of log10 ratio per layer over steps,
+        - ``recipe.update_ratio_monitor/ratio_chart``: picture of log10 ratio per layer over steps,
           with the healthy -3 as a reference line.
 
     Example::

@@ -24,7 +24,7 @@ from tests.support import (
     text_values,
 )
 
-TAG = "recipe/batch_independence_check"
+TAG = "recipe.batch_independence_check"
 
 
 class ViewMixer(TinyClassifier):

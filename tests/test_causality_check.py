@@ -18,7 +18,7 @@ from recipe_callbacks.batch_independence_check import BatchIndependenceCheck
 from recipe_callbacks.causality_check import CausalityCheck
 from tests.support import TinyClassifier, blobs, fast_trainer, loader, read_events, scalar_values
 
-TAG = "recipe/causality_check"
+TAG = "recipe.causality_check"
 VOCAB, T = 11, 12
 
 
@@ -239,4 +239,4 @@ def test_ddp_spawn_two_processes(tmp_path: Path) -> None:
     trainer.fit(TinyGPT(diagonal=2), loader(token_data(), batch_size=8))
     ea = read_events(tmp_path / "run")
     assert scalar_values(ea, f"{TAG}/max_lookahead") == [1.0]  # rank 0 alone writes, once
-    assert scalar_values(ea, "recipe/batch_independence_check/max_leak") == [0.0]
+    assert scalar_values(ea, "recipe.batch_independence_check/max_leak") == [0.0]

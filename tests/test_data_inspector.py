@@ -16,7 +16,7 @@ from torch.utils.data import Dataset, TensorDataset
 from recipe_callbacks import DataInspector, RecipeCheckError, RecipeWarning
 from tests.support import TinyClassifier, blobs, fast_trainer, loader, read_events, scalar_values, text_values
 
-TAG = "recipe/data_inspector"
+TAG = "recipe.data_inspector"
 
 
 @pytest.fixture(autouse=True)

@@ -21,7 +21,7 @@ from recipe_callbacks.prediction_dynamics_logger import PredictionDynamicsLogger
 from tests.core.test_filter_noise import gabor_bank
 from tests.support import TinyClassifier, blobs, fast_trainer, loader, read_events, scalar_values
 
-TAG = "recipe/first_layer_filter_viz"
+TAG = "recipe.first_layer_filter_viz"
 
 
 class ConvNet(pl.LightningModule):

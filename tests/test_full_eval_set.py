@@ -20,7 +20,7 @@ from recipe_callbacks import RecipeReport, RecipeWarning
 from recipe_callbacks.full_eval_set import FullEvalSet
 from tests.support import TinyClassifier, blobs, fast_trainer, loader, read_events, scalar_values
 
-TAG = "recipe/full_eval_set"
+TAG = "recipe.full_eval_set"
 
 
 # ------------------------------------------------------- models and data (top level: DDP pickles them)

@@ -18,7 +18,7 @@ from recipe_callbacks import DataInspector, InitLossCheck, RecipeCheckError, Rec
 from recipe_callbacks.core.init_loss import binary_entropy
 from tests.support import TinyClassifier, blobs, fast_trainer, loader, read_events, scalar_values
 
-TAG = "recipe/init_loss_check"
+TAG = "recipe.init_loss_check"
 
 
 @pytest.fixture(autouse=True)
@@ -378,7 +378,7 @@ def test_under_ddp_spawn_both_ranks_agree(tmp_path: Path) -> None:
     observed = scalar_values(ea, f"{TAG}/observed")[0]
     expected = binary_entropy(float(zero_vs_rest().tensors[1].mean()))
     assert abs(observed - expected) / expected < 0.25
-    assert scalar_values(ea, "recipe/data_inspector/duplicates") == [200.0]  # val is the train set here
+    assert scalar_values(ea, "recipe.data_inspector/duplicates") == [200.0]  # val is the train set here
 
 
 class TinyLM(pl.LightningModule):

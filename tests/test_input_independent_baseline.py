@@ -16,7 +16,7 @@ from recipe_callbacks.input_independent_baseline import InputIndependentBaseline
 from recipe_callbacks.overfit_one_batch import OverfitOneBatch
 from tests.support import TinyClassifier, blobs, fast_trainer, loader, read_events, scalar_values
 
-TAG = "recipe/input_independent_baseline"
+TAG = "recipe.input_independent_baseline"
 
 
 class AdamClassifier(TinyClassifier):
@@ -222,7 +222,7 @@ def test_resumed_run_does_not_train_the_copies_again(tmp_path: Path) -> None:
         assert new.findings == old.findings  # back from the checkpoint, not judged again
         assert new.early_finished
     tags = read_events(tmp_path / "b" / "run").Tags()["images"]
-    assert not any(tag.startswith("recipe/") for tag in tags)
+    assert not any(tag.startswith("recipe") for tag in tags)
 
 
 def test_ddp_spawn_two_processes(tmp_path: Path) -> None:
@@ -234,5 +234,5 @@ def test_ddp_spawn_two_processes(tmp_path: Path) -> None:
     trainer.fit(BatchNormClassifier(), loader(blobs(64), batch_size=32))
     ea = read_events(tmp_path / "run")
     assert scalar_values(ea, f"{TAG}/relative_gap")[0] >= 0.25
-    assert scalar_values(ea, "recipe/overfit_one_batch/lowest_loss")[0] <= 0.05
-    assert ea.Images(f"{TAG}/loss_curves") and ea.Images("recipe/overfit_one_batch/loss_curve")
+    assert scalar_values(ea, "recipe.overfit_one_batch/lowest_loss")[0] <= 0.05
+    assert ea.Images(f"{TAG}/loss_curves") and ea.Images("recipe.overfit_one_batch/loss_curve")

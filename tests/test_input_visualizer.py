@@ -20,7 +20,7 @@ from recipe_callbacks import RecipeCheckError, RecipeWarning
 from recipe_callbacks.input_visualizer import InputVisualizer
 from tests.support import TinyClassifier, fast_trainer, read_events, scalar_values, text_values
 
-TAG = "recipe/input_visualizer"
+TAG = "recipe.input_visualizer"
 
 
 class FlatClassifier(TinyClassifier):

@@ -38,18 +38,18 @@ def _fit(tmp_path: Path, logger: Any) -> Any:
 
 def _check_tensorboard(log_dir: Path | str) -> None:
     ea = read_events(log_dir)
-    assert scalar_values(ea, "recipe/everything/value") == [1.0, 2.0]
-    assert [e.step for e in ea.Scalars("recipe/everything/value")] == [1, 2]  # global step after each optimizer step
-    images = ea.Images("recipe/everything/picture")
+    assert scalar_values(ea, "recipe.everything/value") == [1.0, 2.0]
+    assert [e.step for e in ea.Scalars("recipe.everything/value")] == [1, 2]  # global step after each optimizer step
+    images = ea.Images("recipe.everything/picture")
     assert len(images) == 2 and (images[0].width, images[0].height) == (10, 6)
-    assert text_values(ea, "recipe/everything/note") == ["**batch 0**", "**batch 1**"]
-    assert len(ea.Histograms("recipe/everything/weights")) == 2
+    assert text_values(ea, "recipe.everything/note") == ["**batch 0**", "**batch 1**"]
+    assert len(ea.Histograms("recipe.everything/weights")) == 2
 
 
 def _check_csv(log_dir: Path | str) -> None:
     with open(Path(log_dir) / "metrics.csv") as fh:
-        rows = [r for r in csv.DictReader(fh) if r.get("recipe/everything/value")]
-    assert [float(r["recipe/everything/value"]) for r in rows] == [1.0, 2.0]
+        rows = [r for r in csv.DictReader(fh) if r.get("recipe.everything/value")]
+    assert [float(r["recipe.everything/value"]) for r in rows] == [1.0, 2.0]
 
 
 def _check_files(recipe_dir: Path) -> None:

@@ -18,7 +18,7 @@ from recipe_callbacks import RecipeCheckError, RecipeReport, RecipeWarning
 from recipe_callbacks.loss_decrease_check import LossDecreaseCheck
 from tests.support import TinyClassifier, blobs, fast_trainer, loader, read_events, scalar_values
 
-TAG = "recipe/loss_decrease_check"
+TAG = "recipe.loss_decrease_check"
 
 
 class NaNAtStep(TinyClassifier):

@@ -22,7 +22,7 @@ from recipe_callbacks.no_lr_decay_warning import NoLRDecayWarning
 from tests.support import TinyClassifier, blobs, fast_trainer, loader, read_events, scalar_values
 
 BATCHES = 5  # batches per epoch: 80 samples, batch size 16 (odd, so accumulation leaves a short group)
-TAG = "recipe/no_lr_decay_warning"
+TAG = "recipe.no_lr_decay_warning"
 
 
 class Scheduled(TinyClassifier):

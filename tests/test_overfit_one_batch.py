@@ -15,7 +15,7 @@ from recipe_callbacks.finding import RecipeCheckError, RecipeWarning
 from recipe_callbacks.overfit_one_batch import OverfitOneBatch
 from tests.support import TinyClassifier, blobs, fast_trainer, loader, read_events, scalar_values
 
-TAG = "recipe/overfit_one_batch"
+TAG = "recipe.overfit_one_batch"
 
 
 class AdamClassifier(TinyClassifier):

@@ -68,7 +68,7 @@ def test_every_planted_bug_is_caught_and_every_control_passes(tmp_path: Path) ->
         # What the check reported reached TensorBoard under its own tags.
         tags = read_events(tmp_path / name).Tags()
         logged = [t for kind in ("scalars", "images", "tensors") for t in tags.get(kind, [])]
-        assert any(t.startswith(f"recipe/{snake_case(check)}/") for t in logged), (name, logged)
+        assert any(t.startswith(f"recipe.{snake_case(check)}/") for t in logged), (name, logged)
 
     controls = [r for r in results if not r.planted]
     checks_with_control = {r.check for r in controls}

@@ -21,7 +21,7 @@ from recipe_callbacks.first_layer_filter_viz import FirstLayerFilterViz
 from recipe_callbacks.prediction_dynamics_logger import PredictionDynamicsLogger
 from tests.support import TinyClassifier, blobs, fast_trainer, loader, read_events, scalar_values
 
-TAG = "recipe/prediction_dynamics_logger"
+TAG = "recipe.prediction_dynamics_logger"
 
 
 def fit_blobs(root: Path, lr: float, epochs: int = 15, **kw: Any) -> tuple[PredictionDynamicsLogger, pl.Trainer]:
@@ -286,8 +286,8 @@ def test_under_ddp_spawn_rank_zero_logs(tmp_path: Path) -> None:
     assert np.isfinite(jitter_values).all()
     assert len(ea.Images(f"{TAG}/heatmap")) >= 1
     assert len(ea.Images(f"{TAG}/samples")) >= 1
-    assert len(scalar_values(ea, "recipe/first_layer_filter_viz/noise_score")) == 3  # start, 2 epoch ends
-    assert len(ea.Images("recipe/first_layer_filter_viz/filters")) == 3
+    assert len(scalar_values(ea, "recipe.first_layer_filter_viz/noise_score")) == 3  # start, 2 epoch ends
+    assert len(ea.Images("recipe.first_layer_filter_viz/filters")) == 3
 
 
 @pytest.mark.parametrize("precision", ["64-true", "bf16-mixed"])

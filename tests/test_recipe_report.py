@@ -58,8 +58,8 @@ def test_report_files_schema_and_tensorboard(tmp_path: Path, monkeypatch: pytest
     layout = layout_pb2.Layout()
     layout.ParseFromString(ea.Tensors("custom_scalars__config__")[0].tensor_proto.string_val[0])
     (category,) = layout.category
-    assert category.title == "recipe/init_loss_check"
-    assert list(category.chart[0].multiline.tag) == ["recipe/init_loss_check/.*"]
+    assert category.title == "recipe.init_loss_check"
+    assert list(category.chart[0].multiline.tag) == ["recipe.init_loss_check/.*"]
 
 
 def test_early_report_waits_for_the_one_off_checks(tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ from recipe_callbacks.core.fingerprints import fingerprint_scalar, fingerprint_t
 from recipe_callbacks.seed_everything import SeedEverything, weights_fingerprint
 from tests.support import TinyClassifier, blobs, fast_trainer, read_events, scalar_values, text_values
 
-TAG = "recipe/seed_everything"
+TAG = "recipe.seed_everything"
 
 
 class DropoutClassifier(TinyClassifier):

@@ -85,7 +85,7 @@ def test_every_callback_is_served(full_run: tuple[Path, list[RecipeCallback]]) -
             mine = sorted(t for t in served if t.startswith(cb.tag_prefix + "/"))
             assert mine or cb.check_name in skipped, f"{cb.check_name}: nothing served under {cb.tag_prefix}/"
         # the values themselves come back through the API
-        tag = next(t for t in scalars[run] if t.startswith("recipe/"))
+        tag = next(t for t in scalars[run] if t.startswith("recipe."))
         points = _get(f"{base}/scalars/scalars?run={run}&tag={urllib.request.quote(tag)}")
         assert points and all(len(p) == 3 for p in points)
         layout = _wait_for(f"{base}/custom_scalars/layout", lambda d: bool(d))

@@ -18,7 +18,7 @@ from recipe_callbacks import RecipeCheckError, RecipeReport, RecipeWarning
 from recipe_callbacks.update_ratio_monitor import UpdateRatioMonitor
 from tests.support import TinyClassifier, blobs, fast_trainer, loader, read_events, scalar_values
 
-TAG = "recipe/update_ratio_monitor"
+TAG = "recipe.update_ratio_monitor"
 
 
 class TanhClassifier(TinyClassifier):
