@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -12,6 +11,7 @@ from typing_extensions import override
 
 from recipe_callbacks.callback_base import RecipeCallback
 from recipe_callbacks.core import gradient_flow as core
+from recipe_callbacks.core.cost_clock import CostClock
 from recipe_callbacks.finding import OnFail, Status
 from recipe_callbacks.validation import check_float, check_int
 
@@ -140,9 +140,7 @@ class GradientFlowCheck(RecipeCallback):
         self._nonfinite_layer: str | None = None
         self._manual = False
         self._scaler = False
-        self._own_time = 0.0
-        self._step_time = 0.0
-        self._batch_start = 0.0
+        self._clock = CostClock()
         self._step_index = 0
 
     # ----------------------------------------------------------------- lifecycle
@@ -161,7 +159,10 @@ class GradientFlowCheck(RecipeCallback):
             self.skip(trainer, f"the {strategy} strategy shards the parameters; the check sees only shards", "")
             self.finish_early()
             return
-        start = time.perf_counter()
+        with self._clock.own():
+            self._start(trainer, pl_module)
+
+    def _start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         in_optimizer = {id(p) for opt in trainer.optimizers for g in opt.param_groups for p in g["params"]}
         for name, p in pl_module.named_parameters():
             if not p.requires_grad:
@@ -180,7 +181,6 @@ class GradientFlowCheck(RecipeCallback):
             if self._manual:
                 self._handles.append(p.register_hook(self._leftover_hook(name, p)))
         self._active = True
-        self._own_time += time.perf_counter() - start
 
     def _arrival_hook(self, name: str) -> Any:
         def hook(_: torch.Tensor) -> None:
@@ -210,7 +210,7 @@ class GradientFlowCheck(RecipeCallback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
         if self._active:
-            self._batch_start = time.perf_counter()
+            self._clock.step_started()
 
     @override
     def on_before_optimizer_step(
@@ -218,13 +218,12 @@ class GradientFlowCheck(RecipeCallback):
     ) -> None:
         if not self._active:
             return
-        start = time.perf_counter()
-        self._step_index = trainer.global_step
-        ids = {id(p) for g in optimizer.param_groups for p in g["params"]}
-        names = [n for n, p in self._params.items()
-                 if n not in self._pending and (id(p) in ids or not self._lives[n].in_optimizer)]
-        self._record_step(names)
-        self._own_time += time.perf_counter() - start
+        with self._clock.own():
+            self._step_index = trainer.global_step
+            ids = {id(p) for g in optimizer.param_groups for p in g["params"]}
+            names = [n for n, p in self._params.items()
+                     if n not in self._pending and (id(p) in ids or not self._lives[n].in_optimizer)]
+            self._record_step(names)
 
     def _record_step(self, names: list[str]) -> None:
         """Flags of every gradient of this step, read back in one transfer; probes for the change."""
@@ -268,11 +267,10 @@ class GradientFlowCheck(RecipeCallback):
     ) -> None:
         if not self._active:
             return
-        start = time.perf_counter()
-        if self._pending:
-            self._observe(trainer)
-        self._own_time += time.perf_counter() - start
-        self._step_time += time.perf_counter() - self._batch_start
+        with self._clock.own():
+            if self._pending:
+                self._observe(trainer)
+        self._clock.step_ended()
         if self._observed >= self.num_steps or self._skipped > self.max_skipped_steps:
             self._conclude(trainer)
 
@@ -330,7 +328,7 @@ class GradientFlowCheck(RecipeCallback):
                           "optimization calls the raw optimizer), so the gradients could not be watched", "")
             return
         s = core.summarize_flow(self._lives.values(), self.allow_unused)
-        cost = self._own_time / (max(self._step_time - self._own_time, 1e-9) / max(self._observed + self._skipped, 1))
+        cost = self._clock.cost_steps
         values = {
             "observed_steps": float(self._observed), "trainable_params": float(len(self._lives)),
             "frozen_params": float(len(self._frozen)), "no_grad_params": float(len(s.no_grad)),
