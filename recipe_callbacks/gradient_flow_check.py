@@ -136,6 +136,7 @@ class GradientFlowCheck(RecipeCallback):
         self._stepped: set[str] = set()
         self._observed = 0
         self._skipped = 0
+        self._no_backward = 0
         self._nonfinite_step: int | None = None
         self._nonfinite_layer: str | None = None
         self._manual = False
@@ -271,11 +272,14 @@ class GradientFlowCheck(RecipeCallback):
             if self._pending:
                 self._observe(trainer)
         self._clock.step_ended()
-        if self._observed >= self.num_steps or self._skipped > self.max_skipped_steps:
+        if self._observed >= self.num_steps or self._skipped + self._no_backward > self.max_skipped_steps:
             self._conclude(trainer)
 
     def _observe(self, trainer: pl.Trainer) -> None:
         pending, self._pending = self._pending, {}
+        if not any(e["has_grad"] for e in pending.values()):
+            self._no_backward += 1  # training_step returned None: Lightning skips the backward and the step
+            return
         nonfinite = [n for n, e in pending.items() if e["has_grad"] and not e.get("finite", True)]
         skipped = bool(nonfinite) and self._scaler  # GradScaler skips a step with Inf/NaN gradients
         probes = [(n, e["probe"]) for n, e in pending.items() if e["probe"] is not None and not skipped]
@@ -324,8 +328,9 @@ class GradientFlowCheck(RecipeCallback):
                     "for an overflow in the forward (a loss or activation too large for float16), or use bf16.",
                 )
             else:
-                self.skip(trainer, "no optimizer step was seen (training_step returned no loss, or manual "
-                          "optimization calls the raw optimizer), so the gradients could not be watched", "")
+                seen = f" ({self._no_backward} steps without any gradient)" if self._no_backward else ""
+                self.skip(trainer, f"no optimizer step with gradients was seen{seen}: training_step returned no loss, "
+                          "or manual optimization calls the raw optimizer, so the gradients could not be watched", "")
             return
         s = core.summarize_flow(self._lives.values(), self.allow_unused)
         cost = self._clock.cost_steps
