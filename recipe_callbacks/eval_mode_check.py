@@ -25,6 +25,8 @@ if TYPE_CHECKING:
     import lightning.pytorch as pl
 
 _NORMS = nn.modules.batchnorm._BatchNorm
+_FORGOTTEN = 0.05  # BatchNorm statistics are judged once their init weighs less than this
+_CUMULATIVE_UPDATES = 30  # updates a cumulative average (momentum=None) is given
 _DETERMINISM = "determinism"
 _GAP = "train_eval_gap"
 
@@ -64,9 +66,11 @@ class EvalModeCheck(RecipeCallback):
     ``.eval()``.
 
     On the same batch it computes the loss (the task's loss, from :mod:`recipe_callbacks.core.task`)
-    in train mode and in eval mode, at init and again at the end of the first training epoch (or at
-    the end of training, if that comes first). At init the gap is information (BatchNorm's running
-    statistics are still their defaults). After the first epoch an eval-mode loss above
+    in train mode and in eval mode, at init and again at the end of the first training epoch after
+    which every BatchNorm layer's running statistics have forgotten their init (29 updates at the
+    default momentum 0.1; at once for momentum 0), or at the end of training if that comes first
+    (a run too short for the statistics to settle is reported, not judged). At init the gap is
+    information (BatchNorm's running statistics are still their defaults). Then an eval-mode loss above
     ``max_ratio`` times the train-mode loss (and above it by more than ``min_gap``) is a ``warn``
     pointing at BatchNorm statistics: it names BatchNorm layers with ``momentum=0``, layers whose
     statistics were never updated (kept in eval mode during training), and a batch size of 1 in
@@ -167,8 +171,8 @@ class EvalModeCheck(RecipeCallback):
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._state == "waiting":
-            self._after_epoch(trainer, pl_module, "the end of the first epoch")
+        if self._state == "waiting" and self._updates_missing(pl_module) == 0:
+            self._after_epoch(trainer, pl_module, f"the end of epoch {trainer.current_epoch} (step {trainer.global_step})")
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -309,8 +313,25 @@ class EvalModeCheck(RecipeCallback):
             self.skip(trainer, f"could not compute the {task} loss: {err}", "task", key=_GAP)
             return None
 
+    def _updates_missing(self, pl_module: pl.LightningModule) -> int:
+        """How many more BatchNorm updates the layer furthest behind needs before its running statistics
+        have forgotten their init (below 5% weight left: 29 updates at momentum 0.1); momentum 0 needs none
+        (they never move: that is what to report)."""
+        missing = 0
+        for name, m in pl_module.named_modules():
+            if not isinstance(m, _NORMS) or name not in self._tracked or m.num_batches_tracked is None:
+                continue
+            momentum = m.momentum
+            if momentum == 0:
+                continue
+            needed = _CUMULATIVE_UPDATES if momentum is None or momentum >= 1 else math.ceil(
+                math.log(_FORGOTTEN) / math.log(1.0 - momentum))
+            missing = max(missing, needed - (int(m.num_batches_tracked) - self._tracked[name]))
+        return missing
+
     def _after_epoch(self, trainer: pl.Trainer, pl_module: pl.LightningModule, when: str) -> None:
         self._state = "done"
+        missing = self._updates_missing(pl_module)
         with self._clock.own():
             losses = self._losses(trainer, pl_module)
         self._x = self._y = None
@@ -331,6 +352,14 @@ class EvalModeCheck(RecipeCallback):
         )
         if gap.verdict == "ok":
             self.report(trainer, "pass", head + ".", values, key=_GAP)
+            return
+        if missing > 0:
+            values["updates_missing"] = float(missing)
+            self.report(
+                trainer, "pass",
+                f"{head}: not judged, since the BatchNorm running statistics had {missing} updates too few to forget "
+                "their init (a run this short cannot tell a bug from their normal lag).", values, key=_GAP,
+            )
             return
         causes = self._batchnorm_causes(pl_module, norms)
         status: Status = "warn"
