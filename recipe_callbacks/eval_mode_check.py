@@ -44,6 +44,12 @@ def _buffers_kept(module: nn.Module) -> Iterator[None]:
                 b.copy_(value)
 
 
+def _batches_tracked(module: nn.Module) -> int:
+    """A BatchNorm layer's update counter (0 when it keeps none)."""
+    count = getattr(module, "num_batches_tracked", None)
+    return int(count) if isinstance(count, torch.Tensor) else 0
+
+
 def _fingerprint(output: Any) -> torch.Tensor | None:
     """Sum, absolute sum and sum of squares of the first tensor of ``output`` (``None`` if there is none)."""
     t = logits_of(output)
@@ -172,7 +178,8 @@ class EvalModeCheck(RecipeCallback):
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._state == "waiting" and self._updates_missing(pl_module) == 0:
-            self._after_epoch(trainer, pl_module, f"the end of epoch {trainer.current_epoch} (step {trainer.global_step})")
+            when = f"the end of epoch {trainer.current_epoch} (step {trainer.global_step})"
+            self._after_epoch(trainer, pl_module, when)
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -205,7 +212,7 @@ class EvalModeCheck(RecipeCallback):
         self._report_determinism(trainer, pl_module, x, core.relative_difference(a, b), in_train)
         self._x = x
         self._y = resolved.y.detach().clone() if resolved.y is not None else None
-        self._tracked = {n: int(m.num_batches_tracked) for n, m in pl_module.named_modules()
+        self._tracked = {n: _batches_tracked(m) for n, m in pl_module.named_modules()
                          if isinstance(m, _NORMS) and m.num_batches_tracked is not None}
         losses = self._losses(trainer, pl_module, eval_output=a)
         if losses is None:
@@ -249,8 +256,8 @@ class EvalModeCheck(RecipeCallback):
         )
 
     def _culprit(self, pl_module: pl.LightningModule, x: torch.Tensor) -> str | None:
-        passes: list[list[tuple[str, torch.Tensor, torch.Tensor]]] = [[], []]
-        current: list[list[tuple[str, torch.Tensor, torch.Tensor]]] = [passes[0]]
+        passes: list[list[tuple[str, torch.Tensor | None, torch.Tensor]]] = [[], []]
+        current: list[list[tuple[str, torch.Tensor | None, torch.Tensor]]] = [passes[0]]
 
         def hook(name: str) -> Any:
             def record(_: nn.Module, args: Any, output: Any) -> None:
@@ -326,7 +333,7 @@ class EvalModeCheck(RecipeCallback):
                 continue
             needed = _CUMULATIVE_UPDATES if momentum is None or momentum >= 1 else math.ceil(
                 math.log(_FORGOTTEN) / math.log(1.0 - momentum))
-            missing = max(missing, needed - (int(m.num_batches_tracked) - self._tracked[name]))
+            missing = max(missing, needed - (_batches_tracked(m) - self._tracked[name]))
         return missing
 
     def _after_epoch(self, trainer: pl.Trainer, pl_module: pl.LightningModule, when: str) -> None:
@@ -339,7 +346,7 @@ class EvalModeCheck(RecipeCallback):
             return
         train_loss, eval_loss = losses
         gap = core.judge_gap(train_loss, eval_loss, self.max_ratio, self.min_gap)
-        norms = [(n, m) for n, m in pl_module.named_modules() if isinstance(m, _NORMS)]
+        norms: list[tuple[str, nn.Module]] = [(n, m) for n, m in pl_module.named_modules() if isinstance(m, _NORMS)]
         cost = self._clock.cost_steps
         values = {
             "init_train_loss": self._init[0], "init_eval_loss": self._init[1], "train_loss": train_loss,
@@ -382,8 +389,8 @@ class EvalModeCheck(RecipeCallback):
         zero = [n for n, m in norms if getattr(m, "momentum", None) == 0]
         if zero:
             causes.append(f"momentum=0 (running statistics never move from their init) in {zero[:6]}")
-        stale = [n for n, m in norms if n in self._tracked and m.num_batches_tracked is not None
-                 and int(m.num_batches_tracked) == self._tracked[n] and getattr(m, "momentum", None) != 0]
+        stale = [n for n, m in norms if n in self._tracked
+                 and _batches_tracked(m) == self._tracked[n] and getattr(m, "momentum", None) != 0]
         if stale:
             causes.append(f"running statistics never updated during the epoch (the layer was in eval mode) in "
                           f"{stale[:6]}")

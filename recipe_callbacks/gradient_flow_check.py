@@ -178,9 +178,9 @@ class GradientFlowCheck(RecipeCallback):
         self._manual = not pl_module.automatic_optimization
         self._scaler = getattr(trainer.precision_plugin, "scaler", None) is not None
         for name, p in self._params.items():
-            self._handles.append(p.register_post_accumulate_grad_hook(self._arrival_hook(name)))
+            self._handles.append(p.register_post_accumulate_grad_hook(self._arrival_hook(name)))  # type: ignore[no-untyped-call]
             if self._manual:
-                self._handles.append(p.register_hook(self._leftover_hook(name, p)))
+                self._handles.append(p.register_hook(self._leftover_hook(name, p)))  # type: ignore[no-untyped-call]
         self._active = True
 
     def _arrival_hook(self, name: str) -> Any:
@@ -350,9 +350,9 @@ class GradientFlowCheck(RecipeCallback):
                 "fail",
                 f"a NaN/Inf gradient at optimizer step {self._nonfinite_step}; in backward order it appears first in "
                 f"'{layer}' (parameter '{self._nonfinite_layer}').",
-                f"look at what '{layer}' computes and what follows it in the forward: log or sqrt of 0 or of a negative, "
-                "a division by a value near 0, an exp that overflows; lower the learning rate or clip gradients "
-                "(gradient_clip_val); check the inputs of that batch for NaN/Inf.",
+                f"look at what '{layer}' computes and what follows it in the forward: log or sqrt of 0 or of a "
+                "negative, a division by a value near 0, an exp that overflows; lower the learning rate or clip "
+                "gradients (gradient_clip_val); check the inputs of that batch for NaN/Inf.",
             ))
         if s.not_reset:
             problems.append((
@@ -375,8 +375,8 @@ class GradientFlowCheck(RecipeCallback):
                 f"{len(dead)} of {len(self._lives)} trainable parameters ({s.dead_fraction:.0%} of the elements) "
                 f"{'; '.join(parts)}.",
                 "these layers do not learn: look for a branch whose output is not used in the loss, a detach() or "
-                "torch.no_grad() in the wrong place, a multiplication by zero or a mask that blocks everything. If they "
-                "are unused on purpose, freeze them (requires_grad_(False)) or name them in allow_unused.",
+                "torch.no_grad() in the wrong place, a multiplication by zero or a mask that blocks everything. If "
+                "they are unused on purpose, freeze them (requires_grad_(False)) or name them in allow_unused.",
             ))
         if s.not_in_optimizer:
             problems.append((
@@ -405,7 +405,8 @@ class GradientFlowCheck(RecipeCallback):
         if not problems:
             self.report(
                 trainer, "pass",
-                f"all {len(self._lives)} trainable parameters got finite, non-zero gradients and moved in {steps}.{tail}",
+                f"all {len(self._lives)} trainable parameters got finite, non-zero gradients and moved in "
+                f"{steps}.{tail}",
                 values,
             )
             return

@@ -220,7 +220,8 @@ class LossCompatibilityCheck(RecipeCallback):
             )
             return
         values["matched_loss"] = best.value
-        head = f"the first step's loss {self._loss:.5g} equals {best.name} = {best.value:.5g} ({best.meaning}; {shapes})"
+        head = (f"the first step's loss {self._loss:.5g} equals {best.name} = {best.value:.5g} "
+                f"({best.meaning}; {shapes})")
         if self._output is None:
             head += f", read from {source}"
         if best.severity == "correct":

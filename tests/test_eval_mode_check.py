@@ -19,7 +19,7 @@ from examples.digits import digits_datasets
 from recipe_callbacks import EvalModeCheck, RecipeCheckError, RecipeReport
 from recipe_callbacks.finding import Finding
 from tests.families import BatchNormCNN, healthy_runs
-from tests.support import TinyClassifier, blobs, fast_trainer, loader
+from tests.support import TinyClassifier, blobs, fast_trainer
 
 DETERMINISM, GAP = "determinism", "train_eval_gap"
 
