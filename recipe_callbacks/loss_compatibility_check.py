@@ -204,7 +204,7 @@ class LossCompatibilityCheck(RecipeCallback):
             return
         dtype = torch.float64 if output.numel() <= _FLOAT64_LIMIT else torch.float32
         target = resolved.y.detach().to(output.device)
-        found = core.candidates(output.to(dtype), target)
+        found = core.candidates(output, target, dtype)
         ident = core.identify(self._loss, found, self.rtol)
         self._log_candidates(trainer, ident)
         values = {"user_loss": self._loss, "candidates": float(len(found)), "cost_steps": self._clock.cost_steps}

@@ -245,3 +245,8 @@ def test_bad_arguments_are_named(kwargs: dict[str, Any], error: type[Exception])
     name = next(iter(kwargs))
     with pytest.raises(error, match=rf"GradientFlowCheck\({name}="):
         GradientFlowCheck(**kwargs)
+
+
+def test_bf16_mixed_precision_passes(tmp_path: Path) -> None:
+    f = only(run(tmp_path, TinyClassifier(), precision="bf16-mixed"))
+    assert f.status == "pass", f

@@ -240,3 +240,9 @@ def test_bad_arguments_are_named(kwargs: dict[str, Any], error: type[Exception])
     name = next(iter(kwargs))
     with pytest.raises(error, match=rf"LossCompatibilityCheck\({name}="):
         LossCompatibilityCheck(**kwargs)
+
+
+def test_bf16_mixed_precision_outputs_are_matched(tmp_path: Path) -> None:
+    assert run(tmp_path, Planted("logits_ce"), classes(), precision="bf16-mixed").status == "pass"
+    f = run(tmp_path / "planted", Planted("double_softmax"), classes(), precision="bf16-mixed")
+    assert f.status == "fail" and "a double softmax" in f.summary, f

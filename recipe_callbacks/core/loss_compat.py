@@ -14,8 +14,9 @@ losses of the silent mistakes that look like them:
 - one-hot targets in a regression loss (a classification trained as regression);
 - integer class ids in a regression loss.
 
-Every candidate is computed in float64 with ``ignore_index=-100`` for class ids (Hugging Face's
-convention) and, for sequences, also shifted by one position (labels shifted inside a causal LM).
+Every candidate is computed in float64 (float32 for large outputs) with ``ignore_index=-100`` for
+class ids (Hugging Face's convention) and, for sequences, also shifted by one position (labels
+shifted inside a causal LM).
 :func:`identify` says which candidates the user's value matches; a mistake is only reported when
 the value matches it and no correct candidate, so a loss with extra terms (label smoothing, class
 weights, a regulariser) is never called a mistake.
@@ -71,7 +72,7 @@ class Identification:
         return self.matches[0] if self.matches else None
 
 
-def multiclass_output_kind(output: torch.Tensor, axis: int) -> OutputKind:
+def multiclass_output_kind(output: torch.Tensor, axis: int, sum_tolerance: float = _SUM_TOLERANCE) -> OutputKind:
     """``"probabilities"`` when every row along ``axis`` lies in [0, 1] and sums to 1,
     ``"log_probabilities"`` when every row is <= 0 and its ``logsumexp`` is 0, ``"logits"`` else.
 
@@ -83,12 +84,13 @@ def multiclass_output_kind(output: torch.Tensor, axis: int) -> OutputKind:
         >>> multiclass_output_kind(torch.randn(4, 3), 1)
         'logits'
     """
-    o = output.detach().to(torch.float64)
+    o = output.detach()
+    o = o if o.dtype in (torch.float32, torch.float64) else o.to(torch.float32)
     if o.numel() == 0:
         return "logits"
-    if bool((o >= 0).all() and (o <= 1).all()) and bool(((o.sum(axis) - 1).abs() <= _SUM_TOLERANCE).all()):
+    if bool((o >= 0).all() and (o <= 1).all()) and bool(((o.sum(axis) - 1).abs() <= sum_tolerance).all()):
         return "probabilities"
-    if bool((o <= 0).all()) and bool((torch.logsumexp(o, axis).abs() <= _SUM_TOLERANCE).all()):
+    if bool((o <= 0).all()) and bool((torch.logsumexp(o, axis).abs() <= sum_tolerance).all()):
         return "log_probabilities"
     return "logits"
 
@@ -128,10 +130,10 @@ def _try(fn: Callable[[], torch.Tensor]) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def _class_candidates(output: torch.Tensor, target: torch.Tensor) -> list[Candidate]:
+def _class_candidates(output: torch.Tensor, target: torch.Tensor, sum_tolerance: float) -> list[Candidate]:
     """Cross-entropy family for class-id targets; ``output`` in ``(N, C, ...)`` layout."""
     o, y = output, target.long()
-    kind = multiclass_output_kind(o, 1)
+    kind = multiclass_output_kind(o, 1, sum_tolerance)
     probs_fix = (
         "forward returns probabilities (rows in [0, 1] summing to 1): F.cross_entropy applies its own softmax, "
         "so the softmax is applied twice. Return the logits from forward (drop the softmax; apply it only for "
@@ -164,7 +166,7 @@ def _class_candidates(output: torch.Tensor, target: torch.Tensor) -> list[Candid
 
 
 def _binary_candidates(output: torch.Tensor, target: torch.Tensor) -> list[Candidate]:
-    o, t = output.reshape(-1), target.reshape(-1).to(torch.float64)
+    o, t = output.reshape(-1), target.reshape(-1).to(output.dtype)
     kind = binary_output_kind(o)
     twice = (
         "forward returns probabilities (a sigmoid: all outputs in [0, 1]) and the loss is BCE-with-logits, "
@@ -220,8 +222,8 @@ def _regression_candidates(output: torch.Tensor, target: torch.Tensor) -> list[C
             "one-hot targets in a regression loss train a classifier as a regressor: use "
             "F.cross_entropy(logits, y.argmax(1)) (or F.cross_entropy(logits, y) with the probability targets)."
         )
-    t = target.to(torch.float64)
-    o = output.to(torch.float64)
+    t = target.to(output.dtype)
+    o = output
     out: list[Candidate] = []
     if o.numel() == t.numel():
         a, b = o.reshape(n, -1), t.reshape(n, -1)
@@ -241,7 +243,7 @@ def _broadcast_candidates(output: torch.Tensor, target: torch.Tensor) -> list[Ca
     """MSE/RMSE/L1/Huber of a ``(B, 1)`` output against a ``(B,)`` target (or the reverse), as
     PyTorch broadcasts them: ``(B, B)``."""
     n = output.shape[0]
-    o, t = output.to(torch.float64), target.to(torch.float64)
+    o, t = output, target.to(output.dtype)
     out: list[Candidate] = []
     column = (o.shape == (n, 1) and t.shape == (n,)) or (o.shape == (n,) and t.shape == (n, 1))
     if column and n > 1:
@@ -277,15 +279,18 @@ def _sequence_views(output: torch.Tensor, target: torch.Tensor) -> list[tuple[st
     return views
 
 
-def candidates(output: torch.Tensor, target: torch.Tensor) -> list[Candidate]:
-    """Every candidate loss of ``output`` and ``target`` (both with the batch dimension first).
+def candidates(output: torch.Tensor, target: torch.Tensor, dtype: torch.dtype = torch.float64) -> list[Candidate]:
+    """Every candidate loss of ``output`` and ``target`` (both with the batch dimension first),
+    computed in ``dtype``. Rows of 16-bit outputs count as probabilities when they sum to 1 within
+    2e-2 (their rounding), others within 1e-3.
 
     Example:
         >>> logits, y = torch.tensor([[2.0, 0.0, -1.0], [0.0, 1.0, 0.0]]), torch.tensor([0, 2])
         >>> {c.name: round(c.value, 4) for c in candidates(logits, y)}["cross_entropy(output, y)"]
         0.8606
     """
-    out = output.detach().to(torch.float64)
+    sum_tolerance = 2e-2 if output.dtype in (torch.float16, torch.bfloat16) else _SUM_TOLERANCE
+    out = output.detach().to(dtype)
     if out.ndim == 0 or target.ndim == 0 or not output.is_floating_point():
         return []
     found: list[Candidate] = []
@@ -293,7 +298,7 @@ def candidates(output: torch.Tensor, target: torch.Tensor) -> list[Candidate]:
     if integral:
         for suffix, logits, ids in _sequence_views(out, target.detach()):
             found += [Candidate(c.name + suffix, c.value, c.severity, c.meaning + suffix, c.fix)
-                      for c in _class_candidates(logits, ids)]
+                      for c in _class_candidates(logits, ids, sum_tolerance)]
     if out.shape[0] != target.shape[0]:
         return found
     if out.numel() == target.numel() and is_binary_valued(target) and not is_one_hot(target):
@@ -304,7 +309,7 @@ def candidates(output: torch.Tensor, target: torch.Tensor) -> list[Candidate]:
         target.is_floating_point() and target.shape == output.shape and out.ndim >= 2 and out.shape[1] >= 2
         and bool((target >= 0).all()) and bool(((target.to(torch.float64).sum(1) - 1).abs() <= 1e-6).all())
     ):  # class-probability (or one-hot) targets, as F.cross_entropy accepts them
-        value = _try(lambda: F.cross_entropy(out, target.detach().to(torch.float64)))
+        value = _try(lambda: F.cross_entropy(out, target.detach().to(dtype)))
         if value is not None:
             found.append(Candidate("cross_entropy(output, p)", value, "correct",
                                    "cross-entropy of logits against class-probability targets"))
