@@ -306,6 +306,8 @@ class EvalModeCheck(RecipeCallback):
             return None
         if eval_output is None or train_output is None:
             return None
+        if train_output.ndim == 2 and y.ndim >= 2 and train_output.shape[0] == y.numel():
+            y = y.reshape(-1)  # flattened (B*T, V) logits for (B, T) targets
         task = self.task or infer_task(train_output, y)
         if task is None:
             self.skip(trainer, f"could not tell the task from outputs {tuple(train_output.shape)} and targets "
