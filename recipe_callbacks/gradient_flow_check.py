@@ -35,7 +35,9 @@ class GradientFlowCheck(RecipeCallback):
     """Checks that every trainable parameter gets a finite, non-zero gradient and moves in the first
     ``num_steps`` optimizer steps (recipe steps 2h/2i: "is every layer learning?").
 
-    At each of the first optimizer steps (``on_before_optimizer_step``, so the gradients are the
+    Just before the first backward (so lazy modules are materialised) it takes the trainable
+    parameters and the optimizers' param groups. At each of the first optimizer steps
+    (``on_before_optimizer_step``, so the gradients are the
     accumulated, unscaled ones the optimizer will use) it records for every trainable parameter
     whether it has a gradient, whether that is finite and not exactly zero, and, after the step,
     whether the elements with the largest gradient moved. Hooks on the parameters record the order
@@ -124,6 +126,7 @@ class GradientFlowCheck(RecipeCallback):
 
     def _reset(self) -> None:
         self._active = False
+        self._waiting = False
         self._handles: list[RemovableHandle] = []
         self._params: dict[str, nn.Parameter] = {}
         self._lives: dict[str, core.ParameterLife] = {}
@@ -160,8 +163,14 @@ class GradientFlowCheck(RecipeCallback):
             self.skip(trainer, f"the {strategy} strategy shards the parameters; the check sees only shards", "")
             self.finish_early()
             return
-        with self._clock.own():
-            self._start(trainer, pl_module)
+        self._waiting = True  # the parameters are collected just before the first backward
+
+    @override
+    def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: torch.Tensor) -> None:
+        if self._waiting:
+            self._waiting = False
+            with self._clock.own():
+                self._start(trainer, pl_module)
 
     def _start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         in_optimizer = {id(p) for opt in trainer.optimizers for g in opt.param_groups for p in g["params"]}
@@ -210,7 +219,7 @@ class GradientFlowCheck(RecipeCallback):
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        if self._active:
+        if self._active or self._waiting:
             self._clock.step_started()
 
     @override
@@ -304,13 +313,14 @@ class GradientFlowCheck(RecipeCallback):
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._active:
+        if self._active or self._waiting:
+            self._waiting = False
             self._conclude(trainer)
 
     @override
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         self._remove_hooks()
-        self._active = False
+        self._active = self._waiting = False
 
     # ----------------------------------------------------------------- judging
     def _conclude(self, trainer: pl.Trainer) -> None:

@@ -250,3 +250,20 @@ def test_bad_arguments_are_named(kwargs: dict[str, Any], error: type[Exception])
 def test_bf16_mixed_precision_passes(tmp_path: Path) -> None:
     f = only(run(tmp_path, TinyClassifier(), precision="bf16-mixed"))
     assert f.status == "pass", f
+
+
+class LazyHead(TinyClassifier):
+    """A LazyLinear head: its parameter is materialised by the first forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.LazyLinear(4))
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.05)
+
+
+def test_lazy_modules_are_judged_once_materialised(tmp_path: Path) -> None:
+    f = only(run(tmp_path, LazyHead()))
+    assert f.status == "pass", f
+    assert f.values["trainable_params"] == 4
