@@ -243,7 +243,7 @@ class GradientFlowCheck(RecipeCallback):
             p = self._params[name]
             grad = p.grad
             entry: dict[str, Any] = {"has_grad": grad is not None, "reset": None, "probe": None}
-            if self._manual and name in self._stepped:
+            if self._manual and name in self._stepped and self._lives[name].in_optimizer:
                 left = self._leftovers.pop(name, [])
                 entry["reset_tensor"] = torch.stack(left).min() if left else None
                 entry["reset"] = self._reset_seen.get(name, False) or grad is None

@@ -267,3 +267,16 @@ def test_lazy_modules_are_judged_once_materialised(tmp_path: Path) -> None:
     f = only(run(tmp_path, LazyHead()))
     assert f.status == "pass", f
     assert f.values["trainable_params"] == 4
+
+
+class ManualHeadOnly(ManualSteps):
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.net[2].parameters(), lr=0.05)
+
+
+def test_manual_parameters_outside_every_optimizer_are_named_once(tmp_path: Path) -> None:
+    # their gradients are never zeroed (zero_grad zeroes the optimizer's own); the finding is that
+    # they are in no optimizer, not a second, misleading "never reset"
+    f = only(run(tmp_path, ManualHeadOnly(zero_grad=True)))
+    assert f.status == "warn", f
+    assert "in no optimizer" in f.summary and "never reset" not in f.summary
