@@ -14,6 +14,7 @@ from typing_extensions import override
 from recipe_callbacks import log_writer
 from recipe_callbacks.callback_base import RecipeCallback
 from recipe_callbacks.finding import Finding
+from recipe_callbacks.run_record import RunRecord
 from recipe_callbacks.validation import check_bool
 
 if TYPE_CHECKING:
@@ -126,6 +127,7 @@ class RecipeReport(Callback):
         self.print_report = check_bool("RecipeReport", "print_report", print_report)
         self._early_printed = False
         self.last_markdown = ""
+        self.run_record = RunRecord()
 
     @staticmethod
     def recipe_callbacks(trainer: pl.Trainer) -> list[RecipeCallback]:
@@ -147,6 +149,7 @@ class RecipeReport(Callback):
         directory.mkdir(parents=True, exist_ok=True)
         (directory / "recipe_report.md").write_text(text, encoding="utf-8")
         payload: dict[str, Any] = {"findings": [f.to_dict() for f in findings], "versions": versions()}
+        payload["run"] = self.run_record.to_dict(trainer)
         (directory / "recipe_report.json").write_text(json.dumps(payload, indent=2), encoding="utf-8")
         writers = log_writer.tensorboard_writers(trainer)
         for writer in writers:
@@ -166,6 +169,7 @@ class RecipeReport(Callback):
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._early_printed = False
+        self.run_record.start(trainer)
         if trainer.is_global_zero:
             layout = custom_scalars_layout([cb.tag_prefix for cb in self.recipe_callbacks(trainer)])
             for writer in log_writer.tensorboard_writers(trainer):
@@ -175,6 +179,8 @@ class RecipeReport(Callback):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
+        if trainer.is_global_zero:
+            self.run_record.record_batch(trainer, pl_module, outputs)
         self._maybe_print_early(trainer)
 
     @override
