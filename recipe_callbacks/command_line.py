@@ -154,7 +154,8 @@ def _console_table(title: str, headers: list[str], rows: list[list[str]], width:
             for k in range(height)
         ]
 
-    out = [title, "=" * min(len(title), width), *line(headers), "-+-".join("-" * w for w in widths)]
+    titles = textwrap.wrap(title, width, break_on_hyphens=False) or [""]
+    out = [*titles, "=" * min(max(len(t) for t in titles), width), *line(headers), "-+-".join("-" * w for w in widths)]
     for row in rows:
         out.extend(line(row))
     return "\n".join(out)
