@@ -64,7 +64,9 @@ def test_report_json_has_the_run_section(runs: dict[str, Path]) -> None:
     assert run["hparams"] == {"lr": 0.05} and run["settings"]["optimizer.0.lr"] == 0.05
 
 
-def test_same_seed_deterministic_runs_compare_identical(runs: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+def test_same_seed_deterministic_runs_compare_identical(
+    runs: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
     code, out, _ = _run(capsys, "compare", runs["base"], runs["again"], "--expect", "identical", "--width", "100")
     assert code == 0
     assert "IDENTICAL" in out and "--expect identical: met" in out
@@ -105,7 +107,9 @@ def test_higher_lr_shows_status_changes_intervals_and_hparams(
 
 
 def test_several_runs_one_row_each_against_the_first(runs: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = _run(capsys, "compare", runs["base"], runs["again"], runs["seed1"], runs["huge_lr"], "--format", "md")
+    code, out, _ = _run(
+        capsys, "compare", runs["base"], runs["again"], runs["seed1"], runs["huge_lr"], "--format", "md"
+    )
     assert code == 0  # nothing expected
     rows = [line for line in out.splitlines() if line.startswith(f"| {runs['base'].parent}")]
     assert len(rows) == 3
@@ -130,7 +134,9 @@ def test_bad_input_names_the_path(runs: dict[str, Path], tmp_path: Path, capsys:
     old = tmp_path / "old"
     old.mkdir()
     payload = json.loads((runs["base"] / "run" / "recipe_report.json").read_text())
-    (old / "recipe_report.json").write_text(json.dumps({**payload, "run": {**payload["run"], "package_version": "0.0.1"}}))
+    (old / "recipe_report.json").write_text(
+        json.dumps({**payload, "run": {**payload["run"], "package_version": "0.0.1"}})
+    )
     code, _, err = _run(capsys, "compare", runs["base"], old)
     assert code == 2 and str(old / "recipe_report.json") in err and "0.0.1" in err
     assert _run(capsys, "compare", runs["base"], old, "--any-version")[0] == 0
@@ -144,9 +150,15 @@ def test_bad_input_names_the_path(runs: dict[str, Path], tmp_path: Path, capsys:
 
 def test_python_dash_m_and_the_console_script(runs: dict[str, Path]) -> None:
     args = ["compare", str(runs["base"]), str(runs["again"]), "--expect", "identical"]
-    done = subprocess.run([sys.executable, "-m", "recipe_callbacks", *args], capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "recipe_callbacks", *args], capture_output=True, text=True, check=False
+    )
     assert done.returncode == 0, done.stderr
     script = Path(sys.executable).parent / "recipe-callbacks"
-    done = subprocess.run([str(script), *args[:2], str(runs["seed1"]), "--expect", "identical"], capture_output=True,
-                          text=True, check=False)
+    done = subprocess.run(
+        [str(script), *args[:2], str(runs["seed1"]), "--expect", "identical"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert done.returncode == 1 and "seeded differently" in " ".join(done.stdout.split())
