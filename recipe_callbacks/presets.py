@@ -52,6 +52,8 @@ _MEMBERS: dict[str, tuple[tuple[str, dict[str, Any]], ...]] = {
         ("NoLRDecayWarning", {"stage": "early"}),
         ("FullEvalSet", {}),
         ("UpdateRatioMonitor", {}),
+        ("LeakageCheck", {}),
+        ("DistributedConsistencyCheck", {}),
     ),
     "monitor": (
         ("FullEvalSet", {}),
@@ -60,6 +62,7 @@ _MEMBERS: dict[str, tuple[tuple[str, dict[str, Any]], ...]] = {
         ("PredictionDynamicsLogger", {}),
         ("FirstLayerFilterViz", {}),
         ("UpdateRatioMonitor", {}),
+        ("DistributedConsistencyCheck", {}),
     ),
     "full": (
         ("SeedEverything", {"seed": 0}),
@@ -76,6 +79,8 @@ _MEMBERS: dict[str, tuple[tuple[str, dict[str, Any]], ...]] = {
         ("PredictionDynamicsLogger", {}),
         ("FirstLayerFilterViz", {}),
         ("UpdateRatioMonitor", {}),
+        ("LeakageCheck", {}),
+        ("DistributedConsistencyCheck", {}),
     ),
 }
 _TRAINER_FLAGS: dict[str, dict[str, Any]] = {

@@ -22,8 +22,8 @@ if TYPE_CHECKING:
 
 # (step, what the recipe says, the callbacks that cover it) in the order of the recipe.
 RECIPE_STEPS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
-    ("1", "Become one with the data", ("DataInspector",)),
-    ("2a", "Fix random seed", ("SeedEverything",)),
+    ("1", "Become one with the data", ("DataInspector", "LeakageCheck")),
+    ("2a", "Fix random seed", ("SeedEverything", "DistributedConsistencyCheck")),
     ("2c", "Add significant digits to your eval", ("FullEvalSet",)),
     ("2d/2e", "Verify loss at init; init well", ("InitLossCheck",)),
     ("2g", "Input-independent baseline", ("InputIndependentBaseline",)),
