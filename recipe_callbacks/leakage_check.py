@@ -347,8 +347,8 @@ class LeakageCheck(RecipeCallback):
             "step": float(trainer.global_step), "cost_steps": self._cost,
         }
         parts = [
-            f"at step {trainer.global_step} (epoch {trainer.current_epoch}), in eval mode with the plain {task} loss: training "
-            f"samples {t_loss.text()}, validation samples {v_loss.text()} (ratio {ratio:.2g})"
+            f"at step {trainer.global_step} (epoch {trainer.current_epoch}), in eval mode with the plain {task} "
+            f"loss: training samples {t_loss.text()}, validation samples {v_loss.text()} (ratio {ratio:.2g})"
         ]
         too_accurate = False
         if v_acc is not None and v_acc.count > 0:

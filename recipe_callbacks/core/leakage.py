@@ -8,8 +8,9 @@ on cheap signatures of the inputs, chosen by what the inputs are:
   near means a root-mean-square difference of at most ``tolerance`` (in units of the thumbnail's
   own standard deviation);
 - token sequences (integer ``(N, T)``): near means the same token at the same position in at least
-  ``agreement`` of the positions (positions where both sequences are padding are left out). Overlapping windows of one text share substrings at *shifted* positions and are
-  not near in this sense: a language model's windows legitimately overlap;
+  ``agreement`` of the positions (positions where both sequences are padding are left out).
+  Overlapping windows of one text share substrings at *shifted* positions and are not near in
+  this sense: a language model's windows legitimately overlap;
 - other inputs (tabular features, ...): the flattened features standardised by the training
   set's column statistics; near as for images.
 
