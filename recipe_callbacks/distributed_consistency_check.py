@@ -68,9 +68,14 @@ class DistributedConsistencyCheck(RecipeCallback):
         TypeError: a step count that is not an int.
 
     Logged:
-        Nothing in charts (the values are one-time): the Findings ``parameters`` (``world_size``,
-        ``checks``, ``last_checked_step``, ``drifting_parameters``) and ``data`` (``world_size``,
-        ``effective_batch_size``, ``per_rank_batch_size``, ``ranks_with_same_batch``), in the report.
+        - ``recipe.distributed_consistency_check/first_batches``: text, each rank's first-batch input
+          checksum and batch size, and the effective batch size.
+        - ``recipe.distributed_consistency_check/drifting_parameters``: text, when ranks drift: the
+          parameters and the ranks unlike rank 0.
+        - the Findings ``parameters`` (``world_size``, ``checks``, ``last_checked_step``,
+          ``drifting_parameters``) and ``data`` (``world_size``, ``effective_batch_size``,
+          ``per_rank_batch_size``, ``ranks_with_same_batch``), in the report; no charts (the values
+          are one-time).
 
     Cost:
         0 training steps. On a checked step: one integer-sum kernel per parameter and one gather of
@@ -167,19 +172,27 @@ class DistributedConsistencyCheck(RecipeCallback):
         drift = differing_columns(gathered)
         if not drift:
             self.report(
-                trainer, "pass",
+                trainer,
+                "pass",
                 f"parameters ({len(names)} tensors) bit-identical on all {trainer.world_size} ranks at "
                 f"{self._checks} checks (setup, the first optimizer steps, then every {self.every_n_steps}); last "
                 f"{when}",
-                values, key=_KEY_PARAMS, log_values=False,
+                values,
+                key=_KEY_PARAMS,
+                log_values=False,
             )
             return
         self._drifted = True
         values["drifting_parameters"] = float(len(drift))
+        rows = "".join(f"| {names[c]} | {ranks_unlike_first(gathered, c)} |\n" for c in drift[:50])
+        self.log_text(
+            trainer, "drifting_parameters", f"{when}\n\n| parameter | ranks unlike rank 0 |\n|---|---|\n{rows}"
+        )
         shown = ", ".join(f"{names[c]} (ranks {ranks_unlike_first(gathered, c)} differ from rank 0)" for c in drift[:5])
         more = f" and {len(drift) - 5} more" if len(drift) > 5 else ""
         self.report(
-            trainer, "fail",
+            trainer,
+            "fail",
             f"the ranks drifted apart {when}: {len(drift)} of {len(names)} parameters differ between ranks: "
             f"{shown}{more}. DDP keeps replicas identical, so something changed them outside the synchronised "
             "gradient step",
@@ -188,7 +201,8 @@ class DistributedConsistencyCheck(RecipeCallback):
             "inside `if self.global_rank == 0` / `if trainer.is_global_zero`, a parameter changed in a hook or in "
             "training_step under torch.no_grad(), or a rank-dependent branch; do it on every rank, or broadcast "
             "the result from rank 0.",
-            key=_KEY_PARAMS, log_values=False,
+            key=_KEY_PARAMS,
+            log_values=False,
         )
 
     # ----------------------------------------------------------------- data
@@ -206,7 +220,9 @@ class DistributedConsistencyCheck(RecipeCallback):
         missing = [r for r, s in enumerate(sums) if s == MISSING]
         if missing:
             self.skip(
-                trainer, f"rank(s) {missing} could not find the input in their first batch", "input_key",
+                trainer,
+                f"rank(s) {missing} could not find the input in their first batch",
+                "input_key",
                 key=_KEY_DATA,
             )
             return
@@ -223,24 +239,33 @@ class DistributedConsistencyCheck(RecipeCallback):
             + ")"
         )
         groups = equal_groups([int(s) for s in sums])
+        table = "".join(f"| {r} | {int(sums[r]):x} | {int(sizes[r])} |\n" for r in range(len(sums)))
+        self.log_text(
+            trainer, "first_batches", f"{batch_text}\n\n| rank | input checksum | batch size |\n|---|---|---|\n{table}"
+        )
         if not groups:
             self.report(
-                trainer, "pass",
+                trainer,
+                "pass",
                 f"the first training batch differs on every one of the {trainer.world_size} ranks (the data is "
                 f"sharded); {batch_text}",
-                values, key=_KEY_DATA, log_values=False,
+                values,
+                key=_KEY_DATA,
+                log_values=False,
             )
             return
         values["ranks_with_same_batch"] = float(sum(len(g) for g in groups))
         self.report(
-            trainer, "fail",
+            trainer,
+            "fail",
             f"ranks {groups[0]} got the same first training batch: the data is not sharded, so every step trains "
             f"on one batch {len(groups[0])} times; {self._cause(trainer)}; {batch_text}",
             values,
             "Shard the data: leave Trainer(use_distributed_sampler=True) (the default) with a map-style dataset, "
             "wrap a custom sampler for DDP (e.g. a DistributedSampler over its indices), or make an IterableDataset "
             "split its stream by torch.distributed.get_rank() / get_world_size().",
-            key=_KEY_DATA, log_values=False,
+            key=_KEY_DATA,
+            log_values=False,
         )
 
     @staticmethod

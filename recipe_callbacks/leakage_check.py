@@ -27,6 +27,7 @@ from recipe_callbacks.core.leakage import (
     standardize_columns,
     wilson_lower,
 )
+from recipe_callbacks.core.pictures import image_grid
 from recipe_callbacks.core.task import TASKS, Task, infer_task, logits_of, per_sample_loss
 from recipe_callbacks.finding import OnFail
 from recipe_callbacks.observe import observing
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
 # A forward pass costs about a third of a training step (forward + backward + update).
 _FORWARD_COST = 1.0 / 3.0
 _KEY_NEAR, _KEY_TOO_GOOD = "near_duplicates", "too_good"
+_MAX_PAIRS = 8
 
 
 class LeakageCheck(RecipeCallback):
@@ -85,10 +87,14 @@ class LeakageCheck(RecipeCallback):
         TypeError: a count that is not an int.
 
     Logged:
-        Nothing in charts (the values are one-time): the two Findings, ``near_duplicates``
-        (``near_duplicates``, ``near_fraction``, ``min_distance``, ``checked_train``,
-        ``checked_val``) and ``too_good`` (``train_loss``, ``val_loss``, ``val_train_ratio``,
-        ``val_accuracy``, ``val_accuracy_low``), in the report.
+        - ``recipe.leakage_check/near_duplicates``: text, the count and a table of the nearest pairs.
+        - ``recipe.leakage_check/near_duplicate_pairs``: image, validation sample beside its nearest
+          training sample (image inputs with near-duplicates only).
+        - ``recipe.leakage_check/train_loss_eval``, ``.../val_loss_eval``, ``.../val_train_ratio``:
+          scalars at each validation (eval mode, the plain task loss, ``eval_samples`` of each set).
+        - the Findings ``near_duplicates`` (``near_duplicates``, ``near_fraction``, ``min_distance``,
+          ``checked_train``, ``checked_val``) and ``too_good`` (``train_loss``, ``val_loss``,
+          ``val_train_ratio``, ``val_accuracy``, ``val_accuracy_low``), in the report.
 
     Cost:
         At the start: reading at most ``max_samples`` samples of each set and a nearest-neighbour
@@ -152,12 +158,7 @@ class LeakageCheck(RecipeCallback):
 
     @override
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if (
-            trainer.sanity_checking
-            or trainer.state.fn != "fit"
-            or trainer.global_step == 0
-            or self.is_resumed(trainer)
-        ):
+        if trainer.sanity_checking or trainer.state.fn != "fit" or trainer.global_step == 0 or self.is_resumed(trainer):
             return
         self._too_good(trainer, pl_module)
 
@@ -233,6 +234,22 @@ class LeakageCheck(RecipeCallback):
             self.skip(trainer, f"could not compare the inputs: {err}", "batch_to_xy", key=_KEY_NEAR)
             return
         self._report_near(trainer, kind, nearest, limit, int(train.shape[0]))
+        near = (nearest.distance <= limit + 1e-12).nonzero().flatten()[:_MAX_PAIRS].tolist()
+        if kind == "image" and near:
+            self._log_pairs(trainer, torch.cat(val_x), torch.cat(train_x), near, nearest)
+
+    def _log_pairs(
+        self, trainer: pl.Trainer, val: torch.Tensor, train: torch.Tensor, positions: list[int], nearest: Nearest
+    ) -> None:
+        """The near-duplicate pairs side by side: validation sample, its nearest training sample."""
+        if val.shape[1] not in (1, 3):
+            return
+        pictures, captions = [], []
+        for p in positions:
+            i = int(nearest.index[p])
+            pictures += [val[p], train[i]]
+            captions += [f"val {p}", f"train {i}"]
+        self.log_image(trainer, "near_duplicate_pairs", image_grid(torch.stack(pictures), ncols=2, captions=captions))
 
     def _report_near(self, trainer: pl.Trainer, kind: InputKind, nearest: Nearest, limit: float, n_train: int) -> None:
         n_val = int(nearest.distance.numel())
@@ -259,18 +276,23 @@ class LeakageCheck(RecipeCallback):
             f"{count} of {n_val} validation samples have a near-duplicate among {n_train} training samples "
             f"({what}; {same} identical at that level)"
         )
+        positions = near.nonzero().flatten()[:_MAX_PAIRS].tolist()
+        rows = "".join(f"| {p} | {int(nearest.index[p])} | {float(nearest.distance[p]):.3g} |\n" for p in positions)
+        table = f"\n\n| val | nearest train | distance |\n|---|---|---|\n{rows}" if positions else ""
+        self.log_text(trainer, "near_duplicates", head + table)
         if fraction > self.max_fraction:
-            positions = near.nonzero().flatten()[:8].tolist()
             pairs = ", ".join(f"val {p} ~ train {int(nearest.index[p])}" for p in positions)
             self.report(
-                trainer, "warn",
+                trainer,
+                "warn",
                 f"{head}: {fraction:.1%} of validation, above max_fraction={self.max_fraction:g} (e.g. {pairs}). "
                 "The validation figure partly measures memory of these samples, not generalisation.",
                 values,
                 "Look at these pairs; deduplicate near copies (augmented or re-encoded versions, frames of one "
                 "video, records of one patient) before splitting, or split by group. If they are distinct, raise "
                 "LeakageCheck(tolerance=...) or max_fraction.",
-                key=_KEY_NEAR, log_values=False,
+                key=_KEY_NEAR,
+                log_values=False,
             )
         else:
             self.report(trainer, "pass", head, values, key=_KEY_NEAR, log_values=False)
@@ -335,16 +357,23 @@ class LeakageCheck(RecipeCallback):
             reason = train if isinstance(train, str) else str(val)
             if reason != "skipped":
                 argument = reason if reason in ("target_key", "input_key", "task") else ""
-                self.skip(trainer, "could not evaluate the model's loss on training and validation samples",
-                          argument, key=_KEY_TOO_GOOD)
+                self.skip(
+                    trainer,
+                    "could not evaluate the model's loss on training and validation samples",
+                    argument,
+                    key=_KEY_TOO_GOOD,
+                )
             return
         (t_loss, _, task), (v_loss, v_acc, _) = train, val
         ratio = v_loss.mean / t_loss.mean if t_loss.mean > 0 else math.nan
         apart = math.isfinite(v_loss.half_width) and v_loss.high < t_loss.low
         far_below = math.isfinite(ratio) and ratio < self.max_val_train_ratio and apart
         values = {
-            "train_loss": t_loss.mean, "val_loss": v_loss.mean, "val_train_ratio": ratio,
-            "step": float(trainer.global_step), "cost_steps": self._cost,
+            "train_loss": t_loss.mean,
+            "val_loss": v_loss.mean,
+            "val_train_ratio": ratio,
+            "step": float(trainer.global_step),
+            "cost_steps": self._cost,
         }
         parts = [
             f"at step {trainer.global_step} (epoch {trainer.current_epoch}), in eval mode with the plain {task} "
@@ -357,6 +386,9 @@ class LeakageCheck(RecipeCallback):
             parts.append(f"validation accuracy {v_acc.mean:.3f} (95% interval from {low:.3f})")
             too_accurate = low >= self.max_first_epoch_accuracy and trainer.current_epoch == 0
         summary = "; ".join(parts)
+        self.log_scalars(
+            trainer, {"train_loss_eval": t_loss.mean, "val_loss_eval": v_loss.mean, "val_train_ratio": ratio}
+        )
         flags = []
         if far_below:
             flags.append(
@@ -371,12 +403,17 @@ class LeakageCheck(RecipeCallback):
         if flags:
             self._flagged = True
             self.report(
-                trainer, "warn", f"too good to be true: {' and '.join(flags)}. {summary}.", values,
+                trainer,
+                "warn",
+                f"too good to be true: {' and '.join(flags)}. {summary}.",
+                values,
                 "Look for leakage: a label (or an ID that encodes it) in the inputs, validation samples copied "
                 "from training, a validation set from an easier distribution, or training labels that are noisier "
                 "than validation's. If the task is this easy, raise max_first_epoch_accuracy.",
-                key=_KEY_TOO_GOOD, log_values=False,
+                key=_KEY_TOO_GOOD,
+                log_values=False,
             )
         elif not self._flagged:
-            self.report(trainer, "pass", f"{summary}: nothing too good to be true", values,
-                        key=_KEY_TOO_GOOD, log_values=False)
+            self.report(
+                trainer, "pass", f"{summary}: nothing too good to be true", values, key=_KEY_TOO_GOOD, log_values=False
+            )

@@ -42,6 +42,9 @@ EXPECTED = {
     "noise_filters": "FirstLayerFilterViz",
     "dead_relus": "UpdateRatioMonitor",
     "frozen_head_ratio": "UpdateRatioMonitor",
+    "near_duplicates_in_val": "LeakageCheck",
+    "val_one_repeated_sample": "LeakageCheck",
+    "ddp_not_sharded_and_drift": "DistributedConsistencyCheck",
 }
 # A planted bug no check can flag from outside the user's code: the exact figure must expose it.
 SHOWN_ONLY = {"mean_of_batch_means"}
