@@ -242,23 +242,27 @@ def pair_tables(c: Comparison) -> list[Table]:
 
 def many_table(comparisons: Sequence[Comparison], metric: str | None) -> Table:
     """One row per run against the first."""
+    mains = [c.main_figure(metric) for c in comparisons]
+    named = next((m for m in mains if m is not None), None)
+    figure = "figure" if named is None else f"{named.loader} {named.name}"
+    first = "—" if named is None else named.a.text()
     rows = []
-    for c in comparisons:
-        main = c.main_figure(metric)
+    for c, main in zip(comparisons, mains, strict=True):
         rows.append(
             [
                 c.run_b,
                 _short(c.seeds[1]),
                 {True: "same", False: "DIFFERENT", None: "not recorded"}[c.fingerprints_equal],
-                "identical" if c.divergence.identical else c.divergence.text(),
+                c.divergence.short(),
                 str(len(c.changes)),
-                "—" if main is None else f"{main.loader} {main.name} {main.b.text()} (first: {main.a.text()})",
+                "—" if main is None else main.b.text(),
                 "—" if main is None else main.text(),
                 ", ".join(c.hparams) or "—",
             ]
         )
-    headers = ["run", "seed", "fingerprints", "training loss", "status changes", "figure", "against first", "differs"]
-    return (f"Runs against the first, {comparisons[0].run_a}", headers, rows)
+    headers = ["run", "seed", "fingerprints", "training loss", "status changes", figure, "against first", "differs"]
+    title = f"Runs against the first, {comparisons[0].run_a} (seed {_short(comparisons[0].seeds[0])}, {figure} {first})"
+    return (title, headers, rows)
 
 
 # ----------------------------------------------------------------------------- commands

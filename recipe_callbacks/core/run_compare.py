@@ -53,6 +53,12 @@ class Divergence:
     rel_diff: float | None = None
     max_abs_diff: float = 0.0
 
+    def short(self) -> str:
+        """A few words: ``identical``, or the first diverging step and by how much."""
+        if self.first_index is None:
+            return "identical" if self.identical else self.text()
+        return f"diverge at step {self.first_step}, by {self.abs_diff:.2g}"
+
     def text(self) -> str:
         """One phrase for a table cell."""
         if self.compared == 0:
