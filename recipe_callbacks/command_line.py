@@ -270,21 +270,26 @@ def _width(args: argparse.Namespace) -> int:
     return int(args.width) if args.width else shutil.get_terminal_size((120, 24)).columns
 
 
-def cmd_report(args: argparse.Namespace) -> int:
-    run = load_run(args.run, need_record=False)
-    if args.format == "json":
-        print(json.dumps(run.payload, indent=2))
-        return EXIT_OK
-    findings = [Finding.from_dict(f) for f in run.payload["findings"]]
-    present = set(run.record.get("callbacks") or [f.check for f in findings])
+def render_report(payload: dict[str, Any], fmt: str, width: int) -> str:
+    """A run's checklist again, through the package's own report renderer (the one RecipeReport uses)."""
+    findings = [Finding.from_dict(f) for f in payload["findings"]]
+    run = dict(payload.get("run") or {})
+    present = set(run.get("callbacks") or [f.check for f in findings])
+    if fmt == "json":
+        return json.dumps(payload, indent=2)
     text = render_markdown(findings, present)
-    if args.format == "html":
-        text = (
+    if fmt == "html":
+        return (
             "<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>Recipe report</title></head><body><pre>\n"
             + html.escape(text)
             + "</pre></body></html>"
         )
-    print(text)
+    return text
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    run = load_run(args.run, need_record=False)
+    print(render_report(run.payload, args.format, _width(args)))
     print(f"(from {run.path})", file=sys.stderr)
     return EXIT_OK
 
