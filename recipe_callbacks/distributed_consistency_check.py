@@ -119,7 +119,7 @@ class DistributedConsistencyCheck(RecipeCallback):
                 key=_KEY_PARAMS,
             )
             return
-        if not isinstance(trainer.strategy, DDPStrategy):
+        if not isinstance(trainer.strategy, DDPStrategy) or "DeepSpeed" in type(trainer.strategy).__name__:
             self.skip(
                 trainer,
                 f"strategy {type(trainer.strategy).__name__} shards or places parameters differently on each "

@@ -27,7 +27,7 @@ def _train(root: Path, name: str, *, seed: int = 0, lr: float = 0.05, seeded: bo
         rc.UpdateRatioMonitor(every_n_steps=2, on_fail="ignore"),
         rc.RecipeReport(print_report=False),
     ]
-    trainer = fast_trainer(root / name, max_epochs=3, callbacks=callbacks, deterministic=seeded)
+    trainer = fast_trainer(root / name, max_epochs=3, callbacks=callbacks, deterministic=seeded, log_every_n_steps=1)
     trainer.fit(model, loader(blobs(256), shuffle=True), loader(blobs(256, seed=1)))
     return root / name
 
@@ -104,6 +104,15 @@ def test_higher_lr_shows_status_changes_intervals_and_hparams(
     assert code == 0 and "better, beyond the noise" in " ".join(out.split())
     code, out, _ = _run(capsys, "compare", runs["base"], runs["seed1"], "--expect", "better", "--format", "html")
     assert code == 1 and "<table>" in out and "no evidence" in out  # overlapping intervals
+
+
+def test_a_logged_scalar_as_the_training_loss(runs: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    # TinyClassifier logs "train_loss" every step; TensorBoard holds it as float32
+    code, out, _ = _run(capsys, "compare", runs["base"], runs["seed1"], "--loss-tag", "train_loss", "--format", "json")
+    divergence = json.loads(out)["comparisons"][0]["divergence"]
+    assert code == 0 and divergence["length_a"] == 48 and divergence["first_index"] is not None
+    code, _, err = _run(capsys, "compare", runs["base"], runs["again"], "--loss-tag", "no_such_tag")
+    assert code == 2 and "no scalar 'no_such_tag'" in err and str(runs["base"] / "run") in err
 
 
 def test_several_runs_one_row_each_against_the_first(runs: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
