@@ -29,6 +29,8 @@ import torch.nn.functional as F
 InputKind = Literal["image", "tokens", "features"]
 # Above this many features per sample, signatures are average-pooled to this many.
 MAX_FEATURES = 1024
+# Integer rows at least this long are token sequences.
+MIN_TOKENS = 16
 
 
 def input_kind(x: torch.Tensor) -> InputKind:
@@ -37,13 +39,13 @@ def input_kind(x: torch.Tensor) -> InputKind:
     Example:
         >>> input_kind(torch.zeros(2, 1, 8, 8)), input_kind(torch.zeros(2, 16, dtype=torch.long))
         ('image', 'tokens')
-        >>> input_kind(torch.zeros(2, 30))
-        'features'
+        >>> input_kind(torch.zeros(2, 30)), input_kind(torch.zeros(2, 5, dtype=torch.long))
+        ('features', 'features')
     """
     if x.ndim == 4 and x.shape[1] in (1, 3, 4) and x.shape[2] >= 4 and x.shape[3] >= 4:
         return "image"
-    if x.ndim == 2 and not x.is_floating_point() and x.dtype != torch.bool:
-        return "tokens"
+    if x.ndim == 2 and x.shape[1] >= MIN_TOKENS and not x.is_floating_point() and x.dtype != torch.bool:
+        return "tokens"  # shorter integer rows are more likely coded tabular columns than text
     return "features"
 
 
