@@ -223,7 +223,7 @@ class LeakageCheck(RecipeCallback):
         try:
             train, val = self._signatures(kind, train_x), self._signatures(kind, val_x)
             if kind == "tokens":
-                nearest = nearest_tokens(train, val)
+                nearest = nearest_tokens(train, val, self.token_agreement)
                 limit = 1.0 - self.token_agreement
             else:
                 if kind == "features":

@@ -135,33 +135,68 @@ def padding_mask(tokens: torch.Tensor) -> torch.Tensor:
     return trailing(tokens) | torch.flip(trailing(torch.flip(tokens, [1])), [1])
 
 
-def nearest_tokens(train: torch.Tensor, val: torch.Tensor, chunk: int = 64) -> Nearest:
+def _block_keys(tokens: torch.Tensor, real: torch.Tensor, blocks: int) -> torch.Tensor:
+    """``(N, blocks)`` int64 keys of equal-length position blocks (wrapping polynomial hash; 0 for a
+    block that is all padding)."""
+    n, length = tokens.shape
+    size = -(-length // blocks)
+    pad = size * blocks - length
+    t = F.pad(tokens, (0, pad), value=-1).reshape(n, blocks, size)
+    r = F.pad(real, (0, pad), value=False).reshape(n, blocks, size)
+    weights = torch.randint(1, 2**62, (size,), generator=torch.Generator().manual_seed(0))
+    keys = ((t + 2) * weights).sum(dim=2) * 1_000_003 + torch.arange(blocks)  # the block's position in the key
+    return torch.where(r.any(dim=2), keys, torch.zeros_like(keys))
+
+
+def nearest_tokens(
+    train: torch.Tensor, val: torch.Tensor, agreement: float = 0.9, max_candidates: int = 256
+) -> Nearest:
     """Nearest training sequence of every validation sequence by positional agreement (same token
     at the same position), leaving out positions where both sequences are padding
     (:func:`padding_mask`).
 
+    Two sequences that agree on at least ``agreement`` of their positions share at least one
+    identical block when cut into ``ceil(T * (1 - agreement)) + 1`` blocks (pigeonhole), so only
+    training sequences that share a block at the same place with the validation sequence are
+    compared exactly (at most ``max_candidates`` of them; blocks that a large share of the
+    training set holds, such as runs of spaces, do not make candidates). A validation sequence
+    with no candidate gets distance 1.
+
     Example:
         >>> train = torch.tensor([[1, 2, 3, 4, 0, 0], [5, 6, 7, 8, 0, 0]])  # 0: padding
         >>> val = torch.tensor([[1, 2, 3, 9, 0, 0], [2, 3, 4, 5, 0, 0]])  # a near copy; a shifted window
-        >>> n = nearest_tokens(train, val)
+        >>> n = nearest_tokens(train, val, agreement=0.7)
         >>> n.index.tolist()[0], n.distance.tolist()
         (0, [0.25, 1.0])
     """
     length = min(train.shape[1], val.shape[1])
     t, v = train[:, :length].to(torch.long), val[:, :length].to(torch.long)
     t_real, v_real = ~padding_mask(t), ~padding_mask(v)  # (N, T)
-    distances, indices = [], []
-    for start in range(0, v.shape[0], chunk):
-        vc = v[start : start + chunk]  # (c, T)
-        same = vc[:, None, :] == t[None, :, :]  # (c, N_train, T)
-        counted = t_real[None, :, :] | v_real[start : start + chunk, None, :]
-        agree = (same & counted).sum(dim=2).to(torch.float64) / counted.sum(dim=2).clamp_min(1).to(torch.float64)
-        best, idx = agree.max(dim=1)
-        distances.append(1.0 - best)
-        indices.append(idx)
-    if not distances:
-        return Nearest(torch.zeros(0, dtype=torch.float64), torch.zeros(0, dtype=torch.long))
-    return Nearest(torch.cat(distances), torch.cat(indices))
+    blocks = min(length, math.ceil(length * (1.0 - agreement)) + 1)
+    t_keys, v_keys = _block_keys(t, t_real, blocks), _block_keys(v, v_real, blocks)
+    index: dict[int, list[int]] = {}
+    for i, row in enumerate(t_keys.tolist()):
+        for key in row:
+            if key != 0:
+                index.setdefault(key, []).append(i)
+    common = max(50, int(0.02 * t.shape[0]))
+    distances = torch.ones(v.shape[0], dtype=torch.float64)
+    indices = torch.zeros(v.shape[0], dtype=torch.long)
+    for j, row in enumerate(v_keys.tolist()):
+        found: set[int] = set()
+        for key in row:
+            hits = index.get(key, [])
+            if key != 0 and len(hits) <= common:
+                found.update(hits)
+        if not found:
+            continue
+        candidates = torch.tensor(sorted(found)[:max_candidates])
+        same = t[candidates] == v[j]  # (c, T)
+        counted = t_real[candidates] | v_real[j]
+        agree = (same & counted).sum(dim=1).to(torch.float64) / counted.sum(dim=1).clamp_min(1).to(torch.float64)
+        best, at = agree.max(dim=0)
+        distances[j], indices[j] = 1.0 - best, candidates[at]
+    return Nearest(distances, indices)
 
 
 def wilson_lower(successes: float, n: float, z: float = 1.96) -> float:
