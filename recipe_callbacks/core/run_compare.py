@@ -202,15 +202,44 @@ class StatusChange:
     summary_b: str
 
 
+def _common_words(a: str, b: str) -> int:
+    n = 0
+    for x, y in zip(a.split(), b.split(), strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def _pairs(fa: Sequence[Mapping[str, Any]], fb: Sequence[Mapping[str, Any]]) -> list[tuple[int | None, int | None]]:
+    """Pair the Findings of one check in two runs: first those whose summaries begin with the same
+    words (a check may report several things, not always in the same order), then the rest in order."""
+    pairs: list[tuple[int | None, int | None]] = []
+    free_a = list(range(len(fa)))
+    left_b: list[int] = []
+    for j, f in enumerate(fb):
+        scores = [(_common_words(str(fa[i].get("summary", "")), str(f.get("summary", ""))), i) for i in free_a]
+        best = max(scores, default=(0, -1))
+        if best[0] >= 2:
+            pairs.append((best[1], j))
+            free_a.remove(best[1])
+        else:
+            left_b.append(j)
+    for k in range(max(len(free_a), len(left_b))):
+        pairs.append((free_a[k] if k < len(free_a) else None, left_b[k] if k < len(left_b) else None))
+    return pairs
+
+
 def status_changes(a: Sequence[Mapping[str, Any]], b: Sequence[Mapping[str, Any]]) -> list[StatusChange]:
-    """The Findings whose status differs, paired by check and order within the check; a Finding
-    present in one run only counts as a change from or to ``"absent"``.
+    """The Findings whose status differs, paired by check (and within a check by how their summaries
+    begin, else by order); a Finding present in one run only is a change from or to ``"absent"``.
 
     Example:
-        >>> a = [{"check": "X", "status": "pass", "summary": "ok"}]
-        >>> b = [{"check": "X", "status": "fail", "summary": "broken"}]
+        >>> a = [{"check": "X", "status": "pass", "summary": "the LR followed the plan"}]
+        >>> b = [{"check": "X", "status": "warn", "summary": "Adam runs at lr=0.03"},
+        ...      {"check": "X", "status": "pass", "summary": "the LR followed the plan"}]
         >>> [(c.check, c.status_a, c.status_b) for c in status_changes(a, b)]
-        [('X', 'pass', 'fail')]
+        [('X', 'absent', 'warn')]
     """
 
     def grouped(findings: Sequence[Mapping[str, Any]]) -> dict[str, list[Mapping[str, Any]]]:
@@ -223,12 +252,12 @@ def status_changes(a: Sequence[Mapping[str, Any]], b: Sequence[Mapping[str, Any]
     changes: list[StatusChange] = []
     for check in list(ga) + [c for c in gb if c not in ga]:
         fa, fb = ga.get(check, []), gb.get(check, [])
-        for i in range(max(len(fa), len(fb))):
-            sa = str(fa[i]["status"]) if i < len(fa) else "absent"
-            sb = str(fb[i]["status"]) if i < len(fb) else "absent"
+        for n, (i, j) in enumerate(_pairs(fa, fb)):
+            sa = str(fa[i]["status"]) if i is not None else "absent"
+            sb = str(fb[j]["status"]) if j is not None else "absent"
             if sa != sb:
-                summary = str(fb[i].get("summary", "")) if i < len(fb) else str(fa[i].get("summary", ""))
-                changes.append(StatusChange(check, i, sa, sb, summary))
+                summary = str(fb[j].get("summary", "")) if j is not None else str(fa[i or 0].get("summary", ""))
+                changes.append(StatusChange(check, n, sa, sb, summary))
     return changes
 
 
