@@ -57,6 +57,8 @@ _MEMBERS: dict[str, tuple[tuple[str, dict[str, Any]], ...]] = {
         ("GradientFlowCheck", {}),
         ("EvalModeCheck", {}),
         ("LossCompatibilityCheck", {}),
+        ("LeakageCheck", {}),
+        ("DistributedConsistencyCheck", {}),
     ),
     "monitor": (
         ("FullEvalSet", {}),
@@ -67,6 +69,7 @@ _MEMBERS: dict[str, tuple[tuple[str, dict[str, Any]], ...]] = {
         ("UpdateRatioMonitor", {}),
         ("GradientFlowCheck", {}),
         ("LossCompatibilityCheck", {}),
+        ("DistributedConsistencyCheck", {}),
     ),
     "full": (
         ("SeedEverything", {"seed": 0}),
@@ -86,6 +89,8 @@ _MEMBERS: dict[str, tuple[tuple[str, dict[str, Any]], ...]] = {
         ("GradientFlowCheck", {}),
         ("EvalModeCheck", {}),
         ("LossCompatibilityCheck", {}),
+        ("LeakageCheck", {}),
+        ("DistributedConsistencyCheck", {}),
     ),
 }
 _TRAINER_FLAGS: dict[str, dict[str, Any]] = {
