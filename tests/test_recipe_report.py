@@ -38,7 +38,7 @@ def test_report_files_schema_and_tensorboard(tmp_path: Path, monkeypatch: pytest
     monkeypatch.setattr("recipe_callbacks.recipe_report.rank_zero_info", messages.append)
     trainer = fast_trainer(tmp_path, callbacks=[InitLossCheck(), RecipeReport()], max_epochs=2)
     trainer.fit(TinyClassifier(), loader(blobs()))
-    printed = [m for m in messages if "## Recipe report" in m]
+    printed = [m for m in messages if "Recipe report: " in m]
     assert len(printed) == 2  # once after the early checks, once at the end of fit
     log_dir = Path(trainer.logger.log_dir)
     md = (log_dir / "recipe_report.md").read_text()
