@@ -28,6 +28,7 @@ h1{font-size:24px;margin:0 0 4px}h2{font-size:19px;margin:0 0 8px}
 table{border-collapse:collapse;background:#fff;width:100%}
 td,th{border-bottom:1px solid #d0d7de;padding:6px 10px;text-align:left;vertical-align:top}
 th{background:#eaeef2;font-weight:600}
+.checklist td:nth-child(-n+3),.checklist th:nth-child(-n+3){white-space:nowrap;width:1%}
 .badge{display:inline-block;min-width:48px;text-align:center;border-radius:4px;color:#fff;font-weight:700;
 font-size:12px;padding:2px 6px}
 section{background:#fff;border:1px solid #d0d7de;border-radius:6px;padding:16px;margin:16px 0}
@@ -40,6 +41,14 @@ figcaption{font-size:12px;color:#57606a}
 details{margin-top:8px}pre{white-space:pre-wrap}
 .notrun{color:#57606a}
 """
+
+
+# Marks on <body> how many pictures the browser decoded: what a test in a real browser reads back.
+_SCRIPT = (
+    "<script>window.addEventListener('load',function(){var n=0;"
+    "for(var i=0;i<document.images.length;i++){if(document.images[i].naturalWidth>0){n++;}}"
+    "document.body.setAttribute('data-pictures-shown',String(n));});</script>"
+)
 
 
 def _badge(status: str) -> str:
@@ -111,7 +120,7 @@ def render_html(findings: list[Finding], present: set[str], record: LoggedRecord
     """
     record = record if record is not None else LoggedRecord()
     rows: Checklist = checklist(findings, present)
-    table = ['<table><tr><th>Status</th><th>Step</th><th>Check</th><th>Summary</th></tr>']
+    table = ['<table class="checklist"><tr><th>Status</th><th>Step</th><th>Check</th><th>Summary</th></tr>']
     for r in rows.rows:
         table.append(f"<tr><td>{_badge(r.status)}</td><td>{html.escape(r.step)}</td>"
                      f'<td><a href="#{_anchor(r.check)}">{html.escape(r.check)}</a></td>'
@@ -135,5 +144,5 @@ def render_html(findings: list[Finding], present: set[str], record: LoggedRecord
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>Recipe report</title><style>{_CSS}</style></head><body><main>"
         f'<h1>Recipe report</h1><div class="tally">{html.escape(rows.tally())}</div>'
-        + "".join(table) + not_run + "".join(sections) + footer + "</main></body></html>\n"
+        + "".join(table) + not_run + "".join(sections) + footer + "</main>" + _SCRIPT + "</body></html>\n"
     )
