@@ -48,12 +48,12 @@ class Checklist:
     not_run: tuple[tuple[str, str], ...]  # (step, check)
 
     def tally(self) -> str:
-        """``"1 fail, 2 warn, 8 pass, 1 skip, 3 not run"``: the counts that are not zero, worst first."""
+        """``"1 fail, 2 warn, 8 pass, 1 skip, 2 waiting, 3 not run"``: the counts that are not zero, worst first."""
         parts = []
         for status in ("fail", "warn", "pass", "skip", "pending"):
             n = sum(r.status == status for r in self.rows)
             if n:
-                parts.append(f"{n} {status}")
+                parts.append(f"{n} {'waiting' if status == 'pending' else status}")
         if self.not_run:
             parts.append(f"{len(self.not_run)} not run")
         return ", ".join(parts) or "nothing to report"
@@ -90,6 +90,8 @@ def checklist(findings: list[Finding], present: set[str]) -> Checklist:
     for check, extra in by_check.items():
         if check not in known:
             rows.extend(Row(f.status, "", check, _one_line(f.summary), _one_line(f.advice)) for f in extra)
+    for check in sorted(present - known - set(by_check)):
+        rows.append(Row("pending", "", check, "on the Trainer, no verdict yet"))
     return Checklist(tuple(rows), tuple(not_run))
 
 
@@ -158,7 +160,7 @@ def render_plain(checklist: Checklist, *, width: int = NOT_A_TERMINAL_WIDTH, col
     check_w = max([len(r.check) for r in checklist.rows] + [5])
     lead = 4 + 2 + step_w + 2 + check_w + 2  # the summary starts here
     title = f"Recipe report: {checklist.tally()}"
-    lines = [_fit(title, width), _fit("─" * min(width, max(len(title), 40)), width)]
+    lines = [*textwrap.wrap(title, width=width), "─" * min(width, max(len(title), 40))]
     previous = ""
     for r in checklist.rows:
         step, check = ("", "") if r.check == previous else (r.step, r.check)
@@ -202,7 +204,7 @@ def render_rich(checklist: Checklist, *, width: int = NOT_A_TERMINAL_WIDTH, colo
     )
     # fixed widths for the short columns: rich would otherwise shrink them before the summary
     step_w = max([len(r.step) for r in checklist.rows] + [4])
-    check_w = min(max([len(r.check) for r in checklist.rows] + [5]), max(8, width // 4))
+    check_w = min(max([len(r.check) for r in checklist.rows] + [5]), max(8, width - 6 - step_w - 8 - 16))
     table.add_column("Status", no_wrap=True, width=6)
     table.add_column("Step", no_wrap=True, width=step_w)
     table.add_column("Check", no_wrap=True, width=check_w, overflow="ellipsis")
