@@ -82,7 +82,8 @@ def checklist(findings: list[Finding], present: set[str]) -> Checklist:
         for check in checks:
             known.add(check)
             if by_check.get(check):
-                rows.extend(Row(f.status, step, check, _one_line(f.summary), _one_line(f.advice)) for f in by_check[check])
+                rows.extend(Row(f.status, step, check, _one_line(f.summary), _one_line(f.advice))
+                            for f in by_check[check])
             elif check in present:
                 rows.append(Row("pending", step, check, "on the Trainer, no verdict yet"))
             else:

@@ -80,7 +80,7 @@ def run_log_dir(trainer: pl.Trainer) -> Path:
     MLflow store), else ``default_root_dir``; without ``trainer.log_dir``'s collective broadcast
     (the writers here run on rank 0 only)."""
     if trainer.loggers:
-        first = trainer.loggers[0]
+        first = _loggers(trainer)[0]
         path = _mlflow_local_artifacts(first) if logger_kind(first) == "mlflow" else _local_dir(first, trainer)
         if path is not None:
             return path
@@ -94,7 +94,7 @@ def recipe_file_dir(trainer: pl.Trainer) -> Path:
 
 def tensorboard_writers(trainer: pl.Trainer) -> list[Any]:
     """The ``SummaryWriter`` of every ``TensorBoardLogger`` on the Trainer."""
-    return [lg.experiment for lg in trainer.loggers if logger_kind(lg) == "tensorboard"]
+    return [lg.experiment for lg in _loggers(trainer) if logger_kind(lg) == "tensorboard"]
 
 
 def _file_dirs(trainer: pl.Trainer) -> list[Path]:
@@ -103,12 +103,17 @@ def _file_dirs(trainer: pl.Trainer) -> list[Path]:
     if not trainer.loggers:
         return [Path(trainer.default_root_dir)]
     dirs: list[Path] = []
-    for lg in trainer.loggers:
+    for lg in _loggers(trainer):
         if logger_kind(lg) in ("csv", "other"):
             path = _local_dir(lg, trainer)
             if path is not None and path not in dirs:
                 dirs.append(path)
     return dirs
+
+
+def _loggers(trainer: pl.Trainer) -> list[Any]:
+    """The Trainer's loggers, typed loosely: each kind is used through its own API."""
+    return list(trainer.loggers)
 
 
 def _step(trainer: pl.Trainer, step: int | None) -> int:
@@ -162,7 +167,7 @@ def log_scalars(trainer: pl.Trainer, values: Mapping[str, float], step: int | No
     if not trainer.is_global_zero or not values:
         return
     metrics = {tag: float(v) for tag, v in values.items()}
-    for lg in trainer.loggers:
+    for lg in _loggers(trainer):
         lg.log_metrics(metrics, step=_step(trainer, step))
 
 
@@ -211,7 +216,7 @@ def log_image(trainer: pl.Trainer, tag: str, image: np.ndarray, step: int | None
         return
     s = _step(trainer, step)
     logged(trainer).add_image(tag, s, image)
-    for lg in trainer.loggers:
+    for lg in _loggers(trainer):
         kind = logger_kind(lg)
         if kind == "tensorboard":
             lg.experiment.add_image(tag, image, global_step=s, dataformats="HWC")
@@ -231,7 +236,7 @@ def log_text(trainer: pl.Trainer, tag: str, text: str, step: int | None = None) 
         return
     s = _step(trainer, step)
     logged(trainer).add_text(tag, s, text)
-    for lg in trainer.loggers:
+    for lg in _loggers(trainer):
         kind = logger_kind(lg)
         if kind == "tensorboard":
             lg.experiment.add_text(tag, text, global_step=s)
@@ -262,14 +267,14 @@ def log_histogram(trainer: pl.Trainer, tag: str, values: torch.Tensor, step: int
         return
     array = data.numpy()
     picture: np.ndarray | None = None
-    for lg in trainer.loggers:
+    for lg in _loggers(trainer):
         kind = logger_kind(lg)
         if kind == "tensorboard":
             lg.experiment.add_histogram(tag, array, global_step=s)
         elif kind == "wandb":
             import wandb
 
-            _wandb_log(lg, s, {tag: wandb.Histogram(array)})
+            _wandb_log(lg, s, {tag: wandb.Histogram(np_histogram=np.histogram(array, bins=64))})
         elif kind == "mlflow":
             picture = _histogram_picture(tag, array) if picture is None else picture
             lg.experiment.log_image(lg.run_id, picture, artifact_file=_artifact_file(tag, s, ".png"))
@@ -313,7 +318,7 @@ def log_file(trainer: pl.Trainer, name: str, content: str | bytes) -> list[str]:
         (directory / name).write_bytes(data)
         places.append(str(directory / name))
 
-    for lg in trainer.loggers:
+    for lg in _loggers(trainer):
         if logger_kind(lg) == "mlflow":
             import tempfile
 
@@ -336,7 +341,7 @@ def log_report_html(trainer: pl.Trainer, key: str, page: str) -> None:
     """Show a whole HTML page on the loggers that display HTML (W&B), at the current step."""
     if not trainer.is_global_zero:
         return
-    for lg in trainer.loggers:
+    for lg in _loggers(trainer):
         if logger_kind(lg) == "wandb":
             import wandb
 
