@@ -107,9 +107,11 @@ class RecipeReport(Callback):
     """Gathers the Findings of every recipe callback on the Trainer into one checklist.
 
     Prints the checklist on rank 0 once the early (one-off) checks have all reported, again at the
-    end of fit, and after ``trainer.validate`` / ``trainer.test``. Each time it also writes it to
-    TensorBoard text and to ``recipe_report.md`` and ``recipe_report.json`` in the run's log dir
-    (``trainer.log_dir``, or ``trainer.default_root_dir`` without a logger).
+    end of fit, and after ``trainer.validate`` / ``trainer.test`` (a checklist the console already
+    shows is not printed again). Each time it also writes it to TensorBoard text and
+    ``recipe_report.html``, ``recipe_report.md`` and ``recipe_report.json`` to every logger's own
+    place (``trainer.log_dir`` for TensorBoard/CSV, the W&B run's files, the MLflow run's
+    artifacts, ``trainer.default_root_dir`` without a logger).
 
     Args:
         print_report: print the checklist to the console (through Lightning's rank-zero logger).
@@ -117,7 +119,10 @@ class RecipeReport(Callback):
     Logged:
         - ``recipe/report``: the checklist as TensorBoard text (Markdown).
         - a Custom Scalars layout with one category per recipe callback on the Trainer.
-        - ``recipe_report.md``, ``recipe_report.json`` (``{"findings": [...], "versions": {...}}``).
+        - ``recipe_report.html`` (self-contained: the checklist with each check's pictures, numbers
+          and advice), ``recipe_report.md``, ``recipe_report.json``
+          (``{"findings": [...], "versions": {...}}``).
+        - ``recipe/report_html``: the HTML page on a W&B run.
 
     Example::
 
