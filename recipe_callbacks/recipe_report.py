@@ -132,6 +132,7 @@ class RecipeReport(Callback):
     def __init__(self, print_report: bool = True) -> None:
         self.print_report = check_bool("RecipeReport", "print_report", print_report)
         self._early_printed = False
+        self._early_due = False
         self.last_markdown = ""
         self._printed_markdown = ""
 
@@ -192,6 +193,7 @@ class RecipeReport(Callback):
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._early_printed = False
+        self._early_due = False
         self._printed_markdown = ""
         if trainer.is_global_zero:
             layout = custom_scalars_layout([cb.tag_prefix for cb in self.recipe_callbacks(trainer)])
@@ -205,10 +207,17 @@ class RecipeReport(Callback):
         self._maybe_print_early(trainer)
 
     @override
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not self._early_printed:
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._early_due and not self._early_printed:
             self._early_printed = True
             self.write(trainer)
+
+    @override
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # a one-off check still watching after the first epoch: the early checklist comes when the
+        # next epoch starts; a fit that ends here prints only its end-of-fit checklist
+        if not self._early_printed:
+            self._early_due = True
 
     @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

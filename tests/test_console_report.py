@@ -110,15 +110,24 @@ def test_printed_once_early_and_once_at_the_end(tmp_path: Path, monkeypatch: pyt
         assert lines[-1] == f"Full report: {Path(trainer.logger.log_dir) / 'recipe_report.html'}"
 
 
-def test_the_same_checklist_is_not_printed_twice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # a one-epoch fit whose one-off check never says it finished: the early checklist comes at the
-    # end of the epoch, and the end-of-fit one right after it says the same, so it is not repeated
+def test_a_one_epoch_fit_prints_its_checklist_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a one-off check still watching when the only epoch ends (LossDecreaseCheck over more steps
+    # than the epoch has): the end of fit follows at once, so only its checklist is printed
     messages: list[str] = []
     monkeypatch.setattr("recipe_callbacks.recipe_report.rank_zero_info", messages.append)
     report = RecipeReport()
-    trainer = fast_trainer(tmp_path, callbacks=[OneOff(False), report], max_epochs=1)
+    trainer = fast_trainer(tmp_path, callbacks=[OneOff(False), Monitor(), report], max_epochs=1)
     trainer.fit(TinyClassifier(), loader(blobs()))
-    assert len(messages) == 1
+    assert len(messages) == 1 and "watched the whole run" in messages[0] and "WAIT" not in messages[0]
     assert (Path(trainer.logger.log_dir) / "recipe_report.md").read_text() == report.last_markdown
-    trainer.validate(TinyClassifier(), loader(blobs()))  # nothing new: still not repeated
+    trainer.validate(TinyClassifier(), loader(blobs()))  # nothing new: the same checklist is not repeated
     assert len(messages) == 1
+
+
+def test_early_checklist_when_the_second_epoch_starts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    messages: list[str] = []
+    monkeypatch.setattr("recipe_callbacks.recipe_report.rank_zero_info", messages.append)
+    trainer = fast_trainer(tmp_path, callbacks=[OneOff(False), Monitor(), RecipeReport()], max_epochs=2)
+    trainer.fit(TinyClassifier(), loader(blobs()))
+    assert len(messages) == 2
+    assert "WAIT" in messages[0] and "watched the whole run" in messages[1]
