@@ -22,21 +22,24 @@ import io
 import os
 import weakref
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from recipe_callbacks.core.pictures import bar_chart
+from recipe_callbacks.finding import RecipeWarning
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
 
 _ANNOUNCED_DIRS: set[str] = set()
+_FAILED_WRITES: set[str] = set()
 _LOGGER_MODULES = ("lightning.pytorch.loggers", "pytorch_lightning.loggers", "lightning.fabric.loggers",
                    "lightning_fabric.loggers")
 
@@ -114,6 +117,20 @@ def _file_dirs(trainer: pl.Trainer) -> list[Path]:
 def _loggers(trainer: pl.Trainer) -> list[Any]:
     """The Trainer's loggers, typed loosely: each kind is used through its own API."""
     return list(trainer.loggers)
+
+
+@contextmanager
+def _guarded(logger: Any, what: str) -> Iterator[None]:
+    """A logger service that fails (a W&B or MLflow server out of reach, a full disk) costs the
+    user a warning, once per logger and kind of write, never the training run."""
+    try:
+        yield
+    except Exception as err:
+        key = f"{type(logger).__name__}:{what}"
+        if key not in _FAILED_WRITES:
+            _FAILED_WRITES.add(key)
+            rank_zero_warn(f"recipe_callbacks: {type(logger).__name__} could not take the {what} "
+                           f"({type(err).__name__}: {err}); training goes on without it", category=RecipeWarning)
 
 
 def _step(trainer: pl.Trainer, step: int | None) -> int:
@@ -221,11 +238,13 @@ def log_image(trainer: pl.Trainer, tag: str, image: np.ndarray, step: int | None
         if kind == "tensorboard":
             lg.experiment.add_image(tag, image, global_step=s, dataformats="HWC")
         elif kind == "wandb":
-            import wandb
+            with _guarded(lg, "pictures"):
+                import wandb
 
-            _wandb_log(lg, s, {tag: wandb.Image(image)})
+                _wandb_log(lg, s, {tag: wandb.Image(image)})
         elif kind == "mlflow":
-            lg.experiment.log_image(lg.run_id, image, artifact_file=_artifact_file(tag, s, ".png"))
+            with _guarded(lg, "pictures"):
+                lg.experiment.log_image(lg.run_id, image, artifact_file=_artifact_file(tag, s, ".png"))
     for directory in _file_dirs(trainer):
         _file_path(directory, tag, s, ".png").write_bytes(png_bytes(image))
 
@@ -241,11 +260,13 @@ def log_text(trainer: pl.Trainer, tag: str, text: str, step: int | None = None) 
         if kind == "tensorboard":
             lg.experiment.add_text(tag, text, global_step=s)
         elif kind == "wandb":
-            import wandb
+            with _guarded(lg, "text"):
+                import wandb
 
-            _wandb_log(lg, s, {tag: wandb.Html(markdown_to_html(text), inject=False)})
+                _wandb_log(lg, s, {tag: wandb.Html(markdown_to_html(text), inject=False)})
         elif kind == "mlflow":
-            lg.experiment.log_text(lg.run_id, text, _artifact_file(tag, s, ".md"))
+            with _guarded(lg, "text"):
+                lg.experiment.log_text(lg.run_id, text, _artifact_file(tag, s, ".md"))
     for directory in _file_dirs(trainer):
         _file_path(directory, tag, s, ".md").write_text(text, encoding="utf-8")
 
@@ -272,12 +293,14 @@ def log_histogram(trainer: pl.Trainer, tag: str, values: torch.Tensor, step: int
         if kind == "tensorboard":
             lg.experiment.add_histogram(tag, array, global_step=s)
         elif kind == "wandb":
-            import wandb
+            with _guarded(lg, "histograms"):
+                import wandb
 
-            _wandb_log(lg, s, {tag: wandb.Histogram(np_histogram=np.histogram(array, bins=64))})
+                _wandb_log(lg, s, {tag: wandb.Histogram(np_histogram=np.histogram(array, bins=64))})
         elif kind == "mlflow":
             picture = _histogram_picture(tag, array) if picture is None else picture
-            lg.experiment.log_image(lg.run_id, picture, artifact_file=_artifact_file(tag, s, ".png"))
+            with _guarded(lg, "histograms"):
+                lg.experiment.log_image(lg.run_id, picture, artifact_file=_artifact_file(tag, s, ".png"))
     for directory in _file_dirs(trainer):
         picture = _histogram_picture(tag, array) if picture is None else picture
         _file_path(directory, tag, s, ".png").write_bytes(png_bytes(picture))
@@ -322,16 +345,17 @@ def log_file(trainer: pl.Trainer, name: str, content: str | bytes) -> list[str]:
         if logger_kind(lg) == "mlflow":
             import tempfile
 
-            with tempfile.TemporaryDirectory() as tmp:
+            with _guarded(lg, "report files"), tempfile.TemporaryDirectory() as tmp:
                 local = Path(tmp) / name
                 local.write_bytes(data)
                 lg.experiment.log_artifact(lg.run_id, str(local))
-            local_dir = _mlflow_local_artifacts(lg)
-            places.append(str(local_dir / name) if local_dir is not None else f"mlflow:{lg.run_id}/{name}")
+                local_dir = _mlflow_local_artifacts(lg)
+                places.append(str(local_dir / name) if local_dir is not None else f"mlflow:{lg.run_id}/{name}")
         else:
-            directory = _local_dir(lg, trainer)
-            if directory is not None:
-                to_disk(directory)
+            with _guarded(lg, "report files"):
+                directory = _local_dir(lg, trainer)
+                if directory is not None:
+                    to_disk(directory)
     if not trainer.loggers:
         to_disk(Path(trainer.default_root_dir))
     return places
@@ -343,9 +367,10 @@ def log_report_html(trainer: pl.Trainer, key: str, page: str) -> None:
         return
     for lg in _loggers(trainer):
         if logger_kind(lg) == "wandb":
-            import wandb
+            with _guarded(lg, "HTML report"):
+                import wandb
 
-            _wandb_log(lg, _step(trainer, None), {key: wandb.Html(page, inject=False)})
+                _wandb_log(lg, _step(trainer, None), {key: wandb.Html(page, inject=False)})
 
 
 def flush(trainer: pl.Trainer) -> None:

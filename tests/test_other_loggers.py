@@ -140,3 +140,18 @@ def test_two_csv_runs_do_not_overwrite_each_other(tmp_path: Path) -> None:
     assert a.log_dir != b.log_dir
     _check_report_dir(Path(a.log_dir), "first")
     _check_report_dir(Path(b.log_dir), "second")
+
+
+@pytest.mark.usefixtures("_file_store")
+def test_a_failing_logger_service_costs_a_warning_not_the_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlflow.tracking import MlflowClient
+
+    def out_of_reach(*args: Any, **kwargs: Any) -> None:
+        raise ConnectionError("tracking server out of reach")
+
+    monkeypatch.setattr(MlflowClient, "log_image", out_of_reach)
+    monkeypatch.setattr(MlflowClient, "log_artifact", out_of_reach)
+    logger = MLFlowLogger(experiment_name="down", tracking_uri=f"file://{tmp_path / 'mlruns'}")
+    with pytest.warns(UserWarning, match=r"MLFlowLogger could not take the pictures \(ConnectionError"):
+        trainer = _fit(tmp_path, logger)
+    assert trainer.global_step == 2  # the run trained to its end
