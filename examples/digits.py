@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     trainer = run(args.epochs, args.batch_size, args.log_dir, args.seed, args.max_steps, args.preset, lr=args.lr)
     log_dir = Path(str(trainer.log_dir))
-    print(f"\nRecipe report: {log_dir / 'recipe_report.md'}")
+    print(f"\nRecipe report: {log_dir / 'recipe_report.html'} (and recipe_report.md, recipe_report.json)")
     print(f"Look at it in TensorBoard:\n    tensorboard --logdir {log_dir.parent.resolve()}")
     return 0
 
