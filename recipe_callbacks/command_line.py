@@ -27,8 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from recipe_callbacks.console_report import render_console
 from recipe_callbacks.core.run_compare import Comparison, compare_runs
 from recipe_callbacks.finding import Finding
+from recipe_callbacks.html_report import render_html
 from recipe_callbacks.recipe_report import render_markdown
 from recipe_callbacks.run_record import RUN_FORMAT
 
@@ -271,20 +273,17 @@ def _width(args: argparse.Namespace) -> int:
 
 
 def render_report(payload: dict[str, Any], fmt: str, width: int) -> str:
-    """A run's checklist again, through the package's own report renderer (the one RecipeReport uses)."""
+    """A run's checklist again, through the package's own report renderers (the ones RecipeReport uses)."""
     findings = [Finding.from_dict(f) for f in payload["findings"]]
     run = dict(payload.get("run") or {})
     present = set(run.get("callbacks") or [f.check for f in findings])
     if fmt == "json":
         return json.dumps(payload, indent=2)
-    text = render_markdown(findings, present)
     if fmt == "html":
-        return (
-            "<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>Recipe report</title></head><body><pre>\n"
-            + html.escape(text)
-            + "</pre></body></html>"
-        )
-    return text
+        return render_html(findings, present, versions=payload.get("versions") or {})
+    if fmt == "md":
+        return render_markdown(findings, present)
+    return render_console(findings, present, width=width)
 
 
 def cmd_report(args: argparse.Namespace) -> int:

@@ -133,6 +133,13 @@ def test_report_prints_the_checklist_again(runs: dict[str, Path], capsys: pytest
     assert out.strip() == (runs["base"] / "run" / "recipe_report.md").read_text().strip()
     code, out, _ = _run(capsys, "report", runs["base"], "--format", "json")
     assert json.loads(out)["run"]["seed"] == 0
+    code, out, _ = _run(capsys, "report", runs["base"], "--width", "100")
+    assert code == 0
+    lines = out.rstrip("\n").splitlines()
+    assert lines and max(len(line) for line in lines) <= 100
+    assert any("SeedEverything" in line and "PASS" in line for line in lines)
+    code, out, _ = _run(capsys, "report", runs["base"], "--format", "html")
+    assert code == 0 and out.startswith("<!DOCTYPE html>") and 'id="check-seed_everything"' in out
 
 
 def test_bad_input_names_the_path(runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
