@@ -241,7 +241,12 @@ class BatchIndependenceCheck(OneOffDependencyCheck):
             "num_probes": float(len(m.probes)),
             "cost_steps": m.cost,
         }
-        self.log_image(trainer, "dependency_matrix", dependency_picture(m.rel, m.leaks))
+        picture = dependency_picture(
+            m.rel, m.leaks, flagged_label="leak across samples",
+            title=f"BatchIndependenceCheck: how each probed output depends on every input sample of the batch; only "
+            f"the diagonal may be bright ({len(m.leaks)} leak(s) found; grey rows: not probed)",
+        )
+        self.log_figure(trainer, "dependency_matrix", picture)
         setup = (
             f"{self.tolerance:g} relative tolerance, "
             + (f"gradients at {m.where}, " if m.method == "gradient" else "perturbing the input, ")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
@@ -17,11 +18,12 @@ from typing_extensions import override
 
 from recipe_callbacks import log_writer
 from recipe_callbacks.batch import BatchResolutionError, BatchToXY, ResolvedBatch, resolve_batch
-from recipe_callbacks.finding import ON_FAIL_CHOICES, Finding, OnFail, Status, apply_on_fail
+from recipe_callbacks.finding import ON_FAIL_CHOICES, Finding, OnFail, Status, apply_on_fail, details_markdown
 from recipe_callbacks.validation import check_choice, check_optional_str
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
+    from matplotlib.figure import Figure
 
 
 def snake_case(name: str) -> str:
@@ -103,8 +105,13 @@ class RecipeCallback(Callback):
         key: str = "",
         log_values: bool = True,
     ) -> Finding:
-        """Make a Finding, keep it (replacing an earlier one with the same ``key``), log its
-        values as scalars and act on it as ``on_fail`` says.
+        """Make a Finding, keep it (replacing an earlier one with the same ``key``), write this
+        check's Findings as text and act on it as ``on_fail`` says.
+
+        The values are one-time numbers of a verdict (costs, counts, flags, fingerprints): they go
+        to the text ``<tag prefix>/finding`` (a table per Finding, with its summary and advice) and
+        to the report, never to single-point scalar charts. Quantities that change over training
+        are logged with :meth:`log_scalars`. ``log_values=False`` leaves the values out of the text.
 
         Raises:
             RecipeCheckError: for a ``fail`` under ``on_fail="raise"``, on every rank.
@@ -112,8 +119,9 @@ class RecipeCallback(Callback):
         finding = Finding(self.check_name, status, summary, dict(values or {}), advice)
         self._findings.pop(key, None)
         self._findings[key] = finding
-        if trainer is not None and log_values and finding.values:
-            self.log_scalars(trainer, finding.values)
+        if trainer is not None:
+            shown = self.findings if log_values else [replace(f, values={}) for f in self.findings]
+            self.log_text(trainer, "finding", details_markdown(shown))
         apply_on_fail(finding, self.on_fail, warn=trainer is None or trainer.is_global_zero)
         return finding
 
@@ -137,6 +145,9 @@ class RecipeCallback(Callback):
 
     def log_image(self, trainer: pl.Trainer, quantity: str, image: np.ndarray, step: int | None = None) -> None:
         log_writer.log_image(trainer, self.tag(quantity), image, step)
+
+    def log_figure(self, trainer: pl.Trainer, quantity: str, figure: Figure, step: int | None = None) -> None:
+        log_writer.log_figure(trainer, self.tag(quantity), figure, step)
 
     def log_text(self, trainer: pl.Trainer, quantity: str, text: str, step: int | None = None) -> None:
         log_writer.log_text(trainer, self.tag(quantity), text, step)

@@ -210,7 +210,13 @@ class CausalityCheck(OneOffDependencyCheck):
             "num_positions": float(len(m.positions)),
             "cost_steps": m.cost,
         }
-        self.log_image(trainer, "dependency_matrix", dependency_picture(m.rel, m.violations))
+        picture = dependency_picture(
+            m.rel, m.violations, xlabel="input time step", ylabel="output time step",
+            flagged_label="dependency on the future",
+            title=f"CausalityCheck: how each output time depends on every input time; nothing may be bright "
+            f"above the diagonal (the future; {len(m.violations)} found)",
+        )
+        self.log_figure(trainer, "dependency_matrix", picture)
         allowed = "before t" if self.strict else "up to t"
         setup = (
             f"{self.tolerance:g} relative tolerance, "

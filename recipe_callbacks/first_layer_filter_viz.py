@@ -12,13 +12,14 @@ from typing_extensions import override
 from recipe_callbacks.batch import BatchResolutionError, BatchToXY, resolve_batch
 from recipe_callbacks.callback_base import RecipeCallback
 from recipe_callbacks.core.filter_noise import bank_from_linear, bank_noise_score, filter_tiles
-from recipe_callbacks.core.pictures import heatmap, image_grid
+from recipe_callbacks.core.pictures import image_figure, image_grid, matrix_chart
 from recipe_callbacks.finding import OnFail
 from recipe_callbacks.observe import observing
 from recipe_callbacks.validation import check_float, check_int, check_optional_str
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
+    from matplotlib.figure import Figure
 
 _OWNER = "FirstLayerFilterViz"
 FILTER_LAYERS: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
@@ -245,18 +246,32 @@ class FirstLayerFilterViz(RecipeCallback):
             self.log_scalars(trainer, {"noise_score": score})
         self.last_noise_score = score
         if trainer.is_global_zero:
-            self.log_image(trainer, "filters", self.picture(bank))
+            self.log_figure(trainer, "filters", self.picture(bank, score, step))
         return score
 
-    def picture(self, bank: torch.Tensor | None = None) -> Any:
-        """The ``(H, W, 3)`` uint8 picture of the filters (of ``bank``, or the layer's)."""
+    def picture(self, bank: torch.Tensor | None = None, score: float = math.nan, step: int | None = None) -> Figure:
+        """The figure of the filters (of ``bank``, or the layer's), titled with their noise score."""
         bank = self.filter_bank() if bank is None else bank
+        at = "" if step is None else f" at step {step}"
         if bank is None:
             weight = self._weight()[: self.max_filters]
             peak = float(weight.abs().max()) or 1.0
-            return heatmap(weight, vmin=-peak, vmax=peak, cell=4)
+            return matrix_chart(
+                weight, vmin=-peak, vmax=peak, cmap="RdBu_r", colorbar_label="weight",
+                title=f"FirstLayerFilterViz: weights of {self.layer_name!r}{at} (no spatial layout: one row per unit)",
+                xlabel="input feature", ylabel="output unit",
+            )
         tiles, ncols = filter_tiles(bank, self.max_filters)
-        return image_grid(tiles, ncols=ncols)
+        verdict = (
+            "" if math.isnan(score) else
+            f"; noise score {score:.2f} ({'still noise' if score > self.noise_threshold else 'structured'}: "
+            f"threshold {self.noise_threshold:g}, i.i.d. noise ~1)"
+        )
+        return image_figure(
+            image_grid(tiles, ncols=ncols, min_cell=32),
+            title=f"FirstLayerFilterViz: {bank.shape[0]} first-layer filters of {self.layer_name!r}{at}{verdict}; "
+            "trained filters look smooth, like edges and blobs",
+        )
 
     def _judge(self, trainer: pl.Trainer) -> None:
         bank = self.filter_bank()

@@ -186,9 +186,11 @@ class InputIndependentBaseline(FirstBatchCheck):
         }
         chart = line_chart(
             {"real inputs": real, "zero inputs": zero},
-            title="InputIndependentBaseline: loss of two copies from the same weights",
+            title="InputIndependentBaseline: two copies from the same weights; the real-input loss must end "
+            f"clearly below the zero-input loss (gap >= {self.min_relative_gap:.0%})",
+            xlabel="training step of the copies", ylabel="training loss",
         )
-        self.log_image(trainer, "loss_curves", chart)
+        self.log_figure(trainer, "loss_curves", chart)
         after = f"after {self.steps} steps on {n} samples"
         share = f"{min(v.relative_gap, 1.0):.0%}" if math.isfinite(v.relative_gap) else "nothing"
         if v.identical:

@@ -17,10 +17,11 @@ import torch
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info
 
-from recipe_callbacks.core.pictures import bar_chart, to_png
+from recipe_callbacks.core.pictures import bar_chart, figure_to_image, to_png
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
+    from matplotlib.figure import Figure
 
 _ANNOUNCED_DIRS: set[str] = set()
 
@@ -86,6 +87,12 @@ def log_image(trainer: pl.Trainer, tag: str, image: np.ndarray, step: int | None
         to_png(image, str(_file_path(trainer, tag, s, ".png")))
 
 
+def log_figure(trainer: pl.Trainer, tag: str, figure: Figure, step: int | None = None) -> None:
+    """Write a matplotlib figure under ``tag``: rendered once to a picture, then as :func:`log_image`."""
+    if trainer.is_global_zero:
+        log_image(trainer, tag, figure_to_image(figure), step)
+
+
 def log_text(trainer: pl.Trainer, tag: str, text: str, step: int | None = None) -> None:
     """Write Markdown ``text`` under ``tag``."""
     if not trainer.is_global_zero:
@@ -113,4 +120,6 @@ def log_histogram(trainer: pl.Trainer, tag: str, values: torch.Tensor, step: int
     if not writers:
         counts, edges = np.histogram(data.numpy(), bins=30)
         labels = [f"{e:.2g}" for e in edges[:-1]]
-        to_png(bar_chart(labels, counts.tolist(), title=tag), str(_file_path(trainer, tag, s, ".png")))
+        chart = bar_chart(labels, counts.tolist(), title=f"{tag}: distribution of {data.numel()} values",
+                          xlabel="bin (left edge)", ylabel="count")
+        to_png(figure_to_image(chart), str(_file_path(trainer, tag, s, ".png")))

@@ -244,8 +244,12 @@ class LossDecreaseCheck(RecipeCallback):
         if not trainer.is_global_zero:
             return
         fit = [trend.intercept + trend.slope * i for i in range(trend.steps)]
-        image = line_chart(
+        chart = line_chart(
             {"training loss": self.losses, "Theil-Sen trend": fit},
-            title=f"LossDecreaseCheck: first {trend.steps} training losses ({trend.status})",
+            title=f"LossDecreaseCheck: first {trend.steps} training losses ({trend.status}); the trend must go "
+            f"down by at least {self.min_decrease:.0%}",
+            xlabel="watched training batch", ylabel="training loss",
+            hlines={f"stall level ({self.plateau_fraction:.0%} of the start)": self.plateau_fraction * trend.first},
+            styles={"Theil-Sen trend": "--"},
         )
-        self.log_image(trainer, "loss_curve", image)
+        self.log_figure(trainer, "loss_curve", chart)

@@ -13,7 +13,7 @@ from typing_extensions import override
 
 from recipe_callbacks.batch import BatchToXY
 from recipe_callbacks.callback_base import RecipeCallback
-from recipe_callbacks.core.pictures import heatmap, image_grid
+from recipe_callbacks.core.pictures import image_grid, matrix_chart
 from recipe_callbacks.core.prediction_jitter import (
     Snapshot,
     back_and_forth,
@@ -107,8 +107,8 @@ class PredictionDynamicsLogger(RecipeCallback):
           flipped since the previous record (classification).
         - ``recipe.prediction_dynamics_logger/fixed_batch_loss``: loss on the fixed samples
           (cross-entropy, binary cross-entropy with logits, or mean squared error for regression).
-        - ``recipe.prediction_dynamics_logger/heatmap`` (image): samples (rows) x records
-          (columns, left to right); colour is the probability of the true class (0 dark, 1
+        - ``recipe.prediction_dynamics_logger/heatmap`` (figure): samples (rows) x global steps
+          (columns, left to right) with a colour bar: the probability of the true class (0 dark, 1
           yellow) or the absolute regression error.
         - ``recipe.prediction_dynamics_logger/samples`` (image, for image inputs): the fixed
           samples captioned ``y=<label> p=<prediction>``.
@@ -347,7 +347,16 @@ class PredictionDynamicsLogger(RecipeCallback):
             return
         classification = self._task != "regression"
         matrix = self.heatmap_matrix().numpy()
-        self.log_image(trainer, "heatmap", heatmap(matrix, vmin=0.0, vmax=1.0 if classification else None))
+        chart = matrix_chart(
+            matrix, vmin=0.0, vmax=1.0 if classification else None, cmap="viridis" if classification else "magma",
+            x_values=self.steps[-matrix.shape[1]:],
+            title="PredictionDynamicsLogger: "
+            + ("probability of the true class per fixed sample; rows should turn bright and stay (flicker is a "
+               "too-high LR)" if classification else "absolute error per fixed sample; rows should darken and stay"),
+            xlabel="global step", ylabel="fixed validation sample",
+            colorbar_label="p(true class)" if classification else "|prediction - target|",
+        )
+        self.log_figure(trainer, "heatmap", chart)
         x = self.sample_x
         if x is None or x.ndim != 4 or x.shape[1] not in (1, 3) or self._previous is None:
             return

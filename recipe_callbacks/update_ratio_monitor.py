@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -19,7 +19,7 @@ from typing_extensions import override
 
 from recipe_callbacks.callback_base import RecipeCallback
 from recipe_callbacks.core import update_ratio as core
-from recipe_callbacks.core.pictures import line_chart
+from recipe_callbacks.core.pictures import Band, line_chart
 from recipe_callbacks.finding import OnFail, Status
 from recipe_callbacks.validation import check_bool, check_float, check_int
 
@@ -402,14 +402,18 @@ class UpdateRatioMonitor(RecipeCallback):
         if not trainer.is_global_zero or not self.ratio_steps or self.ratio_steps[-1] == self._drawn_step:
             return
         self._drawn_step = self.ratio_steps[-1]
-        series: dict[str, Iterable[float]] = dict(self.ratios)
-        series["healthy -3"] = [-3.0] * len(self.ratio_steps)
-        image = line_chart(
-            {k: list(v) for k, v in series.items()},
+        series = {layer: [10.0**v for v in values] for layer, values in self.ratios.items()}
+        chart = line_chart(
+            series,
             x=list(self.ratio_steps),
-            title="log10(||update|| / ||weight||) per layer over optimizer steps",
+            title="UpdateRatioMonitor: ||update|| / ||weight|| per layer; healthy near 1e-3, too low does not "
+            "learn, too high explodes",
+            xlabel="optimizer step", ylabel="update / weight ratio (log scale)", log_y=True,
+            band=Band(1e-4, 1e-2, "healthy, around 1e-3"),
+            hlines={f"min_ratio {self.min_ratio:g} (warn)": self.min_ratio, f"max_ratio {self.max_ratio:g} (fail)":
+                    self.max_ratio},
         )
-        self.log_image(trainer, "ratio_chart", image, step=self.ratio_steps[-1])
+        self.log_figure(trainer, "ratio_chart", chart, step=self.ratio_steps[-1])
 
     @override
     def state_dict(self) -> dict[str, Any]:
