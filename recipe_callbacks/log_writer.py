@@ -11,6 +11,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from weakref import WeakKeyDictionary
 
 import numpy as np
 import torch
@@ -24,6 +25,8 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 _ANNOUNCED_DIRS: set[str] = set()
+# the scalar tags written through each Trainer, for RecipeReport's Custom Scalars layout
+_SCALAR_TAGS: WeakKeyDictionary[Any, set[str]] = WeakKeyDictionary()
 
 
 def run_log_dir(trainer: pl.Trainer) -> Path:
@@ -60,8 +63,14 @@ def log_scalars(trainer: pl.Trainer, values: Mapping[str, float], step: int | No
     if not trainer.is_global_zero or not values:
         return
     metrics = {tag: float(v) for tag, v in values.items()}
+    _SCALAR_TAGS.setdefault(trainer, set()).update(metrics)
     for lg in trainer.loggers:
         lg.log_metrics(metrics, step=_step(trainer, step))
+
+
+def scalar_tags(trainer: pl.Trainer) -> set[str]:
+    """Every scalar tag written through :func:`log_scalars` for this Trainer so far."""
+    return set(_SCALAR_TAGS.get(trainer, ()))
 
 
 def _file_path(trainer: pl.Trainer, tag: str, step: int, suffix: str) -> Path:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import platform
+import re
+from collections.abc import Iterable
 from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
@@ -13,7 +15,7 @@ from typing_extensions import override
 
 from recipe_callbacks import log_writer
 from recipe_callbacks.callback_base import RecipeCallback
-from recipe_callbacks.finding import Finding
+from recipe_callbacks.finding import Finding, details_markdown
 from recipe_callbacks.validation import check_bool
 
 if TYPE_CHECKING:
@@ -91,14 +93,81 @@ def render_markdown(findings: list[Finding], present: set[str]) -> str:
     return "## Recipe report\n\n" + "\n".join(rows) + f"\n\n{tally}.\n"
 
 
-def custom_scalars_layout(tag_prefixes: list[str]) -> dict[str, dict[str, list[Any]]]:
-    """A TensorBoard Custom Scalars layout: one category per check, one chart of all its scalars.
+def one_line(text: str, width: int = 100) -> str:
+    """The first sentence of ``text``, cut to ``width`` characters: a summary that fits one table row.
 
     Example:
-        >>> custom_scalars_layout(["recipe.init_loss_check"])
-        {'recipe.init_loss_check': {'all scalars': ['Multiline', ['recipe.init_loss_check/.*']]}}
+        >>> one_line("loss at init 2.31, expected 2.30. The model predicts as if it did not know.")
+        'loss at init 2.31, expected 2.30.'
+        >>> one_line("x" * 120, width=10)
+        'xxxxxxxxx…'
     """
-    return {prefix: {"all scalars": ["Multiline", [f"{prefix}/.*"]]} for prefix in tag_prefixes}
+    flat = " ".join(text.split())
+    first = re.split(r"(?<=[.;])\s", flat, maxsplit=1)[0]
+    return first if len(first) <= width else first[: width - 1].rstrip() + "…"
+
+
+def render_tensorboard_text(findings: list[Finding], present: set[str]) -> str:
+    """The checklist for TensorBoard's text tab: a short table (status, step, check, one-line
+    summary), problems first, then the details of each check (summary, advice, values) below it.
+
+    Example:
+        >>> text = render_tensorboard_text([Finding("InitLossCheck", "warn", "too high. More.", {"ratio": 2.0})],
+        ...                                {"InitLossCheck"})
+        >>> "| WARN | 2d/2e | InitLossCheck | too high. |" in text
+        True
+        >>> "| ratio | 2 |" in text and "not run" in text
+        True
+    """
+    order = {"fail": 0, "warn": 1, "pass": 2, "skip": 3, "pending": 4, "not run": 5}
+    step_of = {check: step for step, _, checks in RECIPE_STEPS for check in checks}
+    rows: list[tuple[str, str, str, str]] = []
+    by_check: dict[str, list[Finding]] = {}
+    for f in findings:
+        by_check.setdefault(f.check, []).append(f)
+        rows.append((f.status, step_of.get(f.check, ""), f.check, one_line(f.summary)))
+    for step, _, checks in RECIPE_STEPS:
+        for check in checks:
+            if check not in by_check:
+                rows.append(("pending", step, check, "on the Trainer, no verdict yet") if check in present
+                            else ("not run", step, check, f"add recipe_callbacks.{check}"))
+    rows.sort(key=lambda r: order[r[0]])
+    counts = ", ".join(f"{sum(f.status == s for f in findings)} {s}" for s in _MARK)
+    table = ["| Status | Step | Check | Summary |", "|---|---|---|---|"]
+    table += [f"| {_MARK.get(st, st)} | {step} | {check} | {_cell(summary)} |" for st, step, check, summary in rows]
+    details = [f"### {check}\n\n{details_markdown(items)}" for check, items in by_check.items()]
+    return "## Recipe report\n\n" + f"{counts}.\n\n" + "\n".join(table) + "\n\n" + "\n\n".join(details) + "\n"
+
+
+def custom_scalars_layout(tags: Iterable[str]) -> dict[str, dict[str, list[Any]]]:
+    """A TensorBoard Custom Scalars layout: a category per check, a chart per quantity family.
+
+    A family is the last part of a tag without a trailing index (``net.0/log10_ratio`` and
+    ``net.2/log10_ratio`` are one family, ``lr_group_0`` and ``lr_group_1`` another), so a chart
+    never mixes units.
+
+    Example:
+        >>> layout = custom_scalars_layout(["recipe.full_eval_set/loss", "recipe.full_eval_set/test/loss",
+        ...                                 "recipe.full_eval_set/accuracy", "other/x"])
+        >>> sorted(layout["recipe.full_eval_set"])
+        ['accuracy', 'loss']
+        >>> kind, tags = layout["recipe.full_eval_set"]["loss"]
+        >>> print(kind, *tags)
+        Multiline ^recipe\\.full_eval_set/loss$ ^recipe\\.full_eval_set/test/loss$
+        >>> list(layout)
+        ['recipe.full_eval_set']
+    """
+    families: dict[str, dict[str, list[str]]] = {}
+    for tag in sorted(set(tags)):
+        prefix, _, quantity = tag.partition("/")
+        if not prefix.startswith("recipe.") or not quantity:
+            continue
+        family = re.sub(r"_\d+$", "", quantity.rsplit("/", 1)[-1])
+        families.setdefault(prefix, {}).setdefault(family, []).append(f"^{re.escape(tag)}$")
+    return {
+        prefix: {family: ["Multiline", members] for family, members in sorted(charts.items())}
+        for prefix, charts in sorted(families.items())
+    }
 
 
 class RecipeReport(Callback):
@@ -113,8 +182,10 @@ class RecipeReport(Callback):
         print_report: print the checklist to the console (through Lightning's rank-zero logger).
 
     Logged:
-        - ``recipe/report``: the checklist as TensorBoard text (Markdown).
-        - a Custom Scalars layout with one category per recipe callback on the Trainer.
+        - ``recipe/report``: the checklist as TensorBoard text: a short table (status, step, check,
+          one-line summary), problems first, and the details of each check below it.
+        - a Custom Scalars layout with a category per check and a chart per quantity family (written
+          with the report, whenever new scalar tags appeared).
         - ``recipe_report.md``, ``recipe_report.json`` (``{"findings": [...], "versions": {...}}``).
 
     Example::
@@ -125,6 +196,7 @@ class RecipeReport(Callback):
     def __init__(self, print_report: bool = True) -> None:
         self.print_report = check_bool("RecipeReport", "print_report", print_report)
         self._early_printed = False
+        self._layout_tags: set[str] = set()
         self.last_markdown = ""
 
     @staticmethod
@@ -148,13 +220,26 @@ class RecipeReport(Callback):
         (directory / "recipe_report.md").write_text(text, encoding="utf-8")
         payload: dict[str, Any] = {"findings": [f.to_dict() for f in findings], "versions": versions()}
         (directory / "recipe_report.json").write_text(json.dumps(payload, indent=2), encoding="utf-8")
-        writers = log_writer.tensorboard_writers(trainer)
-        for writer in writers:
-            writer.add_text("recipe/report", text, global_step=trainer.global_step)
-            writer.flush()
+        self._write_tensorboard(trainer, findings, {cb.check_name for cb in callbacks})
         if self.print_report:
             rank_zero_info(f"\n{text}\nReport written to {directory / 'recipe_report.md'}")
         return text
+
+    def _write_tensorboard(self, trainer: pl.Trainer, findings: list[Finding], present: set[str]) -> None:
+        """The TensorBoard text ``recipe/report`` and, when new scalars appeared, the Custom Scalars layout."""
+        writers = log_writer.tensorboard_writers(trainer)
+        if not writers:
+            return
+        text = render_tensorboard_text(findings, present)
+        tags = log_writer.scalar_tags(trainer)
+        layout = custom_scalars_layout(tags) if tags != self._layout_tags else {}
+        for writer in writers:
+            writer.add_text("recipe/report", text, global_step=trainer.global_step)
+            if layout:
+                writer.add_custom_scalars(layout)
+            writer.flush()
+        if layout:
+            self._layout_tags = tags
 
     def _maybe_print_early(self, trainer: pl.Trainer) -> None:
         if self._early_printed:
@@ -166,10 +251,7 @@ class RecipeReport(Callback):
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._early_printed = False
-        if trainer.is_global_zero:
-            layout = custom_scalars_layout([cb.tag_prefix for cb in self.recipe_callbacks(trainer)])
-            for writer in log_writer.tensorboard_writers(trainer):
-                writer.add_custom_scalars(layout)
+        self._layout_tags = set()
 
     @override
     def on_train_batch_end(
