@@ -242,9 +242,9 @@ class BatchIndependenceCheck(OneOffDependencyCheck):
             "cost_steps": m.cost,
         }
         picture = dependency_picture(
-            m.rel, m.leaks, flagged_label="leak across samples",
-            title=f"BatchIndependenceCheck: how each probed output depends on every input sample of the batch; only "
-            f"the diagonal may be bright ({len(m.leaks)} leak(s) found; grey rows: not probed)",
+            m.rel, m.leaks, flagged_label="leak across samples", ylabel="probed output sample",
+            title="BatchIndependenceCheck: how the output of each probed sample depends on every input sample of "
+            f"the batch; only its own sample may be bright ({len(m.leaks)} leak(s) found)",
         )
         self.log_figure(trainer, "dependency_matrix", picture)
         setup = (

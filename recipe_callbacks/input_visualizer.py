@@ -322,5 +322,5 @@ class InputVisualizer(RecipeCallback):
             return  # later looks report only when the set of flags changes
         self._last_flags = names
         values = {**values, "cost_steps": 0.0}
-        self.report(trainer, status, summary, values, advice, key="" if first else "later", log_values=False)
+        self.report(trainer, status, summary, values, advice, key="" if first else "later")
 

@@ -25,6 +25,7 @@ from recipe_callbacks.validation import check_bool, check_float, check_int
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
+    from matplotlib.figure import Figure
 
 _KINDS_TEXT = "nn.ReLU, ReLU6, Tanh, Sigmoid, Hardtanh or Hardsigmoid"
 
@@ -402,8 +403,12 @@ class UpdateRatioMonitor(RecipeCallback):
         if not trainer.is_global_zero or not self.ratio_steps or self.ratio_steps[-1] == self._drawn_step:
             return
         self._drawn_step = self.ratio_steps[-1]
+        self.log_figure(trainer, "ratio_chart", self.ratio_chart(), step=self.ratio_steps[-1])
+
+    def ratio_chart(self) -> Figure:
+        """The update/weight ratio of every layer over the sampled steps, against the healthy band."""
         series = {layer: [10.0**v for v in values] for layer, values in self.ratios.items()}
-        chart = line_chart(
+        return line_chart(
             series,
             x=list(self.ratio_steps),
             title="UpdateRatioMonitor: ||update|| / ||weight|| per layer; healthy near 1e-3, too low does not "
@@ -413,7 +418,6 @@ class UpdateRatioMonitor(RecipeCallback):
             hlines={f"min_ratio {self.min_ratio:g} (warn)": self.min_ratio, f"max_ratio {self.max_ratio:g} (fail)":
                     self.max_ratio},
         )
-        self.log_figure(trainer, "ratio_chart", chart, step=self.ratio_steps[-1])
 
     @override
     def state_dict(self) -> dict[str, Any]:

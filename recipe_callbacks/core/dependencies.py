@@ -501,16 +501,23 @@ def dependency_picture(
     """A relative dependency matrix as a figure: rows are outputs, columns the inputs they depend on.
 
     Colour is the relative strength on a log scale from ``floor`` (dark, no dependency) to 1
-    (yellow, the strongest dependency of that probe), with a colour bar; grey is not measured;
-    the ``flagged`` entries (dependencies that should not exist) are outlined in red.
+    (yellow, the strongest dependency of that probe), with a colour bar; only the probed rows
+    (columns) are drawn, labelled with their index; the ``flagged`` entries (dependencies that
+    should not exist) are outlined in red.
 
     Example:
         >>> from recipe_callbacks.core.pictures import figure_to_image
         >>> figure_to_image(dependency_picture(torch.eye(3))).shape
         (400, 640, 3)
     """
+    values = rel.detach().to(torch.float64).cpu()
+    measured = ~torch.isnan(values)
+    rows = [int(i) for i in torch.nonzero(measured.any(dim=1)).flatten()] or list(range(values.shape[0]))
+    cols = [int(j) for j in torch.nonzero(measured.any(dim=0)).flatten()] or list(range(values.shape[1]))
+    where_row, where_col = {r: k for k, r in enumerate(rows)}, {c: k for k, c in enumerate(cols)}
+    marks = [(where_row[d.out], where_col[d.source]) for d in flagged if d.out in where_row and d.source in where_col]
     return matrix_chart(
-        rel, title=title, xlabel=xlabel, ylabel=ylabel, log_scale=True, vmin=floor, vmax=1.0,
-        colorbar_label="relative dependency (log scale)", marks=[(d.out, d.source) for d in flagged],
-        marks_label=flagged_label,
+        values[rows][:, cols], title=title, xlabel=xlabel, ylabel=ylabel, log_scale=True, vmin=floor, vmax=1.0,
+        colorbar_label="relative dependency (log scale)", marks=marks, marks_label=flagged_label,
+        x_values=[float(c) for c in cols], y_values=[float(r) for r in rows],
     )

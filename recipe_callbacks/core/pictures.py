@@ -22,7 +22,7 @@ from matplotlib import colors
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import FuncFormatter, MaxNLocator
 from PIL import Image, ImageDraw, ImageFont
 
 # 640 x 400 pixels at 100 dpi: TensorBoard's image cards show about this width, so text in 10-11
@@ -268,12 +268,14 @@ def matrix_chart(
     marks: Sequence[tuple[int, int]] = (),
     marks_label: str = "flagged",
     x_values: Sequence[float] | None = None,
+    y_values: Sequence[float] | None = None,
 ) -> Figure:
     """A 2-D matrix as a coloured grid (rows top-down) with a colour bar and labelled axes.
 
     ``log_scale`` colours by ``log10`` (values at or below ``vmin`` get the lowest colour);
     NaN is grey (not measured); ``marks`` are ``(row, column)`` entries outlined in red and named
-    ``marks_label`` in the legend; ``x_values`` labels the columns (e.g. training steps).
+    ``marks_label`` in the legend; ``x_values`` and ``y_values`` label the columns and rows (e.g.
+    training steps, or the indices of the rows kept from a larger matrix).
 
     Example:
         >>> figure_to_image(matrix_chart(np.eye(3), colorbar_label="strength")).shape
@@ -306,11 +308,11 @@ def matrix_chart(
         ax.add_patch(outline)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=10))
     ax.yaxis.set_major_locator(MaxNLocator(integer=True, nbins=10))
-    if x_values is not None and len(x_values) == cols:
-        xs = list(x_values)
-        ax.xaxis.set_major_formatter(
-            lambda v, _pos: f"{xs[round(v)]:g}" if 0 <= round(v) < len(xs) else ""
-        )
+    for axis, values, count in ((ax.xaxis, x_values, cols), (ax.yaxis, y_values, rows)):
+        if values is not None and len(values) == count:
+            axis.set_major_formatter(_index_formatter(list(values)))
+            if count <= 20:
+                axis.set_ticks(range(count))
     ax.set_title(_title(title, 70))
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
@@ -320,22 +322,8 @@ def matrix_chart(
     return fig
 
 
-def image_figure(image: np.ndarray, *, title: str = "", xlabel: str = "") -> Figure:
-    """A picture (``(H, W, 3)`` uint8, e.g. an :func:`image_grid`) with a title above it.
-
-    Example:
-        >>> figure_to_image(image_figure(np.zeros((8, 8, 3), np.uint8), title="filters")).shape
-        (400, 640, 3)
-    """
-    fig = new_figure()
-    ax = fig.add_subplot()
-    ax.imshow(image, interpolation="nearest")
-    ax.set_xticks([])
-    ax.set_yticks([])
-    ax.set_title(_title(title))
-    ax.set_xlabel(xlabel)
-    _apply_fonts(fig)
-    return fig
+def _index_formatter(values: list[float]) -> FuncFormatter:
+    return FuncFormatter(lambda v, _pos: f"{values[round(v)]:g}" if 0 <= round(v) < len(values) else "")
 
 
 def figure_to_image(fig: Figure) -> np.ndarray:
@@ -380,7 +368,7 @@ def normalize_each(images: torch.Tensor) -> torch.Tensor:
     return out.reshape(images.shape)
 
 
-_CAPTION_PX = 13
+_CAPTION_PX = 11
 
 
 def _caption_font() -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
@@ -396,7 +384,7 @@ def image_grid(
     ncols: int | None = None,
     captions: Sequence[str] | None = None,
     normalize: bool = True,
-    min_cell: int = 64,
+    min_cell: int = 48,
     pad: int = 2,
 ) -> np.ndarray:
     """Tile ``(N, C, H, W)`` images (C is 1 or 3) into one ``(H, W, 3)`` uint8 picture.

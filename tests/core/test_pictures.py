@@ -15,7 +15,6 @@ from recipe_callbacks.core.pictures import (
     band_chart,
     bar_chart,
     figure_to_image,
-    image_figure,
     image_grid,
     line_chart,
     matrix_chart,
@@ -100,10 +99,3 @@ def test_band_chart_marks_a_number_outside_its_band() -> None:
     inside, outside = (line.get_color() for line in ax.lines if line.get_marker() == "o")
     assert inside != outside
     assert [t.get_text() for t in ax.get_yticklabels()] == ["inside", "outside"]
-
-
-def test_image_figure_keeps_the_picture_and_its_title() -> None:
-    picture = np.zeros((4, 4, 3), np.uint8)
-    fig = image_figure(picture, title="filters")
-    assert fig.axes[0].get_title() == "filters"
-    assert np.array_equal(fig.axes[0].get_images()[0].get_array(), picture)
