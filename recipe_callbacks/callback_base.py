@@ -48,6 +48,11 @@ class RecipeCallback(Callback):
         target_key: where the target is in a batch; inferred when ``None``.
         batch_to_xy: a function ``batch -> (x, y)`` for batches of any other shape.
 
+    Logged by every check: ``recipe.<check>/finding``, text with the check's current Findings
+    (status, summary, advice and a table of the values), rewritten at each report. The values are
+    one-time numbers (costs, counts, flags, fingerprints) and so never single-point scalar charts;
+    what changes during training is logged with :meth:`log_scalars`.
+
     Subclasses set ``one_off = True`` when they judge the model at init: they do not run again on
     a resumed run and their Findings come back from the checkpoint.
     """

@@ -123,7 +123,7 @@ def details_markdown(findings: list[Finding]) -> str:
         <BLANKLINE>
         Advice: lower it
         <BLANKLINE>
-        | value | |
+        | quantity | value |
         |---|---|
         | ratio | 2 |
     """
@@ -133,6 +133,6 @@ def details_markdown(findings: list[Finding]) -> str:
         if f.advice:
             parts.append(f"Advice: {f.advice}")
         if f.values:
-            rows = ["| value | |", "|---|---|"] + [f"| {k} | {format_value(v)} |" for k, v in f.values.items()]
+            rows = ["| quantity | value |", "|---|---|"] + [f"| {k} | {format_value(v)} |" for k, v in f.values.items()]
             parts.append("\n".join(rows))
     return "\n\n".join(parts)

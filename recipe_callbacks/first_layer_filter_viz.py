@@ -271,8 +271,7 @@ class FirstLayerFilterViz(RecipeCallback):
             peak = float(weight.abs().max()) or 1.0
             return matrix_chart(
                 weight, vmin=-peak, vmax=peak, cmap="RdBu_r", colorbar_label="weight",
-                title=f"FirstLayerFilterViz: weights of {self.layer_name!r} (no spatial layout: one row per unit); "
-                "pass image_shape= to see them as filters",
+                title=f"FirstLayerFilterViz: weights of {self.layer_name!r}, one row per unit (no spatial layout)",
                 xlabel="input feature", ylabel="output unit",
             )
         tiles, ncols = filter_tiles(bank, self.max_filters)
@@ -282,8 +281,8 @@ class FirstLayerFilterViz(RecipeCallback):
         steps = [s for s, _ in self._scores]
         return line_chart(
             {"noise score": [v for _, v in self._scores]}, x=steps,
-            title=f"FirstLayerFilterViz: noise score of the first-layer filters of {self.layer_name!r}; it should "
-            f"fall below {self.noise_threshold:g} as they learn structure (i.i.d. noise scores about 1)",
+            title=f"FirstLayerFilterViz: the noise score of {self.layer_name!r} must fall below the threshold "
+            "(noise is about 1)",
             xlabel="global step", ylabel="noise score", band=Band(0.0, self.noise_threshold, "structured filters"),
             hlines={f"noise_threshold {self.noise_threshold:g}": self.noise_threshold},
         )

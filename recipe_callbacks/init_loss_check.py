@@ -166,8 +166,9 @@ class InitLossCheck(RecipeCallback):
         TypeError: for arguments of the wrong type.
 
     Logged:
-        - ``recipe.init_loss_check/observed``, ``expected``, ``ratio``, ``band_low``, ``band_high``,
-          ``uninformed``, ``logit_std``, ``samples``, ``cost_steps``; for classification also
+        - ``recipe.init_loss_check/finding``: text, the Findings with their values ``observed``,
+          ``expected``, ``ratio``, ``band_low``, ``band_high``, ``uninformed``, ``logit_std``,
+          ``samples``, ``cost_steps``; for classification also
           ``num_classes`` and ``prob_gap`` (total variation between the mean predicted
           distribution and the prior); ``step_loss`` (the loss ``training_step`` returned).
         - ``recipe.init_loss_check/per_class``: text, the mean predicted probability and the prior
@@ -175,8 +176,8 @@ class InitLossCheck(RecipeCallback):
         - ``recipe.init_loss_check/loss_at_init``: figure, the loss at init against its expected band.
         - ``recipe.init_loss_check/predicted_vs_prior``: figure, a bar per class of the mean predicted
           probability over the prior (1 everywhere is a calibrated init).
-        - with ``fix_bias``: ``recipe.init_loss_check/fix_bias/loss_before``, ``fix_bias/loss_after``,
-          ``fix_bias/expected``, ``fix_bias/counted_samples``, ``fix_bias/cost_steps``.
+        - with ``fix_bias``, the values ``fix_bias/loss_before``, ``fix_bias/loss_after``,
+          ``fix_bias/expected``, ``fix_bias/counted_samples``, ``fix_bias/cost_steps`` in the same text.
 
     Example::
 
@@ -554,7 +555,7 @@ class InitLossCheck(RecipeCallback):
             points["uninformed init"] = values["uninformed"]
         chart = band_chart(
             points, Band(values["band_low"], values["band_high"], f"expected band (tolerance {self.tolerance:g})"),
-            title=f"InitLossCheck {status.upper()}: loss at init should fall in the band around {source}",
+            title=f"InitLossCheck {status.upper()}: the loss at init must fall in the green band ({source})",
             xlabel="loss at init", reference=(values["expected"], f"expected {values['expected']:.4g}"),
         )
         self.log_figure(trainer, "loss_at_init", chart)
@@ -567,7 +568,7 @@ class InitLossCheck(RecipeCallback):
             off = [c for c, r in enumerate(ratio) if not 0.5 <= r <= 2.0]
             chart = bar_chart(
                 [str(c) for c in range(len(ratio))], ratio,
-                title="InitLossCheck: mean predicted probability / prior per class at init; every bar should be near 1",
+                title="InitLossCheck: mean predicted probability / prior per class at init; every bar near 1",
                 xlabel="class", ylabel="predicted / prior", reference=(1.0, "1 = matches the prior"),
                 band=Band(0.5, 2.0, "within 2x of the prior"), flagged=off, flagged_label="more than 2x off",
             )

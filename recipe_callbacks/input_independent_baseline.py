@@ -73,14 +73,13 @@ class InputIndependentBaseline(FirstBatchCheck):
         TypeError: an argument of the wrong type.
 
     Logged:
-        - ``recipe.input_independent_baseline/loss_curves``: picture of both copies' loss per step.
-        - ``recipe.input_independent_baseline/real_loss``, ``.../zero_loss``: final losses on real and
-          zeroed inputs; ``.../real_initial_loss``, ``.../zero_initial_loss``: their losses before training.
-        - ``recipe.input_independent_baseline/gap``, ``.../head_start``, ``.../relative_gap``:
-          ``zero_loss - real_loss``, the zero run's lower start, and the share of the real run's
-          decrease the zero run did not match.
-        - ``recipe.input_independent_baseline/identical``: 1 when both curves are the same at every step.
-        - ``recipe.input_independent_baseline/steps``, ``.../cost_steps``, ``.../num_samples``.
+        - ``recipe.input_independent_baseline/loss_curves``: figure of both copies' loss per step.
+        - ``recipe.input_independent_baseline/finding``: text, the Finding with its values
+          ``real_loss``, ``zero_loss`` (final losses on real and zeroed inputs),
+          ``real_initial_loss``, ``zero_initial_loss`` (their losses before training), ``gap``,
+          ``head_start``, ``relative_gap`` (``zero_loss - real_loss``, the zero run's lower start,
+          and the share of the real run's decrease the zero run did not match), ``identical`` (1
+          when both curves are the same at every step), ``steps``, ``cost_steps``, ``num_samples``.
 
     Example::
 
@@ -186,8 +185,7 @@ class InputIndependentBaseline(FirstBatchCheck):
         }
         chart = line_chart(
             {"real inputs": real, "zero inputs": zero},
-            title="InputIndependentBaseline: two copies from the same weights; the real-input loss must end "
-            f"clearly below the zero-input loss (gap >= {self.min_relative_gap:.0%})",
+            title="InputIndependentBaseline: the loss on real inputs must end clearly below the loss on zeros",
             xlabel="training step of the copies", ylabel="training loss",
         )
         self.log_figure(trainer, "loss_curves", chart)

@@ -124,8 +124,8 @@ class NoLRDecayWarning(RecipeCallback):
           across optimizers), every ``log_every_n_steps`` optimizer steps.
         - ``recipe.no_lr_decay_warning/actual_vs_planned``: picture of the actual against the planned
           LR, at the end of training.
-        - the values of every Finding, e.g. ``recipe.no_lr_decay_warning/planned_steps``,
-          ``peak_lr``, ``stepped``, ``T_max``, ``mismatched_steps``.
+        - ``recipe.no_lr_decay_warning/finding``: text, every Finding with its values, e.g.
+          ``planned_steps``, ``peak_lr``, ``stepped``, ``T_max``, ``mismatched_steps``.
 
     Example::
 
@@ -309,8 +309,7 @@ class NoLRDecayWarning(RecipeCallback):
         every = max(1, math.ceil(len(plan.steps) / _CHART_POINTS))
         series = {self._group_label(g, plan): plan.group_lrs(g)[::every].tolist() for g in range(len(plan.groups))}
         title = (
-            f"NoLRDecayWarning: planned LR per param group over {plan.simulated_steps} optimizer steps, "
-            f"{plan.epochs} epochs; look for decay that comes too early or reaches zero long before the end"
+            f"NoLRDecayWarning: the planned LR of {plan.epochs} epochs; look for early decay or a fall to 0"
         )
         chart = line_chart(series, x=plan.steps[::every].tolist(), title=title, xlabel="optimizer step",
                            ylabel="learning rate", y_from_zero=True)
@@ -620,8 +619,8 @@ class NoLRDecayWarning(RecipeCallback):
             series[f"planned {g}"] = [float(p[g]) if p is not None else math.nan for p in planned]
             series[f"actual {g}"] = [self._actual_chart[x][g] for x in xs]
         chart = line_chart(
-            series, x=xs, title="NoLRDecayWarning: the LR used (solid) against the planned LR (dashed); the two "
-            "should lie on each other", xlabel="optimizer step", ylabel="learning rate", y_from_zero=True,
+            series, x=xs, title="NoLRDecayWarning: the LR used (solid) must lie on the planned LR (dashed)",
+            xlabel="optimizer step", ylabel="learning rate", y_from_zero=True,
             styles={name: "--" for name in series if name.startswith("planned")},
         )
         self.log_figure(trainer, "actual_vs_planned", chart)

@@ -112,8 +112,9 @@ class PredictionDynamicsLogger(RecipeCallback):
           yellow) or the absolute regression error.
         - ``recipe.prediction_dynamics_logger/samples`` (image, for image inputs): the fixed
           samples captioned ``y=<label> p=<prediction>``.
-        - At the end: ``late_jitter``, ``late_flip_rate``, ``max_jitter``, ``max_flip_rate``,
-          ``back_and_forth``, ``records``, ``learning_rate`` under the same prefix, and a Finding.
+        - At the end: a Finding (text ``recipe.prediction_dynamics_logger/finding``) with its values
+          ``late_jitter``, ``late_flip_rate``, ``max_jitter``, ``max_flip_rate``,
+          ``back_and_forth``, ``records``, ``learning_rate``.
 
     Example::
 
@@ -351,8 +352,8 @@ class PredictionDynamicsLogger(RecipeCallback):
             matrix, vmin=0.0, vmax=1.0 if classification else None, cmap="viridis" if classification else "magma",
             x_values=self.steps[-matrix.shape[1]:],
             title="PredictionDynamicsLogger: "
-            + ("probability of the true class per fixed sample; rows should turn bright and stay (flicker is a "
-               "too-high LR)" if classification else "absolute error per fixed sample; rows should darken and stay"),
+            + ("p(true class) per fixed sample; rows should turn bright and stay" if classification
+               else "error per fixed sample; rows should darken and stay"),
             xlabel="global step", ylabel="fixed validation sample",
             colorbar_label="p(true class)" if classification else "|prediction - target|",
         )

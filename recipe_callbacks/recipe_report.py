@@ -37,6 +37,9 @@ RECIPE_STEPS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("4", "Regularize: look at the first-layer filters", ("FirstLayerFilterViz",)),
     ("+", "Update-to-weight ratios and activation health", ("UpdateRatioMonitor",)),
 )
+# characters of a summary in TensorBoard's table: short enough that the table fits a text card
+# without squeezing the status and step columns letter by letter
+_TABLE_SUMMARY = 64
 _MARK = {"pass": "PASS", "warn": "WARN", "fail": "FAIL", "skip": "SKIP"}
 _VERSIONED = ("recipe-callbacks", "lightning", "torch", "torchmetrics", "tensorboard")
 
@@ -125,7 +128,7 @@ def render_tensorboard_text(findings: list[Finding], present: set[str]) -> str:
     by_check: dict[str, list[Finding]] = {}
     for f in findings:
         by_check.setdefault(f.check, []).append(f)
-        rows.append((f.status, step_of.get(f.check, ""), f.check, one_line(f.summary)))
+        rows.append((f.status, step_of.get(f.check, ""), f.check, one_line(f.summary, _TABLE_SUMMARY)))
     for step, _, checks in RECIPE_STEPS:
         for check in checks:
             if check not in by_check:

@@ -87,8 +87,9 @@ class UpdateRatioMonitor(RecipeCallback):
           (``act``, ``act#2`` for a module called twice in one forward).
         - ``recipe.update_ratio_monitor/<activation>/saturated_fraction``: share of saturated values,
           for tanh, sigmoid, hardtanh and hardsigmoid.
-        - ``recipe.update_ratio_monitor/ratio_chart``: picture of log10 ratio per layer over steps,
-          with the healthy -3 as a reference line.
+        - ``recipe.update_ratio_monitor/ratio_chart``: figure of the ratio per layer over steps on a
+          log axis, the healthy band around 1e-3 shaded, ``min_ratio`` and ``max_ratio`` drawn.
+        - ``recipe.update_ratio_monitor/finding``: text, the Findings with their values.
 
     Example::
 
@@ -411,8 +412,7 @@ class UpdateRatioMonitor(RecipeCallback):
         return line_chart(
             series,
             x=list(self.ratio_steps),
-            title="UpdateRatioMonitor: ||update|| / ||weight|| per layer; healthy near 1e-3, too low does not "
-            "learn, too high explodes",
+            title="UpdateRatioMonitor: ||update|| / ||weight|| per layer; healthy near 1e-3",
             xlabel="optimizer step", ylabel="update / weight ratio (log scale)", log_y=True,
             band=Band(1e-4, 1e-2, "healthy, around 1e-3"),
             hlines={f"min_ratio {self.min_ratio:g} (warn)": self.min_ratio, f"max_ratio {self.max_ratio:g} (fail)":

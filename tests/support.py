@@ -104,6 +104,6 @@ def finding_values(ea: EventAccumulator, tag_prefix: str) -> dict[str, float]:
     texts = text_values(ea, f"{tag_prefix}/finding")
     for line in (texts[-1] if texts else "").splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) == 2 and cells[0] not in ("value", "---"):
+        if len(cells) == 2 and cells[0] not in ("quantity", "---"):
             values[cells[0]] = float(cells[1])
     return values

@@ -16,6 +16,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from recipe_callbacks import RecipeWarning
+from recipe_callbacks.core.pictures import FIGURE_SHAPE
 from recipe_callbacks.first_layer_filter_viz import FirstLayerFilterViz
 from recipe_callbacks.prediction_dynamics_logger import PredictionDynamicsLogger
 from tests.core.test_filter_noise import gabor_bank
@@ -224,7 +225,7 @@ def test_linear_over_flat_features_needs_image_shape(tmp_path: Path) -> None:
     finding = cb.findings[-1]
     assert finding.status == "skip" and "image_shape" in finding.advice
     _, picture = png(read_events(tmp_path / "run"), f"{TAG}/filters", 0)
-    assert picture.shape == (400, 640, 3)  # the (16, 8) weight matrix as a figure with a colour bar
+    assert picture.shape == FIGURE_SHAPE  # the (16, 8) weight matrix as a figure with a colour bar
     figure = cb.picture()
     assert not isinstance(figure, np.ndarray)
     (image,) = figure.axes[0].get_images()

@@ -508,7 +508,7 @@ def dependency_picture(
     Example:
         >>> from recipe_callbacks.core.pictures import figure_to_image
         >>> figure_to_image(dependency_picture(torch.eye(3))).shape
-        (400, 640, 3)
+        (360, 480, 3)
     """
     values = rel.detach().to(torch.float64).cpu()
     measured = ~torch.isnan(values)

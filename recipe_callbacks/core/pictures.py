@@ -25,13 +25,14 @@ from matplotlib.patches import Rectangle
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 from PIL import Image, ImageDraw, ImageFont
 
-# 640 x 400 pixels at 100 dpi: TensorBoard's image cards show about this width, so text in 10-11
-# pt stays legible without zooming.
-FIGSIZE = (6.4, 4.0)
-DPI = 100
+# 480 x 360 pixels: TensorBoard shows a picture in a card about 330-390 pixels wide, so the
+# figure is small and its text large (10-12 pt), and stays legible there without zooming.
+FIGSIZE = (5.0, 3.75)
+DPI = 96
+FIGURE_SHAPE = (round(FIGSIZE[1] * DPI), round(FIGSIZE[0] * DPI), 3)  # (H, W, 3) of a chart's picture
 HEALTHY = "tab:green"
 FLAGGED = "tab:red"
-_RC = {"font.size": 10.0, "axes.titlesize": 10.5, "axes.labelsize": 10.0, "legend.fontsize": 8.5}
+_RC = {"font.size": 10.5, "axes.titlesize": 11.5, "axes.labelsize": 11.0, "legend.fontsize": 9.0}
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,7 @@ def new_figure(size: tuple[float, float] = FIGSIZE) -> Figure:
     return fig
 
 
-def _title(text: str, width: int = 72) -> str:
+def _title(text: str, width: int = 52) -> str:
     return "\n".join(textwrap.wrap(text, width)) if text else ""
 
 
@@ -99,9 +100,12 @@ def line_chart(
     Example:
         >>> fig = line_chart({"lr": [1.0, 0.5, 0.25]}, title="LR", ylabel="learning rate")
         >>> figure_to_image(fig).shape
-        (400, 640, 3)
+        (360, 480, 3)
     """
-    fig = new_figure()
+    entries = len(series) + (band is not None) + len(hlines or {})
+    below = entries > 3  # many entries: the legend goes under the axes, so it covers no line
+    rows = math.ceil(entries / 2) if below else 0
+    fig = new_figure((FIGSIZE[0], FIGSIZE[1] + 0.2 * rows))
     ax = fig.add_subplot()
     styles = dict(styles or {})
     longest = max((len(v) for v in series.values()), default=0)
@@ -120,7 +124,7 @@ def line_chart(
         ax.axhspan(band.low, band.high, color=HEALTHY, alpha=0.15, label=band.label, zorder=0)
     for k, (name, value) in enumerate((hlines or {}).items()):
         if math.isfinite(value) and (value > 0 or not log_y):
-            ax.axhline(value, linestyle="--", linewidth=1.2, color=f"C{(drawn + k) % 10}", label=name)
+            ax.axhline(value, linestyle=("--", ":", "-.")[k % 3], linewidth=1.4, color="black", label=name)
     for mark in marks:
         if math.isfinite(mark.y) or not log_y:
             y = mark.y if math.isfinite(mark.y) else float(np.nanmax(ax.get_ylim()))
@@ -143,7 +147,10 @@ def line_chart(
     if x is None or all(float(v).is_integer() for v in xs):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if ax.get_legend_handles_labels()[0]:
-        ax.legend(loc="best", ncols=2 if len(ax.get_legend_handles_labels()[0]) > 6 else 1, framealpha=0.85)
+        if below:
+            fig.legend(loc="outside lower center", ncols=2, fontsize=_RC["legend.fontsize"], frameon=False)
+        else:
+            ax.legend(loc="best", framealpha=0.85)
     _apply_fonts(fig)
     return fig
 
@@ -170,7 +177,7 @@ def bar_chart(
 
     Example:
         >>> figure_to_image(bar_chart(["0", "1"], [3, 1], ylabel="samples")).shape
-        (400, 640, 3)
+        (360, 480, 3)
     """
     fig = new_figure()
     ax = fig.add_subplot()
@@ -221,9 +228,9 @@ def band_chart(
     Example:
         >>> fig = band_chart({"observed": 2.4}, Band(1.7, 2.9, "expected"), xlabel="loss (nats)")
         >>> figure_to_image(fig).shape
-        (235, 640, 3)
+        (235, 480, 3)
     """
-    fig = new_figure((FIGSIZE[0], 1.9 + 0.45 * len(points)))
+    fig = new_figure((FIGSIZE[0], 2.0 + 0.45 * len(points)))
     ax = fig.add_subplot()
     ax.axvspan(band.low, band.high, color=HEALTHY, alpha=0.18, label=band.label)
     if reference is not None:
@@ -279,7 +286,7 @@ def matrix_chart(
 
     Example:
         >>> figure_to_image(matrix_chart(np.eye(3), colorbar_label="strength")).shape
-        (400, 640, 3)
+        (360, 480, 3)
     """
     m = matrix.detach().cpu().double().numpy() if isinstance(matrix, torch.Tensor) else np.asarray(matrix, float)
     if m.ndim != 2:
@@ -313,7 +320,7 @@ def matrix_chart(
             axis.set_major_formatter(_index_formatter(list(values)))
             if count <= 20:
                 axis.set_ticks(range(count))
-    ax.set_title(_title(title, 70))
+    ax.set_title(_title(title, 46))
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if marks:
@@ -331,7 +338,7 @@ def figure_to_image(fig: Figure) -> np.ndarray:
 
     Example:
         >>> figure_to_image(new_figure((2.0, 1.0))).shape
-        (100, 200, 3)
+        (96, 192, 3)
     """
     canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
     canvas.draw()  # type: ignore[no-untyped-call]
