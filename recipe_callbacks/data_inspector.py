@@ -305,11 +305,13 @@ class DataInspector(RecipeCallback):
             title += f", top {_MAX_BARS} of {counts.numel()} classes"
         largest = int(counts.max())
         rare = [i for i, c in enumerate(shown.tolist()) if largest > self.max_imbalance * int(counts[c])]
+        flagged_label = f"missing or over {self.max_imbalance:g}x rarer than the largest"
+        if present == 1:  # every label is the same class
+            rare, flagged_label = [i for i, c in enumerate(shown.tolist()) if counts[c] > 0], "the only class"
         chart = bar_chart(
             [str(int(c)) for c in shown], counts[shown].tolist(),
             title=f"DataInspector: {title}; look for missing or rare classes",
-            xlabel="class", ylabel="training samples",
-            flagged=rare, flagged_label=f"missing or over {self.max_imbalance:g}x rarer than the largest",
+            xlabel="class", ylabel="training samples", flagged=rare, flagged_label=flagged_label,
         )
         self.log_figure(trainer, "label_distribution", chart)
         if counts.numel() <= _MAX_CLASS_SCALARS:

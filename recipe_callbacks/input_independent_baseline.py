@@ -186,7 +186,7 @@ class InputIndependentBaseline(FirstBatchCheck):
         chart = line_chart(
             {"real inputs": real, "zero inputs": zero},
             title="InputIndependentBaseline: the loss on real inputs must end clearly below the loss on zeros",
-            xlabel="training step of the copies", ylabel="training loss",
+            xlabel="training step of the copies", ylabel="training loss", styles={"zero inputs": "--"},
         )
         self.log_figure(trainer, "loss_curves", chart)
         after = f"after {self.steps} steps on {n} samples"

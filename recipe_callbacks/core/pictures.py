@@ -60,7 +60,7 @@ def new_figure(size: tuple[float, float] = FIGSIZE) -> Figure:
     return fig
 
 
-def _title(text: str, width: int = 52) -> str:
+def _title(text: str, width: int = 48) -> str:
     return "\n".join(textwrap.wrap(text, width)) if text else ""
 
 
@@ -69,7 +69,7 @@ def _apply_fonts(fig: Figure) -> None:
         ax.title.set_fontsize(_RC["axes.titlesize"])
         ax.xaxis.label.set_fontsize(_RC["axes.labelsize"])
         ax.yaxis.label.set_fontsize(_RC["axes.labelsize"])
-        ax.tick_params(labelsize=_RC["font.size"] - 1)
+        ax.tick_params(labelsize=_RC["font.size"])
         legend = ax.get_legend()
         if legend is not None:
             for text in legend.get_texts():
@@ -196,7 +196,7 @@ def bar_chart(
     if reference is not None:
         ax.axhline(reference[0], linestyle="--", color="black", linewidth=1.2, label=reference[1])
     if 0 < len(vals) <= 16 and second is None:
-        ax.bar_label(bars, labels=[f"{v:.3g}" for v in vals], fontsize=8, padding=2)
+        ax.bar_label(bars, labels=[f"{v:.4g}" for v in vals], fontsize=8.5, padding=2)
         ax.margins(y=0.12)
     ax.set_xticks(pos)
     step = max(1, math.ceil(len(labels) / 25))
