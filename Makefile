@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CONSTRAINTS := requirements/constraints.txt
 
-.PHONY: setup demo test lint typecheck unit bench clean
+.PHONY: setup demo test lint typecheck unit bench docs clean
 
 setup: $(STAMP)
 
@@ -19,7 +19,7 @@ demo: $(STAMP)
 	$(BIN)/python examples/digits.py
 
 lint: $(STAMP)
-	$(BIN)/ruff check recipe_callbacks tests examples benchmarks
+	$(BIN)/ruff check recipe_callbacks tests examples benchmarks docs
 	$(BIN)/mypy
 
 unit: $(STAMP)
@@ -27,8 +27,13 @@ unit: $(STAMP)
 
 test: lint unit
 
+# The documentation: the pictures of a healthy and a buggy run, then the site with warnings as errors.
+docs: $(STAMP)
+	$(BIN)/python docs/make_pictures.py --out docs/pictures
+	$(BIN)/mkdocs build --strict --site-dir site
+
 bench: $(STAMP)
 	$(BIN)/python benchmarks/overhead.py --json benchmarks/overhead.json
 
 clean:
-	rm -rf $(VENV) lightning_logs recipe_demo_logs
+	rm -rf $(VENV) lightning_logs recipe_demo_logs site docs/pictures

@@ -2,10 +2,11 @@
 
 Each scenario takes the digits demo (``examples/digits.py``; the character-level LM of
 ``examples/char_lm.py`` for the causal leak, the 1:9 task of ``examples/imbalanced_fix_bias.py``
-for the bias at init), plants one silent bug listed in RECIPE.md, trains a few steps with only
-the check that is meant to catch it (``on_fail="ignore"``: the Findings are only recorded) and
-prints what that check said. The ``control`` rows run the healthy models through the same checks:
-they must pass, so a reader sees that the checks do not cry wolf.
+for the bias at init), plants one silent bug of the recipe (each one is named in
+``docs/recipe.md``), trains a few steps with only the check that is meant to catch it
+(``on_fail="ignore"``: the Findings are only recorded) and prints what that check said. The
+``control`` rows run the healthy models through the same checks: they must pass, so a reader sees
+that the checks do not cry wolf.
 
     python examples/planted_bugs.py              # every scenario, a table, exit 1 if one is missed
     python examples/planted_bugs.py --list       # the scenario names

@@ -139,12 +139,12 @@ class BatchIndependenceCheck(OneOffDependencyCheck):
         TypeError: for arguments of the wrong type.
 
     Logged:
-        - ``recipe.batch_independence_check/max_leak``: largest relative cross-sample dependency.
-        - ``recipe.batch_independence_check/leaking_pairs``: (output sample, input sample) pairs above tolerance.
-        - ``recipe.batch_independence_check/num_probes``: samples probed.
-        - ``recipe.batch_independence_check/cost_steps``: cost in training-step equivalents.
-        - ``recipe.batch_independence_check/dependency_matrix``: image, output sample (rows) x
-          input sample (columns), log colour scale, grey not measured, red a leak.
+        - ``recipe.batch_independence_check/finding``: text, the Finding with its values
+          ``max_leak`` (largest relative cross-sample dependency), ``leaking_pairs`` ((output
+          sample, input sample) pairs above tolerance), ``num_probes`` (samples probed) and
+          ``cost_steps`` (cost in training-step equivalents).
+        - ``recipe.batch_independence_check/dependency_matrix``: figure, probed output sample (rows)
+          x input sample (columns), log colour scale with a colour bar, leaks outlined in red.
         - ``recipe.batch_independence_check/layer_scan``: text, on failure: each module output's
           leak in the order they ran, up to the first mixed one.
 
@@ -241,7 +241,11 @@ class BatchIndependenceCheck(OneOffDependencyCheck):
             "num_probes": float(len(m.probes)),
             "cost_steps": m.cost,
         }
-        self.log_image(trainer, "dependency_matrix", dependency_picture(m.rel, m.leaks))
+        picture = dependency_picture(
+            m.rel, m.leaks, flagged_label="leak across samples", ylabel="probed output sample",
+            title=f"BatchIndependenceCheck: only each sample's own input may be bright ({len(m.leaks)} leak(s))",
+        )
+        self.log_figure(trainer, "dependency_matrix", picture)
         setup = (
             f"{self.tolerance:g} relative tolerance, "
             + (f"gradients at {m.where}, " if m.method == "gradient" else "perturbing the input, ")

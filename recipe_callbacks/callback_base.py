@@ -11,6 +11,7 @@ import re
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
@@ -21,11 +22,12 @@ from typing_extensions import override
 
 from recipe_callbacks import log_writer
 from recipe_callbacks.batch import BatchResolutionError, BatchToXY, ResolvedBatch, resolve_batch
-from recipe_callbacks.finding import ON_FAIL_CHOICES, Finding, OnFail, Status, apply_on_fail
+from recipe_callbacks.finding import ON_FAIL_CHOICES, Finding, OnFail, Status, apply_on_fail, details_markdown
 from recipe_callbacks.validation import check_choice, check_optional_str
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
+    from matplotlib.figure import Figure
 
 
 def snake_case(name: str) -> str:
@@ -49,6 +51,11 @@ class RecipeCallback(Callback):
             inferred when ``None``.
         target_key: where the target is in a batch; inferred when ``None``.
         batch_to_xy: a function ``batch -> (x, y)`` for batches of any other shape.
+
+    Logged by every check: ``recipe.<check>/finding``, text with the check's current Findings
+    (status, summary, advice and a table of the values), rewritten at each report. The values are
+    one-time numbers (costs, counts, flags, fingerprints) and so never single-point scalar charts;
+    what changes during training is logged with :meth:`log_scalars`.
 
     Subclasses set ``one_off = True`` when they judge the model at init: they do not run again on
     a resumed run and their Findings come back from the checkpoint.
@@ -107,8 +114,13 @@ class RecipeCallback(Callback):
         key: str = "",
         log_values: bool = True,
     ) -> Finding:
-        """Make a Finding, keep it (replacing an earlier one with the same ``key``), log its
-        values as scalars and act on it as ``on_fail`` says.
+        """Make a Finding, keep it (replacing an earlier one with the same ``key``), write this
+        check's Findings as text and act on it as ``on_fail`` says.
+
+        The values are one-time numbers of a verdict (costs, counts, flags, fingerprints): they go
+        to the text ``<tag prefix>/finding`` (a table per Finding, with its summary and advice) and
+        to the report, never to single-point scalar charts. Quantities that change over training
+        are logged with :meth:`log_scalars`. ``log_values=False`` leaves the values out of the text.
 
         Raises:
             RecipeCheckError: for a ``fail`` under ``on_fail="raise"``, on every rank.
@@ -116,8 +128,9 @@ class RecipeCallback(Callback):
         finding = Finding(self.check_name, status, summary, dict(values or {}), advice)
         self._findings.pop(key, None)
         self._findings[key] = finding
-        if trainer is not None and log_values and finding.values:
-            self.log_scalars(trainer, finding.values)
+        if trainer is not None:
+            shown = self.findings if log_values else [replace(f, values={}) for f in self.findings]
+            self.log_text(trainer, "finding", details_markdown(shown))
         apply_on_fail(finding, self.on_fail, warn=trainer is None or trainer.is_global_zero)
         return finding
 
@@ -141,6 +154,9 @@ class RecipeCallback(Callback):
 
     def log_image(self, trainer: pl.Trainer, quantity: str, image: np.ndarray, step: int | None = None) -> None:
         log_writer.log_image(trainer, self.tag(quantity), image, step)
+
+    def log_figure(self, trainer: pl.Trainer, quantity: str, figure: Figure, step: int | None = None) -> None:
+        log_writer.log_figure(trainer, self.tag(quantity), figure, step)
 
     def log_text(self, trainer: pl.Trainer, quantity: str, text: str, step: int | None = None) -> None:
         log_writer.log_text(trainer, self.tag(quantity), text, step)

@@ -84,14 +84,14 @@ class CausalityCheck(OneOffDependencyCheck):
         TypeError: for arguments of the wrong type.
 
     Logged:
-        - ``recipe.causality_check/max_future_dependency``: the largest relative dependency on the future.
-        - ``recipe.causality_check/future_pairs``: (output time, input time) pairs flagged.
-        - ``recipe.causality_check/max_lookahead``: how far ahead the farthest flagged input is (``s - t``).
-        - ``recipe.causality_check/num_positions``: times probed.
-        - ``recipe.causality_check/cost_steps``: cost in training-step equivalents.
-        - ``recipe.causality_check/dependency_matrix``: image, output time (rows, top = 0) x input
-          time (columns, left = 0), log colour scale; the upper-right triangle must be dark; red
-          marks a dependency on the future, grey what was not probed.
+        - ``recipe.causality_check/finding``: text, the Finding with its values
+          ``max_future_dependency`` (the largest relative dependency on the future),
+          ``future_pairs`` ((output time, input time) pairs flagged), ``max_lookahead`` (how far
+          ahead the farthest flagged input is, ``s - t``), ``num_positions`` (times probed) and
+          ``cost_steps`` (cost in training-step equivalents).
+        - ``recipe.causality_check/dependency_matrix``: figure, the probed output times (rows) x
+          input times (columns), log colour scale with a colour bar; the upper-right triangle must
+          be dark; a dependency on the future is outlined in red.
 
     Example::
 
@@ -210,7 +210,12 @@ class CausalityCheck(OneOffDependencyCheck):
             "num_positions": float(len(m.positions)),
             "cost_steps": m.cost,
         }
-        self.log_image(trainer, "dependency_matrix", dependency_picture(m.rel, m.violations))
+        picture = dependency_picture(
+            m.rel, m.violations, xlabel="input time step", ylabel="output time step",
+            flagged_label="dependency on the future",
+            title=f"CausalityCheck: nothing may be bright above the diagonal, the future ({len(m.violations)} found)",
+        )
+        self.log_figure(trainer, "dependency_matrix", picture)
         allowed = "before t" if self.strict else "up to t"
         setup = (
             f"{self.tolerance:g} relative tolerance, "

@@ -143,17 +143,16 @@ class DataInspector(RecipeCallback):
         TypeError: for arguments of the wrong type.
 
     Logged:
-        - ``recipe.data_inspector/label_distribution``: bar chart of the training label counts (the
-          60 most frequent classes when there are more).
-        - ``recipe.data_inspector/count/<c>``: training samples of class ``c`` (up to 100 classes).
-        - ``recipe.data_inspector/samples``, ``num_classes``, ``present_classes``, ``imbalance_ratio``,
-          ``majority_fraction``, ``cost_steps``: the label Finding's values.
+        - ``recipe.data_inspector/label_distribution``: figure, a bar per class of the training label
+          counts (the 60 most frequent classes when there are more), missing and rare classes red.
+        - ``recipe.data_inspector/label_counts``: text, a table of the samples of each class (up to 100 classes).
+        - ``recipe.data_inspector/finding``: text, the Findings with their values: ``samples``,
+          ``num_classes``, ``present_classes``, ``imbalance_ratio``, ``majority_fraction``,
+          ``cost_steps`` (labels); ``duplicates``, ``duplicate_fraction``, ``checked_train``,
+          ``checked_val`` (leaks); ``hardest_loss``, ``mean_val_loss``, ``val_samples``,
+          ``hardest_cost_steps`` (hardest samples).
         - ``recipe.data_inspector/targets``: histogram of the targets when they are not classes.
-        - ``recipe.data_inspector/duplicates``, ``duplicate_fraction``, ``checked_train``,
-          ``checked_val``: the leak Finding's values.
         - ``recipe.data_inspector/hardest_samples``: image grid (image inputs) and Markdown table.
-        - ``recipe.data_inspector/hardest_loss``, ``mean_val_loss``, ``val_samples``,
-          ``hardest_cost_steps``: the hardest-samples Finding's values.
 
     Example::
 
@@ -300,14 +299,25 @@ class DataInspector(RecipeCallback):
             "imbalance_ratio": ratio, "majority_fraction": float(counts.max()) / total, "cost_steps": 0.0,
         }
         shown = torch.arange(counts.numel())
-        title = f"training labels ({of} samples)"
+        title = f"labels of {of} samples, imbalance {ratio:.3g}:1"
         if counts.numel() > _MAX_BARS:  # e.g. a vocabulary: the most frequent classes, most frequent first
             shown = counts.argsort(descending=True, stable=True)[:_MAX_BARS]
-            title += f", the {_MAX_BARS} most frequent of {counts.numel()} classes"
-        chart = bar_chart([str(int(c)) for c in shown], counts[shown].tolist(), title=title)
-        self.log_image(trainer, "label_distribution", chart)
+            title += f", top {_MAX_BARS} of {counts.numel()} classes"
+        largest = int(counts.max())
+        rare = [i for i, c in enumerate(shown.tolist()) if largest > self.max_imbalance * int(counts[c])]
+        flagged_label = f"missing or over {self.max_imbalance:g}x rarer than the largest"
+        if present == 1:  # every label is the same class
+            rare, flagged_label = [i for i, c in enumerate(shown.tolist()) if counts[c] > 0], "the only class"
+        chart = bar_chart(
+            [str(int(c)) for c in shown], counts[shown].tolist(),
+            title=f"DataInspector: {title}; look for missing or rare classes",
+            xlabel="class", ylabel="training samples", flagged=rare, flagged_label=flagged_label,
+        )
+        self.log_figure(trainer, "label_distribution", chart)
         if counts.numel() <= _MAX_CLASS_SCALARS:
-            self.log_scalars(trainer, {f"count/{c}": float(n) for c, n in enumerate(counts)})
+            rows = ["| class | samples | share |", "|---|---|---|"]
+            rows += [f"| {c} | {int(n)} | {float(n) / total:.2%} |" for c, n in enumerate(counts)]
+            self.log_text(trainer, "label_counts", "\n".join(rows))
         shares = ", ".join(f"{c}: {int(n)}" for c, n in enumerate(counts[:12]))
         more = ", ..." if counts.numel() > 12 else ""
         head = f"label counts over {of} training samples: {{{shares}{more}}}"

@@ -61,7 +61,9 @@ class DistributedConsistencyCheck(RecipeCallback):
         first_steps: the optimizer steps after which the parameters are compared (1, 2, ..., this).
         every_n_steps: after those, compare every this many optimizer steps.
         on_fail: ``"warn"``, ``"raise"`` (on every rank at once) or ``"ignore"``.
-        input_key, target_key, batch_to_xy: where the input is in a batch.
+        input_key: where the input is in a batch (a dict key or a position); inferred when ``None``.
+        target_key: where the target is in a batch; inferred when ``None``.
+        batch_to_xy: a function ``batch -> (x, y)`` that replaces both.
 
     Raises:
         ValueError: a step count below 1 (``first_steps`` below 0), or an unknown ``on_fail``.

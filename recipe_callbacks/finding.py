@@ -97,3 +97,42 @@ def apply_on_fail(finding: Finding, on_fail: OnFail, *, warn: bool = True) -> No
         raise RecipeCheckError(finding)
     if warn:
         warnings.warn(finding.message(), RecipeWarning, stacklevel=3)
+
+
+def format_value(value: float) -> str:
+    """A measured number as a report shows it: integers without a point, others to 4 digits.
+
+    Example:
+        >>> [format_value(v) for v in (3.0, 0.000123456, 12345678.0, float("nan"))]
+        ['3', '0.0001235', '12345678', 'nan']
+    """
+    if math.isfinite(value) and value.is_integer() and abs(value) < 1e15:
+        return str(int(value))
+    return f"{value:.4g}"
+
+
+def details_markdown(findings: list[Finding]) -> str:
+    """The Findings of one check as Markdown: status and summary, the advice, a table of the values.
+
+    This is where one-time values (seed, fingerprints, flags, counts, ``cost_steps``) are shown,
+    instead of single-point scalar charts.
+
+    Example:
+        >>> print(details_markdown([Finding("X", "warn", "too high", {"ratio": 2.0}, "lower it")]))
+        **WARN** too high
+        <BLANKLINE>
+        Advice: lower it
+        <BLANKLINE>
+        | quantity | value |
+        |---|---|
+        | ratio | 2 |
+    """
+    parts: list[str] = []
+    for f in findings:
+        parts.append(f"**{f.status.upper()}** {f.summary}")
+        if f.advice:
+            parts.append(f"Advice: {f.advice}")
+        if f.values:
+            rows = ["| quantity | value |", "|---|---|"] + [f"| {k} | {format_value(v)} |" for k, v in f.values.items()]
+            parts.append("\n".join(rows))
+    return "\n\n".join(parts)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from torch import nn
 from typing_extensions import override
@@ -12,15 +13,17 @@ from typing_extensions import override
 from recipe_callbacks.batch import BatchResolutionError, BatchToXY, resolve_batch
 from recipe_callbacks.callback_base import RecipeCallback
 from recipe_callbacks.core.filter_noise import bank_from_linear, bank_noise_score, filter_tiles
-from recipe_callbacks.core.pictures import heatmap, image_grid
+from recipe_callbacks.core.pictures import Band, image_grid, line_chart, matrix_chart
 from recipe_callbacks.finding import OnFail
 from recipe_callbacks.observe import observing
 from recipe_callbacks.validation import check_float, check_int, check_optional_str
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
+    from matplotlib.figure import Figure
 
 _OWNER = "FirstLayerFilterViz"
+_MAX_SCORES = 1000  # points kept for the noise-score chart
 FILTER_LAYERS: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 # Layers that may come first but have no filters over the input; seeing one first is a skip.
 NON_FILTER_LAYERS: tuple[type[nn.Module], ...] = (nn.Embedding, nn.EmbeddingBag)
@@ -73,11 +76,13 @@ class FirstLayerFilterViz(RecipeCallback):
         TypeError: for an argument of the wrong type.
 
     Logged:
-        - ``recipe.first_layer_filter_viz/filters`` (image): the filter grid (a heat map of the
-          weight matrix for a ``Linear`` over plain feature vectors).
+        - ``recipe.first_layer_filter_viz/filters`` (image): the filter grid, exact pixels (a
+          figure of the weight matrix with a colour bar for a ``Linear`` over plain feature vectors).
         - ``recipe.first_layer_filter_viz/noise_score``: the bank's noise score at each drawing.
-        - At the end: ``final_noise_score``, ``initial_noise_score``, ``noise_threshold`` under the
-          same prefix, and a Finding.
+        - ``recipe.first_layer_filter_viz/noise_score_chart`` (figure): the noise score over the
+          drawings against ``noise_threshold`` (the structured band shaded).
+        - At the end: a Finding with ``final_noise_score``, ``initial_noise_score`` and
+          ``noise_threshold`` (text ``recipe.first_layer_filter_viz/finding``).
 
     Example::
 
@@ -115,11 +120,13 @@ class FirstLayerFilterViz(RecipeCallback):
         self._searched = False
         self._last_drawn_step = -1
         self.last_noise_score = math.nan
+        self._scores: list[tuple[int, float]] = []  # (global step, noise score) of the drawn pictures
 
     # ----------------------------------------------------------------- hooks
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._searched, self._module, self._last_drawn_step = False, None, -1
+        self._scores = []
 
     @override
     def on_train_batch_start(
@@ -245,18 +252,40 @@ class FirstLayerFilterViz(RecipeCallback):
             self.log_scalars(trainer, {"noise_score": score})
         self.last_noise_score = score
         if trainer.is_global_zero:
-            self.log_image(trainer, "filters", self.picture(bank))
+            picture = self.picture(bank)
+            if isinstance(picture, np.ndarray):
+                self.log_image(trainer, "filters", picture)
+            else:
+                self.log_figure(trainer, "filters", picture)
+            if math.isfinite(score):
+                self._scores = [*self._scores[-(_MAX_SCORES - 1):], (step, score)]
+                self.log_figure(trainer, "noise_score_chart", self._score_chart())
         return score
 
-    def picture(self, bank: torch.Tensor | None = None) -> Any:
-        """The ``(H, W, 3)`` uint8 picture of the filters (of ``bank``, or the layer's)."""
+    def picture(self, bank: torch.Tensor | None = None) -> np.ndarray | Figure:
+        """The filters (of ``bank``, or the layer's) as an exact ``(H, W, 3)`` uint8 grid, one tile per
+        filter and channel; a first layer without a spatial layout as a weight-matrix figure."""
         bank = self.filter_bank() if bank is None else bank
         if bank is None:
             weight = self._weight()[: self.max_filters]
             peak = float(weight.abs().max()) or 1.0
-            return heatmap(weight, vmin=-peak, vmax=peak, cell=4)
+            return matrix_chart(
+                weight, vmin=-peak, vmax=peak, cmap="RdBu_r", colorbar_label="weight",
+                title=f"FirstLayerFilterViz: weights of {self.layer_name!r}, one row per unit (no spatial layout)",
+                xlabel="input feature", ylabel="output unit",
+            )
         tiles, ncols = filter_tiles(bank, self.max_filters)
         return image_grid(tiles, ncols=ncols)
+
+    def _score_chart(self) -> Figure:
+        steps = [s for s, _ in self._scores]
+        return line_chart(
+            {"noise score": [v for _, v in self._scores]}, x=steps,
+            title=f"FirstLayerFilterViz: the noise score of {self.layer_name!r} must fall below the threshold "
+            "(noise is about 1)",
+            xlabel="global step", ylabel="noise score", band=Band(0.0, self.noise_threshold, "structured filters"),
+            hlines={f"noise_threshold {self.noise_threshold:g}": self.noise_threshold},
+        )
 
     def _judge(self, trainer: pl.Trainer) -> None:
         bank = self.filter_bank()

@@ -154,7 +154,10 @@ class FullEvalSet(RecipeCallback):
             ``"l1"``; the task's default when ``None``.
         num_classes: classes of a multiclass task; the size of the logits' class axis when ``None``.
         confidence: the level of the interval (normal approximation), 0.95 by default.
-        on_fail, input_key, target_key, batch_to_xy: see :class:`RecipeCallback`.
+        on_fail: ``"warn"``, ``"raise"`` or ``"ignore"`` (see :class:`RecipeCallback`).
+        input_key: where the input is in a batch (see :class:`RecipeCallback`).
+        target_key: where the target is in a batch (see :class:`RecipeCallback`).
+        batch_to_xy: a function ``batch -> (x, y)`` (see :class:`RecipeCallback`).
 
     Raises:
         ValueError: an unknown metric name, task or loss, or a confidence outside (0, 1).

@@ -24,7 +24,7 @@ from recipe_callbacks.core.init_loss import (
     judge_init_loss,
     predicted_distribution,
 )
-from recipe_callbacks.core.pictures import bar_chart
+from recipe_callbacks.core.pictures import Band, band_chart, bar_chart
 from recipe_callbacks.core.task import TASKS, Task, class_first, infer_task, logits_of, per_sample_loss
 from recipe_callbacks.data_inspector import DataInspector
 from recipe_callbacks.finding import OnFail, Status
@@ -166,16 +166,18 @@ class InitLossCheck(RecipeCallback):
         TypeError: for arguments of the wrong type.
 
     Logged:
-        - ``recipe.init_loss_check/observed``, ``expected``, ``ratio``, ``band_low``, ``band_high``,
-          ``uninformed``, ``logit_std``, ``samples``, ``cost_steps``; for classification also
+        - ``recipe.init_loss_check/finding``: text, the Findings with their values ``observed``,
+          ``expected``, ``ratio``, ``band_low``, ``band_high``, ``uninformed``, ``logit_std``,
+          ``samples``, ``cost_steps``; for classification also
           ``num_classes`` and ``prob_gap`` (total variation between the mean predicted
           distribution and the prior); ``step_loss`` (the loss ``training_step`` returned).
-        - ``recipe.init_loss_check/mean_prob/<c>`` and ``recipe.init_loss_check/prior/<c>``: mean
-          predicted probability and prior of each class (up to 32 classes).
-        - ``recipe.init_loss_check/predicted_vs_prior``: image, a bar per class of the mean predicted
+        - ``recipe.init_loss_check/per_class``: text, the mean predicted probability and the prior
+          of each class (up to 32 classes).
+        - ``recipe.init_loss_check/loss_at_init``: figure, the loss at init against its expected band.
+        - ``recipe.init_loss_check/predicted_vs_prior``: figure, a bar per class of the mean predicted
           probability over the prior (1 everywhere is a calibrated init).
-        - with ``fix_bias``: ``recipe.init_loss_check/fix_bias/loss_before``, ``fix_bias/loss_after``,
-          ``fix_bias/expected``, ``fix_bias/counted_samples``, ``fix_bias/cost_steps``.
+        - with ``fix_bias``, the values ``fix_bias/loss_before``, ``fix_bias/loss_after``,
+          ``fix_bias/expected``, ``fix_bias/counted_samples``, ``fix_bias/cost_steps`` in the same text.
 
     Example::
 
@@ -542,24 +544,42 @@ class InitLossCheck(RecipeCallback):
                 "The model already knows the answers: look for the label leaking into the input or targets the "
                 "model can read. A pretrained model does this by design: then pass expected= or drop this check."
             )
+        self._log_loss_band(trainer, values, status, exp.source)
         self.report(trainer, status, summary, values, advice, key=_KEY)
+
+    def _log_loss_band(self, trainer: pl.Trainer, values: dict[str, float], status: str, source: str) -> None:
+        points = {"loss at init": values["observed"]}
+        if "step_loss" in values:
+            points["training_step loss"] = values["step_loss"]
+        if math.isfinite(values["uninformed"]) and abs(values["uninformed"] - values["expected"]) > 1e-9:
+            points["uninformed init"] = values["uninformed"]
+        chart = band_chart(
+            points, Band(values["band_low"], values["band_high"], f"expected band (tolerance {self.tolerance:g})"),
+            title=f"InitLossCheck {status.upper()}: the loss at init must fall in the green band ({source})",
+            xlabel="loss at init", reference=(values["expected"], f"expected {values['expected']:.4g}"),
+        )
+        self.log_figure(trainer, "loss_at_init", chart)
 
     def _log_per_class(self, trainer: pl.Trainer, mean_prob: torch.Tensor, prior: torch.Tensor | None) -> None:
         if prior is not None:
             # one bar per class: 1 is a prediction that matches the prior; a zoomed line chart of
             # two near-equal curves would exaggerate noise
             ratio = (mean_prob / prior.clamp_min(1e-12)).tolist()
+            off = [c for c, r in enumerate(ratio) if not 0.5 <= r <= 2.0]
             chart = bar_chart(
                 [str(c) for c in range(len(ratio))], ratio,
-                title="InitLossCheck at init: mean predicted probability / prior, per class (1 = matches the prior)",
+                title="InitLossCheck: mean predicted probability / prior per class at init; every bar near 1",
+                xlabel="class", ylabel="predicted / prior", reference=(1.0, "1 = matches the prior"),
+                band=Band(0.5, 2.0, "within 2x of the prior"), flagged=off, flagged_label="more than 2x off",
             )
-            self.log_image(trainer, "predicted_vs_prior", chart)
+            self.log_figure(trainer, "predicted_vs_prior", chart)
         if mean_prob.numel() > _MAX_CLASS_SCALARS:
             return
-        scalars = {f"mean_prob/{c}": float(p) for c, p in enumerate(mean_prob)}
-        if prior is not None:
-            scalars.update({f"prior/{c}": float(p) for c, p in enumerate(prior)})
-        self.log_scalars(trainer, scalars)
+        # one-time numbers: a table, not single-point scalar charts
+        rows = ["| class | mean predicted probability | prior |", "|---|---|---|"]
+        for c, p in enumerate(mean_prob.tolist()):
+            rows.append(f"| {c} | {p:.4g} | {'' if prior is None else f'{float(prior[c]):.4g}'} |")
+        self.log_text(trainer, "per_class", "\n".join(rows))
 
     # ----------------------------------------------------------------- init well
     def _fix_bias(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -73,14 +73,13 @@ class InputIndependentBaseline(FirstBatchCheck):
         TypeError: an argument of the wrong type.
 
     Logged:
-        - ``recipe.input_independent_baseline/loss_curves``: picture of both copies' loss per step.
-        - ``recipe.input_independent_baseline/real_loss``, ``.../zero_loss``: final losses on real and
-          zeroed inputs; ``.../real_initial_loss``, ``.../zero_initial_loss``: their losses before training.
-        - ``recipe.input_independent_baseline/gap``, ``.../head_start``, ``.../relative_gap``:
-          ``zero_loss - real_loss``, the zero run's lower start, and the share of the real run's
-          decrease the zero run did not match.
-        - ``recipe.input_independent_baseline/identical``: 1 when both curves are the same at every step.
-        - ``recipe.input_independent_baseline/steps``, ``.../cost_steps``, ``.../num_samples``.
+        - ``recipe.input_independent_baseline/loss_curves``: figure of both copies' loss per step.
+        - ``recipe.input_independent_baseline/finding``: text, the Finding with its values
+          ``real_loss``, ``zero_loss`` (final losses on real and zeroed inputs),
+          ``real_initial_loss``, ``zero_initial_loss`` (their losses before training), ``gap``,
+          ``head_start``, ``relative_gap`` (``zero_loss - real_loss``, the zero run's lower start,
+          and the share of the real run's decrease the zero run did not match), ``identical`` (1
+          when both curves are the same at every step), ``steps``, ``cost_steps``, ``num_samples``.
 
     Example::
 
@@ -186,9 +185,10 @@ class InputIndependentBaseline(FirstBatchCheck):
         }
         chart = line_chart(
             {"real inputs": real, "zero inputs": zero},
-            title="InputIndependentBaseline: loss of two copies from the same weights",
+            title="InputIndependentBaseline: the loss on real inputs must end clearly below the loss on zeros",
+            xlabel="training step of the copies", ylabel="training loss", styles={"zero inputs": "--"},
         )
-        self.log_image(trainer, "loss_curves", chart)
+        self.log_figure(trainer, "loss_curves", chart)
         after = f"after {self.steps} steps on {n} samples"
         share = f"{min(v.relative_gap, 1.0):.0%}" if math.isfinite(v.relative_gap) else "nothing"
         if v.identical:

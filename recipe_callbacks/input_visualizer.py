@@ -103,9 +103,10 @@ class InputVisualizer(RecipeCallback):
         - ``recipe.input_visualizer/input_values``: histogram of the input's values.
         - ``recipe.input_visualizer/targets``: histogram of the targets (numeric targets only).
         - ``recipe.input_visualizer/mean``, ``.../std``, ``.../min``, ``.../max``, ``.../nan_count``,
-          ``.../inf_count``, ``.../max_channel_rms``: scalars over the whole input.
+          ``.../inf_count``, ``.../max_channel_rms``: scalars over the whole input, with
+          ``every_n_steps`` set (a single look at the first batch is in the text and the Finding).
         - ``recipe.input_visualizer/channel_<c>/mean``, ``.../std``, ``.../min``, ``.../max``: scalars of
-          the first 16 channels.
+          the first 16 channels, with ``every_n_steps`` set.
         - ``recipe.input_visualizer/summary``: text with shape, dtype, layout, a table per channel,
           the targets and the flags.
 
@@ -201,7 +202,8 @@ class InputVisualizer(RecipeCallback):
             "inf_count": overall["inf"],
             "max_channel_rms": float(torch.nan_to_num(stats.rms, nan=0.0).max()) if stats.channels else 0.0,
         }
-        self.log_scalars(trainer, {**values, **self._channel_scalars(stats)})
+        if self.every_n_steps is not None:  # a series; a single look is in the text summary and the Finding
+            self.log_scalars(trainer, {**values, **self._channel_scalars(stats)})
         self._log_pictures(trainer, x, y, layout)
         self.log_text(trainer, "summary", self._summary_text(x, y, layout, stats, flags, names))
         self._report(trainer, x, layout, flags, names, values, first)
@@ -320,5 +322,5 @@ class InputVisualizer(RecipeCallback):
             return  # later looks report only when the set of flags changes
         self._last_flags = names
         values = {**values, "cost_steps": 0.0}
-        self.report(trainer, status, summary, values, advice, key="" if first else "later", log_values=False)
+        self.report(trainer, status, summary, values, advice, key="" if first else "later")
 

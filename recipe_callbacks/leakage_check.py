@@ -81,7 +81,9 @@ class LeakageCheck(RecipeCallback):
             when ``None``.
         seed: seed of the subsets drawn from large sets.
         on_fail: ``"warn"``, ``"raise"`` or ``"ignore"``; this check only ever warns.
-        input_key, target_key, batch_to_xy: where the input and target are in a batch.
+        input_key: where the input is in a batch (a dict key or a position); inferred when ``None``.
+        target_key: where the target is in a batch; inferred when ``None``.
+        batch_to_xy: a function ``batch -> (x, y)`` that replaces both.
 
     Raises:
         ValueError: a count below 1, a tolerance or fraction out of range, an unknown task or

@@ -27,21 +27,25 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from weakref import WeakKeyDictionary
 
 import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from recipe_callbacks.core.pictures import bar_chart
+from recipe_callbacks.core.pictures import bar_chart, figure_to_image
 from recipe_callbacks.finding import RecipeWarning
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
+    from matplotlib.figure import Figure
 
 _ANNOUNCED_DIRS: set[str] = set()
 _FAILED_WRITES: set[str] = set()
 _LOGGER_MODULES = ("lightning.pytorch.loggers", "pytorch_lightning.loggers", "lightning.fabric.loggers",
                    "lightning_fabric.loggers")
+# the scalar tags written through each Trainer, for RecipeReport's Custom Scalars layout
+_SCALAR_TAGS: WeakKeyDictionary[Any, set[str]] = WeakKeyDictionary()
 
 
 # ----------------------------------------------------------------------------- the loggers
@@ -184,8 +188,14 @@ def log_scalars(trainer: pl.Trainer, values: Mapping[str, float], step: int | No
     if not trainer.is_global_zero or not values:
         return
     metrics = {tag: float(v) for tag, v in values.items()}
+    _SCALAR_TAGS.setdefault(trainer, set()).update(metrics)
     for lg in _loggers(trainer):
         lg.log_metrics(metrics, step=_step(trainer, step))
+
+
+def scalar_tags(trainer: pl.Trainer) -> set[str]:
+    """Every scalar tag written through :func:`log_scalars` for this Trainer so far."""
+    return set(_SCALAR_TAGS.get(trainer, ()))
 
 
 # ----------------------------------------------------------------------------- pictures, text, histograms
@@ -249,6 +259,12 @@ def log_image(trainer: pl.Trainer, tag: str, image: np.ndarray, step: int | None
         _file_path(directory, tag, s, ".png").write_bytes(png_bytes(image))
 
 
+def log_figure(trainer: pl.Trainer, tag: str, figure: Figure, step: int | None = None) -> None:
+    """Write a matplotlib figure under ``tag``: rendered once to a picture, then as :func:`log_image`."""
+    if trainer.is_global_zero:
+        log_image(trainer, tag, figure_to_image(figure), step)
+
+
 def log_text(trainer: pl.Trainer, tag: str, text: str, step: int | None = None) -> None:
     """Write Markdown ``text`` under ``tag`` to every logger."""
     if not trainer.is_global_zero:
@@ -274,7 +290,9 @@ def log_text(trainer: pl.Trainer, tag: str, text: str, step: int | None = None) 
 def _histogram_picture(tag: str, data: np.ndarray) -> np.ndarray:
     counts, edges = np.histogram(data, bins=30)
     labels = [f"{e:.2g}" for e in edges[:-1]]
-    return bar_chart(labels, counts.tolist(), title=tag)
+    chart = bar_chart(labels, counts.tolist(), title=f"{tag}: distribution of {data.size} values",
+                      xlabel="bin (left edge)", ylabel="count")
+    return figure_to_image(chart)
 
 
 def log_histogram(trainer: pl.Trainer, tag: str, values: torch.Tensor, step: int | None = None) -> None:

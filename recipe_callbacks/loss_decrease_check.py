@@ -73,13 +73,12 @@ class LossDecreaseCheck(RecipeCallback):
         TypeError: an argument of the wrong type.
 
     Logged:
-        - ``recipe.loss_decrease_check/relative_decrease``, ``.../first_loss``, ``.../last_loss``,
-          ``.../slope`` (Theil–Sen, loss per batch), ``.../steps``, ``.../cost_steps`` (0: it only
-          watches): when judged.
-        - ``recipe.loss_decrease_check/nan_step``, ``.../nan_batch_idx``, ``.../steps``,
-          ``.../cost_steps``: when a loss is not finite.
-        - ``recipe.loss_decrease_check/loss_curve``: picture of the watched losses and the Theil–Sen
-          line.
+        - ``recipe.loss_decrease_check/finding``: text, the Finding with its values
+          ``relative_decrease``, ``first_loss``, ``last_loss``, ``slope`` (Theil–Sen, loss per
+          batch), ``steps``, ``cost_steps`` (0: it only watches) when judged; ``nan_step``,
+          ``nan_batch_idx``, ``steps``, ``cost_steps`` when a loss is not finite.
+        - ``recipe.loss_decrease_check/loss_curve``: figure of the watched losses, the Theil–Sen
+          line and the stall level.
 
     Example::
 
@@ -244,8 +243,12 @@ class LossDecreaseCheck(RecipeCallback):
         if not trainer.is_global_zero:
             return
         fit = [trend.intercept + trend.slope * i for i in range(trend.steps)]
-        image = line_chart(
+        chart = line_chart(
             {"training loss": self.losses, "Theil-Sen trend": fit},
-            title=f"LossDecreaseCheck: first {trend.steps} training losses ({trend.status})",
+            title=f"LossDecreaseCheck ({trend.status}): the trend of the first {trend.steps} losses must fall by "
+            f"{self.min_decrease:.0%} or more",
+            xlabel="watched training batch", ylabel="training loss",
+            hlines={f"stall level ({self.plateau_fraction:.0%} of the start)": self.plateau_fraction * trend.first},
+            styles={"Theil-Sen trend": "--"},
         )
-        self.log_image(trainer, "loss_curve", image)
+        self.log_figure(trainer, "loss_curve", chart)

@@ -25,7 +25,7 @@ from recipe_callbacks.batch import BatchToXY
 from recipe_callbacks.callback_base import RecipeCallback
 from recipe_callbacks.core import lr_schedule as core
 from recipe_callbacks.core.pictures import line_chart
-from recipe_callbacks.finding import Finding, OnFail, RecipeCheckError
+from recipe_callbacks.finding import Finding, OnFail, RecipeCheckError, format_value
 from recipe_callbacks.validation import check_choice, check_float, check_int
 
 if TYPE_CHECKING:
@@ -124,8 +124,8 @@ class NoLRDecayWarning(RecipeCallback):
           across optimizers), every ``log_every_n_steps`` optimizer steps.
         - ``recipe.no_lr_decay_warning/actual_vs_planned``: picture of the actual against the planned
           LR, at the end of training.
-        - the values of every Finding, e.g. ``recipe.no_lr_decay_warning/planned_steps``,
-          ``peak_lr``, ``stepped``, ``T_max``, ``mismatched_steps``.
+        - ``recipe.no_lr_decay_warning/finding``: text, every Finding with its values, e.g.
+          ``planned_steps``, ``peak_lr``, ``stepped``, ``T_max``, ``mismatched_steps``.
 
     Example::
 
@@ -308,9 +308,12 @@ class NoLRDecayWarning(RecipeCallback):
             return
         every = max(1, math.ceil(len(plan.steps) / _CHART_POINTS))
         series = {self._group_label(g, plan): plan.group_lrs(g)[::every].tolist() for g in range(len(plan.groups))}
-        title = f"planned LR per param group: {plan.simulated_steps} optimizer steps, {plan.epochs} epochs"
-        image = line_chart(series, x=plan.steps[::every].tolist(), title=title)
-        self.log_image(trainer, "planned_lr", image, step=self._start_step)
+        title = (
+            f"NoLRDecayWarning: the planned LR of {plan.epochs} epochs; look for early decay or a fall to 0"
+        )
+        chart = line_chart(series, x=plan.steps[::every].tolist(), title=title, xlabel="optimizer step",
+                           ylabel="learning rate", y_from_zero=True)
+        self.log_figure(trainer, "planned_lr", chart, step=self._start_step)
         lines = [f"Planned optimizer steps: {plan.simulated_steps} (estimated_stepping_batches: "
                  f"{trainer.estimated_stepping_batches}); epochs: {plan.epochs}.", ""]
         for k, e in enumerate(self._entries):
@@ -369,7 +372,7 @@ class NoLRDecayWarning(RecipeCallback):
             "cost_steps": 0.0,
         }
         if mistakes:  # each mistake is its own Finding already; do not add a row that warns again
-            self.log_scalars(trainer, values)
+            self.log_text(trainer, "plan", "\n".join(f"- {k}: {format_value(v)}" for k, v in values.items()))
         else:
             self.report(trainer, "pass", summary, values, key="schedule")
 
@@ -615,8 +618,12 @@ class NoLRDecayWarning(RecipeCallback):
             planned = [plan.planned(x) for x in xs]
             series[f"planned {g}"] = [float(p[g]) if p is not None else math.nan for p in planned]
             series[f"actual {g}"] = [self._actual_chart[x][g] for x in xs]
-        image = line_chart(series, x=xs, title="actual (used) against planned LR per param group")
-        self.log_image(trainer, "actual_vs_planned", image)
+        chart = line_chart(
+            series, x=xs, title="NoLRDecayWarning: the LR used (solid) must lie on the planned LR (dashed)",
+            xlabel="optimizer step", ylabel="learning rate", y_from_zero=True,
+            styles={name: "--" for name in series if name.startswith("planned")},
+        )
+        self.log_figure(trainer, "actual_vs_planned", chart)
 
     @override
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:

@@ -12,7 +12,7 @@ from typing_extensions import override
 from recipe_callbacks.batch import BatchResolutionError, BatchToXY, resolve_batch
 from recipe_callbacks.callback_base import FirstBatchCheck
 from recipe_callbacks.copy_training import CopyTrainingSkip, train_copy, trainable_copy
-from recipe_callbacks.core.pictures import line_chart
+from recipe_callbacks.core.pictures import Band, line_chart
 from recipe_callbacks.core.short_training import (
     ModelNotes,
     OverfitVerdict,
@@ -78,12 +78,12 @@ class OverfitOneBatch(FirstBatchCheck):
         TypeError: an argument of the wrong type.
 
     Logged:
-        - ``recipe.overfit_one_batch/loss_curve``: picture of the copy's loss per step and the target.
-        - ``recipe.overfit_one_batch/initial_loss``, ``.../lowest_loss``, ``.../final_loss``,
-          ``.../target_loss``: the loss before training, the lowest reached, the last, the target.
-        - ``recipe.overfit_one_batch/steps``, ``.../cost_steps``: optimizer steps taken and their cost.
-        - ``recipe.overfit_one_batch/num_samples``, ``.../lr``, ``.../frozen_params``: samples used,
-          the learning rate of the first parameter group, parameter tensors with ``requires_grad=False``.
+        - ``recipe.overfit_one_batch/loss_curve``: figure of the copy's loss per step and the target.
+        - ``recipe.overfit_one_batch/finding``: text, the Finding with its values ``initial_loss``,
+          ``lowest_loss``, ``final_loss``, ``target_loss`` (the loss before training, the lowest
+          reached, the last, the target), ``steps``, ``cost_steps`` (optimizer steps taken and
+          their cost), ``num_samples``, ``lr``, ``frozen_params`` (samples used, the learning rate
+          of the first parameter group, parameter tensors with ``requires_grad=False``).
 
     Example::
 
@@ -240,8 +240,11 @@ class OverfitOneBatch(FirstBatchCheck):
     def _picture(self, trainer: pl.Trainer, losses: list[float]) -> None:
         positive = all(x > 0 for x in losses if math.isfinite(x)) and self.target_loss > 0
         chart = line_chart(
-            {"loss": losses, f"target {self.target_loss:g}": [self.target_loss] * len(losses)},
-            title="OverfitOneBatch: loss of a copy on one fixed batch" + (" (log10)" if positive else ""),
-            log_y=positive,
+            {"loss on the fixed batch": losses},
+            title=f"OverfitOneBatch: a copy trained on one batch must reach the loss {self.target_loss:g}",
+            xlabel="optimizer step of the copy", ylabel="loss" + (" (log scale)" if positive else ""),
+            log_y=positive, band=Band(min(self.target_loss / 100, self.target_loss), self.target_loss, "target reached")
+            if positive else None,
+            hlines={f"target {self.target_loss:g}": self.target_loss},
         )
-        self.log_image(trainer, "loss_curve", chart)
+        self.log_figure(trainer, "loss_curve", chart)

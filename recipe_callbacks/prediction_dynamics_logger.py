@@ -13,7 +13,7 @@ from typing_extensions import override
 
 from recipe_callbacks.batch import BatchToXY
 from recipe_callbacks.callback_base import RecipeCallback
-from recipe_callbacks.core.pictures import heatmap, image_grid
+from recipe_callbacks.core.pictures import image_grid, matrix_chart
 from recipe_callbacks.core.prediction_jitter import (
     Snapshot,
     back_and_forth,
@@ -90,7 +90,9 @@ class PredictionDynamicsLogger(RecipeCallback):
         max_records: records kept for the heat map and the verdict; when full, every other one is
             dropped, so the history spans the whole run in bounded memory.
         pictures_every_n_records: log the heat map and the sample grid every this many records
-            (and at the end of training).
+            (and at the end of training). A heat-map figure costs about 0.1-0.2 s of matplotlib, so
+            the default (every 5,000 steps at ``every_n_steps=50``) keeps it far below 1% of a
+            run of fast steps.
         on_fail: see :class:`~recipe_callbacks.callback_base.RecipeCallback`.
         input_key: where the input is in a batch; inferred when ``None``.
         target_key: where the target is in a batch; inferred when ``None``.
@@ -107,13 +109,14 @@ class PredictionDynamicsLogger(RecipeCallback):
           flipped since the previous record (classification).
         - ``recipe.prediction_dynamics_logger/fixed_batch_loss``: loss on the fixed samples
           (cross-entropy, binary cross-entropy with logits, or mean squared error for regression).
-        - ``recipe.prediction_dynamics_logger/heatmap`` (image): samples (rows) x records
-          (columns, left to right); colour is the probability of the true class (0 dark, 1
+        - ``recipe.prediction_dynamics_logger/heatmap`` (figure): samples (rows) x global steps
+          (columns, left to right) with a colour bar: the probability of the true class (0 dark, 1
           yellow) or the absolute regression error.
         - ``recipe.prediction_dynamics_logger/samples`` (image, for image inputs): the fixed
           samples captioned ``y=<label> p=<prediction>``.
-        - At the end: ``late_jitter``, ``late_flip_rate``, ``max_jitter``, ``max_flip_rate``,
-          ``back_and_forth``, ``records``, ``learning_rate`` under the same prefix, and a Finding.
+        - At the end: a Finding (text ``recipe.prediction_dynamics_logger/finding``) with its values
+          ``late_jitter``, ``late_flip_rate``, ``max_jitter``, ``max_flip_rate``,
+          ``back_and_forth``, ``records``, ``learning_rate``.
 
     Example::
 
@@ -132,7 +135,7 @@ class PredictionDynamicsLogger(RecipeCallback):
         warmup_fraction: float = 0.3,
         min_back_and_forth: float = 0.5,
         max_records: int = 256,
-        pictures_every_n_records: int = 10,
+        pictures_every_n_records: int = 100,
         on_fail: OnFail = "warn",
         input_key: str | None = None,
         target_key: str | None = None,
@@ -347,7 +350,16 @@ class PredictionDynamicsLogger(RecipeCallback):
             return
         classification = self._task != "regression"
         matrix = self.heatmap_matrix().numpy()
-        self.log_image(trainer, "heatmap", heatmap(matrix, vmin=0.0, vmax=1.0 if classification else None))
+        chart = matrix_chart(
+            matrix, vmin=0.0, vmax=1.0 if classification else None, cmap="viridis" if classification else "magma",
+            x_values=self.steps[-matrix.shape[1]:],
+            title="PredictionDynamicsLogger: "
+            + ("p(true class) per fixed sample; rows should turn bright and stay" if classification
+               else "error per fixed sample; rows should darken and stay"),
+            xlabel="global step", ylabel="fixed validation sample",
+            colorbar_label="p(true class)" if classification else "|prediction - target|",
+        )
+        self.log_figure(trainer, "heatmap", chart)
         x = self.sample_x
         if x is None or x.ndim != 4 or x.shape[1] not in (1, 3) or self._previous is None:
             return

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import platform
+import re
+from collections.abc import Iterable
 from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
@@ -14,7 +16,7 @@ from typing_extensions import override
 from recipe_callbacks import log_writer
 from recipe_callbacks.callback_base import RecipeCallback
 from recipe_callbacks.console_report import render_console
-from recipe_callbacks.finding import Finding
+from recipe_callbacks.finding import Finding, details_markdown
 from recipe_callbacks.html_report import render_html
 from recipe_callbacks.run_record import RunRecord
 from recipe_callbacks.validation import check_bool
@@ -41,6 +43,9 @@ RECIPE_STEPS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("4", "Regularize: look at the first-layer filters", ("FirstLayerFilterViz",)),
     ("+", "Update-to-weight ratios and activation health", ("UpdateRatioMonitor",)),
 )
+# characters of a summary in TensorBoard's table: short enough that the table fits a text card
+# without squeezing the status and step columns letter by letter
+_TABLE_SUMMARY = 64
 _MARK = {"pass": "PASS", "warn": "WARN", "fail": "FAIL", "skip": "SKIP"}
 _VERSIONED = ("recipe-callbacks", "lightning", "torch", "torchmetrics", "tensorboard")
 
@@ -97,14 +102,81 @@ def render_markdown(findings: list[Finding], present: set[str]) -> str:
     return "## Recipe report\n\n" + "\n".join(rows) + f"\n\n{tally}.\n"
 
 
-def custom_scalars_layout(tag_prefixes: list[str]) -> dict[str, dict[str, list[Any]]]:
-    """A TensorBoard Custom Scalars layout: one category per check, one chart of all its scalars.
+def one_line(text: str, width: int = 100) -> str:
+    """The first sentence of ``text``, cut to ``width`` characters: a summary that fits one table row.
 
     Example:
-        >>> custom_scalars_layout(["recipe.init_loss_check"])
-        {'recipe.init_loss_check': {'all scalars': ['Multiline', ['recipe.init_loss_check/.*']]}}
+        >>> one_line("loss at init 2.31, expected 2.30. The model predicts as if it did not know.")
+        'loss at init 2.31, expected 2.30.'
+        >>> one_line("x" * 120, width=10)
+        'xxxxxxxxx…'
     """
-    return {prefix: {"all scalars": ["Multiline", [f"{prefix}/.*"]]} for prefix in tag_prefixes}
+    flat = " ".join(text.split())
+    first = re.split(r"(?<=[.;])\s", flat, maxsplit=1)[0]
+    return first if len(first) <= width else first[: width - 1].rstrip() + "…"
+
+
+def render_tensorboard_text(findings: list[Finding], present: set[str]) -> str:
+    """The checklist for TensorBoard's text tab: a short table (status, step, check, one-line
+    summary), problems first, then the details of each check (summary, advice, values) below it.
+
+    Example:
+        >>> text = render_tensorboard_text([Finding("InitLossCheck", "warn", "too high. More.", {"ratio": 2.0})],
+        ...                                {"InitLossCheck"})
+        >>> "| WARN | 2d/2e | InitLossCheck | too high. |" in text
+        True
+        >>> "| ratio | 2 |" in text and "not run" in text
+        True
+    """
+    order = {"fail": 0, "warn": 1, "pass": 2, "skip": 3, "pending": 4, "not run": 5}
+    step_of = {check: step for step, _, checks in RECIPE_STEPS for check in checks}
+    rows: list[tuple[str, str, str, str]] = []
+    by_check: dict[str, list[Finding]] = {}
+    for f in findings:
+        by_check.setdefault(f.check, []).append(f)
+        rows.append((f.status, step_of.get(f.check, ""), f.check, one_line(f.summary, _TABLE_SUMMARY)))
+    for step, _, checks in RECIPE_STEPS:
+        for check in checks:
+            if check not in by_check:
+                rows.append(("pending", step, check, "on the Trainer, no verdict yet") if check in present
+                            else ("not run", step, check, f"add recipe_callbacks.{check}"))
+    rows.sort(key=lambda r: order[r[0]])
+    counts = ", ".join(f"{sum(f.status == s for f in findings)} {s}" for s in _MARK)
+    table = ["| Status | Step | Check | Summary |", "|---|---|---|---|"]
+    table += [f"| {_MARK.get(st, st)} | {step} | {check} | {_cell(summary)} |" for st, step, check, summary in rows]
+    details = [f"### {check}\n\n{details_markdown(items)}" for check, items in by_check.items()]
+    return "## Recipe report\n\n" + f"{counts}.\n\n" + "\n".join(table) + "\n\n" + "\n\n".join(details) + "\n"
+
+
+def custom_scalars_layout(tags: Iterable[str]) -> dict[str, dict[str, list[Any]]]:
+    """A TensorBoard Custom Scalars layout: a category per check, a chart per quantity family.
+
+    A family is the last part of a tag without a trailing index (``net.0/log10_ratio`` and
+    ``net.2/log10_ratio`` are one family, ``lr_group_0`` and ``lr_group_1`` another), so a chart
+    never mixes units.
+
+    Example:
+        >>> layout = custom_scalars_layout(["recipe.full_eval_set/loss", "recipe.full_eval_set/test/loss",
+        ...                                 "recipe.full_eval_set/accuracy", "other/x"])
+        >>> sorted(layout["recipe.full_eval_set"])
+        ['accuracy', 'loss']
+        >>> kind, tags = layout["recipe.full_eval_set"]["loss"]
+        >>> print(kind, *tags)
+        Multiline ^recipe\\.full_eval_set/loss$ ^recipe\\.full_eval_set/test/loss$
+        >>> list(layout)
+        ['recipe.full_eval_set']
+    """
+    families: dict[str, dict[str, list[str]]] = {}
+    for tag in sorted(set(tags)):
+        prefix, _, quantity = tag.partition("/")
+        if not prefix.startswith("recipe.") or not quantity:
+            continue
+        family = re.sub(r"_\d+$", "", quantity.rsplit("/", 1)[-1])
+        families.setdefault(prefix, {}).setdefault(family, []).append(f"^{re.escape(tag)}$")
+    return {
+        prefix: {family: ["Multiline", members] for family, members in sorted(charts.items())}
+        for prefix, charts in sorted(families.items())
+    }
 
 
 class RecipeReport(Callback):
@@ -121,11 +193,13 @@ class RecipeReport(Callback):
         print_report: print the checklist to the console (through Lightning's rank-zero logger).
 
     Logged:
-        - ``recipe/report``: the checklist as TensorBoard text (Markdown).
-        - a Custom Scalars layout with one category per recipe callback on the Trainer.
+        - ``recipe/report``: the checklist as TensorBoard text: a short table (status, step, check,
+          one-line summary), problems first, and the details of each check below it.
+        - a Custom Scalars layout with a category per check and a chart per quantity family (written
+          with the report, whenever new scalar tags appeared).
         - ``recipe_report.html`` (self-contained: the checklist with each check's pictures, numbers
           and advice), ``recipe_report.md``, ``recipe_report.json``
-          (``{"findings": [...], "versions": {...}}``).
+          (``{"findings": [...], "versions": {...}, "run": {...}}``).
         - ``recipe/report_html``: the HTML page on a W&B run.
 
     Example::
@@ -137,6 +211,7 @@ class RecipeReport(Callback):
         self.print_report = check_bool("RecipeReport", "print_report", print_report)
         self._early_printed = False
         self._early_due = False
+        self._layout_tags: set[str] = set()
         self.last_markdown = ""
         self.run_record = RunRecord()
         self._printed_markdown = ""
@@ -159,10 +234,7 @@ class RecipeReport(Callback):
         if not trainer.is_global_zero:
             return text
         places = self._write_files(trainer, text, findings, present)
-        writers = log_writer.tensorboard_writers(trainer)
-        for writer in writers:
-            writer.add_text("recipe/report", text, global_step=trainer.global_step)
-            writer.flush()
+        self._write_tensorboard(trainer, findings, present)
         if self.print_report and text != self._printed_markdown:
             # a checklist already on the console is not printed again (e.g. the early one at the
             # end of a one-epoch fit, right before the end-of-fit one)
@@ -188,6 +260,22 @@ class RecipeReport(Callback):
         footer = f"Full report: {places[0]}" if places else ""
         rank_zero_info("\n" + render_console(findings, present, footer=footer))
 
+    def _write_tensorboard(self, trainer: pl.Trainer, findings: list[Finding], present: set[str]) -> None:
+        """The TensorBoard text ``recipe/report`` and, when new scalars appeared, the Custom Scalars layout."""
+        writers = log_writer.tensorboard_writers(trainer)
+        if not writers:
+            return
+        text = render_tensorboard_text(findings, present)
+        tags = log_writer.scalar_tags(trainer)
+        layout = custom_scalars_layout(tags) if tags != self._layout_tags else {}
+        for writer in writers:
+            writer.add_text("recipe/report", text, global_step=trainer.global_step)
+            if layout:
+                writer.add_custom_scalars(layout)
+            writer.flush()
+        if layout:
+            self._layout_tags = tags
+
     def _maybe_print_early(self, trainer: pl.Trainer) -> None:
         if self._early_printed:
             return
@@ -201,10 +289,7 @@ class RecipeReport(Callback):
         self.run_record.start(trainer)
         self._early_due = False
         self._printed_markdown = ""
-        if trainer.is_global_zero:
-            layout = custom_scalars_layout([cb.tag_prefix for cb in self.recipe_callbacks(trainer)])
-            for writer in log_writer.tensorboard_writers(trainer):
-                writer.add_custom_scalars(layout)
+        self._layout_tags = set()
 
     @override
     def on_train_batch_end(

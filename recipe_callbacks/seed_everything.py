@@ -91,11 +91,9 @@ class SeedEverything(RecipeCallback):
         TypeError: a flag that is not a bool, or a seed that is not an int.
 
     Logged:
-        - ``recipe.seed_everything/seed``, ``.../workers`` (0/1), ``.../deterministic`` (0/1, torch's
-          setting in effect at the start of fit): scalars at the start of fit.
-        - ``recipe.seed_everything/weights_fingerprint``: the first 24 bits of the initial weights'
-          fingerprint, as a scalar (exact in float32), at the start of fit.
-        - ``recipe.seed_everything/batch_fingerprint``: the same for the first training batch.
+        - ``recipe.seed_everything/finding``: text, the Finding with the seed, ``workers`` and
+          ``deterministic`` (0/1, torch's setting at the start of fit) and the first 24 bits of the
+          initial weights' and the first batch's fingerprints (one-time values: no scalar charts).
         - ``recipe.seed_everything/fingerprints``: text with the seed, the settings and both full
           fingerprints.
 
@@ -200,10 +198,6 @@ class SeedEverything(RecipeCallback):
         self.weights_fingerprint = weights_fingerprint(pl_module)
         self.batch_fingerprint = ""
         self._batch_pending = True
-        settings = self._settings()
-        self.log_scalars(
-            trainer, {**settings, "weights_fingerprint": fingerprint_scalar(self.weights_fingerprint)}
-        )
         self._report_fingerprints(trainer)
         if built_before:
             self.report(
@@ -234,7 +228,6 @@ class SeedEverything(RecipeCallback):
             "training on purpose: it seeds Python, NumPy and torch at construction and at fit start",
             values,
             _COMPARE,
-            log_values=False,
         )
 
     def _report_resume(self, trainer: pl.Trainer, restored: list[str]) -> None:
@@ -313,7 +306,6 @@ class SeedEverything(RecipeCallback):
             return
         self._batch_pending = False
         self.batch_fingerprint = fingerprint_batch(batch)
-        self.log_scalars(trainer, {"batch_fingerprint": fingerprint_scalar(self.batch_fingerprint)})
         self._report_fingerprints(trainer)
         self.log_text(trainer, "fingerprints", self._fingerprint_text())
         self.finish_early()

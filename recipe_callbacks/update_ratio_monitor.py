@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -19,12 +19,13 @@ from typing_extensions import override
 
 from recipe_callbacks.callback_base import RecipeCallback
 from recipe_callbacks.core import update_ratio as core
-from recipe_callbacks.core.pictures import line_chart
+from recipe_callbacks.core.pictures import Band, line_chart
 from recipe_callbacks.finding import OnFail, Status
 from recipe_callbacks.validation import check_bool, check_float, check_int
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
+    from matplotlib.figure import Figure
 
 _KINDS_TEXT = "nn.ReLU, ReLU6, Tanh, Sigmoid, Hardtanh or Hardsigmoid"
 
@@ -86,8 +87,9 @@ class UpdateRatioMonitor(RecipeCallback):
           (``act``, ``act#2`` for a module called twice in one forward).
         - ``recipe.update_ratio_monitor/<activation>/saturated_fraction``: share of saturated values,
           for tanh, sigmoid, hardtanh and hardsigmoid.
-        - ``recipe.update_ratio_monitor/ratio_chart``: picture of log10 ratio per layer over steps,
-          with the healthy -3 as a reference line.
+        - ``recipe.update_ratio_monitor/ratio_chart``: figure of the ratio per layer over steps on a
+          log axis, the healthy band around 1e-3 shaded, ``min_ratio`` and ``max_ratio`` drawn.
+        - ``recipe.update_ratio_monitor/finding``: text, the Findings with their values.
 
     Example::
 
@@ -403,14 +405,20 @@ class UpdateRatioMonitor(RecipeCallback):
         if not trainer.is_global_zero or not self.ratio_steps or self.ratio_steps[-1] == self._drawn_step:
             return
         self._drawn_step = self.ratio_steps[-1]
-        series: dict[str, Iterable[float]] = dict(self.ratios)
-        series["healthy -3"] = [-3.0] * len(self.ratio_steps)
-        image = line_chart(
-            {k: list(v) for k, v in series.items()},
+        self.log_figure(trainer, "ratio_chart", self.ratio_chart(), step=self.ratio_steps[-1])
+
+    def ratio_chart(self) -> Figure:
+        """The update/weight ratio of every layer over the sampled steps, against the healthy band."""
+        series = {layer: [10.0**v for v in values] for layer, values in self.ratios.items()}
+        return line_chart(
+            series,
             x=list(self.ratio_steps),
-            title="log10(||update|| / ||weight||) per layer over optimizer steps",
+            title="UpdateRatioMonitor: ||update|| / ||weight|| per layer; healthy near 1e-3",
+            xlabel="optimizer step", ylabel="update / weight ratio (log scale)", log_y=True,
+            band=Band(1e-4, 1e-2, "healthy, around 1e-3"),
+            hlines={f"min_ratio {self.min_ratio:g} (warn)": self.min_ratio, f"max_ratio {self.max_ratio:g} (fail)":
+                    self.max_ratio},
         )
-        self.log_image(trainer, "ratio_chart", image, step=self.ratio_steps[-1])
 
     @override
     def state_dict(self) -> dict[str, Any]:

@@ -96,3 +96,14 @@ def text_values(ea: EventAccumulator, tag: str) -> list[str]:
     for event in ea.Tensors(f"{tag}/text_summary"):
         out.append(event.tensor_proto.string_val[0].decode("utf-8"))
     return out
+
+
+def finding_values(ea: EventAccumulator, tag_prefix: str) -> dict[str, float]:
+    """The values of a check's Findings as its last ``<tag_prefix>/finding`` text shows them."""
+    values: dict[str, float] = {}
+    texts = text_values(ea, f"{tag_prefix}/finding")
+    for line in (texts[-1] if texts else "").splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 2 and cells[0] not in ("quantity", "---"):
+            values[cells[0]] = float(cells[1])
+    return values

@@ -14,7 +14,7 @@ from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
 from recipe_callbacks import DataInspector, RecipeCheckError, RecipeWarning
-from tests.support import TinyClassifier, blobs, fast_trainer, loader, read_events, scalar_values, text_values
+from tests.support import TinyClassifier, blobs, fast_trainer, finding_values, loader, read_events, text_values
 
 TAG = "recipe.data_inspector"
 
@@ -80,7 +80,9 @@ def test_healthy_images_pass_and_the_hardest_samples_are_the_highest_loss(tmp_pa
     ea = read_events(tmp_path / "run")
     assert f"{TAG}/label_distribution" in ea.Tags()["images"]
     assert f"{TAG}/hardest_samples" in ea.Tags()["images"]
-    assert sum(scalar_values(ea, f"{TAG}/count/{c}")[0] for c in range(4)) == 96
+    counts = text_values(ea, f"{TAG}/label_counts")[-1]
+    assert sum(int(line.split("|")[2]) for line in counts.splitlines()[2:]) == 96
+    assert f"{TAG}/count/0" not in ea.Tags()["scalars"]  # one-time counts are text, not single-point charts
     table = text_values(ea, f"{TAG}/hardest_samples")[0]
     assert f"| 1 | {oracle[0]} |" in table
 
@@ -127,7 +129,7 @@ def test_samples_shared_by_train_and_val_fail(tmp_path: Path) -> None:
     assert f.values["duplicates"] == 7 and f.values["checked_train"] == 64
     assert "[25, 26, 27, 28, 29, 30, 31]" in f.summary
     ea = read_events(tmp_path / "run")
-    assert scalar_values(ea, f"{TAG}/duplicates") == [7.0]
+    assert finding_values(ea, TAG)["duplicates"] == 7.0
 
 
 class DictVectors(Dataset[dict[str, torch.Tensor]]):

@@ -16,10 +16,11 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from recipe_callbacks import RecipeWarning
+from recipe_callbacks.core.pictures import FIGURE_SHAPE
 from recipe_callbacks.first_layer_filter_viz import FirstLayerFilterViz
 from recipe_callbacks.prediction_dynamics_logger import PredictionDynamicsLogger
 from tests.core.test_filter_noise import gabor_bank
-from tests.support import TinyClassifier, blobs, fast_trainer, loader, read_events, scalar_values
+from tests.support import TinyClassifier, blobs, fast_trainer, finding_values, loader, read_events, scalar_values
 
 TAG = "recipe.first_layer_filter_viz"
 
@@ -168,8 +169,12 @@ def test_noise_like_filters_are_flagged_and_smooth_ones_pass(tmp_path: Path) -> 
     ea = read_events(tmp_path / "frozen" / "run")
     scores = scalar_values(ea, f"{TAG}/noise_score")
     assert len(scores) == 4 and scores[0] == pytest.approx(scores[-1])  # frozen: unchanged
-    assert scalar_values(ea, f"{TAG}/final_noise_score") == pytest.approx([scores[-1]])
+    assert finding_values(ea, TAG)["final_noise_score"] == pytest.approx(scores[-1], rel=1e-3)
     assert [e.step for e in ea.Images(f"{TAG}/filters")] == [0, 4, 8, 12]
+    assert [e.step for e in ea.Images(f"{TAG}/noise_score_chart")] == [0, 4, 8, 12]
+    chart = frozen._score_chart()  # the last chart drawn: every score against the threshold band
+    assert list(chart.axes[0].lines[0].get_ydata()) == pytest.approx(scores[:4])
+    assert "structured filters" in chart.axes[0].get_legend_handles_labels()[1]
 
 
 def test_small_kernels_are_drawn_but_not_judged(tmp_path: Path) -> None:
@@ -215,11 +220,17 @@ def test_linear_first_layer_over_images_is_reshaped_to_the_image(tmp_path: Path)
 
 def test_linear_over_flat_features_needs_image_shape(tmp_path: Path) -> None:
     cb = FirstLayerFilterViz()
-    fast_trainer(tmp_path, max_epochs=1, callbacks=[cb]).fit(TinyClassifier(), loader(blobs(32)))
+    model = TinyClassifier()
+    fast_trainer(tmp_path, max_epochs=1, callbacks=[cb]).fit(model, loader(blobs(32)))
     finding = cb.findings[-1]
     assert finding.status == "skip" and "image_shape" in finding.advice
     _, picture = png(read_events(tmp_path / "run"), f"{TAG}/filters", 0)
-    assert picture.shape == (16 * 4, 8 * 4, 3)  # the (16, 8) weight matrix as a heat map
+    assert picture.shape == FIGURE_SHAPE  # the (16, 8) weight matrix as a figure with a colour bar
+    figure = cb.picture()
+    assert not isinstance(figure, np.ndarray)
+    (image,) = figure.axes[0].get_images()
+    np.testing.assert_array_equal(image.get_array(), model.net[0].weight.detach().double().numpy())
+    assert figure.axes[1].get_ylabel() == "weight"  # the colour bar and its scale
     # Given the layout, the 8 features are judged as a 2x4 image.
     cb = FirstLayerFilterViz(image_shape=[2, 4], min_kernel_size=8, on_fail="ignore")
     fast_trainer(tmp_path / "shaped", max_epochs=1, callbacks=[cb]).fit(TinyClassifier(), loader(blobs(32)))

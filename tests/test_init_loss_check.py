@@ -16,7 +16,7 @@ from torch.utils.data import Dataset, TensorDataset
 
 from recipe_callbacks import DataInspector, InitLossCheck, RecipeCheckError, RecipeWarning
 from recipe_callbacks.core.init_loss import binary_entropy
-from tests.support import TinyClassifier, blobs, fast_trainer, loader, read_events, scalar_values
+from tests.support import TinyClassifier, blobs, fast_trainer, finding_values, loader, read_events, text_values
 
 TAG = "recipe.init_loss_check"
 
@@ -153,10 +153,13 @@ def test_healthy_classifier_passes_and_logs_what_it_judged(tmp_path: Path) -> No
     assert f.values["cost_steps"] == 0.0
     assert "final layer 'net.2'" in f.summary
     ea = read_events(tmp_path / "run")
-    assert scalar_values(ea, f"{TAG}/observed") == pytest.approx([f.values["observed"]], rel=1e-6)
-    assert scalar_values(ea, f"{TAG}/expected") == pytest.approx([math.log(4)], rel=1e-6)
-    assert len(scalar_values(ea, f"{TAG}/mean_prob/3")) == 1
-    assert f"{TAG}/predicted_vs_prior" in ea.Tags()["images"]
+    # one-time values come back from the check's text, not from single-point scalar charts
+    shown = finding_values(ea, TAG)
+    assert shown["observed"] == pytest.approx(f.values["observed"], rel=1e-3)
+    assert shown["expected"] == pytest.approx(math.log(4), rel=1e-3)
+    assert not [t for t in ea.Tags()["scalars"] if t.startswith(TAG)]
+    assert "| 3 |" in text_values(ea, f"{TAG}/per_class")[-1]
+    assert {f"{TAG}/predicted_vs_prior", f"{TAG}/loss_at_init"} <= set(ea.Tags()["images"])
     # the observed loss is the loss training_step computed at step 0 on the same batch
     assert f.values["observed"] == pytest.approx(f.values["step_loss"], rel=1e-5)
 
@@ -210,7 +213,8 @@ def test_default_bias_on_a_1_to_9_task_warns_and_fix_bias_reaches_the_binary_ent
     assert fixed.values["fix_bias/expected"] == pytest.approx(expected, rel=0.1)
     assert fixed.values["fix_bias/counted_samples"] == len(data)  # small set: counted whole
     ea = read_events(tmp_path / "fixed" / "run")
-    assert scalar_values(ea, f"{TAG}/fix_bias/loss_after") == pytest.approx([fixed.values["fix_bias/loss_after"]])
+    shown = finding_values(ea, TAG)["fix_bias/loss_after"]
+    assert shown == pytest.approx(fixed.values["fix_bias/loss_after"], rel=1e-3)
 
 
 def test_fix_bias_sets_the_log_odds_on_the_final_layer(tmp_path: Path) -> None:
@@ -335,7 +339,7 @@ def test_does_not_run_again_on_a_resumed_run(tmp_path: Path) -> None:
     trainer.fit(model, loader(blobs()), ckpt_path=str(ckpt))
     assert [f.status for f in cb.findings] == ["pass"]  # restored from the checkpoint
     assert cb.early_finished
-    assert f"{TAG}/observed" not in read_events(tmp_path / "second" / "run").Tags()["scalars"]
+    assert f"{TAG}/finding/text_summary" not in read_events(tmp_path / "second" / "run").Tags()["tensors"]
 
 
 @pytest.mark.parametrize(
@@ -374,11 +378,12 @@ def test_under_ddp_spawn_both_ranks_agree(tmp_path: Path) -> None:
         warnings.simplefilter("ignore", RecipeWarning)
         trainer.fit(ZeroDetector(), loader(zero_vs_rest(), 64), loader(zero_vs_rest(), 256))
     ea = read_events(tmp_path / "run")
-    assert scalar_values(ea, f"{TAG}/samples") == [128.0]  # the first batch of both ranks, summed
-    observed = scalar_values(ea, f"{TAG}/observed")[0]
+    shown = finding_values(ea, TAG)
+    assert shown["samples"] == 128.0  # the first batch of both ranks, summed
+    observed = shown["observed"]
     expected = binary_entropy(float(zero_vs_rest().tensors[1].mean()))
     assert abs(observed - expected) / expected < 0.25
-    assert scalar_values(ea, "recipe.data_inspector/duplicates") == [200.0]  # val is the train set here
+    assert finding_values(ea, "recipe.data_inspector")["duplicates"] == 200.0  # val is the train set here
 
 
 class TinyLM(pl.LightningModule):

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from recipe_callbacks import RecipeCheckError, RecipeWarning
 from recipe_callbacks.input_visualizer import InputVisualizer
-from tests.support import TinyClassifier, fast_trainer, read_events, scalar_values, text_values
+from tests.support import TinyClassifier, fast_trainer, finding_values, read_events, text_values
 
 TAG = "recipe.input_visualizer"
 
@@ -48,6 +48,15 @@ def run(
     return cb, read_events(root / "run")
 
 
+def channel_row(ea: Any, channel: int) -> list[float]:
+    """mean, std, min, max, NaN, Inf of one channel, from the summary text's table."""
+    for line in text_values(ea, f"{TAG}/summary")[-1].splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if cells[0] == str(channel):
+            return [float(c) for c in cells[1:]]
+    raise AssertionError(f"no row for channel {channel}")
+
+
 def status(cb: InputVisualizer) -> str:
     return cb.findings[0].status
 
@@ -65,10 +74,13 @@ def test_healthy_images_pass_and_everything_is_logged(tmp_path: Path) -> None:
         cb, ea = run(tmp_path, x, y)
     assert status(cb) == "pass" and "healthy" in cb.findings[0].summary
     first = x[:16]  # no shuffling: the first batch is the first 16 samples
-    assert scalar_values(ea, f"{TAG}/channel_0/mean")[0] == pytest.approx(float(first.double().mean()), abs=1e-6)
-    assert scalar_values(ea, f"{TAG}/std")[0] == pytest.approx(float(first.double().std(unbiased=False)), abs=1e-6)
-    assert scalar_values(ea, f"{TAG}/max")[0] == pytest.approx(float(first.max()))
-    assert scalar_values(ea, f"{TAG}/nan_count") == [0.0]
+    # a single look is one-time: its numbers are text (the summary's table and the Finding), not scalars
+    assert channel_row(ea, 0)[0] == pytest.approx(float(first.double().mean()), rel=1e-2, abs=1e-3)
+    shown = finding_values(ea, TAG)
+    assert shown["std"] == pytest.approx(float(first.double().std(unbiased=False)), rel=1e-3)
+    assert shown["max"] == pytest.approx(float(first.max()), rel=1e-3)
+    assert shown["nan_count"] == 0.0
+    assert not [t for t in ea.Tags()["scalars"] if t.startswith(TAG)]
     assert picture(ea).ndim == 3
     assert {f"{TAG}/input_values", f"{TAG}/targets"} <= set(ea.Tags()["histograms"])
     text = text_values(ea, f"{TAG}/summary")[0]
@@ -91,7 +103,7 @@ def test_features_are_histograms_not_images(tmp_path: Path) -> None:
     assert status(cb) == "pass"
     assert ea.Tags()["images"] == []
     assert f"{TAG}/input_values" in ea.Tags()["histograms"]
-    assert f"{TAG}/channel_7/mean" in ea.Tags()["scalars"]
+    assert len(channel_row(ea, 7)) == 6  # the 8 features are 8 channels of the summary's table
 
 
 def test_dict_batches_work(tmp_path: Path) -> None:
@@ -115,7 +127,7 @@ def test_raw_0_255_pixels_are_flagged_unnormalised(tmp_path: Path) -> None:
     f = cb.findings[0]
     assert f.status == "warn" and "0..255 pixels" in f.summary
     assert f.values["max_channel_rms"] > 5.0
-    assert scalar_values(ea, f"{TAG}/max")[0] <= 255.0
+    assert finding_values(ea, TAG)["max"] <= 255.0
 
 
 def test_uint8_images_are_flagged(tmp_path: Path) -> None:
@@ -139,7 +151,7 @@ def test_nan_in_batch_fails_and_raise_stops_training(tmp_path: Path) -> None:
         cb, ea = run(tmp_path / "warn", x, y)
     assert status(cb) == "fail"
     assert cb.findings[0].values["nan_count"] == 1.0 and cb.findings[0].values["inf_count"] == 1.0
-    assert scalar_values(ea, f"{TAG}/nan_count") == [1.0]
+    assert finding_values(ea, TAG)["nan_count"] == 1.0
     with pytest.raises(RecipeCheckError, match="NaN"):
         run(tmp_path / "raise", x, y, on_fail="raise")
 
@@ -185,7 +197,7 @@ def test_other_channel_counts_become_per_channel_grids(tmp_path: Path) -> None:
     grid = picture(ea)
     # 10 tiles: 2 samples x 5 channels, 5 columns of 48 px cells (plus padding).
     assert grid.shape[1] == 5 * (48 + 2) + 2 and grid.shape[0] == 2 * (48 + 12 + 2) + 2
-    assert f"{TAG}/channel_4/std" in ea.Tags()["scalars"]
+    assert len(channel_row(ea, 4)) == 6
 
 
 def test_dead_image_channel_warns(tmp_path: Path) -> None:
@@ -220,7 +232,8 @@ def test_every_n_steps_logs_only_those_steps(tmp_path: Path) -> None:
     assert [e.step for e in ea.Scalars(f"{TAG}/mean")] == [0, 3, 6]
     assert len(ea.Images(f"{TAG}/images")) == 3
     once, eb = run(tmp_path / "once", x, y, steps=4)
-    assert [e.step for e in eb.Scalars(f"{TAG}/mean")] == [0]
+    assert f"{TAG}/mean" not in eb.Tags()["scalars"]  # one look: no single-point chart
+    assert [e.step for e in eb.Tensors(f"{TAG}/summary/text_summary")] == [0]
     assert [f.status for f in cb.findings] == ["pass"] and [f.status for f in once.findings] == ["pass"]
 
 
@@ -250,7 +263,7 @@ def test_flags_agree_across_ddp_ranks(tmp_path: Path, monkeypatch: pytest.Monkey
     trainer = fast_trainer(tmp_path, callbacks=[cb], max_steps=1, devices=2, strategy="ddp_spawn")
     trainer.fit(FlatClassifier(), DataLoader(TensorDataset(x, y), batch_size=8))
     ea = read_events(tmp_path / "run")
-    assert scalar_values(ea, f"{TAG}/nan_count") == [0.0]  # rank 0's own batch is clean...
+    assert finding_values(ea, TAG)["nan_count"] == 0.0  # rank 0's own batch is clean...
     assert "non finite (seen on another rank)" in text_values(ea, f"{TAG}/summary")[0]  # ...rank 1's is not
 
 

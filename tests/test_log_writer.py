@@ -13,6 +13,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from PIL import Image
 
 from recipe_callbacks import RecipeCallback
+from recipe_callbacks.core.pictures import FIGURE_SHAPE, line_chart
 from tests.support import TinyClassifier, blobs, fast_trainer, loader, read_events, scalar_values, text_values
 
 PICTURE = np.zeros((6, 10, 3), dtype=np.uint8)
@@ -28,6 +29,7 @@ class Everything(RecipeCallback):
             self.log_image(trainer, "picture", PICTURE)
             self.log_text(trainer, "note", f"**batch {batch_idx}**")
             self.log_histogram(trainer, "weights", torch.arange(10.0))
+            self.log_figure(trainer, "chart", line_chart({"loss": [1.0, 0.5]}, ylabel="loss"))
 
 
 def _fit(tmp_path: Path, logger: Any) -> Any:
@@ -44,6 +46,8 @@ def _check_tensorboard(log_dir: Path | str) -> None:
     assert len(images) == 2 and (images[0].width, images[0].height) == (10, 6)
     assert text_values(ea, "recipe.everything/note") == ["**batch 0**", "**batch 1**"]
     assert len(ea.Histograms("recipe.everything/weights")) == 2
+    charts = ea.Images("recipe.everything/chart")  # a matplotlib figure, rendered once to a picture
+    assert len(charts) == 2 and (charts[0].height, charts[0].width, 3) == FIGURE_SHAPE
 
 
 def _check_csv(log_dir: Path | str) -> None:
@@ -59,6 +63,8 @@ def _check_files(recipe_dir: Path) -> None:
     notes = sorted((recipe_dir / "everything" / "note").glob("*.md"))
     assert notes[1].read_text() == "**batch 1**"
     assert len(list((recipe_dir / "everything" / "weights").glob("*.png"))) == 2
+    charts = sorted((recipe_dir / "everything" / "chart").glob("*.png"))
+    assert len(charts) == 2 and Image.open(charts[0]).size == FIGURE_SHAPE[1::-1]
 
 
 def test_tensorboard_logger(tmp_path: Path) -> None:

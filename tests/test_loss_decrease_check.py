@@ -16,7 +16,7 @@ from torch.utils.data import TensorDataset
 
 from recipe_callbacks import RecipeCheckError, RecipeReport, RecipeWarning
 from recipe_callbacks.loss_decrease_check import LossDecreaseCheck
-from tests.support import TinyClassifier, blobs, fast_trainer, loader, read_events, scalar_values
+from tests.support import TinyClassifier, blobs, fast_trainer, finding_values, loader, read_events
 
 TAG = "recipe.loss_decrease_check"
 
@@ -98,8 +98,9 @@ def test_constant_loss_with_zero_learning_rate_fails_and_losses_are_exact_under_
                                               data.tensors[1][16 * i : 16 * i + 16]).item() for i in range(4)]
     assert check.losses == pytest.approx(oracle * 6, rel=1e-6)
     ea = read_events(tmp_path / "run")
-    assert scalar_values(ea, f"{TAG}/relative_decrease") == pytest.approx([f.values["relative_decrease"]])
-    assert scalar_values(ea, f"{TAG}/cost_steps") == [0.0]
+    shown = finding_values(ea, TAG)
+    assert shown["relative_decrease"] == pytest.approx(f.values["relative_decrease"], rel=1e-3, abs=1e-4)
+    assert shown["cost_steps"] == 0.0
     assert len(ea.Images(f"{TAG}/loss_curve")) == 1
     assert check.early_finished
 
@@ -114,8 +115,9 @@ def test_nan_at_step_k_fails_at_that_step_with_its_batch_index(tmp_path: Path) -
     assert "global step 7" in f.summary and "batch index 3" in f.summary and "nan" in f.summary
     assert "learning rate" in f.advice
     ea = read_events(tmp_path / "run")
-    assert scalar_values(ea, f"{TAG}/nan_step") == [7.0]
-    assert scalar_values(ea, f"{TAG}/nan_batch_idx") == [3.0]
+    shown = finding_values(ea, TAG)
+    assert shown["nan_step"] == 7.0
+    assert shown["nan_batch_idx"] == 3.0
 
 
 def test_nan_raises_at_once_under_on_fail_raise(tmp_path: Path) -> None:
@@ -138,9 +140,12 @@ def test_healthy_model_passes(tmp_path: Path) -> None:
     assert f.values["relative_decrease"] > 0.3 and f.values["slope"] < 0
     assert len(check.losses) == 30  # judged after num_steps, then no longer watching
     ea = read_events(tmp_path / "run")
+    shown = finding_values(ea, TAG)
     for quantity in ("relative_decrease", "first_loss", "last_loss", "slope", "steps", "cost_steps"):
-        assert scalar_values(ea, f"{TAG}/{quantity}") == pytest.approx([f.values[quantity]]), quantity
-    assert [e.step for e in ea.Scalars(f"{TAG}/steps")] == [30]
+        assert shown[quantity] == pytest.approx(f.values[quantity], rel=1e-3, abs=1e-4), quantity
+    assert [e.step for e in ea.Tensors(f"{TAG}/finding/text_summary")] == [30]
+    assert not [t for t in ea.Tags()["scalars"] if t.startswith(TAG)]  # one-time values: no scalar charts
+    assert f"{TAG}/loss_curve" in ea.Tags()["images"]
     report = json.loads((tmp_path / "run" / "recipe_report.json").read_text())
     assert [x["status"] for x in report["findings"] if x["check"] == "LossDecreaseCheck"] == ["pass"]
 
@@ -229,6 +234,6 @@ def test_healthy_model_passes_under_ddp_spawn(tmp_path: Path) -> None:
                            max_steps=12, max_epochs=-1, devices=2, strategy="ddp_spawn")
     trainer.fit(TinyClassifier(lr=0.05), loader(blobs(64), batch_size=8))
     ea = read_events(tmp_path / "run")
-    assert scalar_values(ea, f"{TAG}/relative_decrease")[0] > 0.05
+    assert finding_values(ea, TAG)["relative_decrease"] > 0.05
     report = json.loads((tmp_path / "run" / "recipe_report.json").read_text())
     assert [x["status"] for x in report["findings"] if x["check"] == "LossDecreaseCheck"] == ["pass"]

@@ -1,4 +1,4 @@
-"""examples/planted_bugs.py: every planted bug of RECIPE.md is caught by the check meant for it,
+"""examples/planted_bugs.py: every planted bug of docs/recipe.md is caught by the check meant for it,
 and the healthy models pass the same checks."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from recipe_callbacks import Finding
 from recipe_callbacks.callback_base import snake_case
 from tests.support import read_events
 
-# The bugs RECIPE.md names, each with the check that must catch it.
+# The bugs docs/recipe.md names, each with the check that must catch it.
 EXPECTED = {
     "one_class_labels": "DataInspector",
     "train_val_duplicates": "DataInspector",

@@ -26,6 +26,13 @@ class InitLossCheck(RecipeCallback):
             self.finish_early()
 
 
+class Monitor(RecipeCallback):
+    """Stands in for a monitor: two series of one family and one of another, every step."""
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.log_scalars(trainer, {"net.0/ratio": 1e-3, "net.1/ratio": 2e-3, "lr_group_0": 0.1, "lr_group_1": 0.2})
+
+
 class Extra(RecipeCallback):
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         if batch_idx == 0:
@@ -36,7 +43,7 @@ def test_report_files_schema_and_tensorboard(tmp_path: Path, monkeypatch: pytest
     # what the report prints goes through Lightning's rank-zero logger; record the messages
     messages: list[str] = []
     monkeypatch.setattr("recipe_callbacks.recipe_report.rank_zero_info", messages.append)
-    trainer = fast_trainer(tmp_path, callbacks=[InitLossCheck(), RecipeReport()], max_epochs=2)
+    trainer = fast_trainer(tmp_path, callbacks=[InitLossCheck(), Monitor(), RecipeReport()], max_epochs=2)
     trainer.fit(TinyClassifier(), loader(blobs()))
     printed = [m for m in messages if "Recipe report: " in m]
     # written after the early checks and at the end of fit; the end-of-fit checklist says the same
@@ -56,12 +63,28 @@ def test_report_files_schema_and_tensorboard(tmp_path: Path, monkeypatch: pytest
     assert {"python", "lightning", "torch", "torchmetrics", "tensorboard", "recipe-callbacks"} <= set(data["versions"])
     ea = read_events(log_dir)
     texts = text_values(ea, "recipe/report")
-    assert len(texts) == 2 and "InitLossCheck" in texts[-1]
+    assert len(texts) == 2
+    # TensorBoard's text: a short table with the status first, problems on top, then the details per check
+    table = texts[-1].split("### ")[0]
+    assert "| Status | Step | Check | Summary |" in table
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "Status" not in line]
+    assert rows[0] == "| WARN | 2d/2e | InitLossCheck | loss at init 4.1, expected 1.39 |"
+    assert "| not run | 2a | SeedEverything | add recipe_callbacks.SeedEverything |" in rows
+    assert "### InitLossCheck" in texts[-1] and "Advice: shrink the last layer" in texts[-1]
+    assert "| observed | 4.1 |" in texts[-1]
+    # one-time values are text in the check's own group, never a scalar chart
+    assert "recipe.init_loss_check/observed" not in ea.Tags()["scalars"]
+    assert "| observed | 4.1 |" in text_values(ea, "recipe.init_loss_check/finding")[-1]
+    # Custom Scalars: the last layout written holds one chart per quantity family, never mixed units
     layout = layout_pb2.Layout()
-    layout.ParseFromString(ea.Tensors("custom_scalars__config__")[0].tensor_proto.string_val[0])
+    layout.ParseFromString(ea.Tensors("custom_scalars__config__")[-1].tensor_proto.string_val[0])
     (category,) = layout.category
-    assert category.title == "recipe.init_loss_check"
-    assert list(category.chart[0].multiline.tag) == ["recipe.init_loss_check/.*"]
+    assert category.title == "recipe.monitor"
+    charts = {c.title: list(c.multiline.tag) for c in category.chart}
+    assert charts == {
+        "lr_group": ["^recipe\\.monitor/lr_group_0$", "^recipe\\.monitor/lr_group_1$"],
+        "ratio": ["^recipe\\.monitor/net\\.0/ratio$", "^recipe\\.monitor/net\\.1/ratio$"],
+    }
 
 
 def test_early_report_waits_for_the_one_off_checks(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 from recipe_callbacks import RecipeReport, RecipeWarning
 from recipe_callbacks.core.fingerprints import fingerprint_scalar, fingerprint_tensors
 from recipe_callbacks.seed_everything import SeedEverything, weights_fingerprint
-from tests.support import TinyClassifier, blobs, fast_trainer, read_events, scalar_values, text_values
+from tests.support import TinyClassifier, blobs, fast_trainer, finding_values, read_events, text_values
 
 TAG = "recipe.seed_everything"
 
@@ -131,12 +131,13 @@ def test_same_seed_same_fingerprints_read_back_from_tensorboard(tmp_path: Path) 
     a, ea = fingerprint_run(tmp_path / "a", seed=3)
     b, eb = fingerprint_run(tmp_path / "b", seed=3)
     _, ec = fingerprint_run(tmp_path / "c", seed=4)
-    for tag in ("weights_fingerprint", "batch_fingerprint"):
-        assert scalar_values(ea, f"{TAG}/{tag}") == scalar_values(eb, f"{TAG}/{tag}")
-        assert scalar_values(ea, f"{TAG}/{tag}") != scalar_values(ec, f"{TAG}/{tag}")
-    assert scalar_values(ea, f"{TAG}/weights_fingerprint") == [fingerprint_scalar(a.weights_fingerprint)]
-    assert scalar_values(ea, f"{TAG}/seed") == [3.0]
-    assert scalar_values(ea, f"{TAG}/deterministic") == [0.0]
+    # one-time values: the check's text in TensorBoard, not single-point scalar charts
+    va, vb, vc = (finding_values(e, TAG) for e in (ea, eb, ec))
+    for key in ("weights_fingerprint", "batch_fingerprint"):
+        assert va[key] == vb[key] != vc[key]
+    assert va["weights_fingerprint"] == fingerprint_scalar(a.weights_fingerprint)
+    assert va["seed"] == 3.0 and va["deterministic"] == 0.0
+    assert not [t for t in ea.Tags()["scalars"] if t.startswith(TAG)]
     text = text_values(ea, f"{TAG}/fingerprints")[0]
     assert a.weights_fingerprint in text and a.batch_fingerprint in text
     assert (a.weights_fingerprint, a.batch_fingerprint) == (b.weights_fingerprint, b.batch_fingerprint)
@@ -271,8 +272,9 @@ def test_fingerprints_under_ddp_spawn(tmp_path: Path) -> None:
     trainer = fast_trainer(tmp_path, callbacks=[cb], max_steps=1, devices=2, strategy="ddp_spawn")
     trainer.fit(model, DataLoader(blobs(64), batch_size=8, shuffle=True))
     ea = read_events(tmp_path / "run")
-    assert scalar_values(ea, f"{TAG}/weights_fingerprint") == [fingerprint_scalar(expected)]
-    assert len(scalar_values(ea, f"{TAG}/batch_fingerprint")) == 1
+    shown = finding_values(ea, TAG)
+    assert shown["weights_fingerprint"] == fingerprint_scalar(expected)
+    assert "batch_fingerprint" in shown
     assert expected in text_values(ea, f"{TAG}/fingerprints")[0]
 
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -88,9 +89,22 @@ def test_every_callback_is_served(full_run: tuple[Path, list[RecipeCallback]]) -
         tag = next(t for t in scalars[run] if t.startswith("recipe."))
         points = _get(f"{base}/scalars/scalars?run={run}&tag={urllib.request.quote(tag)}")
         assert points and all(len(p) == 3 for p in points)
+        # one-time values (seed, fingerprints, flags, counts, cost_steps) are text, not single-point charts
+        recipe_scalars = [t for t in scalars[run] if t.startswith("recipe.")]
+        for tag in recipe_scalars:
+            series = _get(f"{base}/scalars/scalars?run={run}&tag={urllib.request.quote(tag)}")
+            assert len(series) > 1, f"{tag} is a single-point chart"
+        finding_texts = {t for t in text_tags if t.endswith("/finding")}
+        assert {f"{cb.tag_prefix}/finding" for cb in callbacks if cb.findings} <= finding_texts
+        # Custom Scalars: a category per check with scalars, a chart per quantity family (one unit each)
         layout = _wait_for(f"{base}/custom_scalars/layout", lambda d: bool(d))
         titles = {c["title"] for c in layout["category"]}
-        assert {cb.tag_prefix for cb in callbacks} <= titles
+        assert titles == {t.split("/")[0] for t in recipe_scalars}
+        for category in layout["category"]:
+            for chart in category["chart"]:
+                quantities = {re.sub(r"_\d+$", "", t.strip("^$").replace("\\", "").rsplit("/", 1)[-1])
+                              for t in chart["multiline"]["tag"]}
+                assert quantities == {chart["title"]}, chart
     finally:
         server.terminate()
         try:

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from recipe_callbacks import RecipeCheckError, RecipeReport, RecipeWarning
+from recipe_callbacks.core.pictures import FIGURE_SHAPE
 from recipe_callbacks.update_ratio_monitor import UpdateRatioMonitor
 from tests.support import TinyClassifier, blobs, fast_trainer, loader, read_events, scalar_values
 
@@ -176,7 +177,10 @@ def test_healthy_model_passes_and_draws_the_ratio_chart(tmp_path: Path) -> None:
     assert len(dead) == 5 and max(dead) < 0.5
     images = ea.Images(f"{TAG}/ratio_chart")
     assert [im.step for im in images] == [2, 6, 8]  # every 2nd sample and at the end
-    assert images[-1].width == 640 and images[-1].height == 360
+    assert images[-1].width == FIGURE_SHAPE[1] and images[-1].height >= FIGURE_SHAPE[0]  # legend rows below
+    chart = monitor.ratio_chart()  # what the last picture shows: the ratios themselves on a log axis
+    assert chart.axes[0].get_yscale() == "log"
+    assert {"net.0", "net.2", "healthy, around 1e-3"} <= set(chart.axes[0].get_legend_handles_labels()[1])
 
 
 def test_saturated_tanh_is_measured_and_flagged_on_dict_batches(tmp_path: Path) -> None:

@@ -22,14 +22,16 @@ import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from recipe_callbacks.core.pictures import colormap
+from recipe_callbacks.core.pictures import matrix_chart
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 # ----------------------------------------------------------------------------- small pieces
 
@@ -487,23 +489,35 @@ class OutputRecorder:
 
 
 def dependency_picture(
-    rel: torch.Tensor, flagged: Sequence[Dependency] = (), *, floor: float = 1e-6, cell: int = 24, max_side: int = 768
-) -> np.ndarray:
-    """A relative dependency matrix as an ``(H, W, 3)`` uint8 picture, rows top-down.
+    rel: torch.Tensor,
+    flagged: Sequence[Dependency] = (),
+    *,
+    floor: float = 1e-6,
+    title: str = "",
+    xlabel: str = "input sample",
+    ylabel: str = "output sample",
+    flagged_label: str = "dependency that should be 0",
+) -> Figure:
+    """A relative dependency matrix as a figure: rows are outputs, columns the inputs they depend on.
 
-    Colour is ``log10`` of the relative strength on the viridis map from ``floor`` (dark purple,
-    no dependency) to 1 (yellow, the strongest dependency of that probe); grey is not measured;
-    red marks the ``flagged`` entries (dependencies that should not exist).
+    Colour is the relative strength on a log scale from ``floor`` (dark, no dependency) to 1
+    (yellow, the strongest dependency of that probe), with a colour bar; only the probed rows
+    (columns) are drawn, labelled with their index; the ``flagged`` entries (dependencies that
+    should not exist) are outlined in red.
 
     Example:
-        >>> dependency_picture(torch.eye(3), cell=2).shape
-        (6, 6, 3)
+        >>> from recipe_callbacks.core.pictures import figure_to_image
+        >>> figure_to_image(dependency_picture(torch.eye(3))).shape
+        (360, 480, 3)
     """
-    values = rel.detach().to(torch.float64).cpu().numpy()
-    logged = np.where(np.isnan(values), np.nan, np.log10(np.clip(values, floor, 1.0)))
-    rgb = colormap(logged, vmin=math.log10(floor), vmax=0.0)
-    for dep in flagged:
-        rgb[dep.out, dep.source] = (255, 0, 0)
-    size = max(1, min(cell, max_side // max(1, max(values.shape))))
-    picture: np.ndarray = rgb.repeat(size, axis=0).repeat(size, axis=1)
-    return picture
+    values = rel.detach().to(torch.float64).cpu()
+    measured = ~torch.isnan(values)
+    rows = [int(i) for i in torch.nonzero(measured.any(dim=1)).flatten()] or list(range(values.shape[0]))
+    cols = [int(j) for j in torch.nonzero(measured.any(dim=0)).flatten()] or list(range(values.shape[1]))
+    where_row, where_col = {r: k for k, r in enumerate(rows)}, {c: k for k, c in enumerate(cols)}
+    marks = [(where_row[d.out], where_col[d.source]) for d in flagged if d.out in where_row and d.source in where_col]
+    return matrix_chart(
+        values[rows][:, cols], title=title, xlabel=xlabel, ylabel=ylabel, log_scale=True, vmin=floor, vmax=1.0,
+        colorbar_label="relative dependency (log scale)", marks=marks, marks_label=flagged_label,
+        x_values=[float(c) for c in cols], y_values=[float(r) for r in rows],
+    )

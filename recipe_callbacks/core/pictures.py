@@ -1,53 +1,353 @@
-"""Pictures as ``uint8`` arrays of shape ``(H, W, 3)``: image grids, heat maps, line and bar charts.
+"""Pictures: matplotlib charts (line, bar, matrix) and captioned image grids of samples.
 
-Drawn with Pillow only, so the package needs no plotting library at run time. Every function
-returns an array that ``SummaryWriter.add_image(..., dataformats="HWC")`` or a PNG writer takes.
+Charts are ``matplotlib.figure.Figure`` objects drawn on the Agg canvas, never through
+``pyplot``: no global state, no display, safe in any thread. Each one carries a title that says
+what to look for, labelled axes with units and real tick values, a legend, a colour bar with its
+scale, the healthy band shaded where one exists and the flagged entries marked.
+:func:`figure_to_image` turns a figure into the ``(H, W, 3)`` uint8 array every logger takes.
+Image grids of samples stay pixel arrays (one tile per sample, captioned below).
 """
 
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
+import matplotlib
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from matplotlib import colors
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+from matplotlib.ticker import FuncFormatter, MaxNLocator
+from PIL import Image, ImageDraw, ImageFont
 
-# Anchor colours of the viridis map; intermediate values are interpolated linearly.
-_VIRIDIS = np.array(
-    [[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]], dtype=np.float64
-)
-# Distinct line colours for charts (Tableau 10).
-PALETTE: tuple[tuple[int, int, int], ...] = (
-    (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
-    (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207),
-)
-WHITE = (255, 255, 255)
-BLACK = (0, 0, 0)
-GREY = (200, 200, 200)
+# 480 x 360 pixels: TensorBoard shows a picture in a card about 330-390 pixels wide, so the
+# figure is small and its text large (10-12 pt), and stays legible there without zooming.
+FIGSIZE = (5.0, 3.75)
+DPI = 96
+FIGURE_SHAPE = (round(FIGSIZE[1] * DPI), round(FIGSIZE[0] * DPI), 3)  # (H, W, 3) of a chart's picture
+HEALTHY = "tab:green"
+FLAGGED = "tab:red"
+_RC = {"font.size": 10.5, "axes.titlesize": 11.5, "axes.labelsize": 11.0, "legend.fontsize": 9.0}
 
 
-def colormap(values: np.ndarray, vmin: float | None = None, vmax: float | None = None) -> np.ndarray:
-    """Map an array of any shape to viridis colours; returns ``values.shape + (3,)`` uint8.
+@dataclass(frozen=True)
+class Band:
+    """A horizontal range shaded on a chart: the healthy band of a quantity, with its legend label."""
 
-    NaN maps to grey.
+    low: float
+    high: float
+    label: str
+
+
+@dataclass(frozen=True)
+class Mark:
+    """A point marked and labelled on a chart or matrix: a leak, an outlier, a NaN step."""
+
+    x: float
+    y: float
+    label: str
+
+
+def new_figure(size: tuple[float, float] = FIGSIZE) -> Figure:
+    """An empty figure on the Agg canvas with the package's font sizes."""
+    fig = Figure(figsize=size, dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _title(text: str, width: int = 48) -> str:
+    return "\n".join(textwrap.wrap(text, width)) if text else ""
+
+
+def _apply_fonts(fig: Figure) -> None:
+    for ax in fig.axes:
+        ax.title.set_fontsize(_RC["axes.titlesize"])
+        ax.xaxis.label.set_fontsize(_RC["axes.labelsize"])
+        ax.yaxis.label.set_fontsize(_RC["axes.labelsize"])
+        ax.tick_params(labelsize=_RC["font.size"])
+        legend = ax.get_legend()
+        if legend is not None:
+            for text in legend.get_texts():
+                text.set_fontsize(_RC["legend.fontsize"])
+
+
+def line_chart(
+    series: Mapping[str, Sequence[float]],
+    *,
+    x: Sequence[float] | None = None,
+    title: str = "",
+    xlabel: str = "step",
+    ylabel: str = "",
+    log_y: bool = False,
+    band: Band | None = None,
+    hlines: Mapping[str, float] | None = None,
+    marks: Sequence[Mark] = (),
+    styles: Mapping[str, str] | None = None,
+    y_from_zero: bool = False,
+) -> Figure:
+    """Lines, one per named series, over a shared x (default 0, 1, 2, ...), with a legend.
+
+    ``log_y`` draws a log axis (non-positive values are left out); ``band`` shades a healthy
+    range; ``hlines`` draws labelled dashed reference lines; ``marks`` labels single points;
+    ``styles`` gives a matplotlib line style per series name (e.g. ``"--"``); ``y_from_zero``
+    starts a linear y axis at 0 (a constant learning rate then shows its own value). NaN breaks a line.
 
     Example:
-        >>> colormap(np.array([0.0, 1.0])).tolist()
-        [[68, 1, 84], [253, 231, 37]]
+        >>> fig = line_chart({"lr": [1.0, 0.5, 0.25]}, title="LR", ylabel="learning rate")
+        >>> figure_to_image(fig).shape
+        (360, 480, 3)
     """
-    v = np.asarray(values, dtype=np.float64)
-    finite = np.isfinite(v)
-    lo = float(np.min(v[finite])) if vmin is None and finite.any() else (vmin or 0.0)
-    hi = float(np.max(v[finite])) if vmax is None and finite.any() else (vmax if vmax is not None else 1.0)
-    scale = (v - lo) / (hi - lo) if hi > lo else np.zeros_like(v)
-    pos = np.clip(np.nan_to_num(scale), 0.0, 1.0) * (len(_VIRIDIS) - 1)
-    idx = np.minimum(pos.astype(np.int64), len(_VIRIDIS) - 2)
-    frac = (pos - idx)[..., None]
-    rgb = _VIRIDIS[idx] * (1 - frac) + _VIRIDIS[idx + 1] * frac
-    rgb[~finite] = GREY
-    out: np.ndarray = np.round(rgb).astype(np.uint8)
+    entries = len(series) + (band is not None) + len(hlines or {})
+    below = entries > 3  # many entries: the legend goes under the axes, so it covers no line
+    rows = math.ceil(entries / 2) if below else 0
+    fig = new_figure((FIGSIZE[0], FIGSIZE[1] + 0.2 * rows))
+    ax = fig.add_subplot()
+    styles = dict(styles or {})
+    longest = max((len(v) for v in series.values()), default=0)
+    xs = np.asarray(list(x), dtype=np.float64) if x is not None else np.arange(longest, dtype=np.float64)
+    drawn = 0
+    for name, values in series.items():
+        ys = np.asarray(list(values), dtype=np.float64)[: len(xs)]
+        if log_y:
+            ys = np.where(ys > 0, ys, np.nan)
+        if not np.isfinite(ys).any():
+            continue
+        drawn += 1
+        single = int(np.isfinite(ys).sum()) == 1
+        ax.plot(xs[: len(ys)], ys, styles.get(name, "-"), label=name, linewidth=1.6, marker="o" if single else None)
+    if band is not None:
+        ax.axhspan(band.low, band.high, color=HEALTHY, alpha=0.15, label=band.label, zorder=0)
+    for k, (name, value) in enumerate((hlines or {}).items()):
+        if math.isfinite(value) and (value > 0 or not log_y):
+            ax.axhline(value, linestyle=("--", ":", "-.")[k % 3], linewidth=1.4, color="black", label=name)
+    for mark in marks:
+        if math.isfinite(mark.y) or not log_y:
+            y = mark.y if math.isfinite(mark.y) else float(np.nanmax(ax.get_ylim()))
+            ax.plot([mark.x], [y], "X", color=FLAGGED, markersize=9, zorder=5)
+            ax.annotate(mark.label, (mark.x, y), textcoords="offset points", xytext=(6, 6), color=FLAGGED)
+    if log_y:
+        ax.set_yscale("log")
+    else:
+        ax.ticklabel_format(axis="y", useOffset=False)
+        if y_from_zero and drawn:
+            every = np.concatenate([np.asarray(list(v), dtype=np.float64) for v in series.values()])
+            top = float(every[np.isfinite(every)].max())
+            ax.set_ylim(min(0.0, float(every[np.isfinite(every)].min())), top * 1.15 if top > 0 else 1.0)
+    if not drawn:
+        ax.text(0.5, 0.5, "no finite values to draw", ha="center", va="center", transform=ax.transAxes)
+    ax.set_title(_title(title))
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(True, alpha=0.3)
+    if x is None or all(float(v).is_integer() for v in xs):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if ax.get_legend_handles_labels()[0]:
+        if below:
+            fig.legend(loc="outside lower center", ncols=2, fontsize=_RC["legend.fontsize"], frameon=False)
+        else:
+            ax.legend(loc="best", framealpha=0.85)
+    _apply_fonts(fig)
+    return fig
+
+
+def bar_chart(
+    labels: Sequence[str],
+    values: Sequence[float],
+    *,
+    title: str = "",
+    xlabel: str = "",
+    ylabel: str = "",
+    reference: tuple[float, str] | None = None,
+    band: Band | None = None,
+    flagged: Sequence[int] = (),
+    flagged_label: str = "flagged",
+    second: tuple[Sequence[float], str] | None = None,
+    first_label: str = "",
+) -> Figure:
+    """Vertical bars, one per label; the value above each bar when there are few.
+
+    ``reference`` draws a labelled dashed line (e.g. 1 = matches the prior); ``band`` shades a
+    healthy range; ``flagged`` bars are red and named in the legend; ``second`` draws a second
+    series of bars beside the first (``first_label`` names the first).
+
+    Example:
+        >>> figure_to_image(bar_chart(["0", "1"], [3, 1], ylabel="samples")).shape
+        (360, 480, 3)
+    """
+    fig = new_figure()
+    ax = fig.add_subplot()
+    vals = np.nan_to_num(np.asarray(list(values), dtype=np.float64))
+    pos = np.arange(len(vals), dtype=np.float64)
+    width = 0.4 if second is not None else 0.8
+    colours = [FLAGGED if i in set(flagged) else "C0" for i in range(len(vals))]
+    bars = ax.bar(pos - (width / 2 if second else 0.0), vals, width=width, color=colours, label=first_label or None)
+    if second is not None:
+        ax.bar(pos + width / 2, np.nan_to_num(np.asarray(list(second[0]), dtype=np.float64)), width=width,
+               color="C1", label=second[1])
+    if flagged:
+        ax.bar([math.nan], [math.nan], color=FLAGGED, label=flagged_label)
+    if band is not None:
+        ax.axhspan(band.low, band.high, color=HEALTHY, alpha=0.15, label=band.label, zorder=0)
+    if reference is not None:
+        ax.axhline(reference[0], linestyle="--", color="black", linewidth=1.2, label=reference[1])
+    if 0 < len(vals) <= 16 and second is None:
+        ax.bar_label(bars, labels=[f"{v:.4g}" for v in vals], fontsize=8.5, padding=2)
+        ax.margins(y=0.12)
+    ax.set_xticks(pos)
+    step = max(1, math.ceil(len(labels) / 25))
+    ax.set_xticklabels([str(s) if i % step == 0 else "" for i, s in enumerate(labels)],
+                       rotation=0 if max((len(str(s)) for s in labels), default=0) <= 3 else 45)
+    ax.set_title(_title(title))
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(True, axis="y", alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="best", framealpha=0.85)
+    _apply_fonts(fig)
+    return fig
+
+
+def band_chart(
+    points: Mapping[str, float],
+    band: Band,
+    *,
+    title: str = "",
+    xlabel: str = "",
+    reference: tuple[float, str] | None = None,
+) -> Figure:
+    """Single numbers against the band they should fall in: one labelled row per number.
+
+    A row whose number is outside ``band`` is drawn in red. ``reference`` draws a labelled dashed
+    line (e.g. the expected value at the band's centre).
+
+    Example:
+        >>> fig = band_chart({"observed": 2.4}, Band(1.7, 2.9, "expected"), xlabel="loss (nats)")
+        >>> figure_to_image(fig).shape
+        (235, 480, 3)
+    """
+    fig = new_figure((FIGSIZE[0], 2.0 + 0.45 * len(points)))
+    ax = fig.add_subplot()
+    ax.axvspan(band.low, band.high, color=HEALTHY, alpha=0.18, label=band.label)
+    if reference is not None:
+        ax.axvline(reference[0], linestyle="--", color="black", linewidth=1.2, label=reference[1])
+    names = list(points)
+    finite = [v for v in points.values() if math.isfinite(v)] + [band.low, band.high]
+    span = max(finite) - min(finite) or 1.0
+    for row, name in enumerate(names):
+        value = points[name]
+        inside = band.low <= value <= band.high
+        colour = "C0" if inside else FLAGGED
+        if math.isfinite(value):
+            ax.plot([value], [row], "o", color=colour, markersize=9)
+            ax.annotate(f"{value:.4g}", (value, row), textcoords="offset points", xytext=(0, 8), ha="center",
+                        color=colour)
+        else:
+            ax.text(max(finite), row, f"{value}", color=FLAGGED, va="center")
+    ax.set_yticks(range(len(names)))
+    ax.set_yticklabels(names)
+    ax.set_ylim(-0.7, len(names) - 0.3)
+    ax.set_xlim(min(finite) - 0.15 * span, max(finite) + 0.15 * span)
+    ax.invert_yaxis()
+    ax.set_title(_title(title))
+    ax.set_xlabel(xlabel)
+    ax.grid(True, axis="x", alpha=0.3)
+    ax.legend(loc="best", framealpha=0.85)
+    _apply_fonts(fig)
+    return fig
+
+
+def matrix_chart(
+    matrix: np.ndarray | torch.Tensor,
+    *,
+    title: str = "",
+    xlabel: str = "",
+    ylabel: str = "",
+    colorbar_label: str = "",
+    vmin: float | None = None,
+    vmax: float | None = None,
+    log_scale: bool = False,
+    cmap: str = "viridis",
+    marks: Sequence[tuple[int, int]] = (),
+    marks_label: str = "flagged",
+    x_values: Sequence[float] | None = None,
+    y_values: Sequence[float] | None = None,
+) -> Figure:
+    """A 2-D matrix as a coloured grid (rows top-down) with a colour bar and labelled axes.
+
+    ``log_scale`` colours by ``log10`` (values at or below ``vmin`` get the lowest colour);
+    NaN is grey (not measured); ``marks`` are ``(row, column)`` entries outlined in red and named
+    ``marks_label`` in the legend; ``x_values`` and ``y_values`` label the columns and rows (e.g.
+    training steps, or the indices of the rows kept from a larger matrix).
+
+    Example:
+        >>> figure_to_image(matrix_chart(np.eye(3), colorbar_label="strength")).shape
+        (360, 480, 3)
+    """
+    m = matrix.detach().cpu().double().numpy() if isinstance(matrix, torch.Tensor) else np.asarray(matrix, float)
+    if m.ndim != 2:
+        raise ValueError(f"matrix_chart(matrix.shape={m.shape}): expected a 2-D matrix")
+    fig = new_figure()
+    ax = fig.add_subplot()
+    colour_map = matplotlib.colormaps[cmap].with_extremes(bad="lightgrey")
+    finite = m[np.isfinite(m)]
+    if log_scale:
+        lo = vmin if vmin is not None else float(finite[finite > 0].min()) if (finite > 0).any() else 1e-6
+        hi = vmax if vmax is not None else max(float(finite.max()) if finite.size else 1.0, lo * 10)
+        shown = np.where(np.isnan(m), np.nan, np.clip(m, lo, hi))
+        norm: colors.Normalize = colors.LogNorm(vmin=lo, vmax=hi)
+    else:
+        lo = vmin if vmin is not None else float(finite.min()) if finite.size else 0.0
+        hi = vmax if vmax is not None else float(finite.max()) if finite.size else 1.0
+        shown, norm = m, colors.Normalize(vmin=lo, vmax=hi if hi > lo else lo + 1.0)
+    rows, cols = m.shape
+    extent = (-0.5, cols - 0.5, rows - 0.5, -0.5)
+    image = ax.imshow(shown, aspect="auto", cmap=colour_map, norm=norm, interpolation="nearest", extent=extent)
+    bar = fig.colorbar(image, ax=ax, pad=0.02)
+    bar.set_label(colorbar_label)
+    for k, (r, c) in enumerate(marks):
+        outline = Rectangle((c - 0.5, r - 0.5), 1, 1, fill=False, edgecolor=FLAGGED, linewidth=2.0)
+        outline.set_label(marks_label if k == 0 else "_")
+        ax.add_patch(outline)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=10))
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True, nbins=10))
+    for axis, values, count in ((ax.xaxis, x_values, cols), (ax.yaxis, y_values, rows)):
+        if values is not None and len(values) == count:
+            axis.set_major_formatter(_index_formatter(list(values)))
+            if count <= 20:
+                axis.set_ticks(range(count))
+    ax.set_title(_title(title, 46))
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if marks:
+        ax.legend(loc="upper right", framealpha=0.85)
+    _apply_fonts(fig)
+    return fig
+
+
+def _index_formatter(values: list[float]) -> FuncFormatter:
+    return FuncFormatter(lambda v, _pos: f"{values[round(v)]:g}" if 0 <= round(v) < len(values) else "")
+
+
+def figure_to_image(fig: Figure) -> np.ndarray:
+    """Render a figure to an ``(H, W, 3)`` uint8 array (the one figure-to-picture conversion).
+
+    Example:
+        >>> figure_to_image(new_figure((2.0, 1.0))).shape
+        (96, 192, 3)
+    """
+    canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
+    canvas.draw()  # type: ignore[no-untyped-call]
+    rgba = np.asarray(canvas.buffer_rgba())  # type: ignore[no-untyped-call]
+    out: np.ndarray = np.ascontiguousarray(rgba[..., :3])
     return out
+
+
+# ----------------------------------------------------------------------------- image grids
 
 
 def _to_uint8_rgb(image: np.ndarray) -> np.ndarray:
@@ -73,6 +373,16 @@ def normalize_each(images: torch.Tensor) -> torch.Tensor:
     span = hi - lo
     out = torch.where(span > 0, (flat - lo) / span.clamp_min(1e-300), torch.full_like(flat, 0.5))
     return out.reshape(images.shape)
+
+
+_CAPTION_PX = 11
+
+
+def _caption_font() -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    try:  # Pillow >= 10.1 ships a scalable default font (keeps the spaces the bitmap font drops)
+        return ImageFont.load_default(size=_CAPTION_PX - 2)
+    except TypeError:  # pragma: no cover - older Pillow
+        return ImageFont.load_default()
 
 
 def image_grid(
@@ -101,7 +411,7 @@ def image_grid(
     factor = max(1, math.ceil(min_cell / max(h, w)))
     cols = ncols or max(1, math.ceil(math.sqrt(n)))
     rows = max(1, math.ceil(n / cols))
-    caption_h = 12 if captions else 0
+    caption_h = _CAPTION_PX + 1 if captions else 0
     cell_h, cell_w = h * factor + caption_h, w * factor
     canvas = np.full((rows * (cell_h + pad) + pad, cols * (cell_w + pad) + pad, 3), 255, dtype=np.uint8)
     for i in range(n):
@@ -112,139 +422,13 @@ def image_grid(
     if captions:
         pil = Image.fromarray(canvas)
         draw = ImageDraw.Draw(pil)
+        font = _caption_font()
         for i, text in enumerate(captions[:n]):
             r, c = divmod(i, cols)
             top, left = pad + r * (cell_h + pad) + h * factor, pad + c * (cell_w + pad)
-            draw.text((left + 1, top), str(text)[: max(1, cell_w // 6)], fill=BLACK)
+            draw.text((left + 1, top), str(text)[: max(1, cell_w // 6)], fill=(0, 0, 0), font=font)
         canvas = np.asarray(pil)
     return canvas
-
-
-def heatmap(
-    matrix: np.ndarray | torch.Tensor,
-    *,
-    vmin: float | None = None,
-    vmax: float | None = None,
-    cell: int = 8,
-    max_side: int = 1024,
-) -> np.ndarray:
-    """A 2-D matrix as a viridis picture, each entry a ``cell`` x ``cell`` square (rows top-down).
-
-    Example:
-        >>> heatmap(np.eye(3), cell=2).shape
-        (6, 6, 3)
-    """
-    m = matrix.detach().cpu().double().numpy() if isinstance(matrix, torch.Tensor) else np.asarray(matrix)
-    if m.ndim != 2:
-        raise ValueError(f"heatmap(matrix.shape={m.shape}): expected a 2-D matrix")
-    size = max(1, min(cell, max_side // max(1, max(m.shape))))
-    return colormap(m, vmin, vmax).repeat(size, axis=0).repeat(size, axis=1)
-
-
-def _frame(width: int, height: int, title: str) -> tuple[Image.Image, ImageDraw.ImageDraw]:
-    pil = Image.new("RGB", (width, height), WHITE)
-    draw = ImageDraw.Draw(pil)
-    draw.text((6, 4), title, fill=BLACK)
-    return pil, draw
-
-
-def _fmt(v: float) -> str:
-    return f"{v:.3g}"
-
-
-def line_chart(
-    series: Mapping[str, Sequence[float]],
-    *,
-    x: Sequence[float] | None = None,
-    title: str = "",
-    log_y: bool = False,
-    width: int = 640,
-    height: int = 360,
-) -> np.ndarray:
-    """Lines, one per named series, over a shared x (default 0, 1, 2, ...), with a legend.
-
-    ``log_y`` plots ``log10`` of positive values (others are dropped).
-
-    Example:
-        >>> line_chart({"lr": [1.0, 0.5, 0.25]}, title="LR").shape
-        (360, 640, 3)
-    """
-    per_row = max(1, (width - 68) // 110)
-    legend_rows = max(1, math.ceil(len(series) / per_row))
-    height += 10 * (legend_rows - 1)  # grow the picture so that every legend entry has its own place
-    pil, draw = _frame(width, height, title)
-    left, right, top, bottom = 60, width - 10, 22, height - 18 - 10 * legend_rows
-    ys: dict[str, np.ndarray] = {}
-    for name, values in series.items():
-        arr = np.asarray(list(values), dtype=np.float64)
-        if log_y:
-            arr = np.where(arr > 0, np.log10(np.where(arr > 0, arr, 1.0)), np.nan)
-        ys[name] = arr
-    longest = max((len(a) for a in ys.values()), default=0)
-    xs = np.asarray(list(x), dtype=np.float64) if x is not None else np.arange(longest, dtype=np.float64)
-    finite = [a[np.isfinite(a)] for a in ys.values()]
-    finite_all = np.concatenate(finite) if finite else np.array([])
-    if finite_all.size == 0 or xs.size == 0:
-        draw.text((left, height // 2), "no finite values", fill=BLACK)
-        return np.asarray(pil)
-    y_lo, y_hi = float(finite_all.min()), float(finite_all.max())
-    if y_hi == y_lo:
-        y_lo, y_hi = y_lo - 0.5, y_hi + 0.5
-    x_lo, x_hi = float(xs.min()), float(xs.max()) if xs.max() > xs.min() else float(xs.min()) + 1.0
-    draw.rectangle((left, top, right, bottom), outline=BLACK)
-
-    def px(xv: float, yv: float) -> tuple[float, float]:
-        return (
-            left + (xv - x_lo) / (x_hi - x_lo) * (right - left),
-            bottom - (yv - y_lo) / (y_hi - y_lo) * (bottom - top),
-        )
-
-    prefix = "10^" if log_y else ""
-    draw.text((2, top), prefix + _fmt(y_hi), fill=BLACK)
-    draw.text((2, bottom - 10), prefix + _fmt(y_lo), fill=BLACK)
-    draw.text((left, bottom + 4), _fmt(x_lo), fill=BLACK)
-    draw.text((right - 40, bottom + 4), _fmt(x_hi), fill=BLACK)
-    for k, (name, arr) in enumerate(ys.items()):
-        colour = PALETTE[k % len(PALETTE)]
-        points = [px(float(xs[i]), float(arr[i])) for i in range(min(len(arr), len(xs))) if np.isfinite(arr[i])]
-        if len(points) == 1:
-            (cx, cy) = points[0]
-            draw.ellipse((cx - 2, cy - 2, cx + 2, cy + 2), fill=colour)
-        elif points:
-            draw.line(points, fill=colour, width=2)
-        draw.text((left + 8 + 110 * (k % per_row), bottom + 14 + 10 * (k // per_row)), name[:16], fill=colour)
-    return np.asarray(pil)
-
-
-def bar_chart(
-    labels: Sequence[str],
-    values: Sequence[float],
-    *,
-    title: str = "",
-    width: int = 640,
-    height: int = 320,
-) -> np.ndarray:
-    """Vertical bars, one per label, with the value above each bar.
-
-    Example:
-        >>> bar_chart(["0", "1"], [3, 1]).shape
-        (320, 640, 3)
-    """
-    pil, draw = _frame(width, height, title)
-    left, right, top, bottom = 10, width - 10, 34, height - 20
-    vals = np.nan_to_num(np.asarray(list(values), dtype=np.float64))
-    n = max(1, len(vals))
-    peak = float(vals.max()) if vals.size and vals.max() > 0 else 1.0
-    slot = (right - left) / n
-    for i, v in enumerate(vals):
-        x0 = left + i * slot + slot * 0.1
-        x1 = left + (i + 1) * slot - slot * 0.1
-        y0 = bottom - (max(v, 0.0) / peak) * (bottom - top)
-        draw.rectangle((x0, y0, x1, bottom), fill=PALETTE[0])
-        if slot >= 18:
-            draw.text((x0, bottom + 3), str(labels[i])[: max(1, int(slot // 6))], fill=BLACK)
-            draw.text((x0, y0 - 11), _fmt(float(v)), fill=BLACK)
-    return np.asarray(pil)
 
 
 def to_png(image: np.ndarray, path: str) -> None:
