@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
+from torch import nn
 from typing_extensions import override
 
 from recipe_callbacks.batch import BatchToXY
@@ -29,6 +30,31 @@ from recipe_callbacks.validation import check_bool, check_choice, check_float, c
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
+
+
+# Modules that only a sequence model has: their presence is the evidence that dim 1 of a float
+# (B, T, F) input is time. Hand-written blocks count by name (nanoGPT's CausalSelfAttention,
+# Hugging Face's GPT2Attention, a user's LSTMBlock, ...).
+SEQUENCE_MODULES: tuple[type[nn.Module], ...] = (
+    nn.RNNBase, nn.RNNCellBase, nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.TransformerDecoderLayer
+)
+SEQUENCE_NAME_PARTS: tuple[str, ...] = ("attention", "attn", "lstm", "gru", "rnn", "mamba", "causal")
+
+
+def sequence_module(model: nn.Module) -> str | None:
+    """The name of the first module that only a sequence model has, or ``None``.
+
+    Example:
+        >>> sequence_module(nn.Sequential(nn.Linear(2, 4), nn.LSTM(4, 4)))
+        '1 (LSTM)'
+        >>> sequence_module(nn.Sequential(nn.Linear(2, 4), nn.ReLU())) is None
+        True
+    """
+    for name, module in model.named_modules():
+        kind = type(module).__name__
+        if isinstance(module, SEQUENCE_MODULES) or any(part in kind.lower() for part in SEQUENCE_NAME_PARTS):
+            return f"{name or 'the model'} ({kind})"
+    return None
 
 
 @dataclass
@@ -70,7 +96,10 @@ class CausalityCheck(OneOffDependencyCheck):
         strict: ``False``: output ``t`` may use inputs up to and including ``t`` (a language model
             fed tokens ``<= t``); ``True``: only inputs before ``t``.
         time_dim: the time dim of the input and the output (the same for both). ``None`` infers
-            dim 1 for ``(B, T)`` integer ids and ``(B, T, F)`` float features and skips other inputs.
+            dim 1 for ``(B, T)`` integer ids, and for ``(B, T, F)`` float features when the model
+            has a recurrent or attention module (``nn.RNNBase``, ``nn.MultiheadAttention``, a
+            module whose class name says attention/LSTM/GRU/RNN); it skips every other input, since
+            a tabular or set model mixes the rows of a ``(B, 5, 2)`` input by design.
         train_mode: run the model in its training mode with only BatchNorm in eval (``True``) or the
             whole model in eval mode (``False``).
         method: ``"gradient"``, ``"perturbation"`` or ``"auto"`` (gradients when available).
@@ -125,13 +154,22 @@ class CausalityCheck(OneOffDependencyCheck):
         self.method: Method = check_choice(owner, "method", method, METHODS)
 
     # ----------------------------------------------------------------- measuring
-    def _time_dim(self, x: torch.Tensor, integer: bool) -> int:
+    def _time_dim(self, x: torch.Tensor, integer: bool, model: nn.Module) -> int:
         if self.time_dim is not None:
             if self.time_dim >= x.ndim:
                 raise CannotRun(f"time_dim={self.time_dim} but the input has shape {tuple(x.shape)}", "time_dim")
             return self.time_dim
-        if (integer and x.ndim == 2) or (not integer and x.ndim == 3):
+        if integer and x.ndim == 2:
             return 1
+        if not integer and x.ndim == 3:
+            if sequence_module(model) is not None:
+                return 1
+            raise CannotRun(
+                f"the input of shape {tuple(x.shape)} (float features) may not be a sequence: the model has no "
+                "recurrent or attention module that would make dim 1 time, and a model that mixes the rows of a "
+                "non-sequence input by design would fail; name the time dim to check it",
+                "time_dim",
+            )
         kind = "integer ids" if integer else "float features"
         raise CannotRun(
             f"the input of shape {tuple(x.shape)} ({kind}) is not a sequence: expected (B, T) token ids or "
@@ -142,7 +180,7 @@ class CausalityCheck(OneOffDependencyCheck):
     @override
     def _measure(self, pl_module: pl.LightningModule, x: torch.Tensor) -> _Measurement:
         integer = not (x.is_floating_point() or x.is_complex())
-        dim = self._time_dim(x, integer)
+        dim = self._time_dim(x, integer, pl_module)
         steps = x.shape[dim]
         if steps < 2:
             raise CannotRun(f"the sequence has {steps} time step(s); nothing to compare", "time_dim")
