@@ -75,7 +75,7 @@ class CausalityCheck(OneOffDependencyCheck):
     ``(B, T)`` of token ids and outputs with the same time dim: for a few probed output times
     ``t``, the gradient of a fixed random weighting of the outputs at ``t`` with respect to the
     input is charted over input time, giving a time x time dependency matrix. Any dependency on
-    the future (input time ``s > t``, or ``s >= t`` with ``strict``) above ``tolerance`` relative
+    the future (input time ``s > t``, or ``s >= t`` with ``strict``) above ``max_dependency`` relative
     to the probe's strongest dependency is a failure: a causal attention mask off by one, a
     bidirectional RNN, a convolution padded on both sides, a shift the wrong way.
 
@@ -91,7 +91,7 @@ class CausalityCheck(OneOffDependencyCheck):
         num_positions: how many output times (gradient) or input times (perturbation) to probe,
             spread over the sequence; each costs one backward (or forward) pass.
         num_samples: how many sequences of the batch to run the check on.
-        tolerance: largest dependency on the future allowed, relative to the probe's strongest
+        max_dependency: largest dependency on the future allowed, relative to the probe's strongest
             dependency; a causal model has exactly zero.
         strict: ``False``: output ``t`` may use inputs up to and including ``t`` (a language model
             fed tokens ``<= t``); ``True``: only inputs before ``t``.
@@ -109,7 +109,7 @@ class CausalityCheck(OneOffDependencyCheck):
         batch_to_xy: a function ``batch -> (x, y)`` for other batch shapes.
 
     Raises:
-        ValueError: for non-positive counts or tolerance, ``time_dim`` 0, or an unknown ``method``.
+        ValueError: for non-positive counts or max_dependency, ``time_dim`` 0, or an unknown ``method``.
         TypeError: for arguments of the wrong type.
 
     Logged:
@@ -131,7 +131,7 @@ class CausalityCheck(OneOffDependencyCheck):
         self,
         num_positions: int = 8,
         num_samples: int = 2,
-        tolerance: float = 1e-4,
+        max_dependency: float = 1e-4,
         strict: bool = False,
         time_dim: int | None = None,
         train_mode: bool = True,
@@ -145,7 +145,7 @@ class CausalityCheck(OneOffDependencyCheck):
         owner = type(self).__name__
         self.num_positions = check_int(owner, "num_positions", num_positions)
         self.num_samples = check_int(owner, "num_samples", num_samples)
-        self.tolerance = check_float(owner, "tolerance", tolerance, maximum=1.0)
+        self.max_dependency = check_float(owner, "max_dependency", max_dependency, maximum=1.0)
         for name, flag in (("strict", strict), ("train_mode", train_mode)):
             check_bool(owner, name, flag)
         self.strict = strict
@@ -230,7 +230,7 @@ class CausalityCheck(OneOffDependencyCheck):
                 raw = dependency_by_perturbation(forward, xs, positions, out_dim=dim, in_dim=dim)
                 rel = relative(raw, axis=0)
                 cost = cost_in_steps(forwards + 1 + len(positions), 0, n, batch_size)
-        violations = future(rel, self.tolerance, self.strict)
+        violations = future(rel, self.max_dependency, self.strict)
         return _Measurement(rel, positions, method, where, violations, cost, batchnorms)
 
     # ----------------------------------------------------------------- reporting
@@ -251,7 +251,7 @@ class CausalityCheck(OneOffDependencyCheck):
         self.log_image(trainer, "dependency_matrix", dependency_picture(m.rel, m.violations))
         allowed = "before t" if self.strict else "up to t"
         setup = (
-            f"{self.tolerance:g} relative tolerance, "
+            f"{self.max_dependency:g} relative tolerance, "
             + (f"gradients at {m.where}, " if m.method == "gradient" else "perturbing the input, ")
             + ("training mode" if self.train_mode else "eval mode")
             + (f" with {m.batchnorms} BatchNorm layer(s) in eval mode" if m.batchnorms and self.train_mode else "")

@@ -77,10 +77,11 @@ class PredictionDynamicsLogger(RecipeCallback):
         indices: dataset indices of the samples to watch; overrides ``num_samples``.
         source: ``"val"`` takes the samples from the validation dataloader, ``"train"`` from the
             training dataloader (for runs without validation).
-        task: ``"auto"`` infers it with :func:`~recipe_callbacks.core.task.infer_task`, as the
-            other checks do (class indices for the logits' class axis: multiclass; one logit per
+        task: ``None`` (or ``"auto"``) infers it with :func:`~recipe_callbacks.core.task.infer_task`,
+            as the other checks do (class indices for the logits' class axis: multiclass; one logit per
             target and 0/1 targets, float ones too: binary; other float targets: regression);
-            ``"classification"`` or ``"regression"`` say it.
+            ``"multiclass"``, ``"binary"`` or ``"regression"`` say it, with the same meaning as in the
+            other checks; ``"classification"`` says one of the first two.
         max_jitter: the median jitter after warm-up above which the learning rate is flagged.
         max_flip_rate: the median flip rate after warm-up above which it is flagged.
         min_confidence: a class change counts as a flip only when the top probability was at least
@@ -130,7 +131,7 @@ class PredictionDynamicsLogger(RecipeCallback):
         every_n_steps: int = 50,
         indices: list[int] | None = None,
         source: Literal["val", "train"] = "val",
-        task: Literal["auto", "classification", "regression"] = "auto",
+        task: str | None = None,
         max_jitter: float = 0.1,
         max_flip_rate: float = 0.1,
         min_confidence: float = 0.5,
@@ -152,9 +153,12 @@ class PredictionDynamicsLogger(RecipeCallback):
             indices = [check_int(_OWNER, "indices", i, minimum=0) for i in indices]
         self.indices = indices
         self.source: Literal["val", "train"] = check_choice(_OWNER, "source", source, ("val", "train"))
-        self.task: Literal["auto", "classification", "regression"] = check_choice(
-            _OWNER, "task", task, ("auto", "classification", "regression")
-        )
+        # One meaning of ``task`` across the callbacks (a preset hands the same value to all):
+        # None/"auto" infers it; "multiclass", "binary", "regression" say it; "classification"
+        # says one of the first two.
+        self.task: str | None = check_choice(_OWNER, "task", task, (None, "auto", "classification", *TASKS))
+        if self.task == "auto":
+            self.task = None
         self.max_jitter = check_float(_OWNER, "max_jitter", max_jitter)
         self.max_flip_rate = check_float(_OWNER, "max_flip_rate", max_flip_rate, maximum=1.0)
         self.min_confidence = check_float(
@@ -292,8 +296,12 @@ class PredictionDynamicsLogger(RecipeCallback):
                 if output.numel() != y.numel():
                     raise ValueError(f"outputs {tuple(output.shape)} and targets {tuple(y.shape)} differ in size")
                 return "regression"
-            if self.task == "classification":  # float labels are class indices or 0/1 here
-                return require_task(output, y.long() if y.is_floating_point() else y)
+            if self.task is not None:  # a classification: float labels are class indices or 0/1 here
+                found = require_task(output, y.long() if y.is_floating_point() else y)
+                if self.task != "classification" and found != self.task:
+                    raise ValueError(f"task={self.task!r}, but outputs {tuple(output.shape)} with targets "
+                                     f"{tuple(y.shape)} are a {found} task")
+                return found
             return require_task(output, y)
         except ValueError as err:
             self.skip(trainer, f"cannot compare the predictions with the targets: {err}", "task")

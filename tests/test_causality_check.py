@@ -237,7 +237,7 @@ def test_on_fail_raise(tmp_path: Path) -> None:
         ({"num_positions": 0}, ValueError, r"CausalityCheck\(num_positions=0\)"),
         ({"num_samples": 1.5}, TypeError, r"CausalityCheck\(num_samples=1.5\)"),
         ({"time_dim": 0}, ValueError, r"CausalityCheck\(time_dim=0\)"),
-        ({"tolerance": 2.0}, ValueError, r"CausalityCheck\(tolerance=2.0\)"),
+        ({"max_dependency": 2.0}, ValueError, r"CausalityCheck\(max_dependency=2.0\)"),
         ({"strict": 1}, TypeError, r"CausalityCheck\(strict=1\)"),
         ({"method": "guess"}, ValueError, r"CausalityCheck\(method='guess'\)"),
     ],

@@ -168,3 +168,26 @@ def test_cli_print_config_round_trips(tmp_path: Path, capsys: pytest.CaptureFixt
     assert [c["class_path"] for c in callbacks] == ["recipe_callbacks.presets.RecipePreset",
                                                     "recipe_callbacks.InitLossCheck"]
     assert callbacks[1]["init_args"]["tolerance"] == 0.2
+
+
+def test_a_preset_wide_argument_has_one_meaning_across_the_members(tmp_path: Path) -> None:
+    # `tolerance` is InitLossCheck's relative band; the dependency checks' own limit is `max_dependency`,
+    # so a preset-wide tolerance=0.2 no longer hides a real cross-sample leak below 0.2.
+    from tests.support import blobs, fast_trainer, loader
+    from tests.test_batch_independence_check import ViewMixer
+
+    built = presets.callbacks("full", tolerance=0.2, on_fail="ignore")
+    by_name = {type(cb).__name__: cb for cb in built}
+    assert by_name["InitLossCheck"].tolerance == 0.2
+    assert by_name["BatchIndependenceCheck"].max_dependency == 1e-4
+    assert by_name["CausalityCheck"].max_dependency == 1e-4
+    check = by_name["BatchIndependenceCheck"]
+    trainer = fast_trainer(tmp_path, max_steps=2, callbacks=[check])
+    trainer.fit(ViewMixer(), loader(blobs(32)))
+    (finding,) = check.findings
+    assert finding.status == "fail" and finding.values["max_leak"] > 1e-4, finding.message()
+    # A preset-wide task means the same in every member that takes it, and builds the `full` preset.
+    for task in ("binary", "multiclass", "regression"):
+        members = {type(cb).__name__: cb for cb in presets.callbacks("full", task=task)}
+        assert all(getattr(members[n], "task") == task for n in
+                   ("DataInspector", "FullEvalSet", "InitLossCheck", "PredictionDynamicsLogger"))
