@@ -378,3 +378,34 @@ def test_ddp_spawn_two_processes_odd_set_is_exact(tmp_path: Path) -> None:
     assert "padded 13 samples to 14" in finding["summary"] and "n = 13" in finding["summary"]
     assert finding["values"]["padding_excluded"] == 1.0
     assert finding["values"]["cost_steps"] == 0.0  # the forward hook saw the logits under DDP too
+
+
+@pytest.mark.parametrize(
+    ("how", "reason"),
+    [("no_loader", "no val dataloader"), ("empty", "no batches"), ("max_steps_1", "before the first validation")],
+)
+def test_a_fit_without_validation_ends_with_a_skip_not_pending(tmp_path: Path, how: str, reason: str) -> None:
+    cb = FullEvalSet()
+    empty = TensorDataset(torch.zeros(0, 8), torch.zeros(0, dtype=torch.long))
+    if how == "max_steps_1":
+        trainer = fast_trainer(tmp_path, callbacks=[cb], max_steps=1, max_epochs=-1, val_check_interval=4)
+        trainer.fit(TinyClassifier(), loader(blobs(64)), loader(blobs(16, seed=1)))
+    else:
+        trainer = fast_trainer(tmp_path, callbacks=[cb], max_steps=2)
+        trainer.fit(TinyClassifier(), loader(blobs(32)), None if how == "no_loader" else loader(empty))
+    (finding,) = cb.findings
+    assert finding.status == "skip" and reason in finding.summary, finding.message()
+    assert finding.advice
+
+
+def test_fast_dev_run_is_no_coverage_warning(tmp_path: Path) -> None:
+    cb = FullEvalSet()
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        fast_trainer(tmp_path, callbacks=[cb], fast_dev_run=True).fit(
+            TinyClassifier(), loader(blobs(32)), loader(blobs(32, seed=1), 8)
+        )
+    assert not [w for w in record if issubclass(w.category, RecipeWarning)]
+    (finding,) = cb.findings
+    assert finding.status == "skip" and "fast_dev_run" in finding.summary and "limit_val_batches" not in finding.advice
+    assert finding.values["num_samples"] == 8.0
