@@ -611,6 +611,14 @@ class FullEvalSet(RecipeCallback):
             summary += " " + "; ".join(sorted(set(notes))) + "."
         if problems:
             summary += " Coverage: " + " ".join(problems)
+        if not math.isfinite(loss.mean):
+            self.report(
+                trainer, "fail", f"{summary} The loss is not finite: a NaN or infinite output or target in the set "
+                "makes the figure meaningless", values,
+                "look for NaN/Inf targets (missing values) and outputs in the validation set; drop, impute or mask "
+                "them", key=key, log_values=False,
+            )
+            return
         status: Literal["pass", "warn"] = "warn" if problems else "pass"
         self._report_once(trainer, status, summary, values, " ".join(advice), key, "|".join(advice))
 

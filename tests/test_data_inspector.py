@@ -304,3 +304,15 @@ def test_a_forward_that_needs_more_than_x_is_a_skip_not_a_crash(tmp_path: Path) 
     assert "DataInspector(input_key=...)" in hardest[0].advice
     # InitLossCheck needs no forward of its own: the first step's hook saw self(x, 1.0)
     assert [f.status for f in init.findings] == ["pass"]
+
+
+def test_nan_targets_fail_instead_of_passing(tmp_path: Path) -> None:
+    from tests.test_full_eval_set import _Regressor, _regression_data
+
+    cb = DataInspector(on_fail="ignore")
+    fast_trainer(tmp_path / "nan", callbacks=[cb], max_steps=2).fit(_Regressor(), loader(_regression_data(True)))
+    labels = [f for f in cb.findings if "target" in f.summary][0]
+    assert labels.status == "fail" and "NaN" in labels.summary and labels.values["nonfinite_targets"] == 1.0
+    healthy = DataInspector()
+    fast_trainer(tmp_path / "ok", callbacks=[healthy], max_steps=2).fit(_Regressor(), loader(_regression_data(False)))
+    assert all(f.status in ("pass", "skip") for f in healthy.findings), [f.message() for f in healthy.findings]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import warnings
 from pathlib import Path
 from typing import Any
@@ -409,3 +410,44 @@ def test_fast_dev_run_is_no_coverage_warning(tmp_path: Path) -> None:
     (finding,) = cb.findings
     assert finding.status == "skip" and "fast_dev_run" in finding.summary and "limit_val_batches" not in finding.advice
     assert finding.values["num_samples"] == 8.0
+
+
+class _Regressor(pl.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = torch.nn.Linear(8, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).squeeze(1)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        return torch.nn.functional.mse_loss(self(batch[0]), batch[1])
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self(batch[0])
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+def _regression_data(nan: bool) -> TensorDataset:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(32, 8, generator=g)
+    y = x.sum(dim=1)
+    if nan:
+        y[5] = math.nan  # planted: a missing target
+    return TensorDataset(x, y)
+
+
+def test_nan_targets_fail_instead_of_passing(tmp_path: Path) -> None:
+    cb = FullEvalSet(on_fail="ignore")
+    fast_trainer(tmp_path / "nan", callbacks=[cb], max_steps=2).fit(
+        _Regressor(), loader(_regression_data(False)), loader(_regression_data(True))
+    )
+    (finding,) = cb.findings
+    assert finding.status == "fail" and "not finite" in finding.summary, finding.message()
+    healthy = FullEvalSet()
+    fast_trainer(tmp_path / "ok", callbacks=[healthy], max_steps=2).fit(
+        _Regressor(), loader(_regression_data(False)), loader(_regression_data(False))
+    )
+    assert healthy.findings[0].status == "pass", healthy.findings[0].message()
