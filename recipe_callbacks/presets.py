@@ -41,7 +41,7 @@ ENVIRONMENT_VARIABLE = "RECIPE_PRESET"
 # Member callbacks of each preset, in the order they run, with the arguments the preset gives them.
 _MEMBERS: dict[str, tuple[tuple[str, dict[str, Any]], ...]] = {
     "skeleton": (
-        ("SeedEverything", {"seed": 0}),
+        ("SeedEverything", {}),
         ("DataInspector", {}),
         ("InputVisualizer", {}),
         ("InitLossCheck", {}),
@@ -62,7 +62,7 @@ _MEMBERS: dict[str, tuple[tuple[str, dict[str, Any]], ...]] = {
         ("UpdateRatioMonitor", {}),
     ),
     "full": (
-        ("SeedEverything", {"seed": 0}),
+        ("SeedEverything", {}),
         ("DataInspector", {}),
         ("InputVisualizer", {}),
         ("InitLossCheck", {}),
