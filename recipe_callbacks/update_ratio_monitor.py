@@ -314,7 +314,8 @@ class UpdateRatioMonitor(RecipeCallback):
 
         def hook(_: nn.Module, args: Any, output: Any) -> None:
             seen = args[0] if by_input and args else output
-            if not isinstance(seen, torch.Tensor):
+            # only training_step's own forward: other callbacks observe under no_grad (EvalModeCheck)
+            if not isinstance(seen, torch.Tensor) or not torch.is_grad_enabled():
                 return
             count = self._calls.get(name, 0) + 1
             self._calls[name] = count

@@ -181,6 +181,9 @@ def test_a_preset_wide_argument_has_one_meaning_across_the_members(tmp_path: Pat
     assert by_name["InitLossCheck"].tolerance == 0.2
     assert by_name["BatchIndependenceCheck"].max_dependency == 1e-4
     assert by_name["CausalityCheck"].max_dependency == 1e-4
+    for other in ("EvalModeCheck", "LeakageCheck"):  # their own tolerances keep their defaults
+        if other in by_name:
+            assert by_name[other].tolerance == type(by_name[other])().tolerance
     check = by_name["BatchIndependenceCheck"]
     trainer = fast_trainer(tmp_path, max_steps=2, callbacks=[check])
     trainer.fit(ViewMixer(), loader(blobs(32)))
