@@ -82,8 +82,9 @@ def _same_input(seen: Any, expected: torch.Tensor) -> bool:
 
 def _smoke_mode(trainer: pl.Trainer) -> str:
     """``"fast_dev_run=..."`` or ``"overfit_batches=..."`` when the run is partial on purpose, else ``""``."""
-    if trainer.fast_dev_run:
-        return f"fast_dev_run={trainer.fast_dev_run}"
+    fast_dev_run = getattr(trainer, "fast_dev_run", False)  # set by the Trainer at runtime, not typed
+    if fast_dev_run:
+        return f"fast_dev_run={fast_dev_run}"
     overfit = getattr(trainer, "overfit_batches", 0)
     return f"overfit_batches={overfit}" if overfit else ""
 

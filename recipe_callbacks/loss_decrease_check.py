@@ -45,7 +45,8 @@ class LossDecreaseCheck(RecipeCallback):
     It reads the loss that ``training_step`` returns (a tensor, or ``dict["loss"]``; or the logged
     metric named by ``monitor``) in ``on_train_batch_end``, so it costs no extra forward pass; the
     losses of the batches of one optimizer step (``accumulate_grad_batches``) are averaged into one
-    value per step. After ``num_steps`` optimizer steps it cuts the losses into thirds and computes the relative decrease
+    value per step. After ``num_steps`` optimizer steps it cuts the losses into thirds and computes
+    the relative decrease
     ``(median(first third) - median(last third)) / |median(first third)|`` and the Theil–Sen slope
     (see ``recipe_callbacks.core.loss_trend``). Verdicts:
 

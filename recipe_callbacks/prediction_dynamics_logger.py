@@ -57,7 +57,8 @@ class PredictionDynamicsLogger(RecipeCallback):
     change of the probability given to the true class, or of the regression prediction in units
     of the targets' standard deviation) and the **flip rate** (fraction of predictions whose class
     changed to or from a confident prediction: an argmax over near-uniform probabilities flips with
-    every small update and says nothing about the learning rate). At the end of training a Finding flags a learning rate that is too high: jitter or
+    every small update and says nothing about the learning rate). At the end of training a Finding
+    flags a learning rate that is too high: jitter or
     flip rate still high after the first ``warmup_fraction`` of training (their median over the
     later records above ``max_jitter`` / ``max_flip_rate``) while the predictions go back and
     forth (at least ``min_back_and_forth`` of their movement undone, so a model that is still
@@ -492,7 +493,11 @@ class PredictionDynamicsLogger(RecipeCallback):
         tracked = state_dict.get("previous_tracked")
         if isinstance(tracked, torch.Tensor):
             self._previous = Snapshot(
-                tracked, state_dict.get("previous_classes"), torch.zeros(0), math.nan, state_dict.get("previous_confident")
+                tracked,
+                state_dict.get("previous_classes"),
+                torch.zeros(0),
+                math.nan,
+                state_dict.get("previous_confident"),
             )
         self._nonfinite_step = int(state_dict.get("nonfinite_step", -1))
 

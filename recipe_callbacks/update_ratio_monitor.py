@@ -53,7 +53,8 @@ class UpdateRatioMonitor(RecipeCallback):
     dead when it is inactive for every value in the batch (ReLU: exactly 0; tanh: ``|y| > 0.99``;
     sigmoid: within 0.01 of 0 or 1; GELU, SiLU, Softplus: an input so far left that less than 0.01
     of the gradient passes, see :mod:`recipe_callbacks.core.update_ratio`). Between sampled steps
-    nothing is hooked or copied: an unsampled step costs one integer check per hook. It only reads: the run's weights stay bit-identical.
+    nothing is hooked or copied: an unsampled step costs one integer check per hook. It only reads:
+    the run's weights stay bit-identical.
 
     A layer is flagged when its ratio stays below ``min_ratio`` (not learning: a frozen layer, a
     parameter missing from the optimizer, a vanishing gradient) or above ``max_ratio`` (exploding:

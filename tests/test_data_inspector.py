@@ -307,11 +307,11 @@ def test_a_forward_that_needs_more_than_x_is_a_skip_not_a_crash(tmp_path: Path) 
 
 
 def test_nan_targets_fail_instead_of_passing(tmp_path: Path) -> None:
-    from tests.test_full_eval_set import _Regressor, _regression_data
+    from tests.test_full_eval_set import _regression_data, _Regressor
 
     cb = DataInspector(on_fail="ignore")
     fast_trainer(tmp_path / "nan", callbacks=[cb], max_steps=2).fit(_Regressor(), loader(_regression_data(True)))
-    labels = [f for f in cb.findings if "target" in f.summary][0]
+    labels = next(f for f in cb.findings if "target" in f.summary)
     assert labels.status == "fail" and "NaN" in labels.summary and labels.values["nonfinite_targets"] == 1.0
     healthy = DataInspector()
     fast_trainer(tmp_path / "ok", callbacks=[healthy], max_steps=2).fit(_Regressor(), loader(_regression_data(False)))

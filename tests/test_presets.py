@@ -192,7 +192,7 @@ def test_a_preset_wide_argument_has_one_meaning_across_the_members(tmp_path: Pat
     # A preset-wide task means the same in every member that takes it, and builds the `full` preset.
     for task in ("binary", "multiclass", "regression"):
         members = {type(cb).__name__: cb for cb in presets.callbacks("full", task=task)}
-        assert all(getattr(members[n], "task") == task for n in
+        assert all(members[n].task == task for n in
                    ("DataInspector", "FullEvalSet", "InitLossCheck", "PredictionDynamicsLogger"))
 
 

@@ -241,7 +241,7 @@ def input_flags(
         if bool(same.all()):
             flags.append(Flag("identical_samples", "fail", f"all {x.shape[0]} samples of the batch are identical"))
     integer = not (x.is_floating_point() or x.is_complex() or x.dtype == torch.bool)
-    if integer and layout != "none" and finite_total and 0.0 <= overall["min"] and 1.0 < overall["max"] <= PIXEL_MAX:
+    if integer and layout != "none" and finite_total and overall["min"] >= 0.0 and 1.0 < overall["max"] <= PIXEL_MAX:
         # uint8, or int64 pixels as read from a file or a NumPy array: raw 0..255 all the same
         flags.append(
             Flag(
