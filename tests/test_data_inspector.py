@@ -316,3 +316,21 @@ def test_nan_targets_fail_instead_of_passing(tmp_path: Path) -> None:
     healthy = DataInspector()
     fast_trainer(tmp_path / "ok", callbacks=[healthy], max_steps=2).fit(_Regressor(), loader(_regression_data(False)))
     assert all(f.status in ("pass", "skip") for f in healthy.findings), [f.message() for f in healthy.findings]
+
+
+def test_x_mask_y_batches_count_the_labels_not_the_mask(tmp_path: Path) -> None:
+    class MaskedClassifier(TinyClassifier):
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            x, mask, y = batch
+            return torch.nn.functional.cross_entropy(self(x * mask), y)
+
+    x, y = blobs(64).tensors
+    mask = torch.ones_like(x)
+    mask[:, 6:] = 0.0  # the last two features padded
+    cb = DataInspector()
+    fast_trainer(tmp_path, callbacks=[cb], max_steps=2).fit(
+        MaskedClassifier(), loader(torch.utils.data.TensorDataset(x, mask, y))
+    )
+    labels = next(f for f in cb.findings if "class" in f.summary)
+    assert labels.status == "pass", labels.message()
+    assert labels.values.get("num_classes", 4.0) == 4.0 and "4 classes" in labels.summary
