@@ -1,6 +1,7 @@
 """The one place that finds the input ``x`` and the target ``y`` in a batch.
 
-Understood without configuration: a tensor (input only), a tuple or list ``(x, y, ...)``, and a
+Understood without configuration: a tensor (input only), a tuple or list ``(x, y, ...)`` (or
+``(x, mask, y)`` when the second item is a mask of ``x``: bool, or 0/1 shaped like ``x``), and a
 dict with one of the common key names. ``input_key`` / ``target_key`` name the entry (a dict key,
 or a position such as ``"0"`` for tuples); ``batch_to_xy`` is a function for anything else.
 """
@@ -54,6 +55,18 @@ def _key_index(key: str, size: int, argument: str) -> int:
     return index
 
 
+def _is_mask(candidate: Any, x: Any) -> bool:
+    """Whether ``candidate`` is a padding/attention mask of ``x``: bool, or 0/1 values shaped like
+    ``x`` (token ids ``(B, T)``) or like ``x`` without its feature dim (``(B, T)`` for ``(B, T, F)``)."""
+    if not isinstance(candidate, torch.Tensor) or not isinstance(x, torch.Tensor) or x.ndim < 2:
+        return False
+    if tuple(candidate.shape) not in (tuple(x.shape), tuple(x.shape[:-1])):
+        return False
+    if candidate.dtype == torch.bool:
+        return True
+    return candidate.numel() > 0 and bool(((candidate == 0) | (candidate == 1)).all())
+
+
 def _from_sequence(
     batch: tuple[Any, ...] | list[Any], input_key: str | None, target_key: str | None
 ) -> ResolvedBatch:
@@ -62,6 +75,8 @@ def _from_sequence(
     yi: int | None = _key_index(target_key, n, "target_key") if target_key is not None else None
     if yi is None and n >= 2:
         yi = 1 if xi != 1 else 0
+        if xi == 0 and n >= 3 and _is_mask(batch[1], batch[0]) and isinstance(batch[2], torch.Tensor):
+            yi = 2  # (x, mask, y): the mask is not the target
     x = batch[xi]
     y = batch[yi] if yi is not None else None
     if not isinstance(x, torch.Tensor):

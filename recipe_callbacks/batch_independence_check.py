@@ -106,7 +106,7 @@ class BatchIndependenceCheck(OneOffDependencyCheck):
 
     On the first training batch of the fit: the "loss" is a fixed random weighting of the
     outputs of sample ``i``; its gradient with respect to the input must be zero at every other
-    sample (relative to the largest gradient, within ``tolerance``) for a few probed ``i``. A
+    sample (relative to the largest gradient, within ``max_dependency``) for a few probed ``i``. A
     ``view``/``reshape`` that moves the batch dimension, or statistics over the batch in
     ``forward``, make samples leak into each other; the Finding then names which samples leak
     into which and the first module whose output shows the mixing (forward hooks on every
@@ -123,7 +123,7 @@ class BatchIndependenceCheck(OneOffDependencyCheck):
     Args:
         num_probes: how many samples ``i`` to probe (spread over the batch); each costs one
             backward pass over the batch.
-        tolerance: largest cross-sample gradient allowed, relative to the largest gradient of the
+        max_dependency: largest cross-sample gradient allowed, relative to the largest gradient of the
             same probe; a model that keeps samples apart has exactly zero.
         train_mode: run the model in its training mode with only BatchNorm in eval (``True``), or
             the whole model in eval mode (``False``, misses mixing that happens only in training).
@@ -135,13 +135,13 @@ class BatchIndependenceCheck(OneOffDependencyCheck):
         batch_to_xy: a function ``batch -> (x, y)`` for other batch shapes.
 
     Raises:
-        ValueError: for a non-positive ``num_probes`` or ``tolerance``, or an unknown ``method``.
+        ValueError: for a non-positive ``num_probes`` or ``max_dependency``, or an unknown ``method``.
         TypeError: for arguments of the wrong type.
 
     Logged:
         - ``recipe.batch_independence_check/finding``: text, the Finding with its values
           ``max_leak`` (largest relative cross-sample dependency), ``leaking_pairs`` ((output
-          sample, input sample) pairs above tolerance), ``num_probes`` (samples probed) and
+          sample, input sample) pairs above ``max_dependency``), ``num_probes`` (samples probed) and
           ``cost_steps`` (cost in training-step equivalents).
         - ``recipe.batch_independence_check/dependency_matrix``: figure, probed output sample (rows)
           x input sample (columns), log colour scale with a colour bar, leaks outlined in red.
@@ -156,7 +156,7 @@ class BatchIndependenceCheck(OneOffDependencyCheck):
     def __init__(
         self,
         num_probes: int = 4,
-        tolerance: float = 1e-4,
+        max_dependency: float = 1e-4,
         train_mode: bool = True,
         method: Method = "auto",
         on_fail: OnFail = "warn",
@@ -167,7 +167,7 @@ class BatchIndependenceCheck(OneOffDependencyCheck):
         super().__init__(on_fail, input_key, target_key, batch_to_xy)
         owner = type(self).__name__
         self.num_probes = check_int(owner, "num_probes", num_probes)
-        self.tolerance = check_float(owner, "tolerance", tolerance, maximum=1.0)
+        self.max_dependency = check_float(owner, "max_dependency", max_dependency, maximum=1.0)
         self.train_mode = check_bool(owner, "train_mode", train_mode)
         self.method: Method = check_choice(owner, "method", method, METHODS)
 
@@ -216,14 +216,14 @@ class BatchIndependenceCheck(OneOffDependencyCheck):
             if method == "gradient":
                 assert out is not None and inputs is not None
                 rel = relative(dependency_by_gradient(out, inputs, probes), axis=1)
-                leaks = off_diagonal(rel, self.tolerance)
+                leaks = off_diagonal(rel, self.max_dependency)
                 if leaks:
-                    scan = first_mixing_output(recorder.outputs, inputs, leaks[0].out, self.tolerance)
+                    scan = first_mixing_output(recorder.outputs, inputs, leaks[0].out, self.max_dependency)
                 backwards = len(probes) + (scan.backwards if scan else 0)
                 cost = cost_in_steps(forwards, backwards, batch_size, batch_size)
             else:
                 rel = relative(dependency_by_perturbation(forward, x, probes), axis=0)
-                leaks = off_diagonal(rel, self.tolerance)
+                leaks = off_diagonal(rel, self.max_dependency)
                 cost = cost_in_steps(forwards + 1 + len(probes), 0, batch_size, batch_size)
         kinds = [recorder.kind(k) for k in range(len(recorder.names))]
         return _Measurement(rel, probes, method, leaks, cost, where, scan, recorder.names, kinds, batchnorms)
@@ -247,7 +247,7 @@ class BatchIndependenceCheck(OneOffDependencyCheck):
         )
         self.log_figure(trainer, "dependency_matrix", picture)
         setup = (
-            f"{self.tolerance:g} relative tolerance, "
+            f"{self.max_dependency:g} relative tolerance, "
             + (f"gradients at {m.where}, " if m.method == "gradient" else "perturbing the input, ")
             + ("training mode" if self.train_mode else "eval mode")
             + (f" with {m.batchnorms} BatchNorm layer(s) in eval mode" if m.batchnorms and self.train_mode else "")

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
+from torch import nn
 from typing_extensions import override
 
 from recipe_callbacks.batch import BatchToXY
@@ -31,6 +32,31 @@ if TYPE_CHECKING:
     import lightning.pytorch as pl
 
 
+# Modules that only a sequence model has: their presence is the evidence that dim 1 of a float
+# (B, T, F) input is time. Hand-written blocks count by name (nanoGPT's CausalSelfAttention,
+# Hugging Face's GPT2Attention, a user's LSTMBlock, ...).
+SEQUENCE_MODULES: tuple[type[nn.Module], ...] = (
+    nn.RNNBase, nn.RNNCellBase, nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.TransformerDecoderLayer
+)
+SEQUENCE_NAME_PARTS: tuple[str, ...] = ("attention", "attn", "lstm", "gru", "rnn", "mamba", "causal")
+
+
+def sequence_module(model: nn.Module) -> str | None:
+    """The name of the first module that only a sequence model has, or ``None``.
+
+    Example:
+        >>> sequence_module(nn.Sequential(nn.Linear(2, 4), nn.LSTM(4, 4)))
+        '1 (LSTM)'
+        >>> sequence_module(nn.Sequential(nn.Linear(2, 4), nn.ReLU())) is None
+        True
+    """
+    for name, module in model.named_modules():
+        kind = type(module).__name__
+        if isinstance(module, SEQUENCE_MODULES) or any(part in kind.lower() for part in SEQUENCE_NAME_PARTS):
+            return f"{name or 'the model'} ({kind})"
+    return None
+
+
 @dataclass
 class _Measurement:
     rel: torch.Tensor  # (T, T) relative dependency of output time (rows) on input time (columns)
@@ -49,7 +75,7 @@ class CausalityCheck(OneOffDependencyCheck):
     ``(B, T)`` of token ids and outputs with the same time dim: for a few probed output times
     ``t``, the gradient of a fixed random weighting of the outputs at ``t`` with respect to the
     input is charted over input time, giving a time x time dependency matrix. Any dependency on
-    the future (input time ``s > t``, or ``s >= t`` with ``strict``) above ``tolerance`` relative
+    the future (input time ``s > t``, or ``s >= t`` with ``strict``) above ``max_dependency`` relative
     to the probe's strongest dependency is a failure: a causal attention mask off by one, a
     bidirectional RNN, a convolution padded on both sides, a shift the wrong way.
 
@@ -65,12 +91,15 @@ class CausalityCheck(OneOffDependencyCheck):
         num_positions: how many output times (gradient) or input times (perturbation) to probe,
             spread over the sequence; each costs one backward (or forward) pass.
         num_samples: how many sequences of the batch to run the check on.
-        tolerance: largest dependency on the future allowed, relative to the probe's strongest
+        max_dependency: largest dependency on the future allowed, relative to the probe's strongest
             dependency; a causal model has exactly zero.
         strict: ``False``: output ``t`` may use inputs up to and including ``t`` (a language model
             fed tokens ``<= t``); ``True``: only inputs before ``t``.
         time_dim: the time dim of the input and the output (the same for both). ``None`` infers
-            dim 1 for ``(B, T)`` integer ids and ``(B, T, F)`` float features and skips other inputs.
+            dim 1 for ``(B, T)`` integer ids, and for ``(B, T, F)`` float features when the model
+            has a recurrent or attention module (``nn.RNNBase``, ``nn.MultiheadAttention``, a
+            module whose class name says attention/LSTM/GRU/RNN); it skips every other input, since
+            a tabular or set model mixes the rows of a ``(B, 5, 2)`` input by design.
         train_mode: run the model in its training mode with only BatchNorm in eval (``True``) or the
             whole model in eval mode (``False``).
         method: ``"gradient"``, ``"perturbation"`` or ``"auto"`` (gradients when available).
@@ -80,7 +109,7 @@ class CausalityCheck(OneOffDependencyCheck):
         batch_to_xy: a function ``batch -> (x, y)`` for other batch shapes.
 
     Raises:
-        ValueError: for non-positive counts or tolerance, ``time_dim`` 0, or an unknown ``method``.
+        ValueError: for non-positive counts or max_dependency, ``time_dim`` 0, or an unknown ``method``.
         TypeError: for arguments of the wrong type.
 
     Logged:
@@ -102,7 +131,7 @@ class CausalityCheck(OneOffDependencyCheck):
         self,
         num_positions: int = 8,
         num_samples: int = 2,
-        tolerance: float = 1e-4,
+        max_dependency: float = 1e-4,
         strict: bool = False,
         time_dim: int | None = None,
         train_mode: bool = True,
@@ -116,7 +145,7 @@ class CausalityCheck(OneOffDependencyCheck):
         owner = type(self).__name__
         self.num_positions = check_int(owner, "num_positions", num_positions)
         self.num_samples = check_int(owner, "num_samples", num_samples)
-        self.tolerance = check_float(owner, "tolerance", tolerance, maximum=1.0)
+        self.max_dependency = check_float(owner, "max_dependency", max_dependency, maximum=1.0)
         for name, flag in (("strict", strict), ("train_mode", train_mode)):
             check_bool(owner, name, flag)
         self.strict = strict
@@ -125,13 +154,22 @@ class CausalityCheck(OneOffDependencyCheck):
         self.method: Method = check_choice(owner, "method", method, METHODS)
 
     # ----------------------------------------------------------------- measuring
-    def _time_dim(self, x: torch.Tensor, integer: bool) -> int:
+    def _time_dim(self, x: torch.Tensor, integer: bool, model: nn.Module) -> int:
         if self.time_dim is not None:
             if self.time_dim >= x.ndim:
                 raise CannotRun(f"time_dim={self.time_dim} but the input has shape {tuple(x.shape)}", "time_dim")
             return self.time_dim
-        if (integer and x.ndim == 2) or (not integer and x.ndim == 3):
+        if integer and x.ndim == 2:
             return 1
+        if not integer and x.ndim == 3:
+            if sequence_module(model) is not None:
+                return 1
+            raise CannotRun(
+                f"the input of shape {tuple(x.shape)} (float features) may not be a sequence: the model has no "
+                "recurrent or attention module that would make dim 1 time, and a model that mixes the rows of a "
+                "non-sequence input by design would fail; name the time dim to check it",
+                "time_dim",
+            )
         kind = "integer ids" if integer else "float features"
         raise CannotRun(
             f"the input of shape {tuple(x.shape)} ({kind}) is not a sequence: expected (B, T) token ids or "
@@ -142,7 +180,7 @@ class CausalityCheck(OneOffDependencyCheck):
     @override
     def _measure(self, pl_module: pl.LightningModule, x: torch.Tensor) -> _Measurement:
         integer = not (x.is_floating_point() or x.is_complex())
-        dim = self._time_dim(x, integer)
+        dim = self._time_dim(x, integer, pl_module)
         steps = x.shape[dim]
         if steps < 2:
             raise CannotRun(f"the sequence has {steps} time step(s); nothing to compare", "time_dim")
@@ -192,7 +230,7 @@ class CausalityCheck(OneOffDependencyCheck):
                 raw = dependency_by_perturbation(forward, xs, positions, out_dim=dim, in_dim=dim)
                 rel = relative(raw, axis=0)
                 cost = cost_in_steps(forwards + 1 + len(positions), 0, n, batch_size)
-        violations = future(rel, self.tolerance, self.strict)
+        violations = future(rel, self.max_dependency, self.strict)
         return _Measurement(rel, positions, method, where, violations, cost, batchnorms)
 
     # ----------------------------------------------------------------- reporting
@@ -218,7 +256,7 @@ class CausalityCheck(OneOffDependencyCheck):
         self.log_figure(trainer, "dependency_matrix", picture)
         allowed = "before t" if self.strict else "up to t"
         setup = (
-            f"{self.tolerance:g} relative tolerance, "
+            f"{self.max_dependency:g} relative tolerance, "
             + (f"gradients at {m.where}, " if m.method == "gradient" else "perturbing the input, ")
             + ("training mode" if self.train_mode else "eval mode")
             + (f" with {m.batchnorms} BatchNorm layer(s) in eval mode" if m.batchnorms and self.train_mode else "")

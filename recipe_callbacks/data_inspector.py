@@ -272,6 +272,20 @@ class DataInspector(RecipeCallback):
             self.skip(trainer, f"could not stack the training targets: {err}", "target_key", key=key)
             return
         of = f"{read} of {size}" if size >= 0 else f"the first {read}"
+        if y.is_floating_point() and not bool(torch.isfinite(y).all()):
+            bad = ~torch.isfinite(y)
+            rows = bad.reshape(bad.shape[0], -1).any(dim=1)
+            first = int(rows.nonzero()[0, 0])
+            self.report(
+                trainer, "fail",
+                f"{int(bad.sum())} target value(s) of {of} training samples are NaN or infinite ({int(rows.sum())} "
+                f"samples; the first at sample {first} in loader order): every loss that sees them is NaN",
+                {"samples": float(read), "nonfinite_targets": float(bad.sum()), "cost_steps": 0.0},
+                "drop or impute the missing targets before training (or mask them out of the loss), and check "
+                "the preprocessing that produced them",
+                key=key,
+            )
+            return
         classes = self.task in ("multiclass", "binary") or (self.task is None and _is_class_target(y))
         if not classes:
             self.log_histogram(trainer, "targets", y)

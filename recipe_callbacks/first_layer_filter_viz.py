@@ -48,8 +48,16 @@ class FirstLayerFilterViz(RecipeCallback):
     an image as one tile per output unit, reshaped to the image. The **noise score** of the bank
     (:mod:`recipe_callbacks.core.filter_noise`: mean squared difference of neighbouring weights
     over twice their variance) is about 1 for random, i.i.d. weights and far lower for smooth,
-    structured filters. At the end a score still above ``noise_threshold`` is flagged: the first
-    layer has not learned structure from the data.
+    structured filters. At the end a score still above ``noise_threshold`` is judged by evidence, not
+    by the step count: random init scores about 1 for as long as it dominates the weights, so
+
+    - weights exactly as initialised after optimizer steps: ``warn`` (frozen, no gradient, lr 0);
+    - weights moved by less than ``min_weight_change`` times the norm of their init: ``skip``, too
+      little training to expect structure (a short or ``fast_dev_run`` run); the values give the
+      move and the noise score of the learned change ``W - W0``;
+    - weights moved that far and what training added is itself noise-like: ``warn``;
+    - weights moved that far and the learned change is smooth: ``skip``, structure is emerging but
+      the init still shows (train longer to see it).
 
     Cost: on the first batch, one forward pass cut short at the first layer; then only a copy of
     that layer's weights, a score and a picture once every ``every_n_epochs`` epochs. Nothing
@@ -65,6 +73,9 @@ class FirstLayerFilterViz(RecipeCallback):
             flagged as noise-like (i.i.d. noise scores about 1; 5x5 Gabor-like filters about 0.5).
         min_kernel_size: kernels with fewer spatial elements than this (e.g. 3x3 = 9 < 16) are
             drawn and scored but not judged: small kernels are high-pass by nature.
+        min_weight_change: judge noise-like filters only once ``||W - W0|| / ||W0||`` (the weights'
+            move from their value at the start of training) reached this; below it the random
+            init still dominates the picture whatever training does.
         max_filters: draw at most this many filters.
         on_fail: see :class:`~recipe_callbacks.callback_base.RecipeCallback`.
         input_key: where the input is in a batch; inferred when ``None``.
@@ -81,8 +92,10 @@ class FirstLayerFilterViz(RecipeCallback):
         - ``recipe.first_layer_filter_viz/noise_score``: the bank's noise score at each drawing.
         - ``recipe.first_layer_filter_viz/noise_score_chart`` (figure): the noise score over the
           drawings against ``noise_threshold`` (the structured band shaded).
-        - At the end: a Finding with ``final_noise_score``, ``initial_noise_score`` and
-          ``noise_threshold`` (text ``recipe.first_layer_filter_viz/finding``).
+        - At the end: a Finding with ``final_noise_score``, ``initial_noise_score``,
+          ``noise_threshold``, ``weight_change`` (``||W - W0|| / ||W0||``), ``change_noise_score``
+          (the noise score of ``W - W0``) and ``optimizer_steps`` (text
+          ``recipe.first_layer_filter_viz/finding``).
 
     Example::
 
@@ -96,6 +109,7 @@ class FirstLayerFilterViz(RecipeCallback):
         image_shape: list[int] | None = None,
         noise_threshold: float = 0.8,
         min_kernel_size: int = 16,
+        min_weight_change: float = 1.0,
         max_filters: int = 64,
         on_fail: OnFail = "warn",
         input_key: str | None = None,
@@ -112,7 +126,9 @@ class FirstLayerFilterViz(RecipeCallback):
         self.image_shape = image_shape
         self.noise_threshold = check_float(_OWNER, "noise_threshold", noise_threshold, maximum=2.0)
         self.min_kernel_size = check_int(_OWNER, "min_kernel_size", min_kernel_size, minimum=2)
+        self.min_weight_change = check_float(_OWNER, "min_weight_change", min_weight_change)
         self.max_filters = check_int(_OWNER, "max_filters", max_filters)
+        self._initial_weight: torch.Tensor | None = None  # W0: a CPU float64 copy at the first drawing
         self.layer_name: str | None = None
         self.initial_noise_score = math.nan
         self._module: nn.Module | None = None
@@ -127,6 +143,8 @@ class FirstLayerFilterViz(RecipeCallback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._searched, self._module, self._last_drawn_step = False, None, -1
         self._scores = []
+        if not self.is_resumed(trainer):  # a fresh run: W0 is this run's init
+            self._initial_weight, self.initial_noise_score = None, math.nan
 
     @override
     def on_train_batch_start(
@@ -139,6 +157,8 @@ class FirstLayerFilterViz(RecipeCallback):
             score = self._draw(trainer)
             if math.isnan(self.initial_noise_score):
                 self.initial_noise_score = score
+            if self._initial_weight is None or self._initial_weight.shape != self._weight().shape:
+                self._initial_weight = self._weight()
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -228,12 +248,12 @@ class FirstLayerFilterViz(RecipeCallback):
             raise RuntimeError(f"{_OWNER}: layer {self.layer_name!r} has no weight tensor")
         return weight.detach().to("cpu", torch.float64)
 
-    def filter_bank(self) -> torch.Tensor | None:
-        """The layer's weight as ``(O, C, *spatial)`` float64 on the CPU, or ``None`` for a
-        ``Linear`` over inputs without a spatial layout."""
+    def filter_bank(self, weight: torch.Tensor | None = None) -> torch.Tensor | None:
+        """The layer's weight (or ``weight`` of its shape) as ``(O, C, *spatial)`` float64 on the
+        CPU, or ``None`` for a ``Linear`` over inputs without a spatial layout."""
         if self._module is None:
             return None
-        weight = self._weight()
+        weight = self._weight() if weight is None else weight
         if isinstance(self._module, nn.Linear):
             shape = self.image_shape if self.image_shape is not None else self._input_shape
             return bank_from_linear(weight, shape) if shape is not None else None
@@ -302,46 +322,98 @@ class FirstLayerFilterViz(RecipeCallback):
         kernel = tuple(bank.shape[2:])
         size = math.prod(kernel)
         score = self.last_noise_score
+        steps = int(trainer.global_step)
+        change, change_score = self._learned_change()
         values = {
             "final_noise_score": score,
             "initial_noise_score": self.initial_noise_score,
             "noise_threshold": self.noise_threshold,
+            "weight_change": change,
+            "change_noise_score": change_score,
+            "optimizer_steps": steps,
         }
         shape_text = f"{bank.shape[0]} filters of {bank.shape[1]} channel(s) x {'x'.join(map(str, kernel))}"
         seen = (
             f"first layer {name!r} ({shape_text}): noise score {score:.2f} at the end of training "
             f"(start {self.initial_noise_score:.2f}; i.i.d. noise ~1, smooth filters far lower)"
         )
+        moved = f"after {steps} optimizer step(s) the weights moved {change:.2f} x the norm of their init"
+        picture = f"look at the picture {self.tag('filters')}"
         if size < self.min_kernel_size or math.isnan(score):
             self.report(
                 trainer,
                 "skip",
                 f"{seen}; kernels of {size} weights are too small to tell noise from edges",
                 values,
-                f"look at the picture {self.tag('filters')}; "
-                f"set {self.check_name}(min_kernel_size=...) to judge anyway",
+                f"{picture}; set {self.check_name}(min_kernel_size=...) to judge anyway",
             )
-        elif score > self.noise_threshold:
+        elif score <= self.noise_threshold:
+            self.report(trainer, "pass", f"{seen}: the filters have structure", values)
+        elif steps > 0 and change == 0.0:
             self.report(
                 trainer,
                 "warn",
-                f"{seen}, above {self.noise_threshold:.2f}: the filters still look like noise",
+                f"{seen}, above {self.noise_threshold:.2f}: the filters still look like noise, and the first layer "
+                f"never changed from its random init in {steps} optimizer step(s)",
                 values,
-                "the first layer has not learned structure: train longer, check the learning rate (too high keeps "
-                "filters noisy, too low leaves them at init), normalise the inputs, add data augmentation or "
-                f"weight decay; look at {self.tag('filters')}",
+                "the first layer has not learned: check that its parameters require grad and are in the optimizer, "
+                f"and the learning rate (0 or far too low leaves them at init); {picture}",
+            )
+        elif change < self.min_weight_change:
+            self.report(
+                trainer,
+                "skip",
+                f"{seen}; too little training to expect structure: {moved} (structure can show from "
+                f"{self.min_weight_change:g} x), so the picture still shows mostly the random init",
+                values,
+                f"train longer to judge the filters ({picture}); if the run was long, the first layer learns too "
+                f"slowly (see UpdateRatioMonitor); set {self.check_name}(min_weight_change=...) to judge earlier",
+            )
+        elif change_score > self.noise_threshold:
+            self.report(
+                trainer,
+                "warn",
+                f"{seen}, above {self.noise_threshold:.2f}: the filters still look like noise; {moved} and what "
+                f"training added is itself noise-like (its noise score {change_score:.2f})",
+                values,
+                "the first layer has not learned structure: check the learning rate (too high keeps filters "
+                f"noisy), normalise the inputs, add data augmentation or weight decay; {picture}",
             )
         else:
-            self.report(trainer, "pass", f"{seen}: the filters have structure", values)
+            self.report(
+                trainer,
+                "skip",
+                f"{seen}; {moved} and what training added is smooth (its noise score {change_score:.2f}): "
+                "structure is emerging, but the random init still shows",
+                values,
+                f"train longer to judge the filters ({picture}); set {self.check_name}(noise_threshold=...) to "
+                "judge the current filters anyway",
+            )
+
+    def _learned_change(self) -> tuple[float, float]:
+        """``(||W - W0|| / ||W0||, noise score of W - W0)``; NaNs without ``W0``."""
+        weight, initial = self._weight(), self._initial_weight
+        if initial is None or initial.shape != weight.shape or float(initial.norm()) == 0.0:
+            return math.nan, math.nan
+        delta = weight - initial
+        change = float(delta.norm() / initial.norm())
+        bank = self.filter_bank(delta)
+        if change == 0.0 or bank is None:
+            return change, math.nan
+        return change, bank_noise_score(bank)
 
     # ----------------------------------------------------------------- state
     @override
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
         state.update({"initial_noise_score": self.initial_noise_score, "layer_name": self.layer_name or ""})
+        if self._initial_weight is not None:
+            state["initial_weight"] = self._initial_weight
         return state
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
         self.initial_noise_score = float(state_dict.get("initial_noise_score", math.nan))
+        initial = state_dict.get("initial_weight")
+        self._initial_weight = initial.detach().to("cpu", torch.float64) if isinstance(initial, torch.Tensor) else None

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 import torchmetrics
 from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
+from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch.utils.data import DistributedSampler, IterableDataset, RandomSampler, SequentialSampler
 from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
@@ -77,6 +78,15 @@ def _same_input(seen: Any, expected: torch.Tensor) -> bool:
     if seen.numel() != expected.numel() or seen.ndim == 0 or seen.shape[0] != expected.shape[0]:
         return False
     return bool(torch.equal(seen.reshape(-1), expected.reshape(-1)))
+
+
+def _smoke_mode(trainer: pl.Trainer) -> str:
+    """``"fast_dev_run=..."`` or ``"overfit_batches=..."`` when the run is partial on purpose, else ``""``."""
+    fast_dev_run = getattr(trainer, "fast_dev_run", False)  # set by the Trainer at runtime, not typed
+    if fast_dev_run:
+        return f"fast_dev_run={fast_dev_run}"
+    overfit = getattr(trainer, "overfit_batches", 0)
+    return f"overfit_batches={overfit}" if overfit else ""
 
 
 def _sized_len(obj: Any) -> int | None:
@@ -210,6 +220,7 @@ class FullEvalSet(RecipeCallback):
         self._target: torch.Tensor | None = None
         self._captured: Any = None
         self._warned: dict[str, str] = {}
+        self._validated_in_fit = False
 
     @staticmethod
     def _check_metrics(
@@ -295,6 +306,32 @@ class FullEvalSet(RecipeCallback):
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._stage == "test":
             self._finish(trainer, pl_module)
+
+    @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_fit_start(trainer, pl_module)
+        self._validated_in_fit = False
+
+    @override
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._validated_in_fit or any(k != "no_validation" for k in self._findings):
+            return
+        loaders = self._loaders(trainer)
+        batches = [b for b in trainer.num_val_batches if b] if loaders else []
+        if not loaders or not is_overridden("validation_step", pl_module):
+            reason = "this fit had no validation: no val dataloader or no validation_step"
+            advice = "pass val_dataloaders to fit() (and define validation_step), or run trainer.validate()"
+        elif not batches:
+            reason = "the val dataloader of this fit has no batches (an empty set, or limit_val_batches=0)"
+            advice = "give the val dataloader samples"
+        else:
+            reason = (
+                f"training ended at global step {trainer.global_step}, before the first validation "
+                f"(val_check_interval={trainer.val_check_interval}, "
+                f"check_val_every_n_epoch={trainer.check_val_every_n_epoch})"
+            )
+            advice = "train until a validation runs, or run trainer.validate() after fit"
+        self.report(trainer, "skip", reason, {}, advice, key="no_validation")
 
     @override
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
@@ -480,6 +517,9 @@ class FullEvalSet(RecipeCallback):
         return torch.cat([head, tally.sums.to(device).reshape(-1)])
 
     def _finish(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._stage == "val" and not trainer.sanity_checking:
+            self._validated_in_fit = True
+            self._findings.pop("no_validation", None)
         for idx, loader in enumerate(self._loaders(trainer)):
             tally = self._tallies.get(idx)
             # Every process reduces, in the same order, whatever it saw: sums of sums are exact.
@@ -558,6 +598,14 @@ class FullEvalSet(RecipeCallback):
         values["cost_steps"] = own * _FORWARD_COST
         problems, advice = self._coverage(trainer, idx, loader, loss.count, dataset_len, int(head[_EXCLUDED]))
         summary = f"{self._label(idx)} " + "; ".join(parts) + "."
+        smoke = _smoke_mode(trainer)
+        if smoke and self._stage == "val":  # a partial run on purpose: a figure, but no verdict on the set
+            self.report(
+                trainer, "skip", f"{summary} Under {smoke} the Trainer evaluates part of the set on purpose, so this "
+                "is the figure of that part; the whole set is judged in an ordinary run", values, key=key,
+                log_values=False,
+            )
+            return
         if own > 0:
             summary += (
                 f" Ran its own forward pass on {own:.0f} batches per process: validation_step did not call"
@@ -567,6 +615,14 @@ class FullEvalSet(RecipeCallback):
             summary += " " + "; ".join(sorted(set(notes))) + "."
         if problems:
             summary += " Coverage: " + " ".join(problems)
+        if not math.isfinite(loss.mean):
+            self.report(
+                trainer, "fail", f"{summary} The loss is not finite: a NaN or infinite output or target in the set "
+                "makes the figure meaningless", values,
+                "look for NaN/Inf targets (missing values) and outputs in the validation set; drop, impute or mask "
+                "them", key=key, log_values=False,
+            )
+            return
         status: Literal["pass", "warn"] = "warn" if problems else "pass"
         self._report_once(trainer, status, summary, values, " ".join(advice), key, "|".join(advice))
 

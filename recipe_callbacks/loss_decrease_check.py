@@ -40,11 +40,13 @@ _ADVICE_NAN = (
 
 
 class LossDecreaseCheck(RecipeCallback):
-    """Verifies that the training loss decreases over the first ``num_steps`` training batches.
+    """Verifies that the training loss decreases over the first ``num_steps`` optimizer steps.
 
     It reads the loss that ``training_step`` returns (a tensor, or ``dict["loss"]``; or the logged
-    metric named by ``monitor``) in ``on_train_batch_end``, so it costs no extra forward pass. After
-    ``num_steps`` batches it cuts the losses into thirds and computes the relative decrease
+    metric named by ``monitor``) in ``on_train_batch_end``, so it costs no extra forward pass; the
+    losses of the batches of one optimizer step (``accumulate_grad_batches``) are averaged into one
+    value per step. After ``num_steps`` optimizer steps it cuts the losses into thirds and computes
+    the relative decrease
     ``(median(first third) - median(last third)) / |median(first third)|`` and the Theil–Sen slope
     (see ``recipe_callbacks.core.loss_trend``). Verdicts:
 
@@ -55,12 +57,14 @@ class LossDecreaseCheck(RecipeCallback):
       should fit;
     - ``pass``: it decreases.
 
-    One-off: it judges once, then watches nothing; not run again on a resumed run. With gradient
-    accumulation the per-batch loss is restored from Lightning's scaled value; under DDP the loss
-    is averaged over the processes.
+    One-off: it judges once, then watches nothing. A run resumed from a checkpoint taken before it
+    judged goes on with the losses kept in the checkpoint; a resumed run without them (a second
+    ``fit`` of a trained model) gets a ``skip`` saying why. With gradient accumulation the
+    per-batch loss is restored from Lightning's scaled value; under DDP the loss is averaged over
+    the processes.
 
     Args:
-        num_steps: how many training batches to watch (at least 6).
+        num_steps: how many optimizer steps to watch (at least 6).
         min_decrease: the smallest relative decrease that counts as going down.
         plateau_fraction: warn when the loss stalls above this fraction of its starting level
             (1.0 switches the warning off).
@@ -101,8 +105,11 @@ class LossDecreaseCheck(RecipeCallback):
         self.min_decrease = check_float(owner, "min_decrease", min_decrease, maximum=1.0)
         self.plateau_fraction = check_float(owner, "plateau_fraction", plateau_fraction, maximum=1.0)
         self.monitor = check_optional_str(owner, "monitor", monitor)
-        self.losses: list[float] = []
+        self.losses: list[float] = []  # one per optimizer step: the mean loss of its batches
         self.batches_seen = 0
+        self.steps_seen = 0
+        self._step_losses: list[float] = []  # the batches of the optimizer step in progress
+        self._restored_losses: list[float] | None = None
         self._active = False
         self._batch_step = 0
         self._state_key = self._generate_state_key(num_steps=self.num_steps, monitor=self.monitor)
@@ -115,8 +122,23 @@ class LossDecreaseCheck(RecipeCallback):
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_fit_start(trainer, pl_module)
-        self._active = not self.is_resumed(trainer) and not self.early_finished
-        self.losses, self.batches_seen = [], 0
+        self.losses, self.batches_seen, self.steps_seen, self._step_losses = [], 0, 0, []
+        judged = bool(self._findings)
+        if not self.is_resumed(trainer):
+            self._active = not self.early_finished
+        elif judged:
+            self._active = False
+        elif self._restored_losses is not None:  # resumed before it judged: go on where it was
+            self.losses, self._active, self.early_finished = list(self._restored_losses), True, False
+            self.steps_seen = len(self.losses)
+        else:
+            self._active = False
+            self.skip(
+                trainer,
+                f"this fit starts from trained weights (global step {trainer.global_step}) with no losses of the "
+                "first steps kept, so the first steps' trend cannot be judged; it is judged on a fresh run",
+            )
+            self.finish_early()
 
     @override
     def on_train_batch_start(
@@ -133,11 +155,18 @@ class LossDecreaseCheck(RecipeCallback):
         self.batches_seen += 1
         loss = self._loss(trainer, pl_module, outputs)
         if loss is not None:
-            self.losses.append(loss)
             if not math.isfinite(loss):
+                self.losses.append(loss)
                 self._report_non_finite(trainer, loss, batch_idx)
                 return
-        if self.batches_seen >= self.num_steps:
+            self._step_losses.append(loss)
+        if trainer.global_step == self._batch_step:
+            return  # the optimizer has not stepped yet (gradient accumulation)
+        self.steps_seen += 1
+        if self._step_losses:
+            self.losses.append(sum(self._step_losses) / len(self._step_losses))
+            self._step_losses = []
+        if self.steps_seen >= self.num_steps:
             self._judge(trainer)
 
     @override
@@ -187,6 +216,9 @@ class LossDecreaseCheck(RecipeCallback):
 
     def _judge(self, trainer: pl.Trainer) -> None:
         self._finish()
+        if self._step_losses:  # the batches of a step the run ended in
+            self.losses.append(sum(self._step_losses) / len(self._step_losses))
+            self._step_losses = []
         losses = self.losses
         if len(losses) < core.MIN_LOSSES:
             if self.batches_seen and not losses:
@@ -200,7 +232,8 @@ class LossDecreaseCheck(RecipeCallback):
             else:
                 self.skip(
                     trainer,
-                    f"only {len(losses)} training losses before training ended; need at least {core.MIN_LOSSES}",
+                    f"only {len(losses)} optimizer step(s) before training ended; need at least {core.MIN_LOSSES} "
+                    "to see a trend",
                     "num_steps",
                 )
             return
@@ -215,9 +248,9 @@ class LossDecreaseCheck(RecipeCallback):
         }
         self._draw(trainer, trend)
         over = (
-            f"over the first {trend.steps} training batches the loss went from {trend.first:.4g} to "
+            f"over the first {trend.steps} optimizer steps the loss went from {trend.first:.4g} to "
             f"{trend.last:.4g} (medians of the first and last thirds): a relative decrease of "
-            f"{trend.relative_decrease:.1%} (Theil–Sen slope {trend.slope:.3g} per batch)"
+            f"{trend.relative_decrease:.1%} (Theil–Sen slope {trend.slope:.3g} per step)"
         )
         if trend.status in ("flat", "rising"):
             self.report(
@@ -252,3 +285,17 @@ class LossDecreaseCheck(RecipeCallback):
             styles={"Theil-Sen trend": "--"},
         )
         self.log_figure(trainer, "loss_curve", chart)
+
+    # ----------------------------------------------------------------- state
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        if self._active:  # not judged yet: a resumed run goes on from these
+            state["losses"] = list(self.losses)
+        return state
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        losses = state_dict.get("losses")
+        self._restored_losses = [float(v) for v in losses] if isinstance(losses, list) else None

@@ -55,8 +55,10 @@ class PredictionDynamicsLogger(RecipeCallback):
     model predicts on them in eval mode, without gradients and with an isolated RNG (the
     training is not changed). From consecutive records it logs the **jitter** (mean absolute
     change of the probability given to the true class, or of the regression prediction in units
-    of the targets' standard deviation) and the **flip rate** (fraction of predicted classes that
-    changed). At the end of training a Finding flags a learning rate that is too high: jitter or
+    of the targets' standard deviation) and the **flip rate** (fraction of predictions whose class
+    changed to or from a confident prediction: an argmax over near-uniform probabilities flips with
+    every small update and says nothing about the learning rate). At the end of training a Finding
+    flags a learning rate that is too high: jitter or
     flip rate still high after the first ``warmup_fraction`` of training (their median over the
     later records above ``max_jitter`` / ``max_flip_rate``) while the predictions go back and
     forth (at least ``min_back_and_forth`` of their movement undone, so a model that is still
@@ -76,12 +78,16 @@ class PredictionDynamicsLogger(RecipeCallback):
         indices: dataset indices of the samples to watch; overrides ``num_samples``.
         source: ``"val"`` takes the samples from the validation dataloader, ``"train"`` from the
             training dataloader (for runs without validation).
-        task: ``"auto"`` infers it with :func:`~recipe_callbacks.core.task.infer_task`, as the
-            other checks do (class indices for the logits' class axis: multiclass; one logit per
+        task: ``None`` (or ``"auto"``) infers it with :func:`~recipe_callbacks.core.task.infer_task`,
+            as the other checks do (class indices for the logits' class axis: multiclass; one logit per
             target and 0/1 targets, float ones too: binary; other float targets: regression);
-            ``"classification"`` or ``"regression"`` say it.
+            ``"multiclass"``, ``"binary"`` or ``"regression"`` say it, with the same meaning as in the
+            other checks; ``"classification"`` says one of the first two.
         max_jitter: the median jitter after warm-up above which the learning rate is flagged.
         max_flip_rate: the median flip rate after warm-up above which it is flagged.
+        min_confidence: a class change counts as a flip only when the top probability was at least
+            this fraction of the way from chance (``1/C``) to certainty at one of the two records
+            (0.5: above 0.75 for 2 classes, 0.55 for 10); 0 counts every change.
         warmup_fraction: the first part of training (a fraction of the steps seen) that is not
             judged: predictions are expected to move a lot there.
         min_back_and_forth: high jitter is flagged only when, after warm-up, at least this fraction
@@ -105,8 +111,8 @@ class PredictionDynamicsLogger(RecipeCallback):
     Logged:
         - ``recipe.prediction_dynamics_logger/jitter``: mean absolute change of the tracked
           prediction since the previous record (every record after the first).
-        - ``recipe.prediction_dynamics_logger/flip_rate``: fraction of predicted classes that
-          flipped since the previous record (classification).
+        - ``recipe.prediction_dynamics_logger/flip_rate``: fraction of predictions whose class
+          changed since the previous record to or from a confident one (classification).
         - ``recipe.prediction_dynamics_logger/fixed_batch_loss``: loss on the fixed samples
           (cross-entropy, binary cross-entropy with logits, or mean squared error for regression).
         - ``recipe.prediction_dynamics_logger/heatmap`` (figure): samples (rows) x global steps
@@ -129,9 +135,10 @@ class PredictionDynamicsLogger(RecipeCallback):
         every_n_steps: int = 50,
         indices: list[int] | None = None,
         source: Literal["val", "train"] = "val",
-        task: Literal["auto", "classification", "regression"] = "auto",
+        task: str | None = None,
         max_jitter: float = 0.1,
         max_flip_rate: float = 0.1,
+        min_confidence: float = 0.5,
         warmup_fraction: float = 0.3,
         min_back_and_forth: float = 0.5,
         max_records: int = 256,
@@ -150,11 +157,17 @@ class PredictionDynamicsLogger(RecipeCallback):
             indices = [check_int(_OWNER, "indices", i, minimum=0) for i in indices]
         self.indices = indices
         self.source: Literal["val", "train"] = check_choice(_OWNER, "source", source, ("val", "train"))
-        self.task: Literal["auto", "classification", "regression"] = check_choice(
-            _OWNER, "task", task, ("auto", "classification", "regression")
-        )
+        # One meaning of ``task`` across the callbacks (a preset hands the same value to all):
+        # None/"auto" infers it; "multiclass", "binary", "regression" say it; "classification"
+        # says one of the first two.
+        self.task: str | None = check_choice(_OWNER, "task", task, (None, "auto", "classification", *TASKS))
+        if self.task == "auto":
+            self.task = None
         self.max_jitter = check_float(_OWNER, "max_jitter", max_jitter)
         self.max_flip_rate = check_float(_OWNER, "max_flip_rate", max_flip_rate, maximum=1.0)
+        self.min_confidence = check_float(
+            _OWNER, "min_confidence", min_confidence, maximum=1.0, inclusive_minimum=True
+        )
         self.warmup_fraction = check_float(
             _OWNER, "warmup_fraction", warmup_fraction, maximum=0.95, inclusive_minimum=True
         )
@@ -287,8 +300,12 @@ class PredictionDynamicsLogger(RecipeCallback):
                 if output.numel() != y.numel():
                     raise ValueError(f"outputs {tuple(output.shape)} and targets {tuple(y.shape)} differ in size")
                 return "regression"
-            if self.task == "classification":  # float labels are class indices or 0/1 here
-                return require_task(output, y.long() if y.is_floating_point() else y)
+            if self.task is not None:  # a classification: float labels are class indices or 0/1 here
+                found = require_task(output, y.long() if y.is_floating_point() else y)
+                if self.task != "classification" and found != self.task:
+                    raise ValueError(f"task={self.task!r}, but outputs {tuple(output.shape)} with targets "
+                                     f"{tuple(y.shape)} are a {found} task")
+                return found
             return require_task(output, y)
         except ValueError as err:
             self.skip(trainer, f"cannot compare the predictions with the targets: {err}", "task")
@@ -306,7 +323,7 @@ class PredictionDynamicsLogger(RecipeCallback):
                 self._disabled = True
                 return
             self._scale = target_scale(y) if self._task == "regression" else 1.0
-        snap = snapshot(output.float(), y, self._task)
+        snap = snapshot(output.float(), y, self._task, self.min_confidence)
         step = int(trainer.global_step)
         if self._nonfinite_step < 0 and not bool(torch.isfinite(output).all()):
             self._nonfinite_step = step
@@ -316,7 +333,13 @@ class PredictionDynamicsLogger(RecipeCallback):
             jit = jitter(self._previous.tracked.to(snap.tracked.device), snap.tracked, self._scale)
             scalars["jitter"] = jit
             if snap.classes is not None and self._previous.classes is not None:
-                flips = flip_rate(self._previous.classes.to(snap.classes.device), snap.classes)
+                before = self._previous
+                flips = flip_rate(
+                    before.classes.to(snap.classes.device),  # type: ignore[union-attr]
+                    snap.classes,
+                    None if before.confident is None else before.confident.to(snap.classes.device),
+                    snap.confident,
+                )
                 scalars["flip_rate"] = flips
         self._previous = snap
         self.steps.append(step)
@@ -415,7 +438,10 @@ class PredictionDynamicsLogger(RecipeCallback):
         seen = f"after the first {self.warmup_fraction:.0%} of training, the predictions on {k} fixed samples " \
                f"moved by {late_jitter:.3g}{unit} per record (median; limit {self.max_jitter:.3g})"
         if classification:
-            seen += f" and {late_flips:.1%} of them flipped class per record (limit {self.max_flip_rate:.1%})"
+            seen += (
+                f" and {late_flips:.1%} of them flipped class per record to or from a confident one "
+                f"(limit {self.max_flip_rate:.1%})"
+            )
         first_late = next(i for i, s in enumerate(self.steps) if s > after)
         bf = back_and_forth(torch.stack(self.per_sample[max(0, first_late - 1) :]))
         values["back_and_forth"] = bf
@@ -453,6 +479,8 @@ class PredictionDynamicsLogger(RecipeCallback):
                 "losses": torch.tensor(self.losses, dtype=torch.float64),
                 "previous_tracked": None if previous is None else previous.tracked.cpu(),
                 "previous_classes": None if previous is None or previous.classes is None else previous.classes.cpu(),
+                "previous_confident": None if previous is None or previous.confident is None
+                else previous.confident.cpu(),
                 "nonfinite_step": self._nonfinite_step,
             }
         )
@@ -476,6 +504,12 @@ class PredictionDynamicsLogger(RecipeCallback):
         self.losses = [float(v) for v in state_dict.get("losses", torch.zeros(0)).tolist()]
         tracked = state_dict.get("previous_tracked")
         if isinstance(tracked, torch.Tensor):
-            self._previous = Snapshot(tracked, state_dict.get("previous_classes"), torch.zeros(0), math.nan)
+            self._previous = Snapshot(
+                tracked,
+                state_dict.get("previous_classes"),
+                torch.zeros(0),
+                math.nan,
+                state_dict.get("previous_confident"),
+            )
         self._nonfinite_step = int(state_dict.get("nonfinite_step", -1))
 

@@ -56,6 +56,10 @@ def _is_lightning_worker_init(fn: Any) -> bool:
     return isinstance(fn, functools.partial) and fn.func is pl_worker_init_function
 
 
+# The seed this module set last (as PL_GLOBAL_SEED holds it), to tell the user's seeding from its own.
+_own_seed: list[str | None] = [None]
+
+
 class SeedEverything(RecipeCallback):
     """Fix the random seed (recipe step 2a), show that two runs start the same, and resume exactly.
 
@@ -77,7 +81,10 @@ class SeedEverything(RecipeCallback):
     replace.
 
     Args:
-        seed: the seed, an int in ``[0, 2**32 - 1]``.
+        seed: the seed, an int in ``[0, 2**32 - 1]``. ``None`` (the presets' choice) keeps a seed the
+            user set before (``lightning.pytorch.seed_everything``, LightningCLI's
+            ``seed_everything``, the ``PL_GLOBAL_SEED`` variable) and does not re-seed at all, so the
+            run is exactly the user's; without one it seeds with 0.
         workers: let Lightning seed every DataLoader worker differently and reproducibly (it adds
             ``pl_worker_init_function`` to loaders without a ``worker_init_fn``).
         deterministic: switch on ``torch.use_deterministic_algorithms`` (and turn off the cuDNN
@@ -108,13 +115,19 @@ class SeedEverything(RecipeCallback):
 
     def __init__(
         self,
-        seed: int = 0,
+        seed: int | None = None,
         workers: bool = True,
         deterministic: bool = False,
         save_rng_state: bool = True,
         on_fail: OnFail = "warn",
     ) -> None:
         super().__init__(on_fail=on_fail)
+        # seed=None respects a seed the user already set (lightning's seed_everything, LightningCLI's
+        # --seed_everything, PL_GLOBAL_SEED): no re-seeding, so the run is the user's own.
+        user_seed = os.environ.get("PL_GLOBAL_SEED") if seed is None else None
+        self.user_seeded = user_seed is not None and user_seed != _own_seed[0] and user_seed.isdigit()
+        if seed is None:
+            seed = int(user_seed) if self.user_seeded and user_seed is not None else 0
         self.seed = check_int("SeedEverything", "seed", seed, minimum=min_seed_value)
         if self.seed > max_seed_value:
             raise ValueError(
@@ -128,10 +141,15 @@ class SeedEverything(RecipeCallback):
         self._pending_rng: dict[str, Any] | None = None
         self._batch_pending = False
         self._saved_flags: tuple[bool, bool, bool] | None = None
-        seed_everything(self.seed, workers=self.workers, verbose=False)
+        if not self.user_seeded:
+            self._seed()
         # What the construction-time seeding left behind, to tell later whether the model drew from it.
         self._seeded_pid = os.getpid()
         self._seeded_torch_state = fingerprint_tensors([("torch", torch.get_rng_state())])
+
+    def _seed(self) -> None:
+        seed_everything(self.seed, workers=self.workers, verbose=False)
+        _own_seed[0] = str(self.seed)
 
     # ----------------------------------------------------------------- determinism for the fit
     @override
@@ -193,8 +211,9 @@ class SeedEverything(RecipeCallback):
             return
         if trainer.global_step > 0:  # a further fit() of the same Trainer: let the streams run on
             return
-        built_before = self._built_before_seeding(trainer, pl_module)
-        seed_everything(self.seed, workers=self.workers, verbose=False)
+        built_before = not self.user_seeded and self._built_before_seeding(trainer, pl_module)
+        if not self.user_seeded:
+            self._seed()
         self.weights_fingerprint = weights_fingerprint(pl_module)
         self.batch_fingerprint = ""
         self._batch_pending = True
@@ -223,7 +242,9 @@ class SeedEverything(RecipeCallback):
         self.report(
             trainer,
             "pass",
-            f"seeded with {self.seed} (workers={self.workers}, deterministic algorithms {det}); "
+            (f"seeded with {self.seed} by you before the Trainer (PL_GLOBAL_SEED); not re-seeded "
+             if self.user_seeded else f"seeded with {self.seed} ")
+            + f"(workers={self.workers}, deterministic algorithms {det}); "
             f"fingerprints: initial weights {self.weights_fingerprint}, {batch}. This callback changes "
             "training on purpose: it seeds Python, NumPy and torch at construction and at fit start",
             values,

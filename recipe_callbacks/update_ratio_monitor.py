@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     import lightning.pytorch as pl
     from matplotlib.figure import Figure
 
-_KINDS_TEXT = "nn.ReLU, ReLU6, Tanh, Sigmoid, Hardtanh or Hardsigmoid"
+_KINDS_TEXT = "nn.ReLU, ReLU6, Tanh, Sigmoid, Hardtanh, Hardsigmoid, GELU, SiLU or Softplus"
 
 
 def _push(history: dict[str, deque[float]], values: Mapping[str, float], length: int, cap: int) -> None:
@@ -44,14 +44,18 @@ def _push(history: dict[str, deque[float]], values: Mapping[str, float], length:
 class UpdateRatioMonitor(RecipeCallback):
     """Logs update-to-weight ratios per layer and the share of dead or saturated activation units.
 
-    Every ``every_n_steps`` optimizer steps it copies the parameters just before the optimizer step
+    On optimizer steps 0, 1, 2, 4, 8, ... (densely at the start, where a bad init shows) and then
+    every ``every_n_steps`` steps it copies the parameters just before the optimizer step
     (``on_before_optimizer_step``, so with gradient accumulation it brackets the real step) and
     after the batch computes, per layer, ``log10(||w_after - w_before|| / ||w_before||)`` with all
     the layer's parameter tensors pooled. On the same steps it hooks every activation module
-    (``nn.ReLU``, ``ReLU6``, ``Tanh``, ``Sigmoid``, ``Hardtanh``, ``Hardsigmoid``) for one forward
-    pass: a unit (a feature, or a channel of a conv map) is dead when it is inactive for every value
-    in the batch (ReLU: exactly 0; tanh: ``|y| > 0.99``; sigmoid: within 0.01 of 0 or 1). Between
-    sampled steps nothing is hooked or copied. It only reads: the run's weights stay bit-identical.
+    (``nn.ReLU``, ``ReLU6``, ``Tanh``, ``Sigmoid``, ``Hardtanh``, ``Hardsigmoid``, ``GELU``,
+    ``SiLU``, ``Softplus``) for one forward pass: a unit (a feature, or a channel of a conv map) is
+    dead when it is inactive for every value in the batch (ReLU: exactly 0; tanh: ``|y| > 0.99``;
+    sigmoid: within 0.01 of 0 or 1; GELU, SiLU, Softplus: an input so far left that less than 0.01
+    of the gradient passes, see :mod:`recipe_callbacks.core.update_ratio`). Between sampled steps
+    nothing is hooked or copied: an unsampled step costs one integer check per hook. It only reads:
+    the run's weights stay bit-identical.
 
     A layer is flagged when its ratio stays below ``min_ratio`` (not learning: a frozen layer, a
     parameter missing from the optimizer, a vanishing gradient) or above ``max_ratio`` (exploding:
@@ -61,7 +65,7 @@ class UpdateRatioMonitor(RecipeCallback):
     (``warn``). They are reported when the set of flagged layers changes and at the end of training.
 
     Args:
-        every_n_steps: measure on optimizer steps 0, N, 2N, ...
+        every_n_steps: measure on optimizer steps 0, 1, 2, 4, 8, ... below N, then N, 2N, 3N, ...
         min_ratio: a layer whose ratio stays below this is not learning.
         max_ratio: a layer whose ratio stays above this is exploding.
         patience: how many samples in a row a layer must be out of range to be flagged.
@@ -151,7 +155,7 @@ class UpdateRatioMonitor(RecipeCallback):
         return self._state_key
 
     def _sampled(self, step: int) -> bool:
-        return step % self.every_n_steps == 0
+        return core.sampled_step(step, self.every_n_steps)
 
     # ----------------------------------------------------------------- hooks
     @override
@@ -231,7 +235,7 @@ class UpdateRatioMonitor(RecipeCallback):
                 self.skip(
                     trainer,
                     f"{samples} update ratio sample(s) in this run, fewer than patience={self.patience}; "
-                    f"sampled every {self.every_n_steps} optimizer steps",
+                    f"sampled at optimizer steps 0, 1, 2, 4, 8, ... and then every {self.every_n_steps}",
                     "every_n_steps",
                     key="ratio",
                 )
@@ -255,7 +259,7 @@ class UpdateRatioMonitor(RecipeCallback):
         if signature == self._signatures.get("ratio") and not (final and status == "pass"):
             return
         self._signatures["ratio"] = signature
-        window = f"for the last {self.patience} samples (every {self.every_n_steps} steps)"
+        window = f"for the last {self.patience} samples (steps 0, 1, 2, 4, ..., then every {self.every_n_steps})"
         parts, advice = [], []
         if high:
             parts.append(
@@ -308,17 +312,24 @@ class UpdateRatioMonitor(RecipeCallback):
         low = float(getattr(module, "min_val", -1.0))
         high = float(getattr(module, "max_val", 1.0))
 
-        def hook(_: nn.Module, __: Any, output: Any) -> None:
+        beta = float(getattr(module, "beta", 1.0))
+        by_input = kind in core.INPUT_CUTOFFS
+
+        def hook(_: nn.Module, args: Any, output: Any) -> None:
+            seen = args[0] if by_input and args else output
             # only training_step's own forward: other callbacks observe under no_grad (EvalModeCheck)
-            if not isinstance(output, torch.Tensor) or not torch.is_grad_enabled():
+            if not isinstance(seen, torch.Tensor) or not torch.is_grad_enabled():
                 return
             count = self._calls.get(name, 0) + 1
             self._calls[name] = count
             site = name if count == 1 else f"{name}#{count}"
             with torch.no_grad():
-                mask = core.inactive_mask(output, kind, low=low, high=high)
+                if by_input:
+                    mask = core.inactive_input_mask(seen, kind, beta=beta)
+                else:
+                    mask = core.inactive_mask(seen, kind, low=low, high=high)
                 active, inactive = core.unit_activity(mask, self.unit_dim)
-            self._records.append((site, kind, active, inactive, output.numel()))
+            self._records.append((site, kind, active, inactive, seen.numel()))
 
         return hook
 
@@ -347,7 +358,7 @@ class UpdateRatioMonitor(RecipeCallback):
             dead[site] = core.dead_fraction(flat[offset : offset + active.numel()])
             offset += active.numel()
             scalars[f"{site}/dead_fraction"] = dead[site]
-            if kind not in ("relu", "relu6"):
+            if kind not in core.DEAD_KINDS:
                 scalars[f"{site}/saturated_fraction"] = float(totals[i] / numels[i].clamp_min(1.0))
         step = self._armed_step
         self.activation_steps.append(step)

@@ -85,3 +85,18 @@ def test_explicit_key_resolves_in_a_run(tmp_path: Any) -> None:
     trainer = fast_trainer(tmp_path, callbacks=[check], max_steps=1)
     trainer.fit(DictBatchModel(), loader(blobs(), collate_fn=_dict_collate))
     assert [f.status for f in check.findings] == ["pass"]
+
+
+def test_x_mask_y_batches_take_the_last_item_as_the_target() -> None:
+    ids = torch.randint(2, 50, (4, 6))
+    mask = torch.ones(4, 6, dtype=torch.long)
+    mask[:, 4:] = 0  # padding
+    labels = torch.tensor([0, 1, 2, 1])
+    for m in (mask, mask.bool()):
+        r = resolve_batch((ids, m, labels))
+        assert r.x is ids and r.y is labels
+    features = torch.randn(4, 6, 3)
+    assert resolve_batch((features, mask.bool(), labels)).y is labels
+    # (x, y, weights): the second item is no mask of x, so it stays the target.
+    weights = torch.ones(4)
+    assert resolve_batch((torch.randn(4, 8), labels, weights)).y is labels

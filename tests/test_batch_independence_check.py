@@ -250,7 +250,7 @@ def test_seeded_run_ends_with_the_same_weights_and_buffers(tmp_path: Path) -> No
     ("kw", "error", "match"),
     [
         ({"num_probes": 0}, ValueError, r"BatchIndependenceCheck\(num_probes=0\)"),
-        ({"tolerance": -1.0}, ValueError, r"BatchIndependenceCheck\(tolerance=-1.0\)"),
+        ({"max_dependency": -1.0}, ValueError, r"BatchIndependenceCheck\(max_dependency=-1.0\)"),
         ({"method": "magic"}, ValueError, r"BatchIndependenceCheck\(method='magic'\)"),
         ({"train_mode": "yes"}, TypeError, r"BatchIndependenceCheck\(train_mode='yes'\)"),
         ({"on_fail": "explode"}, ValueError, r"on_fail='explode'"),

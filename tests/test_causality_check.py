@@ -193,6 +193,39 @@ def test_cannot_run_skips_naming_the_argument(
     assert "CausalityCheck(time_dim=...)" in finding.advice or "method" in finding.advice
 
 
+class RowMixer(pl.LightningModule):
+    """Tabular data as (B, 5, 2): five readings of two sensors; each row's output sees every row
+    through a pooled summary, as a set model does by design. Not a sequence model."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.row = nn.Linear(2, 8)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.row(x))  # (B, 5, 8)
+        pooled = h.mean(dim=1, keepdim=True).expand_as(h)
+        return self.head(torch.cat([h, pooled], dim=-1))  # (B, 5, 3)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        return F.cross_entropy(self(x).flatten(0, 1), y.flatten())
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_a_non_sequence_float_input_is_a_skip_naming_time_dim(tmp_path: Path) -> None:
+    g = torch.Generator().manual_seed(0)
+    rows = TensorDataset(torch.randn(32, 5, 2, generator=g), torch.randint(0, 3, (32, 5), generator=g))
+    (finding,) = fit(tmp_path / "inferred", RowMixer(), rows).findings  # used to FAIL as a causal leak
+    assert finding.status == "skip", finding.message()
+    assert "no recurrent or attention module" in finding.summary and "CausalityCheck(time_dim=...)" in finding.advice
+    # Told that dim 1 is time, the check runs and sees the mixing.
+    (finding,) = fit(tmp_path / "told", RowMixer(), rows, time_dim=1).findings
+    assert finding.status == "fail" and finding.values["max_lookahead"] == 4
+
+
 def test_on_fail_raise(tmp_path: Path) -> None:
     trainer = fast_trainer(tmp_path, max_steps=1, callbacks=[CausalityCheck(on_fail="raise")])
     with pytest.raises(RecipeCheckError, match="sees the future"):
@@ -205,7 +238,7 @@ def test_on_fail_raise(tmp_path: Path) -> None:
         ({"num_positions": 0}, ValueError, r"CausalityCheck\(num_positions=0\)"),
         ({"num_samples": 1.5}, TypeError, r"CausalityCheck\(num_samples=1.5\)"),
         ({"time_dim": 0}, ValueError, r"CausalityCheck\(time_dim=0\)"),
-        ({"tolerance": 2.0}, ValueError, r"CausalityCheck\(tolerance=2.0\)"),
+        ({"max_dependency": 2.0}, ValueError, r"CausalityCheck\(max_dependency=2.0\)"),
         ({"strict": 1}, TypeError, r"CausalityCheck\(strict=1\)"),
         ({"method": "guess"}, ValueError, r"CausalityCheck\(method='guess'\)"),
     ],

@@ -306,3 +306,33 @@ def test_a_forward_that_needs_more_than_x_is_a_skip_not_a_crash(tmp_path: Path) 
     assert "DataInspector(input_key=...)" in hardest[0].advice
     # InitLossCheck needs no forward of its own: the first step's hook saw self(x, 1.0)
     assert [f.status for f in init.findings] == ["pass"]
+
+
+def test_nan_targets_fail_instead_of_passing(tmp_path: Path) -> None:
+    from tests.test_full_eval_set import _regression_data, _Regressor
+
+    cb = DataInspector(on_fail="ignore")
+    fast_trainer(tmp_path / "nan", callbacks=[cb], max_steps=2).fit(_Regressor(), loader(_regression_data(True)))
+    labels = next(f for f in cb.findings if "target" in f.summary)
+    assert labels.status == "fail" and "NaN" in labels.summary and labels.values["nonfinite_targets"] == 1.0
+    healthy = DataInspector()
+    fast_trainer(tmp_path / "ok", callbacks=[healthy], max_steps=2).fit(_Regressor(), loader(_regression_data(False)))
+    assert all(f.status in ("pass", "skip") for f in healthy.findings), [f.message() for f in healthy.findings]
+
+
+def test_x_mask_y_batches_count_the_labels_not_the_mask(tmp_path: Path) -> None:
+    class MaskedClassifier(TinyClassifier):
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            x, mask, y = batch
+            return torch.nn.functional.cross_entropy(self(x * mask), y)
+
+    x, y = blobs(64).tensors
+    mask = torch.ones_like(x)
+    mask[:, 6:] = 0.0  # the last two features padded
+    cb = DataInspector()
+    fast_trainer(tmp_path, callbacks=[cb], max_steps=2).fit(
+        MaskedClassifier(), loader(torch.utils.data.TensorDataset(x, mask, y))
+    )
+    labels = next(f for f in cb.findings if "class" in f.summary)
+    assert labels.status == "pass", labels.message()
+    assert labels.values.get("num_classes", 4.0) == 4.0 and "4 classes" in labels.summary

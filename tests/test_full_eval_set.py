@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import warnings
 from pathlib import Path
 from typing import Any
@@ -378,3 +379,75 @@ def test_ddp_spawn_two_processes_odd_set_is_exact(tmp_path: Path) -> None:
     assert "padded 13 samples to 14" in finding["summary"] and "n = 13" in finding["summary"]
     assert finding["values"]["padding_excluded"] == 1.0
     assert finding["values"]["cost_steps"] == 0.0  # the forward hook saw the logits under DDP too
+
+
+@pytest.mark.parametrize(
+    ("how", "reason"),
+    [("no_loader", "no val dataloader"), ("empty", "no batches"), ("max_steps_1", "before the first validation")],
+)
+def test_a_fit_without_validation_ends_with_a_skip_not_pending(tmp_path: Path, how: str, reason: str) -> None:
+    cb = FullEvalSet()
+    empty = TensorDataset(torch.zeros(0, 8), torch.zeros(0, dtype=torch.long))
+    if how == "max_steps_1":
+        trainer = fast_trainer(tmp_path, callbacks=[cb], max_steps=1, max_epochs=-1, val_check_interval=4)
+        trainer.fit(TinyClassifier(), loader(blobs(64)), loader(blobs(16, seed=1)))
+    else:
+        trainer = fast_trainer(tmp_path, callbacks=[cb], max_steps=2)
+        trainer.fit(TinyClassifier(), loader(blobs(32)), None if how == "no_loader" else loader(empty))
+    (finding,) = cb.findings
+    assert finding.status == "skip" and reason in finding.summary, finding.message()
+    assert finding.advice
+
+
+def test_fast_dev_run_is_no_coverage_warning(tmp_path: Path) -> None:
+    cb = FullEvalSet()
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        fast_trainer(tmp_path, callbacks=[cb], fast_dev_run=True).fit(
+            TinyClassifier(), loader(blobs(32)), loader(blobs(32, seed=1), 8)
+        )
+    assert not [w for w in record if issubclass(w.category, RecipeWarning)]
+    (finding,) = cb.findings
+    assert finding.status == "skip" and "fast_dev_run" in finding.summary and "limit_val_batches" not in finding.advice
+    assert finding.values["num_samples"] == 8.0
+
+
+class _Regressor(pl.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = torch.nn.Linear(8, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).squeeze(1)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        return torch.nn.functional.mse_loss(self(batch[0]), batch[1])
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self(batch[0])
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+def _regression_data(nan: bool) -> TensorDataset:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(32, 8, generator=g)
+    y = x.sum(dim=1)
+    if nan:
+        y[5] = math.nan  # planted: a missing target
+    return TensorDataset(x, y)
+
+
+def test_nan_targets_fail_instead_of_passing(tmp_path: Path) -> None:
+    cb = FullEvalSet(on_fail="ignore")
+    fast_trainer(tmp_path / "nan", callbacks=[cb], max_steps=2).fit(
+        _Regressor(), loader(_regression_data(False)), loader(_regression_data(True))
+    )
+    (finding,) = cb.findings
+    assert finding.status == "fail" and "not finite" in finding.summary, finding.message()
+    healthy = FullEvalSet()
+    fast_trainer(tmp_path / "ok", callbacks=[healthy], max_steps=2).fit(
+        _Regressor(), loader(_regression_data(False)), loader(_regression_data(False))
+    )
+    assert healthy.findings[0].status == "pass", healthy.findings[0].message()

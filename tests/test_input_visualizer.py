@@ -130,17 +130,20 @@ def test_raw_0_255_pixels_are_flagged_unnormalised(tmp_path: Path) -> None:
     assert finding_values(ea, TAG)["max"] <= 255.0
 
 
-def test_uint8_images_are_flagged(tmp_path: Path) -> None:
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int64])
+def test_uint8_images_are_flagged(tmp_path: Path, dtype: torch.dtype) -> None:
+    # int64 0..255 pixels (as read from a file or a NumPy array) used to pass as healthy.
     x, y = images()
-    raw = torch.round(torch.sigmoid(x) * 255).to(torch.uint8)
+    raw = torch.round(torch.sigmoid(x) * 255).to(dtype)
 
     class CastModel(FlatClassifier):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return self.net(x.float())
 
     cb = InputVisualizer()
-    with pytest.warns(RecipeWarning, match="uint8"):
+    with pytest.warns(RecipeWarning, match=str(dtype).replace("torch.", "")):
         fast_trainer(tmp_path, callbacks=[cb], max_steps=1).fit(CastModel(), DataLoader(TensorDataset(raw, y), 16))
+    assert cb.findings[0].status == "warn" and "normalised floats" in cb.findings[0].summary
 
 
 def test_nan_in_batch_fails_and_raise_stops_training(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 import lightning.pytorch as pl
 import pytest
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 from torch.utils.data import TensorDataset
 
@@ -84,19 +85,20 @@ def test_constant_loss_with_zero_learning_rate_fails_and_losses_are_exact_under_
 ) -> None:
     torch.manual_seed(0)
     model = TinyClassifier(lr=0.0)
-    check = LossDecreaseCheck(num_steps=24, on_fail="ignore")
+    check = LossDecreaseCheck(num_steps=12, on_fail="ignore")
     fit(tmp_path, model, check, accumulate_grad_batches=2, max_steps=12)
     f = check.findings[0]
     assert f.status == "fail"
     assert "flat" in f.summary and "learning rate" in f.advice
     assert abs(f.values["relative_decrease"]) < 0.05
-    assert f.values["cost_steps"] == 0.0 and f.values["steps"] == 24.0
-    # The recorded losses are the per-batch losses, not Lightning's loss / accumulate_grad_batches.
+    assert f.values["cost_steps"] == 0.0 and f.values["steps"] == 12.0  # optimizer steps, not batches
+    # One loss per optimizer step, the mean of its batches' losses (not Lightning's loss / accumulate_grad_batches).
     data = blobs(64)
     with torch.no_grad():
         oracle = [nn.functional.cross_entropy(model(data.tensors[0][16 * i : 16 * i + 16]),
                                               data.tensors[1][16 * i : 16 * i + 16]).item() for i in range(4)]
-    assert check.losses == pytest.approx(oracle * 6, rel=1e-6)
+    pairs = [(oracle[0] + oracle[1]) / 2, (oracle[2] + oracle[3]) / 2]
+    assert check.losses == pytest.approx(pairs * 6, rel=1e-6)
     ea = read_events(tmp_path / "run")
     shown = finding_values(ea, TAG)
     assert shown["relative_decrease"] == pytest.approx(f.values["relative_decrease"], rel=1e-3, abs=1e-4)
@@ -211,6 +213,36 @@ def test_not_run_again_on_a_resumed_run(tmp_path: Path) -> None:
     resumed.fit(TinyClassifier(lr=0.05), loader(blobs(64), batch_size=16), ckpt_path=str(ckpt))
     assert again.losses == []
     assert [f.status for f in again.findings] == ["pass"]  # the Finding came back from the checkpoint
+
+
+def test_gradient_accumulation_counts_optimizer_steps(tmp_path: Path) -> None:
+    # 30 batches at accumulate_grad_batches=6 are only 5 optimizer steps: judged on batches, a healthy
+    # slow learner looked flat. The check waits for 30 optimizer steps.
+    torch.manual_seed(0)
+    check = LossDecreaseCheck(num_steps=30)
+    fit(tmp_path / "acc", TinyClassifier(lr=0.02), check, blobs(192), accumulate_grad_batches=6, max_steps=40)
+    f = check.findings[0]
+    assert f.status == "pass", f.message()
+    assert f.values["steps"] == 30.0 and check.batches_seen == 180
+    # Planted: the same run at lr 0 still fails.
+    torch.manual_seed(0)
+    frozen = LossDecreaseCheck(num_steps=30, on_fail="ignore")
+    fit(tmp_path / "lr0", TinyClassifier(lr=0.0), frozen, blobs(192), accumulate_grad_batches=6, max_steps=40)
+    assert frozen.findings[0].status == "fail" and "flat" in frozen.findings[0].summary
+
+
+def test_a_run_resumed_before_the_verdict_goes_on_and_judges(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    saver = ModelCheckpoint(dirpath=tmp_path / "ckpts", every_n_train_steps=5, save_top_k=-1)
+    trainer = fast_trainer(tmp_path, callbacks=[LossDecreaseCheck(num_steps=12), saver], max_steps=10,
+                           max_epochs=-1, enable_checkpointing=True)
+    trainer.fit(TinyClassifier(lr=0.05), loader(blobs(64), batch_size=16))
+    (ckpt,) = (tmp_path / "ckpts").glob("*step=5.ckpt")  # taken after 5 of 12 steps: no verdict yet
+    again = LossDecreaseCheck(num_steps=12)
+    resumed = fast_trainer(tmp_path / "resumed", callbacks=[again], max_steps=20, max_epochs=-1)
+    resumed.fit(TinyClassifier(lr=0.05), loader(blobs(64), batch_size=16), ckpt_path=str(ckpt))
+    (f,) = again.findings
+    assert f.status == "pass" and f.values["steps"] == 12.0, f.message()
 
 
 @pytest.mark.parametrize(

@@ -168,3 +168,60 @@ def test_cli_print_config_round_trips(tmp_path: Path, capsys: pytest.CaptureFixt
     assert [c["class_path"] for c in callbacks] == ["recipe_callbacks.presets.RecipePreset",
                                                     "recipe_callbacks.InitLossCheck"]
     assert callbacks[1]["init_args"]["tolerance"] == 0.2
+
+
+def test_a_preset_wide_argument_has_one_meaning_across_the_members(tmp_path: Path) -> None:
+    # `tolerance` is InitLossCheck's relative band; the dependency checks' own limit is `max_dependency`,
+    # so a preset-wide tolerance=0.2 no longer hides a real cross-sample leak below 0.2.
+    from tests.support import blobs, fast_trainer, loader
+    from tests.test_batch_independence_check import ViewMixer
+
+    built = presets.callbacks("full", tolerance=0.2, on_fail="ignore")
+    by_name = {type(cb).__name__: cb for cb in built}
+    assert by_name["InitLossCheck"].tolerance == 0.2
+    assert by_name["BatchIndependenceCheck"].max_dependency == 1e-4
+    assert by_name["CausalityCheck"].max_dependency == 1e-4
+    for other in ("EvalModeCheck", "LeakageCheck"):  # their own tolerances keep their defaults
+        if other in by_name:
+            assert by_name[other].tolerance == type(by_name[other])().tolerance
+    check = by_name["BatchIndependenceCheck"]
+    trainer = fast_trainer(tmp_path, max_steps=2, callbacks=[check])
+    trainer.fit(ViewMixer(), loader(blobs(32)))
+    (finding,) = check.findings
+    assert finding.status == "fail" and finding.values["max_leak"] > 1e-4, finding.message()
+    # A preset-wide task means the same in every member that takes it, and builds the `full` preset.
+    for task in ("binary", "multiclass", "regression"):
+        members = {type(cb).__name__: cb for cb in presets.callbacks("full", task=task)}
+        assert all(members[n].task == task for n in
+                   ("DataInspector", "FullEvalSet", "InitLossCheck", "PredictionDynamicsLogger"))
+
+
+def test_presets_respect_the_users_seed(tmp_path: Path) -> None:
+    # A script that seeds with 42, builds the Trainer with a preset and then the model: the preset used
+    # to re-seed with 0 (other weights) and to warn "model built before seeding".
+    import warnings
+
+    import lightning.pytorch as pl
+    import torch
+
+    from recipe_callbacks import RecipeWarning, SeedEverything
+    from tests.support import TinyClassifier, blobs, fast_trainer, loader
+
+    def initial_weights(with_preset: bool) -> tuple[torch.Tensor, list[Any]]:
+        pl.seed_everything(42, verbose=False)
+        cbs = presets.callbacks("skeleton", on_fail="ignore") if with_preset else []
+        model = TinyClassifier()
+        start = model.net[0].weight.detach().clone()
+        with warnings.catch_warnings(record=True) as record:
+            warnings.simplefilter("always")
+            fast_trainer(tmp_path / str(with_preset), callbacks=cbs, max_steps=2).fit(model, loader(blobs(32)))
+        return start, [w for w in record if issubclass(w.category, RecipeWarning) and "seeding" in str(w.message)]
+
+    plain, _ = initial_weights(False)
+    seeded, seed_warnings = initial_weights(True)
+    assert torch.equal(plain, seeded) and not seed_warnings
+    # The preset's SeedEverything reports the user's seed; an explicit seed= still seeds.
+    pl.seed_everything(42, verbose=False)
+    (seeder,) = [cb for cb in presets.callbacks("skeleton") if isinstance(cb, SeedEverything)]
+    assert seeder.seed == 42 and seeder.user_seeded
+    assert SeedEverything(seed=3).seed == 3 and not SeedEverything(seed=3).user_seeded

@@ -153,8 +153,8 @@ def test_dead_relus_from_a_huge_negative_bias_are_flagged(tmp_path: Path) -> Non
     assert acts.values["dead_layers"] == 1.0
     ea = read_events(tmp_path / "run")
     events = ea.Scalars(f"{TAG}/net.1/dead_fraction")
-    assert [e.step for e in events] == [0, 2, 4]
-    assert [e.value for e in events] == [1.0, 1.0, 1.0]
+    assert [e.step for e in events] == [0, 1, 2, 4]  # dense at the start, then every 2 steps
+    assert [e.value for e in events] == [1.0, 1.0, 1.0, 1.0]
     # No gradient reaches the first layer through dead units: it is not learning either.
     ratio = finding(monitor, "ratio")
     assert ratio.status == "warn" and "net.0" in ratio.summary
@@ -170,17 +170,65 @@ def test_healthy_model_passes_and_draws_the_ratio_chart(tmp_path: Path) -> None:
     ratio, acts = finding(monitor, "ratio"), finding(monitor, "activations")
     assert ratio.status == "pass", ratio.summary
     assert acts.status == "pass", acts.summary
-    assert ratio.values["layers"] == 2.0 and ratio.values["samples"] == 5.0
+    assert ratio.values["layers"] == 2.0 and ratio.values["samples"] == 6.0  # steps 0, 1, 2, 4, 6, 8
     assert -4.0 < ratio.values["min_log10_ratio"] <= ratio.values["max_log10_ratio"] < -1.0
     ea = read_events(tmp_path / "run")
     dead = scalar_values(ea, f"{TAG}/net.1/dead_fraction")
-    assert len(dead) == 5 and max(dead) < 0.5
+    assert len(dead) == 6 and max(dead) < 0.5
     images = ea.Images(f"{TAG}/ratio_chart")
-    assert [im.step for im in images] == [2, 6, 8]  # every 2nd sample and at the end
+    assert [im.step for im in images] == [1, 4, 8]  # every 2nd sample (the last is also the end)
     assert images[-1].width == FIGURE_SHAPE[1] and images[-1].height >= FIGURE_SHAPE[0]  # legend rows below
     chart = monitor.ratio_chart()  # what the last picture shows: the ratios themselves on a log axis
     assert chart.axes[0].get_yscale() == "log"
     assert {"net.0", "net.2", "healthy, around 1e-3"} <= set(chart.axes[0].get_legend_handles_labels()[1])
+
+
+class HugeLayerClassifier(TinyClassifier):
+    """Planted: the first layer's weights a million times too large (a bad init)."""
+
+    def __init__(self, scale: float = 1e6, act: nn.Module | None = None) -> None:
+        super().__init__(lr=0.05)
+        self.net[1] = act if act is not None else nn.ReLU()
+        with torch.no_grad():
+            self.net[0].weight.mul_(scale)
+
+
+def test_a_layer_a_million_times_too_large_is_caught_in_ten_steps(tmp_path: Path) -> None:
+    # At the default every_n_steps=100 a 10-step run used to give 1 sample (a skip); now steps
+    # 0, 1, 2, 4, 8 are measured.
+    torch.manual_seed(0)
+    monitor = UpdateRatioMonitor(on_fail="ignore")
+    fit(tmp_path / "huge", HugeLayerClassifier(), monitor, max_steps=10)
+    ratio = finding(monitor, "ratio")
+    # Its huge activations make the next layer's updates overwhelm its weights: a fail in 10 steps.
+    assert ratio.status == "fail" and "exploding" in ratio.summary and "net.2" in ratio.summary, ratio.summary
+    assert ratio.values["samples"] == 3.0  # flagged as soon as patience=3 samples (steps 0, 1, 2) agree
+    steps = [e.step for e in read_events(tmp_path / "huge" / "run").Scalars(f"{TAG}/net.0/log10_ratio")]
+    assert steps == [0, 1, 2, 4, 8]
+    # The same 10 steps of a healthy model pass at the defaults.
+    torch.manual_seed(0)
+    healthy = UpdateRatioMonitor(on_fail="ignore")
+    fit(tmp_path / "ok", TinyClassifier(lr=0.05), healthy, max_steps=10)
+    assert finding(healthy, "ratio").status == "pass", finding(healthy, "ratio").summary
+
+
+@pytest.mark.parametrize("act", [nn.GELU(), nn.SiLU(), nn.Softplus()], ids=["gelu", "silu", "softplus"])
+def test_smooth_activations_are_measured_by_their_input(tmp_path: Path, act: nn.Module) -> None:
+    torch.manual_seed(0)
+    dead_model = HugeLayerClassifier(scale=1.0, act=act)
+    with torch.no_grad():
+        dead_model.net[0].bias.fill_(-100.0)  # planted: every unit far left, no gradient passes
+    monitor = UpdateRatioMonitor(every_n_steps=1, on_fail="ignore")
+    fit(tmp_path / "dead", dead_model, monitor)
+    acts = finding(monitor, "activations")
+    assert acts.status == "warn" and "net.1 (1.0)" in acts.summary, acts.summary
+    torch.manual_seed(0)
+    healthy = UpdateRatioMonitor(every_n_steps=1, on_fail="ignore")
+    fit(tmp_path / "ok", HugeLayerClassifier(scale=1.0, act=type(act)()), healthy)
+    acts = finding(healthy, "activations")
+    assert acts.status == "pass" and acts.values["activation_layers"] == 1.0, acts.summary
+    dead = scalar_values(read_events(tmp_path / "ok" / "run"), f"{TAG}/net.1/dead_fraction")
+    assert len(dead) == 6 and max(dead) < 0.5
 
 
 def test_saturated_tanh_is_measured_and_flagged_on_dict_batches(tmp_path: Path) -> None:
@@ -212,7 +260,7 @@ def test_no_activation_modules_and_too_short_runs_skip(tmp_path: Path) -> None:
     model = TinyClassifier()
     model.net = nn.Sequential(nn.Linear(8, 4))
     monitor = UpdateRatioMonitor(every_n_steps=50)
-    fit(tmp_path, model, monitor, max_steps=3)
+    fit(tmp_path, model, monitor, max_steps=2)  # samples at steps 0 and 1: fewer than patience=3
     acts, ratio = finding(monitor, "activations"), finding(monitor, "ratio")
     assert acts.status == "skip" and "F.relu" in acts.summary
     assert ratio.status == "skip" and "every_n_steps" in ratio.advice

@@ -240,12 +240,15 @@ def input_flags(
         same = (x == first) | (torch.isnan(x) & torch.isnan(first))
         if bool(same.all()):
             flags.append(Flag("identical_samples", "fail", f"all {x.shape[0]} samples of the batch are identical"))
-    if x.dtype == torch.uint8 and layout != "none":
+    integer = not (x.is_floating_point() or x.is_complex() or x.dtype == torch.bool)
+    if integer and layout != "none" and finite_total and overall["min"] >= 0.0 and 1.0 < overall["max"] <= PIXEL_MAX:
+        # uint8, or int64 pixels as read from a file or a NumPy array: raw 0..255 all the same
         flags.append(
             Flag(
                 "integer_pixels",
                 "warn",
-                "the images reach the model as uint8 (0..255), not as normalised floats",
+                f"the images reach the model as {str(x.dtype).replace('torch.', '')} "
+                f"({_fmt(overall['min'])}..{_fmt(overall['max'])}), not as normalised floats",
             )
         )
     elif x.is_floating_point() and stats.channels and finite_total:

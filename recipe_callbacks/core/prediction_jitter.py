@@ -11,7 +11,13 @@ same ``K`` samples at consecutive records:
 - **jitter**: mean absolute change of the tracked value between two consecutive records. For
   classification it is a probability change in [0, 1]; for regression it is divided by the
   standard deviation of the fixed targets, so it is unit-free.
-- **flip rate**: the fraction of predicted classes that changed between two consecutive records.
+- **confident**: a prediction whose top probability is at least ``min_confidence`` of the way
+  from chance (``1/C``) to certainty: with ``min_confidence = 0.5``, above 0.75 for 2 classes and
+  0.55 for 10. An argmax over near-uniform probabilities changes with every small update, which says
+  nothing about the learning rate.
+- **flip rate**: the fraction of predictions whose class changed between two consecutive records
+  while confident at one of them at least (a confident prediction given up, or one confidently
+  taken); a change between two near-uniform predictions is not a flip.
 - **heat-map value**, per sample: the true-class probability (classification) or the absolute
   prediction error (regression), averaged over positions.
 - **back-and-forth fraction**: of the way each sample's heat-map value travelled over a stretch
@@ -44,6 +50,8 @@ class Snapshot:
         tracked: ``(K, *)`` true-class probability (classification) or prediction (regression);
             jitter is the mean absolute change of this between records.
         classes: ``(K, *)`` predicted classes, or ``None`` for regression.
+        confident: ``(K, *)`` whether each predicted class is confident (see the module
+            docstring), or ``None`` for regression.
         per_sample: ``(K,)`` heat-map value: true-class probability, or absolute error.
         loss: the fixed-batch loss.
     """
@@ -52,19 +60,31 @@ class Snapshot:
     classes: torch.Tensor | None
     per_sample: torch.Tensor
     loss: float
+    confident: torch.Tensor | None = None
 
 
 def _per_sample_mean(values: torch.Tensor) -> torch.Tensor:
     return values.reshape(values.shape[0], -1).mean(dim=1)
 
 
-def snapshot(outputs: torch.Tensor, targets: torch.Tensor, task: Task) -> Snapshot:
+def confidence_floor(num_classes: int, min_confidence: float) -> float:
+    """The top probability above which a prediction over ``num_classes`` classes is confident.
+
+    Example:
+        >>> confidence_floor(2, 0.5), confidence_floor(10, 0.5)
+        (0.75, 0.55)
+    """
+    chance = 1.0 / max(num_classes, 1)
+    return chance + min_confidence * (1.0 - chance)
+
+
+def snapshot(outputs: torch.Tensor, targets: torch.Tensor, task: Task, min_confidence: float = 0.5) -> Snapshot:
     """Summarise the outputs on the fixed samples (float64, on the outputs' device).
 
     Example:
         >>> s = snapshot(torch.tensor([[0.0, 0.0], [4.0, 0.0]]), torch.tensor([1, 0]), "multiclass")
-        >>> s.tracked.tolist(), s.classes.tolist()
-        ([0.5, 0.9820137900379085], [0, 0])
+        >>> s.tracked.tolist(), s.classes.tolist(), s.confident.tolist()
+        ([0.5, 0.9820137900379085], [0, 0], [False, True])
         >>> s = snapshot(torch.tensor([1.0, 3.0]), torch.tensor([2.0, 2.0]), "regression")
         >>> s.per_sample.tolist(), s.loss
         ([1.0, 1.0], 1.0)
@@ -82,10 +102,13 @@ def snapshot(outputs: torch.Tensor, targets: torch.Tensor, task: Task) -> Snapsh
         logit = out.reshape(labels.shape)
         p_one = torch.sigmoid(logit)
         tracked = torch.where(labels == 1, p_one, 1.0 - p_one)
-        return Snapshot(tracked, (logit > 0).long(), _per_sample_mean(tracked), loss)
+        confident = torch.maximum(p_one, 1.0 - p_one) >= confidence_floor(2, min_confidence)
+        return Snapshot(tracked, (logit > 0).long(), _per_sample_mean(tracked), loss, confident)
     log_probs = torch.log_softmax(class_first(out, labels), dim=1).movedim(1, -1)  # (K, *, C)
     tracked = log_probs.gather(-1, labels.unsqueeze(-1)).squeeze(-1).exp()
-    return Snapshot(tracked, log_probs.argmax(dim=-1), _per_sample_mean(tracked), loss)
+    top_log_prob, classes = log_probs.max(dim=-1)
+    confident = top_log_prob.exp() >= confidence_floor(log_probs.shape[-1], min_confidence)
+    return Snapshot(tracked, classes, _per_sample_mean(tracked), loss, confident)
 
 
 def target_scale(targets: torch.Tensor) -> float:
@@ -113,14 +136,26 @@ def jitter(previous: torch.Tensor, current: torch.Tensor, scale: float = 1.0) ->
     return float((current.to(torch.float64) - previous.to(torch.float64)).abs().mean()) / scale
 
 
-def flip_rate(previous: torch.Tensor, current: torch.Tensor) -> float:
-    """Fraction of predicted classes that changed between two records.
+def flip_rate(
+    previous: torch.Tensor,
+    current: torch.Tensor,
+    previous_confident: torch.Tensor | None = None,
+    current_confident: torch.Tensor | None = None,
+) -> float:
+    """Fraction of predicted classes that changed between two records; with the confidence masks,
+    only changes to or from a confident prediction count (over all predictions).
 
     Example:
         >>> flip_rate(torch.tensor([0, 1, 2, 3]), torch.tensor([0, 1, 0, 0]))
         0.5
+        >>> before, after = torch.tensor([True, True, True, False]), torch.tensor([True, True, False, False])
+        >>> flip_rate(torch.tensor([0, 1, 2, 3]), torch.tensor([0, 1, 0, 0]), before, after)
+        0.25
     """
-    return float((previous != current).to(torch.float64).mean())
+    changed = previous != current
+    if previous_confident is not None and current_confident is not None:
+        changed = changed & (previous_confident | current_confident)
+    return float(changed.to(torch.float64).mean())
 
 
 def late_median(values: Sequence[float], steps: Sequence[int], after_step: float) -> tuple[float, int]:

@@ -8,6 +8,10 @@ into one vector, so a zero-initialised bias does not make it infinite.
 
 Activation health: a ReLU unit that outputs zero for every sample of a batch gets no gradient
 (dead); a tanh or sigmoid output pinned near its bounds passes almost no gradient (saturated).
+The smooth ones (GELU, SiLU, Softplus) are judged by their input, since their output near 0 does
+not tell a dead unit from one at the origin: a unit is inactive where its input lies so far to the
+left that the derivative stays below 0.01 for every input further left (GELU ``x < -3.1``, SiLU
+``x < -6.3``, Softplus ``beta * x < -4.6``).
 
 Nothing here imports Lightning; the callback ``UpdateRatioMonitor`` collects tensors and calls it.
 """
@@ -30,7 +34,12 @@ LOG10_CEILING = 12.0
 # A tanh output with |y| above this, or a sigmoid output within 1 - this of 0 or 1, is saturated.
 SATURATION = 0.99
 
-ActivationKind = Literal["relu", "relu6", "tanh", "sigmoid", "hardtanh", "hardsigmoid"]
+ActivationKind = Literal["relu", "relu6", "tanh", "sigmoid", "hardtanh", "hardsigmoid", "gelu", "silu", "softplus"]
+# Kinds judged by their input rather than their output, and the input below which they pass less
+# than 0.01 of the gradient (for Softplus: of beta * input).
+INPUT_CUTOFFS: dict[str, float] = {"gelu": -3.1, "silu": -6.3, "softplus": -4.6}
+# Kinds whose inactive units are dead (no gradient on one side) rather than saturated.
+DEAD_KINDS: tuple[str, ...] = ("relu", "relu6", "gelu", "silu", "softplus")
 Verdict = Literal["ok", "low", "high"]
 
 
@@ -111,12 +120,14 @@ def layer_log10_ratios(
 def activation_kind(module: nn.Module) -> ActivationKind | None:
     """Which activation a module is, for the health statistics; ``None`` for anything else.
 
-    Smooth activations with no zero-gradient region (GELU, SiLU, LeakyReLU, ELU) are not counted:
-    their units cannot die the way a ReLU's do.
+    LeakyReLU and ELU are not counted: their gradient never vanishes on the left, so their units
+    cannot die the way a ReLU's (or a far-left GELU's) do.
 
     Example:
         >>> activation_kind(nn.ReLU()), activation_kind(nn.Tanh()), activation_kind(nn.GELU())
-        ('relu', 'tanh', None)
+        ('relu', 'tanh', 'gelu')
+        >>> activation_kind(nn.LeakyReLU()) is None
+        True
     """
     if isinstance(module, nn.ReLU6):  # a subclass of Hardtanh: check it first
         return "relu6"
@@ -130,7 +141,40 @@ def activation_kind(module: nn.Module) -> ActivationKind | None:
         return "hardtanh"
     if isinstance(module, nn.Hardsigmoid):
         return "hardsigmoid"
+    if isinstance(module, nn.GELU):
+        return "gelu"
+    if isinstance(module, nn.SiLU):
+        return "silu"
+    if isinstance(module, nn.Softplus):
+        return "softplus"
     return None
+
+
+def inactive_input_mask(inputs: torch.Tensor, kind: ActivationKind, *, beta: float = 1.0) -> torch.Tensor:
+    """Where a smooth activation (GELU, SiLU, Softplus) passes less than 0.01 of the gradient, from
+    its input: a bool tensor shaped like ``inputs``.
+
+    Example:
+        >>> inactive_input_mask(torch.tensor([-8.0, -1.0, 2.0]), "gelu").tolist()
+        [True, False, False]
+        >>> inactive_input_mask(torch.tensor([-3.0]), "softplus", beta=2.0).tolist()
+        [True]
+    """
+    x = inputs.detach()
+    if kind == "softplus":
+        x = x * beta
+    return x < INPUT_CUTOFFS[kind]
+
+
+def sampled_step(step: int, every_n_steps: int) -> bool:
+    """Whether an optimizer step is measured: densely at the start, where the recipe's bugs show
+    (steps 0, 1, 2, 4, 8, ... below ``every_n_steps``), then every ``every_n_steps`` steps.
+
+    Example:
+        >>> [s for s in range(40) if sampled_step(s, 10)]
+        [0, 1, 2, 4, 8, 10, 20, 30]
+    """
+    return step % every_n_steps == 0 or (step < every_n_steps and step & (step - 1) == 0)
 
 
 def inactive_mask(

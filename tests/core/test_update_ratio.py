@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pytest
 import torch
@@ -63,8 +64,24 @@ def test_half_precision_difference_is_taken_in_float32() -> None:
 
 def test_activation_kinds() -> None:
     kinds = [core.activation_kind(m) for m in (nn.ReLU(), nn.ReLU6(), nn.Tanh(), nn.Sigmoid(), nn.Hardtanh(),
-                                               nn.Hardsigmoid(), nn.GELU(), nn.Linear(1, 1))]
-    assert kinds == ["relu", "relu6", "tanh", "sigmoid", "hardtanh", "hardsigmoid", None, None]
+                                               nn.Hardsigmoid(), nn.GELU(), nn.SiLU(), nn.Softplus(),
+                                               nn.LeakyReLU(), nn.Linear(1, 1))]
+    assert kinds == ["relu", "relu6", "tanh", "sigmoid", "hardtanh", "hardsigmoid", "gelu", "silu", "softplus",
+                     None, None]
+
+
+@pytest.mark.parametrize(("kind", "derivative"), [
+    ("gelu", lambda x: torch.special.ndtr(x) + x * torch.exp(-x * x / 2) / math.sqrt(2 * math.pi)),
+    ("silu", lambda x: torch.sigmoid(x) * (1 + x * (1 - torch.sigmoid(x)))),
+    ("softplus", torch.sigmoid),
+])
+def test_smooth_cutoffs_pass_less_than_a_hundredth_of_the_gradient(kind: str, derivative: Any) -> None:
+    # Oracle: the derivative itself. Left of the cutoff it stays below 0.01; a little right of it, not.
+    cutoff = core.INPUT_CUTOFFS[kind]
+    left = torch.linspace(cutoff - 20, cutoff, 2001, dtype=torch.float64)
+    assert derivative(left).abs().max() < 0.01
+    assert derivative(torch.tensor([cutoff + 0.3], dtype=torch.float64)).abs().item() > 0.01
+    assert core.inactive_input_mask(left[:-1], kind).all()  # type: ignore[arg-type]
 
 
 def test_dead_relu_units_counted_per_feature_against_a_loop() -> None:
