@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CONSTRAINTS := requirements/constraints.txt
 
-.PHONY: setup demo test lint typecheck unit bench clean
+.PHONY: setup demo test lint typecheck unit bench zoo clean
 
 setup: $(STAMP)
 
@@ -26,6 +26,9 @@ unit: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2
 
 test: lint unit
+
+zoo: $(STAMP)
+	$(BIN)/python -m tests.zoo.run
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/overhead.py --json benchmarks/overhead.json
