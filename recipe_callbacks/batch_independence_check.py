@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from typing_extensions import override
 
-from recipe_callbacks.batch import BatchToXY
+from recipe_callbacks.batch import BatchToXY, ForwardFn
 from recipe_callbacks.callback_base import FirstBatchCheck
 from recipe_callbacks.core.dependencies import (
     CannotRun,
@@ -133,6 +133,8 @@ class BatchIndependenceCheck(OneOffDependencyCheck):
         input_key: where the input is in a batch; inferred when ``None``.
         target_key: where the target is in a batch; inferred when ``None``.
         batch_to_xy: a function ``batch -> (x, y)`` for other batch shapes.
+        forward_fn: how to run the model the way your step does (a method name or a function
+            ``(pl_module, batch) -> output``); see :class:`~recipe_callbacks.RecipeCallback`.
 
     Raises:
         ValueError: for a non-positive ``num_probes`` or ``tolerance``, or an unknown ``method``.
@@ -163,8 +165,9 @@ class BatchIndependenceCheck(OneOffDependencyCheck):
         input_key: str | None = None,
         target_key: str | None = None,
         batch_to_xy: BatchToXY | None = None,
+        forward_fn: ForwardFn | str | None = None,
     ) -> None:
-        super().__init__(on_fail, input_key, target_key, batch_to_xy)
+        super().__init__(on_fail, input_key, target_key, batch_to_xy, forward_fn)
         owner = type(self).__name__
         self.num_probes = check_int(owner, "num_probes", num_probes)
         self.tolerance = check_float(owner, "tolerance", tolerance, maximum=1.0)

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import torch
 from typing_extensions import override
 
-from recipe_callbacks.batch import BatchToXY
+from recipe_callbacks.batch import BatchToXY, ForwardFn
 from recipe_callbacks.batch_independence_check import METHODS, Method, OneOffDependencyCheck
 from recipe_callbacks.core.dependencies import (
     CannotRun,
@@ -78,6 +78,8 @@ class CausalityCheck(OneOffDependencyCheck):
         input_key: where the input is in a batch; inferred when ``None``.
         target_key: where the target is in a batch; inferred when ``None``.
         batch_to_xy: a function ``batch -> (x, y)`` for other batch shapes.
+        forward_fn: how to run the model the way your step does (a method name or a function
+            ``(pl_module, batch) -> output``); see :class:`~recipe_callbacks.RecipeCallback`.
 
     Raises:
         ValueError: for non-positive counts or tolerance, ``time_dim`` 0, or an unknown ``method``.
@@ -111,8 +113,9 @@ class CausalityCheck(OneOffDependencyCheck):
         input_key: str | None = None,
         target_key: str | None = None,
         batch_to_xy: BatchToXY | None = None,
+        forward_fn: ForwardFn | str | None = None,
     ) -> None:
-        super().__init__(on_fail, input_key, target_key, batch_to_xy)
+        super().__init__(on_fail, input_key, target_key, batch_to_xy, forward_fn)
         owner = type(self).__name__
         self.num_positions = check_int(owner, "num_positions", num_positions)
         self.num_samples = check_int(owner, "num_samples", num_samples)

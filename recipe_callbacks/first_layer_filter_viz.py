@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from typing_extensions import override
 
-from recipe_callbacks.batch import BatchResolutionError, BatchToXY, resolve_batch
+from recipe_callbacks.batch import BatchResolutionError, BatchToXY, ForwardFn, resolve_batch
 from recipe_callbacks.callback_base import RecipeCallback
 from recipe_callbacks.core.filter_noise import bank_from_linear, bank_noise_score, filter_tiles
 from recipe_callbacks.core.pictures import heatmap, image_grid
@@ -67,6 +67,8 @@ class FirstLayerFilterViz(RecipeCallback):
         input_key: where the input is in a batch; inferred when ``None``.
         target_key: where the target is in a batch; inferred when ``None``.
         batch_to_xy: a function ``batch -> (x, y)`` for other batch shapes.
+        forward_fn: how to run the model the way your step does (a method name or a function
+            ``(pl_module, batch) -> output``); see :class:`~recipe_callbacks.RecipeCallback`.
 
     Raises:
         ValueError: for an argument out of range.
@@ -96,8 +98,9 @@ class FirstLayerFilterViz(RecipeCallback):
         input_key: str | None = None,
         target_key: str | None = None,
         batch_to_xy: BatchToXY | None = None,
+        forward_fn: ForwardFn | str | None = None,
     ) -> None:
-        super().__init__(on_fail, input_key, target_key, batch_to_xy)
+        super().__init__(on_fail, input_key, target_key, batch_to_xy, forward_fn)
         self.every_n_epochs = check_int(_OWNER, "every_n_epochs", every_n_epochs)
         self.layer = check_optional_str(_OWNER, "layer", layer)
         if image_shape is not None:
