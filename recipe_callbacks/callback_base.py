@@ -144,7 +144,9 @@ class RecipeCallback(Callback):
         """Run the model on ``batch`` the way the user's step does (``forward_fn``), with the input
         replaced by ``x`` if given; see :func:`recipe_callbacks.batch.call_model`."""
         if isinstance(self.forward_fn, str) and not callable(getattr(pl_module, self.forward_fn, None)):
-            raise TypeError(f"{self.check_name}(forward_fn={self.forward_fn!r}): the LightningModule has no such method")
+            raise TypeError(
+                f"{self.check_name}(forward_fn={self.forward_fn!r}): the LightningModule has no such method"
+            )
         return call_model(pl_module, batch, resolved, self.forward_fn, x)
 
     # ----------------------------------------------------------------- logging

@@ -15,7 +15,14 @@ from torch.utils.data import DistributedSampler, IterableDataset, RandomSampler,
 from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
-from recipe_callbacks.batch import BatchResolutionError, BatchToXY, ForwardFn, ResolvedBatch, integer_inputs, resolve_batch
+from recipe_callbacks.batch import (
+    BatchResolutionError,
+    BatchToXY,
+    ForwardFn,
+    ResolvedBatch,
+    integer_inputs,
+    resolve_batch,
+)
 from recipe_callbacks.callback_base import RecipeCallback
 from recipe_callbacks.core.eval_stats import (
     DEFAULT_LOSS,

@@ -15,7 +15,6 @@ from typing_extensions import override
 from recipe_callbacks.batch import BatchToXY, ForwardFn, integer_inputs, resolve_batch
 from recipe_callbacks.callback_base import RecipeCallback
 from recipe_callbacks.core.pictures import heatmap, image_grid
-from recipe_callbacks.core.short_training import take_samples
 from recipe_callbacks.core.prediction_jitter import (
     Snapshot,
     back_and_forth,
@@ -26,6 +25,7 @@ from recipe_callbacks.core.prediction_jitter import (
     target_scale,
     thin_indices,
 )
+from recipe_callbacks.core.short_training import take_samples
 from recipe_callbacks.core.task import TASKS, Task, aligned, logits_of, require_task
 from recipe_callbacks.finding import OnFail
 from recipe_callbacks.observe import observing

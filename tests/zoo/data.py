@@ -111,7 +111,8 @@ def digits(n_train: int, n_val: int, size: int = 8) -> tuple[TensorDataset, Tens
     if size != 8:
         x = nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
     x = (x - 0.3) / 0.4
-    return (TensorDataset(x[:n_train], y[:n_train]), TensorDataset(x[n_train : n_train + n_val], y[n_train : n_train + n_val]))
+    a, b = n_train, n_train + n_val
+    return TensorDataset(x[:a], y[:a]), TensorDataset(x[a:b], y[a:b])
 
 
 class PixelDicts(Dataset[dict[str, torch.Tensor]]):

@@ -390,10 +390,8 @@ class DigitsCNN(_Base):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.features(x)  # (N, 32, 2, 2)
-        if self.mix:  # the planted bug: view with the batch in the wrong place
-            h = h.permute(1, 0, 2, 3).reshape(h.shape[0], -1)
-        else:
-            h = h.flatten(1)
+        # the planted bug (mix): a view with the batch in the wrong place
+        h = h.permute(1, 0, 2, 3).reshape(h.shape[0], -1) if self.mix else h.flatten(1)
         return self.classifier(h) * self.logit_scale
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:

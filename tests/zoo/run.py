@@ -18,7 +18,6 @@ import time
 import traceback
 import warnings
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 
@@ -109,9 +108,9 @@ def healthy_table(outcomes: list[Outcome], markdown: bool) -> str:
     families = list(dict.fromkeys(o.family for o in outcomes))
     checks = _check_order(outcomes)
     by = {(o.family, o.preset): o for o in outcomes}
-    header = ["check"] + families
+    header = ["check", *families]
     rows = []
-    for check in checks + ["(crash)"]:
+    for check in [*checks, "(crash)"]:
         row = [check]
         for fam in families:
             cells = []
@@ -201,12 +200,13 @@ def main(argv: list[str] | None = None) -> int:
         print(planted_table(planted, args.markdown))
     bad = [o for o in healthy if alarms(o) or o.crash] + [o for o in planted if o.crash or not caught(o)]
     if args.details or bad:
-        print("\nDetails (warn/fail on healthy models, crashes, missed bugs" + (", skips" if args.details else "") + ")")
+        skips = ", skips" if args.details else ""
+        print(f"\nDetails (warn/fail on healthy models, crashes, missed bugs{skips})")
         for o in healthy + planted:
             for check, lines in o.summaries.items():
                 for line in lines:
                     status = line.split(":", 1)[0]
-                    if status in ("warn", "fail") and o.bug is None or (args.details and status == "skip"):
+                    if (status in ("warn", "fail") and o.bug is None) or (args.details and status == "skip"):
                         print(f"- {o.family} [{o.preset}] {check}: {line}")
             if o.crash:
                 print(f"- {o.family} [{o.preset}] CRASH: {o.crash}")
