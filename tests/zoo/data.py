@@ -51,8 +51,15 @@ def _windows(ids: torch.Tensor, block: int, count: int, seed: int) -> torch.Tens
     g = torch.Generator().manual_seed(seed)
     cut = int(len(ids) * 0.8)
     part = ids[:cut] if seed == 0 else ids[cut:]
-    starts = torch.randint(0, len(part) - block - 1, (count,), generator=g)
-    return torch.stack([part[s : s + block + 1] for s in starts.tolist()])
+    # source code repeats itself: a validation window may not be any training window
+    seen = {tuple(ids[s : s + block + 1].tolist()) for s in range(cut - block)} if seed != 0 else set()
+    windows: list[torch.Tensor] = []
+    while len(windows) < count:
+        s = int(torch.randint(0, len(part) - block - 1, (1,), generator=g))
+        window = part[s : s + block + 1]
+        if tuple(window.tolist()) not in seen:
+            windows.append(window)
+    return torch.stack(windows)
 
 
 def shifted_pairs(count: int, block: int = 32, seed: int = 0) -> TensorDataset:
