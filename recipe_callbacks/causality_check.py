@@ -211,6 +211,9 @@ class CausalityCheck(OneOffDependencyCheck):
                     if found_carried:
                         rel, violations = rel_carried, found_carried
                         carrier = " (an input equal to the target: the decoder is fed the answer)"
+                if answers and self.forward_fn is None and plain:
+                    carrier = (" (an input equal to the target was left out: whether your step shifts it is not "
+                               "known; set forward_fn to run the model as your step does)")
                 cost = cost_in_steps(forwards, len(positions) * (2 if answers else 1), n, batch_size)
             else:
                 raw = dependency_by_perturbation(forward, xs, positions, out_dim=dim, in_dim=dim)

@@ -172,13 +172,15 @@ class FirstLayerFilterViz(RecipeCallback):
         ]
         try:
             precision = trainer.precision_plugin
+            x = precision.convert_input(resolved.x)
             with observing(pl_module), precision.val_step_context():
-                pl_module(precision.convert_input(resolved.x))
+                self.run_model(pl_module, batch, resolved, x if resolved.with_input is not None else None)
         except _FirstLayerFound:
             pass
         except Exception as err:  # the user's training must go on
             if not entered:
-                self.skip(trainer, f"the forward pass to find the first layer failed ({err!r})", "layer")
+                self.skip(trainer, f"the forward pass to find the first layer failed ({err!r}); name the layer, or "
+                          "give forward_fn", "layer")
                 return False
         finally:
             for handle in handles:

@@ -145,6 +145,19 @@ def test_init_loss_counts_the_prior_over_many_batches_not_the_first(tmp_path: Pa
     assert 0.0 < finding.values["expected"] < math.log(2) and math.isfinite(finding.values["ratio"])
 
 
+def test_init_loss_warns_a_default_bias_when_the_first_batch_is_rich_in_positives(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    x, y = _sorted_zero_vs_rest().tensors
+    pos, neg = torch.nonzero(y == 1).flatten(), torch.nonzero(y == 0).flatten()
+    order = torch.cat([pos[:16], neg[:16], pos[16:], neg[16:]])  # the first batch: half positives
+    cb = InitLossCheck()
+    fit(tmp_path, families.TabularBinary(64), DataLoader(TensorDataset(x[order], y[order]), batch_size=32), None,
+        [cb], max_steps=1)
+    finding = only(cb)
+    assert finding.status == "warn" and "default bias" in finding.summary, finding.summary
+    assert finding.values["prob_gap"] > 0.25
+
+
 def test_input_visualizer_lets_an_all_negative_batch_of_a_1_9_task_pass(tmp_path: Path) -> None:
     cb = InputVisualizer()
     fit(tmp_path, families.TabularBinary(64, positive_rate=0.1), DataLoader(_sorted_zero_vs_rest(), batch_size=32),

@@ -35,6 +35,7 @@ class Outcome:
     summaries: dict[str, list[str]] = field(default_factory=dict)  # check -> "status: summary" lines
     crash: str = ""
     seconds: float = 0.0
+    cost_steps: float = 0.0  # the one-off checks' stated cost, in training-step equivalents
 
 
 def run_case(family: str, bug: str | None, preset: str, *, max_epochs: int | None = None) -> Outcome:
@@ -75,6 +76,7 @@ def run_case(family: str, bug: str | None, preset: str, *, max_epochs: int | Non
             name = type(cb).__name__
             worst = None
             for f in cb.findings:
+                outcome.cost_steps += sum(v for k, v in f.values.items() if k.endswith("cost_steps") and v == v)
                 outcome.summaries.setdefault(name, []).append(f"{f.status}: {f.summary} {f.advice}".strip())
                 if worst is None or STATUS_ORDER[f.status] > STATUS_ORDER[worst]:
                     worst = f.status
@@ -110,7 +112,7 @@ def healthy_table(outcomes: list[Outcome], markdown: bool) -> str:
     by = {(o.family, o.preset): o for o in outcomes}
     header = ["check", *families]
     rows = []
-    for check in [*checks, "(crash)"]:
+    for check in [*checks, "(crash)", "(cost_steps)"]:
         row = [check]
         for fam in families:
             cells = []
@@ -120,6 +122,8 @@ def healthy_table(outcomes: list[Outcome], markdown: bool) -> str:
                     continue
                 if check == "(crash)":
                     cells.append("CRASH" if o.crash else "none")
+                elif check == "(cost_steps)":
+                    cells.append(f"{o.cost_steps:.0f}")
                 else:
                     cells.append(SHORT.get(o.verdicts.get(check), o.verdicts.get(check, "-")))
             row.append("/".join(cells))
