@@ -274,8 +274,8 @@ def per_position_losses(output: torch.Tensor, target: torch.Tensor) -> torch.Ten
     their mean is a per-position model's own loss (a mean over tokens or pixels).
 
     Example:
-        >>> per_position_losses(torch.zeros(1, 2, 4), torch.tensor([[1, -100]])).tolist()  # log 2, one position
-        [0.6931471805599453]
+        >>> per_position_losses(torch.zeros(1, 3, 2), torch.tensor([[1, 0, -100]])).tolist()  # log 2, twice
+        [0.6931471805599453, 0.6931471805599453]
     """
     logits = class_first(output.detach().to(torch.float64), target)
     t = target.detach().long()
