@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CONSTRAINTS := requirements/constraints.txt
 
-.PHONY: setup demo test lint typecheck unit bench docs clean
+.PHONY: setup demo test lint typecheck unit bench docs zoo clean
 
 setup: $(STAMP)
 
@@ -31,6 +31,9 @@ test: lint unit
 docs: $(STAMP)
 	$(BIN)/python docs/make_pictures.py --out docs/pictures
 	$(BIN)/mkdocs build --strict --site-dir site
+
+zoo: $(STAMP)
+	$(BIN)/python -m tests.zoo.run
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/overhead.py --json benchmarks/overhead.json

@@ -8,13 +8,16 @@ or a position such as ``"0"`` for tuples); ``batch_to_xy`` is a function for any
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-INPUT_KEYS: tuple[str, ...] = ("x", "input", "inputs", "image", "images", "input_ids", "features", "data")
+INPUT_KEYS: tuple[str, ...] = (
+    "x", "input", "inputs", "image", "images", "input_ids", "pixel_values", "input_values", "features", "data",
+)
 TARGET_KEYS: tuple[str, ...] = ("y", "label", "labels", "target", "targets")
 
 BatchToXY = Callable[[Any], tuple[torch.Tensor, "torch.Tensor | None"]]
@@ -163,3 +166,99 @@ def resolve_batch(
     raise BatchResolutionError(
         f"cannot find the input in a batch of type {type(batch).__name__}; give batch_to_xy", "batch_to_xy"
     )
+
+
+# ----------------------------------------------------------------------------- calling the model
+# Names a forward gives the parameter that takes the target (nanoGPT's ``forward(idx, targets=None)``).
+TARGET_PARAMETERS: tuple[str, ...] = ("y", "target", "targets", "label", "labels")
+
+# A user function that runs the model on a batch the way its own step does: ``(pl_module, batch) -> output``.
+ForwardFn = Callable[[Any, Any], Any]
+
+
+def _forward_parameters(module: Any) -> tuple[list[inspect.Parameter], bool]:
+    """The positional-or-keyword parameters of ``module.forward`` and whether it takes ``**kwargs``."""
+    try:
+        params = list(inspect.signature(module.forward).parameters.values())
+    except (TypeError, ValueError):
+        return [], False
+    named = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    return named, any(p.kind is p.VAR_KEYWORD for p in params)
+
+
+def model_inputs(module: Any, batch: Any, resolved: ResolvedBatch) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """The arguments to call ``module`` with on ``batch``, read from its ``forward`` signature.
+
+    - a dict batch and a ``forward(**inputs)`` (or parameters named like the batch's keys): every
+      entry whose name the forward takes, as keywords, the way Hugging Face steps call
+      ``self(**batch)``;
+    - a tuple batch and a ``forward`` with several required parameters (``forward(src, target)``):
+      the first items of the batch, in order;
+    - a ``forward(x, targets=None)`` whose second parameter is named like a target: ``(x, y)``, as
+      nanoGPT's step does (without targets it returns the last position only);
+    - otherwise ``(x,)``.
+
+    Example:
+        >>> class Net(torch.nn.Module):
+        ...     def forward(self, idx, targets=None): return idx
+        >>> batch = (torch.zeros(2, 3), torch.ones(2, 3))
+        >>> args, kwargs = model_inputs(Net(), batch, resolve_batch(batch))
+        >>> len(args), kwargs
+        (2, {})
+    """
+    params, var_kw = _forward_parameters(module)
+    names = [p.name for p in params]
+    if isinstance(batch, Mapping) and resolved.with_input is not None:
+        keys = [k for k in batch if isinstance(k, str) and (var_kw or k in names)]
+        if keys and (var_kw or len(keys) > 1 or not params or keys[0] == names[0]):
+            return (), {k: batch[k] for k in keys}
+    if isinstance(batch, (tuple, list)) and resolved.with_input is not None:
+        required = [p for p in params if p.default is p.empty and p.kind is not p.KEYWORD_ONLY]
+        tensors = [item for item in batch if isinstance(item, torch.Tensor)]
+        if len(required) >= 2 and len(tensors) >= len(required) and batch[0] is resolved.x:
+            return tuple(batch[: len(required)]), {}
+    if len(params) >= 2 and params[1].name in TARGET_PARAMETERS and resolved.y is not None:
+        return (resolved.x, resolved.y), {}
+    return (resolved.x,), {}
+
+
+def tensor_inputs(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> list[tuple[str, torch.Tensor]]:
+    """Every tensor argument of a call, named by position (``"0"``) or keyword."""
+    named = [(str(i), a) for i, a in enumerate(args)] + list(kwargs.items())
+    return [(name, value) for name, value in named if isinstance(value, torch.Tensor)]
+
+
+def replaced(args: tuple[Any, ...], kwargs: Mapping[str, Any], new: Mapping[str, torch.Tensor]
+             ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """The call arguments with the tensors named in ``new`` (as :func:`tensor_inputs` names them) replaced."""
+    out_args = tuple(new.get(str(i), a) for i, a in enumerate(args))
+    return out_args, {k: new.get(k, v) for k, v in kwargs.items()}
+
+
+def call_model(module: Any, batch: Any, resolved: ResolvedBatch, forward_fn: ForwardFn | str | None = None,
+               x: torch.Tensor | None = None) -> Any:
+    """Run ``module`` on ``batch`` the way the user's step does, with the input replaced by ``x`` if given.
+
+    ``forward_fn`` is the user's own way: a function ``(pl_module, batch) -> output``, or the name of
+    a method of the LightningModule that takes the batch. Without it the call is read from the
+    ``forward`` signature (:func:`model_inputs`).
+    """
+    if x is not None and resolved.with_input is not None:
+        batch = resolved.with_input(x)
+        resolved = ResolvedBatch(x, resolved.y, resolved.with_input)
+    if forward_fn is not None:
+        fn = getattr(module, forward_fn) if isinstance(forward_fn, str) else None
+        return fn(batch) if fn is not None else forward_fn(module, batch)  # type: ignore[operator]
+    if resolved.with_input is None:  # a user batch_to_xy: its structure is unknown
+        return module(resolved.x if x is None else x)
+    args, kwargs = model_inputs(module, batch, resolved)
+    return module(*args, **kwargs)
+
+
+def integer_inputs(batch: Any, resolved: ResolvedBatch) -> list[torch.Tensor]:
+    """The integer tensors a model reads from ``batch`` (token ids), for :func:`~recipe_callbacks.core.task.aligned`
+    to recognise labels that are the input ids themselves (the shift done inside the model)."""
+    found = [resolved.x]
+    if isinstance(batch, Mapping):
+        found += [v for k, v in batch.items() if isinstance(v, torch.Tensor) and k in INPUT_KEYS]
+    return [t for t in found if not (t.is_floating_point() or t.is_complex() or t.dtype == torch.bool)]

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator, Mapping
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from typing_extensions import override
 
-from recipe_callbacks.batch import BatchToXY
+from recipe_callbacks.batch import BatchToXY, ForwardFn, ResolvedBatch, resolve_batch
 from recipe_callbacks.callback_base import FirstBatchCheck
 from recipe_callbacks.core.dependencies import (
     CannotRun,
@@ -21,10 +21,12 @@ from recipe_callbacks.core.dependencies import (
     OutputRecorder,
     batch_major,
     batchnorm_in_eval,
+    carries,
     cost_in_steps,
     dependency_by_gradient,
     dependency_by_perturbation,
     dependency_picture,
+    differentiable_batch,
     first_mixing_output,
     first_tensor,
     largest,
@@ -41,6 +43,26 @@ if TYPE_CHECKING:
     import lightning.pytorch as pl
 
 Method = Literal["auto", "gradient", "perturbation"]
+
+
+def _floating(batch: Any, batch_size: int) -> list[torch.Tensor]:
+    """The floating-point tensors of ``batch_size`` samples in ``batch``, in the order
+    :func:`~recipe_callbacks.core.dependencies.differentiable_batch` visits them."""
+    found: list[torch.Tensor] = []
+
+    def walk(item: Any) -> None:
+        if isinstance(item, torch.Tensor):
+            if item.ndim > 0 and item.shape[0] == batch_size and (item.is_floating_point() or item.is_complex()):
+                found.append(item)
+        elif isinstance(item, Mapping):
+            for v in item.values():
+                walk(v)
+        elif isinstance(item, (list, tuple)):
+            for v in item:
+                walk(v)
+
+    walk(batch)
+    return found
 METHODS: tuple[str, ...] = ("auto", "gradient", "perturbation")
 
 
@@ -64,8 +86,50 @@ class OneOffDependencyCheck(FirstBatchCheck):
     Subclasses measure (``_measure``, raising ``CannotRun`` to skip) and report (``_report``).
     """
 
-    def _measure(self, pl_module: pl.LightningModule, x: torch.Tensor) -> Any:
+    def _measure(self, pl_module: pl.LightningModule, batch: Any, resolved: ResolvedBatch) -> Any:
         raise NotImplementedError
+
+    def _model_output(self, pl_module: pl.LightningModule, batch: Any, resolved: ResolvedBatch | None = None,
+                      x: torch.Tensor | None = None) -> torch.Tensor:
+        """The model's floating-point output on ``batch`` (or on ``batch`` with input ``x``), run the
+        way the user's step does; the same dropout masks on every call (the RNG is isolated)."""
+        torch.manual_seed(0)
+        if resolved is None:
+            resolved = resolve_batch(batch, self.input_key, self.target_key, self.batch_to_xy)
+        out = first_tensor(self.run_model(pl_module, batch, resolved, x))
+        if out is None or not out.is_floating_point():
+            raise CannotRun("the model returned no floating-point tensor to differentiate", "forward_fn")
+        return out
+
+    def _gradient_inputs(
+        self, pl_module: pl.LightningModule, batch: Any, resolved: ResolvedBatch, batch_size: int
+    ) -> tuple[torch.Tensor, list[torch.Tensor], list[str], list[bool], OutputRecorder]:
+        """One forward pass with every tensor input differentiable: the output, the tensors the
+        gradient is taken at (float inputs; embedding outputs of integer inputs), their names, whether
+        each carries the target (a decoder input fed the answer), and the recorded module outputs."""
+        new_batch, leaves, ids = differentiable_batch(batch, batch_size)
+        new_resolved = resolve_batch(new_batch, self.input_key, self.target_key, self.batch_to_xy)
+        captures = [EmbeddingCapture(pl_module, t) for t in ids]
+        recorder = OutputRecorder(pl_module)
+        with ExitStack() as stack:
+            for capture in captures:
+                stack.enter_context(capture)
+            stack.enter_context(recorder)
+            out = self._model_output(pl_module, new_batch, new_resolved)
+        inputs: list[torch.Tensor] = []
+        names: list[str] = []
+        target_like: list[bool] = []
+        x = resolved.x
+        for leaf, original in zip(leaves, _floating(batch, batch_size), strict=True):
+            inputs.append(leaf)
+            names.append("the input" if original is x else f"a {tuple(leaf.shape)} input")
+            target_like.append(original is not x and carries(original, resolved.y))
+        for capture, token_ids in zip(captures, ids, strict=True):
+            if capture.output is not None and all(capture.output is not t for t in inputs):
+                inputs.append(capture.output)
+                names.append(f"the output of embedding `{capture.name}`")
+                target_like.append(token_ids is not x and carries(token_ids, resolved.y))
+        return out, inputs, names, target_like, recorder
 
     @staticmethod
     @contextmanager
@@ -87,11 +151,12 @@ class OneOffDependencyCheck(FirstBatchCheck):
         resolved = self.resolve(trainer, batch)
         if resolved is not None:
             try:
-                measured = self._measure(pl_module, resolved.x)
+                measured = self._measure(pl_module, batch, resolved)
             except CannotRun as err:
                 self.skip(trainer, str(err), err.argument)
             except Exception as err:  # a diagnostic must never crash the user's training
-                self.skip(trainer, f"running the model on the batch failed: {type(err).__name__}: {err}", "")
+                self.skip(trainer, f"running the model on the batch failed: {type(err).__name__}: {err}; give the "
+                          "way your step runs it", "forward_fn")
         local_fail = measured is not None and self._failed(measured)
         # Every rank takes part, so that a failure under on_fail="raise" stops all of them together.
         any_fail = trainer.strategy.reduce_boolean_decision(local_fail, all=False)
@@ -133,6 +198,8 @@ class BatchIndependenceCheck(OneOffDependencyCheck):
         input_key: where the input is in a batch; inferred when ``None``.
         target_key: where the target is in a batch; inferred when ``None``.
         batch_to_xy: a function ``batch -> (x, y)`` for other batch shapes.
+        forward_fn: how to run the model the way your step does (a method name or a function
+            ``(pl_module, batch) -> output``); see :class:`~recipe_callbacks.RecipeCallback`.
 
     Raises:
         ValueError: for a non-positive ``num_probes`` or ``max_dependency``, or an unknown ``method``.
@@ -163,8 +230,9 @@ class BatchIndependenceCheck(OneOffDependencyCheck):
         input_key: str | None = None,
         target_key: str | None = None,
         batch_to_xy: BatchToXY | None = None,
+        forward_fn: ForwardFn | str | None = None,
     ) -> None:
-        super().__init__(on_fail, input_key, target_key, batch_to_xy)
+        super().__init__(on_fail, input_key, target_key, batch_to_xy, forward_fn)
         owner = type(self).__name__
         self.num_probes = check_int(owner, "num_probes", num_probes)
         self.max_dependency = check_float(owner, "max_dependency", max_dependency, maximum=1.0)
@@ -173,40 +241,37 @@ class BatchIndependenceCheck(OneOffDependencyCheck):
 
     # ----------------------------------------------------------------- measuring
     @override
-    def _measure(self, pl_module: pl.LightningModule, x: torch.Tensor) -> _Measurement:
+    def _measure(self, pl_module: pl.LightningModule, batch: Any, resolved: ResolvedBatch) -> _Measurement:
+        x = resolved.x
         batch_size = x.shape[0] if x.ndim > 0 else 0
         if batch_size < 2:
             raise CannotRun(f"the batch holds {batch_size} sample(s); samples can only mix in a batch of 2 or more")
         probes = probe_indices(batch_size, self.num_probes)
-        integer = not (x.is_floating_point() or x.is_complex())
 
-        def forward(inp: torch.Tensor) -> torch.Tensor:
-            torch.manual_seed(0)  # the same dropout masks on every call (the RNG is isolated)
-            out = first_tensor(pl_module(inp))
-            if out is None or not out.is_floating_point():
-                raise CannotRun("forward(x) returned no floating-point tensor to differentiate")
-            per_sample = batch_major(out, batch_size)
-            if per_sample is None:
+        def per_sample(out: torch.Tensor) -> torch.Tensor:
+            major = batch_major(out, batch_size)
+            if major is None:
                 raise CannotRun(
                     f"the output's leading dim ({out.shape[0]}) is not the batch size ({batch_size}) or a "
-                    "multiple of it, so the output of one sample cannot be told apart"
+                    "multiple of it, so the output of one sample cannot be told apart", "forward_fn"
                 )
-            return per_sample
+            return major
+
+        def forward(inp: torch.Tensor) -> torch.Tensor:
+            return per_sample(self._model_output(pl_module, batch, resolved, inp))
 
         with self._probing(pl_module, self.train_mode) as batchnorms:
             method, where = self.method, "the input"
-            inputs: torch.Tensor | None = None
+            inputs: list[torch.Tensor] = []
             out: torch.Tensor | None = None
             recorder = OutputRecorder(pl_module)
             forwards = 0
             if method != "perturbation":
                 forwards += 1
-                x_in = x if integer else x.detach().clone().requires_grad_(True)
-                with EmbeddingCapture(pl_module, x) as embedding, recorder:
-                    out = forward(x_in)
-                inputs = embedding.output if integer else x_in
-                where = f"the output of embedding `{embedding.name}`" if integer else where
-                if inputs is not None and out.requires_grad:
+                raw_out, inputs, names, _, recorder = self._gradient_inputs(pl_module, batch, resolved, batch_size)
+                out = per_sample(raw_out)
+                where = ", ".join(names)
+                if inputs and out.requires_grad:
                     method = "gradient"
                 elif method == "gradient":
                     raise CannotRun("the input has no gradient (integer ids that reach no nn.Embedding)", "method")
@@ -214,11 +279,11 @@ class BatchIndependenceCheck(OneOffDependencyCheck):
                     method = "perturbation"
             scan: LayerScan | None = None
             if method == "gradient":
-                assert out is not None and inputs is not None
+                assert out is not None
                 rel = relative(dependency_by_gradient(out, inputs, probes), axis=1)
                 leaks = off_diagonal(rel, self.max_dependency)
                 if leaks:
-                    scan = first_mixing_output(recorder.outputs, inputs, leaks[0].out, self.max_dependency)
+                    scan = first_mixing_output(recorder.outputs, inputs[0], leaks[0].out, self.max_dependency)
                 backwards = len(probes) + (scan.backwards if scan else 0)
                 cost = cost_in_steps(forwards, backwards, batch_size, batch_size)
             else:

@@ -21,7 +21,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
 from recipe_callbacks import log_writer
-from recipe_callbacks.batch import BatchResolutionError, BatchToXY, ResolvedBatch, resolve_batch
+from recipe_callbacks.batch import BatchResolutionError, BatchToXY, ForwardFn, ResolvedBatch, call_model, resolve_batch
 from recipe_callbacks.finding import ON_FAIL_CHOICES, Finding, OnFail, Status, apply_on_fail, details_markdown
 from recipe_callbacks.validation import check_choice, check_optional_str
 
@@ -51,6 +51,12 @@ class RecipeCallback(Callback):
             inferred when ``None``.
         target_key: where the target is in a batch; inferred when ``None``.
         batch_to_xy: a function ``batch -> (x, y)`` for batches of any other shape.
+        forward_fn: how to run the model on a batch the way your own step does, for the checks
+            that run it: the name of a method of your LightningModule that takes the batch and
+            returns the output (logits, or a ``ModelOutput``/dict with ``logits``), or a function
+            ``(pl_module, batch) -> output``. ``None``: read from ``forward``'s signature
+            (``self(**batch)`` for ``forward(**inputs)``, ``self(src, target)`` for two required
+            inputs, ``self(x, y)`` for ``forward(x, targets=None)``, else ``self(x)``).
 
     Logged by every check: ``recipe.<check>/finding``, text with the check's current Findings
     (status, summary, advice and a table of the values), rewritten at each report. The values are
@@ -69,8 +75,12 @@ class RecipeCallback(Callback):
         input_key: str | None = None,
         target_key: str | None = None,
         batch_to_xy: BatchToXY | None = None,
+        forward_fn: ForwardFn | str | None = None,
     ) -> None:
         owner = type(self).__name__
+        if forward_fn is not None and not (callable(forward_fn) or isinstance(forward_fn, str)):
+            raise TypeError(f"{owner}(forward_fn={forward_fn!r}): forward_fn must be a method name, a callable or None")
+        self.forward_fn = forward_fn
         self.on_fail: OnFail = check_choice(owner, "on_fail", on_fail, ON_FAIL_CHOICES)
         self.input_key = check_optional_str(owner, "input_key", input_key)
         self.target_key = check_optional_str(owner, "target_key", target_key)
@@ -146,6 +156,15 @@ class RecipeCallback(Callback):
         except BatchResolutionError as err:
             self.skip(trainer, f"could not find the input in the batch: {err}", err.argument, key=key)
             return None
+
+    def run_model(self, pl_module: Any, batch: Any, resolved: ResolvedBatch, x: torch.Tensor | None = None) -> Any:
+        """Run the model on ``batch`` the way the user's step does (``forward_fn``), with the input
+        replaced by ``x`` if given; see :func:`recipe_callbacks.batch.call_model`."""
+        if isinstance(self.forward_fn, str) and not callable(getattr(pl_module, self.forward_fn, None)):
+            raise TypeError(
+                f"{self.check_name}(forward_fn={self.forward_fn!r}): the LightningModule has no such method"
+            )
+        return call_model(pl_module, batch, resolved, self.forward_fn, x)
 
     # ----------------------------------------------------------------- logging
     def log_scalars(self, trainer: pl.Trainer, values: Mapping[str, float], step: int | None = None) -> None:
@@ -252,8 +271,9 @@ class FirstBatchCheck(RecipeCallback):
         input_key: str | None = None,
         target_key: str | None = None,
         batch_to_xy: BatchToXY | None = None,
+        forward_fn: ForwardFn | str | None = None,
     ) -> None:
-        super().__init__(on_fail, input_key, target_key, batch_to_xy)
+        super().__init__(on_fail, input_key, target_key, batch_to_xy, forward_fn)
         self._ran = False
 
     def check_first_batch(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any) -> None:

@@ -3,28 +3,27 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 from typing_extensions import override
 
-from recipe_callbacks.batch import BatchToXY
+from recipe_callbacks.batch import BatchToXY, ForwardFn, ResolvedBatch, resolve_batch
 from recipe_callbacks.batch_independence_check import METHODS, Method, OneOffDependencyCheck
 from recipe_callbacks.core.dependencies import (
     CannotRun,
     Dependency,
-    EmbeddingCapture,
     cost_in_steps,
     dependency_by_gradient,
     dependency_by_perturbation,
     dependency_picture,
-    first_tensor,
     future,
     largest,
     probe_indices,
     relative,
 )
+from recipe_callbacks.core.short_training import take_samples
 from recipe_callbacks.finding import OnFail
 from recipe_callbacks.validation import check_bool, check_choice, check_float, check_int
 
@@ -107,6 +106,8 @@ class CausalityCheck(OneOffDependencyCheck):
         input_key: where the input is in a batch; inferred when ``None``.
         target_key: where the target is in a batch; inferred when ``None``.
         batch_to_xy: a function ``batch -> (x, y)`` for other batch shapes.
+        forward_fn: how to run the model the way your step does (a method name or a function
+            ``(pl_module, batch) -> output``); see :class:`~recipe_callbacks.RecipeCallback`.
 
     Raises:
         ValueError: for non-positive counts or max_dependency, ``time_dim`` 0, or an unknown ``method``.
@@ -140,8 +141,9 @@ class CausalityCheck(OneOffDependencyCheck):
         input_key: str | None = None,
         target_key: str | None = None,
         batch_to_xy: BatchToXY | None = None,
+        forward_fn: ForwardFn | str | None = None,
     ) -> None:
-        super().__init__(on_fail, input_key, target_key, batch_to_xy)
+        super().__init__(on_fail, input_key, target_key, batch_to_xy, forward_fn)
         owner = type(self).__name__
         self.num_positions = check_int(owner, "num_positions", num_positions)
         self.num_samples = check_int(owner, "num_samples", num_samples)
@@ -178,7 +180,8 @@ class CausalityCheck(OneOffDependencyCheck):
         )
 
     @override
-    def _measure(self, pl_module: pl.LightningModule, x: torch.Tensor) -> _Measurement:
+    def _measure(self, pl_module: pl.LightningModule, batch: Any, resolved: ResolvedBatch) -> _Measurement:
+        x = resolved.x
         integer = not (x.is_floating_point() or x.is_complex())
         dim = self._time_dim(x, integer, pl_module)
         steps = x.shape[dim]
@@ -186,52 +189,76 @@ class CausalityCheck(OneOffDependencyCheck):
             raise CannotRun(f"the sequence has {steps} time step(s); nothing to compare", "time_dim")
         batch_size = x.shape[0]
         n = min(self.num_samples, batch_size)
-        xs = x[:n]
+        small = take_samples(batch, n, batch_size)
+        small_resolved = resolve_batch(small, self.input_key, self.target_key, self.batch_to_xy)
+        xs = small_resolved.x
         positions = probe_indices(steps, self.num_positions)
 
-        def forward(inp: torch.Tensor) -> torch.Tensor:
-            torch.manual_seed(0)  # the same dropout masks on every call (the RNG is isolated)
-            out = first_tensor(pl_module(inp))
-            if out is None or not out.is_floating_point():
-                raise CannotRun("forward(x) returned no floating-point tensor to differentiate")
+        def timed(out: torch.Tensor) -> torch.Tensor:
             if out.ndim > dim and out.shape[0] == n and out.shape[dim] == steps:
                 return out
             if dim == 1 and out.ndim >= 1 and out.shape[0] == n * steps:  # logits flattened to (B * T, V)
                 return out.reshape(n, steps, *out.shape[1:])
+            last = out.ndim > dim and out.shape[0] == n and out.shape[dim] == 1
             raise CannotRun(
                 f"the output of shape {tuple(out.shape)} has no time dim {dim} of length {steps} like the input "
-                f"{tuple(inp.shape)}: not a sequence-to-sequence model",
-                "time_dim",
+                f"{tuple(xs.shape)}: "
+                + ("it holds the last position only; run the model the way training does (all positions)"
+                   if last else "not a sequence-to-sequence model"),
+                "forward_fn" if last else "time_dim",
             )
+
+        def forward(inp: torch.Tensor) -> torch.Tensor:
+            return timed(self._model_output(pl_module, small, small_resolved, inp))
 
         with self._probing(pl_module, self.train_mode) as batchnorms:
             method, where, forwards = self.method, "the input", 0
-            inputs: torch.Tensor | None = None
+            inputs: list[torch.Tensor] = []
+            target_like: list[bool] = []
             out: torch.Tensor | None = None
             if method != "perturbation":
                 forwards += 1
-                x_in = xs if integer else xs.detach().clone().requires_grad_(True)
-                with EmbeddingCapture(pl_module, xs) as embedding:
-                    out = forward(x_in)
-                inputs = embedding.output if integer else x_in
-                where = f"the output of embedding `{embedding.name}`" if integer else where
-                if inputs is not None and out.requires_grad and inputs.shape[dim] == steps:
+                raw_out, found, names, carrying, _ = self._gradient_inputs(pl_module, small, small_resolved, n)
+                out = timed(raw_out)
+                keep = [k for k, t in enumerate(found) if t.ndim > dim and t.shape[dim] == steps]
+                inputs = [found[k] for k in keep]
+                target_like = [carrying[k] for k in keep]
+                where = ", ".join(names[k] for k in keep)
+                if inputs and out.requires_grad:
                     method = "gradient"
                 elif method == "gradient":
                     raise CannotRun("the input has no gradient (integer ids that reach no nn.Embedding)", "method")
                 else:
                     method = "perturbation"
+            carrier = ""
             if method == "gradient":
-                assert out is not None and inputs is not None
-                raw = dependency_by_gradient(out, inputs, positions, out_dim=dim, in_dim=dim)
+                assert out is not None
+                plain = [t for t, c in zip(inputs, target_like, strict=True) if not c]
+                answers = [t for t, c in zip(inputs, target_like, strict=True) if c]
+                raw = dependency_by_gradient(out, plain or inputs, positions, out_dim=dim, in_dim=dim)
                 rel = relative(raw, axis=1)
-                cost = cost_in_steps(forwards, len(positions), n, batch_size)
+                violations = future(rel, self.max_dependency, self.strict)
+                if answers and self.forward_fn is not None:
+                    # an input that is the target itself (teacher forcing without the shift): the output at t
+                    # must not depend on it at t either, since target t is the input at t + 1
+                    carried = dependency_by_gradient(out, answers, positions, out_dim=dim, in_dim=dim)
+                    peak = torch.maximum(torch.nan_to_num(raw, nan=0.0).amax(dim=1, keepdim=True),
+                                         torch.nan_to_num(carried, nan=0.0).amax(dim=1, keepdim=True))
+                    rel_carried = torch.where(peak > 0, carried / peak.clamp_min(1e-300), carried * 0.0)
+                    found_carried = future(rel_carried, self.max_dependency, strict=True)
+                    if found_carried:
+                        rel, violations = rel_carried, found_carried
+                        carrier = " (an input equal to the target: the decoder is fed the answer)"
+                if answers and self.forward_fn is None and plain:
+                    carrier = (" (an input equal to the target was left out: whether your step shifts it is not "
+                               "known; set forward_fn to run the model as your step does)")
+                cost = cost_in_steps(forwards, len(positions) * (2 if answers else 1), n, batch_size)
             else:
                 raw = dependency_by_perturbation(forward, xs, positions, out_dim=dim, in_dim=dim)
                 rel = relative(raw, axis=0)
+                violations = future(rel, self.max_dependency, self.strict)
                 cost = cost_in_steps(forwards + 1 + len(positions), 0, n, batch_size)
-        violations = future(rel, self.max_dependency, self.strict)
-        return _Measurement(rel, positions, method, where, violations, cost, batchnorms)
+        return _Measurement(rel, positions, method, where + carrier, violations, cost, batchnorms)
 
     # ----------------------------------------------------------------- reporting
     @override

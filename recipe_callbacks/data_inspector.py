@@ -11,7 +11,7 @@ from lightning.pytorch.utilities.seed import isolate_rng
 from torch.utils.data import DataLoader, Subset
 from typing_extensions import override
 
-from recipe_callbacks.batch import BatchToXY
+from recipe_callbacks.batch import BatchToXY, ForwardFn, integer_inputs
 from recipe_callbacks.callback_base import RecipeCallback
 from recipe_callbacks.core.data_stats import (
     all_dataloaders,
@@ -28,6 +28,7 @@ from recipe_callbacks.core.pictures import bar_chart, image_grid
 from recipe_callbacks.core.task import (
     TASKS,
     Task,
+    aligned,
     class_first,
     infer_task,
     is_binary_valued,
@@ -137,6 +138,8 @@ class DataInspector(RecipeCallback):
         input_key: where the input is in a batch; inferred when ``None``.
         target_key: where the target is in a batch; inferred when ``None``.
         batch_to_xy: a function ``batch -> (x, y)`` for batches of any other shape.
+        forward_fn: how to run the model the way your step does (a method name or a function
+            ``(pl_module, batch) -> output``); see :class:`~recipe_callbacks.RecipeCallback`.
 
     Raises:
         ValueError: for counts or thresholds out of range.
@@ -173,8 +176,9 @@ class DataInspector(RecipeCallback):
         input_key: str | None = None,
         target_key: str | None = None,
         batch_to_xy: BatchToXY | None = None,
+        forward_fn: ForwardFn | str | None = None,
     ) -> None:
-        super().__init__(on_fail, input_key, target_key, batch_to_xy)
+        super().__init__(on_fail, input_key, target_key, batch_to_xy, forward_fn)
         owner = type(self).__name__
         self.max_samples = check_int(owner, "max_samples", max_samples)
         self.top_k = check_int(owner, "top_k", top_k)
@@ -415,14 +419,19 @@ class DataInspector(RecipeCallback):
                 if resolved.y is None:
                     self.skip(trainer, "the validation batches have no target to rank by loss", "target_key", key=key)
                     return
-                x = move_data_to_device(resolved.x, pl_module.device)
-                y = resolved.y.to(pl_module.device)
-                try:
-                    logits = logits_of(pl_module(x))
-                except Exception as err:  # a forward that wants more than x: say so, do not break training
-                    self.skip(trainer, f"forward(x) failed on the resolved input: {type(err).__name__}: {err}",
-                              "input_key", key=key)
+                on_device = move_data_to_device(batch, pl_module.device)
+                resolved_on_device = self.resolve(trainer, on_device, key=key)
+                if resolved_on_device is None or resolved_on_device.y is None:
                     return
+                y = resolved_on_device.y
+                try:
+                    logits = logits_of(self.run_model(pl_module, on_device, resolved_on_device))
+                except Exception as err:  # a forward that wants more than x: say so, do not break training
+                    self.skip(trainer, f"running the model on the batch failed: {type(err).__name__}: {err}",
+                              "forward_fn", key=key)
+                    return
+                if logits is not None:
+                    logits, y = aligned(logits, y, integer_inputs(on_device, resolved_on_device))
                 task = self.task or (infer_task(logits, y) if logits is not None else None)
                 if logits is None or task is None:
                     self.skip(trainer, "could not tell the per-sample loss from the model's output and targets",
@@ -434,7 +443,7 @@ class DataInspector(RecipeCallback):
                     self.skip(trainer, f"could not compute the {task} loss: {err}", "task", key=key)
                     return
                 images = images and looks_like_images(resolved.x)
-                hardest.add(losses, seen, resolved.x, resolved.y, _predictions(logits, y, task))
+                hardest.add(losses, seen, resolved.x, y.detach().cpu(), _predictions(logits, y, task))
                 total += float(losses.sum())
                 seen += losses.numel()
                 batches += 1

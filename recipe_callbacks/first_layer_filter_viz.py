@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from typing_extensions import override
 
-from recipe_callbacks.batch import BatchResolutionError, BatchToXY, resolve_batch
+from recipe_callbacks.batch import BatchResolutionError, BatchToXY, ForwardFn, resolve_batch
 from recipe_callbacks.callback_base import RecipeCallback
 from recipe_callbacks.core.filter_noise import bank_from_linear, bank_noise_score, filter_tiles
 from recipe_callbacks.core.pictures import Band, image_grid, line_chart, matrix_chart
@@ -81,6 +81,8 @@ class FirstLayerFilterViz(RecipeCallback):
         input_key: where the input is in a batch; inferred when ``None``.
         target_key: where the target is in a batch; inferred when ``None``.
         batch_to_xy: a function ``batch -> (x, y)`` for other batch shapes.
+        forward_fn: how to run the model the way your step does (a method name or a function
+            ``(pl_module, batch) -> output``); see :class:`~recipe_callbacks.RecipeCallback`.
 
     Raises:
         ValueError: for an argument out of range.
@@ -115,8 +117,9 @@ class FirstLayerFilterViz(RecipeCallback):
         input_key: str | None = None,
         target_key: str | None = None,
         batch_to_xy: BatchToXY | None = None,
+        forward_fn: ForwardFn | str | None = None,
     ) -> None:
-        super().__init__(on_fail, input_key, target_key, batch_to_xy)
+        super().__init__(on_fail, input_key, target_key, batch_to_xy, forward_fn)
         self.every_n_epochs = check_int(_OWNER, "every_n_epochs", every_n_epochs)
         self.layer = check_optional_str(_OWNER, "layer", layer)
         if image_shape is not None:
@@ -196,13 +199,15 @@ class FirstLayerFilterViz(RecipeCallback):
         ]
         try:
             precision = trainer.precision_plugin
+            x = precision.convert_input(resolved.x)
             with observing(pl_module), precision.val_step_context():
-                pl_module(precision.convert_input(resolved.x))
+                self.run_model(pl_module, batch, resolved, x if resolved.with_input is not None else None)
         except _FirstLayerFound:
             pass
         except Exception as err:  # the user's training must go on
             if not entered:
-                self.skip(trainer, f"the forward pass to find the first layer failed ({err!r})", "layer")
+                self.skip(trainer, f"the forward pass to find the first layer failed ({err!r}); name the layer, or "
+                          "give forward_fn", "layer")
                 return False
         finally:
             for handle in handles:

@@ -16,7 +16,14 @@ from torch.utils.data import DistributedSampler, IterableDataset, RandomSampler,
 from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
-from recipe_callbacks.batch import BatchResolutionError, BatchToXY, resolve_batch
+from recipe_callbacks.batch import (
+    BatchResolutionError,
+    BatchToXY,
+    ForwardFn,
+    ResolvedBatch,
+    integer_inputs,
+    resolve_batch,
+)
 from recipe_callbacks.callback_base import RecipeCallback
 from recipe_callbacks.core.eval_stats import (
     DEFAULT_LOSS,
@@ -32,7 +39,7 @@ from recipe_callbacks.core.eval_stats import (
     sample_sums,
     unpadded_positions,
 )
-from recipe_callbacks.core.task import TASKS, Task, class_first, logits_of, require_task
+from recipe_callbacks.core.task import TASKS, Task, aligned, class_first, logits_of, per_position_losses, require_task
 from recipe_callbacks.finding import OnFail
 from recipe_callbacks.observe import observing
 from recipe_callbacks.validation import check_choice, check_float, check_int
@@ -46,7 +53,9 @@ REGRESSION_METRICS: tuple[str, ...] = ("mae", "mse", "r2")
 METRIC_NAMES: tuple[str, ...] = CLASSIFICATION_METRICS + REGRESSION_METRICS
 # Float64 sums kept per dataloader: the loss, then every per-sample metric (fixed layout, so that
 # every process reduces a vector of the same length whatever it saw).
-SLOTS: tuple[str, ...] = ("loss", *PER_SAMPLE_METRICS)
+# The last slot sums the loss over scored positions (tokens, pixels; ignore_index left out): the mean
+# of a per-position task is the model's own loss (a mean over positions), not a mean of sample means.
+SLOTS: tuple[str, ...] = ("loss", *PER_SAMPLE_METRICS, "position_loss")
 # Counters in front of the sums: processes with metrics built, processes that had to skip,
 # batches evaluated by FullEvalSet's own forward pass, padded positions left out.
 _READY, _SKIPPED, _OWN_PASS, _EXCLUDED, _HEAD = 0, 1, 2, 3, 4
@@ -168,6 +177,7 @@ class FullEvalSet(RecipeCallback):
         input_key: where the input is in a batch (see :class:`RecipeCallback`).
         target_key: where the target is in a batch (see :class:`RecipeCallback`).
         batch_to_xy: a function ``batch -> (x, y)`` (see :class:`RecipeCallback`).
+        forward_fn: how to run the model the way your step does (see :class:`RecipeCallback`).
 
     Raises:
         ValueError: an unknown metric name, task or loss, or a confidence outside (0, 1).
@@ -202,8 +212,9 @@ class FullEvalSet(RecipeCallback):
         input_key: str | None = None,
         target_key: str | None = None,
         batch_to_xy: BatchToXY | None = None,
+        forward_fn: ForwardFn | str | None = None,
     ) -> None:
-        super().__init__(on_fail, input_key, target_key, batch_to_xy)
+        super().__init__(on_fail, input_key, target_key, batch_to_xy, forward_fn)
         owner = type(self).__name__
         self.metric_names, self.metric_objects = self._check_metrics(owner, metrics)
         self.task: Task | None = None if task is None else check_choice(owner, "task", task, TASKS)
@@ -219,6 +230,8 @@ class FullEvalSet(RecipeCallback):
         self._expected: torch.Tensor | None = None
         self._target: torch.Tensor | None = None
         self._captured: Any = None
+        self._batch: Any = None
+        self._resolved: ResolvedBatch | None = None
         self._warned: dict[str, str] = {}
         self._validated_in_fit = False
 
@@ -354,6 +367,8 @@ class FullEvalSet(RecipeCallback):
             self._handle = None
         self._stage = ""
         self._expected = self._target = self._captured = None
+        self._batch = None
+        self._resolved = None
 
     def _capture(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
         """Forward hook: keep the output of the first forward call that got this batch's input."""
@@ -376,6 +391,7 @@ class FullEvalSet(RecipeCallback):
             self._mark_skipped(dataloader_idx, "the batch has no target", "target_key")
             return
         self._expected, self._target = resolved.x, resolved.y
+        self._batch, self._resolved = batch, resolved
 
     def _tally_skipped(self, dataloader_idx: int) -> bool:
         tally = self._tallies.get(dataloader_idx)
@@ -396,9 +412,11 @@ class FullEvalSet(RecipeCallback):
         tally.own_pass_batches += 1
         try:
             with observing(pl_module):
-                self._captured = pl_module(x)
+                assert self._resolved is not None
+                self._captured = self.run_model(pl_module, self._batch, self._resolved)
         except Exception as err:  # e.g. a LightningModule without forward: report it, do not stop training
-            return f"the evaluation step did not call self(x) with the batch input and forward(x) failed: {err}"
+            return (f"the evaluation step did not call self(x) with the batch input and running the model "
+                    f"failed: {err}; set forward_fn")
         return ""
 
     def _accumulate(self, trainer: pl.Trainer, pl_module: pl.LightningModule, dataloader_idx: int) -> None:
@@ -412,9 +430,12 @@ class FullEvalSet(RecipeCallback):
             failure = self._own_pass(pl_module, tally, x) if self._captured is None else ""
             preds = logits_of(self._captured)
             if failure or preds is None:
-                self._mark_skipped(dataloader_idx, failure or "forward returned no tensor to compute a loss from", "")
+                self._mark_skipped(dataloader_idx, failure or "forward returned no tensor to compute a loss from",
+                                   "forward_fn")
                 return
-            self._add_batch(tally, preds.detach(), y.detach())
+            inputs = integer_inputs(self._batch, self._resolved) if self._resolved is not None else [x]
+            preds, y = aligned(preds.detach(), y.detach(), inputs)
+            self._add_batch(tally, preds, y)
         except Exception as err:  # a shape or dtype FullEvalSet cannot read must not stop the user's training
             argument = "task" if self.task is None else "loss"
             self._mark_skipped(dataloader_idx, f"could not compute the per-sample loss: {err}", argument)
@@ -477,7 +498,9 @@ class FullEvalSet(RecipeCallback):
         losses = per_sample_loss(preds, target, self.loss or DEFAULT_LOSS[task])
         tally.sums[0] += sample_sums(losses)
         wanted = self._wanted_names(task)
-        for i, name in enumerate(SLOTS[1:], start=1):
+        if task == "multiclass" and target.ndim >= 2 and not target.is_floating_point():
+            tally.sums[-1] += sample_sums(per_position_losses(preds, target))
+        for i, name in enumerate(SLOTS[1:-1], start=1):
             values = per_sample_metric(name, task, preds, target) if name in wanted else None
             if values is not None:
                 tally.sums[i] += sample_sums(values)
@@ -575,13 +598,20 @@ class FullEvalSet(RecipeCallback):
         if loss.count == 0:
             self.skip(trainer, f"{self._label(idx)}: no samples were evaluated", key=key)
             return
+        samples = loss.count
+        positions = estimates["position_loss"]
+        if positions.count > 0:  # tokens or pixels: the mean over scored positions, as the model's own loss
+            loss = positions
         values: dict[str, float] = {
             "loss": loss.mean,
             "loss_stderr": loss.stderr,
             "loss_halfwidth": loss.half_width,
-            "num_samples": float(loss.count),
+            "num_samples": float(samples),
         }
         parts = [f"loss {loss.text()}"]
+        if positions.count > 0:
+            values["num_positions"] = float(positions.count)
+            parts = [f"loss {loss.text()} scored positions (ignore_index -100 left out) of {samples:,} samples"]
         for name, value in metric_values.items():
             values[name] = value
             est = estimates.get(name)
@@ -596,7 +626,7 @@ class FullEvalSet(RecipeCallback):
         values["padding_excluded"] = head[_EXCLUDED]
         own = head[_OWN_PASS] / max(trainer.world_size, 1)
         values["cost_steps"] = own * _FORWARD_COST
-        problems, advice = self._coverage(trainer, idx, loader, loss.count, dataset_len, int(head[_EXCLUDED]))
+        problems, advice = self._coverage(trainer, idx, loader, samples, dataset_len, int(head[_EXCLUDED]))
         summary = f"{self._label(idx)} " + "; ".join(parts) + "."
         smoke = _smoke_mode(trainer)
         if smoke and self._stage == "val":  # a partial run on purpose: a figure, but no verdict on the set

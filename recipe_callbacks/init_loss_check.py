@@ -12,7 +12,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
-from recipe_callbacks.batch import BatchToXY
+from recipe_callbacks.batch import BatchResolutionError, BatchToXY, ForwardFn, integer_inputs, resolve_batch
 from recipe_callbacks.callback_base import RecipeCallback
 from recipe_callbacks.core.data_stats import bounded_loader, first_dataloader
 from recipe_callbacks.core.init_loss import (
@@ -25,7 +25,7 @@ from recipe_callbacks.core.init_loss import (
     predicted_distribution,
 )
 from recipe_callbacks.core.pictures import Band, band_chart, bar_chart
-from recipe_callbacks.core.task import TASKS, Task, class_first, infer_task, logits_of, per_sample_loss
+from recipe_callbacks.core.task import TASKS, Task, aligned, class_first, infer_task, logits_of, per_sample_loss
 from recipe_callbacks.data_inspector import DataInspector
 from recipe_callbacks.finding import OnFail, Status
 from recipe_callbacks.observe import observing
@@ -40,6 +40,9 @@ FINAL_LAYER_TYPES: tuple[type[nn.Module], ...] = (
 )
 _MAX_CLASS_SCALARS = 32
 _KEY = "init_loss"  # the key of the loss-at-init Finding (fix_bias reports under "fix_bias")
+# Largest total variation between the mean predicted distribution and an imbalanced prior that an init
+# may show and still pass (a default bias on a 1:9 task shows 0.4).
+_MAX_PRIOR_GAP = 0.25
 # A forward pass costs about a third of a training step (forward + backward + update).
 _FORWARD_COST = 1.0 / 3.0
 
@@ -62,6 +65,7 @@ class _Evaluation:
         self.logit_sq = 0.0
         self.logit_count = 0
         self.targets = TargetSummary(task, num_classes)
+        self.targets_ndim = 1
 
     def add(self, logits: torch.Tensor, target: torch.Tensor) -> None:
         n = logits.shape[0]
@@ -74,6 +78,7 @@ class _Evaluation:
         self.logit_sq += float(((centred - centred.mean()) ** 2).sum())
         self.logit_count += centred.numel()
         self.targets.update(target)
+        self.targets_ndim = target.ndim
 
     def reduce(self, trainer: pl.Trainer) -> None:
         """Sum everything over the processes, so that every rank reaches the same verdict."""
@@ -160,6 +165,8 @@ class InitLossCheck(RecipeCallback):
         input_key: where the input is in a batch; inferred when ``None``.
         target_key: where the target is in a batch; inferred when ``None``.
         batch_to_xy: a function ``batch -> (x, y)`` for batches of any other shape.
+        forward_fn: how to run the model the way your step does (a method name or a function
+            ``(pl_module, batch) -> output``); see :class:`~recipe_callbacks.RecipeCallback`.
 
     Raises:
         ValueError: for a tolerance, batch count or task out of range.
@@ -200,8 +207,9 @@ class InitLossCheck(RecipeCallback):
         input_key: str | None = None,
         target_key: str | None = None,
         batch_to_xy: BatchToXY | None = None,
+        forward_fn: ForwardFn | str | None = None,
     ) -> None:
-        super().__init__(on_fail, input_key, target_key, batch_to_xy)
+        super().__init__(on_fail, input_key, target_key, batch_to_xy, forward_fn)
         owner = type(self).__name__
         self.task: Task | None = None if task is None else check_choice(owner, "task", task, TASKS)
         self.num_classes = None if num_classes is None else check_int(owner, "num_classes", num_classes, minimum=2)
@@ -218,6 +226,9 @@ class InitLossCheck(RecipeCallback):
         self._calls: list[tuple[str, int, int]] = []  # (layer name, output data_ptr, numel) in call order
         self._captured: torch.Tensor | None = None
         self._captured_ptr = 0
+        self._captured_numel = 0  # the logits' size as the model returned them (before aligned() cut them)
+        self._final_has_bias = True
+        self._pl_module: pl.LightningModule | None = None
         self._batch: Any = None
         self._active = False
         self._fixed_summary: TargetSummary | None = None
@@ -285,6 +296,7 @@ class InitLossCheck(RecipeCallback):
             logits = logits_of(output)
             if logits is not None and logits.is_floating_point():
                 self._captured_ptr = logits.data_ptr()
+                self._captured_numel = logits.numel()
                 self._captured = logits.detach().clone()
 
         if capture:
@@ -320,19 +332,20 @@ class InitLossCheck(RecipeCallback):
         self._register_hooks(pl_module, capture=False)
         try:
             with observing(pl_module):
-                output = pl_module(resolved.x)
+                output = self.run_model(pl_module, batch, resolved)
         except Exception as err:  # a forward that wants more than x: say so, do not break training
-            self.skip(trainer, f"forward(x) failed on the resolved input: {type(err).__name__}: {err}", "input_key",
-                      key=key)
+            self.skip(trainer, f"running the model on the batch failed: {type(err).__name__}: {err}; give the way "
+                      "your step runs it", "forward_fn", key=key)
             return None
         finally:
             self._remove_hooks()
         logits = logits_of(output)
         if logits is None:
-            self.skip(trainer, f"forward(x) returned a {type(output).__name__}, not logits", "batch_to_xy", key=key)
+            self.skip(trainer, f"the model returned a {type(output).__name__}, not logits", "forward_fn", key=key)
             return None
         self._captured_ptr = logits.data_ptr()
-        return logits, resolved.y
+        self._captured_numel = logits.numel()
+        return aligned(logits, resolved.y, integer_inputs(batch, resolved))
 
     def _sample_batches(self, trainer: pl.Trainer, pl_module: pl.LightningModule, n: int) -> list[Any]:
         """Up to ``n`` training batches read from the data set (not the running loader), on device."""
@@ -369,7 +382,7 @@ class InitLossCheck(RecipeCallback):
                 self.skip(trainer, "the first batch has no target to judge the loss against", "target_key", key=_KEY)
                 self.finish_early()
                 return
-            pairs.append((captured, resolved.y))
+            pairs.append(aligned(captured, resolved.y, integer_inputs(batch, resolved)))
         else:
             source = "no-grad forward passes (training_step does not call self(x))"
             batches = ([batch] if batch is not None else []) + self._sample_batches(
@@ -383,11 +396,17 @@ class InitLossCheck(RecipeCallback):
                 pairs.append(out)
             cost += len(pairs) * _FORWARD_COST
         if not pairs:
-            self.skip(trainer, "saw no batch to judge", "batch_to_xy", key=_KEY)
+            self.skip(trainer, "saw no batch to judge", "forward_fn", key=_KEY)
             self.finish_early()
             return
-        self.final_layer_name = self._final_layer_of(self._captured_ptr, pairs[-1][0].numel())
-        self._judge(trainer, pairs, step_loss, cost, source)
+        self.final_layer_name = self._final_layer_of(self._captured_ptr, self._captured_numel or pairs[-1][0].numel())
+        final = dict(pl_module.named_modules()).get(self.final_layer_name) if self.final_layer_name else None
+        self._final_has_bias = isinstance(getattr(final, "bias", None), torch.Tensor)
+        self._pl_module = pl_module
+        try:
+            self._judge(trainer, pairs, step_loss, cost, source)
+        finally:
+            self._pl_module = None
         self.finish_early()
 
     # ----------------------------------------------------------------- judging
@@ -399,12 +418,33 @@ class InitLossCheck(RecipeCallback):
                     return prior.detach().cpu().to(torch.float64)
         return None
 
+    def _counted_summary(self, trainer: pl.Trainer, task: Task, num_classes: int | None) -> TargetSummary | None:
+        """The targets of up to ``max_batches`` training batches, read from the data set (no forward
+        pass): a prior from enough data, never from one batch. ``None`` without a training loader."""
+        if self._pl_module is None:
+            return None
+        try:
+            batches = self._sample_batches(trainer, self._pl_module, self.max_batches)
+        except Exception:  # reading the data again must not stop training
+            return None
+        summary = TargetSummary(task, num_classes)
+        for batch in batches:
+            try:
+                resolved = resolve_batch(batch, self.input_key, self.target_key, self.batch_to_xy)
+            except BatchResolutionError:
+                return None
+            if resolved.y is None:
+                return None
+            summary.update(resolved.y)
+        return self._reduce_summary(trainer, summary) if summary.n else None
+
     def _expected(
         self, trainer: pl.Trainer, task: Task, num_classes: int | None, counted: TargetSummary
     ) -> tuple[ExpectedLoss | None, torch.Tensor | None]:
         if task == "regression":
-            if self._fixed_summary is not None:
-                exp = expected_regression_loss(self._fixed_summary, counted)
+            summary = self._fixed_summary or self._counted_summary(trainer, task, None)
+            if summary is not None:
+                exp = expected_regression_loss(summary, counted)
             else:
                 exp = expected_regression_loss(counted)
             if exp is not None and self.expected is not None:
@@ -416,6 +456,12 @@ class InitLossCheck(RecipeCallback):
         where = "DataInspector's"
         if prior is None and self._fixed_summary is not None:
             prior, where = self._fixed_summary.prior(), "fix_bias's counted"
+        if prior is None or prior.numel() != size:
+            summary = self._counted_summary(trainer, task, size)
+            if summary is not None and summary.prior() is not None:
+                prior, where = summary.prior(), f"counted over {summary.n} training targets"
+        if prior is not None and prior.numel() < size:  # classes beyond the largest label seen: frequency 0
+            prior = torch.nn.functional.pad(prior, (0, size - prior.numel()))
         if prior is None or prior.numel() != size:
             prior, where = counted.prior(), "first batch's"
         if prior is not None and prior.numel() != size:
@@ -493,6 +539,19 @@ class InitLossCheck(RecipeCallback):
     ) -> None:
         j = judge_init_loss(ev.loss, exp, self.tolerance)
         layer = f"final layer '{self.final_layer_name}'" if self.final_layer_name else "final layer not identified"
+        cannot_act = ""
+        per_position = ev.task == "multiclass" and ev.targets_ndim >= 2
+        if j.verdict == "uninformed" and self.expected is None and (not self._final_has_bias or per_position):
+            # Never advise what cannot be done: without a bias fix_bias cannot act, and for per-position
+            # labels (tokens, pixels) the recipe's expectation is log C (log V for a language model).
+            why = (f"the {layer} has no bias, so the prior cannot be set at init" if not self._final_has_bias
+                   else "per-position labels (tokens, pixels) are judged against log C, as the recipe does")
+            cannot_act = (
+                f" {why[0].upper()}{why[1:]}: judged against the uninformed loss {exp.uninformed:.4g} (log C); "
+                f"a bias at the prior would start at {exp.value:.4g}."
+            )
+            exp = ExpectedLoss(exp.uninformed, exp.uninformed, "log C: the prior cannot be acted on")
+            j = judge_init_loss(ev.loss, exp, self.tolerance)
         values: dict[str, float] = {
             "observed": j.observed, "expected": j.expected, "ratio": j.ratio, "band_low": j.low,
             "band_high": j.high, "uninformed": exp.uninformed, "logit_std": ev.logit_std,
@@ -515,10 +574,17 @@ class InitLossCheck(RecipeCallback):
             f"{ev.task} loss at init {j.observed:.4g} over {ev.n} samples ({source}), expected {j.expected:.4g} "
             f"({exp.source}); ratio {j.ratio:.3g}, band [{j.low:.4g}, {j.high:.4g}]; {layer}."
         )
+        verdict = j.verdict
+        gap = values.get("prob_gap", 0.0)
+        if (verdict in ("pass", "too_low") and not cannot_act and self.expected is None and self._final_has_bias
+                and not per_position and not exp.source.startswith("log C") and gap > _MAX_PRIOR_GAP):
+            # the judged batch's label mix can hide a default bias (a batch rich in the rare class makes the
+            # uninformed loss look right): the mean prediction against the counted prior does not lie
+            verdict = "uninformed"
         status: Status
-        if j.verdict == "pass":
-            status, summary, advice = "pass", head + gap_text, ""
-        elif j.verdict == "uninformed":
+        if verdict == "pass":
+            status, summary, advice = "pass", head + cannot_act + gap_text, ""
+        elif verdict == "uninformed":
             status = "warn"
             summary = (
                 f"{head} The model predicts as if it did not know the prior (uninformed loss "
@@ -528,7 +594,7 @@ class InitLossCheck(RecipeCallback):
                 "Init well: use InitLossCheck(fix_bias=True), or set the final layer's bias to the log class "
                 "frequencies (softmax), the log-odds of the positive rate (BCE) or the target mean (MSE)."
             )
-        elif j.verdict == "too_high":
+        elif verdict == "too_high":
             status = "fail"
             summary = (
                 f"{head} The model is confident and wrong at init (logit std {ev.logit_std:.3g}).{gap_text}"
@@ -595,7 +661,7 @@ class InitLossCheck(RecipeCallback):
                 return
             pairs.append(out)
         logits, target = pairs[0]
-        layer_name = self._final_layer_of(self._captured_ptr, logits.numel())
+        layer_name = self._final_layer_of(self._captured_ptr, self._captured_numel or logits.numel())
         task = self._task_of(logits, target)
         if task is None:
             self.skip(trainer, "fix_bias could not tell the task from the logits and targets", "task", key=key)

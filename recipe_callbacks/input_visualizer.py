@@ -5,10 +5,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, get_args
 
 import torch
+from lightning.pytorch.utilities.seed import isolate_rng
 from typing_extensions import override
 
-from recipe_callbacks.batch import BatchToXY
+from recipe_callbacks.batch import BatchToXY, resolve_batch
 from recipe_callbacks.callback_base import RecipeCallback
+from recipe_callbacks.core.data_stats import bounded_loader, first_dataloader
 from recipe_callbacks.core.input_stats import (
     FLAG_NAMES,
     FLAG_STATUS,
@@ -29,6 +31,11 @@ from recipe_callbacks.validation import check_choice, check_float, check_int
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
+
+# A batch of one target value is judged against the value's frequency over this many training targets,
+# and let pass when a batch like it turns up by chance at least this often.
+_PRIOR_SAMPLES = 4096
+_CHANCE = 1e-3
 
 # Scalars per channel for at most this many channels; the text table lists a few more.
 MAX_CHANNEL_SCALARS = 16
@@ -191,6 +198,8 @@ class InputVisualizer(RecipeCallback):
         layout, guessed = self._layout(x)
         stats = self._stats(x, layout)
         flags = input_flags(x, stats, y, layout=layout, guessed=guessed, max_rms=self.max_rms)
+        if y is not None and any(f.name == "one_target_value" for f in flags) and self._by_chance(trainer, y):
+            flags = [f for f in flags if f.name != "one_target_value"]
         names = self._flags_on_any_rank(trainer, pl_module, flags, stats)
         overall = stats.overall()
         values = {
@@ -207,6 +216,31 @@ class InputVisualizer(RecipeCallback):
         self._log_pictures(trainer, x, y, layout)
         self.log_text(trainer, "summary", self._summary_text(x, y, layout, stats, flags, names))
         self._report(trainer, x, layout, flags, names, values, first)
+
+    def _by_chance(self, trainer: pl.Trainer, y: torch.Tensor) -> bool:
+        """Whether a batch of one target value is likely by chance: the value's frequency ``f`` over
+        up to ``_PRIOR_SAMPLES`` training targets (read from the data set, not one batch) is below 1
+        but ``f ** n`` is not negligible (a 1:9 task gives an all-negative batch of 32 in 3% of batches)."""
+        loader = first_dataloader(trainer.train_dataloader)
+        if loader is None:
+            return False
+        value = y.reshape(-1)[0].item()
+        same = total = 0
+        try:
+            bounded, _ = bounded_loader(loader, _PRIOR_SAMPLES)
+            with isolate_rng():
+                for batch in bounded:
+                    resolved = resolve_batch(batch, self.input_key, self.target_key, self.batch_to_xy)
+                    if resolved.y is None:
+                        return False
+                    same += int((resolved.y == value).sum())
+                    total += resolved.y.numel()
+        except Exception:  # reading the data again must not stop training
+            return False
+        if total == 0:
+            return False
+        frequency = same / total
+        return frequency < 1.0 and frequency ** y.numel() >= _CHANCE
 
     def _flags_on_any_rank(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, flags: list[Flag], stats: ChannelStats

@@ -7,11 +7,12 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
+from lightning.fabric.utilities.apply_func import move_data_to_device
 from lightning.pytorch.utilities.seed import isolate_rng
 from torch.utils.data import DataLoader, IterableDataset
 from typing_extensions import override
 
-from recipe_callbacks.batch import BatchToXY
+from recipe_callbacks.batch import BatchToXY, ForwardFn, integer_inputs, resolve_batch
 from recipe_callbacks.callback_base import RecipeCallback
 from recipe_callbacks.core.pictures import image_grid, matrix_chart
 from recipe_callbacks.core.prediction_jitter import (
@@ -24,7 +25,8 @@ from recipe_callbacks.core.prediction_jitter import (
     target_scale,
     thin_indices,
 )
-from recipe_callbacks.core.task import TASKS, Task, logits_of, require_task
+from recipe_callbacks.core.short_training import take_samples
+from recipe_callbacks.core.task import TASKS, Task, aligned, logits_of, require_task
 from recipe_callbacks.finding import OnFail
 from recipe_callbacks.observe import observing
 from recipe_callbacks.validation import check_choice, check_float, check_int
@@ -103,6 +105,8 @@ class PredictionDynamicsLogger(RecipeCallback):
         input_key: where the input is in a batch; inferred when ``None``.
         target_key: where the target is in a batch; inferred when ``None``.
         batch_to_xy: a function ``batch -> (x, y)`` for other batch shapes.
+        forward_fn: how to run the model the way your step does (a method name or a function
+            ``(pl_module, batch) -> output``); see :class:`~recipe_callbacks.RecipeCallback`.
 
     Raises:
         ValueError: for an argument out of range or not one of its choices.
@@ -147,8 +151,9 @@ class PredictionDynamicsLogger(RecipeCallback):
         input_key: str | None = None,
         target_key: str | None = None,
         batch_to_xy: BatchToXY | None = None,
+        forward_fn: ForwardFn | str | None = None,
     ) -> None:
-        super().__init__(on_fail, input_key, target_key, batch_to_xy)
+        super().__init__(on_fail, input_key, target_key, batch_to_xy, forward_fn)
         self.num_samples = check_int(_OWNER, "num_samples", num_samples)
         self.every_n_steps = check_int(_OWNER, "every_n_steps", every_n_steps)
         if indices is not None:
@@ -182,6 +187,8 @@ class PredictionDynamicsLogger(RecipeCallback):
         self.sample_y: torch.Tensor | None = None
         self.sample_indices: torch.Tensor | None = None
         self._device_xy: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._sample_batch: Any = None  # the fixed samples as the batch the model's step receives (CPU)
+        self._device_batch: Any = None
         self._task: Task | None = None
         self._scale = 1.0
         self._disabled = False
@@ -254,6 +261,8 @@ class PredictionDynamicsLogger(RecipeCallback):
         k = len(self.indices) if self.indices is not None else self.num_samples
         self.sample_x = resolved.x[:k].detach().cpu().clone()
         self.sample_y = resolved.y[:k].detach().cpu().clone()
+        if resolved.with_input is not None:
+            self._sample_batch = move_data_to_device(take_samples(batch, k, int(resolved.x.shape[0])), "cpu")
         return True
 
     def _fixed_batch(self, trainer: pl.Trainer, loader: DataLoader[Any]) -> Any:
@@ -281,18 +290,28 @@ class PredictionDynamicsLogger(RecipeCallback):
         return self._device_xy
 
     # ----------------------------------------------------------------- one record
-    def _predict(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> torch.Tensor | None:
-        x, _ = self._device_samples(pl_module)
+    def _predict(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The outputs on the fixed samples and the targets they are scored on (:func:`aligned`)."""
+        x, y = self._device_samples(pl_module)
         try:
             precision = trainer.precision_plugin  # e.g. float64 inputs under precision="64-true"
+            batch: Any = (x, y)
+            if self._sample_batch is not None:
+                if self._device_batch is None:
+                    self._device_batch = move_data_to_device(self._sample_batch, pl_module.device)
+                batch = self._device_batch
+            resolved = resolve_batch(batch, self.input_key, self.target_key, None)
+            batch = resolved.with_input(precision.convert_input(resolved.x)) if resolved.with_input else batch
+            resolved = resolve_batch(batch, self.input_key, self.target_key, None)
             with observing(pl_module), precision.val_step_context():
-                output = logits_of(pl_module(precision.convert_input(x)))
+                output = logits_of(self.run_model(pl_module, batch, resolved))
         except Exception as err:  # the user's training must go on
-            self.skip(trainer, f"the model's forward failed on the fixed samples ({err!r})", "batch_to_xy")
+            self.skip(trainer, f"running the model on the fixed samples failed ({err!r})", "forward_fn")
             return None
         if output is None:
-            self.skip(trainer, "forward did not return a tensor (or a dict with 'logits')", "batch_to_xy")
-        return output
+            self.skip(trainer, "the model did not return a tensor (or a dict/ModelOutput with 'logits')", "forward_fn")
+            return None
+        return aligned(output, y, integer_inputs(batch, resolved))
 
     def _resolve_task(self, trainer: pl.Trainer, output: torch.Tensor, y: torch.Tensor) -> Task | None:
         try:
@@ -312,11 +331,11 @@ class PredictionDynamicsLogger(RecipeCallback):
             return None
 
     def _record(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        output = self._predict(trainer, pl_module)
-        _, y = self._device_samples(pl_module)
-        if output is None:
+        predicted = self._predict(trainer, pl_module)
+        if predicted is None:
             self._disabled = True
             return
+        output, y = predicted
         if self._task is None:
             self._task = self._resolve_task(trainer, output, y)
             if self._task is None:

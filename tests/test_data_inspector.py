@@ -301,9 +301,9 @@ def test_a_forward_that_needs_more_than_x_is_a_skip_not_a_crash(tmp_path: Path) 
     cb, init = DataInspector(), InitLossCheck()
     trainer = fit(tmp_path, TwoArgClassifier(), loader(blobs()), loader(blobs(seed=1)), [cb, init], max_steps=2)
     assert trainer.global_step == 2
-    hardest = [f for f in cb.findings if "forward(x) failed" in f.summary]
+    hardest = [f for f in cb.findings if "running the model on the batch failed" in f.summary]
     assert len(hardest) == 1 and hardest[0].status == "skip"
-    assert "DataInspector(input_key=...)" in hardest[0].advice
+    assert "DataInspector(forward_fn=...)" in hardest[0].advice
     # InitLossCheck needs no forward of its own: the first step's hook saw self(x, 1.0)
     assert [f.status for f in init.findings] == ["pass"]
 
@@ -336,3 +336,10 @@ def test_x_mask_y_batches_count_the_labels_not_the_mask(tmp_path: Path) -> None:
     labels = next(f for f in cb.findings if "class" in f.summary)
     assert labels.status == "pass", labels.message()
     assert labels.values.get("num_classes", 4.0) == 4.0 and "4 classes" in labels.summary
+
+
+def test_forward_fn_runs_the_model_the_way_the_step_does(tmp_path: Path) -> None:
+    cb = DataInspector(forward_fn=lambda module, batch: module(batch[0], 1.0))
+    fit(tmp_path, TwoArgClassifier(), loader(blobs()), loader(blobs(seed=1)), [cb], max_steps=2)
+    assert not [f for f in cb.findings if f.status == "skip"], [f.summary for f in cb.findings]
+    assert any("hardest" in f.summary or "highest" in f.summary for f in cb.findings), [f.summary for f in cb.findings]

@@ -168,7 +168,7 @@ def cost_in_steps(forwards: float, backwards: float, samples: int, batch_size: i
 
 def dependency_by_gradient(
     output: torch.Tensor,
-    inputs: torch.Tensor,
+    inputs: torch.Tensor | Sequence[torch.Tensor],
     indices: Sequence[int],
     *,
     out_dim: int = 0,
@@ -182,6 +182,9 @@ def dependency_by_gradient(
     Gradients are taken with ``torch.autograd.grad`` with respect to ``inputs`` only, so no
     parameter's ``.grad`` changes. ``inputs`` may be any tensor of ``output``'s graph (e.g. an
     embedding output); an output not connected to it gives a zero row.
+
+    Several ``inputs`` (a model with more than one input, each with the same ``in_dim`` size) give
+    the norm over all of them: ``sqrt(sum_k D_k[o, i]^2)``.
 
     Returns:
         ``(output.shape[out_dim], inputs.shape[in_dim])`` float64 on the CPU, NaN outside the probed rows.
@@ -197,13 +200,67 @@ def dependency_by_gradient(
     """
     if not output.requires_grad:
         raise ValueError("dependency_by_gradient: the output does not require grad; use perturbation")
-    matrix = torch.full((output.shape[out_dim], inputs.shape[in_dim]), math.nan, dtype=torch.float64)
+    leaves = [inputs] if isinstance(inputs, torch.Tensor) else list(inputs)
+    matrix = torch.full((output.shape[out_dim], leaves[0].shape[in_dim]), math.nan, dtype=torch.float64)
     weights = probe_weights(output, seed)
     for o in indices:
         target = (output.select(out_dim, o) * weights.select(out_dim, o)).sum()
-        (grad,) = torch.autograd.grad(target, inputs, retain_graph=True, allow_unused=True)
-        matrix[o] = 0.0 if grad is None else slice_norms(grad, in_dim)
+        grads = torch.autograd.grad(target, leaves, retain_graph=True, allow_unused=True)
+        squares = [slice_norms(g, in_dim) ** 2 for g in grads if g is not None]
+        matrix[o] = torch.stack(squares).sum(dim=0).sqrt() if squares else 0.0
     return matrix
+
+
+def differentiable_batch(batch: Any, batch_size: int) -> tuple[Any, list[torch.Tensor], list[torch.Tensor]]:
+    """``batch`` with every floating-point tensor of ``batch_size`` samples replaced by a leaf that
+    requires grad, the leaves, and the integer tensors of ``batch_size`` samples (token ids: their
+    gradient is taken at the output of the ``nn.Embedding`` that embeds them, see :class:`EmbeddingCapture`).
+
+    Dicts, tuples, lists and namedtuples are rebuilt; everything else is kept as it is.
+
+    Example:
+        >>> new, leaves, ids = differentiable_batch({"x": torch.zeros(2, 3), "ids": torch.zeros(2, 4).long()}, 2)
+        >>> new["x"].requires_grad, len(leaves), len(ids)
+        (True, 1, 1)
+    """
+    leaves: list[torch.Tensor] = []
+    ids: list[torch.Tensor] = []
+
+    def walk(item: Any) -> Any:
+        if isinstance(item, torch.Tensor):
+            if item.ndim == 0 or item.shape[0] != batch_size:
+                return item
+            if item.is_floating_point() or item.is_complex():
+                leaf = item.detach().clone().requires_grad_(True)
+                leaves.append(leaf)
+                return leaf
+            if item.dtype != torch.bool:
+                ids.append(item)
+            return item
+        if isinstance(item, Mapping):
+            return type(item)({k: walk(v) for k, v in item.items()})  # type: ignore[call-arg]
+        if isinstance(item, tuple) and hasattr(item, "_fields"):
+            return type(item)(*(walk(v) for v in item))
+        if isinstance(item, (list, tuple)):
+            return type(item)(walk(v) for v in item)
+        return item
+
+    return walk(batch), leaves, ids
+
+
+def carries(tensor: torch.Tensor, target: torch.Tensor | None) -> bool:
+    """Whether ``tensor`` is the target (or equal to it): a decoder input that carries the answer.
+
+    Example:
+        >>> t = torch.tensor([[1, 2, 3]])
+        >>> carries(t.clone(), t), carries(t + 1, t)
+        (True, False)
+    """
+    if target is None:
+        return False
+    if tensor is target:
+        return True
+    return tensor.shape == target.shape and tensor.dtype == target.dtype and bool(torch.equal(tensor, target))
 
 
 def perturbed(x: torch.Tensor, dim: int, index: int, generator: torch.Generator) -> torch.Tensor:

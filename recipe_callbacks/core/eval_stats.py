@@ -20,7 +20,7 @@ from typing import Literal, get_args
 
 import torch
 
-from recipe_callbacks.core.task import Task, class_first, paired_rows
+from recipe_callbacks.core.task import IGNORE_INDEX, Task, class_first, paired_rows
 from recipe_callbacks.core.task import per_sample_loss as task_loss
 
 LossName = Literal["cross_entropy", "bce_with_logits", "mse", "l1"]
@@ -78,8 +78,9 @@ def per_sample_metric(name: str, task: str, preds: torch.Tensor, target: torch.T
     if task not in PER_SAMPLE_METRICS.get(name, ()):
         return None
     if name == "accuracy" and task == "multiclass":
-        hits = class_first(preds, target).argmax(dim=1) == target  # (N, ...)
-        return hits.to(torch.float64).reshape(hits.shape[0], -1).mean(dim=1)
+        hits = (class_first(preds, target).argmax(dim=1) == target).reshape(target.shape[0], -1)  # (N, P)
+        scored = (target != IGNORE_INDEX).reshape(target.shape[0], -1)  # padding (-100) is no position
+        return (hits & scored).sum(dim=1).to(torch.float64) / scored.sum(dim=1).clamp_min(1)
     out, t = paired_rows(preds, target)  # (N, D) each
     if name == "accuracy":
         return ((out > 0) == (t > 0.5)).to(torch.float64).mean(dim=1)

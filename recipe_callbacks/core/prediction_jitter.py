@@ -39,7 +39,7 @@ from dataclasses import dataclass
 
 import torch
 
-from recipe_callbacks.core.task import Task, class_axis, class_first, per_sample_loss
+from recipe_callbacks.core.task import IGNORE_INDEX, Task, class_axis, class_first, per_sample_loss
 
 
 @dataclass(frozen=True)
@@ -105,10 +105,16 @@ def snapshot(outputs: torch.Tensor, targets: torch.Tensor, task: Task, min_confi
         confident = torch.maximum(p_one, 1.0 - p_one) >= confidence_floor(2, min_confidence)
         return Snapshot(tracked, (logit > 0).long(), _per_sample_mean(tracked), loss, confident)
     log_probs = torch.log_softmax(class_first(out, labels), dim=1).movedim(1, -1)  # (K, *, C)
-    tracked = log_probs.gather(-1, labels.unsqueeze(-1)).squeeze(-1).exp()
+    scored = labels != IGNORE_INDEX  # padding positions (-100) are no prediction to track
+    tracked = log_probs.gather(-1, labels.clamp_min(0).unsqueeze(-1)).squeeze(-1).exp()
     top_log_prob, classes = log_probs.max(dim=-1)
     confident = top_log_prob.exp() >= confidence_floor(log_probs.shape[-1], min_confidence)
-    return Snapshot(tracked, classes, _per_sample_mean(tracked), loss, confident)
+    if bool(scored.all()):
+        return Snapshot(tracked, classes, _per_sample_mean(tracked), loss, confident)
+    # the same samples every record, so the same mask: keep the scored positions only, flattened
+    kept = scored.reshape(scored.shape[0], -1)
+    per_sample = (tracked * scored).reshape(kept.shape).sum(dim=1) / kept.sum(dim=1).clamp_min(1)
+    return Snapshot(tracked[scored], classes[scored], per_sample, loss, confident[scored])
 
 
 def target_scale(targets: torch.Tensor) -> float:

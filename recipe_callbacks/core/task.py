@@ -24,12 +24,19 @@ The per-sample loss is the one the task implies, computed in float64 and average
 everything but the batch dimension, so that its mean over samples is the usual batch loss:
 cross-entropy (multiclass), BCE with logits (binary), squared error (regression).
 
+Targets equal to :data:`IGNORE_INDEX` (``-100``, PyTorch's and Hugging Face's padding label)
+are left out of every loss and count. :func:`aligned` pairs outputs and targets the way the
+model's own loss does before any of this: flattened ``(B*T, V)`` logits are put back as
+``(B, T, V)``; a model that returns only the last position is scored on the last target; and
+causal-LM labels equal to the input ids (Hugging Face's convention, the shift done inside the
+model) are shifted by one position, so that position ``t`` is scored on token ``t + 1``.
+
 Nothing here imports Lightning.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Literal, get_args
 
 import torch
@@ -37,6 +44,8 @@ from torch.nn import functional as F
 
 Task = Literal["multiclass", "binary", "regression"]
 TASKS: tuple[str, ...] = get_args(Task)
+# The target of a position that no loss scores (padding): PyTorch's and Hugging Face's ignore_index.
+IGNORE_INDEX = -100
 
 
 def _shapes(output: torch.Tensor, target: torch.Tensor) -> str:
@@ -107,7 +116,7 @@ def _misfit(output: torch.Tensor, target: torch.Tensor) -> str | None:
     if per_output != per_target:
         sizes = f"they differ in size per sample ({per_output} outputs, {per_target} targets)"
         return f"{sizes}, and the outputs are no (N, C, ...) or (N, ..., C) class logits" if integral else sizes
-    if integral and not is_binary_valued(target):
+    if integral and not is_binary_valued(target[target != IGNORE_INDEX]):
         return "integer targets with one output each must be 0 or 1 (binary)"
     return None
 
@@ -214,7 +223,11 @@ def per_sample_loss(output: torch.Tensor, target: torch.Tensor, task: Task) -> t
                 f"(N, ...): got {_shapes(output, target)}"
             )
         else:
-            losses = F.cross_entropy(class_first(logits, target), target.detach().long(), reduction="none")
+            t = target.detach().long()
+            losses = F.cross_entropy(class_first(logits, target), t, reduction="none", ignore_index=IGNORE_INDEX)
+            scored = (t != IGNORE_INDEX).reshape(n, -1).sum(dim=1)
+            # the mean over the scored positions of each sample; a sample with none scores 0
+            return losses.reshape(n, -1).sum(dim=1) / scored.clamp_min(1)
         return losses.reshape(n, -1).mean(dim=1)
     out, t = paired_rows(output, target)
     if task == "binary":
@@ -246,9 +259,84 @@ def logits_of(output: object) -> torch.Tensor | None:
         return output
     if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
         return output[0]
-    if isinstance(output, Mapping):
+    if isinstance(output, Mapping):  # also Hugging Face's ModelOutput (an OrderedDict): its .logits
         for key in OUTPUT_KEYS:
             value = output.get(key)
             if isinstance(value, torch.Tensor):
                 return value
-    return None
+        return None
+    value = getattr(output, "logits", None)
+    return value if isinstance(value, torch.Tensor) else None
+
+
+def per_position_losses(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The cross-entropy of every scored position (target not :data:`IGNORE_INDEX`), flattened, float64:
+    their mean is a per-position model's own loss (a mean over tokens or pixels).
+
+    Example:
+        >>> per_position_losses(torch.zeros(1, 3, 2), torch.tensor([[1, 0, -100]])).tolist()  # log 2, twice
+        [0.6931471805599453, 0.6931471805599453]
+    """
+    logits = class_first(output.detach().to(torch.float64), target)
+    t = target.detach().long()
+    losses = F.cross_entropy(logits, t, reduction="none", ignore_index=IGNORE_INDEX)
+    return losses[t != IGNORE_INDEX]
+
+
+def scored_positions(target: torch.Tensor) -> torch.Tensor:
+    """How many positions of each sample a loss scores (targets not :data:`IGNORE_INDEX`), ``(N,)`` float64.
+
+    Example:
+        >>> scored_positions(torch.tensor([[3, 1, -100], [2, -100, -100]])).tolist()
+        [2.0, 1.0]
+    """
+    n = target.shape[0] if target.ndim else 1
+    if target.is_floating_point() or target.dtype == torch.bool:
+        return torch.full((n,), float(target[0].numel() if target.ndim else 1), dtype=torch.float64,
+                          device=target.device)
+    return (target != IGNORE_INDEX).reshape(n, -1).sum(dim=1).to(torch.float64)
+
+
+def _carries(inp: torch.Tensor, target: torch.Tensor) -> bool:
+    """Whether the integer input equals the target wherever the target is scored (labels == input_ids)."""
+    if inp.shape != target.shape or inp.is_floating_point() or target.is_floating_point():
+        return False
+    keep = target != IGNORE_INDEX
+    return bool(keep.any()) and torch.equal(inp[keep], target[keep])
+
+
+def aligned(
+    output: torch.Tensor, target: torch.Tensor, inputs: Sequence[torch.Tensor] = ()
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Outputs and integer targets paired the way the model's own loss pairs them (anything else unchanged):
+
+    - flattened ``(B*T, V)`` logits for ``(B, T)`` targets become ``(B, T, V)``;
+    - last-position logits ``(B, 1, V)`` or ``(B, V)`` for ``(B, T)`` targets are paired with ``target[:, -1]``
+      (a forward that returns only the last position, as nanoGPT's does without targets);
+    - ``(B, T, V)`` logits for targets equal to one of the integer ``inputs`` (causal-LM labels, the
+      shift done inside the model): ``output[:, :-1]`` against ``target[:, 1:]``.
+
+    Example:
+        >>> ids = torch.tensor([[1, 2, 3], [4, 5, -100]])
+        >>> out, t = aligned(torch.zeros(2, 3, 7), ids, [ids.clamp_min(0)])
+        >>> tuple(out.shape), t.tolist()
+        ((2, 2, 7), [[2, 3], [5, -100]])
+        >>> tuple(aligned(torch.zeros(6, 7), ids.clamp_min(0))[0].shape)
+        (2, 3, 7)
+        >>> aligned(torch.zeros(2, 1, 7), ids)[1].tolist()
+        [3, -100]
+    """
+    integral = not target.is_floating_point() and target.dtype != torch.bool
+    if not integral or not output.is_floating_point() or target.ndim < 2 or output.ndim < 2:
+        return output, target
+    b = target.shape[0]
+    if output.ndim == 2 and output.shape[0] == target.numel() and output.shape[0] != b:
+        output = output.reshape(*target.shape, output.shape[-1])
+    if target.ndim == 2 and target.shape[1] > 1 and output.shape[0] == b:
+        if output.ndim == 3 and output.shape[1] == 1:
+            return output[:, 0], target[:, -1]
+        if output.ndim == 2 and output.shape[1] >= 2 and class_axis(output, target) is None:
+            return output, target[:, -1]
+    if class_axis(output, target) == -1 and target.shape[1] > 1 and any(_carries(i, target) for i in inputs):
+        return output[:, :-1], target[:, 1:]
+    return output, target
