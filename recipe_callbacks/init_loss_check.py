@@ -68,7 +68,8 @@ class _Evaluation:
         self.loss_sum += float(per_sample_loss(logits, target, self.task).sum())
         self.n += n
         probs = predicted_distribution(logits, self.task)
-        if probs is not None:
+        if probs is not None:  # (C,) kept on the CPU with the counted targets and the prior
+            probs = probs.detach().cpu()
             self.prob_sum = probs * n if self.prob_sum is None else self.prob_sum + probs * n
         centred = logits.detach().to(torch.float64)
         self.logit_sq += float(((centred - centred.mean()) ** 2).sum())
