@@ -181,7 +181,13 @@ class PredictionDynamicsLogger(RecipeCallback):
 
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(num_samples=self.num_samples, every_n_steps=self.every_n_steps)
+        # Lightning reads state_key around every hook call: build it once.
+        key: str | None = self.__dict__.get("_state_key_cache")
+        if key is None:
+            key = self.__dict__["_state_key_cache"] = self._generate_state_key(
+                num_samples=self.num_samples, every_n_steps=self.every_n_steps
+            )
+        return key
 
     # ----------------------------------------------------------------- hooks
     @override
@@ -293,31 +299,34 @@ class PredictionDynamicsLogger(RecipeCallback):
 
     def _record(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         output = self._predict(trainer, pl_module)
-        _, y = self._device_samples(pl_module)
         if output is None:
             self._disabled = True
             return
+        # One device-to-host transfer per record: the K fixed outputs; the rest is K-sized CPU work.
+        output = output.detach().float().cpu()
+        y = self.sample_y
+        assert y is not None
         if self._task is None:
             self._task = self._resolve_task(trainer, output, y)
             if self._task is None:
                 self._disabled = True
                 return
             self._scale = target_scale(y) if self._task == "regression" else 1.0
-        snap = snapshot(output.float(), y, self._task)
+        snap = snapshot(output, y, self._task)
         step = int(trainer.global_step)
         if self._nonfinite_step < 0 and not bool(torch.isfinite(output).all()):
             self._nonfinite_step = step
         scalars = {"fixed_batch_loss": snap.loss}
         jit, flips = math.nan, math.nan
         if self._previous is not None:
-            jit = jitter(self._previous.tracked.to(snap.tracked.device), snap.tracked, self._scale)
+            jit = jitter(self._previous.tracked, snap.tracked, self._scale)
             scalars["jitter"] = jit
             if snap.classes is not None and self._previous.classes is not None:
-                flips = flip_rate(self._previous.classes.to(snap.classes.device), snap.classes)
+                flips = flip_rate(self._previous.classes, snap.classes)
                 scalars["flip_rate"] = flips
         self._previous = snap
         self.steps.append(step)
-        self.per_sample.append(snap.per_sample.float().cpu())
+        self.per_sample.append(snap.per_sample.float())
         self.jitters.append(jit)
         self.flip_rates.append(flips)
         self.losses.append(snap.loss)

@@ -68,7 +68,8 @@ def update_norms(before: Sequence[torch.Tensor], after: Sequence[torch.Tensor]) 
         [torch.linalg.vector_norm(_wide(a) - _wide(b)).to(device) for b, a in zip(before, after, strict=True)]
     )
     weights = torch.stack([torch.linalg.vector_norm(_wide(b)).to(device) for b in before])
-    return updates.to(torch.float64).cpu(), weights.to(torch.float64).cpu()
+    both = torch.stack([updates.to(torch.float64), weights.to(torch.float64)]).cpu()  # (2, P)
+    return both[0], both[1]
 
 
 def log10_ratio(update_norm: float, weight_norm: float) -> float:
