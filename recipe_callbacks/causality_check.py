@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from typing_extensions import override
@@ -97,6 +97,11 @@ class CausalityCheck(OneOffDependencyCheck):
 
         trainer = Trainer(callbacks=[CausalityCheck(num_positions=8)])
     """
+
+    sharded_reason: ClassVar[str] = (
+        "it runs its own forward and backward passes outside the training step, which a sharded model "
+        "only takes inside the strategy's collectives"
+    )
 
     def __init__(
         self,

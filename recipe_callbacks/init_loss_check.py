@@ -225,6 +225,12 @@ class InitLossCheck(RecipeCallback):
 
     # ----------------------------------------------------------------- hooks
     @override
+    def unsupported_when_sharded(self) -> str:
+        if self.fix_bias:
+            return "fix_bias=True sets the final layer's bias, of which each rank holds only a shard (fix_bias=False runs)"
+        return ""
+
+    @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_fit_start(trainer, pl_module)
         self._remove_hooks()

@@ -202,6 +202,7 @@ class NoLRDecayWarning(RecipeCallback):
     # ------------------------------------------------------------------ configure_optimizers' raw dict
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self.gate_sharded(trainer)
         if stage != "fit":
             return
         self._reset_run()

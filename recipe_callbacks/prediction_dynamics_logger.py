@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 from lightning.pytorch.utilities.seed import isolate_rng
@@ -119,6 +119,11 @@ class PredictionDynamicsLogger(RecipeCallback):
 
         trainer = Trainer(callbacks=[PredictionDynamicsLogger(num_samples=16, every_n_steps=50)])
     """
+
+    sharded_reason: ClassVar[str] = (
+        "its forward passes of the fixed samples outside the training step would gather the shards on "
+        "every rank at every record"
+    )
 
     def __init__(
         self,

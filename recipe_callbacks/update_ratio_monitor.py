@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
@@ -93,6 +93,10 @@ class UpdateRatioMonitor(RecipeCallback):
 
         trainer = Trainer(callbacks=[UpdateRatioMonitor(every_n_steps=100), RecipeReport()])
     """
+
+    sharded_reason: ClassVar[str] = (
+        "each rank holds only a shard of every parameter, so per-layer norms would be of the shard"
+    )
 
     def __init__(
         self,
