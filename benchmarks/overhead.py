@@ -405,7 +405,7 @@ def measure(model: str, configs: dict[str, Any], args: argparse.Namespace, root:
 
 def print_table(table: list[dict[str, Any]], device: str, counted_on: str) -> None:
     print(f"\ntimings on {device}; syncs and forwards counted on {counted_on or 'nothing'}")
-    header = (f"{'model':5} {'configuration':26} {'step ms':>7} {'hook us/step':>12} {'hook %':>7} "
+    header = (f"{'model':5} {'configuration':29} {'step ms':>7} {'hook us/step':>12} {'hook %':>7} "
               f"{'one-off hook s':>13} {'syncs/step':>10} {'bare syncs':>10} {'sync steps':>10} {'+fwd/step':>9} "
               f"{'+steps':>7} {'stated':>7} {'peak x':>6}")
     print(header)
@@ -415,7 +415,8 @@ def print_table(table: list[dict[str, Any]], device: str, counted_on: str) -> No
                       f"{row['sync_steps']:>4}/{row['counted_steps']:<5} {row['extra_forwards_per_step']:9.3f}")
         else:
             counts = f"{'-':>10} {'-':>10} {'-':>10} {'-':>9}"
-        print(f"{row['model']:5} {row['configuration']:26} {row['median_step_ms']:7.2f} {row['hook_us_per_step']:12.1f} "
+        print(f"{row['model']:5} {row['configuration']:29} {row['median_step_ms']:7.2f} "
+              f"{row['hook_us_per_step']:12.1f} "
               f"{100 * row['hook_share_of_bare_step']:6.2f}% {row['one_off_hook_s']:13.2f} {counts} "
               f"{row['extra_step_equivalents']:7.1f} {row['stated_cost_steps']:7.1f} {row['peak_memory_ratio']:6.2f}")
 

@@ -86,7 +86,9 @@ class _TrainedOn(pl.Callback):
         self.device = self.device or batch[0].device
 
 
-def _fit(root: Path, model_name: str, build: Any, on_device: bool) -> tuple[list[Any], torch.device | None]:
+def _fit(
+    root: Path, model_name: str, build: Any, on_device: bool, **trainer_flags: Any
+) -> tuple[list[Any], torch.device | None]:
     callbacks = build()
     trained_on = _TrainedOn()
     flags: dict[str, Any] = standin.trainer_flags() if on_device else {}
@@ -99,7 +101,7 @@ def _fit(root: Path, model_name: str, build: Any, on_device: bool) -> tuple[list
     else:
         model = SilentValidation() if model_name == "silent" else TinyClassifier()
         train, val = blobs(64), blobs(32, seed=1)
-    trainer = fast_trainer(root, max_epochs=2, callbacks=[trained_on, *callbacks], **flags)
+    trainer = fast_trainer(root, max_epochs=2, callbacks=[trained_on, *callbacks], **flags, **trainer_flags)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trainer.fit(model, loader(train, shuffle=True), loader(val) if model_name != "gpt" else None)
@@ -152,9 +154,10 @@ def test_preset_on_a_device_agrees_with_the_cpu(device: torch.device, tmp_path: 
     def build() -> list[Any]:
         return presets.callbacks(preset, every_n_steps=2)
 
-    on_device, trained_on = _fit(tmp_path / "device", model_name, build, on_device=True)
+    flags = {k: v for k, v in presets.trainer_kwargs(preset).items() if k != "callbacks"}  # deterministic=True
+    on_device, trained_on = _fit(tmp_path / "device", model_name, build, on_device=True, **flags)
     assert trained_on == device
-    on_cpu, _ = _fit(tmp_path / "cpu", model_name, build, on_device=False)
+    on_cpu, _ = _fit(tmp_path / "cpu", model_name, build, on_device=False, **flags)
     verdicts = _verdicts(on_device)
     assert verdicts == _verdicts(on_cpu)
     assert {status for _, status, _ in verdicts} - {"skip"}, "no check reached a verdict"

@@ -145,9 +145,15 @@ at::Scalar local_scalar_dense(const at::Tensor& self) {
   return at::_local_scalar_dense(host_alias(self));
 }
 
+// resize_ as the CPU does it (host memory from this device's allocator), without the CPU's
+// deterministic-mode fill, which would view the storage as a CPU tensor.
 const at::Tensor& resize(const at::Tensor& self, c10::SymIntArrayRef size,
                          std::optional<c10::MemoryFormat> memory_format) {
-  return at::native::resize_(self, C10_AS_INTARRAYREF_SLOW(size), memory_format);
+  at::native::resize_impl_cpu_(self.unsafeGetTensorImpl(), C10_AS_INTARRAYREF_SLOW(size), std::nullopt);
+  if (memory_format.has_value() && *memory_format != at::MemoryFormat::Preserve) {
+    self.unsafeGetTensorImpl()->empty_tensor_restride(*memory_format);
+  }
+  return self;
 }
 
 // Operators that take CPU index tensors on a device as CUDA does (they move them themselves).
