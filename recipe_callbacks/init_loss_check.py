@@ -227,7 +227,7 @@ class InitLossCheck(RecipeCallback):
     @override
     def unsupported_when_sharded(self) -> str:
         if self.fix_bias:
-            return "fix_bias=True sets the final layer's bias, of which each rank holds only a shard (fix_bias=False runs)"
+            return "fix_bias=True sets the final layer's bias, of which each rank holds a shard (fix_bias=False runs)"
         return ""
 
     @override

@@ -27,7 +27,8 @@ from tests.support import TinyClassifier, blobs, fast_trainer, loader
 def test_sharded_strategies_are_recognised_by_their_real_classes() -> None:
     # DeepSpeedStrategy's constructor needs the deepspeed package; detection reads only the class.
     deepspeed = DeepSpeedStrategy.__new__(DeepSpeedStrategy)
-    found = [sharded_strategy(SimpleNamespace(strategy=s)) for s in (FSDPStrategy(), deepspeed, ModelParallelStrategy())]
+    strategies = (FSDPStrategy(), deepspeed, ModelParallelStrategy())
+    found = [sharded_strategy(SimpleNamespace(strategy=s)) for s in strategies]
     assert found == ["FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy"]
 
     class MyFSDP(FSDPStrategy):
@@ -86,8 +87,8 @@ def test_under_a_sharded_strategy_each_callback_runs_or_skips_naming_it(
 
 def test_full_preset_under_ddp_spawn_two_processes(tmp_path: Path) -> None:
     trainer = fast_trainer(
-        tmp_path, max_epochs=2, callbacks=presets.callbacks("full", every_n_steps=2, UpdateRatioMonitor={"patience": 2}),
-        accelerator="cpu", devices=2, strategy="ddp_spawn",
+        tmp_path, max_epochs=2, accelerator="cpu", devices=2, strategy="ddp_spawn",
+        callbacks=presets.callbacks("full", every_n_steps=2, UpdateRatioMonitor={"patience": 2}),
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # 4 steps per epoch on each of the 2 processes

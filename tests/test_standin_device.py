@@ -175,3 +175,51 @@ def test_the_device_raises_on_mixed_devices_and_counts_syncs(device: torch.devic
     assert standin.syncs() == before
     assert float(total) == 72.0 and total.item() == 72.0 and (a * 2).cpu().sum() == 24.0
     assert standin.syncs() == before + 3
+
+
+_STEP_HOOKS = ("on_train_batch_start", "on_before_backward", "on_after_backward", "on_before_optimizer_step",
+               "on_before_zero_grad", "on_train_batch_end")
+
+
+def test_no_sync_on_unsampled_steps(device: torch.device, tmp_path: Path) -> None:
+    """Counted, not timed: the device-to-host reads each callback's per-step hooks make, per step."""
+    every = 4
+    callbacks = presets.callbacks("full", every_n_steps=every, LossDecreaseCheck={"num_steps": 6})
+    syncs_at: dict[tuple[int, str], int] = {}
+    batch_index = [-1]
+
+    def counted(hook: Any, owner: str) -> Any:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            before = standin.syncs()
+            try:
+                return hook(*args, **kwargs)
+            finally:
+                made = standin.syncs() - before
+                if made:
+                    key = (batch_index[0], owner)
+                    syncs_at[key] = syncs_at.get(key, 0) + made
+
+        return wrapper
+
+    class Counter(_TrainedOn):
+        def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, i: int) -> None:
+            super().on_train_batch_start(trainer, pl_module, batch, i)
+            batch_index[0] += 1
+
+    for cb in callbacks:
+        for name in _STEP_HOOKS:
+            setattr(cb, name, counted(getattr(cb, name), type(cb).__name__))
+    seen = Counter()
+    trainer = fast_trainer(tmp_path, max_epochs=4, callbacks=[seen, *callbacks], **standin.trainer_flags())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(TinyCNN(), loader(images(64, 0), shuffle=True), loader(images(32, 1)))
+    assert seen.device == device and batch_index[0] == 15
+    # Batch s starts at global step s: monitors sample at s % every == 0 (before the step) or record
+    # when the step they end is a multiple (s + 1); LossDecreaseCheck reads its first 6 losses.
+    sampled = {s for s in range(16) if s % every == 0 or (s + 1) % every == 0 or s < 6}
+    steps = {s for s, _ in syncs_at}
+    assert steps & sampled, "the sampled steps read nothing back: the count is broken"
+    assert steps <= sampled, f"syncs on unsampled steps: {sorted(steps - sampled)}"
+    # a sampled step copies what it measured in one transfer (InputVisualizer: the inputs and the labels)
+    assert {key: n for key, n in syncs_at.items() if key[0] >= 6 and n > 2} == {}
