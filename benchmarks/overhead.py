@@ -223,18 +223,24 @@ class StepTimer(pl.Callback):
         self.starts: list[float] = []
         self.rss: list[int] = []
         self.rss_start = 0
-        self.forwards = 0
+        self._forward_calls = [0]
         self.train_forwards = 0
         self.train_syncs = 0
         self._first: tuple[int, int] | None = None
         self._handle: Any = None
 
-    def _count_forward(self, *_: Any) -> None:
-        self.forwards += 1
+    @property
+    def forwards(self) -> int:
+        return self._forward_calls[0]
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.rss_start = rss_bytes()
-        self._handle = pl_module.register_forward_pre_hook(self._count_forward)
+        calls = self._forward_calls
+
+        def count(*_: Any) -> None:  # a plain function: a callback's copy of the model shares it
+            calls[0] += 1
+
+        self._handle = pl_module.register_forward_pre_hook(count)
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, i: int) -> None:
         self.probe.step = len(self.starts)
