@@ -222,4 +222,5 @@ def test_no_sync_on_unsampled_steps(device: torch.device, tmp_path: Path) -> Non
     assert steps & sampled, "the sampled steps read nothing back: the count is broken"
     assert steps <= sampled, f"syncs on unsampled steps: {sorted(steps - sampled)}"
     # a sampled step copies what it measured in one transfer (InputVisualizer: the inputs and the labels)
-    assert {key: n for key, n in syncs_at.items() if key[0] >= 6 and n > 2} == {}
+    allowed = {"InputVisualizer": 2}
+    assert {key: n for key, n in syncs_at.items() if key[0] >= 6 and n > allowed.get(key[1], 1)} == {}
