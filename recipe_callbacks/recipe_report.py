@@ -14,6 +14,7 @@ from typing_extensions import override
 from recipe_callbacks import log_writer
 from recipe_callbacks.callback_base import RecipeCallback
 from recipe_callbacks.finding import Finding
+from recipe_callbacks.run_record import RunRecord
 from recipe_callbacks.validation import check_bool
 
 if TYPE_CHECKING:
@@ -21,13 +22,16 @@ if TYPE_CHECKING:
 
 # (step, what the recipe says, the callbacks that cover it) in the order of the recipe.
 RECIPE_STEPS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
-    ("1", "Become one with the data", ("DataInspector",)),
-    ("2a", "Fix random seed", ("SeedEverything",)),
+    ("1", "Become one with the data", ("DataInspector", "LeakageCheck")),
+    ("2a", "Fix random seed", ("SeedEverything", "DistributedConsistencyCheck")),
     ("2c", "Add significant digits to your eval", ("FullEvalSet",)),
+    ("2c/2k", "An evaluation you can trust: a sane eval mode", ("EvalModeCheck",)),
     ("2d/2e", "Verify loss at init; init well", ("InitLossCheck",)),
+    ("2d", "Verify loss: outputs, targets and loss fit together", ("LossCompatibilityCheck",)),
     ("2g", "Input-independent baseline", ("InputIndependentBaseline",)),
     ("2h", "Overfit one batch", ("OverfitOneBatch",)),
     ("2i", "Verify decreasing training loss", ("LossDecreaseCheck",)),
+    ("2h/2i", "Is every layer learning? Gradient flow", ("GradientFlowCheck",)),
     ("2j", "Visualize just before the net", ("InputVisualizer",)),
     ("2k", "Visualize prediction dynamics", ("PredictionDynamicsLogger",)),
     ("2l", "Use backprop to chart dependencies", ("BatchIndependenceCheck", "CausalityCheck")),
@@ -126,6 +130,7 @@ class RecipeReport(Callback):
         self.print_report = check_bool("RecipeReport", "print_report", print_report)
         self._early_printed = False
         self.last_markdown = ""
+        self.run_record = RunRecord()
 
     @staticmethod
     def recipe_callbacks(trainer: pl.Trainer) -> list[RecipeCallback]:
@@ -147,6 +152,7 @@ class RecipeReport(Callback):
         directory.mkdir(parents=True, exist_ok=True)
         (directory / "recipe_report.md").write_text(text, encoding="utf-8")
         payload: dict[str, Any] = {"findings": [f.to_dict() for f in findings], "versions": versions()}
+        payload["run"] = self.run_record.to_dict(trainer)
         (directory / "recipe_report.json").write_text(json.dumps(payload, indent=2), encoding="utf-8")
         writers = log_writer.tensorboard_writers(trainer)
         for writer in writers:
@@ -166,6 +172,7 @@ class RecipeReport(Callback):
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._early_printed = False
+        self.run_record.start(trainer)
         if trainer.is_global_zero:
             layout = custom_scalars_layout([cb.tag_prefix for cb in self.recipe_callbacks(trainer)])
             for writer in log_writer.tensorboard_writers(trainer):
@@ -175,6 +182,8 @@ class RecipeReport(Callback):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
+        if trainer.is_global_zero:
+            self.run_record.record_batch(trainer, pl_module, outputs)
         self._maybe_print_early(trainer)
 
     @override

@@ -46,7 +46,7 @@ def test_report_files_schema_and_tensorboard(tmp_path: Path, monkeypatch: pytest
     assert "| 2a | Fix random seed | SeedEverything | not run | | add recipe_callbacks.SeedEverything |" in md
     assert md.count("| not run |") == sum(len(c) for _, _, c in RECIPE_STEPS) - 1
     data = json.loads((log_dir / "recipe_report.json").read_text())
-    assert set(data) == {"findings", "versions"}
+    assert set(data) == {"findings", "versions", "run"}  # "run": what recipe-callbacks compare reads
     assert data["findings"] == [
         {"check": "InitLossCheck", "status": "warn", "summary": "loss at init 4.1, expected 1.39",
          "values": {"observed": 4.1}, "advice": "shrink the last layer"}
