@@ -132,6 +132,14 @@ _SINGLE: list[tuple[str, dict[str, Any], str]] = [
 ]
 
 
+# Every other member of the full preset (checks added later included), at its defaults.
+_SINGLE += [
+    (name, dict(kwargs), "cnn")
+    for name, kwargs in presets._MEMBERS["full"]
+    if name not in {n for n, _, _ in _SINGLE}
+]
+
+
 @pytest.mark.parametrize(("name", "kwargs", "model_name"), _SINGLE, ids=[f"{n}-{m}" for n, _, m in _SINGLE])
 def test_callback_on_a_device_agrees_with_the_cpu(
     device: torch.device, tmp_path: Path, name: str, kwargs: dict[str, Any], model_name: str
