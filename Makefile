@@ -37,6 +37,7 @@ zoo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/overhead.py --json benchmarks/overhead.json
+	$(BIN)/python benchmarks/fit_start_scaling.py --json benchmarks/fit_start_scaling.json
 
 clean:
 	rm -rf $(VENV) lightning_logs recipe_demo_logs site docs/pictures

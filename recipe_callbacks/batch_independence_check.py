@@ -6,7 +6,7 @@ import math
 from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 from typing_extensions import override
@@ -219,6 +219,11 @@ class BatchIndependenceCheck(OneOffDependencyCheck):
 
         trainer = Trainer(callbacks=[BatchIndependenceCheck(num_probes=4)])
     """
+
+    sharded_reason: ClassVar[str] = (
+        "it runs its own forward and backward passes outside the training step, which a sharded model "
+        "only takes inside the strategy's collectives"
+    )
 
     def __init__(
         self,

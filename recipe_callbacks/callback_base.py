@@ -40,6 +40,35 @@ def snake_case(name: str) -> str:
     return re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", name).lower()
 
 
+# Strategies that shard the model's parameters over the processes, by class name (a subclass, e.g.
+# from another package, is recognised through its bases).
+SHARDED_STRATEGIES = ("FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy", "XLAFSDPStrategy")
+
+
+def sharded_strategy(trainer: Any) -> str | None:
+    """The class name of the Trainer's strategy when it shards the model (FSDP, DeepSpeed,
+    ModelParallel), else ``None``.
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
+        >>> sharded_strategy(SimpleNamespace(strategy=FSDPStrategy()))
+        'FSDPStrategy'
+        >>> sharded_strategy(SimpleNamespace(strategy=DDPStrategy())) is None
+        True
+    """
+    strategy = getattr(trainer, "strategy", None)
+    if strategy is None:
+        return None
+    if any(cls.__name__ in SHARDED_STRATEGIES for cls in type(strategy).__mro__):
+        return type(strategy).__name__
+    return None
+
+
+def _no_op(*args: Any, **kwargs: Any) -> None:
+    return None
+
+
 class RecipeCallback(Callback):
     """Base of every recipe check.
 
@@ -68,6 +97,9 @@ class RecipeCallback(Callback):
     """
 
     one_off: ClassVar[bool] = False
+    #: Why the callback cannot run when the strategy shards the model ("" when it can): it then
+    #: reports a ``skip`` naming the strategy and this reason, and its hooks do nothing for that fit.
+    sharded_reason: ClassVar[str] = ""
 
     def __init__(
         self,
@@ -218,6 +250,33 @@ class RecipeCallback(Callback):
             rank_zero_info(f"recipe_callbacks: {name} done in {'; '.join(parts)}: {verdict}")
 
     progress_delay: ClassVar[float] = 3.0
+
+    # ----------------------------------------------------------------- sharded strategies
+    def unsupported_when_sharded(self) -> str:
+        """The reason this instance cannot run under a sharded strategy ("" when it can)."""
+        return self.sharded_reason
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self.gate_sharded(trainer)
+
+    def gate_sharded(self, trainer: pl.Trainer) -> None:
+        """Under FSDP/DeepSpeed/ModelParallel a callback that would copy the model, run passes of its
+        own or read whole parameters reports a ``skip`` and switches its hooks off for this fit (a
+        later fit with another strategy switches them on again). Subclasses that override ``setup``
+        call this first."""
+        for name in [k for k in self.__dict__ if k.startswith("on_") and self.__dict__[k] is _no_op]:
+            del self.__dict__[name]
+        strategy = sharded_strategy(trainer)
+        reason = self.unsupported_when_sharded() if strategy is not None else ""
+        if not reason:
+            return
+        advice = f"run {self.check_name} in a short fit with strategy='ddp' (or one device) before the sharded run"
+        self.report(trainer, "skip", f"not run under {strategy}: {reason}", {}, advice, key="sharded")
+        self.finish_early()
+        for name in dir(Callback):
+            if name.startswith("on_") and name not in ("on_save_checkpoint", "on_load_checkpoint"):
+                setattr(self, name, _no_op)
 
     # ----------------------------------------------------------------- resume
     def is_resumed(self, trainer: pl.Trainer) -> bool:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
@@ -127,6 +127,11 @@ class CausalityCheck(OneOffDependencyCheck):
 
         trainer = Trainer(callbacks=[CausalityCheck(num_positions=8)])
     """
+
+    sharded_reason: ClassVar[str] = (
+        "it runs its own forward and backward passes outside the training step, which a sharded model "
+        "only takes inside the strategy's collectives"
+    )
 
     def __init__(
         self,

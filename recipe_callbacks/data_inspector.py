@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, Subset
 from typing_extensions import override
 
 from recipe_callbacks.batch import BatchToXY, ForwardFn, integer_inputs
-from recipe_callbacks.callback_base import RecipeCallback
+from recipe_callbacks.callback_base import RecipeCallback, sharded_strategy
 from recipe_callbacks.core.data_stats import (
     all_dataloaders,
     bounded_loader,
@@ -402,6 +402,15 @@ class DataInspector(RecipeCallback):
     # ----------------------------------------------------------------- hardest samples
     def _show_hardest(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         key = "hardest"
+        strategy = sharded_strategy(trainer)
+        if strategy is not None:
+            self.report(
+                trainer, "skip",
+                f"hardest samples not ranked under {strategy}: the pass over the validation samples runs the "
+                "model outside the loop, which would gather the shards on every rank",
+                {}, "rank them in a short fit with strategy='ddp' (or one device)", key=key,
+            )
+            return
         loader = first_dataloader(self._val_loaders(trainer))
         if loader is None:
             self.skip(trainer, "no validation data to rank by loss", "", key=key)
@@ -443,7 +452,9 @@ class DataInspector(RecipeCallback):
                     self.skip(trainer, f"could not compute the {task} loss: {err}", "task", key=key)
                     return
                 images = images and looks_like_images(resolved.x)
-                hardest.add(losses, seen, resolved.x, y.detach().cpu(), _predictions(logits, y, task))
+                # one copy of the batch's losses, logits and targets to the host, not one read per sample
+                losses, host_logits, host_y = losses.detach().cpu(), logits.detach().cpu(), y.detach().cpu()
+                hardest.add(losses, seen, resolved.x, host_y, _predictions(host_logits, host_y, task))
                 total += float(losses.sum())
                 seen += losses.numel()
                 batches += 1

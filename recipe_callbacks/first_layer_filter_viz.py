@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
@@ -103,6 +103,10 @@ class FirstLayerFilterViz(RecipeCallback):
 
         trainer = Trainer(callbacks=[FirstLayerFilterViz(every_n_epochs=1)])
     """
+
+    sharded_reason: ClassVar[str] = (
+        "each rank holds only a shard of the first layer's weights"
+    )
 
     def __init__(
         self,

@@ -72,7 +72,8 @@ class _Evaluation:
         self.loss_sum += float(per_sample_loss(logits, target, self.task).sum())
         self.n += n
         probs = predicted_distribution(logits, self.task)
-        if probs is not None:
+        if probs is not None:  # (C,) kept on the CPU with the counted targets and the prior
+            probs = probs.detach().cpu()
             self.prob_sum = probs * n if self.prob_sum is None else self.prob_sum + probs * n
         centred = logits.detach().to(torch.float64)
         self.logit_sq += float(((centred - centred.mean()) ** 2).sum())
@@ -236,6 +237,12 @@ class InitLossCheck(RecipeCallback):
         self.final_layer_name: str | None = None
 
     # ----------------------------------------------------------------- hooks
+    @override
+    def unsupported_when_sharded(self) -> str:
+        if self.fix_bias:
+            return "fix_bias=True sets the final layer's bias, of which each rank holds a shard (fix_bias=False runs)"
+        return ""
+
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_fit_start(trainer, pl_module)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from lightning.pytorch.utilities.seed import isolate_rng
@@ -85,6 +85,10 @@ class InputIndependentBaseline(FirstBatchCheck):
 
         trainer = Trainer(callbacks=[InputIndependentBaseline(steps=10), RecipeReport()])
     """
+
+    sharded_reason: ClassVar[str] = (
+        "it trains copies of the model, and a copy of a sharded model is the whole model gathered on every rank"
+    )
 
     one_off = True
 

@@ -177,7 +177,11 @@ class InputVisualizer(RecipeCallback):
         resolved = self.resolve(trainer, batch)
         if resolved is None:
             return
-        self._look(trainer, pl_module, resolved.x, resolved.y, first)
+        # One copy of the batch to the host, then statistics, flags and pictures read it there: not
+        # a device read per statistic. The copy keeps dtype and memory layout (channels-last stays).
+        x = resolved.x.detach().cpu()
+        y = resolved.y.detach().cpu() if isinstance(resolved.y, torch.Tensor) else resolved.y
+        self._look(trainer, pl_module, x, y, first)
 
     # ----------------------------------------------------------------- the look
     def _layout(self, x: torch.Tensor) -> tuple[Layout, bool]:

@@ -163,7 +163,11 @@ class NoLRDecayWarning(RecipeCallback):
     @property
     @override
     def state_key(self) -> str:
-        return self._generate_state_key(stage=self.stage)
+        # Lightning reads state_key around every hook call: build it once.
+        key: str | None = self.__dict__.get("_state_key_cache")
+        if key is None:
+            key = self.__dict__["_state_key_cache"] = self._generate_state_key(stage=self.stage)
+        return key
 
     def finding(self, key: str) -> Finding | None:
         """The current Finding with ``key`` (e.g. ``"decays_too_early"``, ``"length:0"``), or ``None``."""
@@ -183,6 +187,10 @@ class NoLRDecayWarning(RecipeCallback):
         self._mismatched = 0
         self._first_mismatch: tuple[int, int, float, float] | None = None
         self._chart_stride = 1
+        self._planned_rows: list[list[float]] = []
+        self._planned_first = 0
+        self._optimizer_index: dict[int, int] = {}
+        self._log_every = 1
         self._actual_chart: dict[int, list[float]] = {}
         self._plateau_expected: list[int] = []
         self._plateau_reported: list[int] = []
@@ -194,6 +202,7 @@ class NoLRDecayWarning(RecipeCallback):
     # ------------------------------------------------------------------ configure_optimizers' raw dict
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self.gate_sharded(trainer)
         if stage != "fit":
             return
         self._reset_run()
@@ -240,7 +249,9 @@ class NoLRDecayWarning(RecipeCallback):
         optimizers = list(trainer.optimizers)
         configs = list(trainer.lr_scheduler_configs)
         self._opt_steps = [0] * len(optimizers)
-        self._group_offset = list(np.cumsum([0] + [len(o.param_groups) for o in optimizers[:-1]]))
+        self._group_offset = [int(v) for v in np.cumsum([0] + [len(o.param_groups) for o in optimizers[:-1]])]
+        self._optimizer_index = {id(o): k for k, o in enumerate(optimizers)}
+        self._log_every = self.log_every_n_steps or max(1, int(getattr(trainer, "log_every_n_steps", 50) or 1))
         self._start_step = int(trainer.global_step)
         self._start_epochs = [int(getattr(c.scheduler, "last_epoch", 0)) for c in configs]
         self._plateau_expected = [0] * len(configs)
@@ -289,6 +300,10 @@ class NoLRDecayWarning(RecipeCallback):
         ]
         self.plan = core.simulate_schedule(copies, entries, loop, max_steps=self.max_preview_steps)
         self._chart_stride = self.plan.stride * max(1, math.ceil(len(self.plan.steps) / _CHART_POINTS))
+        # The per-step comparison reads plain Python lists: numpy indexing costs more than the step's
+        # whole budget on a fast accelerator step.
+        self._planned_rows = self.plan.lrs.tolist()
+        self._planned_first = int(self.plan.steps[0]) if self.plan.steps.size else 0
         self._log_preview(trainer, self.plan, optimizers)
         self._judge(trainer, pl_module, self.plan, entries, loop, optimizers)
 
@@ -432,18 +447,17 @@ class NoLRDecayWarning(RecipeCallback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Optimizer
     ) -> None:
         self._stepped_this_batch = True
-        i = next((k for k, o in enumerate(trainer.optimizers) if o is optimizer), 0)
+        i = self._optimizer_index.get(id(optimizer), 0)
         if i >= len(self._opt_steps):
             return
         n = self._opt_steps[i]
         self._opt_steps[i] += 1
         step = self._start_step + n
-        offset = int(self._group_offset[i])
+        offset = self._group_offset[i]
         lrs = [float(group["lr"]) for group in optimizer.param_groups]
         if self.plan is not None:
             self._compare(step, offset, lrs)
-        every = self.log_every_n_steps or max(1, int(getattr(trainer, "log_every_n_steps", 50) or 1))
-        if n % every == 0:
+        if n % self._log_every == 0:
             actual = {f"lr_group_{offset + j}": lr for j, lr in enumerate(lrs)}
             self.log_scalars(trainer, actual, step=trainer.global_step)
         if self.plan is not None and n % self._chart_stride == 0 and len(self._actual_chart) <= 2 * _CHART_POINTS:
@@ -452,15 +466,16 @@ class NoLRDecayWarning(RecipeCallback):
 
     def _compare(self, step: int, offset: int, lrs: list[float]) -> None:
         assert self.plan is not None
-        planned = self.plan.planned(step)
-        if planned is None:
+        k, off_stride = divmod(step - self._planned_first, self.plan.stride)  # as Plan.planned, on lists
+        if k < 0 or off_stride or k >= len(self._planned_rows):
             return
+        planned = self._planned_rows[k]
         self._compared += 1
         for j, actual in enumerate(lrs):
             g = offset + j
             if g in self._skip_groups:
                 continue
-            expected = float(planned[g]) if g < planned.shape[0] else math.nan
+            expected = planned[g] if g < len(planned) else math.nan
             if not math.isclose(actual, expected, rel_tol=1e-6, abs_tol=1e-12):
                 self._mismatched += 1
                 if self._first_mismatch is None:

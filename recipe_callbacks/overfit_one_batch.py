@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from lightning.pytorch.utilities.seed import isolate_rng
@@ -89,6 +89,10 @@ class OverfitOneBatch(FirstBatchCheck):
 
         trainer = Trainer(callbacks=[OverfitOneBatch(num_samples=8, max_steps=60), RecipeReport()])
     """
+
+    sharded_reason: ClassVar[str] = (
+        "it trains a copy of the model, and a copy of a sharded model is the whole model gathered on every rank"
+    )
 
     one_off = True
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 from lightning.fabric.utilities.apply_func import move_data_to_device
@@ -133,6 +133,11 @@ class PredictionDynamicsLogger(RecipeCallback):
         trainer = Trainer(callbacks=[PredictionDynamicsLogger(num_samples=16, every_n_steps=50)])
     """
 
+    sharded_reason: ClassVar[str] = (
+        "its forward passes of the fixed samples outside the training step would gather the shards on "
+        "every rank at every record"
+    )
+
     def __init__(
         self,
         num_samples: int = 16,
@@ -189,6 +194,7 @@ class PredictionDynamicsLogger(RecipeCallback):
         self._device_xy: tuple[torch.Tensor, torch.Tensor] | None = None
         self._sample_batch: Any = None  # the fixed samples as the batch the model's step receives (CPU)
         self._device_batch: Any = None
+        self._host_y: torch.Tensor | None = None  # the targets the outputs are scored on, on the host
         self._task: Task | None = None
         self._scale = 1.0
         self._disabled = False
@@ -204,7 +210,13 @@ class PredictionDynamicsLogger(RecipeCallback):
 
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(num_samples=self.num_samples, every_n_steps=self.every_n_steps)
+        # Lightning reads state_key around every hook call: build it once.
+        key: str | None = self.__dict__.get("_state_key_cache")
+        if key is None:
+            key = self.__dict__["_state_key_cache"] = self._generate_state_key(
+                num_samples=self.num_samples, every_n_steps=self.every_n_steps
+            )
+        return key
 
     # ----------------------------------------------------------------- hooks
     @override
@@ -335,34 +347,33 @@ class PredictionDynamicsLogger(RecipeCallback):
         if predicted is None:
             self._disabled = True
             return
-        output, y = predicted
+        # One device-to-host transfer per record: the K fixed outputs (the targets once); the rest
+        # is K-sized CPU work.
+        output = predicted[0].detach().float().cpu()
+        if self._host_y is None:
+            self._host_y = predicted[1].detach().cpu()
+        y = self._host_y
         if self._task is None:
             self._task = self._resolve_task(trainer, output, y)
             if self._task is None:
                 self._disabled = True
                 return
             self._scale = target_scale(y) if self._task == "regression" else 1.0
-        snap = snapshot(output.float(), y, self._task, self.min_confidence)
+        snap = snapshot(output, y, self._task, self.min_confidence)
         step = int(trainer.global_step)
         if self._nonfinite_step < 0 and not bool(torch.isfinite(output).all()):
             self._nonfinite_step = step
         scalars = {"fixed_batch_loss": snap.loss}
         jit, flips = math.nan, math.nan
         if self._previous is not None:
-            jit = jitter(self._previous.tracked.to(snap.tracked.device), snap.tracked, self._scale)
+            jit = jitter(self._previous.tracked, snap.tracked, self._scale)
             scalars["jitter"] = jit
             if snap.classes is not None and self._previous.classes is not None:
-                before = self._previous
-                flips = flip_rate(
-                    before.classes.to(snap.classes.device),  # type: ignore[union-attr]
-                    snap.classes,
-                    None if before.confident is None else before.confident.to(snap.classes.device),
-                    snap.confident,
-                )
+                flips = flip_rate(self._previous.classes, snap.classes, self._previous.confident, snap.confident)
                 scalars["flip_rate"] = flips
         self._previous = snap
         self.steps.append(step)
-        self.per_sample.append(snap.per_sample.float().cpu())
+        self.per_sample.append(snap.per_sample.float())
         self.jitters.append(jit)
         self.flip_rates.append(flips)
         self.losses.append(snap.loss)

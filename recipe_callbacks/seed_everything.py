@@ -154,6 +154,7 @@ class SeedEverything(RecipeCallback):
     # ----------------------------------------------------------------- determinism for the fit
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self.gate_sharded(trainer)
         if not self.deterministic or self._saved_flags is not None:
             return
         self._saved_flags = (

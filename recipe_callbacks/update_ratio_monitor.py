@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
@@ -100,6 +100,10 @@ class UpdateRatioMonitor(RecipeCallback):
         trainer = Trainer(callbacks=[UpdateRatioMonitor(every_n_steps=100), RecipeReport()])
     """
 
+    sharded_reason: ClassVar[str] = (
+        "each rank holds only a shard of every parameter, so per-layer norms would be of the shard"
+    )
+
     def __init__(
         self,
         every_n_steps: int = 100,
@@ -181,11 +185,16 @@ class UpdateRatioMonitor(RecipeCallback):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
+        # What a sampled step measured (update norms, activation counts) reaches the host in one copy.
+        due = self._snapshot is not None and trainer.global_step != self._snapshot_step
+        norms = self._ratio_norms() if due else None
         if self._handles:
             self._disarm()
-            self._record_activations(trainer, pl_module)
-        if self._snapshot is not None and trainer.global_step != self._snapshot_step:
-            self._record_ratios(trainer)
+            norms = self._record_activations(trainer, pl_module, norms)
+        elif norms is not None:
+            norms = norms.cpu()
+        if norms is not None:
+            self._record_ratios(trainer, norms)
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -212,13 +221,17 @@ class UpdateRatioMonitor(RecipeCallback):
             by_layer[layer] = by_layer.get(layer, False) or p.requires_grad
         self._frozen_layers = {layer for layer, trains in by_layer.items() if not trains}
 
-    def _record_ratios(self, trainer: pl.Trainer) -> None:
+    def _ratio_norms(self) -> torch.Tensor:
+        """``(2, P)`` update and weight norms of the sampled step, still on the device."""
+        assert self._snapshot is not None
+        with torch.no_grad():
+            return core.stacked_update_norms([b for _, _, b in self._snapshot], [p for _, p, _ in self._snapshot])
+
+    def _record_ratios(self, trainer: pl.Trainer, norms: torch.Tensor) -> None:
         assert self._snapshot is not None
         names = [n for n, _, _ in self._snapshot]
-        with torch.no_grad():
-            update, weight = core.update_norms([b for _, _, b in self._snapshot], [p for _, p, _ in self._snapshot])
         step, self._snapshot = self._snapshot_step, None
-        ratios = core.layer_log10_ratios(names, update.tolist(), weight.tolist())
+        ratios = core.layer_log10_ratios(names, norms[0].tolist(), norms[1].tolist())
         if not ratios:
             return
         self.ratio_steps.append(step)
@@ -338,10 +351,14 @@ class UpdateRatioMonitor(RecipeCallback):
             handle.remove()
         self._handles = []
 
-    def _record_activations(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def _record_activations(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, carry: torch.Tensor | None = None
+    ) -> torch.Tensor | None:
+        """Record the activation health of the sampled step; ``carry`` (a device tensor, the update
+        norms) travels to the host in the same copy and comes back, on the CPU."""
         records, self._records = self._records, []
         if not records:
-            return
+            return carry.cpu() if carry is not None else None
         # One flat vector [active counts of every site..., inactive totals..., sizes...] so that a
         # single collective sums it over the processes (all ranks run the same sampled step).
         device = records[0][2].device
@@ -349,7 +366,12 @@ class UpdateRatioMonitor(RecipeCallback):
         flat = torch.cat([r[2].to(device) for r in records] + [torch.stack([r[3].to(device) for r in records]), sizes])
         if trainer.world_size > 1:
             flat = trainer.strategy.reduce(flat, reduce_op="sum")
+        size = flat.numel()
+        if carry is not None:
+            flat = torch.cat([flat, carry.reshape(-1).to(flat.device)])
         flat = flat.cpu()
+        if carry is not None:
+            flat, carry = flat[:size], flat[size:].reshape(carry.shape)
         dead: dict[str, float] = {}
         scalars: dict[str, float] = {}
         offset, n = 0, len(records)
@@ -365,6 +387,7 @@ class UpdateRatioMonitor(RecipeCallback):
         _push(self.dead, dead, len(self.activation_steps), self.history_size)
         self.log_scalars(trainer, scalars, step=step)
         self._judge_activations(trainer, final=False)
+        return carry
 
     def _judge_activations(self, trainer: pl.Trainer, *, final: bool) -> None:
         samples = len(self.activation_steps)

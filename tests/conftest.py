@@ -1,6 +1,7 @@
 """Test-wide settings: one torch thread per test process (the suite runs in parallel on 2 cores),
 and no seed or determinism setting left behind by an earlier test."""
 
+import contextlib
 from collections.abc import Iterator
 
 import pytest
@@ -19,3 +20,12 @@ def _no_inherited_seed(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     # leaves them on after fit: every test starts from torch's default (off).
     torch.use_deterministic_algorithms(False)
     yield
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # The stand-in accelerator (tests/standin) must be registered before the first backward pass of
+    # the process: the autograd engine sizes its per-device queues once, at that first backward.
+    from tests import standin
+
+    with contextlib.suppress(Exception):  # no compiler: the stand-in device's own tests fail and say why
+        standin.load()

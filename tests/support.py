@@ -62,7 +62,7 @@ def fast_trainer(root: Path | str, *, logger: Any = "tb", **kw: Any) -> pl.Train
     if logger == "tb":
         logger = TensorBoardLogger(str(root), name="", version="run")
     defaults: dict[str, Any] = dict(
-        accelerator="cpu",
+        accelerator="cpu" if "strategy" not in kw else "auto",
         devices=1,
         max_epochs=1,
         enable_progress_bar=False,

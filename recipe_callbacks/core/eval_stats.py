@@ -96,10 +96,16 @@ def sample_sums(values: torch.Tensor, keep: torch.Tensor | None = None) -> torch
         >>> sample_sums(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([True, True, False])).tolist()
         [2.0, 3.0, 5.0]
     """
+    # Everything stays on the values' device with shapes known in advance: no boolean indexing
+    # and no host scalar copied in, so that the validation loop never waits for the device.
     v = values.detach().to(torch.float64).reshape(-1)
-    if keep is not None:
-        v = v[keep.reshape(-1)]
-    return torch.stack([torch.tensor(float(v.numel()), dtype=torch.float64, device=v.device), v.sum(), (v * v).sum()])
+    if keep is None:
+        count = torch.full((), float(v.numel()), dtype=torch.float64, device=v.device)
+    else:
+        mask = keep.reshape(-1).to(v.device, non_blocking=True)
+        count = mask.sum(dtype=torch.float64)
+        v = torch.where(mask, v, 0.0)
+    return torch.stack([count, v.sum(), (v * v).sum()])
 
 
 @dataclass(frozen=True)

@@ -59,25 +59,37 @@ def _wide(t: torch.Tensor) -> torch.Tensor:
     return t.detach().to(torch.promote_types(t.dtype, torch.float32))
 
 
+def stacked_update_norms(before: Sequence[torch.Tensor], after: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``(2, P)`` float64 on the tensors' device: per tensor ``||after - before||`` (row 0) and
+    ``||before||`` (row 1), Frobenius; left on the device so that the caller copies it to the host
+    together with anything else it measured (one transfer, one sync).
+
+    Example:
+        >>> stacked_update_norms([torch.tensor([3.0, 4.0])], [torch.tensor([3.0, 4.1])]).shape
+        torch.Size([2, 1])
+    """
+    if len(before) != len(after):
+        raise ValueError(f"update_norms: {len(before)} tensors before the step but {len(after)} after")
+    if not before:
+        return torch.zeros(2, 0, dtype=torch.float64)
+    device = before[0].device  # norms gathered on one device
+    updates = torch.stack(
+        [torch.linalg.vector_norm(_wide(a) - _wide(b)).to(device) for b, a in zip(before, after, strict=True)]
+    )
+    weights = torch.stack([torch.linalg.vector_norm(_wide(b)).to(device) for b in before])
+    return torch.stack([updates.to(torch.float64), weights.to(torch.float64)])
+
+
 def update_norms(before: Sequence[torch.Tensor], after: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per tensor ``||after - before||`` and ``||before||`` (Frobenius), as two float64 ``(P,)`` tensors.
+    """Per tensor ``||after - before||`` and ``||before||`` (Frobenius), as two float64 ``(P,)`` CPU tensors.
 
     Example:
         >>> u, w = update_norms([torch.tensor([3.0, 4.0])], [torch.tensor([3.0, 4.1])])
         >>> round(u.item(), 6), w.item()
         (0.1, 5.0)
     """
-    if len(before) != len(after):
-        raise ValueError(f"update_norms: {len(before)} tensors before the step but {len(after)} after")
-    if not before:
-        empty = torch.zeros(0, dtype=torch.float64)
-        return empty, empty.clone()
-    device = before[0].device  # norms gathered on one device: a single transfer, a single sync
-    updates = torch.stack(
-        [torch.linalg.vector_norm(_wide(a) - _wide(b)).to(device) for b, a in zip(before, after, strict=True)]
-    )
-    weights = torch.stack([torch.linalg.vector_norm(_wide(b)).to(device) for b in before])
-    return updates.to(torch.float64).cpu(), weights.to(torch.float64).cpu()
+    both = stacked_update_norms(before, after).cpu()
+    return both[0], both[1]
 
 
 def log10_ratio(update_norm: float, weight_norm: float) -> float:
