@@ -176,14 +176,18 @@ def test_restored_buffers_and_batchnorm_in_eval() -> None:
     assert not net[1].training and net[2].training and net.training
 
 
-def test_dependency_picture_marks_flagged_cells_red_and_missing_cells_grey() -> None:
+def test_dependency_picture_outlines_flagged_cells_and_shows_missing_cells_grey() -> None:
     rel = torch.tensor([[1.0, 0.5], [math.nan, 1.0]], dtype=torch.float64)
     flagged = future(rel, 1e-4)
-    picture = dependency_picture(rel, flagged, cell=1)
-    assert picture.shape == (2, 2, 3)
-    assert picture[0, 1].tolist() == [255, 0, 0]
-    assert picture[1, 0].tolist() == [200, 200, 200]
-    assert picture[0, 0].tolist() == [253, 231, 37]  # strongest: top of the viridis map
+    figure = dependency_picture(rel, flagged, title="deps")
+    ax, bar = figure.axes
+    (image,) = ax.get_images()
+    shown = image.get_array()
+    assert bool(shown.mask[1, 0]) and shown[0, 0] == 1.0  # NaN: not measured, drawn in the "bad" grey
+    assert image.cmap.get_bad().tolist() == pytest.approx([0.827, 0.827, 0.827, 1.0], abs=1e-3)
+    (outline,) = [p for p in ax.patches if p.get_label() == "dependency that should be 0"]
+    assert outline.get_xy() == (0.5, -0.5)  # the cell (row 0, column 1): output 0 depends on input 1
+    assert bar.get_ylabel() == "relative dependency (log scale)" and image.norm.vmin == 1e-6
 
 
 def test_gradient_without_a_graph_is_refused() -> None:
