@@ -137,6 +137,15 @@ class InputIndependentBaseline(FirstBatchCheck):
                 trainer, "the batch comes through batch_to_xy, so it cannot be rebuilt with a zero input", "input_key"
             )
             return
+        if resolved.y is None or resolved.y is resolved.x:
+            self.skip(
+                trainer,
+                "the batch has no target apart from the input (a language model that takes its labels from "
+                "input_ids inside training_step): zeroing the input would zero the target too; give batches a "
+                "separate labels entry",
+                "target_key",
+            )
+            return
         with self.stopwatch() as watch:
             size = int(resolved.x.shape[0]) if resolved.x.ndim else 1
             n = min(self.num_samples, size)

@@ -215,7 +215,14 @@ class OverfitOneBatch(FirstBatchCheck):
                 f"the model did not memorise {where} of the first batch: loss {v.initial:.3g} -> lowest "
                 f"{v.lowest:.3g}, {aim}; the run {how} after {p['steps']} steps"
             )
-        self.report(trainer, v.status, summary, values, self._advice(v, notes, lrs, p["no_grad"], target))
+        # Still falling but short of the target, with a cause found that keeps a model from fitting
+        # (frozen parameters, parameters without gradient or optimizer, a zero learning rate): fail.
+        status = v.status
+        if status == "warn" and (
+            notes.frozen_tensors or notes.not_in_optimizer or p["no_grad"] or any(lr == 0 for lr in lrs)
+        ):
+            status = "fail"
+        self.report(trainer, status, summary, values, self._advice(v, notes, lrs, p["no_grad"], target))
 
     def _advice(
         self, v: OverfitVerdict, notes: ModelNotes, lrs: list[float], no_grad: list[str], target: float

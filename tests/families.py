@@ -117,13 +117,13 @@ class HFGPT2(LMBase):
         return self.model(input_ids=x).logits  # type: ignore[no-any-return]
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        ids = batch["input_ids"]
-        return self.model(input_ids=ids, labels=ids).loss  # type: ignore[no-any-return]
+        return self.model(input_ids=batch["input_ids"], labels=batch["labels"]).loss  # type: ignore[no-any-return]
 
 
 def gpt2_loader(batch_size: int = 16) -> tuple[DataLoader[Any], int]:
+    """Hugging Face batches: ``input_ids`` and ``labels`` equal to them (the model shifts them)."""
     data, vocab = char_data()
-    rows = [{"input_ids": x} for x, _ in data]
+    rows = [{"input_ids": x, "labels": x.clone()} for x, _ in data]
     return DataLoader(rows, batch_size=batch_size), vocab  # type: ignore[arg-type]
 
 
