@@ -16,6 +16,7 @@ of the checked run's peak to the bare run's (target: at most 1.1), and each chec
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import resource
 import subprocess
@@ -43,7 +44,7 @@ def _child(optimizer: str, checked: bool, steps: int) -> dict[str, Any]:
         def __init__(self) -> None:
             super().__init__()
             layers: list[nn.Module] = []
-            for i, (a, b) in enumerate(zip(WIDTHS, WIDTHS[1:], strict=False)):
+            for i, (a, b) in enumerate(itertools.pairwise(WIDTHS)):
                 layers += [nn.Linear(a, b)] + ([nn.ReLU()] if i < len(WIDTHS) - 2 else [])
             self.net = nn.Sequential(*layers)
 

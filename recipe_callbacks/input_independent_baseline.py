@@ -48,16 +48,18 @@ class InputIndependentBaseline(FirstBatchCheck):
     its loss levels off (an input-free model learns the targets' average and gets no better) or a
     horizon of 8 steps. The real-input run then trains, from the same weights, until its loss
     separates from the zero-input curve: below it (at the same step, or below its lowest value
-    once that levelled off) by the margin, at ``confirm`` consecutive points; the margin is ``min_gap`` of the zero-input loss,
-    or three times that curve's step-to-step noise when larger. It stops early too when both
-    curves are the same over the first points (the loss does not depend on the input), or when it
-    levels off without separating. When the curves are still undecided at the horizon, both runs
-    start again with the horizon tripled (24, then ``max_steps``): most models separate within the
-    first 8 steps, language models that start from a higher loss on real inputs need more.
-    ``pass`` when the curves separated; ``fail`` when they are the
-    same, or the real run ended without separating; ``warn`` when a loss is not finite or the real
-    run's loss did not decrease at all (then the comparison says nothing; ``OverfitOneBatch`` tells
-    why the model does not learn).
+    once that levelled off) by the margin, at ``confirm`` consecutive points; the margin is
+    ``min_gap`` of the zero-input loss, or three times that curve's step-to-step noise when larger.
+    It stops early too when both curves are the same over the first points (the loss does not
+    depend on the input), or when it levels off without separating. When the curves are still
+    undecided at the horizon, both runs start again with the horizon tripled (24, then
+    ``max_steps``): most models separate within the first 8 steps; language models, whose real
+    run starts from a higher loss than the zero-input one, need more. ``pass`` when the curves
+    separated; ``fail`` when they are the same, or the real run ended without separating; ``warn``
+    when a loss is not finite or the real run's loss did not decrease at all (then the comparison
+    says nothing; ``OverfitOneBatch`` tells why the model does not learn). A batch whose only
+    target is the input itself (labels taken from ``input_ids`` inside ``training_step``) is a
+    ``skip``: zeroing the input would zero the target.
 
     Cost (``values["cost_steps"]``): measured, the check's wall time over the median training step
     of the same run (``values["cost_seconds"]`` is the wall time); a count of the steps taken

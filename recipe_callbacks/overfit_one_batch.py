@@ -55,7 +55,9 @@ class OverfitOneBatch(FirstBatchCheck):
     ``pass`` too when at ``max_steps`` it is still falling steadily at a rate (in log loss, over
     the last third of the run) that reaches the target within three times the steps taken;
     ``fail`` when the loss stayed flat, levelled off above the target, rose, went negative or became
-    non-finite; ``warn`` when it was still falling, too slowly to tell (more steps would). The
+    non-finite; ``warn`` when it was still falling, too slowly to tell (more steps would), or on
+    course without reaching the target while some parameters do not train (frozen, without
+    gradient or optimizer, a zero learning rate: ``fail`` when it was also too slow). The
     advice lists what it finds: frozen parameters (``requires_grad=False``), trainable parameters
     missing from the optimizer or getting no gradient, a learning rate of zero, dropout on in train
     mode, weight decay, and a rising or negative loss (a wrong sign or a wrong target).
@@ -196,6 +198,17 @@ class OverfitOneBatch(FirstBatchCheck):
             )
             self.report(trainer, "pass", summary, values)
             return
+        causes = bool(notes.frozen_tensors or notes.not_in_optimizer or p["no_grad"] or any(lr == 0 for lr in lrs))
+        if v.status == "pass" and causes:
+            # On course but short of the target, with parameters that do not train: only what does
+            # train was seen to learn; say so (a fine-tuning script that froze layers on purpose can
+            # pass target_loss or raise max_steps).
+            summary = (
+                f"the loss on {where} of the first batch fell {v.initial:.3g} -> {v.lowest:.3g} in {p['steps']} steps "
+                f"without reaching the {aim}, with parameters that do not train"
+            )
+            self.report(trainer, "warn", summary, values, self._advice(v, notes, lrs, p["no_grad"], target))
+            return
         if v.status == "pass":
             summary = (
                 f"the model is on course to memorise {where} of the first batch: loss {v.initial:.3g} -> "
@@ -218,9 +231,7 @@ class OverfitOneBatch(FirstBatchCheck):
         # Still falling but short of the target, with a cause found that keeps a model from fitting
         # (frozen parameters, parameters without gradient or optimizer, a zero learning rate): fail.
         status = v.status
-        if status == "warn" and (
-            notes.frozen_tensors or notes.not_in_optimizer or p["no_grad"] or any(lr == 0 for lr in lrs)
-        ):
+        if status == "warn" and causes:
             status = "fail"
         self.report(trainer, status, summary, values, self._advice(v, notes, lrs, p["no_grad"], target))
 

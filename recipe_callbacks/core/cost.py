@@ -17,7 +17,7 @@ import torch
 
 def _sync() -> None:
     """Wait for queued accelerator work, so that wall time covers it (only where CUDA is in use)."""
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
+    if torch.cuda.is_available() and torch.cuda.is_initialized():  # type: ignore[no-untyped-call]
         torch.cuda.synchronize()
 
 

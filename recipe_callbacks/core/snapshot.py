@@ -19,7 +19,7 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import IO, Any
+from typing import Any, BinaryIO
 
 import torch
 from torch import nn
@@ -73,7 +73,7 @@ class ModuleSnapshot:
     """
 
     def __init__(self, module: nn.Module) -> None:
-        self._file: IO[bytes] | None = None
+        self._file: BinaryIO | None = None
         self._tensors: list[tuple[torch.Tensor, torch.Tensor | None, int]] = []  # (tensor, copy, bytes)
         self._grads: list[tuple[nn.Parameter, torch.Tensor | None]] = []
         self._dicts: list[tuple[nn.Module, dict[str, Any], list[dict[str, Any]]]] = []
@@ -141,10 +141,13 @@ class ModuleSnapshot:
                     t.copy_(copy)
                     continue
                 assert self._file is not None
-                view = memoryview(_byte_view(t))
+                raw = _byte_view(t)
+                if raw is None:  # the tensor changed layout during training: cannot happen in place
+                    raise RuntimeError("a saved tensor can no longer be viewed as bytes")
+                view = memoryview(raw)
                 done = 0
                 while done < nbytes:
-                    got = self._file.readinto(view[done:])
+                    got = self._file.readinto(view[done:])  # type: ignore[attr-defined]
                     if not got:
                         raise RuntimeError("the snapshot file ended early")
                     done += got
