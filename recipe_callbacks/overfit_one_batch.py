@@ -52,8 +52,11 @@ class OverfitOneBatch(FirstBatchCheck):
     tenth of where a cross-entropy or a squared error started; or ``target_loss`` when given), or
     when it levelled off (the best loss of the last quarter of the run, at least 8 steps, improved
     by less than 1% of the decrease so far), or went negative. ``pass`` when the target was reached;
-    ``pass`` too when at ``max_steps`` it is still falling steadily at a rate (in log loss, over
-    the last third of the run) that reaches the target within three times the steps taken;
+    ``pass`` too when it is on course: the loss fell by 40% and is still falling after at least 16
+    steps (the run stops there: the bugs this check looks for leave a flat, levelled-off, rising or
+    negative curve, and memorising a language model's batch fully would cost hundreds of steps),
+    or at ``max_steps`` it falls at a rate (in log loss, over the last third of the run) that
+    reaches the target within three times the steps taken;
     ``fail`` when the loss stayed flat, levelled off above the target, rose, went negative or became
     non-finite; ``warn`` when it was still falling, too slowly to tell (more steps would), or on
     course without reaching the target while some parameters do not train (frozen, without
@@ -212,7 +215,7 @@ class OverfitOneBatch(FirstBatchCheck):
         if v.status == "pass":
             summary = (
                 f"the model is on course to memorise {where} of the first batch: loss {v.initial:.3g} -> "
-                f"{v.lowest:.3g} in {p['steps']} steps, still falling steadily; at its recent rate it reaches the "
+                f"{v.lowest:.3g} in {p['steps']} steps, still falling, no plateau; at its recent rate it reaches the "
                 f"{aim} in about {v.projected_steps:.0f} more steps"
             )
             self.report(trainer, "pass", summary, values)

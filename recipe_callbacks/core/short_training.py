@@ -621,9 +621,28 @@ def overfit_stop(target: float, allow_negative: bool) -> StopRule:
             return "reached"
         if value < 0 and not allow_negative:
             return "negative"
-        return plateau_stop(losses)
+        if plateau_stop(losses):
+            return "levelled off"
+        if halved(losses):
+            return "halved"
+        return ""
 
     return rule
+
+
+def halved(losses: Sequence[float], min_points: int = 16, ratio: float = 0.6) -> bool:
+    """Evidence that a run fits its batch, short of memorising it: after at least ``min_points``
+    points the loss is at most ``ratio`` of where it started (it fell by 40%: well below the
+    loss of predicting the targets' average, for a cross-entropy over many classes) and still
+    falling (not levelled off).
+
+    Example:
+        >>> halved([2.0 * 0.95**t for t in range(16)]), halved([2.0, 0.9] + [0.9] * 14)
+        (True, False)
+    """
+    if len(losses) < min_points or not all(math.isfinite(v) for v in losses) or not losses[0] > 0:
+        return False
+    return min(losses) <= ratio * losses[0] and not levelled_off(losses) and losses[-1] < min(losses[:-1]) + 1e-12
 
 
 @dataclass
@@ -691,7 +710,8 @@ def overfit_verdict(
 
     ``pass`` when the lowest loss is ``<= target_loss`` (and not negative, unless
     ``allow_negative``), or when it is still falling steadily at a rate that reaches the target
-    within ``on_course`` times the steps taken so far (:func:`projected_steps`). Otherwise ``fail``
+    within ``on_course`` times the steps taken so far (:func:`projected_steps`), or it halved and is
+    still falling (:func:`halved`). Otherwise ``fail``
     when the loss went negative, rose, is not finite, fell by less than ``min_decrease`` of its
     initial value, or levelled off above the target; ``warn`` when it is still falling, too slowly
     to tell (more steps would).
@@ -729,7 +749,7 @@ def overfit_verdict(
         status = "pass"
     elif negative or rising or not ok or not decrease >= min_decrease or levelled:
         status = "fail"
-    elif projected <= on_course * (len(losses) - 1):
+    elif projected <= on_course * (len(losses) - 1) or halved(losses):
         status = "pass"
     else:
         status = "warn"
