@@ -191,3 +191,21 @@ def test_cost_steps_is_the_measured_time_over_the_median_step(tmp_path: Path) ->
         step = cb._step_clock.median()
         assert step is not None and step > 0
         assert finding.values["cost_steps"] == pytest.approx(finding.values["cost_seconds"] / step)
+
+
+def test_a_batch_whose_only_target_is_the_input_is_a_skip_naming_target_key(tmp_path: Path) -> None:
+    class LabelsFromInput(families.NanoGPT):
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            ids = batch["input_ids"]
+            logits = self(ids[:, :-1])
+            return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
+
+    data, vocab = families.char_data()
+    rows = [{"input_ids": x} for x, _ in data]
+    pl.seed_everything(0)
+    iib = InputIndependentBaseline(on_fail="ignore")
+    fast_trainer(tmp_path, logger=False, callbacks=[iib], max_steps=1).fit(
+        LabelsFromInput(vocab), DataLoader(rows, batch_size=8)  # type: ignore[arg-type]
+    )
+    (finding,) = iib.findings
+    assert finding.status == "skip" and "target_key" in finding.advice, finding.message()
