@@ -1,6 +1,6 @@
 """Measured cost of the ``skeleton`` preset's one-off checks on small healthy models of the common
 families (a character LSTM and a nanoGPT-style language model, an 11-class segmentation net, an MSE
-regression; ``tests/families.py``): each check's ``cost_steps`` (its wall time over the median
+regression; ``tests/copy_families.py``): each check's ``cost_steps`` (its wall time over the median
 training step of the same run), their sum against the budget (50 step equivalents plus one
 validation pass), and every verdict.
 
@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from recipe_callbacks import RecipeCallback, presets
-from tests import families
+from tests import copy_families as families
 
 
 def cases() -> dict[str, Any]:

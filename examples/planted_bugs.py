@@ -294,6 +294,105 @@ def _frozen_first_filters() -> DigitsCNN:
     return _frozen(_seeded_digits_cnn(), "features.0")  # still the random init after training: noise
 
 
+class UnusedBranch(DigitsCNN):
+    """Bug: an auxiliary head is computed and never reaches the loss (its result is dropped)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.aux_head = nn.Linear(16 * 4 * 4, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.features(x).flatten(1)
+        _ = self.aux_head(h)  # meant to be added to the logits
+        return self.head(h)
+
+
+class DetachedFeatures(DigitsCNN):
+    """Bug: ``detach()`` after the conv features, so the convolutions never learn."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x).flatten(1).detach())
+
+
+class NeverZeroGrad(DigitsCNN):
+    """Bug: manual optimization without ``zero_grad``: the gradients grow across steps."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        loss = nn.functional.cross_entropy(self(x), y)
+        self.manual_backward(loss)
+        self.optimizers().step()  # type: ignore[union-attr]
+        return loss
+
+
+class FunctionalDropout(DigitsCNN):
+    """Bug: ``F.dropout(h, 0.3)`` defaults to ``training=True``: dropout stays on in eval mode."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(nn.functional.dropout(self.features(x).flatten(1), 0.3))
+
+
+class BatchNormDigits(DigitsCNN):
+    """The demo with BatchNorm after each conv."""
+
+    def __init__(self, momentum: float | None = 0.1) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 16, 5, padding=2), nn.BatchNorm2d(16, momentum=momentum), nn.ReLU(),
+            nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16, momentum=momentum), nn.ReLU(), nn.MaxPool2d(2),
+        )
+
+
+class SoftmaxForward(DigitsCNN):
+    """Bug: ``forward`` returns probabilities and ``training_step`` feeds them to cross-entropy."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(super().forward(x), dim=1)
+
+
+class SigmoidZeroDetector(ZeroDetector):
+    """Bug: ``forward`` returns a sigmoid and the loss is BCE-with-logits (a second sigmoid)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(super().forward(x))
+
+
+class DigitValueRegressor(DigitsCNN):
+    """Regress the digit's value: one output ``(N, 1)``; the bug compares it with a ``(N,)`` target."""
+
+    def __init__(self, squeeze: bool = False) -> None:
+        super().__init__()
+        self.head = nn.Linear(16 * 4 * 4, 1)
+        self.squeeze = squeeze
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        out = self(x)  # (N, 1)
+        return nn.functional.mse_loss(out.squeeze(-1) if self.squeeze else out, y.float())  # bug: (N, N)
+
+
+class OneHotMSE(DigitsCNN):
+    """Bug: one-hot targets and a regression loss on the logits."""
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        return nn.functional.mse_loss(self(x), y)
+
+
+def _seeded_bn(momentum: float | None) -> BatchNormDigits:
+    pl.seed_everything(0, workers=True, verbose=False)
+    return BatchNormDigits(momentum)
+
+
+def _seeded_sigmoid_detector() -> SigmoidZeroDetector:
+    pl.seed_everything(0, workers=True, verbose=False)
+    return SigmoidZeroDetector()
+
+
 # --------------------------------------------------------------------------- planted data
 def _dataset(x: torch.Tensor, y: torch.Tensor) -> TensorDataset:
     return TensorDataset(x, y)
@@ -331,6 +430,16 @@ def _nan_train() -> DataLoader[Any]:
 
 def _imbalanced_train() -> DataLoader[Any]:
     return _loader(zero_vs_rest(), 128)
+
+
+def _digit_value_train() -> DataLoader[Any]:
+    x, y = _tensors(_digits()[0])
+    return _loader(_dataset(x, y.float()))  # the digit's value as a number to regress
+
+
+def _one_hot_train() -> DataLoader[Any]:
+    x, y = _tensors(_digits()[0])
+    return _loader(_dataset(x, nn.functional.one_hot(y, 10).float()))  # labels one-hot encoded upstream
 
 
 def _seeded_zero_detector() -> ZeroDetector:
@@ -404,6 +513,9 @@ _HEALTHY_CHECKS: dict[str, Callable[[], RecipeCallback]] = {
     "NoLRDecayWarning": lambda: rc.NoLRDecayWarning(on_fail="ignore"),
     "UpdateRatioMonitor": lambda: rc.UpdateRatioMonitor(every_n_steps=2, on_fail="ignore"),
     "FirstLayerFilterViz": lambda: rc.FirstLayerFilterViz(on_fail="ignore"),
+    "GradientFlowCheck": lambda: rc.GradientFlowCheck(on_fail="ignore"),
+    "EvalModeCheck": lambda: rc.EvalModeCheck(on_fail="ignore"),
+    "LossCompatibilityCheck": lambda: rc.LossCompatibilityCheck(on_fail="ignore"),
 }
 
 
@@ -500,6 +612,28 @@ def _scenarios() -> list[Scenario]:
         s("frozen_head_ratio", "head requires_grad=False", "beyond: updates", "UpdateRatioMonitor",
           _one(lambda: rc.UpdateRatioMonitor(every_n_steps=1, activations=False, **ignore),
                lambda: _frozen(_seeded_digits_cnn(), "head"), max_steps=4)),
+        s("unused_branch", "aux head computed, never in the loss", "2h/2i grad flow", "GradientFlowCheck",
+          _one(lambda: rc.GradientFlowCheck(**ignore), lambda: _seeded(UnusedBranch), max_steps=3)),
+        s("detached_features", "detach() after the conv features", "2h/2i grad flow", "GradientFlowCheck",
+          _one(lambda: rc.GradientFlowCheck(**ignore), lambda: _seeded(DetachedFeatures), max_steps=3)),
+        s("grad_never_zeroed", "manual optimization without zero_grad", "2h/2i grad flow", "GradientFlowCheck",
+          _one(lambda: rc.GradientFlowCheck(**ignore), lambda: _seeded(NeverZeroGrad), max_steps=3)),
+        s("dropout_in_eval", "F.dropout(h, 0.3): on in eval mode too", "2c/2k eval mode", "EvalModeCheck",
+          _one(lambda: rc.EvalModeCheck(**ignore), lambda: _seeded(FunctionalDropout), max_steps=1),
+          match="eval-mode forward passes"),
+        s("batchnorm_momentum_zero", "BatchNorm(momentum=0): stats never move", "2c/2k eval mode", "EvalModeCheck",
+          _one(lambda: rc.EvalModeCheck(**ignore), lambda: _seeded_bn(0.0), max_steps=45), match="train-mode vs"),
+        s("double_softmax", "softmax in forward, then cross_entropy", "2d verify loss", "LossCompatibilityCheck",
+          _one(lambda: rc.LossCompatibilityCheck(**ignore), lambda: _seeded(SoftmaxForward), max_steps=1)),
+        s("double_sigmoid", "sigmoid in forward, then BCE-with-logits", "2d verify loss", "LossCompatibilityCheck",
+          _one(lambda: rc.LossCompatibilityCheck(**ignore), _seeded_sigmoid_detector, _imbalanced_train,
+               max_steps=1)),
+        s("broadcast_mse", "(N, 1) output vs (N,) target in MSE", "2d verify loss", "LossCompatibilityCheck",
+          _one(lambda: rc.LossCompatibilityCheck(**ignore), lambda: _seeded(DigitValueRegressor),
+               train=_digit_value_train, max_steps=1)),
+        s("one_hot_mse", "one-hot targets in MSE on the logits", "2d verify loss", "LossCompatibilityCheck",
+          _one(lambda: rc.LossCompatibilityCheck(**ignore), lambda: _seeded(OneHotMSE), train=_one_hot_train,
+               max_steps=1)),
     ]
     controls = [
         s(f"control_{snake_case(name)}", "none (healthy digits CNN)", "control", name, _healthy(name), planted=False)
@@ -513,6 +647,12 @@ def _scenarios() -> list[Scenario]:
                max_steps=1), planted=False, match="init"),
         s("control_causal_mask", "none (correct causal mask)", "control", "CausalityCheck",
           _char_lm(leak=False), planted=False),
+        s("control_batchnorm_eval", "none (BatchNorm, default momentum)", "control", "EvalModeCheck",
+          _one(lambda: rc.EvalModeCheck(**ignore), lambda: _seeded_bn(0.1), max_steps=45), planted=False,
+          match="train-mode vs"),
+        s("control_squeezed_mse", "none ((N, 1) output squeezed before MSE)", "control", "LossCompatibilityCheck",
+          _one(lambda: rc.LossCompatibilityCheck(**ignore), lambda: _seeded(DigitValueRegressor, True),
+               train=_digit_value_train, max_steps=1), planted=False),
     ]
     return rows + controls
 

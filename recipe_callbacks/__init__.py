@@ -25,6 +25,9 @@ from recipe_callbacks.causality_check import CausalityCheck
 from recipe_callbacks.no_lr_decay_warning import NoLRDecayWarning
 from recipe_callbacks.first_layer_filter_viz import FirstLayerFilterViz
 from recipe_callbacks.update_ratio_monitor import UpdateRatioMonitor
+from recipe_callbacks.gradient_flow_check import GradientFlowCheck
+from recipe_callbacks.eval_mode_check import EvalModeCheck
+from recipe_callbacks.loss_compatibility_check import LossCompatibilityCheck
 
 from recipe_callbacks import presets
 
@@ -35,12 +38,15 @@ __all__ = [
     "BatchResolutionError",
     "CausalityCheck",
     "DataInspector",
+    "EvalModeCheck",
     "Finding",
     "FirstLayerFilterViz",
     "FullEvalSet",
+    "GradientFlowCheck",
     "InitLossCheck",
     "InputIndependentBaseline",
     "InputVisualizer",
+    "LossCompatibilityCheck",
     "LossDecreaseCheck",
     "NoLRDecayWarning",
     "OverfitOneBatch",

@@ -3,11 +3,13 @@
 ``skeleton``
     Recipe stage 2, "set up the end-to-end training/evaluation skeleton": every sanity check at the
     start of training (seed, data, inputs, loss at init, baselines, overfit one batch, batch
-    independence, loss decrease, LR schedule) plus the cheap monitors. Sets ``deterministic=True``.
+    independence, loss decrease, LR schedule, gradient flow, eval mode, loss compatibility) plus the cheap
+    monitors. Sets ``deterministic=True``.
 ``monitor``
     Only what is cheap enough to leave on for a long run: the exact full-set evaluation, the
-    prediction dynamics, first-layer filters, update ratios, the LR curve (``stage="final"``) and
-    the loss-decrease watch.
+    prediction dynamics, first-layer filters, update ratios, the LR curve (``stage="final"``), the
+    loss-decrease watch, and the two first-step checks that cost a small fraction of one step
+    (gradient flow, loss compatibility).
 ``full``
     Everything, including ``CausalityCheck`` for sequence models.
 
@@ -52,6 +54,9 @@ _MEMBERS: dict[str, tuple[tuple[str, dict[str, Any]], ...]] = {
         ("NoLRDecayWarning", {"stage": "early"}),
         ("FullEvalSet", {}),
         ("UpdateRatioMonitor", {}),
+        ("GradientFlowCheck", {}),
+        ("EvalModeCheck", {}),
+        ("LossCompatibilityCheck", {}),
     ),
     "monitor": (
         ("FullEvalSet", {}),
@@ -60,6 +65,8 @@ _MEMBERS: dict[str, tuple[tuple[str, dict[str, Any]], ...]] = {
         ("PredictionDynamicsLogger", {}),
         ("FirstLayerFilterViz", {}),
         ("UpdateRatioMonitor", {}),
+        ("GradientFlowCheck", {}),
+        ("LossCompatibilityCheck", {}),
     ),
     "full": (
         ("SeedEverything", {"seed": 0}),
@@ -76,6 +83,9 @@ _MEMBERS: dict[str, tuple[tuple[str, dict[str, Any]], ...]] = {
         ("PredictionDynamicsLogger", {}),
         ("FirstLayerFilterViz", {}),
         ("UpdateRatioMonitor", {}),
+        ("GradientFlowCheck", {}),
+        ("EvalModeCheck", {}),
+        ("LossCompatibilityCheck", {}),
     ),
 }
 _TRAINER_FLAGS: dict[str, dict[str, Any]] = {

@@ -307,7 +307,8 @@ class UpdateRatioMonitor(RecipeCallback):
         high = float(getattr(module, "max_val", 1.0))
 
         def hook(_: nn.Module, __: Any, output: Any) -> None:
-            if not isinstance(output, torch.Tensor):
+            # only training_step's own forward: other callbacks observe under no_grad (EvalModeCheck)
+            if not isinstance(output, torch.Tensor) or not torch.is_grad_enabled():
                 return
             count = self._calls.get(name, 0) + 1
             self._calls[name] = count

@@ -14,7 +14,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from recipe_callbacks import BatchIndependenceCheck, InputIndependentBaseline, OverfitOneBatch
-from tests import families
+from tests import copy_families as families
 from tests.support import TinyClassifier, blobs, fast_trainer, loader
 
 

@@ -42,6 +42,15 @@ EXPECTED = {
     "noise_filters": "FirstLayerFilterViz",
     "dead_relus": "UpdateRatioMonitor",
     "frozen_head_ratio": "UpdateRatioMonitor",
+    "unused_branch": "GradientFlowCheck",
+    "detached_features": "GradientFlowCheck",
+    "grad_never_zeroed": "GradientFlowCheck",
+    "dropout_in_eval": "EvalModeCheck",
+    "batchnorm_momentum_zero": "EvalModeCheck",
+    "double_softmax": "LossCompatibilityCheck",
+    "double_sigmoid": "LossCompatibilityCheck",
+    "broadcast_mse": "LossCompatibilityCheck",
+    "one_hot_mse": "LossCompatibilityCheck",
 }
 # A planted bug no check can flag from outside the user's code: the exact figure must expose it.
 SHOWN_ONLY = {"mean_of_batch_means"}

@@ -719,7 +719,7 @@ def overfit_verdict(
     Example:
         >>> overfit_verdict([2.3, 0.5, 0.01], 0.05).status
         'pass'
-        >>> overfit_verdict([2.3 * 0.8**t for t in range(12)], 0.05).status  # falling, on course
+        >>> overfit_verdict([2.3 * 0.7**t for t in range(12)], 0.01).status  # falling, on course
         'pass'
         >>> overfit_verdict([2.3 - 0.001 * t for t in range(20)], 0.05).status  # slow, still falling
         'warn'
