@@ -721,7 +721,7 @@ def overfit_verdict(
         'pass'
         >>> overfit_verdict([2.3 * 0.7**t for t in range(12)], 0.01).status  # falling, on course
         'pass'
-        >>> overfit_verdict([2.3 - 0.001 * t for t in range(20)], 0.05).status  # slow, still falling
+        >>> overfit_verdict([2.3 - 0.003 * t for t in range(20)], 0.05).status  # slow, still falling
         'warn'
         >>> overfit_verdict([2.3, 1.5] + [1.4] * 16, 0.05).status  # levelled off
         'fail'
