@@ -88,7 +88,7 @@ class DigitsDataModule(pl.LightningDataModule):
 
 
 def run(epochs: int = 5, batch_size: int = 64, log_dir: str = "recipe_demo_logs", seed: int = 0,
-        max_steps: int = -1, preset: str = "full", monitor_every: int = 5) -> pl.Trainer:
+        max_steps: int = -1, preset: str = "full", monitor_every: int = 5, lr: float = 3e-3) -> pl.Trainer:
     """Train the demo with a recipe preset and return its Trainer (the report is in ``trainer.log_dir``).
 
     ``monitor_every`` is the monitors' ``every_n_steps``: a short demo run samples often.
@@ -98,7 +98,7 @@ def run(epochs: int = 5, batch_size: int = 64, log_dir: str = "recipe_demo_logs"
         kwargs = recipe_callbacks.presets.trainer_kwargs(preset, every_n_steps=monitor_every)
     else:
         kwargs = recipe_callbacks.presets.trainer_kwargs(preset, seed=seed, every_n_steps=monitor_every)
-    model = DigitsCNN()  # built after the preset: SeedEverything seeded at construction
+    model = DigitsCNN(lr=lr)  # built after the preset: SeedEverything seeded at construction
     trainer = pl.Trainer(
         accelerator="cpu",
         devices=1,
@@ -128,10 +128,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--preset", default="full", choices=recipe_callbacks.presets.names(),
                         help="recipe preset to train with (default full)")
+    parser.add_argument("--lr", type=float, default=3e-3, help="Adam's learning rate (default 3e-3)")
     args = parser.parse_args(argv)
-    trainer = run(args.epochs, args.batch_size, args.log_dir, args.seed, args.max_steps, args.preset)
+    trainer = run(args.epochs, args.batch_size, args.log_dir, args.seed, args.max_steps, args.preset, lr=args.lr)
     log_dir = Path(str(trainer.log_dir))
-    print(f"\nRecipe report: {log_dir / 'recipe_report.md'}")
+    print(f"\nRecipe report: {log_dir / 'recipe_report.html'} (and recipe_report.md, recipe_report.json)")
     print(f"Look at it in TensorBoard:\n    tensorboard --logdir {log_dir.parent.resolve()}")
     return 0
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import json
 import logging
 import sys
 import tempfile
@@ -667,7 +668,65 @@ def _seeded(cls: Callable[..., pl.LightningModule], *args: Any) -> pl.LightningM
     return cls(*args)
 
 
-SCENARIOS: list[Scenario] = _scenarios()
+# --------------------------------------------------------------------------- leakage and DDP (issue 14, checks 4-5)
+class ClipsOnRankZero(DigitsCNN):
+    """Bug: weight clipping written by hand inside ``if self.trainer.is_global_zero``: the ranks drift apart."""
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.trainer.is_global_zero:
+            with torch.no_grad():
+                self.head.weight.clamp_(-0.01, 0.01)
+
+
+def _val_with_near_copies() -> DataLoader[Any]:
+    (xt, yt), (xv, yv) = _tensors(_digits()[0]), _tensors(_digits()[1])
+    noise = 0.01 * torch.randn(40, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    copies = (xt[:40] * 0.8 + 0.1 + noise).clamp(0, 1)  # re-scaled and noised: not exact copies
+    return _loader(_dataset(torch.cat([xv, copies]), torch.cat([yv, yt[:40]])), 256, shuffle=False)
+
+
+def _val_one_sample() -> DataLoader[Any]:
+    xv, yv = _tensors(_digits()[1])
+    n = len(yv)  # a __getitem__ that ignores its index: one validation sample n times
+    return _loader(_dataset(xv[:1].repeat(n, 1, 1, 1), yv[:1].repeat(n)), 256, shuffle=False)
+
+
+def _ddp(planted: bool) -> Callable[[_Context], Outcome]:
+    """Two CPU processes under ddp_spawn; planted: data not sharded and weights clipped on rank 0 only.
+    The Findings come back from the run's recipe_report.json (rank 0 writes it)."""
+
+    def run(ctx: _Context) -> Outcome:
+        model = _seeded(ClipsOnRankZero) if planted else _seeded_digits_cnn()
+        check = rc.DistributedConsistencyCheck(first_steps=2, on_fail="ignore")
+        callbacks = [check, rc.RecipeReport(print_report=False)]
+        _fit(ctx, ctx.cache["name"], model, callbacks, _loader(_digits()[0]), devices=2, strategy="ddp_spawn",
+             max_steps=4, use_distributed_sampler=not planted)
+        report = json.loads((Path(ctx.log_dir) / ctx.cache["name"] / "recipe_report.json").read_text())
+        return Outcome([Finding.from_dict(f) for f in report["findings"]], "2 processes (ddp_spawn)")
+
+    return run
+
+
+def _leakage_and_ddp_scenarios() -> list[Scenario]:
+    ignore: dict[str, Any] = {"on_fail": "ignore"}
+    s = Scenario
+    return [
+        s("near_duplicates_in_val", "40 re-scaled, noised train images in val", "1 data", "LeakageCheck",
+          _one(lambda: rc.LeakageCheck(**ignore), val=_val_with_near_copies, max_steps=1), match="near-duplicate"),
+        s("val_one_repeated_sample", "val __getitem__ ignores its index", "1 data", "LeakageCheck",
+          _one(lambda: rc.LeakageCheck(**ignore), val=_val_one_sample, max_steps=-1, max_epochs=2),
+          match="too good"),
+        s("ddp_not_sharded_and_drift", "DDP: use_distributed_sampler=False, clipping on rank 0", "2a seed (DDP)",
+          "DistributedConsistencyCheck", _ddp(planted=True)),
+        s("control_ddp", "none (DigitsCNN, DDP, 2 ranks)", "control", "DistributedConsistencyCheck",
+          _ddp(planted=False), planted=False),
+    ]
+
+
+_HEALTHY_CHECKS["LeakageCheck"] = lambda: rc.LeakageCheck(on_fail="ignore")
+
+
+SCENARIOS: list[Scenario] = _scenarios() + _leakage_and_ddp_scenarios()
 
 
 # --------------------------------------------------------------------------- running

@@ -28,6 +28,8 @@ from recipe_callbacks.update_ratio_monitor import UpdateRatioMonitor
 from recipe_callbacks.gradient_flow_check import GradientFlowCheck
 from recipe_callbacks.eval_mode_check import EvalModeCheck
 from recipe_callbacks.loss_compatibility_check import LossCompatibilityCheck
+from recipe_callbacks.leakage_check import LeakageCheck
+from recipe_callbacks.distributed_consistency_check import DistributedConsistencyCheck
 
 from recipe_callbacks import presets
 
@@ -61,3 +63,5 @@ __all__ = [
     "presets",
     "resolve_batch",
 ]
+# Issue 14, checks 4 and 5: leakage (recipe 1) and distributed consistency (2a at scale).
+__all__ += ["DistributedConsistencyCheck", "LeakageCheck"]

@@ -7,13 +7,17 @@ Findings and the ``log_*`` helpers with its measurements; nothing here needs wri
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
-from collections.abc import Mapping
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
 from recipe_callbacks import log_writer
@@ -191,6 +195,40 @@ class RecipeCallback(Callback):
         if self._pending_costs:
             self._settle_costs()
 
+    # ----------------------------------------------------------------- progress of one-off work
+    @contextmanager
+    def running(self, trainer: pl.Trainer, pl_module: pl.LightningModule, what: str = "") -> Iterator[None]:
+        """Say on rank 0 that this check starts, show a progress bar of the model's forward passes
+        (the model's and its copies') when it runs longer than :attr:`progress_delay` seconds,
+        and say what it cost when it ends.
+
+        Lines go through Lightning's rank-zero logger and the bar shows only while that logger
+        prints info messages: ``logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)``
+        silences both.
+        """
+        if not trainer.is_global_zero:
+            yield
+            return
+        name = self.check_name
+        rank_zero_info(f"recipe_callbacks: {name} {what or 'running'}...")
+        before = {id(f) for f in self.findings}
+        counter = _ForwardCounter(name, type(pl_module), self.progress_delay)
+        start = time.perf_counter()
+        try:
+            with counter:
+                yield
+        finally:
+            seconds = time.perf_counter() - start
+            new = [f for f in self.findings if id(f) not in before]
+            cost = [f.values["cost_steps"] for f in new if "cost_steps" in f.values]
+            parts = [f"{seconds:.1f} s", f"{counter.count} forward pass{'es' if counter.count != 1 else ''}"]
+            if cost:
+                parts.append(f"≈ {sum(cost):.3g} training steps")
+            verdict = ", ".join(f.status.upper() for f in new) or "no verdict"
+            rank_zero_info(f"recipe_callbacks: {name} done in {'; '.join(parts)}: {verdict}")
+
+    progress_delay: ClassVar[float] = 3.0
+
     # ----------------------------------------------------------------- resume
     def is_resumed(self, trainer: pl.Trainer) -> bool:
         """True on a run restored from a checkpoint, or a second ``fit`` of an already trained model:
@@ -267,7 +305,8 @@ class FirstBatchCheck(RecipeCallback):
             return
         self._ran = True
         if not self.is_resumed(trainer):
-            self.check_first_batch(trainer, pl_module, batch)
+            with self.running(trainer, pl_module, "running on the first training batch"):
+                self.check_first_batch(trainer, pl_module, batch)
         self.finish_early()
 
     @override
@@ -277,3 +316,47 @@ class FirstBatchCheck(RecipeCallback):
             self._ran = True
             self.skip(trainer, "no training batch was seen, so the check did not run")
             self.finish_early()
+
+
+def _info_enabled() -> bool:
+    """Whether Lightning's rank-zero logger prints info messages now (it is where ``rank_zero_info`` goes)."""
+    from lightning_utilities.core import rank_zero
+
+    logger: logging.Logger = rank_zero.log
+    return logger.isEnabledFor(logging.INFO)
+
+
+class _ForwardCounter:
+    """Counts forward passes of modules of the model's class (the model and its detached copies)
+    while active, and shows them as a tqdm bar once ``delay`` seconds have passed."""
+
+    def __init__(self, name: str, model_type: type, delay: float) -> None:
+        self.name = name
+        self.model_type = model_type
+        self.delay = delay
+        self.count = 0
+        self._bar: Any = None
+        self._handle: Any = None
+
+    def _hook(self, module: torch.nn.Module, args: Any, output: Any) -> None:
+        if type(module) is not self.model_type:
+            return
+        self.count += 1
+        if self._bar is not None:
+            self._bar.update(1)
+
+    def __enter__(self) -> _ForwardCounter:
+        if _info_enabled():
+            from tqdm.auto import tqdm
+
+            # delay: the bar appears only for a check that runs longer than that
+            self._bar = tqdm(desc=f"recipe_callbacks: {self.name}", unit=" forward", delay=self.delay, leave=False,
+                             dynamic_ncols=True)
+        self._handle = torch.nn.modules.module.register_module_forward_hook(self._hook)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+        if self._bar is not None:
+            self._bar.close()

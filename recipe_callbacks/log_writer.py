@@ -1,105 +1,284 @@
-"""The one place that finds the Trainer's loggers and writes scalars, pictures, text and histograms.
+"""The one place that finds the Trainer's loggers and writes scalars, pictures, text, histograms and files.
 
-Scalars go to every logger (``logger.log_metrics``). Pictures, text and histograms go to every
-``TensorBoardLogger``; without one they are saved as PNG / Markdown files under
-``<log_dir>/recipe/`` and a message says so once. Only global rank 0 writes.
+Scalars go to every logger (``logger.log_metrics``). Pictures, text, histograms and the report's
+files go to every logger through its own API:
+
+- ``TensorBoardLogger``: ``add_image`` / ``add_text`` / ``add_histogram``; files in its ``log_dir``.
+- ``WandbLogger``: ``wandb.Image`` / ``wandb.Html`` / ``wandb.Histogram`` on the run; files in the
+  run's own files directory (``run.dir``), which W&B uploads with the run.
+- ``MLFlowLogger``: images, text and files as artifacts of the run itself (``MlflowClient``).
+- ``CSVLogger``, any other logger, or no logger: PNG and Markdown files under ``<log_dir>/recipe/``
+  (``default_root_dir`` without a logger), and a message says so once.
+
+Loggers of both namespaces (``lightning.pytorch.loggers`` and ``pytorch_lightning.loggers``) are
+recognised. Only global rank 0 writes. Rank 0 also keeps the latest picture and text of every tag
+in memory (capped), so that the HTML report can show each check's pictures whatever the loggers.
 """
 
 from __future__ import annotations
 
+import html
+import io
 import os
-from collections.abc import Mapping
+import weakref
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from recipe_callbacks.core.pictures import bar_chart, to_png
+from recipe_callbacks.core.pictures import bar_chart
+from recipe_callbacks.finding import RecipeWarning
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
 
 _ANNOUNCED_DIRS: set[str] = set()
+_FAILED_WRITES: set[str] = set()
+_LOGGER_MODULES = ("lightning.pytorch.loggers", "pytorch_lightning.loggers", "lightning.fabric.loggers",
+                   "lightning_fabric.loggers")
 
 
-def run_log_dir(trainer: pl.Trainer) -> Path:
-    """The run's log dir, as ``trainer.log_dir`` gives it, without its collective broadcast.
+# ----------------------------------------------------------------------------- the loggers
+def logger_kind(logger: Any) -> str:
+    """``"tensorboard"``, ``"csv"``, ``"wandb"``, ``"mlflow"`` or ``"other"``, for loggers of
+    either Lightning namespace (and their subclasses).
 
-    ``trainer.log_dir`` broadcasts from rank 0 and so stalls when only rank 0 calls it; the
-    writers here run on rank 0 only.
+    Example:
+        >>> from lightning.pytorch.loggers import CSVLogger
+        >>> logger_kind(CSVLogger("."))
+        'csv'
     """
-    loggers = trainer.loggers
-    if loggers:
-        first = loggers[0]
-        path = first.log_dir if isinstance(first, (TensorBoardLogger, CSVLogger)) else first.save_dir
-        if path is not None:
+    names = {"TensorBoardLogger": "tensorboard", "CSVLogger": "csv", "WandbLogger": "wandb", "MLFlowLogger": "mlflow"}
+    for cls in type(logger).__mro__:
+        if cls.__name__ in names and cls.__module__.startswith(_LOGGER_MODULES):
+            return names[cls.__name__]
+    return "other"
+
+
+def _local_dir(logger: Any, trainer: pl.Trainer) -> Path | None:
+    """The run's own local directory of one logger, or ``None`` when it keeps no local files."""
+    kind = logger_kind(logger)
+    if kind in ("tensorboard", "csv"):
+        return Path(logger.log_dir)
+    if kind == "wandb":
+        return Path(logger.experiment.dir)  # <save_dir>/wandb/<run>/files: uploaded with the run
+    if kind == "mlflow":
+        return None
+    for attribute in ("log_dir", "save_dir"):
+        path = getattr(logger, attribute, None)
+        if isinstance(path, (str, os.PathLike)):
             return Path(path)
     return Path(trainer.default_root_dir)
 
 
+def run_log_dir(trainer: pl.Trainer) -> Path:
+    """The run's local log dir: the first logger's own directory (``trainer.log_dir`` for
+    TensorBoard and CSV, the run's files directory for W&B, the run's artifact directory for a local
+    MLflow store), else ``default_root_dir``; without ``trainer.log_dir``'s collective broadcast
+    (the writers here run on rank 0 only)."""
+    if trainer.loggers:
+        first = _loggers(trainer)[0]
+        path = _mlflow_local_artifacts(first) if logger_kind(first) == "mlflow" else _local_dir(first, trainer)
+        if path is not None:
+            return path
+    return Path(trainer.default_root_dir)
+
+
 def recipe_file_dir(trainer: pl.Trainer) -> Path:
-    """``<log_dir>/recipe``: where pictures and text land when no TensorBoard logger is present."""
+    """``<log_dir>/recipe``: where pictures and text land as files for a logger that cannot hold them."""
     return run_log_dir(trainer) / "recipe"
 
 
 def tensorboard_writers(trainer: pl.Trainer) -> list[Any]:
     """The ``SummaryWriter`` of every ``TensorBoardLogger`` on the Trainer."""
-    return [lg.experiment for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
+    return [lg.experiment for lg in _loggers(trainer) if logger_kind(lg) == "tensorboard"]
+
+
+def _file_dirs(trainer: pl.Trainer) -> list[Path]:
+    """The directories that get pictures and text as files: one per CSV (or unknown) logger, or
+    ``default_root_dir`` when the Trainer has no logger at all."""
+    if not trainer.loggers:
+        return [Path(trainer.default_root_dir)]
+    dirs: list[Path] = []
+    for lg in _loggers(trainer):
+        if logger_kind(lg) in ("csv", "other"):
+            path = _local_dir(lg, trainer)
+            if path is not None and path not in dirs:
+                dirs.append(path)
+    return dirs
+
+
+def _loggers(trainer: pl.Trainer) -> list[Any]:
+    """The Trainer's loggers, typed loosely: each kind is used through its own API."""
+    return list(trainer.loggers)
+
+
+@contextmanager
+def _guarded(logger: Any, what: str) -> Iterator[None]:
+    """A logger service that fails (a W&B or MLflow server out of reach, a full disk) costs the
+    user a warning, once per logger and kind of write, never the training run."""
+    try:
+        yield
+    except Exception as err:
+        key = f"{type(logger).__name__}:{what}"
+        if key not in _FAILED_WRITES:
+            _FAILED_WRITES.add(key)
+            rank_zero_warn(f"recipe_callbacks: {type(logger).__name__} could not take the {what} "
+                           f"({type(err).__name__}: {err}); training goes on without it", category=RecipeWarning)
 
 
 def _step(trainer: pl.Trainer, step: int | None) -> int:
     return int(trainer.global_step if step is None else step)
 
 
+def _relative(tag: str) -> str:
+    return tag.removeprefix("recipe.").removeprefix("recipe/")
+
+
+# ----------------------------------------------------------------------------- what rank 0 logged
+@dataclass
+class LoggedRecord:
+    """The latest picture and text of every tag one Trainer logged, capped (rank 0 only)."""
+
+    images: OrderedDict[str, tuple[int, np.ndarray]] = field(default_factory=OrderedDict)
+    texts: OrderedDict[str, tuple[int, str]] = field(default_factory=OrderedDict)
+    max_tags: int = 256
+    max_image_bytes: int = 64 * 2**20
+    max_text_chars: int = 20_000
+
+    def add_image(self, tag: str, step: int, image: np.ndarray) -> None:
+        self.images.pop(tag, None)
+        self.images[tag] = (step, np.array(image, dtype=np.uint8, copy=True))
+        while len(self.images) > self.max_tags or (
+            len(self.images) > 1 and sum(a.nbytes for _, a in self.images.values()) > self.max_image_bytes
+        ):
+            self.images.popitem(last=False)  # the oldest tag goes first
+
+    def add_text(self, tag: str, step: int, text: str) -> None:
+        self.texts.pop(tag, None)
+        self.texts[tag] = (step, text[: self.max_text_chars])
+        while len(self.texts) > self.max_tags:
+            self.texts.popitem(last=False)
+
+
+_RECORDS: weakref.WeakKeyDictionary[Any, LoggedRecord] = weakref.WeakKeyDictionary()
+
+
+def logged(trainer: pl.Trainer) -> LoggedRecord:
+    """What rank 0 of this Trainer has logged so far: the latest picture and text of each tag."""
+    record = _RECORDS.get(trainer)
+    if record is None:
+        record = _RECORDS[trainer] = LoggedRecord()
+    return record
+
+
+# ----------------------------------------------------------------------------- scalars
 def log_scalars(trainer: pl.Trainer, values: Mapping[str, float], step: int | None = None) -> None:
     """Write ``{tag: value}`` to every logger at ``step`` (default: the global step)."""
     if not trainer.is_global_zero or not values:
         return
     metrics = {tag: float(v) for tag, v in values.items()}
-    for lg in trainer.loggers:
+    for lg in _loggers(trainer):
         lg.log_metrics(metrics, step=_step(trainer, step))
 
 
-def _file_path(trainer: pl.Trainer, tag: str, step: int, suffix: str) -> Path:
-    relative = tag.removeprefix("recipe.").removeprefix("recipe/").replace("/", os.sep)
-    path = recipe_file_dir(trainer) / relative / f"step_{step:07d}{suffix}"
+# ----------------------------------------------------------------------------- pictures, text, histograms
+def png_bytes(image: np.ndarray) -> bytes:
+    """An ``(H, W, 3)`` uint8 picture as PNG bytes."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def markdown_to_html(text: str) -> str:
+    """Markdown (tables included) as HTML, with the ``markdown`` package TensorBoard brings along."""
+    try:
+        import markdown
+
+        return str(markdown.markdown(text, extensions=["tables", "fenced_code"]))
+    except Exception:  # markdown missing or failing: the text, escaped, is still readable
+        return f"<pre>{html.escape(text)}</pre>"
+
+
+def _file_path(directory: Path, tag: str, step: int, suffix: str) -> Path:
+    root = directory / "recipe"
+    path = root / _relative(tag).replace("/", os.sep) / f"step_{step:07d}{suffix}"
     path.parent.mkdir(parents=True, exist_ok=True)
-    root = str(recipe_file_dir(trainer))
-    if root not in _ANNOUNCED_DIRS:
-        _ANNOUNCED_DIRS.add(root)
-        rank_zero_info(f"recipe_callbacks: no TensorBoardLogger on the Trainer; pictures and text go to {root}")
+    if str(root) not in _ANNOUNCED_DIRS:
+        _ANNOUNCED_DIRS.add(str(root))
+        rank_zero_info(f"recipe_callbacks: pictures and text that this run's loggers cannot hold go to {root}")
     return path
 
 
+def _artifact_file(tag: str, step: int, suffix: str) -> str:
+    return f"recipe/{_relative(tag)}/step_{step:07d}{suffix}"
+
+
+def _wandb_log(logger: Any, step: int, items: Mapping[str, Any]) -> None:
+    # the same call WandbLogger.log_metrics makes: the global step rides along as a metric
+    logger.experiment.log({**items, "trainer/global_step": step})
+
+
 def log_image(trainer: pl.Trainer, tag: str, image: np.ndarray, step: int | None = None) -> None:
-    """Write an ``(H, W, 3)`` uint8 picture under ``tag``."""
+    """Write an ``(H, W, 3)`` uint8 picture under ``tag`` to every logger."""
     if not trainer.is_global_zero:
         return
     s = _step(trainer, step)
-    writers = tensorboard_writers(trainer)
-    for writer in writers:
-        writer.add_image(tag, image, global_step=s, dataformats="HWC")
-    if not writers:
-        to_png(image, str(_file_path(trainer, tag, s, ".png")))
+    logged(trainer).add_image(tag, s, image)
+    for lg in _loggers(trainer):
+        kind = logger_kind(lg)
+        if kind == "tensorboard":
+            lg.experiment.add_image(tag, image, global_step=s, dataformats="HWC")
+        elif kind == "wandb":
+            with _guarded(lg, "pictures"):
+                import wandb
+
+                _wandb_log(lg, s, {tag: wandb.Image(image)})
+        elif kind == "mlflow":
+            with _guarded(lg, "pictures"):
+                lg.experiment.log_image(lg.run_id, image, artifact_file=_artifact_file(tag, s, ".png"))
+    for directory in _file_dirs(trainer):
+        _file_path(directory, tag, s, ".png").write_bytes(png_bytes(image))
 
 
 def log_text(trainer: pl.Trainer, tag: str, text: str, step: int | None = None) -> None:
-    """Write Markdown ``text`` under ``tag``."""
+    """Write Markdown ``text`` under ``tag`` to every logger."""
     if not trainer.is_global_zero:
         return
     s = _step(trainer, step)
-    writers = tensorboard_writers(trainer)
-    for writer in writers:
-        writer.add_text(tag, text, global_step=s)
-    if not writers:
-        _file_path(trainer, tag, s, ".md").write_text(text, encoding="utf-8")
+    logged(trainer).add_text(tag, s, text)
+    for lg in _loggers(trainer):
+        kind = logger_kind(lg)
+        if kind == "tensorboard":
+            lg.experiment.add_text(tag, text, global_step=s)
+        elif kind == "wandb":
+            with _guarded(lg, "text"):
+                import wandb
+
+                _wandb_log(lg, s, {tag: wandb.Html(markdown_to_html(text), inject=False)})
+        elif kind == "mlflow":
+            with _guarded(lg, "text"):
+                lg.experiment.log_text(lg.run_id, text, _artifact_file(tag, s, ".md"))
+    for directory in _file_dirs(trainer):
+        _file_path(directory, tag, s, ".md").write_text(text, encoding="utf-8")
+
+
+def _histogram_picture(tag: str, data: np.ndarray) -> np.ndarray:
+    counts, edges = np.histogram(data, bins=30)
+    labels = [f"{e:.2g}" for e in edges[:-1]]
+    return bar_chart(labels, counts.tolist(), title=tag)
 
 
 def log_histogram(trainer: pl.Trainer, tag: str, values: torch.Tensor, step: int | None = None) -> None:
-    """Write the distribution of ``values`` under ``tag`` (a PNG bar chart without TensorBoard)."""
+    """Write the distribution of ``values`` under ``tag`` (a PNG bar chart where no histogram API exists)."""
     if not trainer.is_global_zero:
         return
     s = _step(trainer, step)
@@ -107,10 +286,96 @@ def log_histogram(trainer: pl.Trainer, tag: str, values: torch.Tensor, step: int
     data = data[torch.isfinite(data)]
     if data.numel() == 0:
         return
-    writers = tensorboard_writers(trainer)
-    for writer in writers:
-        writer.add_histogram(tag, data.numpy(), global_step=s)
-    if not writers:
-        counts, edges = np.histogram(data.numpy(), bins=30)
-        labels = [f"{e:.2g}" for e in edges[:-1]]
-        to_png(bar_chart(labels, counts.tolist(), title=tag), str(_file_path(trainer, tag, s, ".png")))
+    array = data.numpy()
+    picture: np.ndarray | None = None
+    for lg in _loggers(trainer):
+        kind = logger_kind(lg)
+        if kind == "tensorboard":
+            lg.experiment.add_histogram(tag, array, global_step=s)
+        elif kind == "wandb":
+            with _guarded(lg, "histograms"):
+                import wandb
+
+                _wandb_log(lg, s, {tag: wandb.Histogram(np_histogram=np.histogram(array, bins=64))})
+        elif kind == "mlflow":
+            picture = _histogram_picture(tag, array) if picture is None else picture
+            with _guarded(lg, "histograms"):
+                lg.experiment.log_image(lg.run_id, picture, artifact_file=_artifact_file(tag, s, ".png"))
+    for directory in _file_dirs(trainer):
+        picture = _histogram_picture(tag, array) if picture is None else picture
+        _file_path(directory, tag, s, ".png").write_bytes(png_bytes(picture))
+
+
+# ----------------------------------------------------------------------------- files of the run
+def _mlflow_local_artifacts(logger: Any) -> Path | None:
+    """The local directory of an MLflow run's artifacts (a file store), else ``None``."""
+    try:
+        uri = str(logger.experiment.get_run(logger.run_id).info.artifact_uri)
+    except Exception:
+        return None
+    if uri.startswith("file:"):
+        from urllib.parse import unquote, urlparse
+
+        return Path(unquote(urlparse(uri).path))
+    if "://" not in uri:
+        return Path(uri)
+    return None
+
+
+def log_file(trainer: pl.Trainer, name: str, content: str | bytes) -> list[str]:
+    """Write a file of the run (e.g. ``recipe_report.html``) to every logger's own place: the log
+    dir of TensorBoard and CSV, the W&B run's files, the MLflow run's artifacts, or
+    ``default_root_dir`` without a logger. Returns where it went (paths, or ``mlflow:<run_id>/name``).
+    """
+    if not trainer.is_global_zero:
+        return []
+    data = content.encode("utf-8") if isinstance(content, str) else content
+    places: list[str] = []
+    written: set[Path] = set()
+
+    def to_disk(directory: Path) -> None:
+        if directory in written:
+            return
+        written.add(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / name).write_bytes(data)
+        places.append(str(directory / name))
+
+    for lg in _loggers(trainer):
+        if logger_kind(lg) == "mlflow":
+            import tempfile
+
+            with _guarded(lg, "report files"), tempfile.TemporaryDirectory() as tmp:
+                local = Path(tmp) / name
+                local.write_bytes(data)
+                lg.experiment.log_artifact(lg.run_id, str(local))
+                local_dir = _mlflow_local_artifacts(lg)
+                places.append(str(local_dir / name) if local_dir is not None else f"mlflow:{lg.run_id}/{name}")
+        else:
+            with _guarded(lg, "report files"):
+                directory = _local_dir(lg, trainer)
+                if directory is not None:
+                    to_disk(directory)
+    if not trainer.loggers:
+        to_disk(Path(trainer.default_root_dir))
+    return places
+
+
+def log_report_html(trainer: pl.Trainer, key: str, page: str) -> None:
+    """Show a whole HTML page on the loggers that display HTML (W&B), at the current step."""
+    if not trainer.is_global_zero:
+        return
+    for lg in _loggers(trainer):
+        if logger_kind(lg) == "wandb":
+            with _guarded(lg, "HTML report"):
+                import wandb
+
+                _wandb_log(lg, _step(trainer, None), {key: wandb.Html(page, inject=False)})
+
+
+def flush(trainer: pl.Trainer) -> None:
+    """Flush what the loggers buffer, so files and event files are complete on disk."""
+    if not trainer.is_global_zero:
+        return
+    for writer in tensorboard_writers(trainer):
+        writer.flush()

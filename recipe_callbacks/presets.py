@@ -57,6 +57,8 @@ _MEMBERS: dict[str, tuple[tuple[str, dict[str, Any]], ...]] = {
         ("GradientFlowCheck", {}),
         ("EvalModeCheck", {}),
         ("LossCompatibilityCheck", {}),
+        ("LeakageCheck", {}),
+        ("DistributedConsistencyCheck", {}),
     ),
     "monitor": (
         ("FullEvalSet", {}),
@@ -67,6 +69,7 @@ _MEMBERS: dict[str, tuple[tuple[str, dict[str, Any]], ...]] = {
         ("UpdateRatioMonitor", {}),
         ("GradientFlowCheck", {}),
         ("LossCompatibilityCheck", {}),
+        ("DistributedConsistencyCheck", {}),
     ),
     "full": (
         ("SeedEverything", {"seed": 0}),
@@ -86,6 +89,8 @@ _MEMBERS: dict[str, tuple[tuple[str, dict[str, Any]], ...]] = {
         ("GradientFlowCheck", {}),
         ("EvalModeCheck", {}),
         ("LossCompatibilityCheck", {}),
+        ("LeakageCheck", {}),
+        ("DistributedConsistencyCheck", {}),
     ),
 }
 _TRAINER_FLAGS: dict[str, dict[str, Any]] = {
@@ -235,14 +240,8 @@ def callbacks_from_environment() -> list[Callback]:
 
 
 def callbacks_for_pytorch_lightning() -> list[Callback]:
-    """The ``pytorch_lightning.callbacks_factory`` entry point. The recipe callbacks are built on
-    ``lightning.pytorch``; a ``pytorch_lightning.Trainer`` cannot take them, so with
-    ``RECIPE_PRESET`` set this says so instead of failing inside the user's Trainer."""
-    name = os.environ.get(ENVIRONMENT_VARIABLE, "").strip()
-    if name:
-        rank_zero_warn(
-            f"{ENVIRONMENT_VARIABLE}={name!r} is ignored by pytorch_lightning.Trainer: recipe_callbacks works "
-            "with `lightning.pytorch.Trainer` (import lightning.pytorch as pl).",
-            category=RecipeWarning,
-        )
-    return []
+    """The ``pytorch_lightning.callbacks_factory`` entry point: the same as
+    :func:`callbacks_from_environment`, for users who write ``import pytorch_lightning as pl``
+    (a ``pytorch_lightning.Trainer`` calls the recipe callbacks' hooks as ``lightning.pytorch``'s
+    does)."""
+    return callbacks_from_environment()

@@ -13,7 +13,10 @@ from typing_extensions import override
 
 from recipe_callbacks import log_writer
 from recipe_callbacks.callback_base import RecipeCallback
+from recipe_callbacks.console_report import render_console
 from recipe_callbacks.finding import Finding
+from recipe_callbacks.html_report import render_html
+from recipe_callbacks.run_record import RunRecord
 from recipe_callbacks.validation import check_bool
 
 if TYPE_CHECKING:
@@ -21,8 +24,8 @@ if TYPE_CHECKING:
 
 # (step, what the recipe says, the callbacks that cover it) in the order of the recipe.
 RECIPE_STEPS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
-    ("1", "Become one with the data", ("DataInspector",)),
-    ("2a", "Fix random seed", ("SeedEverything",)),
+    ("1", "Become one with the data", ("DataInspector", "LeakageCheck")),
+    ("2a", "Fix random seed", ("SeedEverything", "DistributedConsistencyCheck")),
     ("2c", "Add significant digits to your eval", ("FullEvalSet",)),
     ("2c/2k", "An evaluation you can trust: a sane eval mode", ("EvalModeCheck",)),
     ("2d/2e", "Verify loss at init; init well", ("InitLossCheck",)),
@@ -108,9 +111,11 @@ class RecipeReport(Callback):
     """Gathers the Findings of every recipe callback on the Trainer into one checklist.
 
     Prints the checklist on rank 0 once the early (one-off) checks have all reported, again at the
-    end of fit, and after ``trainer.validate`` / ``trainer.test``. Each time it also writes it to
-    TensorBoard text and to ``recipe_report.md`` and ``recipe_report.json`` in the run's log dir
-    (``trainer.log_dir``, or ``trainer.default_root_dir`` without a logger).
+    end of fit, and after ``trainer.validate`` / ``trainer.test`` (a checklist the console already
+    shows is not printed again). Each time it also writes it to TensorBoard text and
+    ``recipe_report.html``, ``recipe_report.md`` and ``recipe_report.json`` to every logger's own
+    place (``trainer.log_dir`` for TensorBoard/CSV, the W&B run's files, the MLflow run's
+    artifacts, ``trainer.default_root_dir`` without a logger).
 
     Args:
         print_report: print the checklist to the console (through Lightning's rank-zero logger).
@@ -118,7 +123,10 @@ class RecipeReport(Callback):
     Logged:
         - ``recipe/report``: the checklist as TensorBoard text (Markdown).
         - a Custom Scalars layout with one category per recipe callback on the Trainer.
-        - ``recipe_report.md``, ``recipe_report.json`` (``{"findings": [...], "versions": {...}}``).
+        - ``recipe_report.html`` (self-contained: the checklist with each check's pictures, numbers
+          and advice), ``recipe_report.md``, ``recipe_report.json``
+          (``{"findings": [...], "versions": {...}}``).
+        - ``recipe/report_html``: the HTML page on a W&B run.
 
     Example::
 
@@ -128,7 +136,10 @@ class RecipeReport(Callback):
     def __init__(self, print_report: bool = True) -> None:
         self.print_report = check_bool("RecipeReport", "print_report", print_report)
         self._early_printed = False
+        self._early_due = False
         self.last_markdown = ""
+        self.run_record = RunRecord()
+        self._printed_markdown = ""
 
     @staticmethod
     def recipe_callbacks(trainer: pl.Trainer) -> list[RecipeCallback]:
@@ -142,22 +153,40 @@ class RecipeReport(Callback):
         """Render the checklist and write it everywhere; returns the Markdown."""
         callbacks = self.recipe_callbacks(trainer)
         findings = [f for cb in callbacks for f in cb.findings]
-        text = render_markdown(findings, {cb.check_name for cb in callbacks})
+        present = {cb.check_name for cb in callbacks}
+        text = render_markdown(findings, present)
         self.last_markdown = text
         if not trainer.is_global_zero:
             return text
-        directory = log_writer.run_log_dir(trainer)
-        directory.mkdir(parents=True, exist_ok=True)
-        (directory / "recipe_report.md").write_text(text, encoding="utf-8")
-        payload: dict[str, Any] = {"findings": [f.to_dict() for f in findings], "versions": versions()}
-        (directory / "recipe_report.json").write_text(json.dumps(payload, indent=2), encoding="utf-8")
+        places = self._write_files(trainer, text, findings, present)
         writers = log_writer.tensorboard_writers(trainer)
         for writer in writers:
             writer.add_text("recipe/report", text, global_step=trainer.global_step)
             writer.flush()
-        if self.print_report:
-            rank_zero_info(f"\n{text}\nReport written to {directory / 'recipe_report.md'}")
+        if self.print_report and text != self._printed_markdown:
+            # a checklist already on the console is not printed again (e.g. the early one at the
+            # end of a one-epoch fit, right before the end-of-fit one)
+            self._printed_markdown = text
+            self._print_console(findings, present, places)
         return text
+
+    def _write_files(self, trainer: pl.Trainer, text: str, findings: list[Finding], present: set[str]) -> list[str]:
+        """``recipe_report.md/.json/.html`` into every logger's own place (log dir, W&B run files,
+        MLflow run artifacts), the HTML page shown on the W&B run too; returns where the HTML went."""
+        payload: dict[str, Any] = {"findings": [f.to_dict() for f in findings], "versions": versions()}
+        payload["run"] = self.run_record.to_dict(trainer)
+        page = render_html(findings, present, log_writer.logged(trainer), versions())
+        log_writer.log_file(trainer, "recipe_report.md", text)
+        log_writer.log_file(trainer, "recipe_report.json", json.dumps(payload, indent=2))
+        places = log_writer.log_file(trainer, "recipe_report.html", page)
+        log_writer.log_report_html(trainer, "recipe/report_html", page)
+        return places
+
+    @staticmethod
+    def _print_console(findings: list[Finding], present: set[str], places: list[str]) -> None:
+        """The checklist on the console, once, through Lightning's rank-zero logger."""
+        footer = f"Full report: {places[0]}" if places else ""
+        rank_zero_info("\n" + render_console(findings, present, footer=footer))
 
     def _maybe_print_early(self, trainer: pl.Trainer) -> None:
         if self._early_printed:
@@ -169,6 +198,9 @@ class RecipeReport(Callback):
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._early_printed = False
+        self.run_record.start(trainer)
+        self._early_due = False
+        self._printed_markdown = ""
         if trainer.is_global_zero:
             layout = custom_scalars_layout([cb.tag_prefix for cb in self.recipe_callbacks(trainer)])
             for writer in log_writer.tensorboard_writers(trainer):
@@ -178,13 +210,22 @@ class RecipeReport(Callback):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
+        if trainer.is_global_zero:
+            self.run_record.record_batch(trainer, pl_module, outputs)
         self._maybe_print_early(trainer)
 
     @override
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not self._early_printed:
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._early_due and not self._early_printed:
             self._early_printed = True
             self.write(trainer)
+
+    @override
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # a one-off check still watching after the first epoch: the early checklist comes when the
+        # next epoch starts; a fit that ends here prints only its end-of-fit checklist
+        if not self._early_printed:
+            self._early_due = True
 
     @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -73,7 +73,7 @@ def test_csv_logger_falls_back_to_files(tmp_path: Path, monkeypatch: pytest.Monk
     trainer = _fit(tmp_path, CSVLogger(str(tmp_path), name="csv"))
     _check_csv(trainer.logger.log_dir)
     _check_files(Path(trainer.logger.log_dir) / "recipe")
-    assert sum("no TensorBoardLogger" in m for m in messages) == 1
+    assert sum("loggers cannot hold go to" in m for m in messages) == 1
 
 
 def test_both_loggers(tmp_path: Path) -> None:
@@ -82,6 +82,8 @@ def test_both_loggers(tmp_path: Path) -> None:
     _fit(tmp_path, [tb, csv_logger])
     _check_tensorboard(tb.log_dir)
     _check_csv(csv_logger.log_dir)
+    _check_files(Path(csv_logger.log_dir) / "recipe")  # each logger gets everything: the CSV run its files
+    assert not (Path(tb.log_dir) / "recipe").exists()
 
 
 def test_no_logger_writes_files_to_default_root_dir(tmp_path: Path) -> None:

@@ -51,6 +51,9 @@ EXPECTED = {
     "double_sigmoid": "LossCompatibilityCheck",
     "broadcast_mse": "LossCompatibilityCheck",
     "one_hot_mse": "LossCompatibilityCheck",
+    "near_duplicates_in_val": "LeakageCheck",
+    "val_one_repeated_sample": "LeakageCheck",
+    "ddp_not_sharded_and_drift": "DistributedConsistencyCheck",
 }
 # A planted bug no check can flag from outside the user's code: the exact figure must expose it.
 SHOWN_ONLY = {"mean_of_batch_means"}

@@ -116,7 +116,7 @@ def test_variable_switches_a_preset_on_without_code_change(tmp_path: Path) -> No
     assert "RecipePreset" in names and set(expected) <= set(names)
     assert names.count("FullEvalSet") == 1  # the user's own copy, not a second one
     assert (tmp_path / "recipe_report.md").exists()
-    assert "## Recipe report" in output
+    assert "Recipe report: " in output
 
 
 def test_unknown_variable_is_a_message_not_a_crash(tmp_path: Path) -> None:

@@ -1,0 +1,214 @@
+"""Leakage between training and validation data beyond exact copies, and "too good to be true".
+
+Near-duplicates (recipe step 1: become one with the data) are found by a nearest-neighbour search
+on cheap signatures of the inputs, chosen by what the inputs are:
+
+- images ``(N, C, H, W)``: a grey-level thumbnail (``size x size`` average pooling), standardised
+  per sample, so that a copy that was re-encoded, brightened, or slightly noised still matches;
+  near means a root-mean-square difference of at most ``tolerance`` (in units of the thumbnail's
+  own standard deviation);
+- token sequences (integer ``(N, T)``): near means the same token at the same position in at least
+  ``agreement`` of the positions (positions where both sequences are padding are left out).
+  Overlapping windows of one text share substrings at *shifted* positions and are not near in
+  this sense: a language model's windows legitimately overlap;
+- other inputs (tabular features, ...): the flattened features standardised by the training
+  set's column statistics; near as for images.
+
+Nothing here imports Lightning.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+InputKind = Literal["image", "tokens", "features"]
+# Above this many features per sample, signatures are average-pooled to this many.
+MAX_FEATURES = 1024
+# Integer rows at least this long are token sequences.
+MIN_TOKENS = 16
+
+
+def input_kind(x: torch.Tensor) -> InputKind:
+    """How a batch of inputs is compared.
+
+    Example:
+        >>> input_kind(torch.zeros(2, 1, 8, 8)), input_kind(torch.zeros(2, 16, dtype=torch.long))
+        ('image', 'tokens')
+        >>> input_kind(torch.zeros(2, 30)), input_kind(torch.zeros(2, 5, dtype=torch.long))
+        ('features', 'features')
+    """
+    if x.ndim == 4 and x.shape[1] in (1, 3, 4) and x.shape[2] >= 4 and x.shape[3] >= 4:
+        return "image"
+    if x.ndim == 2 and x.shape[1] >= MIN_TOKENS and not x.is_floating_point() and x.dtype != torch.bool:
+        return "tokens"  # shorter integer rows are more likely coded tabular columns than text
+    return "features"
+
+
+def _standardize_rows(v: torch.Tensor) -> torch.Tensor:
+    v = v - v.mean(dim=1, keepdim=True)
+    std = v.std(dim=1, keepdim=True, unbiased=False)
+    return torch.where(std > 0, v / std.clamp_min(1e-12), torch.zeros_like(v))
+
+
+def image_signatures(x: torch.Tensor, size: int = 8) -> torch.Tensor:
+    """``(N, size*size)`` float32: grey-level thumbnails, standardised per sample.
+
+    Example:
+        >>> s = image_signatures(torch.rand(3, 3, 32, 32))
+        >>> s.shape, bool(torch.allclose(s.mean(dim=1), torch.zeros(3), atol=1e-5))
+        (torch.Size([3, 64]), True)
+    """
+    grey = x.detach().to(torch.float32).mean(dim=1, keepdim=True)  # (N, 1, H, W)
+    thumb = F.adaptive_avg_pool2d(grey, (min(size, x.shape[2]), min(size, x.shape[3])))
+    return _standardize_rows(thumb.flatten(1))
+
+
+def feature_signatures(x: torch.Tensor) -> torch.Tensor:
+    """``(N, D)`` float32: flattened features, average-pooled to at most :data:`MAX_FEATURES`."""
+    flat = x.detach().to(torch.float32).reshape(x.shape[0], -1)
+    if flat.shape[1] > MAX_FEATURES:
+        flat = F.adaptive_avg_pool1d(flat.unsqueeze(1), MAX_FEATURES).squeeze(1)
+    return flat
+
+
+def standardize_columns(train: torch.Tensor, val: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both sets standardised by the training set's per-column mean and standard deviation
+    (constant columns are left out: they tell no sample from another)."""
+    mean = train.mean(dim=0, keepdim=True)
+    std = train.std(dim=0, keepdim=True, unbiased=False)
+    keep = std.squeeze(0) > 0
+    return ((train - mean) / std.clamp_min(1e-12))[:, keep], ((val - mean) / std.clamp_min(1e-12))[:, keep]
+
+
+@dataclass(frozen=True)
+class Nearest:
+    """For every validation sample: its nearest training sample and how near it is.
+
+    ``distance`` is the root-mean-square difference of the signatures (continuous inputs) or
+    ``1 - agreement`` (tokens); 0 for an exact copy of the signature.
+    """
+
+    distance: torch.Tensor  # (N_val,) float64
+    index: torch.Tensor  # (N_val,) int64 into the training signatures
+
+
+def nearest_continuous(train: torch.Tensor, val: torch.Tensor, chunk: int = 512) -> Nearest:
+    """Nearest training signature of every validation signature, by RMS difference.
+
+    Example:
+        >>> train = torch.tensor([[0.0, 0.0], [1.0, 1.0]])
+        >>> n = nearest_continuous(train, torch.tensor([[0.9, 1.1], [5.0, 5.0]]))
+        >>> n.index.tolist(), [round(d, 3) for d in n.distance.tolist()]
+        ([1, 1], [0.1, 4.0])
+    """
+    dims = max(train.shape[1], 1)
+    distances, indices = [], []
+    t = train.to(torch.float64)
+    for start in range(0, val.shape[0], chunk):
+        d = torch.cdist(val[start : start + chunk].to(torch.float64), t)  # (chunk, N_train)
+        best, idx = d.min(dim=1)
+        distances.append(best / math.sqrt(dims))
+        indices.append(idx)
+    if not distances:
+        return Nearest(torch.zeros(0, dtype=torch.float64), torch.zeros(0, dtype=torch.long))
+    return Nearest(torch.cat(distances), torch.cat(indices))
+
+
+def padding_mask(tokens: torch.Tensor) -> torch.Tensor:
+    """``(N, T)`` bool: the positions of right or left padding, i.e. a run of two or more equal
+    tokens that reaches the end (or the start) of the sequence.
+
+    Example:
+        >>> padding_mask(torch.tensor([[5, 6, 0, 0], [0, 0, 7, 8], [1, 2, 3, 3]])).int().tolist()
+        [[0, 0, 1, 1], [1, 1, 0, 0], [0, 0, 1, 1]]
+    """
+
+    def trailing(t: torch.Tensor) -> torch.Tensor:
+        run = torch.flip(torch.cumprod(torch.flip((t == t[:, -1:]).long(), [1]), dim=1), [1]).bool()
+        return run & (run.sum(dim=1, keepdim=True) >= 2)
+
+    return trailing(tokens) | torch.flip(trailing(torch.flip(tokens, [1])), [1])
+
+
+def _block_keys(tokens: torch.Tensor, real: torch.Tensor, blocks: int) -> torch.Tensor:
+    """``(N, blocks)`` int64 keys of equal-length position blocks (wrapping polynomial hash; 0 for a
+    block that is all padding)."""
+    n, length = tokens.shape
+    size = -(-length // blocks)
+    pad = size * blocks - length
+    t = F.pad(tokens, (0, pad), value=-1).reshape(n, blocks, size)
+    r = F.pad(real, (0, pad), value=False).reshape(n, blocks, size)
+    weights = torch.randint(1, 2**62, (size,), generator=torch.Generator().manual_seed(0))
+    keys = ((t + 2) * weights).sum(dim=2) * 1_000_003 + torch.arange(blocks)  # the block's position in the key
+    return torch.where(r.any(dim=2), keys, torch.zeros_like(keys))
+
+
+def nearest_tokens(
+    train: torch.Tensor, val: torch.Tensor, agreement: float = 0.9, max_candidates: int = 256
+) -> Nearest:
+    """Nearest training sequence of every validation sequence by positional agreement (same token
+    at the same position), leaving out positions where both sequences are padding
+    (:func:`padding_mask`).
+
+    Two sequences that agree on at least ``agreement`` of their positions share at least one
+    identical block when cut into ``ceil(T * (1 - agreement)) + 1`` blocks (pigeonhole), so only
+    training sequences that share a block at the same place with the validation sequence are
+    compared exactly (at most ``max_candidates`` of them; blocks that a large share of the
+    training set holds, such as runs of spaces, do not make candidates). A validation sequence
+    with no candidate gets distance 1.
+
+    Example:
+        >>> train = torch.tensor([[1, 2, 3, 4, 0, 0], [5, 6, 7, 8, 0, 0]])  # 0: padding
+        >>> val = torch.tensor([[1, 2, 3, 9, 0, 0], [2, 3, 4, 5, 0, 0]])  # a near copy; a shifted window
+        >>> n = nearest_tokens(train, val, agreement=0.7)
+        >>> n.index.tolist()[0], n.distance.tolist()
+        (0, [0.25, 1.0])
+    """
+    length = min(train.shape[1], val.shape[1])
+    t, v = train[:, :length].to(torch.long), val[:, :length].to(torch.long)
+    t_real, v_real = ~padding_mask(t), ~padding_mask(v)  # (N, T)
+    blocks = min(length, math.ceil(length * (1.0 - agreement)) + 1)
+    t_keys, v_keys = _block_keys(t, t_real, blocks), _block_keys(v, v_real, blocks)
+    index: dict[int, list[int]] = {}
+    for i, row in enumerate(t_keys.tolist()):
+        for key in row:
+            if key != 0:
+                index.setdefault(key, []).append(i)
+    common = max(50, int(0.02 * t.shape[0]))
+    distances = torch.ones(v.shape[0], dtype=torch.float64)
+    indices = torch.zeros(v.shape[0], dtype=torch.long)
+    for j, row in enumerate(v_keys.tolist()):
+        found: set[int] = set()
+        for key in row:
+            hits = index.get(key, [])
+            if key != 0 and len(hits) <= common:
+                found.update(hits)
+        if not found:
+            continue
+        candidates = torch.tensor(sorted(found)[:max_candidates])
+        same = t[candidates] == v[j]  # (c, T)
+        counted = t_real[candidates] | v_real[j]
+        agree = (same & counted).sum(dim=1).to(torch.float64) / counted.sum(dim=1).clamp_min(1).to(torch.float64)
+        best, at = agree.max(dim=0)
+        distances[j], indices[j] = 1.0 - best, candidates[at]
+    return Nearest(distances, indices)
+
+
+def wilson_lower(successes: float, n: float, z: float = 1.96) -> float:
+    """Lower end of the Wilson score interval of a proportion.
+
+    Example:
+        >>> round(wilson_lower(360, 360), 4), round(wilson_lower(114, 114), 4)
+        (0.9894, 0.9674)
+    """
+    if n <= 0:
+        return 0.0
+    p = successes / n
+    centre = p + z * z / (2 * n)
+    spread = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return (centre - spread) / (1 + z * z / n)
