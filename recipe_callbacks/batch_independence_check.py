@@ -35,8 +35,9 @@ from recipe_callbacks.core.dependencies import (
     relative,
     restored_buffers,
 )
+from recipe_callbacks.core.snapshot import has_lazy_tensors
 from recipe_callbacks.finding import OnFail
-from recipe_callbacks.observe import observing
+from recipe_callbacks.observe import detached_copy, observing
 from recipe_callbacks.validation import check_bool, check_choice, check_float, check_int
 
 if TYPE_CHECKING:
@@ -151,7 +152,12 @@ class OneOffDependencyCheck(FirstBatchCheck):
         resolved = self.resolve(trainer, batch)
         if resolved is not None:
             try:
-                measured = self._measure(pl_module, batch, resolved)
+                with self.stopwatch() as watch:
+                    # Lazy parameters not materialised yet would draw their initial weights here,
+                    # from the isolated RNG, not where the user's first step draws them: a copy
+                    # (whose lazy parameters hold no memory yet) is measured instead.
+                    model = detached_copy(pl_module) if has_lazy_tensors(pl_module) else pl_module
+                    measured = self._measure(model, batch, resolved)
             except CannotRun as err:
                 self.skip(trainer, str(err), err.argument)
             except Exception as err:  # a diagnostic must never crash the user's training
@@ -162,6 +168,7 @@ class OneOffDependencyCheck(FirstBatchCheck):
         any_fail = trainer.strategy.reduce_boolean_decision(local_fail, all=False)
         if measured is not None and (local_fail or not any_fail):
             self._report(trainer, measured)
+            self.state_cost(watch.seconds)
         elif any_fail:
             self.report(trainer, "fail", "the check failed on another rank (see that rank's Finding)")
 

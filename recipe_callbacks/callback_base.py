@@ -6,6 +6,7 @@ Findings and the ``log_*`` helpers with its measurements; nothing here needs wri
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import time
@@ -22,6 +23,7 @@ from typing_extensions import override
 
 from recipe_callbacks import log_writer
 from recipe_callbacks.batch import BatchResolutionError, BatchToXY, ForwardFn, ResolvedBatch, call_model, resolve_batch
+from recipe_callbacks.core.cost import StepClock, Stopwatch
 from recipe_callbacks.finding import ON_FAIL_CHOICES, Finding, OnFail, Status, apply_on_fail, details_markdown
 from recipe_callbacks.validation import check_choice, check_optional_str
 
@@ -123,6 +125,8 @@ class RecipeCallback(Callback):
         self._restored = False
         self._resumed_run: bool | None = None
         self.early_finished = not self.one_off
+        self._pending_costs: list[tuple[str, str, float]] = []
+        self._step_clock = StepClock()
 
     # ----------------------------------------------------------------- names and tags
     @property
@@ -217,6 +221,47 @@ class RecipeCallback(Callback):
     ) -> None:
         log_writer.log_histogram(trainer, self.tag(quantity), values, step)
 
+    # ----------------------------------------------------------------- measured cost
+    @staticmethod
+    def stopwatch() -> Stopwatch:
+        """Time a block of one-off work (``with self.stopwatch() as watch: ...``); see :meth:`state_cost`."""
+        return Stopwatch()
+
+    def state_cost(self, seconds: float, *, key: str = "", field: str = "cost_steps") -> None:
+        """State the cost of the Finding under ``key`` as measured: ``values[field]`` becomes
+        ``seconds`` over the median training step of this run, once the next training steps are
+        timed (at the latest at the end of training), and ``seconds`` itself goes in beside it
+        (``field`` with ``cost_steps`` replaced by ``cost_seconds``). Until then, and when the run
+        has too few steps to time, ``values[field]`` keeps the count the check reported.
+        """
+        self._pending_costs.append((key, field, seconds))
+
+    def _settle_costs(self) -> None:
+        step = self._step_clock.median()
+        pending, self._pending_costs = self._pending_costs, []
+        for key, field, seconds in pending:
+            finding = self._findings.get(key)
+            if finding is None:
+                continue
+            values = {**finding.values, field.replace("cost_steps", "cost_seconds"): seconds}
+            if step is not None and step > 0:
+                values[field] = seconds / step
+            self._findings[key] = dataclasses.replace(finding, values=values)
+
+    @override
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if self._pending_costs:
+            self._step_clock.tick()
+            if self._step_clock.done:
+                self._settle_costs()
+
+    @override
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._pending_costs:
+            self._settle_costs()
+
     # ----------------------------------------------------------------- progress of one-off work
     @contextmanager
     def running(self, trainer: pl.Trainer, pl_module: pl.LightningModule, what: str = "") -> Iterator[None]:
@@ -297,6 +342,8 @@ class RecipeCallback(Callback):
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._resumed_run = None
+        self._pending_costs = []
+        self._step_clock.reset()
         if self.is_resumed(trainer) and self.one_off:
             self.early_finished = True
 
@@ -348,6 +395,7 @@ class FirstBatchCheck(RecipeCallback):
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
+        super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
         if self._ran:
             return
         self._ran = True
@@ -358,6 +406,7 @@ class FirstBatchCheck(RecipeCallback):
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_end(trainer, pl_module)
         if not self._ran and not self.is_resumed(trainer):
             self._ran = True
             self.skip(trainer, "no training batch was seen, so the check did not run")

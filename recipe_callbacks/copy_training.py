@@ -1,26 +1,48 @@
-"""Training a detached copy of the user's model: what ``InputIndependentBaseline`` and
-``OverfitOneBatch`` share.
+"""Short trainings of the user's model: what ``InputIndependentBaseline`` and ``OverfitOneBatch`` share.
 
-The copy is the model at the start of fit, not attached to the Trainer, trained with the user's own
-optimizer settings and ``training_step``. Anything that keeps it from training is a
-:class:`CopyTrainingSkip` carrying the reason and the argument that would fix it, so the calling
-check reports a ``skip`` instead of crashing the user's run.
+Each run starts from the model at the start of fit and trains with the user's own optimizer
+settings and ``training_step``, under an isolated RNG. It trains the user's module itself, in
+place, and puts it back bit for bit afterwards (:class:`~recipe_callbacks.core.snapshot.ModuleSnapshot`:
+parameters, buffers, gradients and attributes saved to host memory or a temporary file), so no
+second model sits in device memory, and a ``torch.compile``-d model (compiled by the Trainer or
+in a submodule) trains the very parameters its compiled code reads. While a run lasts, the module
+is detached from the Trainer (``self.log`` is a no-op), hooks that other callbacks registered on it
+are taken away, and ``SyncBatchNorm`` layers compute locally.
+
+A model with lazy parameters not yet materialised (``nn.LazyLinear`` before its first forward) is
+the exception: training it in place would draw its initial weights now, from the isolated RNG, not
+where the user's own first step draws them. It trains a detached copy instead, whose lazy
+parameters hold no memory yet.
+
+Anything that keeps a run from training is a :class:`CopyTrainingSkip` carrying the reason and
+the argument that would fix it, so the calling check reports a ``skip`` instead of crashing.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities.seed import isolate_rng
+from torch import nn
 
+from recipe_callbacks.core.module_hooks import suspended_hooks
 from recipe_callbacks.core.short_training import (
+    LocalBatchNorm,
+    ModelNotes,
     ShortRun,
     ShortTrainingError,
-    make_batchnorm_local,
+    StopRule,
+    learning_rates,
+    model_notes,
     train_for,
     user_optimizer,
 )
+from recipe_callbacks.core.snapshot import ModuleSnapshot, has_lazy_tensors
 from recipe_callbacks.observe import detached_copy, training_step_loss
 
 if TYPE_CHECKING:
@@ -28,7 +50,7 @@ if TYPE_CHECKING:
 
 
 class CopyTrainingSkip(Exception):
-    """A copy of the model could not be built or trained; ``argument`` names what to set."""
+    """A short run could not be built or trained; ``argument`` names what to set."""
 
     def __init__(self, reason: str, argument: str = "") -> None:
         super().__init__(reason)
@@ -36,45 +58,137 @@ class CopyTrainingSkip(Exception):
         self.argument = argument
 
 
-def trainable_copy(
-    trainer: pl.Trainer, pl_module: pl.LightningModule, lr: float | None
-) -> tuple[pl.LightningModule, torch.optim.Optimizer]:
-    """A detached copy of the model and a fresh optimizer for it with the user's settings.
+@dataclass
+class RunResult:
+    """One short run: its curve, and what the model and optimizer showed before it."""
 
-    Raises:
-        CopyTrainingSkip: when the user's optimizer cannot be rebuilt for the copy (set ``lr``).
-    """
-    copy = detached_copy(pl_module)  # keeps the train/eval mode of every submodule
-    make_batchnorm_local(copy)  # a copy trains alone: no all_reduce with other ranks
+    run: ShortRun
+    notes: ModelNotes
+    lrs: list[float]
+
+
+@contextmanager
+def _detached_from_trainer(module: nn.Module) -> Iterator[None]:
+    """Every LightningModule in ``module`` without its Trainer (and Fabric) for the body."""
+    import lightning.pytorch as pl
+
+    saved = [
+        (m, getattr(m, "_trainer", None), getattr(m, "_fabric", None))
+        for m in module.modules()
+        if isinstance(m, pl.LightningModule)
+    ]
     try:
-        optimizer = user_optimizer(copy, pl_module, trainer.optimizers, lr)
-    except ShortTrainingError as err:
-        raise CopyTrainingSkip(f"cannot build the optimizer for a copy of the model: {err}", "lr") from err
-    return copy, optimizer
+        for m, _, _ in saved:
+            m._trainer = None
+            m._fabric = None
+        yield
+    finally:
+        for m, trainer, fabric in saved:
+            m._trainer = trainer
+            m._fabric = fabric
 
 
-def _loss(model: torch.nn.Module, batch: Any) -> torch.Tensor | None:
+@contextmanager
+def _local_batchnorm(module: nn.Module) -> Iterator[int]:
+    """``SyncBatchNorm`` layers compute locally for the body (a short run trains on one process
+    alone: ``all_reduce`` would wait for ranks that do not run the same steps)."""
+    swapped = [m for m in module.modules() if isinstance(m, nn.SyncBatchNorm)]
+    try:
+        for m in swapped:
+            m.__class__ = LocalBatchNorm  # type: ignore[assignment]
+        yield len(swapped)
+    finally:
+        for m in swapped:
+            m.__class__ = nn.SyncBatchNorm
+
+
+class ShortTrainings:
+    """Short runs of the user's model from its state at the start of fit; a context manager.
+
+    On enter the state of the module is saved (see the module docstring); every :meth:`run` starts
+    from it and it is restored after each run and on exit, also when a run raised. The RNG is
+    isolated for the whole block.
+
+    Args:
+        trainer: the running Trainer (its first optimizer gives class and settings).
+        pl_module: the user's LightningModule.
+        lr: learning rate for the runs; ``None`` keeps the user's base rate.
+    """
+
+    def __init__(self, trainer: pl.Trainer, pl_module: pl.LightningModule, lr: float | None) -> None:
+        self.trainer = trainer
+        self.pl_module = pl_module
+        self.lr = lr
+        self.in_place = not has_lazy_tensors(pl_module)
+        self._stack = ExitStack()
+        self._snapshot: ModuleSnapshot | None = None
+
+    def __enter__(self) -> ShortTrainings:
+        self._stack.enter_context(isolate_rng())
+        if self.in_place:
+            try:
+                self._stack.enter_context(suspended_hooks(self.pl_module, (Callback,)))
+                self._stack.enter_context(_detached_from_trainer(self.pl_module))
+                self._stack.enter_context(_local_batchnorm(self.pl_module))
+                # Saved last, restored first: the module goes back to this state after every run,
+                # then the Trainer, the hooks and the batch norm classes come back.
+                self._snapshot = ModuleSnapshot(self.pl_module)
+                self._stack.callback(self._close)
+            except BaseException:
+                self._stack.close()
+                raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stack.close()
+
+    def _close(self) -> None:
+        if self._snapshot is not None:
+            self._snapshot.restore()
+            self._snapshot.close()
+            self._snapshot = None
+
+    def _model(self) -> pl.LightningModule:
+        if self.in_place:
+            return self.pl_module
+        copy = detached_copy(self.pl_module)  # keeps the train/eval mode of every submodule
+        for m in copy.modules():
+            if isinstance(m, nn.SyncBatchNorm):
+                m.__class__ = LocalBatchNorm  # type: ignore[assignment]
+        return copy
+
+    def _optimizer(self, model: pl.LightningModule) -> torch.optim.Optimizer:
+        try:
+            return user_optimizer(model, self.pl_module, self.trainer.optimizers, self.lr)
+        except ShortTrainingError as err:
+            raise CopyTrainingSkip(f"cannot build the optimizer for a short run of the model: {err}", "lr") from err
+
+    def run(self, batches: Sequence[Any], steps: int, *, seed: int, stop: StopRule | None = None) -> RunResult:
+        """Train on ``batches`` (cycled) for up to ``steps`` steps with the model's own
+        ``training_step`` (see ``train_for``), then put the model back.
+
+        Raises:
+            CopyTrainingSkip: no loss to train on, no optimizer, or the user's ``training_step``
+                raised on a model without its Trainer.
+        """
+        model = self._model()
+        try:
+            optimizer = self._optimizer(model)
+            notes, lrs = model_notes(model, optimizer), learning_rates(optimizer)
+            try:
+                run = train_for(model, _loss, optimizer, batches, steps, seed=seed, stop=stop)
+            except ShortTrainingError as err:
+                raise CopyTrainingSkip(f"cannot train the model: {err}") from err
+            except Exception as err:  # the user's training_step without a Trainer
+                raise CopyTrainingSkip(
+                    f"the training_step of a short run raised {type(err).__name__}: {err}"
+                ) from err
+            del optimizer
+            return RunResult(run, notes, lrs)
+        finally:
+            if self._snapshot is not None:
+                self._snapshot.restore()
+
+
+def _loss(model: nn.Module, batch: Any) -> torch.Tensor | None:
     return training_step_loss(model, batch)  # type: ignore[arg-type]
-
-
-def train_copy(
-    copy: pl.LightningModule,
-    optimizer: torch.optim.Optimizer,
-    batches: Sequence[Any],
-    steps: int,
-    *,
-    seed: int,
-    stop_below: float | None = None,
-) -> ShortRun:
-    """Train the copy with its own ``training_step`` for up to ``steps`` steps (see ``train_for``).
-
-    Raises:
-        CopyTrainingSkip: when there is no loss to train on, or the user's ``training_step`` raised
-            on a copy that has no Trainer.
-    """
-    try:
-        return train_for(copy, _loss, optimizer, batches, steps, stop_below=stop_below, seed=seed)
-    except ShortTrainingError as err:
-        raise CopyTrainingSkip(f"cannot train a copy of the model: {err}") from err
-    except Exception as err:  # the user's training_step on a copy without a Trainer
-        raise CopyTrainingSkip(f"the training_step of a copy raised {type(err).__name__}: {err}") from err

@@ -221,15 +221,22 @@ class DataInspector(RecipeCallback):
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self._counted:
-            self._inspect_labels(trainer)
+            with self.stopwatch() as watch:
+                self._inspect_labels(trainer)
+            self.state_cost(watch.seconds, key="labels")
         if self.check_duplicates:
-            self._check_duplicates(trainer)
+            with self.stopwatch() as watch:
+                self._check_duplicates(trainer)
+            self.state_cost(watch.seconds, key="duplicates")
         self._train_hashes = []
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.show_hardest:
-            self._show_hardest(trainer, pl_module)
+            with self.stopwatch() as watch:
+                self._show_hardest(trainer, pl_module)
+            self.state_cost(watch.seconds, key="hardest", field="hardest_cost_steps")
+        super().on_train_end(trainer, pl_module)
 
     # ----------------------------------------------------------------- reading data
     def _read(

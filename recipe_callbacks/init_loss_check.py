@@ -234,6 +234,7 @@ class InitLossCheck(RecipeCallback):
         self._active = False
         self._fixed_summary: TargetSummary | None = None
         self._fix_cost = 0.0
+        self._fix_seconds = 0.0
         self.final_layer_name: str | None = None
 
     # ----------------------------------------------------------------- hooks
@@ -255,12 +256,16 @@ class InitLossCheck(RecipeCallback):
             return
         self._active = True
         if self.fix_bias:
-            self._fix_bias(trainer, pl_module)
+            with self.stopwatch() as watch:
+                self._fix_bias(trainer, pl_module)
+            self._fix_seconds = watch.seconds
+            self.state_cost(watch.seconds, key="fix_bias", field="fix_bias/cost_steps")
 
     @override
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
+        super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
         if self._active and not self._handles and self._captured is None and self._batch is None:
             self._batch = batch
             self._register_hooks(pl_module, capture=True)
@@ -268,14 +273,18 @@ class InitLossCheck(RecipeCallback):
     @override
     def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: torch.Tensor) -> None:
         if self._active:
-            self._conclude(trainer, pl_module, float(loss.detach()))
+            with self.stopwatch() as watch:
+                self._conclude(trainer, pl_module, float(loss.detach()))
+            self.state_cost(watch.seconds + self._fix_seconds, key=_KEY)
 
     @override
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         if self._active:
-            self._conclude(trainer, pl_module, None)
+            with self.stopwatch() as watch:
+                self._conclude(trainer, pl_module, None)
+            self.state_cost(watch.seconds + self._fix_seconds, key=_KEY)
 
     @override
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:

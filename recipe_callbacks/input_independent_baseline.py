@@ -6,15 +6,17 @@ import math
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
-from lightning.pytorch.utilities.seed import isolate_rng
 from typing_extensions import override
 
 from recipe_callbacks.batch import BatchToXY, ResolvedBatch
 from recipe_callbacks.callback_base import FirstBatchCheck
-from recipe_callbacks.copy_training import CopyTrainingSkip, train_copy, trainable_copy
+from recipe_callbacks.copy_training import CopyTrainingSkip, ShortTrainings
 from recipe_callbacks.core.pictures import line_chart
 from recipe_callbacks.core.short_training import (
+    baseline_stop,
     baseline_verdict,
+    horizons,
+    plateau_stop,
     take_samples,
 )
 from recipe_callbacks.finding import OnFail
@@ -25,43 +27,52 @@ if TYPE_CHECKING:
 
 
 class InputIndependentBaseline(FirstBatchCheck):
-    """Trains two copies of the model from the same initial weights on the same samples, one on
-    the real inputs and one on inputs set to zero (targets unchanged), and checks that the real
-    run reaches a clearly lower loss.
+    """Trains the model twice from the same initial weights on the same samples, once on inputs set
+    to zero (targets unchanged) and once on the real inputs, and checks that the real inputs reach
+    a clearly lower loss.
 
     Recipe step 2g, "input-independent baseline": a model that learns as well from zeros as from
     its data is not using its input: a ``forward`` that ignores ``x``, an input that never reaches
     the network, or a data pipeline that feeds zeros or constants.
 
-    Both copies are ``detached_copy``s of the model at the start of fit, trained for ``steps``
-    optimizer steps on the first ``num_samples`` samples of the first training batch (the batch
-    ``training_step`` receives, so no data loader is read twice), with the user's own optimizer
-    class and settings (the first optimizer of ``configure_optimizers()``, at its base learning
-    rate, without scheduler) and the user's own loss (``training_step``), in train mode and under
-    an isolated RNG seeded the same for both copies: the real model, its optimizer, the logged
-    metrics and the RNG are untouched. It does not run again on a run resumed from a checkpoint.
+    Both runs train the user's own module in place from its weights at the start of fit on the
+    first ``num_samples`` samples of the first training batch (the batch ``training_step``
+    receives, so no data loader is read twice), with the user's own optimizer class and settings
+    (the first optimizer, at its base learning rate, without scheduler) and loss
+    (``training_step``), in train mode and under an isolated RNG seeded the same for both; the
+    module is put back bit for bit after each (see ``recipe_callbacks.copy_training``), so the real
+    run, its optimizer, the logged metrics and the RNG are untouched. It does not run again on a
+    run resumed from a checkpoint.
 
-    The verdict compares the final losses of the two copies. Zeroed inputs often give
-    near-uniform outputs whose loss at init is already about what a model without input can
-    reach, while the real run starts from random features and needs steps to catch up; that head
-    start (``max(0, real_initial_loss - zero_initial_loss)``) is credited to the real run.
-    ``relative_gap`` is ``(zero_loss - real_loss + head_start) / (real_initial_loss - real_loss)``:
-    the share of the real run's loss decrease that the zero-input run did not match (1 or more:
-    the input explains all of it; 0: the model learns nothing from its input; curves that are the
-    same give exactly 0). ``pass`` when it is at least ``min_relative_gap``,
-    ``fail`` when not, ``warn`` when the real run's loss did not decrease at all (then the
-    comparison says nothing; ``OverfitOneBatch`` tells why the model does not learn).
+    Judged by evidence, not by a fixed step count: the zero-input run goes first and trains until
+    its loss levels off (an input-free model learns the targets' average and gets no better) or a
+    horizon of 8 steps. The real-input run then trains, from the same weights, until its loss
+    separates from the zero-input curve: below it (at the same step, or below its lowest value
+    once that levelled off) by the margin, at ``confirm`` consecutive points; the margin is
+    ``min_gap`` of the zero-input loss, or three times that curve's step-to-step noise when larger.
+    It stops early too when both curves are the same over the first points (the loss does not
+    depend on the input), or when it levels off without separating. When the curves are still
+    undecided at the horizon, both runs start again with the horizon tripled (24, then
+    ``max_steps``): most models separate within the first 8 steps; language models, whose real
+    run starts from a higher loss than the zero-input one, need more. ``pass`` when the curves
+    separated; ``fail`` when they are the same, or the real run ended without separating; ``warn``
+    when a loss is not finite or the real run's loss did not decrease at all (then the comparison
+    says nothing; ``OverfitOneBatch`` tells why the model does not learn). A batch whose only
+    target is the input itself (labels taken from ``input_ids`` inside ``training_step``) is a
+    ``skip``: zeroing the input would zero the target.
 
-    Cost (``values["cost_steps"]``): ``2 * steps`` optimizer steps (and two forward-only passes,
-    a third of a step each), in training-step equivalents: a step on ``num_samples`` samples of a
-    ``B``-sample batch counts ``num_samples / B``. With the defaults and batches of 32: about 10.
+    Cost (``values["cost_steps"]``): measured, the check's wall time over the median training step
+    of the same run (``values["cost_seconds"]`` is the wall time); a count of the steps taken
+    (a step on ``num_samples`` of a ``B``-sample batch counting ``num_samples / B``) when the run
+    has too few steps to time.
 
     Args:
-        steps: optimizer steps for each copy.
+        max_steps: the most optimizer steps for each run.
         num_samples: how many samples of the first training batch to train on (all if smaller).
-        min_relative_gap: the smallest ``relative_gap`` that passes, in (0, 1].
-        lr: learning rate for the copies; default the user's base rate. Also used (with Adam) when
-            the user's optimizer cannot be rebuilt for a copy.
+        min_gap: the smallest separation that counts, as a share of the zero-input loss, in (0, 1].
+        confirm: how many consecutive points must show the separation.
+        lr: learning rate for the runs; default the user's base rate. Also used (with Adam) when
+            the user's optimizer cannot be rebuilt.
         on_fail: ``"warn"``, ``"raise"`` or ``"ignore"`` (see ``RecipeCallback``).
         input_key: where the input is in a batch (a dict key or a position such as ``"0"``).
         target_key: where the target is in a batch.
@@ -73,17 +84,18 @@ class InputIndependentBaseline(FirstBatchCheck):
         TypeError: an argument of the wrong type.
 
     Logged:
-        - ``recipe.input_independent_baseline/loss_curves``: figure of both copies' loss per step.
+        - ``recipe.input_independent_baseline/loss_curves``: figure of both runs' loss per step.
         - ``recipe.input_independent_baseline/finding``: text, the Finding with its values
           ``real_loss``, ``zero_loss`` (final losses on real and zeroed inputs),
-          ``real_initial_loss``, ``zero_initial_loss`` (their losses before training), ``gap``,
-          ``head_start``, ``relative_gap`` (``zero_loss - real_loss``, the zero run's lower start,
-          and the share of the real run's decrease the zero run did not match), ``identical`` (1
-          when both curves are the same at every step), ``steps``, ``cost_steps``, ``num_samples``.
+          ``real_initial_loss``, ``zero_initial_loss`` (their losses before training),
+          ``zero_best_loss`` (the lowest zero-input loss), ``gap``, ``margin``, ``noise`` (how far
+          the real curve ended below its zero-input reference, the gap that counts, the zero curve's
+          noise), ``identical``, ``separated`` (1 when the curves are the same at every point, when
+          they separated), ``steps``, ``zero_steps``, ``cost_steps``, ``num_samples``.
 
     Example::
 
-        trainer = Trainer(callbacks=[InputIndependentBaseline(steps=10), RecipeReport()])
+        trainer = Trainer(callbacks=[InputIndependentBaseline(), RecipeReport()])
     """
 
     sharded_reason: ClassVar[str] = (
@@ -94,9 +106,10 @@ class InputIndependentBaseline(FirstBatchCheck):
 
     def __init__(
         self,
-        steps: int = 10,
-        num_samples: int = 16,
-        min_relative_gap: float = 0.25,
+        max_steps: int = 60,
+        num_samples: int = 4,
+        min_gap: float = 0.01,
+        confirm: int = 3,
         lr: float | None = None,
         on_fail: OnFail = "warn",
         input_key: str | None = None,
@@ -105,9 +118,10 @@ class InputIndependentBaseline(FirstBatchCheck):
     ) -> None:
         super().__init__(on_fail, input_key, target_key, batch_to_xy)
         owner = type(self).__name__
-        self.steps = check_int(owner, "steps", steps)
+        self.max_steps = check_int(owner, "max_steps", max_steps)
         self.num_samples = check_int(owner, "num_samples", num_samples)
-        self.min_relative_gap = check_float(owner, "min_relative_gap", min_relative_gap, maximum=1.0)
+        self.min_gap = check_float(owner, "min_gap", min_gap, maximum=1.0)
+        self.confirm = check_int(owner, "confirm", confirm)
         self.lr = None if lr is None else check_float(owner, "lr", lr)
 
     @override
@@ -116,7 +130,7 @@ class InputIndependentBaseline(FirstBatchCheck):
             self.skip(
                 trainer,
                 "the model uses manual optimization: its training_step steps its own optimizer, "
-                "so a copy cannot be trained with its loss",
+                "so a short run cannot be trained with its loss",
             )
             return
         resolved = self.resolve(trainer, batch)
@@ -127,13 +141,24 @@ class InputIndependentBaseline(FirstBatchCheck):
                 trainer, "the batch comes through batch_to_xy, so it cannot be rebuilt with a zero input", "input_key"
             )
             return
-        size = int(resolved.x.shape[0]) if resolved.x.ndim else 1
-        n = min(self.num_samples, size)
-        payload = trainer.strategy.broadcast(self._train(trainer, pl_module, batch, resolved, n, size), src=0)
+        if resolved.y is None or resolved.y is resolved.x:
+            self.skip(
+                trainer,
+                "the batch has no target apart from the input (a language model that takes its labels from "
+                "input_ids inside training_step): zeroing the input would zero the target too; give batches a "
+                "separate labels entry",
+                "target_key",
+            )
+            return
+        with self.stopwatch() as watch:
+            size = int(resolved.x.shape[0]) if resolved.x.ndim else 1
+            n = min(self.num_samples, size)
+            payload = trainer.strategy.broadcast(self._train(trainer, pl_module, batch, resolved, n, size), src=0)
         if "skip" in payload:
             self.skip(trainer, payload["skip"], payload.get("argument", ""))
             return
         self._judge(trainer, payload, n, n / size)
+        self.state_cost(watch.seconds)
 
     def _train(
         self,
@@ -144,78 +169,83 @@ class InputIndependentBaseline(FirstBatchCheck):
         n: int,
         size: int,
     ) -> dict[str, Any]:
-        """Train both copies; returns plain data (the same on every rank after the broadcast)."""
+        """Train both runs; returns plain data (the same on every rank after the broadcast)."""
         assert resolved.with_input is not None
         real = take_samples(batch, n, size)
         zero = take_samples(resolved.with_input(torch.zeros_like(resolved.x)), n, size)
         x = take_samples(resolved.x, n, size)
         constant = bool(x.numel() > 0 and torch.all(x == x.reshape(-1)[0]))
-        curves: dict[str, list[float]] = {}
-        steps = 0
-        with isolate_rng():
-            seed = torch.initial_seed()
-            try:
-                for name, batches in (("real", [real]), ("zero", [zero])):
-                    copy, optimizer = trainable_copy(trainer, pl_module, self.lr)  # same initial weights
-                    run = train_copy(copy, optimizer, batches, self.steps, seed=seed)
-                    curves[name] = run.losses
-                    steps += run.steps
-                    del copy, optimizer
-            except CopyTrainingSkip as skip:
-                return {"skip": skip.reason, "argument": skip.argument}
+        spent = 0
+        try:
+            with ShortTrainings(trainer, pl_module, self.lr) as runs:
+                seed = torch.initial_seed()
+                for horizon in horizons(self.max_steps):
+                    zero_run = runs.run([zero], horizon, seed=seed, stop=plateau_stop).run
+                    levelled = zero_run.stop_reason == "levelled off"
+                    rule = baseline_stop(zero_run.losses, levelled, self.min_gap, self.confirm)
+                    real_run = runs.run([real], self.max_steps if levelled else horizon, seed=seed, stop=rule).run
+                    spent += zero_run.steps + real_run.steps + 2
+                    v = baseline_verdict(
+                        real_run.losses, zero_run.losses, self.min_gap, zero_levelled=levelled, confirm=self.confirm
+                    )
+                    if v.identical or v.separated or levelled or not math.isfinite(v.real_final + v.zero_final):
+                        break
+        except CopyTrainingSkip as skip:
+            return {"skip": skip.reason, "argument": skip.argument}
         return {
-            "curves": curves,
-            "steps": steps,
+            "spent": spent,
+            "curves": {"real": real_run.losses, "zero": zero_run.losses},
+            "steps": real_run.steps,
+            "zero_steps": zero_run.steps,
+            "zero_levelled": levelled,
+            "stop": real_run.stop_reason,
             "constant": constant,
             "constant_value": float(x.reshape(-1)[0]) if constant else math.nan,
         }
 
     def _judge(self, trainer: pl.Trainer, p: dict[str, Any], n: int, scale: float) -> None:
         real, zero = p["curves"]["real"], p["curves"]["zero"]
-        v = baseline_verdict(real, zero, self.min_relative_gap)
-        forward_only = len(real) + len(zero) - p["steps"]
+        v = baseline_verdict(real, zero, self.min_gap, zero_levelled=p["zero_levelled"], confirm=self.confirm)
         values = {
             "real_loss": v.real_final,
             "zero_loss": v.zero_final,
             "real_initial_loss": v.real_initial,
             "zero_initial_loss": v.zero_initial,
+            "zero_best_loss": v.zero_best,
             "gap": v.gap,
-            "head_start": v.head_start,
-            "relative_gap": v.relative_gap,
+            "margin": v.margin,
+            "noise": v.noise,
             "steps": float(p["steps"]),
-            "cost_steps": (p["steps"] + forward_only / 3) * scale,
+            "zero_steps": float(p["zero_steps"]),
+            "cost_steps": p["spent"] * scale,
             "num_samples": float(n),
             "identical": float(v.identical),
+            "separated": float(v.separated),
         }
         chart = line_chart(
             {"real inputs": real, "zero inputs": zero},
             title="InputIndependentBaseline: the loss on real inputs must end clearly below the loss on zeros",
-            xlabel="training step of the copies", ylabel="training loss", styles={"zero inputs": "--"},
+            xlabel="training step", ylabel="training loss", styles={"zero inputs": "--"},
         )
         self.log_figure(trainer, "loss_curves", chart)
-        after = f"after {self.steps} steps on {n} samples"
-        share = f"{min(v.relative_gap, 1.0):.0%}" if math.isfinite(v.relative_gap) else "nothing"
+        runs = f"(zero inputs {p['zero_steps']} steps, real inputs {p['steps']} steps on {n} samples)"
+        curves = (
+            f"real inputs: loss {v.real_initial:.3g} -> {v.real_final:.3g}, zeroed inputs: "
+            f"{v.zero_initial:.3g} -> {v.zero_final:.3g} (lowest {v.zero_best:.3g}) {runs}"
+        )
         if v.identical:
             summary = (
                 f"the loss is the same with zeroed inputs as with the real inputs at all {len(real)} points "
-                f"of the curve ({v.real_initial:.3g} -> {v.real_final:.3g}, {self.steps} steps on {n} samples): "
-                "the loss does not depend on the input"
+                f"of the curve ({v.real_initial:.3g} -> {v.real_final:.3g}, {n} samples): the loss does not depend "
+                "on the input"
             )
             self.report(trainer, "fail", summary, values, self._advice(p))
         elif v.status == "pass":
-            summary = (
-                f"real inputs: loss {v.real_initial:.3g} -> {v.real_final:.3g}, zeroed inputs: "
-                f"{v.zero_initial:.3g} -> {v.zero_final:.3g} {after}; the input explains "
-                f"{share} of the decrease (needed {self.min_relative_gap:.0%})"
-            )
+            summary = f"{curves}; the real inputs ended {v.gap:.3g} below the zero-input loss (margin {v.margin:.3g})"
             self.report(trainer, "pass", summary, values)
         elif not all(math.isfinite(x) for x in (*real, *zero)):
             which = "real" if not all(math.isfinite(x) for x in real) else "zeroed"
-            summary = (
-                f"the loss with {which} inputs became non-finite {after} (real {v.real_initial:.3g} -> "
-                f"{v.real_final:.3g}, zeroed {v.zero_initial:.3g} -> {v.zero_final:.3g}); the runs cannot be "
-                "compared"
-            )
+            summary = f"the loss with {which} inputs became non-finite: {curves}; the runs cannot be compared"
             advice = (
                 "a model that divides by or takes the log of its input cannot take zeros; give "
                 "InputIndependentBaseline(lr=...) a smaller learning rate if the real run diverged"
@@ -223,20 +253,18 @@ class InputIndependentBaseline(FirstBatchCheck):
             self.report(trainer, "warn", summary, values, advice)
         elif v.status == "warn":
             summary = (
-                f"the real run's loss did not decrease {after} ({v.real_initial:.3g} -> {v.real_final:.3g}), "
-                "so the baseline says nothing about the input"
+                f"the real run's loss did not decrease ({v.real_initial:.3g} -> {v.real_final:.3g}, "
+                f"{p['steps']} steps on {n} samples), so the baseline says nothing about the input"
             )
             advice = (
-                f"raise steps (now {self.steps}) or lr; OverfitOneBatch finds why a model does not learn "
+                f"raise max_steps (now {self.max_steps}) or lr; OverfitOneBatch finds why a model does not learn "
                 "(frozen parameters, a learning rate of zero, a wrong loss)"
             )
             self.report(trainer, "warn", summary, values, advice)
         else:
             summary = (
-                f"zeroed inputs: loss {v.zero_initial:.3g} -> {v.zero_final:.3g}, real inputs: "
-                f"{v.real_initial:.3g} -> {v.real_final:.3g} {after}; the input explains only "
-                f"{share} of the decrease "
-                f"(needed {self.min_relative_gap:.0%}); the model is not using its input"
+                f"{curves}; the real inputs did not get clearly below the zero-input loss (ended {v.gap:.3g} "
+                f"below it, margin {v.margin:.3g}): the model is not using its input"
             )
             self.report(trainer, "fail", summary, values, self._advice(p))
 

@@ -9,6 +9,8 @@ would see the copy's forward passes as if they were the real model's.
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from torch import nn
@@ -75,3 +77,38 @@ def remove_hooks_owned_by(model: nn.Module, owner_types: tuple[type, ...]) -> in
                     for flags in _HOOK_FLAGS:
                         getattr(module, flags, {}).pop(key, None)
     return removed
+
+
+@contextmanager
+def suspended_hooks(model: nn.Module, owner_types: tuple[type, ...]) -> Iterator[int]:
+    """Take away, for the body, every forward/backward hook of ``model`` bound to or closing over an
+    instance of ``owner_types`` (see :func:`remove_hooks_owned_by`); put them back on exit, in their
+    order. Yields how many were taken away.
+
+    Example:
+        >>> import torch
+        >>> calls = []
+        >>> class Watcher:
+        ...     def hook(self, module, args, output):
+        ...         calls.append(1)
+        >>> net = nn.Linear(1, 1)
+        >>> _ = net.register_forward_hook(Watcher().hook)
+        >>> with suspended_hooks(net, (Watcher,)) as n:
+        ...     _ = net(torch.ones(1, 1))
+        >>> _ = net(torch.ones(1, 1))
+        >>> n, len(calls)
+        (1, 1)
+    """
+    saved: list[tuple[Any, dict[Any, Any]]] = []
+    for module in model.modules():
+        for attr in (*_HOOK_DICTS, *_HOOK_FLAGS):
+            hooks = getattr(module, attr, None)
+            if hooks:
+                saved.append((hooks, dict(hooks)))
+    removed = remove_hooks_owned_by(model, owner_types)
+    try:
+        yield removed
+    finally:
+        for hooks, content in saved:
+            hooks.clear()
+            hooks.update(content)

@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 import torch
 from torch import nn
+from torch.nn.parameter import is_lazy
 
 LossFn = Callable[[nn.Module, Any], "torch.Tensor | None"]
 Verdict = Literal["pass", "warn", "fail"]
@@ -42,12 +43,17 @@ class ShortRun:
         reached_target: the run stopped because the loss fell to ``stop_below``.
         no_grad_params: names of trainable parameters that got no (or an all-zero) gradient from the
             first backward pass.
+        stop_reason: what ``stop`` returned when it ended the run (empty otherwise).
     """
 
     losses: list[float] = field(default_factory=list)
     steps: int = 0
     reached_target: bool = False
     no_grad_params: list[str] = field(default_factory=list)
+    stop_reason: str = ""
+
+
+StopRule = Callable[[Sequence[float]], str]
 
 
 def train_for(
@@ -59,12 +65,14 @@ def train_for(
     *,
     stop_below: float | None = None,
     seed: int | None = None,
+    stop: StopRule | None = None,
 ) -> ShortRun:
     """Take up to ``steps`` optimizer steps on ``batches`` (cycled), recording the loss.
 
-    The loss is recorded before each step; when it is already ``<= stop_below`` the run stops
-    there (no step taken). Otherwise, after the last step the loss is evaluated once more without
-    gradients. A non-finite loss ends the run too.
+    The loss is recorded before each step; when it is already ``<= stop_below``, or ``stop`` (called
+    with the losses so far) returns a non-empty reason, the run stops there (no step taken).
+    Otherwise, after the last step the loss is evaluated once more without gradients. A non-finite
+    loss ends the run too.
 
     Raises:
         ShortTrainingError: ``loss_fn`` returned no tensor, or ``batches`` is empty.
@@ -93,6 +101,10 @@ def train_for(
             return run
         if stop_below is not None and value <= stop_below:
             run.reached_target = True
+            return run
+        reason = stop(run.losses) if stop is not None else ""
+        if reason:
+            run.stop_reason = reason
             return run
         loss.backward()  # type: ignore[no-untyped-call]
         if step == 0:
@@ -341,12 +353,17 @@ def model_notes(model: nn.Module, optimizer: torch.optim.Optimizer) -> ModelNote
     return ModelNotes(
         frozen_tensors=len(frozen),
         total_tensors=len(named),
-        frozen_elements=sum(p.numel() for _, p in frozen),
-        total_elements=sum(p.numel() for _, p in named),
+        frozen_elements=sum(_numel(p) for _, p in frozen),
+        total_elements=sum(_numel(p) for _, p in named),
         not_in_optimizer=[n for n, p in named if p.requires_grad and id(p) not in optimized],
         dropout_in_train_mode=dropouts,
         weight_decay=max(decays, default=0.0),
     )
+
+
+def _numel(p: torch.Tensor) -> int:
+    """Elements of a tensor; 0 for a lazy parameter that is not materialised yet."""
+    return 0 if is_lazy(p) else p.numel()
 
 
 # ----------------------------------------------------------------------------- batches
@@ -384,90 +401,256 @@ def take_samples(batch: Any, n: int, batch_size: int) -> Any:
     return batch
 
 
+# ----------------------------------------------------------------------------- curve evidence
+def plateau_window(points: int, minimum: int = 8) -> int:
+    """How many recent points a plateau must last: a quarter of the curve, at least ``minimum``."""
+    return max(minimum, points // 4)
+
+
+def levelled_off(losses: Sequence[float], window: int | None = None, *, min_progress: float = 0.01) -> bool:
+    """True when the last ``window`` points improved on the best loss before them by at most
+    ``min_progress`` of the decrease made so far: the curve has levelled off (a flat curve counts).
+
+    Needs at least ``2 * window`` points (default window: :func:`plateau_window`); a non-finite
+    curve never counts as levelled off.
+
+    Example:
+        >>> levelled_off([2.0] * 16), levelled_off([2.0 - 0.1 * t for t in range(16)])
+        (True, False)
+        >>> levelled_off([2.0, 1.0] + [0.7] * 14)  # fell, then stopped
+        True
+    """
+    w = plateau_window(len(losses)) if window is None else window
+    if len(losses) < 2 * w or not all(math.isfinite(v) for v in losses):
+        return False
+    before, recent = min(losses[:-w]), min(losses[-w:])
+    total = max(0.0, float(losses[0]) - min(before, recent))
+    return before - recent <= min_progress * total + 1e-7 * max(1.0, abs(before))
+
+
+def step_noise(losses: Sequence[float]) -> float:
+    """The step-to-step noise of a loss curve (a standard deviation), from the second differences of
+    its second half (a smooth trend has none); 0 for a deterministic smooth curve.
+
+    Example:
+        >>> step_noise([1.0 - 0.01 * t for t in range(20)]) < 1e-12
+        True
+        >>> 0.1 < step_noise([1.0 + (0.1 if t % 2 else -0.1) for t in range(40)]) < 0.3
+        True
+    """
+    tail = [float(v) for v in losses[len(losses) // 2 :] if math.isfinite(v)]
+    second = [abs(tail[i + 1] - 2 * tail[i] + tail[i - 1]) for i in range(1, len(tail) - 1)]
+    if not second:
+        return 0.0
+    second.sort()
+    return 1.4826 * second[len(second) // 2] / math.sqrt(6.0)
+
+
+def identical_curves(a: Sequence[float], b: Sequence[float], rtol: float = 1e-6) -> bool:
+    """True when ``a`` and ``b`` agree (to ``rtol``) at every point they share (at least one)."""
+    n = min(len(a), len(b))
+    return n > 0 and all(abs(a[i] - b[i]) <= rtol * max(1.0, abs(a[i])) for i in range(n))
+
+
 # ----------------------------------------------------------------------------- verdicts
 @dataclass
-class BaselineVerdict:
-    """The input-independent baseline judged.
+class Separation:
+    """Where the real-input curve stands against the zero-input curve at its last point.
 
-    ``gap`` is ``zero_final - real_final``. ``head_start`` is how much lower the zero-input run
-    started (``max(0, real_initial - zero_initial)``): zeroed inputs often give near-uniform outputs
-    whose loss at init is already close to what a model without input can reach, while the real
-    run starts from random features and needs steps to catch up. ``relative_gap`` is
-    ``(gap + head_start) / (real_initial - real_final)``: the share of the real run's loss decrease
-    that the zero-input run did not match. 1 (or more) means the input explains all of it; 0 means
-    the model learned nothing from its input.
+    ``reference`` is the zero-input loss it is compared with: the zero curve at the same step, or
+    its lowest value once the zero run has levelled off (an input-free model gets no better).
+    ``margin`` is the gap that counts: ``min_gap`` of the reference, or three times the noise of
+    the zero curve when larger.
     """
+
+    reference: float
+    gap: float
+    margin: float
+    noise: float
+    separated: bool
+
+
+def separation(
+    real: Sequence[float],
+    zero: Sequence[float],
+    zero_levelled: bool,
+    min_gap: float,
+    confirm: int = 3,
+) -> Separation:
+    """How far the real-input curve is below the zero-input one; ``separated`` when the last
+    ``confirm`` points of ``real`` all sit below their reference by the margin.
+
+    Example:
+        >>> separation([2.3, 1.5, 1.0, 0.8], [2.3, 2.1, 2.0, 1.9], False, 0.05).separated
+        True
+        >>> separation([2.3, 2.2, 2.1, 2.0], [2.3, 2.2, 2.1, 2.0], False, 0.05).separated
+        False
+    """
+    noise = step_noise(zero)
+    best = min((v for v in zero if math.isfinite(v)), default=math.nan)
+
+    def reference(t: int) -> float:
+        if t < len(zero):
+            return float(zero[t])
+        return best if zero_levelled else math.nan
+
+    def margin(ref: float) -> float:
+        return max(min_gap * abs(ref), 3.0 * noise, 1e-6 * max(1.0, abs(ref)))
+
+    t = len(real) - 1
+    ref = reference(t)
+    gap = ref - float(real[t]) if real else math.nan
+    ok = len(real) >= confirm and all(
+        math.isfinite(reference(i)) and math.isfinite(real[i]) and reference(i) - real[i] >= margin(reference(i))
+        for i in range(len(real) - confirm, len(real))
+    )
+    return Separation(ref, gap, margin(ref) if math.isfinite(ref) else math.nan, noise, ok)
+
+
+def baseline_stop(zero: Sequence[float], zero_levelled: bool, min_gap: float, confirm: int = 3) -> StopRule:
+    """When to stop the real-input run: the curves separated, they are identical over the first
+    points, the zero curve has no more points to compare with, or the real run levelled off."""
+
+    def rule(real: Sequence[float]) -> str:
+        if len(real) >= 4 and identical_curves(real, zero):
+            return "identical"
+        if separation(real, zero, zero_levelled, min_gap, confirm).separated:
+            return "separated"
+        if len(real) >= len(zero) and not zero_levelled:
+            return "zero run ended"
+        if levelled_off(real):
+            return "levelled off"
+        return ""
+
+    return rule
+
+
+def horizons(max_steps: int, first: int = 8, factor: int = 3) -> list[int]:
+    """The step horizons of the baseline's rounds: ``first``, times ``factor`` each round, the last
+    one ``max_steps``.
+
+    Example:
+        >>> horizons(60), horizons(5)
+        ([8, 24, 60], [5])
+    """
+    out: list[int] = []
+    h = first
+    while h < max_steps:
+        out.append(h)
+        h *= factor
+    return [*out, max_steps]
+
+
+def plateau_stop(losses: Sequence[float]) -> str:
+    """Stop a run whose loss levelled off (see :func:`levelled_off`)."""
+    return "levelled off" if levelled_off(losses) else ""
+
+
+@dataclass
+class BaselineVerdict:
+    """The input-independent baseline judged: the real-input curve against the zero-input curve."""
 
     status: Verdict
     real_initial: float
     real_final: float
     zero_initial: float
     zero_final: float
+    zero_best: float
     gap: float
-    head_start: float
-    relative_gap: float
+    margin: float
+    noise: float
     real_learned: bool
     identical: bool
+    separated: bool
 
 
 def baseline_verdict(
     real: Sequence[float],
     zero: Sequence[float],
-    min_relative_gap: float,
+    min_gap: float,
     *,
+    zero_levelled: bool = False,
+    confirm: int = 3,
     min_decrease: float = 0.001,
-    rtol: float = 1e-6,
 ) -> BaselineVerdict:
-    """Judge two loss curves of the same model from the same weights, on real and zeroed inputs.
+    """Judge the curves of one model trained from the same weights on real and on zeroed inputs.
 
-    ``fail`` when the two curves are the same at every step (to ``rtol``: the loss does not depend
-    on the input at all), or when ``relative_gap < min_relative_gap``; ``warn`` when the real run's
-    loss did not decrease by ``min_decrease`` of its initial value (then the comparison says
-    nothing about the input) or a loss is not finite; ``pass`` otherwise.
+    ``fail`` when the curves are the same at every point (the loss does not depend on the input),
+    or when the real run ended without its loss separating from the zero run's (see
+    :func:`separation`); ``pass`` when it separated; ``warn`` when a loss is not finite or the real
+    run's loss did not decrease by ``min_decrease`` of its initial value (then the comparison says
+    nothing about the input).
 
     Example:
-        >>> v = baseline_verdict([2.3, 1.0, 0.3], [2.3, 2.1, 2.0], 0.25)
-        >>> v.status, round(v.gap, 3), round(v.relative_gap, 3)
-        ('pass', 1.7, 0.85)
-        >>> v = baseline_verdict([2.5, 2.4], [2.3, 2.3], 0.25)  # zero run started lower, learned nothing
-        >>> v.status, round(v.gap, 3), round(v.head_start, 3), round(v.relative_gap, 3)
-        ('pass', -0.1, 0.2, 1.0)
-        >>> baseline_verdict([2.3, 2.0], [2.3, 2.0], 0.25).status
+        >>> baseline_verdict([2.3, 1.0, 0.5, 0.3], [2.3, 2.1, 2.0, 2.0], 0.05).status
+        'pass'
+        >>> baseline_verdict([2.3, 2.0, 1.9, 1.8], [2.3, 2.0, 1.9, 1.8], 0.05).status  # identical
         'fail'
-        >>> baseline_verdict([2.3, 2.3], [2.3, 2.3], 0.25).status  # identical: no input dependence
+        >>> baseline_verdict([2.5, 2.2, 2.1, 2.0], [2.3, 2.1, 2.05, 2.0], 0.05).status  # no better than zeros
         'fail'
-        >>> baseline_verdict([2.3, 2.3], [2.1, 2.1], 0.25).status  # nothing learned: says nothing
+        >>> baseline_verdict([2.3, 2.3, 2.3], [2.1, 2.1, 2.0], 0.05).status  # learned nothing: says nothing
         'warn'
     """
     if not real or not zero:
         raise ValueError("baseline_verdict needs two non-empty loss curves")
     r0, r1, z0, z1 = float(real[0]), float(real[-1]), float(zero[0]), float(zero[-1])
-    gap = z1 - r1
-    head_start = max(0.0, r0 - z0)
-    decrease = r0 - r1
-    finite = all(math.isfinite(v) for v in (r0, r1, z0, z1))
-    learned = finite and decrease > min_decrease * max(abs(r0), 1e-12)
-    relative = (gap + head_start) / decrease if learned else math.nan
-    identical = len(real) == len(zero) and all(
-        abs(r - z) <= rtol * max(1.0, abs(r)) for r, z in zip(real, zero, strict=True)
-    )
+    finite = all(math.isfinite(v) for v in (*real, *zero))
+    learned = finite and r0 - min(real) > min_decrease * max(abs(r0), 1e-12)
+    identical = identical_curves(real, zero) and len(real) <= len(zero)
+    sep = separation(real, zero, zero_levelled, min_gap, confirm)
     status: Verdict
     if identical:
         status = "fail"
-    elif not learned:
+    elif not finite or not learned:
         status = "warn"
     else:
-        status = "pass" if relative >= min_relative_gap else "fail"
-    return BaselineVerdict(status, r0, r1, z0, z1, gap, head_start, relative, learned, identical)
+        status = "pass" if sep.separated else "fail"
+    best = min((v for v in zero if math.isfinite(v)), default=math.nan)
+    return BaselineVerdict(
+        status, r0, r1, z0, z1, best, sep.gap, sep.margin, sep.noise, learned, identical, sep.separated
+    )
+
+
+def overfit_stop(target: float, allow_negative: bool) -> StopRule:
+    """When to stop a run that tries to memorise: the loss reached ``target``, went negative
+    (unless allowed), or levelled off."""
+
+    def rule(losses: Sequence[float]) -> str:
+        value = losses[-1]
+        if value <= target and (allow_negative or value >= 0):
+            return "reached"
+        if value < 0 and not allow_negative:
+            return "negative"
+        if plateau_stop(losses):
+            return "levelled off"
+        if halved(losses):
+            return "halved"
+        return ""
+
+    return rule
+
+
+def halved(losses: Sequence[float], min_points: int = 16, ratio: float = 0.6) -> bool:
+    """Evidence that a run fits its batch, short of memorising it: after at least ``min_points``
+    points the loss is at most ``ratio`` of where it started (it fell by 40%: well below the
+    loss of predicting the targets' average, for a cross-entropy over many classes) and still
+    falling (not levelled off).
+
+    Example:
+        >>> halved([2.0 * 0.95**t for t in range(16)]), halved([2.0, 0.9] + [0.9] * 14)
+        (True, False)
+    """
+    if len(losses) < min_points or not all(math.isfinite(v) for v in losses) or not losses[0] > 0:
+        return False
+    return min(losses) <= ratio * losses[0] and not levelled_off(losses) and losses[-1] < min(losses[:-1]) + 1e-12
 
 
 @dataclass
 class OverfitVerdict:
     """One batch overfitted (or not), and why not.
 
-    ``decrease_fraction`` is ``(initial - lowest) / |initial|``. ``tail_progress`` is the share of
-    that decrease made in the last third of the run: about 1/3 for a loss still falling steadily,
-    about 0 for a loss that levelled off.
+    ``decrease_fraction`` is ``(initial - lowest) / |initial|``; ``levelled_off`` says the curve
+    stopped improving (see :func:`levelled_off`).
     """
 
     status: Verdict
@@ -479,7 +662,40 @@ class OverfitVerdict:
     rising: bool
     levelled_off: bool
     decrease_fraction: float
-    tail_progress: float
+    projected_steps: float = math.nan
+
+
+def projected_steps(losses: Sequence[float], target: float) -> float:
+    """Steps still needed to reach ``target`` at the rate of the last third of the curve (a straight
+    line in log loss); ``inf`` when the loss is not falling there, ``nan`` when it cannot be told.
+
+    Example:
+        >>> round(projected_steps([1.0, 0.5, 0.25, 0.125], 0.0625), 3)
+        1.0
+        >>> projected_steps([1.0, 1.0, 1.0], 0.1)
+        inf
+    """
+    tail = [float(v) for v in losses[-max(2, len(losses) // 3) :]]
+    if len(tail) < 2 or not all(math.isfinite(v) and v > 0 for v in tail) or not target > 0:
+        return math.nan
+    slope = (math.log(tail[-1]) - math.log(tail[0])) / (len(tail) - 1)
+    if slope >= 0:
+        return math.inf
+    return max(0.0, (math.log(target) - math.log(tail[-1])) / slope)
+
+
+def overfit_target(initial: float, target_fraction: float, target_loss: float | None) -> float:
+    """The loss that counts as memorised: ``target_loss`` when given, else ``target_fraction`` of
+    the loss at init (a cross-entropy or a squared error can reach a tenth of where it started on a
+    handful of samples; the fraction needs no knowledge of the loss's scale).
+
+    Example:
+        >>> overfit_target(2.3, 0.1, None), overfit_target(2.3, 0.1, 0.05)
+        (0.22999999999999998, 0.05)
+    """
+    if target_loss is not None:
+        return target_loss
+    return target_fraction * initial if math.isfinite(initial) and initial > 0 else 0.0
 
 
 def overfit_verdict(
@@ -488,23 +704,26 @@ def overfit_verdict(
     *,
     allow_negative: bool = False,
     min_decrease: float = 0.01,
-    min_tail_progress: float = 0.1,
+    on_course: float = 3.0,
 ) -> OverfitVerdict:
     """Judge the loss curve of a model trained on one fixed batch.
 
     ``pass`` when the lowest loss is ``<= target_loss`` (and not negative, unless
-    ``allow_negative``). Otherwise ``fail`` when the loss went negative, rose, is not finite, fell
-    by less than ``min_decrease`` of its initial value, or levelled off above the target (less than
-    ``min_tail_progress`` of its decrease in the last third of the run); ``warn`` when it is still
-    falling but did not reach the target in the steps given (more steps or a higher learning rate
-    would tell).
+    ``allow_negative``), or when it is still falling steadily at a rate that reaches the target
+    within ``on_course`` times the steps taken so far (:func:`projected_steps`), or it halved and is
+    still falling (:func:`halved`). Otherwise ``fail``
+    when the loss went negative, rose, is not finite, fell by less than ``min_decrease`` of its
+    initial value, or levelled off above the target; ``warn`` when it is still falling, too slowly
+    to tell (more steps would).
 
     Example:
         >>> overfit_verdict([2.3, 0.5, 0.01], 0.05).status
         'pass'
-        >>> overfit_verdict([2.3, 2.2, 2.1, 2.0, 1.9, 1.8], 0.05).status  # slow, still falling
+        >>> overfit_verdict([2.3 * 0.7**t for t in range(12)], 0.01).status  # falling, on course
+        'pass'
+        >>> overfit_verdict([2.3 - 0.003 * t for t in range(20)], 0.05).status  # slow, still falling
         'warn'
-        >>> overfit_verdict([2.3, 1.5, 1.4, 1.4, 1.4, 1.4], 0.05).status  # levelled off
+        >>> overfit_verdict([2.3, 1.5] + [1.4] * 16, 0.05).status  # levelled off
         'fail'
         >>> overfit_verdict([2.3, 2.3, 2.3], 0.05).status  # flat
         'fail'
@@ -519,21 +738,19 @@ def overfit_verdict(
     lowest = min(finite) if finite else math.nan
     final = float(losses[-1])
     negative = not allow_negative and lowest < 0
-    # "rising": the end of the run sits above its start by more than noise.
     rising = math.isfinite(final) and final > initial + 1e-6 * max(1.0, abs(initial))
     ok = math.isfinite(initial) and initial != 0 and len(finite) == len(losses)
     decrease = (initial - lowest) / abs(initial) if ok else math.nan
-    head = losses[: max(1, (2 * len(losses)) // 3)]  # the first two thirds
-    tail_progress = (min(head) - lowest) / (initial - lowest) if ok and initial > lowest else 0.0
-    levelled_off = tail_progress < min_tail_progress
+    levelled = levelled_off(losses)
     reached = math.isfinite(lowest) and lowest <= target_loss and not negative
+    projected = projected_steps(losses, target_loss) if ok and not levelled else math.nan
     status: Verdict
     if reached:
         status = "pass"
-    elif negative or rising or not ok or not decrease >= min_decrease or levelled_off:
+    elif negative or rising or not ok or not decrease >= min_decrease or levelled:
         status = "fail"
+    elif projected <= on_course * (len(losses) - 1) or halved(losses):
+        status = "pass"
     else:
         status = "warn"
-    return OverfitVerdict(
-        status, initial, lowest, final, reached, negative, rising, levelled_off, decrease, tail_progress
-    )
+    return OverfitVerdict(status, initial, lowest, final, reached, negative, rising, levelled, decrease, projected)

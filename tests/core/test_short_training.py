@@ -18,6 +18,7 @@ from recipe_callbacks.core.short_training import (
     first_optimizer,
     learning_rates,
     model_notes,
+    overfit_target,
     overfit_verdict,
     params_without_grad,
     rebuild_optimizer,
@@ -201,40 +202,37 @@ def test_take_samples_cuts_every_batched_tensor() -> None:
 
 
 def test_baseline_verdict_against_hand_computed_numbers() -> None:
-    # the zero run starts 0.2 lower and stays flat; the real run falls by 0.4 and ends 0.2 lower:
-    # relative gap = (gap + head start) / real decrease = (0.2 + 0.2) / 0.4 = 1
-    v = baseline_verdict([2.5, 2.3, 2.1], [2.3, 2.3, 2.3], 0.25)
-    assert v.status == "pass" and not v.identical
-    assert (v.gap, v.head_start, v.relative_gap) == pytest.approx((0.2, 0.2, 1.0))
-    # both learn the same amount from the same start: only 1/4 of the real decrease is the input's
-    v = baseline_verdict([2.0, 1.0], [2.0, 1.25], 0.5)
-    assert v.status == "fail" and v.relative_gap == pytest.approx(0.25) and v.head_start == 0.0
-    assert baseline_verdict([2.0, 1.0], [2.0, 1.25], 0.25).status == "pass"
-    # the same curve, step by step: the loss does not depend on the input
-    v = baseline_verdict([2.0, 1.5, 1.2], [2.0, 1.5, 1.2], 0.25)
-    assert v.status == "fail" and v.identical and v.relative_gap == 0.0
+    # separated: the last 3 real points are below the zero curve by more than 1% of it
+    v = baseline_verdict([2.5, 2.0, 1.5, 1.0], [2.3, 2.2, 2.1, 2.0], 0.01)
+    assert v.status == "pass" and v.separated and v.gap == pytest.approx(1.0)
+    assert v.margin == pytest.approx(0.02)
+    # the real run started higher and ended only 0.005 below: not separated
+    assert baseline_verdict([2.5, 2.2, 2.1, 1.995], [2.3, 2.1, 2.05, 2.0], 0.01).status == "fail"
+    v = baseline_verdict([2.0, 1.5, 1.2], [2.0, 1.5, 1.2], 0.01)
+    assert v.status == "fail" and v.identical
     # the real run learned nothing: no verdict on the input
-    v = baseline_verdict([2.0, 2.0], [1.0, 0.9], 0.25)
-    assert v.status == "warn" and not v.real_learned and math.isnan(v.relative_gap)
-    assert baseline_verdict([2.0, float("nan")], [2.0, 1.0], 0.25).status == "warn"
+    assert baseline_verdict([2.0, 2.0], [1.0, 0.9], 0.01).status == "warn"
+    assert baseline_verdict([2.0, float("nan")], [2.0, 1.0], 0.01).status == "warn"
+    # a levelled-off zero curve is extended by its lowest value
+    v = baseline_verdict([2.3, 2.0, 1.8, 1.7, 1.6], [2.3, 1.9, 1.9], 0.01, zero_levelled=True)
+    assert v.status == "pass" and v.gap == pytest.approx(0.3)
 
 
 def test_overfit_verdict_cases() -> None:
     v = overfit_verdict([2.0, 0.5, 0.04], 0.05)
-    assert (v.status, v.initial, v.lowest, v.final, v.reached) == ("pass", 2.0, 0.04, 0.04, True)
-    assert v.decrease_fraction == pytest.approx(0.98)
-    # a steady fall of 0.1 a step over 7 losses: the first two thirds are 4 losses (lowest 1.7),
-    # so the last third made (1.7 - 1.4) / (2.0 - 1.4) = 1/2 of the decrease: still falling
-    v = overfit_verdict([2.0, 1.9, 1.8, 1.7, 1.6, 1.5, 1.4], 0.05)
-    assert v.status == "warn" and v.tail_progress == pytest.approx(0.5) and not v.levelled_off
-    # fell fast, then flat: levelled off far above the target
-    v = overfit_verdict([2.0, 1.2, 1.1, 1.1, 1.1, 1.1], 0.05)
-    assert v.status == "fail" and v.levelled_off and v.tail_progress == 0.0
+    assert v.status == "pass" and v.reached
+    v = overfit_verdict([2.0 * 0.9**t for t in range(20)], 0.05)  # on course: 0.27 at 19 steps, 16 more
+    assert v.status == "pass" and not v.reached and v.projected_steps == pytest.approx(16.0, abs=0.5)
+    assert overfit_verdict([2.0 - 0.002 * t for t in range(20)], 0.05).status == "warn"  # too slow to tell
+    v = overfit_verdict([2.0, 1.2] + [1.1] * 16, 0.05)
+    assert v.status == "fail" and v.levelled_off
     assert overfit_verdict([2.0, 2.0, 2.0], 0.05).status == "fail"  # flat: lr 0, frozen
     assert overfit_verdict([2.0, 1.999, 1.998], 0.05).status == "fail"  # fell 0.1% < 1%
     v = overfit_verdict([2.0, 2.5, 3.0], 0.05)
     assert v.status == "fail" and v.rising
     v = overfit_verdict([-1.0], 0.05)
-    assert v.status == "fail" and v.negative and not v.reached
+    assert v.status == "fail" and v.negative
     assert overfit_verdict([-1.0, -3.0], -2.0, allow_negative=True).status == "pass"
     assert overfit_verdict([2.0, float("inf")], 0.05).status == "fail"
+    assert overfit_target(2.3, 0.1, None) == pytest.approx(0.23) and overfit_target(2.3, 0.1, 0.5) == 0.5
+
