@@ -145,7 +145,7 @@ class PredictionDynamicsLogger(RecipeCallback):
         indices: list[int] | None = None,
         source: Literal["val", "train"] = "val",
         task: str | None = None,
-        max_jitter: float = 0.1,
+        max_jitter: float = 0.05,
         max_flip_rate: float = 0.1,
         min_confidence: float = 0.5,
         warmup_fraction: float = 0.3,
