@@ -43,7 +43,7 @@ from examples.char_lm import CharTransformer, CharWindows
 from examples.digits import DigitsCNN, digits_datasets
 from examples.imbalanced_fix_bias import ZeroDetector, zero_vs_rest
 from recipe_callbacks import Finding, RecipeCallback
-from recipe_callbacks.callback_base import snake_case
+from recipe_callbacks.plumbing.callback_base import snake_case
 
 _SEVERITY = {"fail": 3, "warn": 2, "pass": 1, "skip": 0}
 

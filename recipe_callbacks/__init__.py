@@ -5,9 +5,9 @@ what went wrong in TensorBoard and in one checklist (``RecipeReport``).
 """
 
 # The recipe callbacks are imported in recipe order, not sorted (I001 is off for this file).
-from recipe_callbacks.batch import BatchResolutionError, ResolvedBatch, resolve_batch
-from recipe_callbacks.callback_base import RecipeCallback
-from recipe_callbacks.finding import Finding, RecipeCheckError, RecipeWarning
+from recipe_callbacks.plumbing.batch import BatchResolutionError, ResolvedBatch, resolve_batch
+from recipe_callbacks.plumbing.callback_base import RecipeCallback
+from recipe_callbacks.plumbing.finding import Finding, RecipeCheckError, RecipeWarning
 from recipe_callbacks.recipe_report import RecipeReport
 
 # Recipe callbacks: one import line per module, in recipe order.

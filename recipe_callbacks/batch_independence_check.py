@@ -11,8 +11,6 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import torch
 from typing_extensions import override
 
-from recipe_callbacks.batch import BatchToXY, ForwardFn, ResolvedBatch, resolve_batch
-from recipe_callbacks.callback_base import FirstBatchCheck
 from recipe_callbacks.core.dependencies import (
     CannotRun,
     Dependency,
@@ -36,9 +34,11 @@ from recipe_callbacks.core.dependencies import (
     restored_buffers,
 )
 from recipe_callbacks.core.snapshot import has_lazy_tensors
-from recipe_callbacks.finding import OnFail
-from recipe_callbacks.observe import detached_copy, observing
-from recipe_callbacks.validation import check_bool, check_choice, check_float, check_int
+from recipe_callbacks.plumbing.batch import BatchToXY, ForwardFn, ResolvedBatch, resolve_batch
+from recipe_callbacks.plumbing.callback_base import FirstBatchCheck
+from recipe_callbacks.plumbing.finding import OnFail
+from recipe_callbacks.plumbing.observe import detached_copy, observing
+from recipe_callbacks.plumbing.validation import check_bool, check_choice, check_float, check_int
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl

@@ -9,7 +9,6 @@ import torch
 from torch import nn
 from typing_extensions import override
 
-from recipe_callbacks.batch import BatchToXY, ForwardFn, ResolvedBatch, resolve_batch
 from recipe_callbacks.batch_independence_check import METHODS, Method, OneOffDependencyCheck
 from recipe_callbacks.core.dependencies import (
     CannotRun,
@@ -24,8 +23,9 @@ from recipe_callbacks.core.dependencies import (
     relative,
 )
 from recipe_callbacks.core.short_training import take_samples
-from recipe_callbacks.finding import OnFail
-from recipe_callbacks.validation import check_bool, check_choice, check_float, check_int
+from recipe_callbacks.plumbing.batch import BatchToXY, ForwardFn, ResolvedBatch, resolve_batch
+from recipe_callbacks.plumbing.finding import OnFail
+from recipe_callbacks.plumbing.validation import check_bool, check_choice, check_float, check_int
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl

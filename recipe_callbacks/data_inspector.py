@@ -11,8 +11,6 @@ from lightning.pytorch.utilities.seed import isolate_rng
 from torch.utils.data import DataLoader, Subset
 from typing_extensions import override
 
-from recipe_callbacks.batch import BatchToXY, ForwardFn, integer_inputs
-from recipe_callbacks.callback_base import RecipeCallback, sharded_strategy
 from recipe_callbacks.core.data_stats import (
     all_dataloaders,
     bounded_loader,
@@ -35,9 +33,11 @@ from recipe_callbacks.core.task import (
     logits_of,
     per_sample_loss,
 )
-from recipe_callbacks.finding import OnFail, Status
-from recipe_callbacks.observe import observing
-from recipe_callbacks.validation import check_bool, check_choice, check_float, check_int
+from recipe_callbacks.plumbing.batch import BatchToXY, ForwardFn, integer_inputs
+from recipe_callbacks.plumbing.callback_base import RecipeCallback, sharded_strategy
+from recipe_callbacks.plumbing.finding import OnFail, Status
+from recipe_callbacks.plumbing.observe import observing
+from recipe_callbacks.plumbing.validation import check_bool, check_choice, check_float, check_int
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl

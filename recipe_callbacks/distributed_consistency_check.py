@@ -10,8 +10,6 @@ from lightning.pytorch.strategies import DDPStrategy
 from torch.utils.data import DistributedSampler, IterableDataset
 from typing_extensions import override
 
-from recipe_callbacks.batch import BatchResolutionError, BatchToXY, resolve_batch
-from recipe_callbacks.callback_base import RecipeCallback
 from recipe_callbacks.core.data_stats import first_dataloader
 from recipe_callbacks.core.rank_checksums import (
     MISSING,
@@ -21,8 +19,10 @@ from recipe_callbacks.core.rank_checksums import (
     ranks_unlike_first,
     tensor_checksum,
 )
-from recipe_callbacks.finding import OnFail
-from recipe_callbacks.validation import check_int
+from recipe_callbacks.plumbing.batch import BatchResolutionError, BatchToXY, resolve_batch
+from recipe_callbacks.plumbing.callback_base import RecipeCallback
+from recipe_callbacks.plumbing.finding import OnFail
+from recipe_callbacks.plumbing.validation import check_int
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl

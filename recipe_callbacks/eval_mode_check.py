@@ -12,14 +12,14 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
-from recipe_callbacks.batch import BatchToXY
-from recipe_callbacks.callback_base import RecipeCallback
 from recipe_callbacks.core import eval_mode as core
 from recipe_callbacks.core.cost_clock import CostClock
 from recipe_callbacks.core.task import TASKS, Task, class_first, infer_task, logits_of, per_sample_loss
-from recipe_callbacks.finding import OnFail, Status
-from recipe_callbacks.observe import observing
-from recipe_callbacks.validation import check_choice, check_float
+from recipe_callbacks.plumbing.batch import BatchToXY
+from recipe_callbacks.plumbing.callback_base import RecipeCallback
+from recipe_callbacks.plumbing.finding import OnFail, Status
+from recipe_callbacks.plumbing.observe import observing
+from recipe_callbacks.plumbing.validation import check_choice, check_float
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl

@@ -10,13 +10,13 @@ import torch
 from torch import nn
 from typing_extensions import override
 
-from recipe_callbacks.batch import BatchResolutionError, BatchToXY, ForwardFn, resolve_batch
-from recipe_callbacks.callback_base import RecipeCallback
 from recipe_callbacks.core.filter_noise import bank_from_linear, bank_noise_score, filter_tiles
 from recipe_callbacks.core.pictures import Band, image_grid, line_chart, matrix_chart
-from recipe_callbacks.finding import OnFail
-from recipe_callbacks.observe import observing
-from recipe_callbacks.validation import check_float, check_int, check_optional_str
+from recipe_callbacks.plumbing.batch import BatchResolutionError, BatchToXY, ForwardFn, resolve_batch
+from recipe_callbacks.plumbing.callback_base import RecipeCallback
+from recipe_callbacks.plumbing.finding import OnFail
+from recipe_callbacks.plumbing.observe import observing
+from recipe_callbacks.plumbing.validation import check_float, check_int, check_optional_str
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
@@ -77,7 +77,7 @@ class FirstLayerFilterViz(RecipeCallback):
             move from their value at the start of training) reached this; below it the random
             init still dominates the picture whatever training does.
         max_filters: draw at most this many filters.
-        on_fail: see :class:`~recipe_callbacks.callback_base.RecipeCallback`.
+        on_fail: see :class:`~recipe_callbacks.plumbing.callback_base.RecipeCallback`.
         input_key: where the input is in a batch; inferred when ``None``.
         target_key: where the target is in a batch; inferred when ``None``.
         batch_to_xy: a function ``batch -> (x, y)`` for other batch shapes.

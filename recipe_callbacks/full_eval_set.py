@@ -16,15 +16,6 @@ from torch.utils.data import DistributedSampler, IterableDataset, RandomSampler,
 from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
-from recipe_callbacks.batch import (
-    BatchResolutionError,
-    BatchToXY,
-    ForwardFn,
-    ResolvedBatch,
-    integer_inputs,
-    resolve_batch,
-)
-from recipe_callbacks.callback_base import RecipeCallback
 from recipe_callbacks.core.eval_stats import (
     DEFAULT_LOSS,
     LOSSES,
@@ -40,9 +31,18 @@ from recipe_callbacks.core.eval_stats import (
     unpadded_positions,
 )
 from recipe_callbacks.core.task import TASKS, Task, aligned, class_first, logits_of, per_position_losses, require_task
-from recipe_callbacks.finding import OnFail
-from recipe_callbacks.observe import observing
-from recipe_callbacks.validation import check_choice, check_float, check_int
+from recipe_callbacks.plumbing.batch import (
+    BatchResolutionError,
+    BatchToXY,
+    ForwardFn,
+    ResolvedBatch,
+    integer_inputs,
+    resolve_batch,
+)
+from recipe_callbacks.plumbing.callback_base import RecipeCallback
+from recipe_callbacks.plumbing.finding import OnFail
+from recipe_callbacks.plumbing.observe import observing
+from recipe_callbacks.plumbing.validation import check_choice, check_float, check_int
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl

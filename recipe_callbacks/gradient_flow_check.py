@@ -9,11 +9,11 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
-from recipe_callbacks.callback_base import RecipeCallback
 from recipe_callbacks.core import gradient_flow as core
 from recipe_callbacks.core.cost_clock import CostClock
-from recipe_callbacks.finding import OnFail, Status
-from recipe_callbacks.validation import check_float, check_int
+from recipe_callbacks.plumbing.callback_base import RecipeCallback
+from recipe_callbacks.plumbing.finding import OnFail, Status
+from recipe_callbacks.plumbing.validation import check_float, check_int
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl

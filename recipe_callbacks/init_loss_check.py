@@ -12,8 +12,6 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
-from recipe_callbacks.batch import BatchResolutionError, BatchToXY, ForwardFn, integer_inputs, resolve_batch
-from recipe_callbacks.callback_base import RecipeCallback
 from recipe_callbacks.core.data_stats import bounded_loader, first_dataloader
 from recipe_callbacks.core.init_loss import (
     ExpectedLoss,
@@ -27,9 +25,11 @@ from recipe_callbacks.core.init_loss import (
 from recipe_callbacks.core.pictures import Band, band_chart, bar_chart
 from recipe_callbacks.core.task import TASKS, Task, aligned, class_first, infer_task, logits_of, per_sample_loss
 from recipe_callbacks.data_inspector import DataInspector
-from recipe_callbacks.finding import OnFail, Status
-from recipe_callbacks.observe import observing
-from recipe_callbacks.validation import check_bool, check_choice, check_float, check_int, check_optional_str
+from recipe_callbacks.plumbing.batch import BatchResolutionError, BatchToXY, ForwardFn, integer_inputs, resolve_batch
+from recipe_callbacks.plumbing.callback_base import RecipeCallback
+from recipe_callbacks.plumbing.finding import OnFail, Status
+from recipe_callbacks.plumbing.observe import observing
+from recipe_callbacks.plumbing.validation import check_bool, check_choice, check_float, check_int, check_optional_str
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl

@@ -8,9 +8,6 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from typing_extensions import override
 
-from recipe_callbacks.batch import BatchToXY, ResolvedBatch
-from recipe_callbacks.callback_base import FirstBatchCheck
-from recipe_callbacks.copy_training import CopyTrainingSkip, ShortTrainings
 from recipe_callbacks.core.pictures import line_chart
 from recipe_callbacks.core.short_training import (
     baseline_stop,
@@ -19,8 +16,11 @@ from recipe_callbacks.core.short_training import (
     plateau_stop,
     take_samples,
 )
-from recipe_callbacks.finding import OnFail
-from recipe_callbacks.validation import check_float, check_int
+from recipe_callbacks.plumbing.batch import BatchToXY, ResolvedBatch
+from recipe_callbacks.plumbing.callback_base import FirstBatchCheck
+from recipe_callbacks.plumbing.copy_training import CopyTrainingSkip, ShortTrainings
+from recipe_callbacks.plumbing.finding import OnFail
+from recipe_callbacks.plumbing.validation import check_float, check_int
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
@@ -40,7 +40,7 @@ class InputIndependentBaseline(FirstBatchCheck):
     receives, so no data loader is read twice), with the user's own optimizer class and settings
     (the first optimizer, at its base learning rate, without scheduler) and loss
     (``training_step``), in train mode and under an isolated RNG seeded the same for both; the
-    module is put back bit for bit after each (see ``recipe_callbacks.copy_training``), so the real
+    module is put back bit for bit after each (see ``recipe_callbacks.plumbing.copy_training``), so the real
     run, its optimizer, the logged metrics and the RNG are untouched. It does not run again on a
     run resumed from a checkpoint.
 

@@ -8,8 +8,6 @@ import torch
 from lightning.pytorch.utilities.seed import isolate_rng
 from typing_extensions import override
 
-from recipe_callbacks.batch import BatchToXY, resolve_batch
-from recipe_callbacks.callback_base import RecipeCallback
 from recipe_callbacks.core.data_stats import bounded_loader, first_dataloader
 from recipe_callbacks.core.input_stats import (
     FLAG_NAMES,
@@ -26,8 +24,10 @@ from recipe_callbacks.core.input_stats import (
     to_nchw,
 )
 from recipe_callbacks.core.pictures import image_grid
-from recipe_callbacks.finding import OnFail, Status
-from recipe_callbacks.validation import check_choice, check_float, check_int
+from recipe_callbacks.plumbing.batch import BatchToXY, resolve_batch
+from recipe_callbacks.plumbing.callback_base import RecipeCallback
+from recipe_callbacks.plumbing.finding import OnFail, Status
+from recipe_callbacks.plumbing.validation import check_choice, check_float, check_int
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl

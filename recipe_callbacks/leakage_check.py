@@ -12,8 +12,6 @@ from lightning.pytorch.utilities.seed import isolate_rng
 from torch.utils.data import DataLoader
 from typing_extensions import override
 
-from recipe_callbacks.batch import BatchToXY
-from recipe_callbacks.callback_base import RecipeCallback
 from recipe_callbacks.core.data_stats import all_dataloaders, bounded_loader, first_dataloader
 from recipe_callbacks.core.eval_stats import MeanEstimate, estimate, per_sample_metric
 from recipe_callbacks.core.leakage import (
@@ -29,9 +27,11 @@ from recipe_callbacks.core.leakage import (
 )
 from recipe_callbacks.core.pictures import image_grid
 from recipe_callbacks.core.task import TASKS, Task, infer_task, logits_of, per_sample_loss
-from recipe_callbacks.finding import OnFail
-from recipe_callbacks.observe import observing
-from recipe_callbacks.validation import check_choice, check_float, check_int
+from recipe_callbacks.plumbing.batch import BatchToXY
+from recipe_callbacks.plumbing.callback_base import RecipeCallback
+from recipe_callbacks.plumbing.finding import OnFail
+from recipe_callbacks.plumbing.observe import observing
+from recipe_callbacks.plumbing.validation import check_choice, check_float, check_int
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl

@@ -10,14 +10,14 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
-from recipe_callbacks.batch import BatchToXY
-from recipe_callbacks.callback_base import RecipeCallback
 from recipe_callbacks.core import loss_compat as core
 from recipe_callbacks.core.cost_clock import CostClock
 from recipe_callbacks.core.task import logits_of
-from recipe_callbacks.finding import OnFail
-from recipe_callbacks.observe import loss_from_step_output
-from recipe_callbacks.validation import check_float
+from recipe_callbacks.plumbing.batch import BatchToXY
+from recipe_callbacks.plumbing.callback_base import RecipeCallback
+from recipe_callbacks.plumbing.finding import OnFail
+from recipe_callbacks.plumbing.observe import loss_from_step_output
+from recipe_callbacks.plumbing.validation import check_float
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl

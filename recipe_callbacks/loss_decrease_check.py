@@ -8,12 +8,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 from typing_extensions import override
 
-from recipe_callbacks.callback_base import RecipeCallback
 from recipe_callbacks.core import loss_trend as core
 from recipe_callbacks.core.pictures import line_chart
-from recipe_callbacks.finding import OnFail
-from recipe_callbacks.observe import loss_from_step_output
-from recipe_callbacks.validation import check_float, check_int, check_optional_str
+from recipe_callbacks.plumbing.callback_base import RecipeCallback
+from recipe_callbacks.plumbing.finding import OnFail
+from recipe_callbacks.plumbing.observe import loss_from_step_output
+from recipe_callbacks.plumbing.validation import check_float, check_int, check_optional_str
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl

@@ -21,12 +21,12 @@ import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from typing_extensions import override
 
-from recipe_callbacks.batch import BatchToXY
-from recipe_callbacks.callback_base import RecipeCallback
 from recipe_callbacks.core import lr_schedule as core
 from recipe_callbacks.core.pictures import line_chart
-from recipe_callbacks.finding import Finding, OnFail, RecipeCheckError, format_value
-from recipe_callbacks.validation import check_choice, check_float, check_int
+from recipe_callbacks.plumbing.batch import BatchToXY
+from recipe_callbacks.plumbing.callback_base import RecipeCallback
+from recipe_callbacks.plumbing.finding import Finding, OnFail, RecipeCheckError, format_value
+from recipe_callbacks.plumbing.validation import check_choice, check_float, check_int
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl

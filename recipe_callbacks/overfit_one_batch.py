@@ -9,9 +9,6 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from typing_extensions import override
 
-from recipe_callbacks.batch import BatchResolutionError, BatchToXY, resolve_batch
-from recipe_callbacks.callback_base import FirstBatchCheck
-from recipe_callbacks.copy_training import CopyTrainingSkip, ShortTrainings
 from recipe_callbacks.core.pictures import Band, line_chart
 from recipe_callbacks.core.short_training import (
     ModelNotes,
@@ -22,8 +19,11 @@ from recipe_callbacks.core.short_training import (
     overfit_verdict,
     take_samples,
 )
-from recipe_callbacks.finding import OnFail
-from recipe_callbacks.validation import check_bool, check_float, check_int
+from recipe_callbacks.plumbing.batch import BatchResolutionError, BatchToXY, resolve_batch
+from recipe_callbacks.plumbing.callback_base import FirstBatchCheck
+from recipe_callbacks.plumbing.copy_training import CopyTrainingSkip, ShortTrainings
+from recipe_callbacks.plumbing.finding import OnFail
+from recipe_callbacks.plumbing.validation import check_bool, check_float, check_int
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
@@ -43,7 +43,7 @@ class OverfitOneBatch(FirstBatchCheck):
     module in place, from its weights at the start of fit, with the user's optimizer class and
     settings (the first optimizer, at its base learning rate, without scheduler) and loss
     (``training_step``), in train mode, under an isolated RNG; afterwards every parameter, buffer,
-    gradient and attribute is put back bit for bit (see ``recipe_callbacks.copy_training``), so the
+    gradient and attribute is put back bit for bit (see ``recipe_callbacks.plumbing.copy_training``), so the
     real run, its optimizer, the logged metrics and the RNG are untouched. It does not run again on
     a run resumed from a checkpoint.
 

@@ -12,8 +12,6 @@ from lightning.pytorch.utilities.seed import isolate_rng
 from torch.utils.data import DataLoader, IterableDataset
 from typing_extensions import override
 
-from recipe_callbacks.batch import BatchToXY, ForwardFn, integer_inputs, resolve_batch
-from recipe_callbacks.callback_base import RecipeCallback
 from recipe_callbacks.core.pictures import image_grid, matrix_chart
 from recipe_callbacks.core.prediction_jitter import (
     Snapshot,
@@ -27,9 +25,11 @@ from recipe_callbacks.core.prediction_jitter import (
 )
 from recipe_callbacks.core.short_training import take_samples
 from recipe_callbacks.core.task import TASKS, Task, aligned, logits_of, require_task
-from recipe_callbacks.finding import OnFail
-from recipe_callbacks.observe import observing
-from recipe_callbacks.validation import check_choice, check_float, check_int
+from recipe_callbacks.plumbing.batch import BatchToXY, ForwardFn, integer_inputs, resolve_batch
+from recipe_callbacks.plumbing.callback_base import RecipeCallback
+from recipe_callbacks.plumbing.finding import OnFail
+from recipe_callbacks.plumbing.observe import observing
+from recipe_callbacks.plumbing.validation import check_choice, check_float, check_int
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
@@ -101,7 +101,7 @@ class PredictionDynamicsLogger(RecipeCallback):
             (and at the end of training). A heat-map figure costs about 0.1-0.2 s of matplotlib, so
             the default (every 5,000 steps at ``every_n_steps=50``) keeps it far below 1% of a
             run of fast steps.
-        on_fail: see :class:`~recipe_callbacks.callback_base.RecipeCallback`.
+        on_fail: see :class:`~recipe_callbacks.plumbing.callback_base.RecipeCallback`.
         input_key: where the input is in a batch; inferred when ``None``.
         target_key: where the target is in a batch; inferred when ``None``.
         batch_to_xy: a function ``batch -> (x, y)`` for other batch shapes.

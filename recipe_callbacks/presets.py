@@ -32,7 +32,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
-from recipe_callbacks.finding import RecipeWarning
+from recipe_callbacks.plumbing.finding import RecipeWarning
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl

@@ -13,13 +13,13 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
-from recipe_callbacks import log_writer
-from recipe_callbacks.callback_base import RecipeCallback
-from recipe_callbacks.console_report import render_console
-from recipe_callbacks.finding import Finding, details_markdown
-from recipe_callbacks.html_report import render_html
-from recipe_callbacks.run_record import RunRecord
-from recipe_callbacks.validation import check_bool
+from recipe_callbacks.plumbing import log_writer
+from recipe_callbacks.plumbing.callback_base import RecipeCallback
+from recipe_callbacks.plumbing.console_report import render_console
+from recipe_callbacks.plumbing.finding import Finding, details_markdown
+from recipe_callbacks.plumbing.html_report import render_html
+from recipe_callbacks.plumbing.run_record import RunRecord
+from recipe_callbacks.plumbing.validation import check_bool
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl

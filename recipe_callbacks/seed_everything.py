@@ -14,11 +14,11 @@ from torch.nn.parameter import is_lazy
 from torch.utils.data import DataLoader
 from typing_extensions import override
 
-from recipe_callbacks.callback_base import RecipeCallback
 from recipe_callbacks.core.fingerprints import fingerprint_batch, fingerprint_scalar, fingerprint_tensors
 from recipe_callbacks.core.rng_state import capture_rng_states, restore_rng_states
-from recipe_callbacks.finding import OnFail
-from recipe_callbacks.validation import check_bool, check_int
+from recipe_callbacks.plumbing.callback_base import RecipeCallback
+from recipe_callbacks.plumbing.finding import OnFail
+from recipe_callbacks.plumbing.validation import check_bool, check_int
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl

@@ -17,11 +17,11 @@ import torch
 from torch import nn
 from typing_extensions import override
 
-from recipe_callbacks.callback_base import RecipeCallback
 from recipe_callbacks.core import update_ratio as core
 from recipe_callbacks.core.pictures import Band, line_chart
-from recipe_callbacks.finding import OnFail, Status
-from recipe_callbacks.validation import check_bool, check_float, check_int
+from recipe_callbacks.plumbing.callback_base import RecipeCallback
+from recipe_callbacks.plumbing.finding import OnFail, Status
+from recipe_callbacks.plumbing.validation import check_bool, check_float, check_int
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl

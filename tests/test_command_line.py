@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 import recipe_callbacks as rc
-from recipe_callbacks.command_line import main
+from recipe_callbacks.plumbing.command_line import main
 from tests.support import TinyClassifier, blobs, fast_trainer, loader
 
 

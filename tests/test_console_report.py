@@ -12,7 +12,13 @@ from typing import Any
 import pytest
 
 from recipe_callbacks import Finding, RecipeCallback, RecipeReport
-from recipe_callbacks.console_report import checklist, console_settings, render_console, render_plain, render_rich
+from recipe_callbacks.plumbing.console_report import (
+    checklist,
+    console_settings,
+    render_console,
+    render_plain,
+    render_rich,
+)
 from recipe_callbacks.recipe_report import RECIPE_STEPS
 from tests.support import TinyClassifier, blobs, fast_trainer, loader
 
@@ -99,7 +105,7 @@ class Monitor(RecipeCallback):
 @pytest.mark.parametrize("use_rich", [False, True])
 def test_printed_once_early_and_once_at_the_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                 use_rich: bool) -> None:
-    monkeypatch.setattr("recipe_callbacks.console_report.rich_available", lambda: use_rich)
+    monkeypatch.setattr("recipe_callbacks.plumbing.console_report.rich_available", lambda: use_rich)
     messages: list[str] = []
     monkeypatch.setattr("recipe_callbacks.recipe_report.rank_zero_info", messages.append)
     trainer = fast_trainer(tmp_path, callbacks=[OneOff(True), Monitor(), RecipeReport()], max_epochs=2)

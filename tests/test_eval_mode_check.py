@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 
 from examples.digits import digits_datasets
 from recipe_callbacks import EvalModeCheck, RecipeCheckError, RecipeReport
-from recipe_callbacks.finding import Finding
+from recipe_callbacks.plumbing.finding import Finding
 from tests.families import BatchNormCNN, healthy_runs
 from tests.support import TinyClassifier, blobs, fast_trainer
 

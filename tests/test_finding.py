@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from recipe_callbacks import Finding, RecipeCallback, RecipeCheckError, RecipeWarning
-from recipe_callbacks.finding import apply_on_fail
+from recipe_callbacks.plumbing.finding import apply_on_fail
 from tests.support import TinyClassifier, blobs, fast_trainer, loader
 
 

@@ -14,7 +14,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from recipe_callbacks import GradientFlowCheck, RecipeCheckError, RecipeReport
-from recipe_callbacks.finding import Finding
+from recipe_callbacks.plumbing.finding import Finding
 from tests.families import TwoOptimizerGAN, diabetes, healthy_runs
 from tests.support import TinyClassifier, blobs, fast_trainer, loader, read_events, text_values
 

@@ -448,7 +448,7 @@ class Peeker(pl.Callback):
     """Another callback that looks at the model (eval mode, no grad) at the start of the first step."""
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, i: int) -> None:
-        from recipe_callbacks.observe import observing
+        from recipe_callbacks.plumbing.observe import observing
 
         with observing(pl_module):
             pl_module(batch[0] * 100.0)  # logits that would fail the check if they were judged

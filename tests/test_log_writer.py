@@ -75,7 +75,7 @@ def test_tensorboard_logger(tmp_path: Path) -> None:
 
 def test_csv_logger_falls_back_to_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     messages: list[str] = []
-    monkeypatch.setattr("recipe_callbacks.log_writer.rank_zero_info", messages.append)
+    monkeypatch.setattr("recipe_callbacks.plumbing.log_writer.rank_zero_info", messages.append)
     trainer = _fit(tmp_path, CSVLogger(str(tmp_path), name="csv"))
     _check_csv(trainer.logger.log_dir)
     _check_files(Path(trainer.logger.log_dir) / "recipe")

@@ -15,7 +15,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from recipe_callbacks import LossCompatibilityCheck, RecipeCheckError
-from recipe_callbacks.finding import Finding
+from recipe_callbacks.plumbing.finding import Finding
 from tests.families import TinyGPT, diabetes, healthy_runs, text_windows
 from tests.support import TinyClassifier, blobs, fast_trainer, loader, read_events, text_values
 

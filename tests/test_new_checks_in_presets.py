@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from recipe_callbacks import presets
-from recipe_callbacks.callback_base import RecipeCallback
+from recipe_callbacks.plumbing.callback_base import RecipeCallback
 from tests.families import healthy_runs
 from tests.support import fast_trainer
 

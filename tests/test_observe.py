@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from recipe_callbacks.observe import detached_copy, observing, training_step_loss
+from recipe_callbacks.plumbing.observe import detached_copy, observing, training_step_loss
 from tests.support import TinyClassifier, blobs, fast_trainer, loader
 
 

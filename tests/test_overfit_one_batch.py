@@ -11,8 +11,8 @@ import pytest
 import torch
 from torch import nn
 
-from recipe_callbacks.finding import RecipeCheckError, RecipeWarning
 from recipe_callbacks.overfit_one_batch import OverfitOneBatch
+from recipe_callbacks.plumbing.finding import RecipeCheckError, RecipeWarning
 from tests.support import TinyClassifier, blobs, fast_trainer, finding_values, loader, read_events
 
 TAG = "recipe.overfit_one_batch"

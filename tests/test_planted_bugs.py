@@ -9,7 +9,7 @@ import pytest
 
 from examples import planted_bugs
 from recipe_callbacks import Finding
-from recipe_callbacks.callback_base import snake_case
+from recipe_callbacks.plumbing.callback_base import snake_case
 from tests.support import read_events
 
 # The bugs docs/recipe.md names, each with the check that must catch it.

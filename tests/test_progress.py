@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 import torch
 
-from recipe_callbacks.callback_base import FirstBatchCheck
-from recipe_callbacks.observe import detached_copy
+from recipe_callbacks.plumbing.callback_base import FirstBatchCheck
+from recipe_callbacks.plumbing.observe import detached_copy
 from tests.support import TinyClassifier, blobs, fast_trainer, loader
 
 

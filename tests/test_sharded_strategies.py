@@ -20,7 +20,7 @@ from lightning.pytorch.strategies import (
 
 import recipe_callbacks
 from recipe_callbacks import RecipeCallback, presets
-from recipe_callbacks.callback_base import sharded_strategy
+from recipe_callbacks.plumbing.callback_base import sharded_strategy
 from tests.support import TinyClassifier, blobs, fast_trainer, loader
 
 
@@ -58,7 +58,7 @@ def test_under_a_sharded_strategy_each_callback_runs_or_skips_naming_it(
 ) -> None:
     # FSDP cannot run on this machine's CPU: the Trainer trains on one device while the callbacks
     # are told the strategy is FSDPStrategy, through the one function they all ask.
-    monkeypatch.setattr(recipe_callbacks.callback_base, "sharded_strategy", lambda trainer: "FSDPStrategy")
+    monkeypatch.setattr(recipe_callbacks.plumbing.callback_base, "sharded_strategy", lambda trainer: "FSDPStrategy")
     monkeypatch.setattr(recipe_callbacks.data_inspector, "sharded_strategy", lambda trainer: "FSDPStrategy")
     callbacks = presets.callbacks("full", every_n_steps=2, InitLossCheck={"fix_bias": True})
     checks = [cb for cb in callbacks if isinstance(cb, RecipeCallback)]
@@ -79,7 +79,7 @@ def test_under_a_sharded_strategy_each_callback_runs_or_skips_naming_it(
     # A later fit on a strategy that does not shard switches the hooks on again.
     monitor = next(cb for cb in checks if isinstance(cb, recipe_callbacks.UpdateRatioMonitor))
     assert "on_train_batch_end" in vars(monitor)  # switched off for the sharded fit
-    monkeypatch.setattr(recipe_callbacks.callback_base, "sharded_strategy", lambda trainer: None)
+    monkeypatch.setattr(recipe_callbacks.plumbing.callback_base, "sharded_strategy", lambda trainer: None)
     _fit(tmp_path / "plain", [monitor])
     assert "on_train_batch_end" not in vars(monitor)
     assert {f.status for f in monitor.findings if "Strategy" not in f.summary} == {"pass"}

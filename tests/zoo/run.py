@@ -44,7 +44,7 @@ def run_case(family: str, bug: str | None, preset: str, *, max_epochs: int | Non
     from lightning.pytorch.loggers import TensorBoardLogger
 
     from recipe_callbacks import RecipeWarning, presets
-    from recipe_callbacks.callback_base import RecipeCallback
+    from recipe_callbacks.plumbing.callback_base import RecipeCallback
     from tests.zoo.families import build
 
     outcome = Outcome(family, bug, preset)

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from recipe_callbacks.observe import loss_from_step_output
+from recipe_callbacks.plumbing.observe import loss_from_step_output
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
@@ -151,7 +151,7 @@ class RunRecord:
             for cb in trainer.callbacks:  # type: ignore[attr-defined]
                 if type(cb).__name__ == "SeedEverything":
                     seeder = cb
-            from recipe_callbacks.callback_base import RecipeCallback
+            from recipe_callbacks.plumbing.callback_base import RecipeCallback
 
             callbacks = [
                 cb.check_name

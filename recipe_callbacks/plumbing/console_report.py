@@ -20,7 +20,7 @@ import textwrap
 from dataclasses import dataclass
 from typing import IO
 
-from recipe_callbacks.finding import Finding
+from recipe_callbacks.plumbing.finding import Finding
 
 # (status word, ANSI colour) of each kind of row; pending/not run are not verdicts.
 _WORD = {"pass": "PASS", "warn": "WARN", "fail": "FAIL", "skip": "SKIP", "pending": "WAIT"}

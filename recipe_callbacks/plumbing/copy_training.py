@@ -43,7 +43,7 @@ from recipe_callbacks.core.short_training import (
     user_optimizer,
 )
 from recipe_callbacks.core.snapshot import ModuleSnapshot, has_lazy_tensors
-from recipe_callbacks.observe import detached_copy, training_step_loss
+from recipe_callbacks.plumbing.observe import detached_copy, training_step_loss
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl

@@ -27,12 +27,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from recipe_callbacks.console_report import render_console
 from recipe_callbacks.core.run_compare import Comparison, compare_runs
-from recipe_callbacks.finding import Finding
-from recipe_callbacks.html_report import render_html
+from recipe_callbacks.plumbing.console_report import render_console
+from recipe_callbacks.plumbing.finding import Finding
+from recipe_callbacks.plumbing.html_report import render_html
+from recipe_callbacks.plumbing.run_record import RUN_FORMAT
 from recipe_callbacks.recipe_report import render_markdown
-from recipe_callbacks.run_record import RUN_FORMAT
 
 REPORT_FILE = "recipe_report.json"
 FORMATS = ("console", "md", "json", "html")

@@ -34,7 +34,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from recipe_callbacks.core.pictures import bar_chart, figure_to_image
-from recipe_callbacks.finding import RecipeWarning
+from recipe_callbacks.plumbing.finding import RecipeWarning
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl

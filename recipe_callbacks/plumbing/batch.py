@@ -150,7 +150,7 @@ def resolve_batch(
         >>> resolve_batch({"pixels": torch.ones(1)})  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
-        recipe_callbacks.batch.BatchResolutionError: the batch dict has no input under a known key ... set input_key
+        recipe_callbacks.plumbing.batch.BatchResolutionError: the batch dict has no input ... set input_key
     """
     if batch_to_xy is not None:
         x, y = batch_to_xy(batch)

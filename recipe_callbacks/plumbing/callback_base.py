@@ -21,11 +21,18 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
-from recipe_callbacks import log_writer
-from recipe_callbacks.batch import BatchResolutionError, BatchToXY, ForwardFn, ResolvedBatch, call_model, resolve_batch
 from recipe_callbacks.core.cost import StepClock, Stopwatch
-from recipe_callbacks.finding import ON_FAIL_CHOICES, Finding, OnFail, Status, apply_on_fail, details_markdown
-from recipe_callbacks.validation import check_choice, check_optional_str
+from recipe_callbacks.plumbing import log_writer
+from recipe_callbacks.plumbing.batch import (
+    BatchResolutionError,
+    BatchToXY,
+    ForwardFn,
+    ResolvedBatch,
+    call_model,
+    resolve_batch,
+)
+from recipe_callbacks.plumbing.finding import ON_FAIL_CHOICES, Finding, OnFail, Status, apply_on_fail, details_markdown
+from recipe_callbacks.plumbing.validation import check_choice, check_optional_str
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
@@ -195,7 +202,7 @@ class RecipeCallback(Callback):
 
     def run_model(self, pl_module: Any, batch: Any, resolved: ResolvedBatch, x: torch.Tensor | None = None) -> Any:
         """Run the model on ``batch`` the way the user's step does (``forward_fn``), with the input
-        replaced by ``x`` if given; see :func:`recipe_callbacks.batch.call_model`."""
+        replaced by ``x`` if given; see :func:`recipe_callbacks.plumbing.batch.call_model`."""
         if isinstance(self.forward_fn, str) and not callable(getattr(pl_module, self.forward_fn, None)):
             raise TypeError(
                 f"{self.check_name}(forward_fn={self.forward_fn!r}): the LightningModule has no such method"
