@@ -29,6 +29,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from recipe_callbacks.core.pictures import matrix_chart
+from recipe_callbacks.core.skip import CheckSkipped
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -36,12 +37,8 @@ if TYPE_CHECKING:
 # ----------------------------------------------------------------------------- small pieces
 
 
-class CannotRun(Exception):
+class CannotRun(CheckSkipped):
     """A dependency check cannot judge this model or batch; ``argument`` names what would let it."""
-
-    def __init__(self, reason: str, argument: str = "") -> None:
-        super().__init__(reason)
-        self.argument = argument
 
 
 def probe_indices(size: int, count: int) -> list[int]:

@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from recipe_callbacks.core.skip import CheckSkipped
+
 INPUT_KEYS: tuple[str, ...] = (
     "x", "input", "inputs", "image", "images", "input_ids", "pixel_values", "input_values", "features", "data",
 )
@@ -23,12 +25,15 @@ TARGET_KEYS: tuple[str, ...] = ("y", "label", "labels", "target", "targets")
 BatchToXY = Callable[[Any], tuple[torch.Tensor, "torch.Tensor | None"]]
 
 
-class BatchResolutionError(ValueError):
-    """The batch did not show where its input or target is; ``argument`` names what to set."""
+class BatchResolutionError(CheckSkipped, ValueError):
+    """The batch did not show where its input or target is; ``argument`` names what to set.
 
-    def __init__(self, message: str, argument: str) -> None:
-        super().__init__(message)
-        self.argument = argument
+    A :class:`~recipe_callbacks.core.skip.CheckSkipped`: raised inside a hook, it becomes the
+    check's ``skip`` Finding.
+    """
+
+    def __init__(self, message: str, argument: str, *, key: str = "") -> None:
+        super().__init__(message, argument, key=key)
 
 
 @dataclass

@@ -7,10 +7,11 @@ Findings and the ``log_*`` helpers with its measurements; nothing here needs wri
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import re
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -22,6 +23,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
 from recipe_callbacks.core.cost import StepClock, Stopwatch
+from recipe_callbacks.core.skip import CheckSkipped
 from recipe_callbacks.plumbing import log_writer
 from recipe_callbacks.plumbing.batch import (
     BatchResolutionError,
@@ -74,6 +76,32 @@ def sharded_strategy(trainer: Any) -> str | None:
     return None
 
 
+#: The Lightning hooks whose ``CheckSkipped`` becomes a ``skip`` Finding (every hook that gets the
+#: Trainer first; ``state_dict``/``load_state_dict`` do not).
+HOOKS: frozenset[str] = frozenset(
+    name
+    for name in dir(Callback)
+    if (name.startswith("on_") or name in ("setup", "teardown")) and callable(getattr(Callback, name))
+)
+
+
+def _skipping(hook: Callable[..., Any]) -> Callable[..., Any]:
+    """``hook`` with a :class:`CheckSkipped` it raises turned into the callback's ``skip`` Finding."""
+    if getattr(hook, "_recipe_skipping", False):
+        return hook
+
+    @functools.wraps(hook)
+    def wrapper(self: RecipeCallback, trainer: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return hook(self, trainer, *args, **kwargs)
+        except CheckSkipped as err:
+            self.skip(trainer, err.reason, err.argument, key=err.key)
+            return None
+
+    wrapper._recipe_skipping = True  # type: ignore[attr-defined]
+    return wrapper
+
+
 def _no_op(*args: Any, **kwargs: Any) -> None:
     return None
 
@@ -106,6 +134,13 @@ class RecipeCallback(Callback):
     """
 
     one_off: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # One skip mechanism: any hook may raise CheckSkipped(reason, argument); it is caught here,
+        # where Lightning calls the hook, and reported as the skip Finding naming the argument.
+        super().__init_subclass__(**kwargs)
+        for name in HOOKS & cls.__dict__.keys():
+            setattr(cls, name, _skipping(cls.__dict__[name]))
     #: Why the callback cannot run when the strategy shards the model ("" when it can): it then
     #: reports a ``skip`` naming the strategy and this reason, and its hooks do nothing for that fit.
     sharded_reason: ClassVar[str] = ""
@@ -408,7 +443,10 @@ class FirstBatchCheck(RecipeCallback):
         self._ran = True
         if not self.is_resumed(trainer):
             with self.running(trainer, pl_module, "running on the first training batch"):
-                self.check_first_batch(trainer, pl_module, batch)
+                try:
+                    self.check_first_batch(trainer, pl_module, batch)
+                except CheckSkipped as err:
+                    self.skip(trainer, err.reason, err.argument, key=err.key)
         self.finish_early()
 
     @override

@@ -42,6 +42,7 @@ from recipe_callbacks.core.short_training import (
     train_for,
     user_optimizer,
 )
+from recipe_callbacks.core.skip import CheckSkipped
 from recipe_callbacks.core.snapshot import ModuleSnapshot, has_lazy_tensors
 from recipe_callbacks.plumbing.observe import detached_copy, training_step_loss
 
@@ -49,13 +50,8 @@ if TYPE_CHECKING:
     import lightning.pytorch as pl
 
 
-class CopyTrainingSkip(Exception):
+class CopyTrainingSkip(CheckSkipped):
     """A short run could not be built or trained; ``argument`` names what to set."""
-
-    def __init__(self, reason: str, argument: str = "") -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.argument = argument
 
 
 @dataclass
