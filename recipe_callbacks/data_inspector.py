@@ -11,6 +11,7 @@ from lightning.pytorch.utilities.seed import isolate_rng
 from torch.utils.data import DataLoader, Subset
 from typing_extensions import override
 
+from recipe_callbacks.core.cost import FORWARD_PASS_STEPS
 from recipe_callbacks.core.data_stats import (
     all_dataloaders,
     bounded_loader,
@@ -44,7 +45,6 @@ if TYPE_CHECKING:
 
 _MAX_CLASS_SCALARS = 100
 _MAX_BARS = 60
-_FORWARD_COST = 1.0 / 3.0
 
 
 def _is_class_target(y: torch.Tensor) -> bool:
@@ -481,7 +481,7 @@ class DataInspector(RecipeCallback):
             f"the {len(positions)} highest-loss of {seen} validation samples: {top}; mean loss {total / seen:.4g}. "
             f"See {self.tag('hardest_samples')}.",
             {"hardest_loss": float(hardest.losses[0]), "mean_val_loss": total / seen, "val_samples": float(seen),
-             "hardest_cost_steps": batches * _FORWARD_COST},
+             "hardest_cost_steps": batches * FORWARD_PASS_STEPS},
             "Look at them: mislabelled samples, outliers and corrupt inputs collect at the top.", key=key,
         )
 

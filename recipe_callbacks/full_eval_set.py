@@ -16,6 +16,7 @@ from torch.utils.data import DistributedSampler, IterableDataset, RandomSampler,
 from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
+from recipe_callbacks.core.cost import FORWARD_PASS_STEPS
 from recipe_callbacks.core.eval_stats import (
     DEFAULT_LOSS,
     LOSSES,
@@ -59,8 +60,6 @@ SLOTS: tuple[str, ...] = ("loss", *PER_SAMPLE_METRICS, "position_loss")
 # Counters in front of the sums: processes with metrics built, processes that had to skip,
 # batches evaluated by FullEvalSet's own forward pass, padded positions left out.
 _READY, _SKIPPED, _OWN_PASS, _EXCLUDED, _HEAD = 0, 1, 2, 3, 4
-# A forward pass is counted as a third of a training step (forward + backward + update).
-_FORWARD_COST = 1.0 / 3.0
 
 
 @dataclass
@@ -633,7 +632,7 @@ class FullEvalSet(RecipeCallback):
         values["dataset_size"] = math.nan if dataset_len is None else float(dataset_len)
         values["padding_excluded"] = head[_EXCLUDED]
         own = head[_OWN_PASS] / max(trainer.world_size, 1)
-        values["cost_steps"] = own * _FORWARD_COST
+        values["cost_steps"] = own * FORWARD_PASS_STEPS
         problems, advice = self._coverage(trainer, idx, loader, samples, dataset_len, int(head[_EXCLUDED]))
         summary = f"{self._label(idx)} " + "; ".join(parts) + "."
         smoke = _smoke_mode(trainer)

@@ -12,6 +12,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
+from recipe_callbacks.core.cost import FORWARD_PASS_STEPS
 from recipe_callbacks.core.data_stats import bounded_loader, first_dataloader
 from recipe_callbacks.core.init_loss import (
     ExpectedLoss,
@@ -43,8 +44,6 @@ _KEY = "init_loss"  # the key of the loss-at-init Finding (fix_bias reports unde
 # Largest total variation between the mean predicted distribution and an imbalanced prior that an init
 # may show and still pass (a default bias on a 1:9 task shows 0.4).
 _MAX_PRIOR_GAP = 0.25
-# A forward pass costs about a third of a training step (forward + backward + update).
-_FORWARD_COST = 1.0 / 3.0
 
 
 def _fmt_vector(values: torch.Tensor, limit: int = 6) -> str:
@@ -410,7 +409,7 @@ class InitLossCheck(RecipeCallback):
                     self.finish_early()
                     return
                 pairs.append(out)
-            cost += len(pairs) * _FORWARD_COST
+            cost += len(pairs) * FORWARD_PASS_STEPS
         if not pairs:
             self.skip(trainer, "saw no batch to judge", "forward_fn", key=_KEY)
             self.finish_early()
@@ -720,7 +719,7 @@ class InitLossCheck(RecipeCallback):
             layer_bias.copy_(bias.reshape(layer_bias.shape).to(layer_bias))
         after_pairs = [p for p in (self._forward(pl_module, b, trainer, key) for b in batches[: self.num_batches]) if p]
         after = self._mean_loss(after_pairs, task)
-        self._fix_cost = 2 * len(pairs) * _FORWARD_COST
+        self._fix_cost = 2 * len(pairs) * FORWARD_PASS_STEPS
         if not after <= before * 1.01:  # worse (or NaN): this layer's bias does not shift the logits as assumed
             with torch.no_grad():
                 layer_bias.copy_(old_bias)

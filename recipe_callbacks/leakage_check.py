@@ -12,6 +12,7 @@ from lightning.pytorch.utilities.seed import isolate_rng
 from torch.utils.data import DataLoader
 from typing_extensions import override
 
+from recipe_callbacks.core.cost import FORWARD_PASS_STEPS
 from recipe_callbacks.core.data_stats import all_dataloaders, bounded_loader, first_dataloader
 from recipe_callbacks.core.eval_stats import MeanEstimate, estimate, per_sample_metric
 from recipe_callbacks.core.leakage import (
@@ -36,8 +37,6 @@ from recipe_callbacks.plumbing.validation import check_choice, check_float, chec
 if TYPE_CHECKING:
     import lightning.pytorch as pl
 
-# A forward pass costs about a third of a training step (forward + backward + update).
-_FORWARD_COST = 1.0 / 3.0
 _KEY_NEAR, _KEY_TOO_GOOD = "near_duplicates", "too_good"
 _MAX_PAIRS = 8
 # The too-good-to-be-true evaluation runs at the first this many validations of a fit.
@@ -342,7 +341,7 @@ class LeakageCheck(RecipeCallback):
                 else:
                     hits = hits.cpu()
                     acc_sums += torch.stack([torch.tensor(float(hits.numel())), hits.sum(), (hits**2).sum()])
-                self._cost += _FORWARD_COST
+                self._cost += FORWARD_PASS_STEPS
                 read += int(losses.numel())
                 if read >= self.eval_samples:
                     break

@@ -14,6 +14,10 @@ from types import TracebackType
 
 import torch
 
+#: The cost of one forward pass in training-step equivalents: a training step is a forward pass, a
+#: backward pass (about twice a forward) and an update, so a forward is about a third of a step.
+FORWARD_PASS_STEPS = 1.0 / 3.0
+
 
 def _sync() -> None:
     """Wait for queued accelerator work, so that wall time covers it (only where CUDA is in use)."""
