@@ -6,44 +6,56 @@ import math
 from typing import TYPE_CHECKING, Any
 
 import torch
-from lightning.fabric.utilities.apply_func import move_data_to_device
-from lightning.pytorch.utilities.seed import isolate_rng
-from torch import nn
-from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
+from recipe_callbacks.core import init_loss as core
 from recipe_callbacks.core.cost import FORWARD_PASS_STEPS
-from recipe_callbacks.core.data_stats import bounded_loader, first_dataloader
-from recipe_callbacks.core.init_loss import (
-    ExpectedLoss,
-    TargetSummary,
-    bias_for_prior,
-    expected_classification_loss,
-    expected_regression_loss,
-    judge_init_loss,
-    predicted_distribution,
-)
-from recipe_callbacks.core.pictures import Band, band_chart, bar_chart
+from recipe_callbacks.core.init_loss import AtInit, ExpectedLoss, InitLossSums, PriorChoice, TargetSummary
+from recipe_callbacks.core.skip import CheckSkipped
 from recipe_callbacks.core.task import TASKS, Task, aligned, class_first, infer_task, logits_of, per_sample_loss
 from recipe_callbacks.data_inspector import DataInspector
-from recipe_callbacks.plumbing.batch import BatchResolutionError, BatchToXY, ForwardFn, integer_inputs, resolve_batch
+from recipe_callbacks.plumbing.batch import BatchToXY, ForwardFn, integer_inputs
 from recipe_callbacks.plumbing.callback_base import RecipeCallback
 from recipe_callbacks.plumbing.finding import OnFail, Status
 from recipe_callbacks.plumbing.observe import observing
+from recipe_callbacks.plumbing.ranks import sum_over_ranks
+from recipe_callbacks.plumbing.sampling import sample_batches
 from recipe_callbacks.plumbing.validation import check_bool, check_choice, check_float, check_int, check_optional_str
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
 
-# Layers whose output can be the logits.
-FINAL_LAYER_TYPES: tuple[type[nn.Module], ...] = (
-    nn.Linear, nn.Bilinear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d,
-)
 _MAX_CLASS_SCALARS = 32
 _KEY = "init_loss"  # the key of the loss-at-init Finding (fix_bias reports under "fix_bias")
-# Largest total variation between the mean predicted distribution and an imbalanced prior that an init
-# may show and still pass (a default bias on a 1:9 task shows 0.4).
-_MAX_PRIOR_GAP = 0.25
+_FIX = "fix_bias"
+
+# ----------------------------------------------------------------- the prose of this check, in one place
+_BASIS = {
+    "prior_unknown": "log C (prior unknown)", "prior_balanced": "log C (prior balanced, entropy {entropy:.4g})",
+    "prior_entropy": "entropy of the class prior",
+    "judged_labels": "cross-entropy of the judged labels against the prior",
+    "target_variance": "variance of the targets",
+    "judged_targets": "MSE of the counted target mean on the judged targets", "argument": "the expected= argument",
+    "log_c": "log C: the prior cannot be acted on", "": "",
+}
+_ORIGIN = {"inspector": "DataInspector's", "fix_bias": "fix_bias's counted", "first_batch": "first batch's",
+           "counted": "counted over {counted} training targets"}
+_OBSTACLE = {"no_bias": "the {layer} has no bias, so the prior cannot be set at init",
+             "per_position": "per-position labels (tokens, pixels) are judged against log C, as the recipe does"}
+_VERDICT = {  # status, what the summary adds after the figures, advice
+    "uninformed": ("warn", " The model predicts as if it did not know the prior (uninformed loss {uninformed:.4g}): a "
+                   "default bias on an imbalanced task.", "Init well: use InitLossCheck(fix_bias=True), or set the "
+                   "final layer's bias to the log class frequencies (softmax), the log-odds of the positive rate (BCE) "
+                   "or the target mean (MSE)."),
+    "too_high": ("fail", " The model is confident and wrong at init (logit std {logit_std:.3g}).", "Check the "
+                 "initialisation of the {layer}: large weights make large logits; use a small or zero init for the "
+                 "last layer (e.g. scale its weights down) and check the loss and the labels."),
+    "too_low": ("warn", " The loss is far below chance before any training.", "The model already knows the answers: "
+                "look for the label leaking into the input or targets the model can read. A pretrained model does "
+                "this by design: then pass expected= or drop this check."),
+}
+_BIAS_KIND = {"multiclass": "log class frequencies", "binary": "log-odds of the positive rate",
+              "regression": "target mean"}
 
 
 def _fmt_vector(values: torch.Tensor, limit: int = 6) -> str:
@@ -52,67 +64,38 @@ def _fmt_vector(values: torch.Tensor, limit: int = 6) -> str:
     return "[" + ", ".join(items) + more + "]"
 
 
-class _Evaluation:
-    """Sums of one or more batches of logits and targets, reducible over processes."""
+def _source(exp: ExpectedLoss, choice: PriorChoice | None) -> str:
+    """Where the expected loss came from, in words."""
+    text = _BASIS[exp.basis].format(entropy=exp.entropy)
+    if exp.basis in ("prior_entropy", "judged_labels") and choice is not None and choice.prior is not None:
+        text += f"; {_ORIGIN[choice.origin].format(counted=choice.counted)} prior"
+    return text
 
-    def __init__(self, task: Task, num_classes: int | None) -> None:
-        self.task: Task = task
-        self.num_classes = num_classes
-        self.loss_sum = 0.0
-        self.n = 0
-        self.prob_sum: torch.Tensor | None = None  # (C,) mean predicted probability times n
-        self.logit_sq = 0.0
-        self.logit_count = 0
-        self.targets = TargetSummary(task, num_classes)
-        self.targets_ndim = 1
 
-    def add(self, logits: torch.Tensor, target: torch.Tensor) -> None:
-        n = logits.shape[0]
-        self.loss_sum += float(per_sample_loss(logits, target, self.task).sum())
-        self.n += n
-        probs = predicted_distribution(logits, self.task)
-        if probs is not None:  # (C,) kept on the CPU with the counted targets and the prior
-            probs = probs.detach().cpu()
-            self.prob_sum = probs * n if self.prob_sum is None else self.prob_sum + probs * n
-        centred = logits.detach().to(torch.float64)
-        self.logit_sq += float(((centred - centred.mean()) ** 2).sum())
-        self.logit_count += centred.numel()
-        self.targets.update(target)
-        self.targets_ndim = target.ndim
-
-    def reduce(self, trainer: pl.Trainer) -> None:
-        """Sum everything over the processes, so that every rank reaches the same verdict."""
-        if trainer.world_size <= 1:
-            return
-        parts = [torch.tensor([self.loss_sum, float(self.n), self.logit_sq, float(self.logit_count)])]
-        if self.prob_sum is not None:
-            parts.append(self.prob_sum)
-        if self.task == "regression":
-            parts += [self.targets.total, self.targets.total_sq, torch.tensor([float(self.targets.n)])]
-        elif self.targets.counts is not None:
-            parts.append(self.targets.counts)
-        sizes = [p.numel() for p in parts]
-        flat = torch.cat([p.to(torch.float64).flatten() for p in parts]).to(trainer.strategy.root_device)
-        flat = trainer.strategy.reduce(flat, reduce_op="sum").cpu()
-        chunks = list(torch.split(flat, sizes))
-        head = chunks.pop(0)
-        self.loss_sum, self.n = float(head[0]), int(head[1])
-        self.logit_sq, self.logit_count = float(head[2]), int(head[3])
-        if self.prob_sum is not None:
-            self.prob_sum = chunks.pop(0)
-        if self.task == "regression":
-            self.targets.total, self.targets.total_sq = chunks[0], chunks[1]
-            self.targets.n = int(chunks[2][0])
-        elif self.targets.counts is not None:
-            self.targets.counts = chunks[0]
-
-    @property
-    def loss(self) -> float:
-        return self.loss_sum / self.n if self.n else math.nan
-
-    @property
-    def logit_std(self) -> float:
-        return math.sqrt(self.logit_sq / self.logit_count) if self.logit_count else math.nan
+def _prose(
+    sums: InitLossSums, exp: ExpectedLoss, at: AtInit, choice: PriorChoice | None, source: str, layer: str
+) -> tuple[Status, str, str]:
+    """The status, summary and advice of the loss-at-init Finding."""
+    j = at.judgement
+    mean_prob, prior = sums.mean_prob(), choice.prior if choice is not None else None
+    gap_text = ""
+    if mean_prob is not None and prior is not None:
+        gap_text = (f" Mean predicted probability {_fmt_vector(mean_prob)} vs prior {_fmt_vector(prior)}"
+                    f" (total variation {core.prior_gap(mean_prob, prior):.3g}).")
+    head = (
+        f"{sums.task} loss at init {j.observed:.4g} over {sums.n} samples ({source}), expected {j.expected:.4g} "
+        f"({_source(at.expected, choice)}); ratio {j.ratio:.3g}, band [{j.low:.4g}, {j.high:.4g}]; {layer}."
+    )
+    if j.verdict == "pass":
+        cannot_act = ""
+        if at.obstacle:
+            why = _OBSTACLE[at.obstacle].format(layer=layer)
+            cannot_act = (f" {why[0].upper()}{why[1:]}: judged against the uninformed loss {exp.uninformed:.4g} "
+                          f"(log C); a bias at the prior would start at {exp.value:.4g}.")
+        return "pass", head + cannot_act + gap_text, ""
+    status, says, advice = _VERDICT[j.verdict]
+    words = {"uninformed": at.expected.uninformed, "logit_std": sums.logit_std, "layer": layer}
+    return status, head + says.format(**words) + gap_text, advice.format(**words)  # type: ignore[return-value]
 
 
 class InitLossCheck(RecipeCallback):
@@ -222,13 +205,8 @@ class InitLossCheck(RecipeCallback):
         self._reset()
 
     def _reset(self) -> None:
-        self._handles: list[RemovableHandle] = []
-        self._calls: list[tuple[str, int, int]] = []  # (layer name, output data_ptr, numel) in call order
-        self._captured: torch.Tensor | None = None
-        self._captured_ptr = 0
-        self._captured_numel = 0  # the logits' size as the model returned them (before aligned() cut them)
+        self._capture = core.LogitsCapture(self.final_layer)
         self._final_has_bias = True
-        self._pl_module: pl.LightningModule | None = None
         self._batch: Any = None
         self._active = False
         self._fixed_summary: TargetSummary | None = None
@@ -246,7 +224,7 @@ class InitLossCheck(RecipeCallback):
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_fit_start(trainer, pl_module)
-        self._remove_hooks()
+        self._capture.detach()
         self._reset()
 
     @override
@@ -255,19 +233,19 @@ class InitLossCheck(RecipeCallback):
             return
         self._active = True
         if self.fix_bias:
-            with self.stopwatch() as watch:
+            with self.stopwatch() as watch, self.skipping(trainer):
                 self._fix_bias(trainer, pl_module)
             self._fix_seconds = watch.seconds
-            self.state_cost(watch.seconds, key="fix_bias", field="fix_bias/cost_steps")
+            self.state_cost(watch.seconds, key=_FIX, field="fix_bias/cost_steps")
 
     @override
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
         super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
-        if self._active and not self._handles and self._captured is None and self._batch is None:
+        if self._active and not self._capture.handles and self._capture.captured is None and self._batch is None:
             self._batch = batch
-            self._register_hooks(pl_module, capture=True)
+            self._capture.attach(pl_module, capture=True)
 
     @override
     def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: torch.Tensor) -> None:
@@ -287,142 +265,63 @@ class InitLossCheck(RecipeCallback):
 
     @override
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        self._remove_hooks()
-
-    # ----------------------------------------------------------------- capture
-    def _candidate_layers(self, pl_module: nn.Module) -> list[tuple[str, nn.Module]]:
-        if self.final_layer is not None:
-            named = dict(pl_module.named_modules())
-            return [(self.final_layer, named[self.final_layer])] if self.final_layer in named else []
-        return [(name, m) for name, m in pl_module.named_modules() if isinstance(m, FINAL_LAYER_TYPES)]
-
-    def _register_hooks(self, pl_module: nn.Module, *, capture: bool) -> None:
-        def on_layer(name: str) -> Any:
-            def hook(module: nn.Module, args: Any, output: Any) -> None:
-                if isinstance(output, torch.Tensor):
-                    self._calls.append((name, output.data_ptr(), output.numel()))
-
-            return hook
-
-        def on_module(module: nn.Module, args: Any, output: Any) -> None:
-            # only training_step's own forward: other callbacks observe in eval mode without grad
-            if self._captured is not None or not (module.training and torch.is_grad_enabled()):
-                return
-            logits = logits_of(output)
-            if logits is not None and logits.is_floating_point():
-                self._captured_ptr = logits.data_ptr()
-                self._captured_numel = logits.numel()
-                self._captured = logits.detach().clone()
-
-        if capture:
-            self._handles.append(pl_module.register_forward_hook(on_module))
-        for name, layer in self._candidate_layers(pl_module):
-            self._handles.append(layer.register_forward_hook(on_layer(name)))
-
-    def _remove_hooks(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
-
-    def _final_layer_of(self, logits_ptr: int, numel: int) -> str | None:
-        """The last recorded layer whose output is the logits (same storage), else of the same size."""
-        for name, ptr, n in reversed(self._calls):
-            if ptr == logits_ptr and n == numel:
-                return name
-        for name, _, n in reversed(self._calls):
-            if n == numel:
-                return name
-        return None
+        self._capture.detach()
 
     # ----------------------------------------------------------------- measuring
-    def _forward(self, pl_module: pl.LightningModule, batch: Any, trainer: pl.Trainer | None, key: str) -> Any:
-        """``(logits, target)`` of one batch, run forward under ``observing``; ``None`` after a skip."""
-        resolved = self.resolve(trainer, batch, key=key)
-        if resolved is None:
-            return None
+    def _forward(self, pl_module: pl.LightningModule, batch: Any, key: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(logits, target)`` of one batch, run forward under ``observing``."""
+        resolved = self.resolved(batch, key=key)
         if resolved.y is None:
-            self.skip(trainer, "the batch has no target to judge the loss against", "target_key", key=key)
-            return None
-        self._calls = []
-        self._register_hooks(pl_module, capture=False)
+            raise CheckSkipped("the batch has no target to judge the loss against", "target_key", key=key)
+        self._capture.calls = []
+        self._capture.attach(pl_module, capture=False)
         try:
             with observing(pl_module):
                 output = self.run_model(pl_module, batch, resolved)
         except Exception as err:  # a forward that wants more than x: say so, do not break training
-            self.skip(trainer, f"running the model on the batch failed: {type(err).__name__}: {err}; give the way "
-                      "your step runs it", "forward_fn", key=key)
-            return None
+            raise CheckSkipped(f"running the model on the batch failed: {type(err).__name__}: {err}; give the way "
+                               "your step runs it", "forward_fn", key=key) from err
         finally:
-            self._remove_hooks()
+            self._capture.detach()
         logits = logits_of(output)
         if logits is None:
-            self.skip(trainer, f"the model returned a {type(output).__name__}, not logits", "forward_fn", key=key)
-            return None
-        self._captured_ptr = logits.data_ptr()
-        self._captured_numel = logits.numel()
+            raise CheckSkipped(f"the model returned a {type(output).__name__}, not logits", "forward_fn", key=key)
+        self._capture.seen(logits)
         return aligned(logits, resolved.y, integer_inputs(batch, resolved))
-
-    def _sample_batches(self, trainer: pl.Trainer, pl_module: pl.LightningModule, n: int) -> list[Any]:
-        """Up to ``n`` training batches read from the data set (not the running loader), on device."""
-        loader = first_dataloader(trainer.train_dataloader)
-        if loader is None:
-            return []
-        bounded, _ = bounded_loader(loader, n * (loader.batch_size or 1))
-        batches: list[Any] = []
-        with isolate_rng():
-            for batch in bounded:
-                batches.append(move_data_to_device(batch, pl_module.device))
-                if len(batches) >= n:
-                    break
-        return batches
 
     def _task_of(self, logits: torch.Tensor, target: torch.Tensor) -> Task | None:
         return self.task or infer_task(logits, target)
 
     def _conclude(self, trainer: pl.Trainer, pl_module: pl.LightningModule, step_loss: float | None) -> None:
         """Judge what the first step showed, or run the fallback (the weights are still at init)."""
-        self._remove_hooks()
+        self._capture.detach()
         self._active = False
-        captured, batch = self._captured, self._batch
-        self._captured, self._batch = None, None
-        pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
-        cost = self._fix_cost
-        source = "the logits of the first training step"
-        if captured is not None:
-            resolved = self.resolve(trainer, batch, key=_KEY)
-            if resolved is None:
-                self.finish_early()
-                return
-            if resolved.y is None:
-                self.skip(trainer, "the first batch has no target to judge the loss against", "target_key", key=_KEY)
-                self.finish_early()
-                return
-            pairs.append(aligned(captured, resolved.y, integer_inputs(batch, resolved)))
-        else:
-            source = "no-grad forward passes (training_step does not call self(x))"
-            batches = ([batch] if batch is not None else []) + self._sample_batches(
-                trainer, pl_module, self.num_batches - 1
-            )
-            for b in batches:
-                out = self._forward(pl_module, b, trainer, _KEY)
-                if out is None:
-                    self.finish_early()
-                    return
-                pairs.append(out)
-            cost += len(pairs) * FORWARD_PASS_STEPS
-        if not pairs:
-            self.skip(trainer, "saw no batch to judge", "forward_fn", key=_KEY)
-            self.finish_early()
-            return
-        self.final_layer_name = self._final_layer_of(self._captured_ptr, self._captured_numel or pairs[-1][0].numel())
-        final = dict(pl_module.named_modules()).get(self.final_layer_name) if self.final_layer_name else None
-        self._final_has_bias = isinstance(getattr(final, "bias", None), torch.Tensor)
-        self._pl_module = pl_module
-        try:
-            self._judge(trainer, pairs, step_loss, cost, source)
-        finally:
-            self._pl_module = None
+        captured, batch = self._capture.captured, self._batch
+        self._capture.captured, self._batch = None, None
+        with self.skipping(trainer):
+            pairs, cost, source = self._pairs(trainer, pl_module, captured, batch)
+            self.final_layer_name = self._capture.final_layer(pairs[-1][0].numel())
+            final = dict(pl_module.named_modules()).get(self.final_layer_name) if self.final_layer_name else None
+            self._final_has_bias = isinstance(getattr(final, "bias", None), torch.Tensor)
+            self._judge(trainer, pl_module, pairs, step_loss, cost, source)
         self.finish_early()
+
+    def _pairs(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, captured: torch.Tensor | None, batch: Any
+    ) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], float, str]:
+        """``(logits, target)`` of the first step, else of forward passes of our own; their cost and source."""
+        if captured is not None:
+            resolved = self.resolved(batch, key=_KEY)
+            if resolved.y is None:
+                raise CheckSkipped("the first batch has no target to judge the loss against", "target_key", key=_KEY)
+            pair = aligned(captured, resolved.y, integer_inputs(batch, resolved))
+            return [pair], self._fix_cost, "the logits of the first training step"
+        extra = sample_batches(trainer, pl_module.device, self.num_batches - 1)
+        pairs = [self._forward(pl_module, b, _KEY) for b in ([batch] if batch is not None else []) + extra]
+        if not pairs:
+            raise CheckSkipped("saw no batch to judge", "forward_fn", key=_KEY)
+        return pairs, self._fix_cost + len(pairs) * FORWARD_PASS_STEPS, (
+            "no-grad forward passes (training_step does not call self(x))")
 
     # ----------------------------------------------------------------- judging
     def _prior_from_inspector(self, trainer: pl.Trainer, size: int) -> torch.Tensor | None:
@@ -433,65 +332,41 @@ class InitLossCheck(RecipeCallback):
                     return prior.detach().cpu().to(torch.float64)
         return None
 
-    def _counted_summary(self, trainer: pl.Trainer, task: Task, num_classes: int | None) -> TargetSummary | None:
+    def _counted_summary(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, task: Task, num_classes: int | None
+    ) -> TargetSummary | None:
         """The targets of up to ``max_batches`` training batches, read from the data set (no forward
         pass): a prior from enough data, never from one batch. ``None`` without a training loader."""
-        if self._pl_module is None:
-            return None
         try:
-            batches = self._sample_batches(trainer, self._pl_module, self.max_batches)
+            batches = sample_batches(trainer, pl_module.device, self.max_batches)
         except Exception:  # reading the data again must not stop training
             return None
-        summary = TargetSummary(task, num_classes)
-        for batch in batches:
-            try:
-                resolved = resolve_batch(batch, self.input_key, self.target_key, self.batch_to_xy)
-            except BatchResolutionError:
-                return None
-            if resolved.y is None:
-                return None
-            summary.update(resolved.y)
-        return self._reduce_summary(trainer, summary) if summary.n else None
+        summary = self._count(trainer, batches, task, num_classes)
+        return summary if summary is not None and summary.n else None
 
     def _expected(
-        self, trainer: pl.Trainer, task: Task, num_classes: int | None, counted: TargetSummary
-    ) -> tuple[ExpectedLoss | None, torch.Tensor | None]:
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, task: Task, size: int | None, judged: TargetSummary
+    ) -> tuple[ExpectedLoss | None, PriorChoice | None]:
+        choice: PriorChoice | None = None
+        exp: ExpectedLoss | None
         if task == "regression":
-            summary = self._fixed_summary or self._counted_summary(trainer, task, None)
-            if summary is not None:
-                exp = expected_regression_loss(summary, counted)
-            else:
-                exp = expected_regression_loss(counted)
-            if exp is not None and self.expected is not None:
-                exp = ExpectedLoss(self.expected, exp.uninformed, "the expected= argument")
-            return exp, None
-        size = num_classes if task == "multiclass" else 2
-        assert size is not None
-        prior = self._prior_from_inspector(trainer, size)
-        where = "DataInspector's"
-        if prior is None and self._fixed_summary is not None:
-            prior, where = self._fixed_summary.prior(), "fix_bias's counted"
-        if prior is None or prior.numel() != size:
-            summary = self._counted_summary(trainer, task, size)
-            if summary is not None and summary.prior() is not None:
-                prior, where = summary.prior(), f"counted over {summary.n} training targets"
-        if prior is not None and prior.numel() < size:  # classes beyond the largest label seen: frequency 0
-            prior = torch.nn.functional.pad(prior, (0, size - prior.numel()))
-        if prior is None or prior.numel() != size:
-            prior, where = counted.prior(), "first batch's"
-        if prior is not None and prior.numel() != size:
-            prior = None
-        observed = counted.counts if where != "first batch's" else None
-        exp = expected_classification_loss(size, prior, self.tolerance, observed)
-        if prior is not None and not exp.source.startswith("log C"):
-            exp = ExpectedLoss(exp.value, exp.uninformed, f"{exp.source}; {where} prior")
-        if self.expected is not None:
-            exp = ExpectedLoss(self.expected, exp.uninformed, "the expected= argument")
-        return exp, prior
+            summary = self._fixed_summary or self._counted_summary(trainer, pl_module, task, None)
+            exp = core.expected_regression_loss(summary, judged) if summary else core.expected_regression_loss(judged)
+        else:
+            size = size if task == "multiclass" else 2
+            assert size is not None
+            choice = core.choose_prior(size, self._prior_from_inspector(trainer, size), self._fixed_summary,
+                                  lambda: self._counted_summary(trainer, pl_module, task, size), judged)
+            observed = judged.counts if choice.origin != "first_batch" else None
+            exp = core.expected_classification_loss(size, choice.prior, self.tolerance, observed)
+        if exp is not None and self.expected is not None:
+            exp = ExpectedLoss(self.expected, exp.uninformed, "argument")
+        return exp, choice
 
     def _judge(
         self,
         trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
         pairs: list[tuple[torch.Tensor, torch.Tensor]],
         step_loss: float | None,
         cost: float,
@@ -500,239 +375,128 @@ class InitLossCheck(RecipeCallback):
         logits, target = pairs[0]
         task = self._task_of(logits, target)
         if task is None:
-            self.skip(
-                trainer,
-                f"could not tell the task from logits {tuple(logits.shape)} ({logits.dtype}) and targets "
-                f"{tuple(target.shape)} ({target.dtype})",
-                "task",
-                key=_KEY,
-            )
-            return
+            raise CheckSkipped(f"could not tell the task from logits {tuple(logits.shape)} ({logits.dtype}) and "
+                               f"targets {tuple(target.shape)} ({target.dtype})", "task", key=_KEY)
         num_classes = None
         if task == "multiclass":
             pairs = [(class_first(lg, tg), tg) for lg, tg in pairs]
             logits = pairs[0][0]
             num_classes = self.num_classes or int(logits.shape[1])
             if logits.ndim < 2 or logits.shape[1] != num_classes:
-                self.skip(
-                    trainer, f"logits {tuple(logits.shape)} do not have {num_classes} classes", "num_classes", key=_KEY
-                )
-                return
+                raise CheckSkipped(f"logits {tuple(logits.shape)} do not have {num_classes} classes", "num_classes",
+                                   key=_KEY)
             if any(int(t.max()) >= num_classes for _, t in pairs if t.numel()):
-                self.report(
-                    trainer, "fail", f"a target class index is >= the {num_classes} logits of the model",
-                    {}, "Check the labels and the size of the final layer.", key=_KEY,
-                )
+                self.report(trainer, "fail", f"a target class index is >= the {num_classes} logits of the model",
+                            {}, "Check the labels and the size of the final layer.", key=_KEY)
                 return
-        evaluation = _Evaluation(task, num_classes)
+        sums = InitLossSums(task, num_classes)
         try:
             for lg, tg in pairs:
-                evaluation.add(lg, tg)
+                sums.add(lg, tg)
         except (RuntimeError, ValueError) as err:
-            self.skip(trainer, f"could not compute the {task} loss: {err}", "task", key=_KEY)
-            return
-        has_step = torch.tensor([step_loss if step_loss is not None else 0.0, float(step_loss is not None)])
-        if trainer.world_size > 1:
-            has_step = trainer.strategy.reduce(has_step.to(trainer.strategy.root_device), reduce_op="mean").cpu()
-        evaluation.reduce(trainer)
-        exp, prior = self._expected(trainer, task, num_classes, evaluation.targets)
+            raise CheckSkipped(f"could not compute the {task} loss: {err}", "task", key=_KEY) from err
+        # the mean over the processes of the step loss (a process without one adds 0)
+        step, has_step = sum_over_ranks(trainer, [torch.tensor([step_loss or 0.0, float(step_loss is not None)])])[0]
+        sums.load(sum_over_ranks(trainer, sums.parts()))
+        exp, choice = self._expected(trainer, pl_module, task, num_classes, sums.targets)
         if exp is None:
-            self.skip(trainer, "no targets were counted", "expected", key=_KEY)
-            return
-        self._report_judgement(trainer, evaluation, exp, prior, float(has_step[0]) if has_step[1] > 0 else None,
-                               cost, source)
+            raise CheckSkipped("no targets were counted", "expected", key=_KEY)
+        mean_step = float(step) / trainer.world_size if has_step > 0 else None
+        self._report_judgement(trainer, sums, exp, choice, mean_step, cost, source)
 
     def _report_judgement(
         self,
         trainer: pl.Trainer,
-        ev: _Evaluation,
+        sums: InitLossSums,
         exp: ExpectedLoss,
-        prior: torch.Tensor | None,
+        choice: PriorChoice | None,
         step_loss: float | None,
         cost: float,
         source: str,
     ) -> None:
-        j = judge_init_loss(ev.loss, exp, self.tolerance)
+        mean_prob, prior = sums.mean_prob(), choice.prior if choice is not None else None
+        gap = core.prior_gap(mean_prob, prior) if mean_prob is not None and prior is not None else 0.0
+        at = core.judge_at_init(sums.loss, exp, self.tolerance, has_bias=self._final_has_bias,
+                           per_position=sums.per_position, gap=gap, given=self.expected is not None)
+        j = at.judgement
         layer = f"final layer '{self.final_layer_name}'" if self.final_layer_name else "final layer not identified"
-        cannot_act = ""
-        per_position = ev.task == "multiclass" and ev.targets_ndim >= 2
-        if j.verdict == "uninformed" and self.expected is None and (not self._final_has_bias or per_position):
-            # Never advise what cannot be done: without a bias fix_bias cannot act, and for per-position
-            # labels (tokens, pixels) the recipe's expectation is log C (log V for a language model).
-            why = (f"the {layer} has no bias, so the prior cannot be set at init" if not self._final_has_bias
-                   else "per-position labels (tokens, pixels) are judged against log C, as the recipe does")
-            cannot_act = (
-                f" {why[0].upper()}{why[1:]}: judged against the uninformed loss {exp.uninformed:.4g} (log C); "
-                f"a bias at the prior would start at {exp.value:.4g}."
-            )
-            exp = ExpectedLoss(exp.uninformed, exp.uninformed, "log C: the prior cannot be acted on")
-            j = judge_init_loss(ev.loss, exp, self.tolerance)
         values: dict[str, float] = {
             "observed": j.observed, "expected": j.expected, "ratio": j.ratio, "band_low": j.low,
-            "band_high": j.high, "uninformed": exp.uninformed, "logit_std": ev.logit_std,
-            "samples": float(ev.n), "cost_steps": cost,
+            "band_high": j.high, "uninformed": at.expected.uninformed, "logit_std": sums.logit_std,
+            "samples": float(sums.n), "cost_steps": cost,
         }
         if step_loss is not None:
             values["step_loss"] = step_loss
-        gap_text = ""
-        if ev.prob_sum is not None:
-            mean_prob = ev.prob_sum / max(ev.n, 1)
+        if mean_prob is not None:
             values["num_classes"] = float(mean_prob.numel())
             if prior is not None:
-                values["prob_gap"] = float(0.5 * (mean_prob - prior).abs().sum())
-                gap_text = (
-                    f" Mean predicted probability {_fmt_vector(mean_prob)} vs prior {_fmt_vector(prior)}"
-                    f" (total variation {values['prob_gap']:.3g})."
-                )
-            self._log_per_class(trainer, mean_prob, prior)
-        head = (
-            f"{ev.task} loss at init {j.observed:.4g} over {ev.n} samples ({source}), expected {j.expected:.4g} "
-            f"({exp.source}); ratio {j.ratio:.3g}, band [{j.low:.4g}, {j.high:.4g}]; {layer}."
-        )
-        verdict = j.verdict
-        gap = values.get("prob_gap", 0.0)
-        if (verdict in ("pass", "too_low") and not cannot_act and self.expected is None and self._final_has_bias
-                and not per_position and not exp.source.startswith("log C") and gap > _MAX_PRIOR_GAP):
-            # the judged batch's label mix can hide a default bias (a batch rich in the rare class makes the
-            # uninformed loss look right): the mean prediction against the counted prior does not lie
-            verdict = "uninformed"
-        status: Status
-        if verdict == "pass":
-            status, summary, advice = "pass", head + cannot_act + gap_text, ""
-        elif verdict == "uninformed":
-            status = "warn"
-            summary = (
-                f"{head} The model predicts as if it did not know the prior (uninformed loss "
-                f"{exp.uninformed:.4g}): a default bias on an imbalanced task.{gap_text}"
-            )
-            advice = (
-                "Init well: use InitLossCheck(fix_bias=True), or set the final layer's bias to the log class "
-                "frequencies (softmax), the log-odds of the positive rate (BCE) or the target mean (MSE)."
-            )
-        elif verdict == "too_high":
-            status = "fail"
-            summary = (
-                f"{head} The model is confident and wrong at init (logit std {ev.logit_std:.3g}).{gap_text}"
-            )
-            advice = (
-                f"Check the initialisation of the {layer}: large weights make large logits; use a small or zero "
-                "init for the last layer (e.g. scale its weights down) and check the loss and the labels."
-            )
-        else:
-            status = "warn"
-            summary = f"{head} The loss is far below chance before any training.{gap_text}"
-            advice = (
-                "The model already knows the answers: look for the label leaking into the input or targets the "
-                "model can read. A pretrained model does this by design: then pass expected= or drop this check."
-            )
-        self._log_loss_band(trainer, values, status, exp.source)
-        self.report(trainer, status, summary, values, advice, key=_KEY)
-
-    def _log_loss_band(self, trainer: pl.Trainer, values: dict[str, float], status: str, source: str) -> None:
-        points = {"loss at init": values["observed"]}
-        if "step_loss" in values:
-            points["training_step loss"] = values["step_loss"]
-        if math.isfinite(values["uninformed"]) and abs(values["uninformed"] - values["expected"]) > 1e-9:
-            points["uninformed init"] = values["uninformed"]
-        chart = band_chart(
-            points, Band(values["band_low"], values["band_high"], f"expected band (tolerance {self.tolerance:g})"),
-            title=f"InitLossCheck {status.upper()}: the loss at init must fall in the green band ({source})",
-            xlabel="loss at init", reference=(values["expected"], f"expected {values['expected']:.4g}"),
-        )
+                values["prob_gap"] = gap
+            if prior is not None:
+                self.log_figure(trainer, "predicted_vs_prior", core.prior_ratio_chart(mean_prob, prior))
+            if mean_prob.numel() <= _MAX_CLASS_SCALARS:  # one-time numbers: a table, not single-point charts
+                self.log_text(trainer, "per_class", core.per_class_table(mean_prob, prior))
+        status, summary, advice = _prose(sums, exp, at, choice, source, layer)
+        chart = core.loss_band_chart(values, self.tolerance, status, _source(at.expected, choice))
         self.log_figure(trainer, "loss_at_init", chart)
-
-    def _log_per_class(self, trainer: pl.Trainer, mean_prob: torch.Tensor, prior: torch.Tensor | None) -> None:
-        if prior is not None:
-            # one bar per class: 1 is a prediction that matches the prior; a zoomed line chart of
-            # two near-equal curves would exaggerate noise
-            ratio = (mean_prob / prior.clamp_min(1e-12)).tolist()
-            off = [c for c, r in enumerate(ratio) if not 0.5 <= r <= 2.0]
-            chart = bar_chart(
-                [str(c) for c in range(len(ratio))], ratio,
-                title="InitLossCheck: mean predicted probability / prior per class at init; every bar near 1",
-                xlabel="class", ylabel="predicted / prior", reference=(1.0, "1 = matches the prior"),
-                band=Band(0.5, 2.0, "within 2x of the prior"), flagged=off, flagged_label="more than 2x off",
-            )
-            self.log_figure(trainer, "predicted_vs_prior", chart)
-        if mean_prob.numel() > _MAX_CLASS_SCALARS:
-            return
-        # one-time numbers: a table, not single-point scalar charts
-        rows = ["| class | mean predicted probability | prior |", "|---|---|---|"]
-        for c, p in enumerate(mean_prob.tolist()):
-            rows.append(f"| {c} | {p:.4g} | {'' if prior is None else f'{float(prior[c]):.4g}'} |")
-        self.log_text(trainer, "per_class", "\n".join(rows))
+        self.report(trainer, status, summary, values, advice, key=_KEY)
 
     # ----------------------------------------------------------------- init well
     def _fix_bias(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        key = "fix_bias"
-        batches = self._sample_batches(trainer, pl_module, self.max_batches)
+        batches = sample_batches(trainer, pl_module.device, self.max_batches)
         if not batches:
-            self.skip(trainer, "fix_bias found no training DataLoader to count the targets from", "", key=key)
-            return
-        pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
-        for batch in batches[: self.num_batches]:
-            out = self._forward(pl_module, batch, trainer, key)
-            if out is None:
-                return
-            pairs.append(out)
+            raise CheckSkipped("fix_bias found no training DataLoader to count the targets from", "", key=_FIX)
+        pairs = [self._forward(pl_module, batch, _FIX) for batch in batches[: self.num_batches]]
         logits, target = pairs[0]
-        layer_name = self._final_layer_of(self._captured_ptr, self._captured_numel or logits.numel())
+        layer_name = self._capture.final_layer(logits.numel())
         task = self._task_of(logits, target)
         if task is None:
-            self.skip(trainer, "fix_bias could not tell the task from the logits and targets", "task", key=key)
-            return
+            raise CheckSkipped("fix_bias could not tell the task from the logits and targets", "task", key=_FIX)
         num_classes = self.num_classes or (int(class_first(logits, target).shape[1]) if task == "multiclass" else None)
-        summary = TargetSummary(task, num_classes)
-        for batch in batches:
-            resolved = self.resolve(trainer, batch, key=key)
-            if resolved is None or resolved.y is None:
-                self.skip(trainer, "fix_bias found a batch without targets", "target_key", key=key)
-                return
-            summary.update(resolved.y)
-        summary = self._reduce_summary(trainer, summary)
-        inspector: torch.Tensor | None = None
+        summary = self._count(trainer, batches, task, num_classes)
+        if summary is None:
+            raise CheckSkipped("fix_bias found a batch without targets", "target_key", key=_FIX)
+        inspector = None
         if task != "regression":
-            size = num_classes if task == "multiclass" else 2
-            inspector = self._prior_from_inspector(trainer, int(size or 0))
+            inspector = self._prior_from_inspector(trainer, int((num_classes if task == "multiclass" else 2) or 0))
             if inspector is not None:
                 summary.counts = inspector  # a prior over more samples; only its proportions are used
-        bias = bias_for_prior(task, summary)
         layer = dict(pl_module.named_modules()).get(layer_name) if layer_name else None
-        layer_bias = getattr(layer, "bias", None)
-        if bias is None or not isinstance(layer_bias, torch.Tensor):
-            self.skip(trainer, f"fix_bias found no final layer with a bias (found {layer_name!r})", "final_layer",
-                      key=key)
-            return
-        if bias.numel() == 1 and layer_bias.numel() > 1 and task == "binary":
-            bias = bias.expand(layer_bias.numel())
-        if bias.numel() != layer_bias.numel():
-            self.skip(trainer, f"fix_bias: the bias of '{layer_name}' has {layer_bias.numel()} entries, the prior "
-                      f"{bias.numel()}", "final_layer", key=key)
-            return
+
+        def loss_after() -> float:
+            return self._mean_loss([self._forward(pl_module, b, _FIX) for b in batches[: self.num_batches]], task)
+
         try:
-            before = self._mean_loss(pairs, task)
+            fix = core.fix_bias(layer, task, summary, lambda: self._mean_loss(pairs, task), loss_after)
         except (RuntimeError, ValueError) as err:
-            self.skip(trainer, f"fix_bias could not compute the {task} loss: {err}", "task", key=key)
-            return
-        old_bias = layer_bias.detach().clone()
-        with torch.no_grad():
-            layer_bias.copy_(bias.reshape(layer_bias.shape).to(layer_bias))
-        after_pairs = [p for p in (self._forward(pl_module, b, trainer, key) for b in batches[: self.num_batches]) if p]
-        after = self._mean_loss(after_pairs, task)
+            raise CheckSkipped(f"fix_bias could not compute the {task} loss: {err}", "task", key=_FIX) from err
+        if fix.status == "no_bias":
+            raise CheckSkipped(f"fix_bias found no final layer with a bias (found {layer_name!r})", "final_layer",
+                               key=_FIX)
+        if fix.status == "size_mismatch":
+            assert fix.bias is not None
+            raise CheckSkipped(f"fix_bias: the bias of '{layer_name}' has {fix.entries} entries, the prior "
+                               f"{fix.bias.numel()}", "final_layer", key=_FIX)
         self._fix_cost = 2 * len(pairs) * FORWARD_PASS_STEPS
-        if not after <= before * 1.01:  # worse (or NaN): this layer's bias does not shift the logits as assumed
-            with torch.no_grad():
-                layer_bias.copy_(old_bias)
-            self.report(
-                trainer, "warn",
-                f"fix_bias: setting the bias of '{layer_name}' raised the loss {before:.4g} -> {after:.4g}; the bias "
-                "was put back. Its output is probably not the logits (an activation or a scale follows it).",
-                {"fix_bias/loss_before": before, "fix_bias/loss_after": after, "fix_bias/cost_steps": self._fix_cost},
-                "Name the layer whose output is the logits with final_layer=, or init its bias by hand.", key=key,
-            )
-            return
-        self._fixed_summary = summary
-        self._report_fix(trainer, task, num_classes, summary, pairs, (before, after), layer_name or "", inspector)
+        if fix.status == "set":
+            self._fixed_summary = summary
+        self._report_fix(trainer, task, num_classes, summary, pairs, fix, layer_name or "", inspector)
+
+    def _count(
+        self, trainer: pl.Trainer, batches: list[Any], task: Task, num_classes: int | None
+    ) -> TargetSummary | None:
+        """The targets of ``batches`` summed over the processes (so every rank judges and sets the
+        same prior); ``None`` when a batch has none."""
+        summary = TargetSummary(task, num_classes)
+        for batch in batches:
+            try:
+                y = self.resolved(batch).y
+            except CheckSkipped:
+                return None
+            if y is None:
+                return None
+            summary.update(y)
+        summary.load(sum_over_ranks(trainer, summary.parts()))
+        return summary
 
     def _report_fix(
         self,
@@ -741,56 +505,42 @@ class InitLossCheck(RecipeCallback):
         num_classes: int | None,
         summary: TargetSummary,
         pairs: list[tuple[torch.Tensor, torch.Tensor]],
-        losses: tuple[float, float],
+        fix: core.BiasFix,
         layer_name: str,
         inspector: torch.Tensor | None,
     ) -> None:
-        before, after = losses
+        values = {"fix_bias/loss_before": fix.before, "fix_bias/loss_after": fix.after}
+        if fix.status == "reverted":
+            self.report(
+                trainer, "warn",
+                f"fix_bias: setting the bias of '{layer_name}' raised the loss {fix.before:.4g} -> {fix.after:.4g}; "
+                "the bias was put back. Its output is probably not the logits (an activation or a scale follows it).",
+                {**values, "fix_bias/cost_steps": self._fix_cost},
+                "Name the layer whose output is the logits with final_layer=, or init its bias by hand.", key=_FIX,
+            )
+            return
         judged = TargetSummary(task, num_classes)
         for _, tg in pairs:
             judged.update(tg)
         if task == "regression":
-            exp = expected_regression_loss(summary, judged)
+            exp = core.expected_regression_loss(summary, judged)
         else:
             size = (num_classes or 2) if task == "multiclass" else 2
-            exp = expected_classification_loss(size, summary.prior(), self.tolerance, judged.counts)
+            exp = core.expected_classification_loss(size, summary.prior(), self.tolerance, judged.counts)
         expected = exp.value if exp else math.nan
-        kind = {"multiclass": "log class frequencies", "binary": "log-odds of the positive rate",
-                "regression": "target mean"}[task]
-        counted = "the prior of DataInspector" if inspector is not None else (
-            f"counted over {summary.n} targets")
-        bias = bias_for_prior(task, summary)
+        counted = "the prior of DataInspector" if inspector is not None else f"counted over {summary.n} targets"
+        bias = fix.bias if fix.bias is not None else torch.zeros(0)
         self.report(
-            trainer,
-            "pass",
-            f"fix_bias set the bias of '{layer_name}' to {_fmt_vector(bias if bias is not None else torch.zeros(0))} "
-            f"({kind}, {counted}): loss {before:.4g} -> {after:.4g} on {len(pairs)} batches, expected "
-            f"{expected:.4g}. This changed the model on purpose (fix_bias=True).",
-            {
-                "fix_bias/loss_before": before, "fix_bias/loss_after": after, "fix_bias/expected": expected,
-                "fix_bias/counted_samples": float(summary.n), "fix_bias/cost_steps": self._fix_cost,
-            },
-            key="fix_bias",
+            trainer, "pass",
+            f"fix_bias set the bias of '{layer_name}' to {_fmt_vector(bias)} ({_BIAS_KIND[task]}, {counted}): loss "
+            f"{fix.before:.4g} -> {fix.after:.4g} on {len(pairs)} batches, expected {expected:.4g}. This changed the "
+            "model on purpose (fix_bias=True).",
+            {**values, "fix_bias/expected": expected, "fix_bias/counted_samples": float(summary.n),
+             "fix_bias/cost_steps": self._fix_cost},
+            key=_FIX,
         )
 
     @staticmethod
     def _mean_loss(pairs: list[tuple[torch.Tensor, torch.Tensor]], task: Task) -> float:
         losses = [per_sample_loss(lg, tg, task) for lg, tg in pairs]
         return float(torch.cat(losses).mean()) if losses else math.nan
-
-    @staticmethod
-    def _reduce_summary(trainer: pl.Trainer, summary: TargetSummary) -> TargetSummary:
-        """Sum the counts over processes, so every rank sets the same bias."""
-        if trainer.world_size <= 1:
-            return summary
-        if summary.task == "regression":
-            flat = torch.cat([summary.total, summary.total_sq, torch.tensor([float(summary.n)], dtype=torch.float64)])
-            flat = trainer.strategy.reduce(flat.to(trainer.strategy.root_device), reduce_op="sum").cpu()
-            d = summary.total.numel()
-            summary.total, summary.total_sq, summary.n = flat[:d], flat[d : 2 * d], int(flat[-1])
-        elif summary.counts is not None:
-            summary.counts = trainer.strategy.reduce(
-                summary.counts.to(trainer.strategy.root_device), reduce_op="sum"
-            ).cpu()
-            summary.n = int(summary.counts.sum())
-        return summary

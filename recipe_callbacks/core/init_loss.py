@@ -21,14 +21,20 @@ Nothing here imports Lightning; the functions work on plain tensors.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Literal
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from recipe_callbacks.core.data_stats import label_counts
-from recipe_callbacks.core.task import Task
+from recipe_callbacks.core.pictures import Band, band_chart, bar_chart
+from recipe_callbacks.core.task import Task, class_indices, logits_of, per_sample_loss
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 Verdict = Literal["pass", "too_low", "uninformed", "too_high"]
 
@@ -107,6 +113,8 @@ class TargetSummary:
             self.total_sq += (cols**2).sum(dim=0)
             self.n += cols.shape[0]
             return
+        if self.task == "multiclass":
+            t = class_indices(t)  # one-hot / probability targets count as their argmax class
         counts = label_counts(t, self.num_classes).to(torch.float64)  # an ignore_index (-100) is not a class
         if counts.numel() == 0:
             return
@@ -117,6 +125,21 @@ class TargetSummary:
                 self.counts = F.pad(self.counts, (0, counts.numel() - self.counts.numel()))
             self.counts[: counts.numel()] += counts
         self.n += int(counts.sum())
+
+    def parts(self) -> list[torch.Tensor]:
+        """The sums to add over processes (see :meth:`load`): ``total, total_sq, [n]`` for regression,
+        the class counts (or nothing) otherwise."""
+        if self.task == "regression":
+            return [self.total, self.total_sq, torch.tensor([float(self.n)], dtype=torch.float64)]
+        return [] if self.counts is None else [self.counts]
+
+    def load(self, parts: list[torch.Tensor]) -> None:
+        """Take :meth:`parts` summed over processes."""
+        if self.task == "regression":
+            self.total, self.total_sq, self.n = parts[0], parts[1], int(parts[2][0])
+        elif parts:
+            self.counts = parts[0]
+            self.n = int(self.counts.sum())
 
     def prior(self) -> torch.Tensor | None:
         """Class frequencies ``(C,)`` summing to 1 (binary: ``[negatives, positives]``)."""
@@ -140,16 +163,35 @@ class TargetSummary:
         return float((self.total_sq / self.n).mean()) if self.n and self.total.numel() else None
 
 
+# Where an expected loss came from: log C for a prior unknown or balanced (``entropy`` is the
+# balanced prior's), the prior's entropy, the judged labels' cross-entropy against the prior, the
+# target variance, the MSE of the counted mean on the judged targets, the ``expected=`` argument, or
+# log C because the prior cannot be acted on (no bias, per-position labels).
+Basis = Literal[
+    "prior_unknown", "prior_balanced", "prior_entropy", "judged_labels", "target_variance", "judged_targets",
+    "argument", "log_c", "",
+]
+# Bases that are log C.
+LOG_C_BASES: tuple[str, ...] = ("prior_unknown", "prior_balanced", "log_c")
+
+
 @dataclass(frozen=True)
 class ExpectedLoss:
     """The loss expected at a well-calibrated init and the loss of an uninformed (default) init.
 
-    ``source`` says where ``value`` came from, e.g. ``"log C (prior unknown)"``.
+    ``basis`` says where ``value`` came from (see :data:`Basis`); ``entropy`` is the prior's
+    entropy when the basis is ``"prior_balanced"``.
     """
 
     value: float
     uninformed: float
-    source: str
+    basis: Basis
+    entropy: float = math.nan
+
+    @property
+    def is_log_c(self) -> bool:
+        """Whether the expectation is ``log C`` (the prior unknown, balanced or not actionable)."""
+        return self.basis in LOG_C_BASES
 
 
 def expected_classification_loss(
@@ -172,22 +214,22 @@ def expected_classification_loss(
         >>> e = expected_classification_loss(2, torch.tensor([0.9, 0.1]), 0.25)
         >>> round(e.value, 4), round(e.uninformed, 4)
         (0.3251, 0.6931)
-        >>> expected_classification_loss(10, None, 0.25).source
-        'log C (prior unknown)'
+        >>> expected_classification_loss(10, None, 0.25).basis
+        'prior_unknown'
     """
     uniform = math.log(num_classes)
     if prior is None:
-        return ExpectedLoss(uniform, uniform, "log C (prior unknown)")
+        return ExpectedLoss(uniform, uniform, "prior_unknown")
     h = entropy(prior)
     if h >= uniform / (1.0 + tolerance):
-        return ExpectedLoss(uniform, uniform, f"log C (prior balanced, entropy {h:.4g})")
+        return ExpectedLoss(uniform, uniform, "prior_balanced", h)
     if observed is None or observed.numel() != prior.numel() or float(observed.sum()) <= 0:
-        return ExpectedLoss(h, uniform, "entropy of the class prior")
+        return ExpectedLoss(h, uniform, "prior_entropy")
     p = prior.detach().to(torch.float64).flatten()
     p = (p / p.sum()).clamp_min(1e-12)
     q = observed.detach().to(torch.float64).flatten()
     q = q / q.sum()
-    return ExpectedLoss(float(-(q * p.log()).sum()), uniform, "cross-entropy of the judged labels against the prior")
+    return ExpectedLoss(float(-(q * p.log()).sum()), uniform, "judged_labels")
 
 
 def expected_regression_loss(summary: TargetSummary, judged: TargetSummary | None = None) -> ExpectedLoss | None:
@@ -209,10 +251,10 @@ def expected_regression_loss(summary: TargetSummary, judged: TargetSummary | Non
     mean = summary.mean()
     j_mean, j_second = (judged.mean(), judged.second_moment()) if judged is not None else (None, None)
     if mean is None or j_mean is None or j_second is None or j_mean.numel() != mean.numel():
-        return ExpectedLoss(var, second, "variance of the targets")
+        return ExpectedLoss(var, second, "target_variance")
     # E[(y - m)^2] = E[y^2] - 2 m E[y] + m^2, per output column, averaged over columns
     value = float((judged.total_sq / judged.n - 2 * mean * j_mean + mean**2).mean())  # type: ignore[union-attr]
-    return ExpectedLoss(value, j_second, "MSE of the counted target mean on the judged targets")
+    return ExpectedLoss(value, j_second, "judged_targets")
 
 
 @dataclass(frozen=True)
@@ -287,3 +329,366 @@ def bias_for_prior(task: Task, summary: TargetSummary, eps: float = 1e-4) -> tor
         return torch.tensor([math.log(rate / (1 - rate))], dtype=torch.float64)
     freq = prior.clamp_min(eps)
     return (freq / freq.sum()).log()
+
+
+class InitLossSums:
+    """The loss at init and what goes with it, summed over one or more batches of logits and
+    targets: the loss, the predicted probability of each class, the spread of the logits and the
+    targets; :meth:`parts`/:meth:`load` add them over processes.
+
+    Example:
+        >>> sums = InitLossSums("multiclass", 4)
+        >>> sums.add(torch.zeros(8, 4), torch.arange(8) % 4)
+        >>> round(sums.loss, 4), sums.mean_prob().tolist(), sums.per_position
+        (1.3863, [0.25, 0.25, 0.25, 0.25], False)
+    """
+
+    def __init__(self, task: Task, num_classes: int | None) -> None:
+        self.task: Task = task
+        self.loss_sum = 0.0
+        self.n = 0
+        self.prob_sum: torch.Tensor | None = None  # (C,) mean predicted probability times n
+        self.logit_sq = 0.0
+        self.logit_count = 0
+        self.targets = TargetSummary(task, num_classes)
+        self.label_ndim = 1  # dims of the class indices (2 and more: a label per token or pixel)
+
+    def add(self, logits: torch.Tensor, target: torch.Tensor) -> None:
+        """Add one batch (multiclass logits in ``(N, C, ...)`` layout)."""
+        n = logits.shape[0]
+        self.loss_sum += float(per_sample_loss(logits, target, self.task).sum())
+        self.n += n
+        probs = predicted_distribution(logits, self.task)
+        if probs is not None:  # (C,) kept on the CPU with the counted targets and the prior
+            probs = probs.detach().cpu()
+            self.prob_sum = probs * n if self.prob_sum is None else self.prob_sum + probs * n
+        centred = logits.detach().to(torch.float64)
+        self.logit_sq += float(((centred - centred.mean()) ** 2).sum())
+        self.logit_count += centred.numel()
+        self.targets.update(target)
+        self.label_ndim = class_indices(target).ndim if self.task == "multiclass" else target.ndim
+
+    def parts(self) -> list[torch.Tensor]:
+        """Everything to add over processes, in a fixed order (see :meth:`load`)."""
+        head = torch.tensor([self.loss_sum, float(self.n), self.logit_sq, float(self.logit_count)])
+        probs = [] if self.prob_sum is None else [self.prob_sum]
+        return [head, *probs, *self.targets.parts()]
+
+    def load(self, parts: list[torch.Tensor]) -> None:
+        """Take :meth:`parts` summed over processes."""
+        head = parts[0]
+        self.loss_sum, self.n = float(head[0]), int(head[1])
+        self.logit_sq, self.logit_count = float(head[2]), int(head[3])
+        rest = parts[1:]
+        if self.prob_sum is not None:
+            self.prob_sum, rest = rest[0], rest[1:]
+        self.targets.load(rest)
+
+    @property
+    def loss(self) -> float:
+        return self.loss_sum / self.n if self.n else math.nan
+
+    @property
+    def logit_std(self) -> float:
+        return math.sqrt(self.logit_sq / self.logit_count) if self.logit_count else math.nan
+
+    @property
+    def per_position(self) -> bool:
+        """Multiclass labels per token or pixel (judged against log C, as the recipe does)."""
+        return self.task == "multiclass" and self.label_ndim >= 2
+
+    def mean_prob(self) -> torch.Tensor | None:
+        """The mean predicted probability of each class ``(C,)`` (``None`` for regression)."""
+        return None if self.prob_sum is None else self.prob_sum / max(self.n, 1)
+
+
+# Where a class prior came from: DataInspector's counts, fix_bias's counts, targets counted over
+# the training set, or the judged batch itself (the last resort).
+Origin = Literal["inspector", "fix_bias", "counted", "first_batch"]
+
+
+@dataclass(frozen=True)
+class PriorChoice:
+    """The class prior to judge against (``None``: unknown), where it came from and over how many
+    targets it was counted (``origin == "counted"``)."""
+
+    prior: torch.Tensor | None
+    origin: Origin
+    counted: int = 0
+
+
+def choose_prior(
+    size: int,
+    inspector: torch.Tensor | None,
+    fixed: TargetSummary | None,
+    count: Callable[[], TargetSummary | None],
+    judged: TargetSummary,
+) -> PriorChoice:
+    """The prior of ``size`` classes from enough data: DataInspector's, else fix_bias's, else
+    ``count()`` (called only when needed: it reads the training set), else the judged targets'.
+    A counted prior short of the largest classes gets frequency 0 for them.
+
+    Example:
+        >>> judged = TargetSummary("binary")
+        >>> judged.update(torch.tensor([1.0, 1.0, 0.0, 0.0]))
+        >>> choose_prior(2, torch.tensor([0.9, 0.1]), None, lambda: None, judged).origin
+        'inspector'
+        >>> choose_prior(2, None, None, lambda: None, judged).prior.tolist()
+        [0.5, 0.5]
+    """
+    prior, origin, counted = inspector, "inspector", 0
+    if prior is None and fixed is not None:
+        prior, origin = fixed.prior(), "fix_bias"
+    if prior is None or prior.numel() != size:
+        summary = count()
+        if summary is not None and summary.prior() is not None:
+            prior, origin, counted = summary.prior(), "counted", summary.n
+    if prior is not None and prior.numel() < size:  # classes beyond the largest label seen: frequency 0
+        prior = F.pad(prior, (0, size - prior.numel()))
+    if prior is None or prior.numel() != size:
+        prior, origin = judged.prior(), "first_batch"
+    if prior is not None and prior.numel() != size:
+        prior = None
+    return PriorChoice(prior, origin, counted)  # type: ignore[arg-type]
+
+
+def prior_gap(mean_prob: torch.Tensor, prior: torch.Tensor) -> float:
+    """Total variation between the mean predicted distribution and the prior.
+
+    Example:
+        >>> round(prior_gap(torch.tensor([0.5, 0.5]), torch.tensor([0.9, 0.1])), 4)
+        0.4
+    """
+    return float(0.5 * (mean_prob - prior).abs().sum())
+
+
+# Largest total variation between the mean predicted distribution and an imbalanced prior that an init
+# may show and still pass (a default bias on a 1:9 task shows 0.4).
+MAX_PRIOR_GAP = 0.25
+# Why the prior cannot be acted on: the final layer has no bias, or the labels are per position.
+Obstacle = Literal["", "no_bias", "per_position"]
+
+
+@dataclass(frozen=True)
+class AtInit:
+    """The verdict on the loss at init: the judgement, the expectation it was judged against (log C
+    when the prior cannot be acted on) and why the prior could not be (``""``: it could)."""
+
+    judgement: Judgement
+    expected: ExpectedLoss
+    obstacle: Obstacle
+
+
+def judge_at_init(
+    loss: float, exp: ExpectedLoss, tolerance: float, *, has_bias: bool, per_position: bool, gap: float,
+    given: bool = False,
+) -> AtInit:
+    """:func:`judge_init_loss`, then two rules. Never advise what cannot be done: an uninformed loss
+    with no bias on the final layer, or with per-position labels (tokens, pixels), is judged
+    against log C. And the label mix of the judged batch can hide a default bias (a batch rich in
+    the rare class makes the uninformed loss look right): a mean prediction farther than
+    :data:`MAX_PRIOR_GAP` from an imbalanced prior is ``uninformed``. ``given``: the expected loss
+    is the user's, taken as it is.
+
+    Example:
+        >>> exp = ExpectedLoss(0.325, math.log(2), "prior_entropy")
+        >>> judge_at_init(0.70, exp, 0.25, has_bias=False, per_position=False, gap=0.4).judgement.verdict
+        'pass'
+        >>> judge_at_init(0.33, exp, 0.25, has_bias=True, per_position=False, gap=0.4).judgement.verdict
+        'uninformed'
+    """
+    j = judge_init_loss(loss, exp, tolerance)
+    obstacle: Obstacle = ""
+    if j.verdict == "uninformed" and not given and (not has_bias or per_position):
+        obstacle = "no_bias" if not has_bias else "per_position"
+        exp = ExpectedLoss(exp.uninformed, exp.uninformed, "log_c")
+        j = judge_init_loss(loss, exp, tolerance)
+    hidden = not obstacle and not given and has_bias and not per_position and not exp.is_log_c
+    if j.verdict in ("pass", "too_low") and hidden and gap > MAX_PRIOR_GAP:
+        j = replace(j, verdict="uninformed")
+    return AtInit(j, exp, obstacle)
+
+
+# What fix_bias did: set the bias, put it back (the loss got worse), or could not (no bias on the
+# layer, or a bias of another size than the prior).
+FixStatus = Literal["set", "reverted", "no_bias", "size_mismatch"]
+
+
+@dataclass(frozen=True)
+class BiasFix:
+    """What :func:`fix_bias` did, with the prior's bias, the layer's bias size and the losses."""
+
+    status: FixStatus
+    bias: torch.Tensor | None = None
+    entries: int = 0
+    before: float = math.nan
+    after: float = math.nan
+
+
+def fix_bias(
+    layer: nn.Module | None,
+    task: Task,
+    summary: TargetSummary,
+    loss_before: Callable[[], float],
+    loss_after: Callable[[], float],
+) -> BiasFix:
+    """Set ``layer.bias`` to the prior's bias (:func:`bias_for_prior`; a binary log-odds fills every
+    entry), keeping it only when the loss does not get worse (``loss_after() <= 1.01 *
+    loss_before()``; else, or when ``loss_after`` raises, the old bias is put back).
+
+    Example:
+        >>> s = TargetSummary("binary")
+        >>> s.update(torch.tensor([1.0, 0.0, 0.0, 0.0]))
+        >>> layer = nn.Linear(3, 1)
+        >>> fix_bias(layer, "binary", s, lambda: 0.7, lambda: 0.6).status
+        'set'
+        >>> round(float(layer.bias.detach().sigmoid()), 4)
+        0.25
+    """
+    bias = bias_for_prior(task, summary)
+    layer_bias = getattr(layer, "bias", None)
+    if bias is None or not isinstance(layer_bias, torch.Tensor):
+        return BiasFix("no_bias")
+    entries = layer_bias.numel()
+    target = bias.expand(entries) if bias.numel() == 1 and entries > 1 and task == "binary" else bias
+    if target.numel() != entries:
+        return BiasFix("size_mismatch", bias, entries)
+    before = loss_before()
+    old = layer_bias.detach().clone()
+    with torch.no_grad():
+        layer_bias.copy_(target.reshape(layer_bias.shape).to(layer_bias))
+    try:
+        after = loss_after()
+    except BaseException:
+        with torch.no_grad():
+            layer_bias.copy_(old)
+        raise
+    if not after <= before * 1.01:  # worse (or NaN): this layer's bias does not shift the logits as assumed
+        with torch.no_grad():
+            layer_bias.copy_(old)
+        return BiasFix("reverted", bias, entries, before, after)
+    return BiasFix("set", bias, entries, before, after)
+
+
+# Layers whose output can be the logits.
+FINAL_LAYER_TYPES: tuple[type[nn.Module], ...] = (
+    nn.Linear, nn.Bilinear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d,
+)
+
+
+def candidate_layers(model: nn.Module, name: str | None = None) -> list[tuple[str, nn.Module]]:
+    """The layers whose output can be the logits (the one named ``name`` when given and present).
+
+    Example:
+        >>> [n for n, _ in candidate_layers(nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 1)))]
+        ['0', '2']
+    """
+    if name is not None:
+        named = dict(model.named_modules())
+        return [(name, named[name])] if name in named else []
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, FINAL_LAYER_TYPES)]
+
+
+def final_layer_of(calls: list[tuple[str, int, int]], logits_ptr: int, numel: int) -> str | None:
+    """The last layer in ``calls`` (name, output data_ptr, numel; in call order) whose output is the
+    logits (the same storage), else the last of the same size; ``None`` when none is.
+
+    Example:
+        >>> final_layer_of([("a", 1, 6), ("b", 2, 6), ("c", 3, 4)], 9, 6)
+        'b'
+    """
+    for name, ptr, n in reversed(calls):
+        if ptr == logits_ptr and n == numel:
+            return name
+    for name, _, n in reversed(calls):
+        if n == numel:
+            return name
+    return None
+
+
+class LogitsCapture:
+    """Forward hooks that see a model's logits and which candidate layer made them.
+
+    :meth:`attach` hooks every candidate layer (:func:`candidate_layers`, or the one named
+    ``final_layer``) to record its calls, and with ``capture=True`` the model itself to keep the
+    logits of its first forward in training mode with gradients (the user's own step; other
+    callbacks observe in eval mode without grad). :meth:`final_layer` names the layer whose output
+    the logits are.
+    """
+
+    def __init__(self, final_layer: str | None = None) -> None:
+        self.final_layer_name = final_layer
+        self.handles: list[Any] = []
+        self.calls: list[tuple[str, int, int]] = []  # (layer name, output data_ptr, numel) in call order
+        self.captured: torch.Tensor | None = None
+        self.ptr = 0
+        self.numel = 0  # the logits' size as the model returned them (before aligned() cut them)
+
+    def seen(self, logits: torch.Tensor) -> None:
+        """Remember the storage and size of the logits the model returned."""
+        self.ptr, self.numel = logits.data_ptr(), logits.numel()
+
+    def attach(self, model: nn.Module, *, capture: bool) -> None:
+        def on_layer(name: str) -> Callable[..., None]:
+            def hook(module: nn.Module, args: Any, output: Any) -> None:
+                if isinstance(output, torch.Tensor):
+                    self.calls.append((name, output.data_ptr(), output.numel()))
+
+            return hook
+
+        def on_model(module: nn.Module, args: Any, output: Any) -> None:
+            if self.captured is not None or not (module.training and torch.is_grad_enabled()):
+                return
+            logits = logits_of(output)
+            if logits is not None and logits.is_floating_point():
+                self.seen(logits)
+                self.captured = logits.detach().clone()
+
+        if capture:
+            self.handles.append(model.register_forward_hook(on_model))
+        for name, layer in candidate_layers(model, self.final_layer_name):
+            self.handles.append(layer.register_forward_hook(on_layer(name)))
+
+    def detach(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles = []
+
+    def final_layer(self, numel: int) -> str | None:
+        """The layer whose output the last logits seen are (``numel``: their size when none was seen)."""
+        return final_layer_of(self.calls, self.ptr, self.numel or numel)
+
+
+def loss_band_chart(values: dict[str, float], tolerance: float, status: str, source: str) -> Figure:
+    """The loss at init (and the step's loss, and the uninformed loss) against the expected band."""
+    points = {"loss at init": values["observed"]}
+    if "step_loss" in values:
+        points["training_step loss"] = values["step_loss"]
+    if math.isfinite(values["uninformed"]) and abs(values["uninformed"] - values["expected"]) > 1e-9:
+        points["uninformed init"] = values["uninformed"]
+    return band_chart(
+        points, Band(values["band_low"], values["band_high"], f"expected band (tolerance {tolerance:g})"),
+        title=f"InitLossCheck {status.upper()}: the loss at init must fall in the green band ({source})",
+        xlabel="loss at init", reference=(values["expected"], f"expected {values['expected']:.4g}"),
+    )
+
+
+def prior_ratio_chart(mean_prob: torch.Tensor, prior: torch.Tensor) -> Figure:
+    """A bar per class of the mean predicted probability over the prior: 1 matches the prior (a
+    zoomed line chart of two near-equal curves would exaggerate noise)."""
+    ratio = (mean_prob / prior.clamp_min(1e-12)).tolist()
+    off = [c for c, r in enumerate(ratio) if not 0.5 <= r <= 2.0]
+    return bar_chart(
+        [str(c) for c in range(len(ratio))], ratio,
+        title="InitLossCheck: mean predicted probability / prior per class at init; every bar near 1",
+        xlabel="class", ylabel="predicted / prior", reference=(1.0, "1 = matches the prior"),
+        band=Band(0.5, 2.0, "within 2x of the prior"), flagged=off, flagged_label="more than 2x off",
+    )
+
+
+def per_class_table(mean_prob: torch.Tensor, prior: torch.Tensor | None) -> str:
+    """A Markdown table of the mean predicted probability and the prior of each class."""
+    rows = ["| class | mean predicted probability | prior |", "|---|---|---|"]
+    for c, p in enumerate(mean_prob.tolist()):
+        rows.append(f"| {c} | {p:.4g} | {'' if prior is None else f'{float(prior[c]):.4g}'} |")
+    return "\n".join(rows)

@@ -16,7 +16,14 @@ target of one batch, both with a batch dimension ``N`` first:
    targets that are neither class indices for the logits nor 0/1, or a different number of
    outputs and targets per sample. The caller then asks for ``task=``.
 
-Float targets that are all 0 or 1 are *binary*, whatever else they could be: BCE with logits
+Float targets shaped like ``(N, C, ...)`` logits (``C >= 2``) whose values along dim 1 are a
+distribution (non-negative, summing to 1: one-hot rows or class probabilities, as
+``F.cross_entropy`` takes them) are *multiclass* over the C classes, not C binary labels; the
+class index of such a target, where one is counted, is its argmax (:func:`class_indices`). A
+regressor whose targets are rows of a distribution must say ``task="regression"``, a multi-label
+model whose samples all carry exactly one label ``task="binary"``.
+
+Other float targets that are all 0 or 1 are *binary*, whatever else they could be: BCE with logits
 needs float targets, and a batch of an imbalanced binary task may hold zeros only. A regressor
 whose targets happen to be 0/1 must say ``task="regression"``.
 
@@ -64,6 +71,37 @@ def is_binary_valued(target: torch.Tensor) -> bool:
     if target.dtype == torch.bool:
         return True
     return bool(((target == 0) | (target == 1)).all())
+
+
+def is_distribution(target: torch.Tensor) -> bool:
+    """Whether float targets ``(N, C, ...)`` with ``C >= 2`` hold a distribution over dim 1 at every
+    position: non-negative values summing to 1 (one-hot rows, or class probabilities).
+
+    Example:
+        >>> is_distribution(torch.tensor([[0.0, 1.0, 0.0], [0.2, 0.3, 0.5]]))
+        True
+        >>> is_distribution(torch.tensor([[1.0, 1.0], [0.0, 1.0]])), is_distribution(torch.tensor([0.0, 1.0]))
+        (False, False)
+    """
+    if not target.is_floating_point() or target.ndim < 2 or target.shape[1] < 2 or target.numel() == 0:
+        return False
+    t = target.detach()
+    if not bool(torch.isfinite(t).all()) or bool((t < 0).any()):
+        return False
+    return bool(((t.to(torch.float64).sum(dim=1) - 1.0).abs() <= 1e-3).all())
+
+
+def class_indices(target: torch.Tensor) -> torch.Tensor:
+    """The class index of every position: the argmax over dim 1 of one-hot or probability targets
+    (:func:`is_distribution`), the targets themselves otherwise.
+
+    Example:
+        >>> class_indices(torch.tensor([[0.0, 1.0, 0.0], [0.7, 0.2, 0.1]])).tolist()
+        [1, 0]
+        >>> class_indices(torch.tensor([2, 0])).tolist()
+        [2, 0]
+    """
+    return target.argmax(dim=1) if is_distribution(target) else target
 
 
 def class_axis(output: torch.Tensor, target: torch.Tensor) -> int | None:
@@ -134,6 +172,8 @@ def infer_task(output: torch.Tensor, target: torch.Tensor) -> Task | None:
         'binary'
         >>> infer_task(torch.zeros(4, 1), torch.tensor([0.5, 1.7, 0.2, 3.0]))
         'regression'
+        >>> infer_task(torch.zeros(2, 3), torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]]))  # one-hot
+        'multiclass'
         >>> infer_task(torch.zeros(4, 3), torch.zeros(5)) is None
         True
     """
@@ -141,6 +181,8 @@ def infer_task(output: torch.Tensor, target: torch.Tensor) -> Task | None:
         return None
     integral = not target.is_floating_point() and target.dtype != torch.bool
     if integral and class_axis(output, target) is not None:
+        return "multiclass"
+    if output.shape == target.shape and is_distribution(target):  # one-hot rows or class probabilities
         return "multiclass"
     if is_binary_valued(target):
         return "binary"

@@ -230,10 +230,27 @@ class RecipeCallback(Callback):
     def resolve(self, trainer: pl.Trainer | None, batch: Any, *, key: str = "") -> ResolvedBatch | None:
         """``x``/``y`` of a batch, or ``None`` after a ``skip`` Finding naming the argument to set."""
         try:
+            return self.resolved(batch, key=key)
+        except CheckSkipped as err:
+            self.skip(trainer, err.reason, err.argument, key=key)
+            return None
+
+    def resolved(self, batch: Any, *, key: str = "") -> ResolvedBatch:
+        """``x``/``y`` of a batch; raises :class:`CheckSkipped` (for the Finding under ``key``)
+        naming the argument to set when the batch cannot be read."""
+        try:
             return resolve_batch(batch, self.input_key, self.target_key, self.batch_to_xy)
         except BatchResolutionError as err:
-            self.skip(trainer, f"could not find the input in the batch: {err}", err.argument, key=key)
-            return None
+            raise CheckSkipped(f"could not find the input in the batch: {err}", err.argument, key=key) from err
+
+    @contextmanager
+    def skipping(self, trainer: pl.Trainer | None) -> Iterator[None]:
+        """Turn a :class:`CheckSkipped` raised in the block into the ``skip`` Finding and go on
+        after the block (where a hook has more to do than the check that skipped)."""
+        try:
+            yield
+        except CheckSkipped as err:
+            self.skip(trainer, err.reason, err.argument, key=err.key)
 
     def run_model(self, pl_module: Any, batch: Any, resolved: ResolvedBatch, x: torch.Tensor | None = None) -> Any:
         """Run the model on ``batch`` the way the user's step does (``forward_fn``), with the input

@@ -70,7 +70,7 @@ def test_balanced_and_unknown_priors_expect_log_c() -> None:
     near_balanced = torch.tensor([0.12, 0.08, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1])
     e = expected_classification_loss(10, near_balanced, 0.25)
     assert e.value == pytest.approx(math.log(10))
-    assert e.source.startswith("log C (prior balanced")
+    assert e.basis == "prior_balanced" and e.is_log_c
 
 
 def test_imbalanced_prior_expects_its_entropy_which_a_prior_predicting_model_reaches() -> None:
