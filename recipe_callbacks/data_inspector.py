@@ -29,6 +29,7 @@ from recipe_callbacks.core.task import (
     Task,
     aligned,
     class_first,
+    class_indices,
     infer_task,
     is_binary_valued,
     logits_of,
@@ -277,6 +278,7 @@ class DataInspector(RecipeCallback):
         if not targets:
             self.skip(trainer, "the training batches have no target to count", "target_key", key=key)
             return
+        targets = [class_indices(t) for t in targets]  # one-hot / probability targets count as their argmax
         try:
             y = torch.cat([t.detach().cpu().reshape(t.shape[0], -1) for t in targets])
         except RuntimeError as err:
@@ -461,7 +463,8 @@ class DataInspector(RecipeCallback):
                 images = images and looks_like_images(resolved.x)
                 # one copy of the batch's losses, logits and targets to the host, not one read per sample
                 losses, host_logits, host_y = losses.detach().cpu(), logits.detach().cpu(), y.detach().cpu()
-                hardest.add(losses, seen, resolved.x, host_y, _predictions(host_logits, host_y, task))
+                labels = class_indices(host_y) if task == "multiclass" else host_y
+                hardest.add(losses, seen, resolved.x, labels, _predictions(host_logits, host_y, task))
                 total += float(losses.sum())
                 seen += losses.numel()
                 batches += 1

@@ -31,7 +31,16 @@ from recipe_callbacks.core.eval_stats import (
     sample_sums,
     unpadded_positions,
 )
-from recipe_callbacks.core.task import TASKS, Task, aligned, class_first, logits_of, per_position_losses, require_task
+from recipe_callbacks.core.task import (
+    TASKS,
+    Task,
+    aligned,
+    class_first,
+    class_indices,
+    logits_of,
+    per_position_losses,
+    require_task,
+)
 from recipe_callbacks.plumbing.batch import (
     BatchResolutionError,
     BatchToXY,
@@ -129,7 +138,7 @@ def build_metric(name: str, task: str, num_classes: int | None) -> torchmetrics.
 def _metric_inputs(task: str, preds: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Probabilities and targets as the torchmetrics metrics built here expect them."""
     if task == "multiclass":
-        return preds.float().softmax(dim=1), target.long()
+        return preds.float().softmax(dim=1), class_indices(target).long()
     p = preds.reshape(target.shape) if preds.shape != target.shape else preds
     if task == "binary":
         return p.float().sigmoid(), target.long()

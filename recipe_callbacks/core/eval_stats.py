@@ -20,7 +20,7 @@ from typing import Literal, get_args
 
 import torch
 
-from recipe_callbacks.core.task import IGNORE_INDEX, Task, class_first, paired_rows
+from recipe_callbacks.core.task import IGNORE_INDEX, Task, class_first, class_indices, paired_rows
 from recipe_callbacks.core.task import per_sample_loss as task_loss
 
 LossName = Literal["cross_entropy", "bce_with_logits", "mse", "l1"]
@@ -78,6 +78,7 @@ def per_sample_metric(name: str, task: str, preds: torch.Tensor, target: torch.T
     if task not in PER_SAMPLE_METRICS.get(name, ()):
         return None
     if name == "accuracy" and task == "multiclass":
+        target = class_indices(target)  # one-hot / probability targets: their argmax class
         hits = (class_first(preds, target).argmax(dim=1) == target).reshape(target.shape[0], -1)  # (N, P)
         scored = (target != IGNORE_INDEX).reshape(target.shape[0], -1)  # padding (-100) is no position
         return (hits & scored).sum(dim=1).to(torch.float64) / scored.sum(dim=1).clamp_min(1)

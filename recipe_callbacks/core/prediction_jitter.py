@@ -39,7 +39,7 @@ from dataclasses import dataclass
 
 import torch
 
-from recipe_callbacks.core.task import IGNORE_INDEX, Task, class_axis, class_first, per_sample_loss
+from recipe_callbacks.core.task import IGNORE_INDEX, Task, class_axis, class_first, class_indices, per_sample_loss
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,7 @@ def snapshot(outputs: torch.Tensor, targets: torch.Tensor, task: Task, min_confi
         ([1.0, 1.0], 1.0)
     """
     out = outputs.detach().to(torch.float64)
-    labels = targets.detach().long()
+    labels = class_indices(targets.detach()).long()  # one-hot / probability rows: their argmax class
     if task == "multiclass" and class_axis(out, labels) is None:
         raise ValueError(f"outputs {tuple(out.shape)} have no class axis that fits targets {tuple(labels.shape)}")
     loss = float(per_sample_loss(out, targets, task).mean())

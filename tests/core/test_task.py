@@ -149,3 +149,18 @@ def test_per_sample_loss_does_not_broadcast_or_guess() -> None:
         per_sample_loss(torch.zeros(4), torch.zeros(4), "ranking")  # type: ignore[arg-type]
     out, t = paired_rows(torch.ones(3, 1, requires_grad=True), torch.tensor([1, 0, 1]))
     assert out.shape == t.shape == (3, 1) and not out.requires_grad and t.dtype == torch.float64
+
+
+def test_one_hot_and_probability_rows_are_multiclass_with_their_argmax_as_class() -> None:
+    from recipe_callbacks.core.task import class_indices, is_distribution
+
+    one_hot = torch.nn.functional.one_hot(torch.tensor([2, 0, 1, 2]), 3).float()
+    soft = one_hot * 0.9 + 0.1 / 3  # label smoothing
+    for rows in (one_hot, soft):
+        assert is_distribution(rows) and infer_task(torch.zeros(4, 3), rows) == "multiclass"
+        assert class_indices(rows).tolist() == [2, 0, 1, 2]
+        oracle = torch.nn.functional.cross_entropy(torch.zeros(4, 3), rows, reduction="none").double()
+        torch.testing.assert_close(per_sample_loss(torch.zeros(4, 3), rows, "multiclass"), oracle)
+    assert infer_task(torch.zeros(5, 3), torch.tensor([[0.0, 1.0, 1.0]] * 5)) == "binary"  # two labels: multi-label
+    assert infer_task(torch.zeros(4, 1), torch.tensor([[1.0], [0.0], [1.0], [0.0]])) == "binary"
+    assert not is_distribution(torch.tensor([[0.5, float("nan")]]))
