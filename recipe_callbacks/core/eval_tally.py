@@ -1,0 +1,310 @@
+"""What FullEvalSet keeps per dataloader during one evaluation epoch, and what kept it from covering the set.
+
+A :class:`Tally` holds float64 sums (count, sum, sum of squares) of the per-sample loss and of the
+metrics that are per-sample means, the torchmetrics metrics of the others, and a few counters; its
+:meth:`Tally.parts` add up over processes. :func:`coverage_gaps` names each setting (a batch limit,
+``drop_last``, a sampler that does not visit every index once, DDP padding) that kept an evaluation
+from seeing its set exactly once, as a kind and its numbers. Nothing here imports Lightning.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sized
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torchmetrics
+from torch.utils.data import DistributedSampler, IterableDataset, RandomSampler, SequentialSampler
+
+from recipe_callbacks.core.eval_stats import (
+    PER_SAMPLE_METRICS,
+    LossName,
+    MeanEstimate,
+    estimate,
+    per_sample_loss,
+    per_sample_metric,
+    real_rows,
+    sample_sums,
+)
+from recipe_callbacks.core.task import Task, class_first, class_indices, per_position_losses
+
+# Names FullEvalSet builds as torchmetrics metrics for the task it infers.
+CLASSIFICATION_METRICS: tuple[str, ...] = ("accuracy", "f1", "auroc")
+REGRESSION_METRICS: tuple[str, ...] = ("mae", "mse", "r2")
+METRIC_NAMES: tuple[str, ...] = CLASSIFICATION_METRICS + REGRESSION_METRICS
+# Float64 sums kept per dataloader: the loss, then every per-sample metric (fixed layout, so that
+# every process reduces a vector of the same length whatever it saw).
+# The last slot sums the loss over scored positions (tokens, pixels; ignore_index left out): the mean
+# of a per-position task is the model's own loss (a mean over positions), not a mean of sample means.
+SLOTS: tuple[str, ...] = ("loss", *PER_SAMPLE_METRICS, "position_loss")
+# Counters in front of the sums: processes with metrics built, processes that had to skip,
+# batches evaluated by FullEvalSet's own forward pass, padded positions left out.
+READY, SKIPPED, OWN_PASS, EXCLUDED, HEAD = 0, 1, 2, 3, 4
+
+
+def sized_len(obj: Any) -> int | None:
+    """``len(obj)``, or ``None`` when it has none.
+
+    Example:
+        >>> sized_len([1, 2]), sized_len(iter([1]))
+        (2, None)
+    """
+    if not isinstance(obj, Sized):
+        return None
+    try:
+        return len(obj)
+    except TypeError:
+        return None
+
+
+def same_input(seen: Any, expected: torch.Tensor) -> bool:
+    """Whether a forward call got the batch input (the same tensor, or a view/copy of its values)."""
+    if seen is expected:
+        return True
+    if not isinstance(seen, torch.Tensor) or seen.dtype != expected.dtype or seen.device != expected.device:
+        return False
+    if seen.numel() != expected.numel() or seen.ndim == 0 or seen.shape[0] != expected.shape[0]:
+        return False
+    if seen.data_ptr() == expected.data_ptr() and seen.stride() == expected.stride():
+        return True  # a view of the same memory: no need to compare values (which waits for the device)
+    return bool(torch.equal(seen.reshape(-1), expected.reshape(-1)))
+
+
+def build_metric(name: str, task: str, num_classes: int | None) -> torchmetrics.Metric:
+    """A torchmetrics metric for a name and a task (accuracy is micro-averaged, F1 macro-averaged)."""
+    if name == "mae":
+        return torchmetrics.MeanAbsoluteError()
+    if name == "mse":
+        return torchmetrics.MeanSquaredError()
+    if name == "r2":
+        return torchmetrics.R2Score()
+    kw: dict[str, Any] = {"task": task}
+    if task == "multiclass":
+        kw["num_classes"] = num_classes
+    if name == "accuracy":
+        return torchmetrics.Accuracy(**kw, average="micro") if task == "multiclass" else torchmetrics.Accuracy(**kw)
+    if name == "f1":
+        return torchmetrics.F1Score(**kw, average="macro") if task == "multiclass" else torchmetrics.F1Score(**kw)
+    return torchmetrics.AUROC(**kw)
+
+
+def metric_inputs(task: str, preds: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Probabilities and targets as the torchmetrics metrics built here expect them (one-hot or
+    probability rows of a multiclass task as their argmax class)."""
+    if task == "multiclass":
+        return preds.float().softmax(dim=1), class_indices(target).long()
+    p = preds.reshape(target.shape) if preds.shape != target.shape else preds
+    if task == "binary":
+        return p.float().sigmoid(), target.long()
+    return p.float(), target.float()
+
+
+def check_metrics(
+    owner: str, metrics: list[str] | dict[str, torchmetrics.Metric] | None
+) -> tuple[list[str] | None, dict[str, torchmetrics.Metric] | None]:
+    """FullEvalSet's ``metrics=`` as ``(names, None)`` or ``(None, metric objects)``.
+
+    Raises:
+        ValueError: an unknown or repeated name, or a dict key that is empty, ``"loss"`` or ``"num_samples"``.
+        TypeError: neither a list of names nor a dict of torchmetrics metrics.
+    """
+    if metrics is None:
+        return None, None
+    if isinstance(metrics, Mapping):
+        for name, metric in metrics.items():
+            if not isinstance(name, str) or not name or name in ("loss", "num_samples"):
+                raise ValueError(f"{owner}(metrics={metrics!r}): metric names must be non-empty str, not 'loss'")
+            if not isinstance(metric, torchmetrics.Metric):
+                raise TypeError(f"{owner}(metrics={metrics!r}): metrics[{name!r}] must be a torchmetrics.Metric")
+        return None, dict(metrics)
+    if not isinstance(metrics, (list, tuple)) or not all(isinstance(m, str) for m in metrics):
+        raise TypeError(
+            f"{owner}(metrics={metrics!r}): metrics must be a list of names, a dict of torchmetrics metrics or None"
+        )
+    for name in metrics:
+        if name not in METRIC_NAMES:
+            raise ValueError(f"{owner}(metrics={name!r}): metrics must be one of {METRIC_NAMES}")
+    if len(set(metrics)) != len(metrics):
+        raise ValueError(f"{owner}(metrics={metrics!r}): metrics must not repeat a name")
+    return list(metrics), None
+
+
+def wanted_names(task: str, names: list[str] | None, objects: Mapping[str, Any] | None) -> list[str]:
+    """The metric names to compute for a task: ``names``, else accuracy (classification) or MAE."""
+    if objects is not None:
+        return []
+    if names is None:
+        return ["mae"] if task == "regression" else ["accuracy"]
+    return names
+
+
+@dataclass
+class Tally:
+    """What one process accumulates for one dataloader during one evaluation epoch."""
+
+    sums: torch.Tensor  # (len(SLOTS), 3) float64: count, sum, sum of squares
+    real_positions: int | None  # leading positions of this shard that are not DDP padding
+    metrics: dict[str, torchmetrics.Metric] | None = None
+    position: int = 0
+    own_pass_batches: int = 0
+    excluded: int = 0
+    skip_reason: str = ""
+    skip_argument: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    @classmethod
+    def empty(cls, real_positions: int | None = None, device: torch.device | None = None) -> Tally:
+        return cls(torch.zeros(len(SLOTS), 3, dtype=torch.float64, device=device), real_positions)
+
+    def skip(self, reason: str, argument: str) -> None:
+        """Stop adding: the first reason is kept."""
+        if not self.skip_reason:
+            self.skip_reason, self.skip_argument = reason, argument
+
+    def build_metrics(
+        self, task: str, preds: torch.Tensor, names: list[str], objects: Mapping[str, torchmetrics.Metric] | None,
+        num_classes: int | None,
+    ) -> None:
+        """The torchmetrics metrics: copies of ``objects``, or those of ``names`` that are no per-sample means."""
+        if objects is not None:
+            self.metrics = {k: copy.deepcopy(m).to(preds.device) for k, m in objects.items()}
+            return
+        self.metrics = {}
+        allowed = REGRESSION_METRICS if task == "regression" else CLASSIFICATION_METRICS
+        num_classes = num_classes or (int(preds.shape[1]) if preds.ndim >= 2 else None)
+        for name in names:
+            if name not in allowed:
+                self.notes.append(f"metric {name!r} does not apply to a {task} task")
+            elif task not in PER_SAMPLE_METRICS.get(name, ()):
+                # Means of per-sample values (accuracy, MAE, MSE) come exactly from the float64 sums.
+                self.metrics[name] = build_metric(name, task, num_classes).to(preds.device)
+
+    def add(
+        self,
+        output: torch.Tensor,
+        target: torch.Tensor,
+        task: Task,
+        loss: LossName,
+        wanted: list[str],
+        objects: Mapping[str, torchmetrics.Metric] | None = None,
+        num_classes: int | None = None,
+    ) -> None:
+        """Add one batch (the real rows of it: DDP padding comes last in a shard and is left out),
+        building the metrics at the first (:meth:`build_metrics`). The user's metric ``objects`` are
+        updated with the raw output and target."""
+        preds = class_first(output, target) if task == "multiclass" else output  # (N, C, ...) logits
+        if self.metrics is None:
+            self.build_metrics(task, preds, wanted, objects, num_classes)
+        batch_size = int(preds.shape[0])
+        rows = real_rows(self.position, batch_size, self.real_positions)
+        self.position += batch_size
+        self.excluded += batch_size - rows
+        if rows < batch_size:
+            output, preds, target = output[:rows], preds[:rows], target[:rows]
+        if rows == 0:
+            return
+        self.sums[0] += sample_sums(per_sample_loss(preds, target, loss))
+        if task == "multiclass" and target.ndim >= 2 and not target.is_floating_point():
+            self.sums[-1] += sample_sums(per_position_losses(preds, target))
+        for i, name in enumerate(SLOTS[1:-1], start=1):
+            values = per_sample_metric(name, task, preds, target) if name in wanted else None
+            if values is not None:
+                self.sums[i] += sample_sums(values)
+        for metric in (self.metrics or {}).values():
+            if objects is not None:
+                metric.update(output, target)
+            else:
+                metric.update(*metric_inputs(task, preds, target))
+
+    def parts(self) -> torch.Tensor:
+        """The counters and sums as one float64 vector to add over processes (see :func:`read_parts`)."""
+        head = torch.tensor([float(self.metrics is not None), float(bool(self.skip_reason)),
+                             float(self.own_pass_batches), float(self.excluded)], dtype=torch.float64)
+        return torch.cat([head, self.sums.detach().cpu().reshape(-1)])
+
+
+def no_parts() -> torch.Tensor:
+    """:meth:`Tally.parts` of a process that saw no batch of a dataloader."""
+    return torch.zeros(HEAD + len(SLOTS) * 3, dtype=torch.float64)
+
+
+def read_parts(total: torch.Tensor, confidence: float) -> tuple[list[float], dict[str, MeanEstimate]]:
+    """The summed counters and the estimate of every slot from :meth:`Tally.parts` added over processes."""
+    values = [float(v) for v in total.tolist()]
+    head, sums = values[:HEAD], values[HEAD:]
+    estimates = {
+        name: estimate(sums[3 * i], sums[3 * i + 1], sums[3 * i + 2], confidence) for i, name in enumerate(SLOTS)
+    }
+    return head, estimates
+
+
+@dataclass(frozen=True)
+class Gap:
+    """One reason an evaluation did not see its set exactly once: a kind and its numbers."""
+
+    kind: str
+    numbers: dict[str, Any]
+
+
+def distributed_gaps(sampler: DistributedSampler[Any], count: int, excluded: int) -> list[Gap]:
+    """What a ``DistributedSampler`` leaves out (``drop_last``) or evaluates twice (padding)."""
+    n = sized_len(sampler.dataset)
+    if n is None:
+        return []
+    replicas = sampler.num_replicas
+    if sampler.drop_last and sampler.total_size < n:
+        return [Gap("ddp_drop_last", {"left_out": n - sampler.total_size})]
+    if not sampler.drop_last and sampler.total_size > n:
+        return [Gap("ddp_padding", {"n": n, "total": sampler.total_size, "replicas": replicas,
+                                    "pad": sampler.total_size - n, "excluded": excluded, "count": count})]
+    return []
+
+
+def sampler_gaps(sampler: Any, dataset_len: int) -> list[Gap]:
+    """A sampler that does not visit each of ``dataset_len`` indices exactly once."""
+    if isinstance(sampler, SequentialSampler):
+        return []
+    if isinstance(sampler, RandomSampler):
+        if sampler.replacement or sampler.num_samples != dataset_len:
+            return [Gap("random_sampler", {"replacement": sampler.replacement, "num_samples": sampler.num_samples,
+                                           "dataset_len": dataset_len})]
+        return []
+    length = sized_len(sampler)
+    replacement = bool(getattr(sampler, "replacement", False))
+    if replacement or (length is not None and length != dataset_len):
+        return [Gap("custom_sampler", {"name": type(sampler).__name__, "length": length, "replacement": replacement,
+                                       "dataset_len": dataset_len})]
+    return []
+
+
+def coverage_gaps(
+    loader: Any, inner_sampler: Any, *, planned: float, limit: float, world_size: int, count: int, excluded: int
+) -> list[Gap]:
+    """Every setting that kept one evaluation dataloader from covering its set exactly once, in order:
+    a batch limit, ``drop_last``, the DistributedSampler, several processes without one, the sampler
+    (``inner_sampler``: the user's, inside a DDP wrapper), an IterableDataset of unknown length, and
+    a count that differs from the set's length for another reason."""
+    gaps: list[Gap] = []
+    dataset_len = sized_len(getattr(loader, "dataset", None))
+    batches = sized_len(loader)
+    if batches is not None and planned < batches:
+        gaps.append(Gap("limit", {"limit": limit, "planned": planned, "batches": batches}))
+    sampler = getattr(loader, "sampler", None)
+    batch_sampler = getattr(loader, "batch_sampler", None)
+    batch_size = getattr(batch_sampler, "batch_size", None)
+    shard_len = sized_len(sampler)
+    if getattr(batch_sampler, "drop_last", False) and batch_size and shard_len and shard_len % batch_size:
+        gaps.append(Gap("drop_last", {"dropped": shard_len % batch_size}))
+    if isinstance(sampler, DistributedSampler):
+        gaps += distributed_gaps(sampler, count, excluded)
+    elif world_size > 1 and dataset_len is not None and count > dataset_len:
+        gaps.append(Gap("no_distributed_sampler", {"world_size": world_size}))
+    if inner_sampler is not None and dataset_len is not None:
+        gaps += sampler_gaps(inner_sampler, dataset_len)
+    if isinstance(getattr(loader, "dataset", None), IterableDataset) and dataset_len is None:
+        gaps.append(Gap("iterable", {"count": count}))
+    if not gaps and dataset_len is not None and count != dataset_len:
+        gaps.append(Gap("count", {"count": count, "dataset_len": dataset_len}))
+    return gaps
