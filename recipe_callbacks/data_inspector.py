@@ -13,22 +13,23 @@ from typing_extensions import override
 
 from recipe_callbacks.core.cost import FORWARD_PASS_STEPS
 from recipe_callbacks.core.data_stats import (
+    Hardest,
     all_dataloaders,
     bounded_loader,
     first_dataloader,
     imbalance_ratio,
     label_counts,
     looks_like_images,
+    predictions,
     sample_hashes,
     shared_samples,
-    top_k_hardest,
 )
 from recipe_callbacks.core.pictures import bar_chart, image_grid
+from recipe_callbacks.core.skip import CheckSkipped
 from recipe_callbacks.core.task import (
     TASKS,
     Task,
     aligned,
-    class_first,
     class_indices,
     infer_task,
     is_binary_valued,
@@ -46,58 +47,6 @@ if TYPE_CHECKING:
 
 _MAX_CLASS_SCALARS = 100
 _MAX_BARS = 60
-
-
-def _is_class_target(y: torch.Tensor) -> bool:
-    """Class labels by :mod:`~recipe_callbacks.core.task`'s rules: integer or bool, or float 0/1."""
-    return not y.is_floating_point() or is_binary_valued(y)
-
-
-class _Hardest:
-    """The ``k`` highest-loss samples seen so far: inputs, targets, predictions and positions."""
-
-    def __init__(self, k: int) -> None:
-        self.k = k
-        self.losses = torch.zeros(0, dtype=torch.float64)
-        self.positions = torch.zeros(0, dtype=torch.long)
-        self.inputs: list[torch.Tensor] = []
-        self.targets: list[str] = []
-        self.predictions: list[str] = []
-
-    def add(self, losses: torch.Tensor, start: int, x: torch.Tensor, y: torch.Tensor, preds: list[str]) -> None:
-        all_losses = torch.cat([self.losses, losses.cpu()])
-        positions = torch.cat([self.positions, torch.arange(start, start + losses.numel())])
-        keep = top_k_hardest(all_losses, self.k)
-        inputs = self.inputs + [x[i].detach().cpu() for i in range(x.shape[0])]
-        targets = self.targets + [_describe(y[i]) for i in range(y.shape[0])]
-        predictions = self.predictions + preds
-        idx = keep.tolist()
-        self.losses, self.positions = all_losses[keep], positions[keep]
-        self.inputs = [inputs[i] for i in idx]
-        self.targets = [targets[i] for i in idx]
-        self.predictions = [predictions[i] for i in idx]
-
-
-def _describe(value: torch.Tensor) -> str:
-    if value.numel() == 1:
-        v = value.item()
-        return f"{v:.3g}" if isinstance(v, float) else str(v)
-    return f"{tuple(value.shape)} tensor"
-
-
-def _predictions(logits: torch.Tensor, target: torch.Tensor, task: Task) -> list[str]:
-    out = logits.detach().to(torch.float64)
-    if task == "multiclass":
-        out = class_first(out, target)
-    n = out.shape[0]
-    if task == "multiclass":
-        if out.ndim == 2:
-            return [str(int(c)) for c in out.argmax(dim=1)]
-        return [f"{tuple(out.shape[2:])} map" for _ in range(n)]
-    flat = out.reshape(n, -1)
-    if task == "binary":
-        return [f"p={float(p):.2f}" if flat.shape[1] == 1 else "map" for p in flat.sigmoid()[:, 0]]
-    return [f"{float(v):.3g}" for v in flat.mean(dim=1)]
 
 
 class DataInspector(RecipeCallback):
@@ -210,7 +159,8 @@ class DataInspector(RecipeCallback):
         of the callbacks on the Trainer does not matter).
         """
         if not self._counted and trainer is not None:
-            self._inspect_labels(trainer)
+            with self.skipping(trainer):  # called from another check's hook: our skip is ours
+                self._inspect_labels(trainer)
         return None if self._prior is None else self._prior.clone()
 
     # ----------------------------------------------------------------- hooks
@@ -222,11 +172,11 @@ class DataInspector(RecipeCallback):
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self._counted:
-            with self.stopwatch() as watch:
+            with self.stopwatch() as watch, self.skipping(trainer):
                 self._inspect_labels(trainer)
             self.state_cost(watch.seconds, key="labels")
         if self.check_duplicates:
-            with self.stopwatch() as watch:
+            with self.stopwatch() as watch, self.skipping(trainer):
                 self._check_duplicates(trainer)
             self.state_cost(watch.seconds, key="duplicates")
         self._train_hashes = []
@@ -234,7 +184,7 @@ class DataInspector(RecipeCallback):
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.show_hardest:
-            with self.stopwatch() as watch:
+            with self.stopwatch() as watch, self.skipping(trainer):
                 self._show_hardest(trainer, pl_module)
             self.state_cost(watch.seconds, key="hardest", field="hardest_cost_steps")
         super().on_train_end(trainer, pl_module)
@@ -242,17 +192,15 @@ class DataInspector(RecipeCallback):
     # ----------------------------------------------------------------- reading data
     def _read(
         self, trainer: pl.Trainer, loader: DataLoader[Any], key: str, hashes: list[bytes] | None
-    ) -> tuple[list[torch.Tensor], int, int] | None:
+    ) -> tuple[list[torch.Tensor], int, int]:
         """Read a bounded subset: hash its inputs into ``hashes`` (when given) and return
-        ``(targets, samples read, data set size)``; ``None`` after a skip. Inputs are not kept."""
+        ``(targets, samples read, data set size)``. Inputs are not kept."""
         bounded, size = bounded_loader(loader, self.max_samples, self.seed)
         targets: list[torch.Tensor] = []
         read = 0
         with isolate_rng():
             for batch in bounded:
-                resolved = self.resolve(trainer, batch, key=key)
-                if resolved is None:
-                    return None
+                resolved = self.resolved(batch, key=key)
                 if hashes is not None:
                     hashes += sample_hashes(resolved.x)
                 if resolved.y is not None:
@@ -268,22 +216,16 @@ class DataInspector(RecipeCallback):
         key = "labels"
         loader = first_dataloader(trainer.train_dataloader)
         if loader is None:
-            self.skip(trainer, "found no training DataLoader to inspect", "", key=key)
-            return
+            raise CheckSkipped("found no training DataLoader to inspect", "", key=key)
         self._train_hashes = []
-        data = self._read(trainer, loader, key, self._train_hashes if self.check_duplicates else None)
-        if data is None:
-            return
-        targets, read, size = data
+        targets, read, size = self._read(trainer, loader, key, self._train_hashes if self.check_duplicates else None)
         if not targets:
-            self.skip(trainer, "the training batches have no target to count", "target_key", key=key)
-            return
+            raise CheckSkipped("the training batches have no target to count", "target_key", key=key)
         targets = [class_indices(t) for t in targets]  # one-hot / probability targets count as their argmax
         try:
             y = torch.cat([t.detach().cpu().reshape(t.shape[0], -1) for t in targets])
         except RuntimeError as err:
-            self.skip(trainer, f"could not stack the training targets: {err}", "target_key", key=key)
-            return
+            raise CheckSkipped(f"could not stack the training targets: {err}", "target_key", key=key) from err
         of = f"{read} of {size}" if size >= 0 else f"the first {read}"
         if y.is_floating_point() and not bool(torch.isfinite(y).all()):
             bad = ~torch.isfinite(y)
@@ -299,7 +241,9 @@ class DataInspector(RecipeCallback):
                 key=key,
             )
             return
-        classes = self.task in ("multiclass", "binary") or (self.task is None and _is_class_target(y))
+        # class labels by core.task's rules: integer or bool, or float 0/1
+        classes = self.task in ("multiclass", "binary") or (
+            self.task is None and (not y.is_floating_point() or is_binary_valued(y)))
         if not classes:
             self.log_histogram(trainer, "targets", y)
             self.report(
@@ -314,8 +258,7 @@ class DataInspector(RecipeCallback):
     def _report_labels(self, trainer: pl.Trainer, counts: torch.Tensor, of: str, read: int, dense: bool) -> None:
         total = int(counts.sum())
         if total == 0:
-            self.skip(trainer, "no labels were counted (all negative / ignored)", "target_key", key="labels")
-            return
+            raise CheckSkipped("no labels were counted (all negative / ignored)", "target_key", key="labels")
         self.label_counts = counts
         self._prior = counts.to(torch.float64) / total
         present = int((counts > 0).sum())
@@ -380,16 +323,13 @@ class DataInspector(RecipeCallback):
     def _check_duplicates(self, trainer: pl.Trainer) -> None:
         key = "duplicates"
         if not self._train_hashes:
-            self.skip(trainer, "read no training samples to compare (see the label finding)", "batch_to_xy", key=key)
-            return
+            raise CheckSkipped("read no training samples to compare (see the label finding)", "batch_to_xy", key=key)
         loaders = self._val_loaders(trainer)
         if not loaders:
-            self.skip(trainer, "no validation data to compare with the training set", "", key=key)
-            return
+            raise CheckSkipped("no validation data to compare with the training set", "", key=key)
         val_hashes: list[bytes] = []
         for loader in loaders:
-            if self._read(trainer, loader, key, val_hashes) is None:
-                return
+            self._read(trainer, loader, key, val_hashes)
         val_hashes = val_hashes[: self.max_samples]
         shared = shared_samples(self._train_hashes, val_hashes)
         n_train, n_val = len(self._train_hashes), len(val_hashes)
@@ -422,57 +362,20 @@ class DataInspector(RecipeCallback):
             return
         loader = first_dataloader(self._val_loaders(trainer))
         if loader is None:
-            self.skip(trainer, "no validation data to rank by loss", "", key=key)
-            return
+            raise CheckSkipped("no validation data to rank by loss", "", key=key)
         bounded, _ = bounded_loader(loader, self.max_samples, self.seed)
         subset = bounded.dataset.indices if isinstance(bounded.dataset, Subset) else None
-        hardest = _Hardest(self.top_k)
-        total, seen, batches = 0.0, 0, 0
-        images = True
+        hardest = Hardest(self.top_k)
+        batches, images = 0, True
         with observing(pl_module):
             for batch in bounded:
-                resolved = self.resolve(trainer, batch, key=key)
-                if resolved is None:
-                    return
-                if resolved.y is None:
-                    self.skip(trainer, "the validation batches have no target to rank by loss", "target_key", key=key)
-                    return
-                on_device = move_data_to_device(batch, pl_module.device)
-                resolved_on_device = self.resolve(trainer, on_device, key=key)
-                if resolved_on_device is None or resolved_on_device.y is None:
-                    return
-                y = resolved_on_device.y
-                try:
-                    logits = logits_of(self.run_model(pl_module, on_device, resolved_on_device))
-                except Exception as err:  # a forward that wants more than x: say so, do not break training
-                    self.skip(trainer, f"running the model on the batch failed: {type(err).__name__}: {err}",
-                              "forward_fn", key=key)
-                    return
-                if logits is not None:
-                    logits, y = aligned(logits, y, integer_inputs(on_device, resolved_on_device))
-                task = self.task or (infer_task(logits, y) if logits is not None else None)
-                if logits is None or task is None:
-                    self.skip(trainer, "could not tell the per-sample loss from the model's output and targets",
-                              "task", key=key)
-                    return
-                try:
-                    losses = per_sample_loss(logits, y, task)
-                except (RuntimeError, ValueError) as err:  # a task= that does not fit the shapes
-                    self.skip(trainer, f"could not compute the {task} loss: {err}", "task", key=key)
-                    return
-                images = images and looks_like_images(resolved.x)
-                # one copy of the batch's losses, logits and targets to the host, not one read per sample
-                losses, host_logits, host_y = losses.detach().cpu(), logits.detach().cpu(), y.detach().cpu()
-                labels = class_indices(host_y) if task == "multiclass" else host_y
-                hardest.add(losses, seen, resolved.x, labels, _predictions(host_logits, host_y, task))
-                total += float(losses.sum())
-                seen += losses.numel()
+                images = self._rank_batch(pl_module, batch, hardest) and images
                 batches += 1
-                if seen >= self.max_samples:
+                if hardest.seen >= self.max_samples:
                     break
-        if seen == 0:
-            self.skip(trainer, "the validation set is empty", "", key=key)
-            return
+        if hardest.seen == 0:
+            raise CheckSkipped("the validation set is empty", "", key=key)
+        total, seen = hardest.total, hardest.seen
         positions = hardest.positions
         if subset is not None:
             positions = torch.tensor([subset[int(p)] for p in positions], dtype=torch.long)
@@ -488,7 +391,37 @@ class DataInspector(RecipeCallback):
             "Look at them: mislabelled samples, outliers and corrupt inputs collect at the top.", key=key,
         )
 
-    def _log_hardest(self, trainer: pl.Trainer, hardest: _Hardest, positions: torch.Tensor, images: bool) -> None:
+    def _rank_batch(self, pl_module: pl.LightningModule, batch: Any, hardest: Hardest) -> bool:
+        """Add one validation batch's per-sample losses to ``hardest``; whether its inputs are images."""
+        key = "hardest"
+        resolved = self.resolved(batch, key=key)
+        on_device = move_data_to_device(batch, pl_module.device)
+        resolved_on_device = self.resolved(on_device, key=key)
+        if resolved.y is None or resolved_on_device.y is None:
+            raise CheckSkipped("the validation batches have no target to rank by loss", "target_key", key=key)
+        y = resolved_on_device.y
+        try:
+            logits = logits_of(self.run_model(pl_module, on_device, resolved_on_device))
+        except Exception as err:  # a forward that wants more than x: say so, do not break training
+            raise CheckSkipped(f"running the model on the batch failed: {type(err).__name__}: {err}", "forward_fn",
+                               key=key) from err
+        if logits is not None:
+            logits, y = aligned(logits, y, integer_inputs(on_device, resolved_on_device))
+        task = self.task or (infer_task(logits, y) if logits is not None else None)
+        if logits is None or task is None:
+            raise CheckSkipped("could not tell the per-sample loss from the model's output and targets", "task",
+                               key=key)
+        try:
+            losses = per_sample_loss(logits, y, task)
+        except (RuntimeError, ValueError) as err:  # a task= that does not fit the shapes
+            raise CheckSkipped(f"could not compute the {task} loss: {err}", "task", key=key) from err
+        # one copy of the batch's losses, logits and targets to the host, not one read per sample
+        losses, host_logits, host_y = losses.detach().cpu(), logits.detach().cpu(), y.detach().cpu()
+        labels = class_indices(host_y) if task == "multiclass" else host_y
+        hardest.add(losses, resolved.x, labels, predictions(host_logits, host_y, task))
+        return looks_like_images(resolved.x)
+
+    def _log_hardest(self, trainer: pl.Trainer, hardest: Hardest, positions: torch.Tensor, images: bool) -> None:
         rows = ["| rank | sample | loss | label | prediction |", "|---|---|---|---|---|"]
         for r, (pos, loss) in enumerate(zip(positions.tolist(), hardest.losses.tolist(), strict=False)):
             loss_text = f"{loss:.4g}" if math.isfinite(loss) else str(loss)

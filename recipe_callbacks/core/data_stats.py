@@ -22,6 +22,8 @@ from torch.utils.data import (
     Subset,
 )
 
+from recipe_callbacks.core.task import Task, class_first
+
 
 def label_counts(target: torch.Tensor, num_classes: int | None = None) -> torch.Tensor:
     """How often each class index occurs in ``target`` (any shape), as an int64 ``(C,)`` tensor.
@@ -196,3 +198,77 @@ def all_dataloaders(loaders: Any) -> list[DataLoader[Any]]:
     if isinstance(loaders, (list, tuple)):
         return [dl for item in loaders for dl in all_dataloaders(item)]
     return []
+
+
+def describe(value: torch.Tensor) -> str:
+    """A target or prediction in a few characters: its value, or its shape.
+
+    Example:
+        >>> describe(torch.tensor(3)), describe(torch.tensor(0.25)), describe(torch.zeros(2, 2))
+        ('3', '0.25', '(2, 2) tensor')
+    """
+    if value.numel() == 1:
+        v = value.item()
+        return f"{v:.3g}" if isinstance(v, float) else str(v)
+    return f"{tuple(value.shape)} tensor"
+
+
+def predictions(logits: torch.Tensor, target: torch.Tensor, task: Task) -> list[str]:
+    """What the model predicts for each sample, in a few characters: the class, ``p=`` of the
+    positive class, the value, or the shape of a map.
+
+    Example:
+        >>> predictions(torch.tensor([[0.0, 2.0], [3.0, 0.0]]), torch.tensor([1, 1]), "multiclass")
+        ['1', '0']
+    """
+    out = logits.detach().to(torch.float64)
+    if task == "multiclass":
+        out = class_first(out, target)
+    n = out.shape[0]
+    if task == "multiclass":
+        if out.ndim == 2:
+            return [str(int(c)) for c in out.argmax(dim=1)]
+        return [f"{tuple(out.shape[2:])} map" for _ in range(n)]
+    flat = out.reshape(n, -1)
+    if task == "binary":
+        return [f"p={float(p):.2f}" if flat.shape[1] == 1 else "map" for p in flat.sigmoid()[:, 0]]
+    return [f"{float(v):.3g}" for v in flat.mean(dim=1)]
+
+
+class Hardest:
+    """The ``k`` highest-loss samples seen so far: inputs, targets, predictions and positions, and
+    the sum and count of every loss seen.
+
+    Example:
+        >>> h = Hardest(2)
+        >>> h.add(torch.tensor([0.1, 3.0, 0.5]), torch.zeros(3, 1), torch.tensor([0, 1, 0]), ["0", "0", "1"])
+        >>> h.positions.tolist(), h.targets, h.seen
+        ([1, 2], ['1', '0'], 3)
+    """
+
+    def __init__(self, k: int) -> None:
+        self.k = k
+        self.losses = torch.zeros(0, dtype=torch.float64)
+        self.positions = torch.zeros(0, dtype=torch.long)
+        self.inputs: list[torch.Tensor] = []
+        self.targets: list[str] = []
+        self.predictions: list[str] = []
+        self.total = 0.0
+        self.seen = 0
+
+    def add(self, losses: torch.Tensor, x: torch.Tensor, y: torch.Tensor, preds: list[str]) -> None:
+        """Add one batch: its losses (on the host), inputs, targets and predictions in words."""
+        start = self.seen
+        all_losses = torch.cat([self.losses, losses.cpu().to(torch.float64)])
+        positions = torch.cat([self.positions, torch.arange(start, start + losses.numel())])
+        keep = top_k_hardest(all_losses, self.k)
+        inputs = self.inputs + [x[i].detach().cpu() for i in range(x.shape[0])]
+        targets = self.targets + [describe(y[i]) for i in range(y.shape[0])]
+        predictions = self.predictions + preds
+        idx = keep.tolist()
+        self.losses, self.positions = all_losses[keep], positions[keep]
+        self.inputs = [inputs[i] for i in idx]
+        self.targets = [targets[i] for i in idx]
+        self.predictions = [predictions[i] for i in idx]
+        self.total += float(losses.sum())
+        self.seen += losses.numel()
