@@ -27,6 +27,7 @@ from recipe_callbacks.core.pictures import image_grid
 from recipe_callbacks.plumbing.batch import BatchToXY, resolve_batch
 from recipe_callbacks.plumbing.callback_base import RecipeCallback
 from recipe_callbacks.plumbing.finding import OnFail, Status
+from recipe_callbacks.plumbing.ranks import sum_over_ranks
 from recipe_callbacks.plumbing.validation import check_choice, check_float, check_int
 
 if TYPE_CHECKING:
@@ -63,8 +64,29 @@ _ADVICE = {
 }
 
 
+# What each flag says, formatted with its numbers.
+_FLAG_TEXT = {
+    "non_finite": "the input holds {nan} NaN and {inf} Inf values (of {numel})",
+    "constant": "every value of the input equals {value:.4g}: the model sees nothing",
+    "identical_samples": "all {n} samples of the batch are identical",
+    "integer_pixels": "the images reach the model as {dtype} ({low:.4g}..{high:.4g}), not as normalised floats",
+    "unnormalised": "the input looks unnormalised: channel {channel} has mean {mean:.4g} and std {std:.4g} (root mean "
+    "square {rms:.4g} > max_rms={max_rms:.4g}); range {low:.4g}..{high:.4g}{like}",
+    "dead_channel": "image channel(s) {channels} are constant across the whole batch",
+    "channels_last": "the batch of shape {shape} looks channels-last (N, H, W, C): dim 1 ({dim1}) looks like a spatial "
+    "dim and the last dim ({last}) like channels",
+    "non_finite_targets": "the targets hold NaN or Inf values",
+    "one_target_value": "all {n} targets of the batch are {value!r}",
+}
+
+
 def _fmt(v: float) -> str:
     return f"{v:.4g}"
+
+
+def _message(flag: Flag) -> str:
+    like = ", like raw 0..255 pixels" if flag.numbers.get("pixels") else ""
+    return _FLAG_TEXT[flag.name].format(**flag.numbers, like=like)
 
 
 class InputVisualizer(RecipeCallback):
@@ -251,9 +273,8 @@ class InputVisualizer(RecipeCallback):
     ) -> tuple[str, ...]:
         """The flags raised on any rank (a sum over ranks of a 0/1 vector), so all ranks agree."""
         local = torch.tensor([float(any(f.name == n for f in flags)) for n in FLAG_NAMES], dtype=torch.float64)
-        if trainer.world_size > 1:
-            local = trainer.strategy.reduce(local.to(pl_module.device), reduce_op="sum").cpu()
-        return tuple(n for n, v in zip(FLAG_NAMES, local.tolist(), strict=True) if v > 0)
+        (raised,) = sum_over_ranks(trainer, [local])
+        return tuple(n for n, v in zip(FLAG_NAMES, raised.tolist(), strict=True) if v > 0)
 
     def _channel_scalars(self, stats: ChannelStats) -> dict[str, float]:
         out: dict[str, float] = {}
@@ -330,7 +351,7 @@ class InputVisualizer(RecipeCallback):
     @staticmethod
     def _flag_text(name: str, flags: list[Flag]) -> str:
         local = next((f for f in flags if f.name == name), None)
-        return local.message if local is not None else f"{name.replace('_', ' ')} (seen on another rank)"
+        return _message(local) if local is not None else f"{name.replace('_', ' ')} (seen on another rank)"
 
     def _report(
         self,

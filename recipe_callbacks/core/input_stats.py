@@ -12,8 +12,8 @@ Nothing here imports Lightning.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import torch
 
@@ -157,11 +157,12 @@ def is_class_index(y: torch.Tensor | None, n: int) -> bool:
 
 @dataclass(frozen=True)
 class Flag:
-    """One red flag: ``status`` is ``"warn"`` or ``"fail"``; ``name`` is one of ``FLAG_NAMES``."""
+    """One red flag: ``name`` is one of ``FLAG_NAMES``, ``status`` ``"warn"`` or ``"fail"``, and
+    ``numbers`` what was seen (the callback writes the words)."""
 
     name: str
     status: Literal["warn", "fail"]
-    message: str
+    numbers: dict[str, Any] = field(default_factory=dict)
 
 
 # Every flag ``input_flags`` can raise, in a fixed order (ranks sum a 0/1 vector in this order).
@@ -189,8 +190,44 @@ FLAG_STATUS: dict[str, Literal["warn", "fail"]] = {
 }
 
 
-def _fmt(v: float) -> str:
-    return f"{v:.4g}"
+def _flag(name: str, **numbers: Any) -> Flag:
+    return Flag(name, FLAG_STATUS[name], numbers)
+
+
+def _value_flags(x: torch.Tensor, stats: ChannelStats, overall: dict[str, float]) -> list[Flag]:
+    """NaN/Inf, a constant input, identical samples."""
+    flags: list[Flag] = []
+    if overall["nan"] + overall["inf"]:
+        flags.append(_flag("non_finite", nan=int(overall["nan"]), inf=int(overall["inf"]), numel=x.numel()))
+    constant = int(stats.finite.sum()) > 1 and overall["min"] == overall["max"]
+    if constant:
+        flags.append(_flag("constant", value=overall["min"]))
+    if not constant and x.ndim >= 1 and x.shape[0] > 1 and x.numel() > 0:
+        first = x[:1]
+        same = (x == first) | (torch.isnan(x) & torch.isnan(first))
+        if bool(same.all()):
+            flags.append(_flag("identical_samples", n=x.shape[0]))
+    return flags
+
+
+def _scale_flags(x: torch.Tensor, stats: ChannelStats, overall: dict[str, float], layout: Layout,
+                 max_rms: float) -> list[Flag]:
+    """Integer pixels, or a floating-point channel whose root mean square exceeds ``max_rms``."""
+    finite_total = int(stats.finite.sum())
+    pixels = overall["min"] >= 0.0 and 1.0 < overall["max"] <= PIXEL_MAX
+    integer = not (x.is_floating_point() or x.is_complex() or x.dtype == torch.bool)
+    if integer and layout != "none" and finite_total and pixels:
+        # uint8, or int64 pixels as read from a file or a NumPy array: raw 0..255 all the same
+        return [_flag("integer_pixels", dtype=str(x.dtype).replace("torch.", ""), low=overall["min"],
+                      high=overall["max"])]
+    if not (x.is_floating_point() and stats.channels and finite_total):
+        return []
+    rms = stats.rms
+    worst = int(torch.nan_to_num(rms, nan=0.0).argmax())
+    if float(rms[worst]) <= max_rms:
+        return []
+    return [_flag("unnormalised", channel=worst, mean=float(stats.mean[worst]), std=float(stats.std[worst]),
+                  rms=float(rms[worst]), max_rms=max_rms, low=overall["min"], high=overall["max"], pixels=pixels)]
 
 
 def input_flags(
@@ -217,88 +254,20 @@ def input_flags(
         >>> [f.name for f in input_flags(x, channel_stats(x), layout="NCHW")]
         ['unnormalised']
     """
-    flags: list[Flag] = []
     overall = stats.overall()
-    n_bad = overall["nan"] + overall["inf"]
-    if n_bad:
-        flags.append(
-            Flag(
-                "non_finite",
-                "fail",
-                f"the input holds {int(overall['nan'])} NaN and {int(overall['inf'])} Inf values "
-                f"(of {x.numel()})",
-            )
-        )
-    finite_total = int(stats.finite.sum())
-    constant = finite_total > 1 and overall["min"] == overall["max"]
-    if constant:
-        flags.append(
-            Flag("constant", "fail", f"every value of the input equals {_fmt(overall['min'])}: the model sees nothing")
-        )
-    if not constant and x.ndim >= 1 and x.shape[0] > 1 and x.numel() > 0:
-        first = x[:1]
-        same = (x == first) | (torch.isnan(x) & torch.isnan(first))
-        if bool(same.all()):
-            flags.append(Flag("identical_samples", "fail", f"all {x.shape[0]} samples of the batch are identical"))
-    integer = not (x.is_floating_point() or x.is_complex() or x.dtype == torch.bool)
-    if integer and layout != "none" and finite_total and overall["min"] >= 0.0 and 1.0 < overall["max"] <= PIXEL_MAX:
-        # uint8, or int64 pixels as read from a file or a NumPy array: raw 0..255 all the same
-        flags.append(
-            Flag(
-                "integer_pixels",
-                "warn",
-                f"the images reach the model as {str(x.dtype).replace('torch.', '')} "
-                f"({_fmt(overall['min'])}..{_fmt(overall['max'])}), not as normalised floats",
-            )
-        )
-    elif x.is_floating_point() and stats.channels and finite_total:
-        rms = stats.rms
-        worst = int(torch.nan_to_num(rms, nan=0.0).argmax())
-        if float(rms[worst]) > max_rms:
-            pixels = overall["min"] >= 0.0 and 1.0 < overall["max"] <= PIXEL_MAX
-            what = f"range {_fmt(overall['min'])}..{_fmt(overall['max'])}" + (
-                ", like raw 0..255 pixels" if pixels else ""
-            )
-            flags.append(
-                Flag(
-                    "unnormalised",
-                    "warn",
-                    f"the input looks unnormalised: channel {worst} has mean {_fmt(float(stats.mean[worst]))} and "
-                    f"std {_fmt(float(stats.std[worst]))} (root mean square {_fmt(float(rms[worst]))} > "
-                    f"max_rms={_fmt(max_rms)}); {what}",
-                )
-            )
+    flags = _value_flags(x, stats, overall) + _scale_flags(x, stats, overall, layout, max_rms)
+    constant = any(f.name == "constant" for f in flags)
     if layout != "none" and stats.channels > 1 and not constant:
         dead = [c for c in range(stats.channels) if stats.finite[c] > 1 and stats.min[c] == stats.max[c]]
         if dead:
-            flags.append(
-                Flag(
-                    "dead_channel",
-                    "warn",
-                    f"image channel(s) {dead[:8]} are constant across the whole batch",
-                )
-            )
+            flags.append(_flag("dead_channel", channels=dead[:8]))
     if layout == "NHWC" and guessed:
-        flags.append(
-            Flag(
-                "channels_last",
-                "warn",
-                f"the batch of shape {tuple(x.shape)} looks channels-last (N, H, W, C): dim 1 ({x.shape[1]}) looks "
-                f"like a spatial dim and the last dim ({x.shape[3]}) like channels",
-            )
-        )
+        flags.append(_flag("channels_last", shape=tuple(x.shape), dim1=x.shape[1], last=x.shape[3]))
     if y is not None and y.numel() > 0:
         if (y.is_floating_point() or y.is_complex()) and not bool(torch.isfinite(y).all()):
-            flags.append(Flag("non_finite_targets", "fail", "the targets hold NaN or Inf values"))
+            flags.append(_flag("non_finite_targets"))
         elif y.numel() >= MIN_TARGETS_FOR_ONE_VALUE and bool((y == y.reshape(-1)[0]).all()):
-            value = y.reshape(-1)[0].item()
-            flags.append(
-                Flag(
-                    "one_target_value",
-                    "warn",
-                    f"all {y.numel()} targets of the batch are {value!r}",
-                )
-            )
+            flags.append(_flag("one_target_value", n=y.numel(), value=y.reshape(-1)[0].item()))
     return flags
 
 
