@@ -203,7 +203,7 @@ class InputVisualizer(RecipeCallback):
         # a device read per statistic. The copy keeps dtype and memory layout (channels-last stays).
         x = resolved.x.detach().cpu()
         y = resolved.y.detach().cpu() if isinstance(resolved.y, torch.Tensor) else resolved.y
-        self._look(trainer, pl_module, x, y, first)
+        self._look(trainer, x, y, first)
 
     # ----------------------------------------------------------------- the look
     def _layout(self, x: torch.Tensor) -> tuple[Layout, bool]:
@@ -218,23 +218,17 @@ class InputVisualizer(RecipeCallback):
             dim = None
         return channel_stats(x, dim)
 
-    def _look(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, x: torch.Tensor, y: torch.Tensor | None, first: bool
-    ) -> None:
+    def _look(self, trainer: pl.Trainer, x: torch.Tensor, y: torch.Tensor | None, first: bool) -> None:
         layout, guessed = self._layout(x)
         stats = self._stats(x, layout)
         flags = input_flags(x, stats, y, layout=layout, guessed=guessed, max_rms=self.max_rms)
         if y is not None and any(f.name == "one_target_value" for f in flags) and self._by_chance(trainer, y):
             flags = [f for f in flags if f.name != "one_target_value"]
-        names = self._flags_on_any_rank(trainer, pl_module, flags, stats)
+        names = self._flags_on_any_rank(trainer, flags)
         overall = stats.overall()
         values = {
-            "mean": overall["mean"],
-            "std": overall["std"],
-            "min": overall["min"],
-            "max": overall["max"],
-            "nan_count": overall["nan"],
-            "inf_count": overall["inf"],
+            "mean": overall["mean"], "std": overall["std"], "min": overall["min"], "max": overall["max"],
+            "nan_count": overall["nan"], "inf_count": overall["inf"],
             "max_channel_rms": float(torch.nan_to_num(stats.rms, nan=0.0).max()) if stats.channels else 0.0,
         }
         if self.every_n_steps is not None:  # a series; a single look is in the text summary and the Finding
@@ -268,9 +262,8 @@ class InputVisualizer(RecipeCallback):
         frequency = same / total
         return frequency < 1.0 and frequency ** y.numel() >= _CHANCE
 
-    def _flags_on_any_rank(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, flags: list[Flag], stats: ChannelStats
-    ) -> tuple[str, ...]:
+    @staticmethod
+    def _flags_on_any_rank(trainer: pl.Trainer, flags: list[Flag]) -> tuple[str, ...]:
         """The flags raised on any rank (a sum over ranks of a 0/1 vector), so all ranks agree."""
         local = torch.tensor([float(any(f.name == n for f in flags)) for n in FLAG_NAMES], dtype=torch.float64)
         (raised,) = sum_over_ranks(trainer, [local])
@@ -306,15 +299,8 @@ class InputVisualizer(RecipeCallback):
         if y is not None and not y.is_complex():
             self.log_histogram(trainer, "targets", y.detach().reshape(-1)[:MAX_HISTOGRAM_VALUES].float())
 
-    def _summary_text(
-        self,
-        x: torch.Tensor,
-        y: torch.Tensor | None,
-        layout: Layout,
-        stats: ChannelStats,
-        flags: list[Flag],
-        names: tuple[str, ...],
-    ) -> str:
+    def _summary_text(self, x: torch.Tensor, y: torch.Tensor | None, layout: Layout, stats: ChannelStats,
+                      flags: list[Flag], names: tuple[str, ...]) -> str:
         overall = stats.overall()
         lines = [
             f"**input** shape `{tuple(x.shape)}`, dtype `{x.dtype}`, device `{x.device}`, layout `{layout}`",
@@ -340,10 +326,7 @@ class InputVisualizer(RecipeCallback):
             lines.append(f"**targets** shape `{tuple(y.shape)}`, dtype `{y.dtype}`, first values `{head}`")
         lines.append("")
         local = {f.name for f in flags}
-        if names:
-            lines.append("**flags**: " + "; ".join(self._flag_text(n, flags) for n in names))
-        else:
-            lines.append("**flags**: none")
+        lines.append("**flags**: " + ("; ".join(self._flag_text(n, flags) for n in names) if names else "none"))
         if local - set(names):  # cannot happen, but keep the text honest if it did
             lines.append(f"(local flags {sorted(local)})")
         return "\n".join(lines) + "\n"
@@ -353,28 +336,16 @@ class InputVisualizer(RecipeCallback):
         local = next((f for f in flags if f.name == name), None)
         return _message(local) if local is not None else f"{name.replace('_', ' ')} (seen on another rank)"
 
-    def _report(
-        self,
-        trainer: pl.Trainer,
-        x: torch.Tensor,
-        layout: Layout,
-        flags: list[Flag],
-        names: tuple[str, ...],
-        values: dict[str, float],
-        first: bool,
-    ) -> None:
+    def _report(self, trainer: pl.Trainer, x: torch.Tensor, layout: Layout, flags: list[Flag], names: tuple[str, ...],
+                values: dict[str, float], first: bool) -> None:
         status: Status = "pass"
         if names:
             status = "fail" if any(FLAG_STATUS[n] == "fail" for n in names) else "warn"
         where = "the first training batch" if first else f"the training batch at step {trainer.global_step}"
         shape = f"shape {tuple(x.shape)}, {str(x.dtype).removeprefix('torch.')}, layout {layout}"
-        if not names:
-            summary = (
-                f"{where} ({shape}) looks healthy: finite, mean {_fmt(values['mean'])}, std {_fmt(values['std'])}, "
-                f"range {_fmt(values['min'])}..{_fmt(values['max'])}"
-            )
-        else:
-            summary = f"{where} ({shape}): " + "; ".join(self._flag_text(n, flags) for n in names)
+        summary = f"{where} ({shape}): " + "; ".join(self._flag_text(n, flags) for n in names) if names else (
+            f"{where} ({shape}) looks healthy: finite, mean {_fmt(values['mean'])}, std {_fmt(values['std'])}, "
+            f"range {_fmt(values['min'])}..{_fmt(values['max'])}")
         advice = " ".join(f"{n.replace('_', ' ').capitalize()}: {_ADVICE[n]}." for n in names)
         if not first and (not names or names == self._last_flags):
             self._last_flags = names
