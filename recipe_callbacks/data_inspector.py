@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -11,31 +10,12 @@ from lightning.pytorch.utilities.seed import isolate_rng
 from torch.utils.data import DataLoader, Subset
 from typing_extensions import override
 
+from recipe_callbacks.core import data_stats as core
 from recipe_callbacks.core.cost import FORWARD_PASS_STEPS
-from recipe_callbacks.core.data_stats import (
-    Hardest,
-    all_dataloaders,
-    bounded_loader,
-    first_dataloader,
-    imbalance_ratio,
-    label_counts,
-    looks_like_images,
-    predictions,
-    sample_hashes,
-    shared_samples,
-)
-from recipe_callbacks.core.pictures import bar_chart, image_grid
+from recipe_callbacks.core.data_stats import Hardest, bounded_loader, first_dataloader, label_counts
+from recipe_callbacks.core.pictures import image_grid
 from recipe_callbacks.core.skip import CheckSkipped
-from recipe_callbacks.core.task import (
-    TASKS,
-    Task,
-    aligned,
-    class_indices,
-    infer_task,
-    is_binary_valued,
-    logits_of,
-    per_sample_loss,
-)
+from recipe_callbacks.core.task import TASKS, Task, aligned, class_indices, infer_task, logits_of, per_sample_loss
 from recipe_callbacks.plumbing.batch import BatchToXY, ForwardFn, integer_inputs
 from recipe_callbacks.plumbing.callback_base import RecipeCallback, sharded_strategy
 from recipe_callbacks.plumbing.finding import OnFail, Status
@@ -47,6 +27,22 @@ if TYPE_CHECKING:
 
 _MAX_CLASS_SCALARS = 100
 _MAX_BARS = 60
+_NAN = ("{bad} target value(s) of {of} training samples are NaN or infinite ({rows} samples; the first at sample "
+        "{first} in loader order): every loss that sees them is NaN", "drop or impute the missing targets before "
+        "training (or mask them out of the loss), and check the preprocessing that produced them")
+_DUPLICATES_ADVICE = "Deduplicate: split the data after removing duplicates, or drop these samples from validation."
+_SHARDED = ("hardest samples not ranked under {strategy}: the pass over the validation samples runs the model outside "
+            "the loop, which would gather the shards on every rank",
+            "rank them in a short fit with strategy='ddp' (or one device)")
+_HARDEST_ADVICE = "Look at them: mislabelled samples, outliers and corrupt inputs collect at the top."
+# The status and advice of each verdict on the label counts.
+_LABEL_VERDICT: dict[str, tuple[Status, str]] = {
+    "pass": ("pass", ""),
+    "one_class": ("fail", "Check the labels: the loader, the label column or the target transform gives one class "
+                  "only."),
+    "imbalanced": ("warn", "Check the labels; if the imbalance is real, init the final bias to the prior "
+                   "(InitLossCheck(fix_bias=True)) and judge with per-class metrics."),
+}
 
 
 class DataInspector(RecipeCallback):
@@ -113,20 +109,10 @@ class DataInspector(RecipeCallback):
     """
 
     def __init__(
-        self,
-        max_samples: int = 10000,
-        top_k: int = 16,
-        max_imbalance: float = 20.0,
-        num_classes: int | None = None,
-        task: Task | None = None,
-        check_duplicates: bool = True,
-        show_hardest: bool = True,
-        seed: int = 0,
-        on_fail: OnFail = "warn",
-        input_key: str | None = None,
-        target_key: str | None = None,
-        batch_to_xy: BatchToXY | None = None,
-        forward_fn: ForwardFn | str | None = None,
+        self, max_samples: int = 10000, top_k: int = 16, max_imbalance: float = 20.0, num_classes: int | None = None,
+        task: Task | None = None, check_duplicates: bool = True, show_hardest: bool = True, seed: int = 0,
+        on_fail: OnFail = "warn", input_key: str | None = None, target_key: str | None = None,
+        batch_to_xy: BatchToXY | None = None, forward_fn: ForwardFn | str | None = None,
     ) -> None:
         super().__init__(on_fail, input_key, target_key, batch_to_xy, forward_fn)
         owner = type(self).__name__
@@ -135,10 +121,8 @@ class DataInspector(RecipeCallback):
         self.max_imbalance = check_float(owner, "max_imbalance", max_imbalance, minimum=1.0, inclusive_minimum=True)
         self.num_classes = None if num_classes is None else check_int(owner, "num_classes", num_classes, minimum=2)
         self.task: Task | None = None if task is None else check_choice(owner, "task", task, TASKS)
-        for name, flag in (("check_duplicates", check_duplicates), ("show_hardest", show_hardest)):
-            check_bool(owner, name, flag)
-        self.check_duplicates = check_duplicates
-        self.show_hardest = show_hardest
+        self.check_duplicates = check_bool(owner, "check_duplicates", check_duplicates)
+        self.show_hardest = check_bool(owner, "show_hardest", show_hardest)
         self.seed = check_int(owner, "seed", seed, minimum=0)
         self._reset()
 
@@ -190,9 +174,8 @@ class DataInspector(RecipeCallback):
         super().on_train_end(trainer, pl_module)
 
     # ----------------------------------------------------------------- reading data
-    def _read(
-        self, trainer: pl.Trainer, loader: DataLoader[Any], key: str, hashes: list[bytes] | None
-    ) -> tuple[list[torch.Tensor], int, int]:
+    def _read(self, trainer: pl.Trainer, loader: DataLoader[Any], key: str,
+              hashes: list[bytes] | None) -> tuple[list[torch.Tensor], int, int]:
         """Read a bounded subset: hash its inputs into ``hashes`` (when given) and return
         ``(targets, samples read, data set size)``. Inputs are not kept."""
         bounded, size = bounded_loader(loader, self.max_samples, self.seed)
@@ -202,7 +185,7 @@ class DataInspector(RecipeCallback):
             for batch in bounded:
                 resolved = self.resolved(batch, key=key)
                 if hashes is not None:
-                    hashes += sample_hashes(resolved.x)
+                    hashes += core.sample_hashes(resolved.x)
                 if resolved.y is not None:
                     targets.append(resolved.y.detach().cpu())
                 read += int(resolved.x.shape[0]) if resolved.x.ndim else 1
@@ -231,27 +214,16 @@ class DataInspector(RecipeCallback):
             bad = ~torch.isfinite(y)
             rows = bad.reshape(bad.shape[0], -1).any(dim=1)
             first = int(rows.nonzero()[0, 0])
-            self.report(
-                trainer, "fail",
-                f"{int(bad.sum())} target value(s) of {of} training samples are NaN or infinite ({int(rows.sum())} "
-                f"samples; the first at sample {first} in loader order): every loss that sees them is NaN",
-                {"samples": float(read), "nonfinite_targets": float(bad.sum()), "cost_steps": 0.0},
-                "drop or impute the missing targets before training (or mask them out of the loss), and check "
-                "the preprocessing that produced them",
-                key=key,
-            )
+            summary = _NAN[0].format(bad=int(bad.sum()), of=of, rows=int(rows.sum()), first=first)
+            values = {"samples": float(read), "nonfinite_targets": float(bad.sum()), "cost_steps": 0.0}
+            self.report(trainer, "fail", summary, values, _NAN[1], key=key)
             return
-        # class labels by core.task's rules: integer or bool, or float 0/1
-        classes = self.task in ("multiclass", "binary") or (
-            self.task is None and (not y.is_floating_point() or is_binary_valued(y)))
+        classes = self.task in ("multiclass", "binary") or (self.task is None and core.is_class_target(y))
         if not classes:
             self.log_histogram(trainer, "targets", y)
-            self.report(
-                trainer, "pass",
-                f"targets of {of} training samples are continuous: mean {float(y.double().mean()):.4g}, std "
-                f"{float(y.double().std()):.4g}, range [{float(y.min()):.4g}, {float(y.max()):.4g}]",
-                {"samples": float(read), "cost_steps": 0.0}, key=key,
-            )
+            summary = (f"targets of {of} training samples are continuous: mean {float(y.double().mean()):.4g}, std "
+                       f"{float(y.double().std()):.4g}, range [{float(y.min()):.4g}, {float(y.max()):.4g}]")
+            self.report(trainer, "pass", summary, {"samples": float(read), "cost_steps": 0.0}, key=key)
             return
         self._report_labels(trainer, label_counts(y, self.num_classes), of, read, dense=y.shape[1] > 1)
 
@@ -261,54 +233,28 @@ class DataInspector(RecipeCallback):
             raise CheckSkipped("no labels were counted (all negative / ignored)", "target_key", key="labels")
         self.label_counts = counts
         self._prior = counts.to(torch.float64) / total
-        present = int((counts > 0).sum())
-        ratio = imbalance_ratio(counts)
-        majority = int(counts.argmax())
+        present, ratio = int((counts > 0).sum()), core.imbalance_ratio(counts)
         values = {
             "samples": float(read), "num_classes": float(counts.numel()), "present_classes": float(present),
             "imbalance_ratio": ratio, "majority_fraction": float(counts.max()) / total, "cost_steps": 0.0,
         }
-        shown = torch.arange(counts.numel())
-        title = f"labels of {of} samples, imbalance {ratio:.3g}:1"
-        if counts.numel() > _MAX_BARS:  # e.g. a vocabulary: the most frequent classes, most frequent first
-            shown = counts.argsort(descending=True, stable=True)[:_MAX_BARS]
-            title += f", top {_MAX_BARS} of {counts.numel()} classes"
-        largest = int(counts.max())
-        rare = [i for i, c in enumerate(shown.tolist()) if largest > self.max_imbalance * int(counts[c])]
-        flagged_label = f"missing or over {self.max_imbalance:g}x rarer than the largest"
-        if present == 1:  # every label is the same class
-            rare, flagged_label = [i for i, c in enumerate(shown.tolist()) if counts[c] > 0], "the only class"
-        chart = bar_chart(
-            [str(int(c)) for c in shown], counts[shown].tolist(),
-            title=f"DataInspector: {title}; look for missing or rare classes",
-            xlabel="class", ylabel="training samples", flagged=rare, flagged_label=flagged_label,
-        )
-        self.log_figure(trainer, "label_distribution", chart)
+        self.log_figure(trainer, "label_distribution", core.label_chart(counts, of, self.max_imbalance, _MAX_BARS))
         if counts.numel() <= _MAX_CLASS_SCALARS:
-            rows = ["| class | samples | share |", "|---|---|---|"]
-            rows += [f"| {c} | {int(n)} | {float(n) / total:.2%} |" for c, n in enumerate(counts)]
-            self.log_text(trainer, "label_counts", "\n".join(rows))
+            self.log_text(trainer, "label_counts", core.label_table(counts))
         shares = ", ".join(f"{c}: {int(n)}" for c, n in enumerate(counts[:12]))
         more = ", ..." if counts.numel() > 12 else ""
         head = f"label counts over {of} training samples: {{{shares}{more}}}"
-        status: Status = "pass"
-        advice = ""
-        if present == 1:
-            status = "fail"
-            summary = f"every label is class {majority} ({head})"
-            advice = "Check the labels: the loader, the label column or the target transform gives one class only."
-        elif ratio > self.max_imbalance and not dense:
-            status = "warn"
+        verdict = core.judge_labels(counts, self.max_imbalance, dense)
+        if verdict == "one_class":
+            summary = f"every label is class {int(counts.argmax())} ({head})"
+        elif verdict == "imbalanced":
             missing = [c for c in range(counts.numel()) if counts[c] == 0]
             what = f"classes {missing[:10]} never occur" if missing else f"imbalance {ratio:.3g}:1"
             summary = f"extremely imbalanced: {what} ({head})"
-            advice = (
-                "Check the labels; if the imbalance is real, init the final bias to the prior "
-                "(InitLossCheck(fix_bias=True)) and judge with per-class metrics."
-            )
         else:
             per = " (labels per token / pixel: imbalance is reported, not judged)" if dense else ""
             summary = f"{head}; {present} classes present, imbalance {ratio:.3g}:1{per}"
+        status, advice = _LABEL_VERDICT[verdict]
         self.report(trainer, status, summary, values, advice, key="labels")
 
     # ----------------------------------------------------------------- leaks
@@ -318,7 +264,7 @@ class DataInspector(RecipeCallback):
                 trainer.fit_loop.epoch_loop.val_loop.setup_data()
             except Exception:  # a broken val loader is the user's to meet in validation, not here
                 return []
-        return all_dataloaders(trainer.val_dataloaders)
+        return core.all_dataloaders(trainer.val_dataloaders)
 
     def _check_duplicates(self, trainer: pl.Trainer) -> None:
         key = "duplicates"
@@ -331,34 +277,25 @@ class DataInspector(RecipeCallback):
         for loader in loaders:
             self._read(trainer, loader, key, val_hashes)
         val_hashes = val_hashes[: self.max_samples]
-        shared = shared_samples(self._train_hashes, val_hashes)
+        shared = core.shared_samples(self._train_hashes, val_hashes)
         n_train, n_val = len(self._train_hashes), len(val_hashes)
         values = {
             "duplicates": float(len(shared)), "duplicate_fraction": len(shared) / max(n_val, 1),
             "checked_train": float(n_train), "checked_val": float(n_val),
         }
         head = f"{len(shared)} of {n_val} validation samples are exact copies of one of {n_train} training samples"
-        if shared:
-            self.report(
-                trainer, "fail", f"{head} (first validation positions: {shared[:10]}): the validation figure "
-                "measures memory, not generalisation.", values,
-                "Deduplicate: split the data after removing duplicates, or drop these samples from validation.",
-                key=key,
-            )
-        else:
+        if not shared:
             self.report(trainer, "pass", head, values, key=key)
+            return
+        summary = f"{head} (first validation positions: {shared[:10]}): the validation figure measures memory, not "
+        self.report(trainer, "fail", summary + "generalisation.", values, _DUPLICATES_ADVICE, key=key)
 
     # ----------------------------------------------------------------- hardest samples
     def _show_hardest(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         key = "hardest"
         strategy = sharded_strategy(trainer)
         if strategy is not None:
-            self.report(
-                trainer, "skip",
-                f"hardest samples not ranked under {strategy}: the pass over the validation samples runs the "
-                "model outside the loop, which would gather the shards on every rank",
-                {}, "rank them in a short fit with strategy='ddp' (or one device)", key=key,
-            )
+            self.report(trainer, "skip", _SHARDED[0].format(strategy=strategy), {}, _SHARDED[1], key=key)
             return
         loader = first_dataloader(self._val_loaders(trainer))
         if loader is None:
@@ -375,21 +312,21 @@ class DataInspector(RecipeCallback):
                     break
         if hardest.seen == 0:
             raise CheckSkipped("the validation set is empty", "", key=key)
-        total, seen = hardest.total, hardest.seen
-        positions = hardest.positions
+        seen, mean, positions = hardest.seen, hardest.total / hardest.seen, hardest.positions
         if subset is not None:
             positions = torch.tensor([subset[int(p)] for p in positions], dtype=torch.long)
         self.hardest_indices, self.hardest_losses = positions, hardest.losses
-        self._log_hardest(trainer, hardest, positions, images)
+        self.log_text(trainer, "hardest_samples", core.hardest_table(hardest, positions))
+        if images and hardest.inputs:
+            captions = [f"y{t} p{p}" for t, p in zip(hardest.targets, hardest.predictions, strict=False)]
+            grid = image_grid(torch.stack(hardest.inputs).float(), captions=captions)
+            self.log_image(trainer, "hardest_samples", grid)
         top = ", ".join(f"#{int(i)} ({float(v):.3g})" for i, v in zip(positions[:5], hardest.losses[:5], strict=False))
-        self.report(
-            trainer, "pass",
-            f"the {len(positions)} highest-loss of {seen} validation samples: {top}; mean loss {total / seen:.4g}. "
-            f"See {self.tag('hardest_samples')}.",
-            {"hardest_loss": float(hardest.losses[0]), "mean_val_loss": total / seen, "val_samples": float(seen),
-             "hardest_cost_steps": batches * FORWARD_PASS_STEPS},
-            "Look at them: mislabelled samples, outliers and corrupt inputs collect at the top.", key=key,
-        )
+        summary = (f"the {len(positions)} highest-loss of {seen} validation samples: {top}; mean loss {mean:.4g}. "
+                   f"See {self.tag('hardest_samples')}.")
+        values = {"hardest_loss": float(hardest.losses[0]), "mean_val_loss": mean, "val_samples": float(seen),
+                  "hardest_cost_steps": batches * FORWARD_PASS_STEPS}
+        self.report(trainer, "pass", summary, values, _HARDEST_ADVICE, key=key)
 
     def _rank_batch(self, pl_module: pl.LightningModule, batch: Any, hardest: Hardest) -> bool:
         """Add one validation batch's per-sample losses to ``hardest``; whether its inputs are images."""
@@ -418,16 +355,5 @@ class DataInspector(RecipeCallback):
         # one copy of the batch's losses, logits and targets to the host, not one read per sample
         losses, host_logits, host_y = losses.detach().cpu(), logits.detach().cpu(), y.detach().cpu()
         labels = class_indices(host_y) if task == "multiclass" else host_y
-        hardest.add(losses, resolved.x, labels, predictions(host_logits, host_y, task))
-        return looks_like_images(resolved.x)
-
-    def _log_hardest(self, trainer: pl.Trainer, hardest: Hardest, positions: torch.Tensor, images: bool) -> None:
-        rows = ["| rank | sample | loss | label | prediction |", "|---|---|---|---|---|"]
-        for r, (pos, loss) in enumerate(zip(positions.tolist(), hardest.losses.tolist(), strict=False)):
-            loss_text = f"{loss:.4g}" if math.isfinite(loss) else str(loss)
-            rows.append(f"| {r + 1} | {pos} | {loss_text} | {hardest.targets[r]} | {hardest.predictions[r]} |")
-        self.log_text(trainer, "hardest_samples", "\n".join(rows))
-        if images and hardest.inputs:
-            captions = [f"y{t} p{p}" for t, p in zip(hardest.targets, hardest.predictions, strict=False)]
-            grid = image_grid(torch.stack(hardest.inputs).float(), captions=captions)
-            self.log_image(trainer, "hardest_samples", grid)
+        hardest.add(losses, resolved.x, labels, core.predictions(host_logits, host_y, task))
+        return core.looks_like_images(resolved.x)

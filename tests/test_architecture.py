@@ -105,7 +105,6 @@ NOT_YET: set[str] = {
     "core/lr_schedule.py:length_issues",
     "core/lr_schedule.py:simulate_schedule",
     "core/pictures.py:line_chart",
-    "data_inspector.py",
     "distributed_consistency_check.py:_check_batch",
     "eval_mode_check.py",
     "first_layer_filter_viz.py",

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch.utils.data import (
@@ -22,7 +22,11 @@ from torch.utils.data import (
     Subset,
 )
 
-from recipe_callbacks.core.task import Task, class_first
+from recipe_callbacks.core.pictures import bar_chart
+from recipe_callbacks.core.task import Task, class_first, is_binary_valued
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def label_counts(target: torch.Tensor, num_classes: int | None = None) -> torch.Tensor:
@@ -272,3 +276,73 @@ class Hardest:
         self.predictions = [predictions[i] for i in idx]
         self.total += float(losses.sum())
         self.seen += losses.numel()
+
+
+# What the label counts show: a healthy spread, one class only, or an imbalance beyond the limit.
+LabelVerdict = Literal["pass", "one_class", "imbalanced"]
+
+
+def judge_labels(counts: torch.Tensor, max_imbalance: float, dense: bool) -> LabelVerdict:
+    """The verdict on training label counts: every label one class, or (not for dense labels, one
+    per token or pixel, where imbalance is the rule) the largest class more than ``max_imbalance``
+    times the smallest (a class that never occurs counts as infinitely rare).
+
+    Example:
+        >>> judge_labels(torch.tensor([90, 10]), 20.0, False), judge_labels(torch.tensor([99, 1]), 20.0, False)
+        ('pass', 'imbalanced')
+        >>> judge_labels(torch.tensor([0, 7]), 20.0, True)
+        'one_class'
+    """
+    if int((counts > 0).sum()) == 1:
+        return "one_class"
+    if imbalance_ratio(counts) > max_imbalance and not dense:
+        return "imbalanced"
+    return "pass"
+
+
+def label_chart(counts: torch.Tensor, of: str, max_imbalance: float, max_bars: int) -> Figure:
+    """A bar per class of the label counts (the ``max_bars`` most frequent when there are more),
+    missing and rare classes (or the only class) flagged."""
+    ratio = imbalance_ratio(counts)
+    shown = torch.arange(counts.numel())
+    title = f"labels of {of} samples, imbalance {ratio:.3g}:1"
+    if counts.numel() > max_bars:  # e.g. a vocabulary: the most frequent classes, most frequent first
+        shown = counts.argsort(descending=True, stable=True)[:max_bars]
+        title += f", top {max_bars} of {counts.numel()} classes"
+    largest = int(counts.max())
+    rare = [i for i, c in enumerate(shown.tolist()) if largest > max_imbalance * int(counts[c])]
+    flagged_label = f"missing or over {max_imbalance:g}x rarer than the largest"
+    if int((counts > 0).sum()) == 1:  # every label is the same class
+        rare, flagged_label = [i for i, c in enumerate(shown.tolist()) if counts[c] > 0], "the only class"
+    return bar_chart(
+        [str(int(c)) for c in shown], counts[shown].tolist(),
+        title=f"DataInspector: {title}; look for missing or rare classes",
+        xlabel="class", ylabel="training samples", flagged=rare, flagged_label=flagged_label,
+    )
+
+
+def label_table(counts: torch.Tensor) -> str:
+    """A Markdown table of the samples and share of each class."""
+    total = int(counts.sum())
+    rows = ["| class | samples | share |", "|---|---|---|"]
+    rows += [f"| {c} | {int(n)} | {float(n) / total:.2%} |" for c, n in enumerate(counts)]
+    return "\n".join(rows)
+
+
+def hardest_table(hardest: Hardest, positions: torch.Tensor) -> str:
+    """A Markdown table of the hardest samples: rank, sample index, loss, label, prediction."""
+    rows = ["| rank | sample | loss | label | prediction |", "|---|---|---|---|---|"]
+    for r, (pos, loss) in enumerate(zip(positions.tolist(), hardest.losses.tolist(), strict=False)):
+        loss_text = f"{loss:.4g}" if math.isfinite(loss) else str(loss)
+        rows.append(f"| {r + 1} | {pos} | {loss_text} | {hardest.targets[r]} | {hardest.predictions[r]} |")
+    return "\n".join(rows)
+
+
+def is_class_target(y: torch.Tensor) -> bool:
+    """Class labels by :mod:`~recipe_callbacks.core.task`'s rules: integer or bool, or float 0/1.
+
+    Example:
+        >>> is_class_target(torch.tensor([0, 3])), is_class_target(torch.tensor([0.5, 1.0]))
+        (True, False)
+    """
+    return not y.is_floating_point() or is_binary_valued(y)
