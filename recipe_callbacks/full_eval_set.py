@@ -16,24 +16,11 @@ from typing_extensions import override
 
 from recipe_callbacks.core import eval_tally as tally_core
 from recipe_callbacks.core.cost import FORWARD_PASS_STEPS
-from recipe_callbacks.core.eval_stats import (
-    DEFAULT_LOSS,
-    LOSSES,
-    LossName,
-    MeanEstimate,
-    round_to_interval,
-    unpadded_positions,
-)
+from recipe_callbacks.core.eval_stats import DEFAULT_LOSS, LOSSES, LossName, MeanEstimate, round_to_interval
 from recipe_callbacks.core.eval_tally import EXCLUDED, OWN_PASS, READY, SKIPPED, Gap, Tally, sized_len
+from recipe_callbacks.core.skip import CheckSkipped
 from recipe_callbacks.core.task import TASKS, Task, aligned, logits_of, require_task
-from recipe_callbacks.plumbing.batch import (
-    BatchResolutionError,
-    BatchToXY,
-    ForwardFn,
-    ResolvedBatch,
-    integer_inputs,
-    resolve_batch,
-)
+from recipe_callbacks.plumbing.batch import BatchToXY, ForwardFn, ResolvedBatch, integer_inputs
 from recipe_callbacks.plumbing.callback_base import RecipeCallback
 from recipe_callbacks.plumbing.finding import OnFail
 from recipe_callbacks.plumbing.observe import observing
@@ -71,6 +58,16 @@ _GAPS: dict[str, tuple[str, str]] = {
                  "be checked."),
     "count": ("evaluated {count:,} samples, but the dataset has {dataset_len:,}.",
               "Check the sampler and the limits of the evaluation loop."),
+}
+# Why a fit left no verdict: no validation at all, an empty val loader, or training ended before the first.
+_NO_VALIDATION = {
+    "none": ("this fit had no validation: no val dataloader or no validation_step",
+             "pass val_dataloaders to fit() (and define validation_step), or run trainer.validate()"),
+    "empty": ("the val dataloader of this fit has no batches (an empty set, or limit_val_batches=0)",
+              "give the val dataloader samples"),
+    "too_early": ("training ended at global step {step}, before the first validation (val_check_interval={interval}, "
+                  "check_val_every_n_epoch={every})", "train until a validation runs, or run trainer.validate() after "
+                  "fit"),
 }
 _NOT_FINITE = ("The loss is not finite: a NaN or infinite output or target in the set makes the figure meaningless",
                "look for NaN/Inf targets (missing values) and outputs in the validation set; drop, impute or mask them")
@@ -178,17 +175,10 @@ class FullEvalSet(RecipeCallback):
     """
 
     def __init__(
-        self,
-        metrics: list[str] | dict[str, torchmetrics.Metric] | None = None,
-        task: Task | None = None,
-        loss: LossName | None = None,
-        num_classes: int | None = None,
-        confidence: float = 0.95,
-        on_fail: OnFail = "warn",
-        input_key: str | None = None,
-        target_key: str | None = None,
-        batch_to_xy: BatchToXY | None = None,
-        forward_fn: ForwardFn | str | None = None,
+        self, metrics: list[str] | dict[str, torchmetrics.Metric] | None = None, task: Task | None = None,
+        loss: LossName | None = None, num_classes: int | None = None, confidence: float = 0.95,
+        on_fail: OnFail = "warn", input_key: str | None = None, target_key: str | None = None,
+        batch_to_xy: BatchToXY | None = None, forward_fn: ForwardFn | str | None = None,
     ) -> None:
         super().__init__(on_fail, input_key, target_key, batch_to_xy, forward_fn)
         owner = type(self).__name__
@@ -218,9 +208,8 @@ class FullEvalSet(RecipeCallback):
         key: str | None = self.__dict__.get("_state_key_cache")
         if key is None:
             names = sorted(self.metric_objects) if self.metric_objects is not None else self.metric_names
-            key = self.__dict__["_state_key_cache"] = self._generate_state_key(
-                metrics=names, task=self.task, loss=self.loss
-            )
+            key = self.__dict__["_state_key_cache"] = self._generate_state_key(metrics=names, task=self.task,
+                                                                               loss=self.loss)
         return key
 
     # ----------------------------------------------------------------- hooks
@@ -234,39 +223,23 @@ class FullEvalSet(RecipeCallback):
         self._begin(pl_module, "test")
 
     @override
-    def on_validation_batch_start(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
-    ) -> None:
-        self._arm(trainer, batch, dataloader_idx)
+    def on_validation_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+                                  batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._arm(batch, dataloader_idx)
 
     @override
-    def on_test_batch_start(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
-    ) -> None:
-        self._arm(trainer, batch, dataloader_idx)
+    def on_test_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int,
+                            dataloader_idx: int = 0) -> None:
+        self._arm(batch, dataloader_idx)
 
     @override
-    def on_validation_batch_end(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
+    def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                                batch_idx: int, dataloader_idx: int = 0) -> None:
         self._accumulate(trainer, pl_module, dataloader_idx)
 
     @override
-    def on_test_batch_end(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
+    def on_test_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                          batch_idx: int, dataloader_idx: int = 0) -> None:
         self._accumulate(trainer, pl_module, dataloader_idx)
 
     @override
@@ -290,19 +263,11 @@ class FullEvalSet(RecipeCallback):
             return
         loaders = self._loaders(trainer)
         batches = [b for b in trainer.num_val_batches if b] if loaders else []
-        if not loaders or not is_overridden("validation_step", pl_module):
-            reason = "this fit had no validation: no val dataloader or no validation_step"
-            advice = "pass val_dataloaders to fit() (and define validation_step), or run trainer.validate()"
-        elif not batches:
-            reason = "the val dataloader of this fit has no batches (an empty set, or limit_val_batches=0)"
-            advice = "give the val dataloader samples"
-        else:
-            reason = (
-                f"training ended at global step {trainer.global_step}, before the first validation "
-                f"(val_check_interval={trainer.val_check_interval}, "
-                f"check_val_every_n_epoch={trainer.check_val_every_n_epoch})"
-            )
-            advice = "train until a validation runs, or run trainer.validate() after fit"
+        why = "none" if not loaders or not is_overridden("validation_step", pl_module) else (
+            "empty" if not batches else "too_early")
+        reason, advice = _NO_VALIDATION[why]
+        reason = reason.format(step=trainer.global_step, interval=trainer.val_check_interval,
+                               every=trainer.check_val_every_n_epoch)
         self.report(trainer, "skip", reason, {}, advice, key="no_validation")
 
     @override
@@ -337,15 +302,15 @@ class FullEvalSet(RecipeCallback):
         if tally_core.same_input(seen, self._expected):
             self._captured = output
 
-    def _arm(self, trainer: pl.Trainer, batch: Any, dataloader_idx: int) -> None:
+    def _arm(self, batch: Any, dataloader_idx: int) -> None:
         self._expected = self._target = self._captured = None
         tally = self._tallies.get(dataloader_idx)
         if not self._stage or (tally is not None and tally.skip_reason):
             return
         try:
-            resolved = resolve_batch(batch, self.input_key, self.target_key, self.batch_to_xy)
-        except BatchResolutionError as err:
-            self._mark_skipped(dataloader_idx, f"could not find the input in the batch: {err}", err.argument)
+            resolved = self.resolved(batch)
+        except CheckSkipped as err:
+            self._mark_skipped(dataloader_idx, err.reason, err.argument)
             return
         if resolved.y is None:
             self._mark_skipped(dataloader_idx, "the batch has no target", "target_key")
@@ -375,8 +340,10 @@ class FullEvalSet(RecipeCallback):
             return
         tally = self._tallies.get(dataloader_idx)
         if tally is None:
-            tally = self._tallies[dataloader_idx] = Tally.empty(self._real_positions(trainer, dataloader_idx),
-                                                                pl_module.device)
+            loaders = self._loaders(trainer)
+            sampler = getattr(loaders[dataloader_idx], "sampler", None) if dataloader_idx < len(loaders) else None
+            tally = Tally.empty(tally_core.shard_real_positions(sampler), pl_module.device)
+            self._tallies[dataloader_idx] = tally
         try:
             failure = self._own_pass(pl_module, tally) if self._captured is None else ""
             preds = logits_of(self._captured)
@@ -394,16 +361,6 @@ class FullEvalSet(RecipeCallback):
             self._mark_skipped(dataloader_idx, f"could not compute the per-sample loss: {err}", argument)
         finally:
             self._expected = self._target = self._captured = None
-
-    def _real_positions(self, trainer: pl.Trainer, dataloader_idx: int) -> int | None:
-        """How many leading positions of this process's shard are not DDP padding (``None``: all)."""
-        loaders = self._loaders(trainer)
-        sampler = getattr(loaders[dataloader_idx], "sampler", None) if dataloader_idx < len(loaders) else None
-        if isinstance(sampler, DistributedSampler) and not sampler.drop_last:
-            n = sized_len(sampler.dataset)
-            if n is not None:
-                return unpadded_positions(n, sampler.num_replicas, sampler.rank, sampler.num_samples)
-        return None
 
     def _task_of(self, preds: torch.Tensor, target: torch.Tensor) -> Task:
         if self.task is not None:
@@ -447,22 +404,11 @@ class FullEvalSet(RecipeCallback):
             computed: dict[str, float] = {}
             if head[READY] == trainer.world_size and tally is not None and tally.metrics is not None:
                 computed = {name: float(m.compute()) for name, m in tally.metrics.items()}
-            metric_values = self._metric_values(computed, estimates)
+            task = self.task or self._inferred_task
+            names = tally_core.wanted_names(task, self.metric_names, None) if task is not None else []
+            metric_values = tally_core.metric_values(names, self.metric_objects, computed, estimates)
             self._report(trainer, idx, loader, estimates, metric_values, head, tally.notes if tally else [])
         self._end()
-
-    def _metric_values(self, computed: dict[str, float], estimates: dict[str, MeanEstimate]) -> dict[str, float]:
-        """Every metric's value in the order given: torchmetrics' or, for per-sample means, the sums'."""
-        if self.metric_objects is not None:
-            return {name: computed[name] for name in self.metric_objects if name in computed}
-        task = self.task or self._inferred_task
-        out: dict[str, float] = {}
-        for name in tally_core.wanted_names(task, self.metric_names, None) if task is not None else []:
-            if name in computed:
-                out[name] = computed[name]
-            elif name in estimates and estimates[name].count > 0:
-                out[name] = estimates[name].mean
-        return out
 
     def _figures(
         self, loss: MeanEstimate, samples: int, estimates: dict[str, MeanEstimate], metric_values: dict[str, float]
@@ -484,16 +430,8 @@ class FullEvalSet(RecipeCallback):
                 parts.append(f"{name} {value:.4g}")
         return values, parts
 
-    def _report(
-        self,
-        trainer: pl.Trainer,
-        idx: int,
-        loader: Any,
-        estimates: dict[str, MeanEstimate],
-        metric_values: dict[str, float],
-        head: list[float],
-        notes: list[str],
-    ) -> None:
+    def _report(self, trainer: pl.Trainer, idx: int, loader: Any, estimates: dict[str, MeanEstimate],
+                metric_values: dict[str, float], head: list[float], notes: list[str]) -> None:
         key, loss = self._key(idx), estimates["loss"]
         if loss.count == 0:
             self.skip(trainer, f"{self._label(idx)}: no samples were evaluated", key=key)
@@ -534,16 +472,8 @@ class FullEvalSet(RecipeCallback):
         status: Literal["pass", "warn"] = "warn" if problems else "pass"
         self._report_once(trainer, status, summary, values, " ".join(advice), key, "|".join(advice))
 
-    def _report_once(
-        self,
-        trainer: pl.Trainer,
-        status: Literal["pass", "warn"],
-        summary: str,
-        values: dict[str, float],
-        advice: str,
-        key: str,
-        signature: str,
-    ) -> None:
+    def _report_once(self, trainer: pl.Trainer, status: Literal["pass", "warn"], summary: str, values: dict[str, float],
+                     advice: str, key: str, signature: str) -> None:
         """Report every epoch, but warn only when the coverage problems of a dataloader change."""
         quiet = status == "warn" and self._warned.get(key) == signature
         self._warned[key] = signature if status == "warn" else ""

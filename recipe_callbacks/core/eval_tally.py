@@ -27,6 +27,7 @@ from recipe_callbacks.core.eval_stats import (
     per_sample_metric,
     real_rows,
     sample_sums,
+    unpadded_positions,
 )
 from recipe_callbacks.core.task import Task, class_first, class_indices, per_position_losses
 
@@ -308,3 +309,30 @@ def coverage_gaps(
     if not gaps and dataset_len is not None and count != dataset_len:
         gaps.append(Gap("count", {"count": count, "dataset_len": dataset_len}))
     return gaps
+
+
+def shard_real_positions(sampler: Any) -> int | None:
+    """How many leading positions of this process's shard of a padding ``DistributedSampler`` are
+    real (``None``: every position, for any other sampler)."""
+    if isinstance(sampler, DistributedSampler) and not sampler.drop_last:
+        n = sized_len(sampler.dataset)
+        if n is not None:
+            return unpadded_positions(n, sampler.num_replicas, sampler.rank, sampler.num_samples)
+    return None
+
+
+def metric_values(
+    names: list[str], objects: Mapping[str, Any] | None, computed: dict[str, float],
+    estimates: dict[str, MeanEstimate],
+) -> dict[str, float]:
+    """Every metric's value in the order given: torchmetrics' (``computed``) or, for per-sample
+    means, the sums' (``estimates``); the user's metric ``objects`` as they computed."""
+    if objects is not None:
+        return {name: computed[name] for name in objects if name in computed}
+    out: dict[str, float] = {}
+    for name in names:
+        if name in computed:
+            out[name] = computed[name]
+        elif name in estimates and estimates[name].count > 0:
+            out[name] = estimates[name].mean
+    return out
