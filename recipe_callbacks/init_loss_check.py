@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -12,7 +11,7 @@ from recipe_callbacks.core import init_loss as core
 from recipe_callbacks.core.cost import FORWARD_PASS_STEPS
 from recipe_callbacks.core.init_loss import AtInit, ExpectedLoss, InitLossSums, PriorChoice, TargetSummary
 from recipe_callbacks.core.skip import CheckSkipped
-from recipe_callbacks.core.task import TASKS, Task, aligned, class_first, infer_task, logits_of, per_sample_loss
+from recipe_callbacks.core.task import TASKS, Task, aligned, class_first, infer_task, logits_of
 from recipe_callbacks.data_inspector import DataInspector
 from recipe_callbacks.plumbing.batch import BatchToXY, ForwardFn, integer_inputs
 from recipe_callbacks.plumbing.callback_base import RecipeCallback
@@ -54,6 +53,9 @@ _VERDICT = {  # status, what the summary adds after the figures, advice
                 "look for the label leaking into the input or targets the model can read. A pretrained model does "
                 "this by design: then pass expected= or drop this check."),
 }
+_REVERTED = ("fix_bias: setting the bias of '{layer}' raised the loss {before:.4g} -> {after:.4g}; the bias was put "
+             "back. Its output is probably not the logits (an activation or a scale follows it).",
+             "Name the layer whose output is the logits with final_layer=, or init its bias by hand.")
 _BIAS_KIND = {"multiclass": "log class frequencies", "binary": "log-odds of the positive rate",
               "regression": "target mean"}
 
@@ -177,20 +179,10 @@ class InitLossCheck(RecipeCallback):
     one_off = True
 
     def __init__(
-        self,
-        task: Task | None = None,
-        num_classes: int | None = None,
-        expected: float | None = None,
-        tolerance: float = 0.25,
-        fix_bias: bool = False,
-        max_batches: int = 20,
-        num_batches: int = 2,
-        final_layer: str | None = None,
-        on_fail: OnFail = "warn",
-        input_key: str | None = None,
-        target_key: str | None = None,
-        batch_to_xy: BatchToXY | None = None,
-        forward_fn: ForwardFn | str | None = None,
+        self, task: Task | None = None, num_classes: int | None = None, expected: float | None = None,
+        tolerance: float = 0.25, fix_bias: bool = False, max_batches: int = 20, num_batches: int = 2,
+        final_layer: str | None = None, on_fail: OnFail = "warn", input_key: str | None = None,
+        target_key: str | None = None, batch_to_xy: BatchToXY | None = None, forward_fn: ForwardFn | str | None = None,
     ) -> None:
         super().__init__(on_fail, input_key, target_key, batch_to_xy, forward_fn)
         owner = type(self).__name__
@@ -239,9 +231,8 @@ class InitLossCheck(RecipeCallback):
             self.state_cost(watch.seconds, key=_FIX, field="fix_bias/cost_steps")
 
     @override
-    def on_train_batch_start(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
-    ) -> None:
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
         super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
         if self._active and not self._capture.handles and self._capture.captured is None and self._batch is None:
             self._batch = batch
@@ -255,9 +246,8 @@ class InitLossCheck(RecipeCallback):
             self.state_cost(watch.seconds + self._fix_seconds, key=_KEY)
 
     @override
-    def on_train_batch_end(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
-    ) -> None:
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
         if self._active:
             with self.stopwatch() as watch:
                 self._conclude(trainer, pl_module, None)
@@ -363,15 +353,8 @@ class InitLossCheck(RecipeCallback):
             exp = ExpectedLoss(self.expected, exp.uninformed, "argument")
         return exp, choice
 
-    def _judge(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        pairs: list[tuple[torch.Tensor, torch.Tensor]],
-        step_loss: float | None,
-        cost: float,
-        source: str,
-    ) -> None:
+    def _judge(self, trainer: pl.Trainer, pl_module: pl.LightningModule, pairs: list[tuple[torch.Tensor, torch.Tensor]],
+               step_loss: float | None, cost: float, source: str) -> None:
         logits, target = pairs[0]
         task = self._task_of(logits, target)
         if task is None:
@@ -404,16 +387,8 @@ class InitLossCheck(RecipeCallback):
         mean_step = float(step) / trainer.world_size if has_step > 0 else None
         self._report_judgement(trainer, sums, exp, choice, mean_step, cost, source)
 
-    def _report_judgement(
-        self,
-        trainer: pl.Trainer,
-        sums: InitLossSums,
-        exp: ExpectedLoss,
-        choice: PriorChoice | None,
-        step_loss: float | None,
-        cost: float,
-        source: str,
-    ) -> None:
+    def _report_judgement(self, trainer: pl.Trainer, sums: InitLossSums, exp: ExpectedLoss, choice: PriorChoice | None,
+                          step_loss: float | None, cost: float, source: str) -> None:
         mean_prob, prior = sums.mean_prob(), choice.prior if choice is not None else None
         gap = core.prior_gap(mean_prob, prior) if mean_prob is not None and prior is not None else 0.0
         at = core.judge_at_init(sums.loss, exp, self.tolerance, has_bias=self._final_has_bias,
@@ -463,10 +438,10 @@ class InitLossCheck(RecipeCallback):
         layer = dict(pl_module.named_modules()).get(layer_name) if layer_name else None
 
         def loss_after() -> float:
-            return self._mean_loss([self._forward(pl_module, b, _FIX) for b in batches[: self.num_batches]], task)
+            return core.mean_loss([self._forward(pl_module, b, _FIX) for b in batches[: self.num_batches]], task)
 
         try:
-            fix = core.fix_bias(layer, task, summary, lambda: self._mean_loss(pairs, task), loss_after)
+            fix = core.fix_bias(layer, task, summary, lambda: core.mean_loss(pairs, task), loss_after)
         except (RuntimeError, ValueError) as err:
             raise CheckSkipped(f"fix_bias could not compute the {task} loss: {err}", "task", key=_FIX) from err
         if fix.status == "no_bias":
@@ -498,36 +473,16 @@ class InitLossCheck(RecipeCallback):
         summary.load(sum_over_ranks(trainer, summary.parts()))
         return summary
 
-    def _report_fix(
-        self,
-        trainer: pl.Trainer,
-        task: Task,
-        num_classes: int | None,
-        summary: TargetSummary,
-        pairs: list[tuple[torch.Tensor, torch.Tensor]],
-        fix: core.BiasFix,
-        layer_name: str,
-        inspector: torch.Tensor | None,
-    ) -> None:
+    def _report_fix(self, trainer: pl.Trainer, task: Task, num_classes: int | None, summary: TargetSummary,
+                    pairs: list[tuple[torch.Tensor, torch.Tensor]], fix: core.BiasFix, layer_name: str,
+                    inspector: torch.Tensor | None) -> None:
         values = {"fix_bias/loss_before": fix.before, "fix_bias/loss_after": fix.after}
         if fix.status == "reverted":
-            self.report(
-                trainer, "warn",
-                f"fix_bias: setting the bias of '{layer_name}' raised the loss {fix.before:.4g} -> {fix.after:.4g}; "
-                "the bias was put back. Its output is probably not the logits (an activation or a scale follows it).",
-                {**values, "fix_bias/cost_steps": self._fix_cost},
-                "Name the layer whose output is the logits with final_layer=, or init its bias by hand.", key=_FIX,
-            )
+            summary_text = _REVERTED[0].format(layer=layer_name, before=fix.before, after=fix.after)
+            self.report(trainer, "warn", summary_text, {**values, "fix_bias/cost_steps": self._fix_cost}, _REVERTED[1],
+                        key=_FIX)
             return
-        judged = TargetSummary(task, num_classes)
-        for _, tg in pairs:
-            judged.update(tg)
-        if task == "regression":
-            exp = core.expected_regression_loss(summary, judged)
-        else:
-            size = (num_classes or 2) if task == "multiclass" else 2
-            exp = core.expected_classification_loss(size, summary.prior(), self.tolerance, judged.counts)
-        expected = exp.value if exp else math.nan
+        expected = core.expected_after_fix(task, num_classes, summary, [tg for _, tg in pairs], self.tolerance)
         counted = "the prior of DataInspector" if inspector is not None else f"counted over {summary.n} targets"
         bias = fix.bias if fix.bias is not None else torch.zeros(0)
         self.report(
@@ -540,7 +495,3 @@ class InitLossCheck(RecipeCallback):
             key=_FIX,
         )
 
-    @staticmethod
-    def _mean_loss(pairs: list[tuple[torch.Tensor, torch.Tensor]], task: Task) -> float:
-        losses = [per_sample_loss(lg, tg, task) for lg, tg in pairs]
-        return float(torch.cat(losses).mean()) if losses else math.nan

@@ -692,3 +692,25 @@ def per_class_table(mean_prob: torch.Tensor, prior: torch.Tensor | None) -> str:
     for c, p in enumerate(mean_prob.tolist()):
         rows.append(f"| {c} | {p:.4g} | {'' if prior is None else f'{float(prior[c]):.4g}'} |")
     return "\n".join(rows)
+
+
+def expected_after_fix(
+    task: Task, num_classes: int | None, summary: TargetSummary, targets: list[torch.Tensor], tolerance: float
+) -> float:
+    """The loss expected on the judged ``targets`` once the bias is at ``summary``'s prior (NaN when
+    nothing was counted)."""
+    judged = TargetSummary(task, num_classes)
+    for t in targets:
+        judged.update(t)
+    if task == "regression":
+        exp = expected_regression_loss(summary, judged)
+    else:
+        size = (num_classes or 2) if task == "multiclass" else 2
+        exp = expected_classification_loss(size, summary.prior(), tolerance, judged.counts)
+    return exp.value if exp else math.nan
+
+
+def mean_loss(pairs: list[tuple[torch.Tensor, torch.Tensor]], task: Task) -> float:
+    """The mean per-sample loss over ``(logits, target)`` pairs (NaN for none)."""
+    losses = [per_sample_loss(lg, tg, task) for lg, tg in pairs]
+    return float(torch.cat(losses).mean()) if losses else math.nan
