@@ -370,7 +370,7 @@ class InitLossSums:
 
     def parts(self) -> list[torch.Tensor]:
         """Everything to add over processes, in a fixed order (see :meth:`load`)."""
-        head = torch.tensor([self.loss_sum, float(self.n), self.logit_sq, float(self.logit_count)])
+        head = torch.tensor([self.loss_sum, float(self.n), self.logit_sq, float(self.logit_count)], dtype=torch.float64)
         probs = [] if self.prob_sum is None else [self.prob_sum]
         return [head, *probs, *self.targets.parts()]
 

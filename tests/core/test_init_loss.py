@@ -165,3 +165,60 @@ def test_judge_init_loss_places_the_observed_loss() -> None:
     assert judge_init_loss(math.log(2) * 1.6, imbalanced, 0.25).verdict == "too_high"
     assert judge_init_loss(0.33, imbalanced, 0.25).verdict == "pass"
     assert judge_init_loss(3.0, imbalanced, 0.25).verdict == "too_high"
+
+
+def test_sums_of_two_halves_added_part_by_part_equal_the_sums_of_the_whole() -> None:
+    """What sum_over_ranks adds over processes: the parts of two shards, added, load the whole's figures."""
+    from recipe_callbacks.core.init_loss import InitLossSums
+
+    g = torch.Generator().manual_seed(0)
+    logits, y = torch.randn(12, 3, generator=g), torch.randint(0, 3, (12,), generator=g)
+    whole, first, second = InitLossSums("multiclass", 3), InitLossSums("multiclass", 3), InitLossSums("multiclass", 3)
+    whole.add(logits, y)
+    first.add(logits[:5], y[:5])
+    second.add(logits[5:], y[5:])
+    first.load([a.double() + b.double() for a, b in zip(first.parts(), second.parts(), strict=True)])
+    assert first.loss == pytest.approx(float(F.cross_entropy(logits.double(), y)), rel=1e-12)
+    assert first.loss == pytest.approx(whole.loss, rel=1e-12) and first.n == 12
+    torch.testing.assert_close(first.mean_prob(), logits.double().softmax(1).mean(0))
+    torch.testing.assert_close(first.targets.counts, torch.bincount(y, minlength=3).double())
+
+
+def test_fix_bias_puts_a_bias_back_when_the_loss_gets_worse_or_the_measure_fails() -> None:
+    from recipe_callbacks.core.init_loss import fix_bias
+
+    s = TargetSummary("multiclass", 2)
+    s.update(labels_with_prior([90, 10]))
+    layer = torch.nn.Linear(4, 2)
+    old = layer.bias.detach().clone()
+    assert fix_bias(layer, "multiclass", s, lambda: 0.5, lambda: 0.9).status == "reverted"
+    torch.testing.assert_close(layer.bias.detach(), old)
+
+    def broken() -> float:
+        raise RuntimeError("forward failed")
+
+    with pytest.raises(RuntimeError):
+        fix_bias(layer, "multiclass", s, lambda: 0.5, broken)
+    torch.testing.assert_close(layer.bias.detach(), old)
+    assert fix_bias(torch.nn.Linear(4, 2, bias=False), "multiclass", s, lambda: 0.5, lambda: 0.4).status == "no_bias"
+    assert fix_bias(torch.nn.Linear(4, 3), "multiclass", s, lambda: 0.5, lambda: 0.4).status == "size_mismatch"
+    fixed = fix_bias(layer, "multiclass", s, lambda: 0.5, lambda: 0.4)
+    assert fixed.status == "set"
+    torch.testing.assert_close(layer.bias.detach().double().softmax(0), torch.tensor([0.9, 0.1], dtype=torch.float64))
+
+
+def test_the_prior_comes_from_enough_data_before_the_judged_batch() -> None:
+    from recipe_callbacks.core.init_loss import choose_prior
+
+    judged = TargetSummary("multiclass", 3)
+    judged.update(torch.tensor([0, 0, 1]))
+    counted = TargetSummary("multiclass", 3)
+    counted.update(labels_with_prior([60, 30]))  # class 2 never counted: frequency 0
+    choice = choose_prior(3, None, None, lambda: counted, judged)
+    assert choice.origin == "counted" and choice.counted == 90
+    torch.testing.assert_close(choice.prior, torch.tensor([2 / 3, 1 / 3, 0.0], dtype=torch.float64))
+    assert choose_prior(3, None, None, lambda: None, judged).origin == "first_batch"
+    calls: list[int] = []
+    inspector = torch.tensor([0.5, 0.25, 0.25], dtype=torch.float64)
+    assert choose_prior(3, inspector, None, lambda: calls.append(1) or None, judged).origin == "inspector"
+    assert calls == []  # the training set is not read again when DataInspector counted it
