@@ -294,10 +294,11 @@ class RecipeCallback(Callback):
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        if self._pending_costs:
-            self._step_clock.tick()
-            if self._step_clock.done:
-                self._settle_costs()
+        # timed from the run's first batch, so that a cost stated late (at the end of an epoch, of
+        # training) is settled against this run's steps too
+        self._step_clock.tick()
+        if self._pending_costs and self._step_clock.done:
+            self._settle_costs()
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
