@@ -116,8 +116,6 @@ NOT_YET: set[str] = {
     "init_loss_check.py:_report_judgement",
     "input_independent_baseline.py:_judge",
     "input_visualizer.py",
-    "leakage_check.py",
-    "leakage_check.py:_too_good",
     "no_lr_decay_warning.py",
     "no_lr_decay_warning.py:on_train_start",
     "prediction_dynamics_logger.py",
