@@ -107,8 +107,6 @@ NOT_YET: set[str] = {
     "data_inspector.py",
     "data_inspector.py:_show_hardest",
     "distributed_consistency_check.py:_check_batch",
-    "first_layer_filter_viz.py",
-    "first_layer_filter_viz.py:_judge",
     "full_eval_set.py",
     "full_eval_set.py:_report",
     "init_loss_check.py",
