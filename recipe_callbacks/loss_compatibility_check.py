@@ -11,6 +11,7 @@ from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
 from recipe_callbacks.core import loss_compat as core
+from recipe_callbacks.core.skip import CheckSkipped
 from recipe_callbacks.core.task import logits_of
 from recipe_callbacks.plumbing.batch import BatchToXY
 from recipe_callbacks.plumbing.callback_base import RecipeCallback
@@ -166,12 +167,14 @@ class LossCompatibilityCheck(RecipeCallback):
             if step_loss is not None and step_loss.numel() == 1:
                 scale = trainer.accumulate_grad_batches if pl_module.automatic_optimization else 1
                 self._loss = float(step_loss.detach()) * scale
-        with self._watch:
-            judged = self._judge(trainer)
-        if judged:
-            self.state_cost(self._watch.seconds)
-        self._output = self._child_output = self._batch = None
-        self.finish_early()
+        try:
+            with self._watch:
+                judged = self._judge(trainer)
+            if judged:
+                self.state_cost(self._watch.seconds)
+        finally:
+            self._output = self._child_output = self._batch = None
+            self.finish_early()
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -186,25 +189,26 @@ class LossCompatibilityCheck(RecipeCallback):
 
     # ----------------------------------------------------------------- judging
     def _judge(self, trainer: pl.Trainer) -> bool:
-        """Report the verdict on the first step's loss; ``False`` after a skip."""
+        """Report the verdict on the first step's loss; ``False`` when the batch had no input to find.
+
+        Raises:
+            CheckSkipped: no target, no output or no finite loss to compare.
+        """
         resolved = self.resolve(trainer, self._batch)
         if resolved is None:
             return False
         if resolved.y is None:
-            self.skip(trainer, "the first batch has no target to compare the outputs with", "target_key")
-            return False
+            raise CheckSkipped("the first batch has no target to compare the outputs with", "target_key")
         source = "the output of forward"
         output = self._output
         if output is None and self._child_output is not None:
             source = f"the output of submodule '{self._child_output[0]}' (training_step does not call self(x))"
             output = self._child_output[1]
         if output is None:
-            self.skip(trainer, "training_step did not call the model (self(x) or a submodule) with gradients, so "
-                      "there was no output to compare", "batch_to_xy")
-            return False
+            raise CheckSkipped("training_step did not call the model (self(x) or a submodule) with gradients, so "
+                               "there was no output to compare", "batch_to_xy")
         if self._loss is None or not math.isfinite(self._loss):
-            self.skip(trainer, f"no finite loss from the first training step (got {self._loss})", "")
-            return False
+            raise CheckSkipped(f"no finite loss from the first training step (got {self._loss})")
         dtype = torch.float64 if output.numel() <= _FLOAT64_LIMIT else torch.float32
         target = resolved.y.detach().to(output.device)
         found = core.candidates(output, target, dtype)
