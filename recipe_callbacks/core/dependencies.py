@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
+from typing_extensions import Self
 
 from recipe_callbacks.core.pictures import matrix_chart
 
@@ -483,7 +484,31 @@ def batchnorm_in_eval(module: nn.Module) -> int:
     return len(layers)
 
 
-class EmbeddingCapture:
+class _ForwardHooks:
+    """Forward hooks on the submodules of ``module`` that :meth:`_wanted` selects, while the context is active."""
+
+    module: nn.Module
+    _handles: list[RemovableHandle]
+
+    def _wanted(self, name: str, sub: nn.Module) -> bool:
+        raise NotImplementedError
+
+    def _hook(self, name: str) -> Callable[[nn.Module, tuple[Any, ...], Any], Any]:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        for name, sub in self.module.named_modules():
+            if self._wanted(name, sub):
+                self._handles.append(sub.register_forward_hook(self._hook(name)))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+
+class EmbeddingCapture(_ForwardHooks):
     """Hooks every ``nn.Embedding`` and keeps the output of the call that embeds the token ids ``x``.
 
     That output is where gradients are taken for integer inputs (ids have none). It is made to
@@ -516,19 +541,11 @@ class EmbeddingCapture:
 
         return hook
 
-    def __enter__(self) -> EmbeddingCapture:
-        for name, sub in self.module.named_modules():
-            if isinstance(sub, nn.Embedding):
-                self._handles.append(sub.register_forward_hook(self._hook(name)))
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
+    def _wanted(self, name: str, sub: nn.Module) -> bool:
+        return isinstance(sub, nn.Embedding)
 
 
-class OutputRecorder:
+class OutputRecorder(_ForwardHooks):
     """Records the output tensor of every submodule call, in the order the calls finish.
 
     A container's output is recorded after its children's, so the first mixed output in this
@@ -560,16 +577,8 @@ class OutputRecorder:
         name = self.names[index].split(" (call ")[0]
         return type(self.module.get_submodule(name)).__name__
 
-    def __enter__(self) -> OutputRecorder:
-        for name, sub in self.module.named_modules():
-            if name:
-                self._handles.append(sub.register_forward_hook(self._hook(name)))
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
+    def _wanted(self, name: str, sub: nn.Module) -> bool:
+        return bool(name)
 
 
 # ----------------------------------------------------------------------------- picture
