@@ -115,21 +115,11 @@ class DistributedConsistencyCheck(RecipeCallback):
         self._active, self._batch_checked, self._drifted = False, False, False
         self._checks, self._last_step = 0, -1
         if trainer.world_size < 2:
-            self.skip(
-                trainer,
-                f"a single process (world_size={trainer.world_size}): no ranks to compare; this check runs "
-                "under DDP with several processes",
-                key=_KEY_PARAMS,
-            )
-            return
+            raise CheckSkipped(f"a single process (world_size={trainer.world_size}): no ranks to compare; this check "
+                               "runs under DDP with several processes", key=_KEY_PARAMS)
         if not isinstance(trainer.strategy, DDPStrategy) or "DeepSpeed" in type(trainer.strategy).__name__:
-            self.skip(
-                trainer,
-                f"strategy {type(trainer.strategy).__name__} shards or places parameters differently on each "
-                "rank; the check compares full replicas under DDP only",
-                key=_KEY_PARAMS,
-            )
-            return
+            raise CheckSkipped(f"strategy {type(trainer.strategy).__name__} shards or places parameters differently on "
+                               "each rank; the check compares full replicas under DDP only", key=_KEY_PARAMS)
         self._active = True
         self._check_parameters(trainer, pl_module, "after setup")
 
@@ -170,8 +160,7 @@ class DistributedConsistencyCheck(RecipeCallback):
         }
         missing = sorted({int(r) for r in (gathered == MISSING).any(dim=1).nonzero().flatten().tolist()})
         if missing:
-            self.skip(trainer, f"rank(s) {missing} could not checksum their parameters {when}", key=_KEY_PARAMS)
-            return
+            raise CheckSkipped(f"rank(s) {missing} could not checksum their parameters {when}", key=_KEY_PARAMS)
         drift = differing_columns(gathered)
         if not drift:
             self.report(
