@@ -3,68 +3,34 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping
-from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from typing_extensions import override
 
 from recipe_callbacks.core.dependencies import (
-    CannotRun,
     Dependency,
-    EmbeddingCapture,
     LayerScan,
-    OutputRecorder,
     batch_major,
-    batchnorm_in_eval,
-    carries,
     cost_in_steps,
     dependency_by_gradient,
     dependency_by_perturbation,
     dependency_picture,
-    differentiable_batch,
     first_mixing_output,
-    first_tensor,
     largest,
     off_diagonal,
     probe_indices,
     relative,
-    restored_buffers,
 )
-from recipe_callbacks.core.snapshot import has_lazy_tensors
-from recipe_callbacks.plumbing.batch import BatchToXY, ForwardFn, ResolvedBatch, resolve_batch
-from recipe_callbacks.plumbing.callback_base import FirstBatchCheck
+from recipe_callbacks.core.skip import CheckSkipped
+from recipe_callbacks.plumbing.batch import BatchToXY, ForwardFn, ResolvedBatch
+from recipe_callbacks.plumbing.dependency_check import METHODS, Method, OneOffDependencyCheck
 from recipe_callbacks.plumbing.finding import OnFail
-from recipe_callbacks.plumbing.observe import detached_copy, observing
 from recipe_callbacks.plumbing.validation import check_bool, check_choice, check_float, check_int
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
-
-Method = Literal["auto", "gradient", "perturbation"]
-
-
-def _floating(batch: Any, batch_size: int) -> list[torch.Tensor]:
-    """The floating-point tensors of ``batch_size`` samples in ``batch``, in the order
-    :func:`~recipe_callbacks.core.dependencies.differentiable_batch` visits them."""
-    found: list[torch.Tensor] = []
-
-    def walk(item: Any) -> None:
-        if isinstance(item, torch.Tensor):
-            if item.ndim > 0 and item.shape[0] == batch_size and (item.is_floating_point() or item.is_complex()):
-                found.append(item)
-        elif isinstance(item, Mapping):
-            for v in item.values():
-                walk(v)
-        elif isinstance(item, (list, tuple)):
-            for v in item:
-                walk(v)
-
-    walk(batch)
-    return found
-METHODS: tuple[str, ...] = ("auto", "gradient", "perturbation")
 
 
 @dataclass
@@ -79,98 +45,6 @@ class _Measurement:
     names: list[str]
     kinds: list[str]
     batchnorms: int
-
-
-class OneOffDependencyCheck(FirstBatchCheck):
-    """What ``BatchIndependenceCheck`` and ``CausalityCheck`` share: run once on the first training batch.
-
-    Subclasses measure (``_measure``, raising ``CannotRun`` to skip) and report (``_report``).
-    """
-
-    def _measure(self, pl_module: pl.LightningModule, batch: Any, resolved: ResolvedBatch) -> Any:
-        raise NotImplementedError
-
-    def _model_output(self, pl_module: pl.LightningModule, batch: Any, resolved: ResolvedBatch | None = None,
-                      x: torch.Tensor | None = None) -> torch.Tensor:
-        """The model's floating-point output on ``batch`` (or on ``batch`` with input ``x``), run the
-        way the user's step does; the same dropout masks on every call (the RNG is isolated)."""
-        torch.manual_seed(0)
-        if resolved is None:
-            resolved = resolve_batch(batch, self.input_key, self.target_key, self.batch_to_xy)
-        out = first_tensor(self.run_model(pl_module, batch, resolved, x))
-        if out is None or not out.is_floating_point():
-            raise CannotRun("the model returned no floating-point tensor to differentiate", "forward_fn")
-        return out
-
-    def _gradient_inputs(
-        self, pl_module: pl.LightningModule, batch: Any, resolved: ResolvedBatch, batch_size: int
-    ) -> tuple[torch.Tensor, list[torch.Tensor], list[str], list[bool], OutputRecorder]:
-        """One forward pass with every tensor input differentiable: the output, the tensors the
-        gradient is taken at (float inputs; embedding outputs of integer inputs), their names, whether
-        each carries the target (a decoder input fed the answer), and the recorded module outputs."""
-        new_batch, leaves, ids = differentiable_batch(batch, batch_size)
-        new_resolved = resolve_batch(new_batch, self.input_key, self.target_key, self.batch_to_xy)
-        captures = [EmbeddingCapture(pl_module, t) for t in ids]
-        recorder = OutputRecorder(pl_module)
-        with ExitStack() as stack:
-            for capture in captures:
-                stack.enter_context(capture)
-            stack.enter_context(recorder)
-            out = self._model_output(pl_module, new_batch, new_resolved)
-        inputs: list[torch.Tensor] = []
-        names: list[str] = []
-        target_like: list[bool] = []
-        x = resolved.x
-        for leaf, original in zip(leaves, _floating(batch, batch_size), strict=True):
-            inputs.append(leaf)
-            names.append("the input" if original is x else f"a {tuple(leaf.shape)} input")
-            target_like.append(original is not x and carries(original, resolved.y))
-        for capture, token_ids in zip(captures, ids, strict=True):
-            if capture.output is not None and all(capture.output is not t for t in inputs):
-                inputs.append(capture.output)
-                names.append(f"the output of embedding `{capture.name}`")
-                target_like.append(token_ids is not x and carries(token_ids, resolved.y))
-        return out, inputs, names, target_like, recorder
-
-    @staticmethod
-    @contextmanager
-    def _probing(pl_module: pl.LightningModule, train_mode: bool) -> Iterator[int]:
-        """The model as in training (or in eval), BatchNorm in eval, grad on, RNG isolated, modes and
-        buffers restored on exit; yields how many BatchNorm layers were put in eval mode."""
-        with observing(pl_module, eval_mode=not train_mode, grad=True), restored_buffers(pl_module):
-            yield batchnorm_in_eval(pl_module)
-
-    def _failed(self, measured: Any) -> bool:
-        raise NotImplementedError
-
-    def _report(self, trainer: pl.Trainer, measured: Any) -> None:
-        raise NotImplementedError
-
-    @override
-    def check_first_batch(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any) -> None:
-        measured: Any = None
-        resolved = self.resolve(trainer, batch)
-        if resolved is not None:
-            try:
-                with self.stopwatch() as watch:
-                    # Lazy parameters not materialised yet would draw their initial weights here,
-                    # from the isolated RNG, not where the user's first step draws them: a copy
-                    # (whose lazy parameters hold no memory yet) is measured instead.
-                    model = detached_copy(pl_module) if has_lazy_tensors(pl_module) else pl_module
-                    measured = self._measure(model, batch, resolved)
-            except CannotRun as err:
-                self.skip(trainer, str(err), err.argument)
-            except Exception as err:  # a diagnostic must never crash the user's training
-                self.skip(trainer, f"running the model on the batch failed: {type(err).__name__}: {err}; give the "
-                          "way your step runs it", "forward_fn")
-        local_fail = measured is not None and self._failed(measured)
-        # Every rank takes part, so that a failure under on_fail="raise" stops all of them together.
-        any_fail = trainer.strategy.reduce_boolean_decision(local_fail, all=False)
-        if measured is not None and (local_fail or not any_fail):
-            self._report(trainer, measured)
-            self.state_cost(watch.seconds)
-        elif any_fail:
-            self.report(trainer, "fail", "the check failed on another rank (see that rank's Finding)")
 
 
 class BatchIndependenceCheck(OneOffDependencyCheck):
@@ -257,13 +131,13 @@ class BatchIndependenceCheck(OneOffDependencyCheck):
         x = resolved.x
         batch_size = x.shape[0] if x.ndim > 0 else 0
         if batch_size < 2:
-            raise CannotRun(f"the batch holds {batch_size} sample(s); samples can only mix in a batch of 2 or more")
+            raise CheckSkipped(f"the batch holds {batch_size} sample(s); samples can only mix in a batch of 2 or more")
         probes = probe_indices(batch_size, self.num_probes)
 
         def per_sample(out: torch.Tensor) -> torch.Tensor:
             major = batch_major(out, batch_size)
             if major is None:
-                raise CannotRun(
+                raise CheckSkipped(
                     f"the output's leading dim ({out.shape[0]}) is not the batch size ({batch_size}) or a "
                     "multiple of it, so the output of one sample cannot be told apart", "forward_fn"
                 )
@@ -273,37 +147,23 @@ class BatchIndependenceCheck(OneOffDependencyCheck):
             return per_sample(self._model_output(pl_module, batch, resolved, inp))
 
         with self._probing(pl_module, self.train_mode) as batchnorms:
-            method, where = self.method, "the input"
-            inputs: list[torch.Tensor] = []
-            out: torch.Tensor | None = None
-            recorder = OutputRecorder(pl_module)
-            forwards = 0
-            if method != "perturbation":
-                forwards += 1
-                raw_out, inputs, names, _, recorder = self._gradient_inputs(pl_module, batch, resolved, batch_size)
-                out = per_sample(raw_out)
-                where = ", ".join(names)
-                if inputs and out.requires_grad:
-                    method = "gradient"
-                elif method == "gradient":
-                    raise CannotRun("the input has no gradient (integer ids that reach no nn.Embedding)", "method")
-                else:
-                    method = "perturbation"
+            g = self._choose_method(pl_module, batch, resolved, batch_size, per_sample)
             scan: LayerScan | None = None
-            if method == "gradient":
-                assert out is not None
-                rel = relative(dependency_by_gradient(out, inputs, probes), axis=1)
+            if g.method == "gradient":
+                assert g.out is not None
+                rel = relative(dependency_by_gradient(g.out, g.inputs, probes), axis=1)
                 leaks = off_diagonal(rel, self.max_dependency)
                 if leaks:
-                    scan = first_mixing_output(recorder.outputs, inputs[0], leaks[0].out, self.max_dependency)
+                    scan = first_mixing_output(g.recorder.outputs, g.inputs[0], leaks[0].out, self.max_dependency)
                 backwards = len(probes) + (scan.backwards if scan else 0)
-                cost = cost_in_steps(forwards, backwards, batch_size, batch_size)
+                cost = cost_in_steps(g.forwards, backwards, batch_size, batch_size)
             else:
                 rel = relative(dependency_by_perturbation(forward, x, probes), axis=0)
                 leaks = off_diagonal(rel, self.max_dependency)
-                cost = cost_in_steps(forwards + 1 + len(probes), 0, batch_size, batch_size)
-        kinds = [recorder.kind(k) for k in range(len(recorder.names))]
-        return _Measurement(rel, probes, method, leaks, cost, where, scan, recorder.names, kinds, batchnorms)
+                cost = cost_in_steps(g.forwards + 1 + len(probes), 0, batch_size, batch_size)
+        names = g.recorder.names
+        kinds = [g.recorder.kind(k) for k in range(len(names))]
+        return _Measurement(rel, probes, g.method, leaks, cost, g.where, scan, names, kinds, batchnorms)
 
     # ----------------------------------------------------------------- reporting
     @override
@@ -323,12 +183,7 @@ class BatchIndependenceCheck(OneOffDependencyCheck):
             title=f"BatchIndependenceCheck: only each sample's own input may be bright ({len(m.leaks)} leak(s))",
         )
         self.log_figure(trainer, "dependency_matrix", picture)
-        setup = (
-            f"{self.max_dependency:g} relative tolerance, "
-            + (f"gradients at {m.where}, " if m.method == "gradient" else "perturbing the input, ")
-            + ("training mode" if self.train_mode else "eval mode")
-            + (f" with {m.batchnorms} BatchNorm layer(s) in eval mode" if m.batchnorms and self.train_mode else "")
-        )
+        setup = self._setup(m.method, m.where, m.batchnorms)
         if m.leaks:
             where = self._where_mixing(m)
             if m.scan is not None:

@@ -9,9 +9,7 @@ import torch
 from torch import nn
 from typing_extensions import override
 
-from recipe_callbacks.batch_independence_check import METHODS, Method, OneOffDependencyCheck
 from recipe_callbacks.core.dependencies import (
-    CannotRun,
     Dependency,
     cost_in_steps,
     dependency_by_gradient,
@@ -21,9 +19,12 @@ from recipe_callbacks.core.dependencies import (
     largest,
     probe_indices,
     relative,
+    relative_to_joint_peak,
 )
 from recipe_callbacks.core.short_training import take_samples
+from recipe_callbacks.core.skip import CheckSkipped
 from recipe_callbacks.plumbing.batch import BatchToXY, ForwardFn, ResolvedBatch, resolve_batch
+from recipe_callbacks.plumbing.dependency_check import METHODS, GradientInputs, Method, OneOffDependencyCheck
 from recipe_callbacks.plumbing.finding import OnFail
 from recipe_callbacks.plumbing.validation import check_bool, check_choice, check_float, check_int
 
@@ -164,21 +165,21 @@ class CausalityCheck(OneOffDependencyCheck):
     def _time_dim(self, x: torch.Tensor, integer: bool, model: nn.Module) -> int:
         if self.time_dim is not None:
             if self.time_dim >= x.ndim:
-                raise CannotRun(f"time_dim={self.time_dim} but the input has shape {tuple(x.shape)}", "time_dim")
+                raise CheckSkipped(f"time_dim={self.time_dim} but the input has shape {tuple(x.shape)}", "time_dim")
             return self.time_dim
         if integer and x.ndim == 2:
             return 1
         if not integer and x.ndim == 3:
             if sequence_module(model) is not None:
                 return 1
-            raise CannotRun(
+            raise CheckSkipped(
                 f"the input of shape {tuple(x.shape)} (float features) may not be a sequence: the model has no "
                 "recurrent or attention module that would make dim 1 time, and a model that mixes the rows of a "
                 "non-sequence input by design would fail; name the time dim to check it",
                 "time_dim",
             )
         kind = "integer ids" if integer else "float features"
-        raise CannotRun(
+        raise CheckSkipped(
             f"the input of shape {tuple(x.shape)} ({kind}) is not a sequence: expected (B, T) token ids or "
             "(B, T, F) features; name the time dim to check it anyway",
             "time_dim",
@@ -191,7 +192,7 @@ class CausalityCheck(OneOffDependencyCheck):
         dim = self._time_dim(x, integer, pl_module)
         steps = x.shape[dim]
         if steps < 2:
-            raise CannotRun(f"the sequence has {steps} time step(s); nothing to compare", "time_dim")
+            raise CheckSkipped(f"the sequence has {steps} time step(s); nothing to compare", "time_dim")
         batch_size = x.shape[0]
         n = min(self.num_samples, batch_size)
         small = take_samples(batch, n, batch_size)
@@ -205,7 +206,7 @@ class CausalityCheck(OneOffDependencyCheck):
             if dim == 1 and out.ndim >= 1 and out.shape[0] == n * steps:  # logits flattened to (B * T, V)
                 return out.reshape(n, steps, *out.shape[1:])
             last = out.ndim > dim and out.shape[0] == n and out.shape[dim] == 1
-            raise CannotRun(
+            raise CheckSkipped(
                 f"the output of shape {tuple(out.shape)} has no time dim {dim} of length {steps} like the input "
                 f"{tuple(xs.shape)}: "
                 + ("it holds the last position only; run the model the way training does (all positions)"
@@ -217,53 +218,45 @@ class CausalityCheck(OneOffDependencyCheck):
             return timed(self._model_output(pl_module, small, small_resolved, inp))
 
         with self._probing(pl_module, self.train_mode) as batchnorms:
-            method, where, forwards = self.method, "the input", 0
-            inputs: list[torch.Tensor] = []
-            target_like: list[bool] = []
-            out: torch.Tensor | None = None
-            if method != "perturbation":
-                forwards += 1
-                raw_out, found, names, carrying, _ = self._gradient_inputs(pl_module, small, small_resolved, n)
-                out = timed(raw_out)
-                keep = [k for k, t in enumerate(found) if t.ndim > dim and t.shape[dim] == steps]
-                inputs = [found[k] for k in keep]
-                target_like = [carrying[k] for k in keep]
-                where = ", ".join(names[k] for k in keep)
-                if inputs and out.requires_grad:
-                    method = "gradient"
-                elif method == "gradient":
-                    raise CannotRun("the input has no gradient (integer ids that reach no nn.Embedding)", "method")
-                else:
-                    method = "perturbation"
+            g = self._choose_method(pl_module, small, small_resolved, n, timed,
+                                    keep=lambda t: t.ndim > dim and t.shape[dim] == steps)
             carrier = ""
-            if method == "gradient":
-                assert out is not None
-                plain = [t for t, c in zip(inputs, target_like, strict=True) if not c]
-                answers = [t for t, c in zip(inputs, target_like, strict=True) if c]
-                raw = dependency_by_gradient(out, plain or inputs, positions, out_dim=dim, in_dim=dim)
-                rel = relative(raw, axis=1)
-                violations = future(rel, self.max_dependency, self.strict)
-                if answers and self.forward_fn is not None:
-                    # an input that is the target itself (teacher forcing without the shift): the output at t
-                    # must not depend on it at t either, since target t is the input at t + 1
-                    carried = dependency_by_gradient(out, answers, positions, out_dim=dim, in_dim=dim)
-                    peak = torch.maximum(torch.nan_to_num(raw, nan=0.0).amax(dim=1, keepdim=True),
-                                         torch.nan_to_num(carried, nan=0.0).amax(dim=1, keepdim=True))
-                    rel_carried = torch.where(peak > 0, carried / peak.clamp_min(1e-300), carried * 0.0)
-                    found_carried = future(rel_carried, self.max_dependency, strict=True)
-                    if found_carried:
-                        rel, violations = rel_carried, found_carried
-                        carrier = " (an input equal to the target: the decoder is fed the answer)"
-                if answers and self.forward_fn is None and plain:
-                    carrier = (" (an input equal to the target was left out: whether your step shifts it is not "
-                               "known; set forward_fn to run the model as your step does)")
-                cost = cost_in_steps(forwards, len(positions) * (2 if answers else 1), n, batch_size)
+            if g.method == "gradient":
+                rel, violations, carrier = self._by_gradient(g, positions, dim)
+                answers = any(g.target_like)
+                cost = cost_in_steps(g.forwards, len(positions) * (2 if answers else 1), n, batch_size)
             else:
                 raw = dependency_by_perturbation(forward, xs, positions, out_dim=dim, in_dim=dim)
                 rel = relative(raw, axis=0)
                 violations = future(rel, self.max_dependency, self.strict)
-                cost = cost_in_steps(forwards + 1 + len(positions), 0, n, batch_size)
-        return _Measurement(rel, positions, method, where + carrier, violations, cost, batchnorms)
+                cost = cost_in_steps(g.forwards + 1 + len(positions), 0, n, batch_size)
+        return _Measurement(rel, positions, g.method, g.where + carrier, violations, cost, batchnorms)
+
+    def _by_gradient(
+        self, g: GradientInputs, positions: list[int], dim: int
+    ) -> tuple[torch.Tensor, list[Dependency], str]:
+        """The relative time x time matrix, its dependencies on the future, and what the summary adds
+        about an input equal to the target (a decoder fed the answer)."""
+        assert g.out is not None
+        plain = [t for t, c in zip(g.inputs, g.target_like, strict=True) if not c]
+        answers = [t for t, c in zip(g.inputs, g.target_like, strict=True) if c]
+        raw = dependency_by_gradient(g.out, plain or g.inputs, positions, out_dim=dim, in_dim=dim)
+        rel = relative(raw, axis=1)
+        violations = future(rel, self.max_dependency, self.strict)
+        carrier = ""
+        if answers and self.forward_fn is not None:
+            # an input that is the target itself (teacher forcing without the shift): the output at t
+            # must not depend on it at t either, since target t is the input at t + 1
+            carried = dependency_by_gradient(g.out, answers, positions, out_dim=dim, in_dim=dim)
+            rel_carried = relative_to_joint_peak(carried, raw)
+            found_carried = future(rel_carried, self.max_dependency, strict=True)
+            if found_carried:
+                rel, violations = rel_carried, found_carried
+                carrier = " (an input equal to the target: the decoder is fed the answer)"
+        if answers and self.forward_fn is None and plain:
+            carrier = (" (an input equal to the target was left out: whether your step shifts it is not "
+                       "known; set forward_fn to run the model as your step does)")
+        return rel, violations, carrier
 
     # ----------------------------------------------------------------- reporting
     @override
@@ -287,12 +280,7 @@ class CausalityCheck(OneOffDependencyCheck):
         )
         self.log_figure(trainer, "dependency_matrix", picture)
         allowed = "before t" if self.strict else "up to t"
-        setup = (
-            f"{self.max_dependency:g} relative tolerance, "
-            + (f"gradients at {m.where}, " if m.method == "gradient" else "perturbing the input, ")
-            + ("training mode" if self.train_mode else "eval mode")
-            + (f" with {m.batchnorms} BatchNorm layer(s) in eval mode" if m.batchnorms and self.train_mode else "")
-        )
+        setup = self._setup(m.method, m.where, m.batchnorms)
         if m.violations:
             shown = "; ".join(f"output at t={d.out} depends on input at t={d.source}" for d in m.violations[:4])
             more = f" (+{len(m.violations) - 4} more)" if len(m.violations) > 4 else ""

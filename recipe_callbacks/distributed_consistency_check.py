@@ -19,6 +19,7 @@ from recipe_callbacks.core.rank_checksums import (
     ranks_unlike_first,
     tensor_checksum,
 )
+from recipe_callbacks.core.skip import CheckSkipped
 from recipe_callbacks.plumbing.batch import BatchResolutionError, BatchToXY, resolve_batch
 from recipe_callbacks.plumbing.callback_base import RecipeCallback
 from recipe_callbacks.plumbing.finding import OnFail
@@ -114,21 +115,11 @@ class DistributedConsistencyCheck(RecipeCallback):
         self._active, self._batch_checked, self._drifted = False, False, False
         self._checks, self._last_step = 0, -1
         if trainer.world_size < 2:
-            self.skip(
-                trainer,
-                f"a single process (world_size={trainer.world_size}): no ranks to compare; this check runs "
-                "under DDP with several processes",
-                key=_KEY_PARAMS,
-            )
-            return
+            raise CheckSkipped(f"a single process (world_size={trainer.world_size}): no ranks to compare; this check "
+                               "runs under DDP with several processes", key=_KEY_PARAMS)
         if not isinstance(trainer.strategy, DDPStrategy) or "DeepSpeed" in type(trainer.strategy).__name__:
-            self.skip(
-                trainer,
-                f"strategy {type(trainer.strategy).__name__} shards or places parameters differently on each "
-                "rank; the check compares full replicas under DDP only",
-                key=_KEY_PARAMS,
-            )
-            return
+            raise CheckSkipped(f"strategy {type(trainer.strategy).__name__} shards or places parameters differently on "
+                               "each rank; the check compares full replicas under DDP only", key=_KEY_PARAMS)
         self._active = True
         self._check_parameters(trainer, pl_module, "after setup")
 
@@ -169,8 +160,7 @@ class DistributedConsistencyCheck(RecipeCallback):
         }
         missing = sorted({int(r) for r in (gathered == MISSING).any(dim=1).nonzero().flatten().tolist()})
         if missing:
-            self.skip(trainer, f"rank(s) {missing} could not checksum their parameters {when}", key=_KEY_PARAMS)
-            return
+            raise CheckSkipped(f"rank(s) {missing} could not checksum their parameters {when}", key=_KEY_PARAMS)
         drift = differing_columns(gathered)
         if not drift:
             self.report(
@@ -208,7 +198,14 @@ class DistributedConsistencyCheck(RecipeCallback):
         )
 
     # ----------------------------------------------------------------- data
-    def _check_batch(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any) -> None:
+    def _first_batches(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any
+    ) -> tuple[list[int], list[int]]:
+        """The input checksum and the batch size of every rank's first batch (every rank takes part).
+
+        Raises:
+            CheckSkipped: a rank could not find the input in its batch.
+        """
         device = pl_module.device
         local = torch.tensor([MISSING, -1], dtype=torch.int64, device=device)
         try:
@@ -221,13 +218,12 @@ class DistributedConsistencyCheck(RecipeCallback):
         sums, sizes = gathered[:, 0].tolist(), gathered[:, 1].tolist()
         missing = [r for r, s in enumerate(sums) if s == MISSING]
         if missing:
-            self.skip(
-                trainer,
-                f"rank(s) {missing} could not find the input in their first batch",
-                "input_key",
-                key=_KEY_DATA,
-            )
-            return
+            raise CheckSkipped(f"rank(s) {missing} could not find the input in their first batch", "input_key",
+                               key=_KEY_DATA)
+        return sums, sizes
+
+    def _check_batch(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any) -> None:
+        sums, sizes = self._first_batches(trainer, pl_module, batch)
         effective = int(sum(sizes)) * int(trainer.accumulate_grad_batches)
         values = {
             "world_size": float(trainer.world_size),

@@ -10,11 +10,22 @@ import torch
 from torch import nn
 from typing_extensions import override
 
-from recipe_callbacks.core.filter_noise import bank_from_linear, bank_noise_score, filter_tiles
-from recipe_callbacks.core.pictures import Band, image_grid, line_chart, matrix_chart
+from recipe_callbacks.core.filter_noise import (
+    FilterVerdict,
+    bank_from_linear,
+    bank_noise_score,
+    filter_tiles,
+    judge_filters,
+    learned_change,
+    noise_score_chart,
+    weights_figure,
+)
+from recipe_callbacks.core.module_hooks import first_entered
+from recipe_callbacks.core.pictures import image_grid
+from recipe_callbacks.core.skip import CheckSkipped
 from recipe_callbacks.plumbing.batch import BatchResolutionError, BatchToXY, ForwardFn, resolve_batch
 from recipe_callbacks.plumbing.callback_base import RecipeCallback
-from recipe_callbacks.plumbing.finding import OnFail
+from recipe_callbacks.plumbing.finding import OnFail, Status
 from recipe_callbacks.plumbing.observe import observing
 from recipe_callbacks.plumbing.validation import check_float, check_int, check_optional_str
 
@@ -27,10 +38,6 @@ _MAX_SCORES = 1000  # points kept for the noise-score chart
 FILTER_LAYERS: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 # Layers that may come first but have no filters over the input; seeing one first is a skip.
 NON_FILTER_LAYERS: tuple[type[nn.Module], ...] = (nn.Embedding, nn.EmbeddingBag)
-
-
-class _FirstLayerFound(Exception):
-    """Stops the search forward as soon as the first candidate layer is entered."""
 
 
 class FirstLayerFilterViz(RecipeCallback):
@@ -104,9 +111,7 @@ class FirstLayerFilterViz(RecipeCallback):
         trainer = Trainer(callbacks=[FirstLayerFilterViz(every_n_epochs=1)])
     """
 
-    sharded_reason: ClassVar[str] = (
-        "each rank holds only a shard of the first layer's weights"
-    )
+    sharded_reason: ClassVar[str] = "each rank holds only a shard of the first layer's weights"
 
     def __init__(
         self,
@@ -148,8 +153,7 @@ class FirstLayerFilterViz(RecipeCallback):
     # ----------------------------------------------------------------- hooks
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._searched, self._module, self._last_drawn_step = False, None, -1
-        self._scores = []
+        self._searched, self._module, self._last_drawn_step, self._scores = False, None, -1, []
         if not self.is_resumed(trainer):  # a fresh run: W0 is this run's init
             self._initial_weight, self.initial_noise_score = None, math.nan
 
@@ -186,49 +190,26 @@ class FirstLayerFilterViz(RecipeCallback):
         if resolved is None:
             return False
         self._input_shape = tuple(resolved.x.shape[1:])
-        entered: list[str] = []
+        precision = trainer.precision_plugin
 
-        def make_hook(name: str) -> Any:
-            def hook(module: nn.Module, args: Any) -> None:
-                entered.append(name)
-                raise _FirstLayerFound
-
-            return hook
-
-        candidates = FILTER_LAYERS + NON_FILTER_LAYERS
-        handles = [
-            m.register_forward_pre_hook(make_hook(name))
-            for name, m in pl_module.named_modules()
-            if isinstance(m, candidates)
-        ]
-        try:
-            precision = trainer.precision_plugin
+        def run() -> None:
             x = precision.convert_input(resolved.x)
             with observing(pl_module), precision.val_step_context():
                 self.run_model(pl_module, batch, resolved, x if resolved.with_input is not None else None)
-        except _FirstLayerFound:
-            pass
+
+        try:
+            first = first_entered(pl_module, FILTER_LAYERS + NON_FILTER_LAYERS, run)
         except Exception as err:  # the user's training must go on
-            if not entered:
-                self.skip(trainer, f"the forward pass to find the first layer failed ({err!r}); name the layer, or "
-                          "give forward_fn", "layer")
-                return False
-        finally:
-            for handle in handles:
-                handle.remove()
-        if not entered:
-            self.skip(trainer, "no Conv1d/2d/3d or Linear layer ran on the input", "layer")
-            return False
-        module = pl_module.get_submodule(entered[0])
+            raise CheckSkipped(f"the forward pass to find the first layer failed ({err!r}); name the layer, or "
+                               "give forward_fn", "layer") from err
+        if first is None:
+            raise CheckSkipped("no Conv1d/2d/3d or Linear layer ran on the input", "layer")
+        module = pl_module.get_submodule(first)
         if isinstance(module, NON_FILTER_LAYERS):
-            self.skip(
-                trainer,
-                f"the first layer, {entered[0]!r}, is an {type(module).__name__}: its rows are learned vectors "
-                "looked up by index, not filters over the input, so there is nothing to draw",
-                "layer",
-            )
-            return False
-        self.layer_name, self._module = entered[0], module
+            raise CheckSkipped(f"the first layer, {first!r}, is an {type(module).__name__}: its rows are learned "
+                               "vectors looked up by index, not filters over the input, so there is nothing to draw",
+                               "layer")
+        self.layer_name, self._module = first, module
         return True
 
     def _named_layer(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, name: str) -> bool:
@@ -236,14 +217,13 @@ class FirstLayerFilterViz(RecipeCallback):
             module = pl_module.get_submodule(name)
         except AttributeError:
             names = [n for n, m in pl_module.named_modules() if isinstance(m, FILTER_LAYERS)][:8]
-            self.skip(trainer, f"the model has no module named {name!r} (Conv/Linear modules: {names})", "layer")
-            return False
+            raise CheckSkipped(f"the model has no module named {name!r} (Conv/Linear modules: {names})",
+                               "layer") from None
         if not isinstance(module, FILTER_LAYERS):
-            self.skip(trainer, f"{name!r} is a {type(module).__name__}, not a Conv1d/2d/3d or Linear", "layer")
-            return False
+            raise CheckSkipped(f"{name!r} is a {type(module).__name__}, not a Conv1d/2d/3d or Linear", "layer")
         try:
-            resolved = resolve_batch(batch, self.input_key, self.target_key, self.batch_to_xy)
-            self._input_shape = tuple(resolved.x.shape[1:])
+            x = resolve_batch(batch, self.input_key, self.target_key, self.batch_to_xy).x
+            self._input_shape = tuple(x.shape[1:])
         except BatchResolutionError:
             self._input_shape = None
         self.layer_name, self._module = name, module
@@ -288,7 +268,8 @@ class FirstLayerFilterViz(RecipeCallback):
                 self.log_figure(trainer, "filters", picture)
             if math.isfinite(score):
                 self._scores = [*self._scores[-(_MAX_SCORES - 1):], (step, score)]
-                self.log_figure(trainer, "noise_score_chart", self._score_chart())
+                chart = noise_score_chart(self._scores, self.layer_name or "", self.noise_threshold)
+                self.log_figure(trainer, "noise_score_chart", chart)
         return score
 
     def picture(self, bank: torch.Tensor | None = None) -> np.ndarray | Figure:
@@ -296,120 +277,70 @@ class FirstLayerFilterViz(RecipeCallback):
         filter and channel; a first layer without a spatial layout as a weight-matrix figure."""
         bank = self.filter_bank() if bank is None else bank
         if bank is None:
-            weight = self._weight()[: self.max_filters]
-            peak = float(weight.abs().max()) or 1.0
-            return matrix_chart(
-                weight, vmin=-peak, vmax=peak, cmap="RdBu_r", colorbar_label="weight",
-                title=f"FirstLayerFilterViz: weights of {self.layer_name!r}, one row per unit (no spatial layout)",
-                xlabel="input feature", ylabel="output unit",
-            )
+            return weights_figure(self._weight()[: self.max_filters], self.layer_name or "")
         tiles, ncols = filter_tiles(bank, self.max_filters)
         return image_grid(tiles, ncols=ncols)
-
-    def _score_chart(self) -> Figure:
-        steps = [s for s, _ in self._scores]
-        return line_chart(
-            {"noise score": [v for _, v in self._scores]}, x=steps,
-            title=f"FirstLayerFilterViz: the noise score of {self.layer_name!r} must fall below the threshold "
-            "(noise is about 1)",
-            xlabel="global step", ylabel="noise score", band=Band(0.0, self.noise_threshold, "structured filters"),
-            hlines={f"noise_threshold {self.noise_threshold:g}": self.noise_threshold},
-        )
 
     def _judge(self, trainer: pl.Trainer) -> None:
         bank = self.filter_bank()
         name = self.layer_name
         if bank is None:
             features = self._weight().shape[1]
-            self.skip(
-                trainer,
-                f"the first layer {name!r} is a Linear over {features} plain features: no spatial layout to judge "
-                "its weights by (the weight matrix is drawn as a heat map)",
-                "image_shape",
-            )
-            return
+            raise CheckSkipped(f"the first layer {name!r} is a Linear over {features} plain features: no spatial "
+                               "layout to judge its weights by (the weight matrix is drawn as a heat map)",
+                               "image_shape")
         kernel = tuple(bank.shape[2:])
-        size = math.prod(kernel)
-        score = self.last_noise_score
-        steps = int(trainer.global_step)
-        change, change_score = self._learned_change()
-        values = {
-            "final_noise_score": score,
-            "initial_noise_score": self.initial_noise_score,
-            "noise_threshold": self.noise_threshold,
-            "weight_change": change,
-            "change_noise_score": change_score,
-            "optimizer_steps": steps,
-        }
+        score, steps = self.last_noise_score, int(trainer.global_step)
+        change, change_score = learned_change(self._weight(), self._initial_weight, self.filter_bank)
+        values = {"final_noise_score": score, "initial_noise_score": self.initial_noise_score,
+                  "noise_threshold": self.noise_threshold, "weight_change": change,
+                  "change_noise_score": change_score, "optimizer_steps": steps}
+        verdict = judge_filters(score, math.prod(kernel), steps, change, change_score,
+                                threshold=self.noise_threshold, min_kernel_size=self.min_kernel_size,
+                                min_change=self.min_weight_change)
         shape_text = f"{bank.shape[0]} filters of {bank.shape[1]} channel(s) x {'x'.join(map(str, kernel))}"
         seen = (
             f"first layer {name!r} ({shape_text}): noise score {score:.2f} at the end of training "
             f"(start {self.initial_noise_score:.2f}; i.i.d. noise ~1, smooth filters far lower)"
         )
+        status, summary, advice = self._verdict_text(verdict, seen, math.prod(kernel), steps, change, change_score)
+        self.report(trainer, status, summary, values, advice)
+
+    def _verdict_text(
+        self, verdict: FilterVerdict, seen: str, size: int, steps: int, change: float, change_score: float
+    ) -> tuple[Status, str, str]:
+        """Status, summary and advice of each verdict of :func:`~recipe_callbacks.core.filter_noise.judge_filters`."""
         moved = f"after {steps} optimizer step(s) the weights moved {change:.2f} x the norm of their init"
         picture = f"look at the picture {self.tag('filters')}"
-        if size < self.min_kernel_size or math.isnan(score):
-            self.report(
-                trainer,
-                "skip",
-                f"{seen}; kernels of {size} weights are too small to tell noise from edges",
-                values,
-                f"{picture}; set {self.check_name}(min_kernel_size=...) to judge anyway",
-            )
-        elif score <= self.noise_threshold:
-            self.report(trainer, "pass", f"{seen}: the filters have structure", values)
-        elif steps > 0 and change == 0.0:
-            self.report(
-                trainer,
-                "warn",
-                f"{seen}, above {self.noise_threshold:.2f}: the filters still look like noise, and the first layer "
-                f"never changed from its random init in {steps} optimizer step(s)",
-                values,
-                "the first layer has not learned: check that its parameters require grad and are in the optimizer, "
-                f"and the learning rate (0 or far too low leaves them at init); {picture}",
-            )
-        elif change < self.min_weight_change:
-            self.report(
-                trainer,
-                "skip",
-                f"{seen}; too little training to expect structure: {moved} (structure can show from "
+        above = f"{seen}, above {self.noise_threshold:.2f}: the filters still look like noise"
+        texts: dict[FilterVerdict, tuple[Status, str, str]] = {
+            "small_kernel": ("skip", f"{seen}; kernels of {size} weights are too small to tell noise from edges",
+                             f"{picture}; set {self.check_name}(min_kernel_size=...) to judge anyway"),
+            "structured": ("pass", f"{seen}: the filters have structure", ""),
+            "frozen": ("warn", f"{above}, and the first layer never changed from its random init in {steps} optimizer "
+                       "step(s)",
+                       "the first layer has not learned: check that its parameters require grad and are in the "
+                       "optimizer, and the learning rate (0 or far too low leaves them at init); " + picture),
+            "too_little_training": (
+                "skip", f"{seen}; too little training to expect structure: {moved} (structure can show from "
                 f"{self.min_weight_change:g} x), so the picture still shows mostly the random init",
-                values,
                 f"train longer to judge the filters ({picture}); if the run was long, the first layer learns too "
                 f"slowly (see UpdateRatioMonitor); set {self.check_name}(min_weight_change=...) to judge earlier",
-            )
-        elif change_score > self.noise_threshold:
-            self.report(
-                trainer,
-                "warn",
-                f"{seen}, above {self.noise_threshold:.2f}: the filters still look like noise; {moved} and what "
-                f"training added is itself noise-like (its noise score {change_score:.2f})",
-                values,
+            ),
+            "noisy": (
+                "warn", f"{above}; {moved} and what training added is itself noise-like (its noise score "
+                f"{change_score:.2f})",
                 "the first layer has not learned structure: check the learning rate (too high keeps filters "
                 f"noisy), normalise the inputs, add data augmentation or weight decay; {picture}",
-            )
-        else:
-            self.report(
-                trainer,
-                "skip",
-                f"{seen}; {moved} and what training added is smooth (its noise score {change_score:.2f}): "
+            ),
+            "emerging": (
+                "skip", f"{seen}; {moved} and what training added is smooth (its noise score {change_score:.2f}): "
                 "structure is emerging, but the random init still shows",
-                values,
                 f"train longer to judge the filters ({picture}); set {self.check_name}(noise_threshold=...) to "
                 "judge the current filters anyway",
-            )
-
-    def _learned_change(self) -> tuple[float, float]:
-        """``(||W - W0|| / ||W0||, noise score of W - W0)``; NaNs without ``W0``."""
-        weight, initial = self._weight(), self._initial_weight
-        if initial is None or initial.shape != weight.shape or float(initial.norm()) == 0.0:
-            return math.nan, math.nan
-        delta = weight - initial
-        change = float(delta.norm() / initial.norm())
-        bank = self.filter_bank(delta)
-        if change == 0.0 or bank is None:
-            return change, math.nan
-        return change, bank_noise_score(bank)
+            ),
+        }
+        return texts[verdict]
 
     # ----------------------------------------------------------------- state
     @override

@@ -11,7 +11,7 @@ from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
 from recipe_callbacks.core import loss_compat as core
-from recipe_callbacks.core.cost_clock import CostClock
+from recipe_callbacks.core.skip import CheckSkipped
 from recipe_callbacks.core.task import logits_of
 from recipe_callbacks.plumbing.batch import BatchToXY
 from recipe_callbacks.plumbing.callback_base import RecipeCallback
@@ -65,8 +65,9 @@ class LossCompatibilityCheck(RecipeCallback):
 
     Logged:
         - ``recipe.loss_compatibility_check/user_loss``, ``matched_loss`` (the candidate's value, when one
-          matched), ``candidates`` (how many were computed), ``cost_steps`` (measured): Finding values
-          and scalars.
+          matched), ``candidates`` (how many were computed), ``cost_steps`` (the check's own time over
+          the run's median training step, with ``cost_seconds``; 0, no extra pass, until the next
+          steps are timed): Finding values and scalars.
         - ``recipe.loss_compatibility_check/candidates``: text, every candidate with its value.
 
     Cost: zero extra forward passes (the hook reads the first step's output); the candidates are a few
@@ -99,7 +100,7 @@ class LossCompatibilityCheck(RecipeCallback):
         self._child_output: tuple[str, torch.Tensor] | None = None
         self._loss: float | None = None
         self._batch: Any = None
-        self._clock = CostClock()
+        self._watch = self.stopwatch()  # the check's own work, summed
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -112,13 +113,13 @@ class LossCompatibilityCheck(RecipeCallback):
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        self._clock.step_started()
+        super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
         if self._state != "idle" or self.early_finished:
             return
         self._state = "done"
         if self.is_resumed(trainer):
             return
-        with self._clock.own():
+        with self._watch:
             self._state = "capturing"
             self._batch = batch
             self._handles.append(pl_module.register_forward_hook(self._on_module))
@@ -157,7 +158,6 @@ class LossCompatibilityCheck(RecipeCallback):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        self._clock.step_ended()
         if self._state != "capturing":
             return
         self._state = "done"
@@ -167,47 +167,54 @@ class LossCompatibilityCheck(RecipeCallback):
             if step_loss is not None and step_loss.numel() == 1:
                 scale = trainer.accumulate_grad_batches if pl_module.automatic_optimization else 1
                 self._loss = float(step_loss.detach()) * scale
-        with self._clock.own():
-            self._judge(trainer)
-        self._output = self._child_output = self._batch = None
-        self.finish_early()
+        try:
+            with self._watch:
+                judged = self._judge(trainer)
+            if judged:
+                self.state_cost(self._watch.seconds)
+        finally:
+            self._output = self._child_output = self._batch = None
+            self.finish_early()
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._state == "idle" and not self.is_resumed(trainer) and not self.early_finished:
             self.skip(trainer, "no training batch was seen, so the check did not run")
             self.finish_early()
+        super().on_train_end(trainer, pl_module)
 
     @override
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         self._remove_hooks()
 
     # ----------------------------------------------------------------- judging
-    def _judge(self, trainer: pl.Trainer) -> None:
+    def _judge(self, trainer: pl.Trainer) -> bool:
+        """Report the verdict on the first step's loss; ``False`` when the batch had no input to find.
+
+        Raises:
+            CheckSkipped: no target, no output or no finite loss to compare.
+        """
         resolved = self.resolve(trainer, self._batch)
         if resolved is None:
-            return
+            return False
         if resolved.y is None:
-            self.skip(trainer, "the first batch has no target to compare the outputs with", "target_key")
-            return
+            raise CheckSkipped("the first batch has no target to compare the outputs with", "target_key")
         source = "the output of forward"
         output = self._output
         if output is None and self._child_output is not None:
             source = f"the output of submodule '{self._child_output[0]}' (training_step does not call self(x))"
             output = self._child_output[1]
         if output is None:
-            self.skip(trainer, "training_step did not call the model (self(x) or a submodule) with gradients, so "
-                      "there was no output to compare", "batch_to_xy")
-            return
+            raise CheckSkipped("training_step did not call the model (self(x) or a submodule) with gradients, so "
+                               "there was no output to compare", "batch_to_xy")
         if self._loss is None or not math.isfinite(self._loss):
-            self.skip(trainer, f"no finite loss from the first training step (got {self._loss})", "")
-            return
+            raise CheckSkipped(f"no finite loss from the first training step (got {self._loss})")
         dtype = torch.float64 if output.numel() <= _FLOAT64_LIMIT else torch.float32
         target = resolved.y.detach().to(output.device)
         found = core.candidates(output, target, dtype)
         ident = core.identify(self._loss, found, self.rtol)
         self._log_candidates(trainer, ident)
-        values = {"user_loss": self._loss, "candidates": float(len(found)), "cost_steps": self._clock.cost_steps}
+        values = {"user_loss": self._loss, "candidates": float(len(found)), "cost_steps": 0.0}
         shapes = f"output {tuple(output.shape)} ({output.dtype}), target {tuple(target.shape)} ({target.dtype})"
         best = ident.best
         if best is None:
@@ -218,7 +225,7 @@ class LossCompatibilityCheck(RecipeCallback):
                 "nothing is claimed about it.",
                 values,
             )
-            return
+            return True
         values["matched_loss"] = best.value
         head = (f"the first step's loss {self._loss:.5g} equals {best.name} = {best.value:.5g} "
                 f"({best.meaning}; {shapes})")
@@ -226,10 +233,11 @@ class LossCompatibilityCheck(RecipeCallback):
             head += f", read from {source}"
         if best.severity == "correct":
             self.report(trainer, "pass", f"{head}: outputs, targets and loss fit together.", values)
-            return
+            return True
         verdict = ("Training runs, but on the wrong loss." if best.severity == "fail"
                    else "Probably not the loss you mean.")
         self.report(trainer, best.severity, f"{head}. {verdict}", values, best.fix)
+        return True
 
     def _log_candidates(self, trainer: pl.Trainer, ident: core.Identification) -> None:
         matched = {c.name for c in ident.matches}

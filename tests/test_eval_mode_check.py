@@ -3,7 +3,9 @@ never move are caught; healthy models pass; the run is bit-identical with and wi
 
 from __future__ import annotations
 
+import copy
 import json
+import math
 import warnings
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,8 @@ from recipe_callbacks import EvalModeCheck, RecipeCheckError, RecipeReport
 from recipe_callbacks.plumbing.finding import Finding
 from tests.families import BatchNormCNN, healthy_runs
 from tests.support import TinyClassifier, blobs, fast_trainer
+from tests.zoo import data as zoo_data
+from tests.zoo.families import HFCausalLM
 
 DETERMINISM, GAP = "determinism", "train_eval_gap"
 
@@ -89,6 +93,10 @@ def test_healthy_families_pass(family: str, tmp_path: Path) -> None:
     gap = found[GAP]
     assert gap.status == "pass", gap
     assert {"init_train_loss", "init_eval_loss", "train_loss", "eval_loss", "ratio", "cost_steps"} <= set(gap.values)
+    # the cost is measured: the check's own seconds over this run's median training step
+    step = check._step_clock.median()
+    assert step is not None and step > 0 and gap.values["cost_seconds"] > 0
+    assert gap.values["cost_steps"] == pytest.approx(gap.values["cost_seconds"] / step)
     assert "updates_missing" not in gap.values  # judged: BatchNorm statistics had settled
     report = json.loads((tmp_path / "run" / "recipe_report.json").read_text())
     assert [d["status"] for d in report["findings"] if d["check"] == "EvalModeCheck"] == ["pass", "pass"]
@@ -98,6 +106,63 @@ def test_gap_is_judged_at_the_end_of_training_when_the_first_epoch_does_not_end(
     found = by_key(run(tmp_path, BatchNormCNN(), digits_loader(), max_epochs=-1, max_steps=8, limit_train_batches=None))
     # 8 BatchNorm updates: the statistics still lag (eval mode worse); reported, not judged
     assert found[GAP].status == "pass" and "end of training (step 8)" in found[GAP].summary
+
+
+# --------------------------------------------------------------------------- Hugging Face GPT-2
+class GPT2WithDropout(HFCausalLM):
+    """Healthy: GPT-2's own nn.Dropout modules at p=0.1 (they follow model.eval())."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        for m in self.model.modules():
+            if isinstance(m, nn.Dropout):
+                m.p = 0.1
+
+
+class GPT2FunctionalDropout(HFCausalLM):
+    """Bug: F.dropout on the logits with its default training=True, on in eval mode too."""
+
+    def forward(self, **inputs: torch.Tensor) -> Any:
+        out = self.model(**inputs)
+        out.logits = F.dropout(out.logits, 0.1)
+        return out
+
+
+def _shifted_loss(model: HFCausalLM, batch: dict[str, torch.Tensor]) -> float:
+    """The oracle: the eval-mode next-token loss of each sequence (the shift done by hand, -100
+    left out), averaged over the sequences."""
+    model.eval()
+    with torch.no_grad():
+        logits = model(**batch).logits[:, :-1]
+    labels = batch["labels"][:, 1:]
+    losses = F.cross_entropy(logits.transpose(1, 2), labels, reduction="none", ignore_index=-100)
+    return float((losses.sum(1) / (labels != -100).sum(1)).mean())
+
+
+def test_hugging_face_gpt2_runs_through_its_dict_batch_and_passes(tmp_path: Path) -> None:
+    pl.seed_everything(0, verbose=False)
+    model, train = GPT2WithDropout(), zoo_data.DictText(64, seed=0)
+    at_init = copy.deepcopy(model)
+    check = run(tmp_path, model, DataLoader(train, batch_size=16), max_epochs=2, limit_train_batches=4)
+    found = by_key(check)
+    assert found[DETERMINISM].status == "pass", found[DETERMINISM]
+    assert found[DETERMINISM].values["eval_difference"] == 0.0
+    gap = found[GAP]
+    assert gap.status == "pass", gap
+    first = next(iter(DataLoader(train, batch_size=16)))
+    # the model's own pairing: labels == input_ids, shifted inside the model, padding at -100
+    assert gap.values["init_eval_loss"] == pytest.approx(_shifted_loss(at_init, first), rel=1e-5)
+    assert abs(gap.values["init_eval_loss"] - math.log(zoo_data.vocab_size())) < 0.5
+    assert gap.values["init_train_loss"] != gap.values["init_eval_loss"]  # dropout is on in train mode
+
+
+def test_hugging_face_gpt2_with_dropout_left_on_in_eval_fails(tmp_path: Path) -> None:
+    pl.seed_everything(0, verbose=False)
+    train = zoo_data.DictText(64, seed=0)
+    f = by_key(run(tmp_path, GPT2FunctionalDropout(), DataLoader(train, batch_size=16), limit_train_batches=2))[
+        DETERMINISM]
+    assert f.status == "fail", f
+    assert "randomness enters in 'GPT2FunctionalDropout' (the LightningModule's own forward)" in f.summary
 
 
 # --------------------------------------------------------------------------- planted

@@ -16,6 +16,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from recipe_callbacks import RecipeWarning
+from recipe_callbacks.core.filter_noise import noise_score_chart
 from recipe_callbacks.core.pictures import FIGURE_SHAPE
 from recipe_callbacks.first_layer_filter_viz import FirstLayerFilterViz
 from recipe_callbacks.prediction_dynamics_logger import PredictionDynamicsLogger
@@ -172,7 +173,8 @@ def test_noise_like_filters_are_flagged_and_smooth_ones_pass(tmp_path: Path) -> 
     assert finding_values(ea, TAG)["final_noise_score"] == pytest.approx(scores[-1], rel=1e-3)
     assert [e.step for e in ea.Images(f"{TAG}/filters")] == [0, 4, 8, 12]
     assert [e.step for e in ea.Images(f"{TAG}/noise_score_chart")] == [0, 4, 8, 12]
-    chart = frozen._score_chart()  # the last chart drawn: every score against the threshold band
+    # the last chart drawn: every score against the threshold band
+    chart = noise_score_chart(frozen._scores, frozen.layer_name or "", frozen.noise_threshold)
     assert list(chart.axes[0].lines[0].get_ydata()) == pytest.approx(scores[:4])
     assert "structured filters" in chart.axes[0].get_legend_handles_labels()[1]
 

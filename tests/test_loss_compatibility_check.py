@@ -148,6 +148,18 @@ def test_healthy_families_pass(family: str, tmp_path: Path) -> None:
     assert f.values["cost_steps"] >= 0
 
 
+def test_cost_steps_is_the_measured_time_over_the_median_step(tmp_path: Path) -> None:
+    check = LossCompatibilityCheck(on_fail="ignore")
+    trainer = fast_trainer(tmp_path, callbacks=[check], max_steps=8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(TinyClassifier(), loader(blobs()))
+    (f,) = check.findings
+    step = check._step_clock.median()
+    assert step is not None and step > 0 and f.values["cost_seconds"] > 0
+    assert f.values["cost_steps"] == pytest.approx(f.values["cost_seconds"] / step)
+
+
 def test_gradient_accumulation_is_undone(tmp_path: Path) -> None:
     f = run(tmp_path, Planted("double_softmax"), classes(), accumulate_grad_batches=4, steps=1)
     assert f.status == "fail" and "a double softmax" in f.summary

@@ -27,18 +27,14 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
+from typing_extensions import Self
 
 from recipe_callbacks.core.pictures import matrix_chart
-from recipe_callbacks.core.skip import CheckSkipped
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 # ----------------------------------------------------------------------------- small pieces
-
-
-class CannotRun(CheckSkipped):
-    """A dependency check cannot judge this model or batch; ``argument`` names what would let it."""
 
 
 def probe_indices(size: int, count: int) -> list[int]:
@@ -92,6 +88,19 @@ def relative(matrix: torch.Tensor, axis: int) -> torch.Tensor:
         [[1.0, 0.5], [0.0, 0.0]]
     """
     peak = torch.nan_to_num(matrix, nan=0.0).amax(dim=axis, keepdim=True)
+    return torch.where(peak > 0, matrix / peak.clamp_min(1e-300), matrix * 0.0)
+
+
+def relative_to_joint_peak(matrix: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """Each row of ``matrix`` divided by the largest finite entry of the same row of ``matrix`` or
+    ``other`` (two dependency matrices of the same probes, e.g. on two groups of inputs).
+
+    Example:
+        >>> relative_to_joint_peak(torch.tensor([[1.0, 0.0]]), torch.tensor([[2.0, 4.0]])).tolist()
+        [[0.25, 0.0]]
+    """
+    peak = torch.maximum(torch.nan_to_num(matrix, nan=0.0).amax(dim=1, keepdim=True),
+                         torch.nan_to_num(other, nan=0.0).amax(dim=1, keepdim=True))
     return torch.where(peak > 0, matrix / peak.clamp_min(1e-300), matrix * 0.0)
 
 
@@ -243,6 +252,31 @@ def differentiable_batch(batch: Any, batch_size: int) -> tuple[Any, list[torch.T
         return item
 
     return walk(batch), leaves, ids
+
+
+def floating_tensors(batch: Any, batch_size: int) -> list[torch.Tensor]:
+    """The floating-point tensors of ``batch_size`` samples in ``batch``, in the order
+    :func:`differentiable_batch` visits them (its leaves, before they were made leaves).
+
+    Example:
+        >>> [tuple(t.shape) for t in floating_tensors({"x": torch.zeros(2, 3), "ids": torch.zeros(2).long()}, 2)]
+        [(2, 3)]
+    """
+    found: list[torch.Tensor] = []
+
+    def walk(item: Any) -> None:
+        if isinstance(item, torch.Tensor):
+            if item.ndim > 0 and item.shape[0] == batch_size and (item.is_floating_point() or item.is_complex()):
+                found.append(item)
+        elif isinstance(item, Mapping):
+            for v in item.values():
+                walk(v)
+        elif isinstance(item, (list, tuple)):
+            for v in item:
+                walk(v)
+
+    walk(batch)
+    return found
 
 
 def carries(tensor: torch.Tensor, target: torch.Tensor | None) -> bool:
@@ -450,7 +484,31 @@ def batchnorm_in_eval(module: nn.Module) -> int:
     return len(layers)
 
 
-class EmbeddingCapture:
+class _ForwardHooks:
+    """Forward hooks on the submodules of ``module`` that :meth:`_wanted` selects, while the context is active."""
+
+    module: nn.Module
+    _handles: list[RemovableHandle]
+
+    def _wanted(self, name: str, sub: nn.Module) -> bool:
+        raise NotImplementedError
+
+    def _hook(self, name: str) -> Callable[[nn.Module, tuple[Any, ...], Any], Any]:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        for name, sub in self.module.named_modules():
+            if self._wanted(name, sub):
+                self._handles.append(sub.register_forward_hook(self._hook(name)))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+
+class EmbeddingCapture(_ForwardHooks):
     """Hooks every ``nn.Embedding`` and keeps the output of the call that embeds the token ids ``x``.
 
     That output is where gradients are taken for integer inputs (ids have none). It is made to
@@ -483,19 +541,11 @@ class EmbeddingCapture:
 
         return hook
 
-    def __enter__(self) -> EmbeddingCapture:
-        for name, sub in self.module.named_modules():
-            if isinstance(sub, nn.Embedding):
-                self._handles.append(sub.register_forward_hook(self._hook(name)))
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
+    def _wanted(self, name: str, sub: nn.Module) -> bool:
+        return isinstance(sub, nn.Embedding)
 
 
-class OutputRecorder:
+class OutputRecorder(_ForwardHooks):
     """Records the output tensor of every submodule call, in the order the calls finish.
 
     A container's output is recorded after its children's, so the first mixed output in this
@@ -527,16 +577,8 @@ class OutputRecorder:
         name = self.names[index].split(" (call ")[0]
         return type(self.module.get_submodule(name)).__name__
 
-    def __enter__(self) -> OutputRecorder:
-        for name, sub in self.module.named_modules():
-            if name:
-                self._handles.append(sub.register_forward_hook(self._hook(name)))
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
+    def _wanted(self, name: str, sub: nn.Module) -> bool:
+        return bool(name)
 
 
 # ----------------------------------------------------------------------------- picture

@@ -25,9 +25,15 @@ Nothing here imports Lightning.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Literal
 
 import torch
+
+from recipe_callbacks.core.pictures import Band, line_chart, matrix_chart
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def _terms(bank: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -133,3 +139,94 @@ def filter_tiles(bank: torch.Tensor, max_filters: int | None = None) -> tuple[to
     tiles = w.reshape(o * c, 1, *w.shape[2:])
     ncols = c if 1 < c <= 16 else max(1, math.ceil(math.sqrt(o * c)))
     return tiles, ncols
+
+
+#: What the first layer's filters show at the end of training, judged by evidence (see :func:`judge_filters`).
+FilterVerdict = Literal["small_kernel", "structured", "frozen", "too_little_training", "noisy", "emerging"]
+
+
+def judge_filters(
+    score: float, kernel_size: int, steps: int, change: float, change_score: float, *, threshold: float,
+    min_kernel_size: int, min_change: float,
+) -> FilterVerdict:
+    """The verdict on a filter bank with noise ``score`` after ``steps`` optimizer steps, its weights
+    moved ``change`` times the norm of their init by a learned change of noise score ``change_score``:
+
+    - ``small_kernel``: kernels below ``min_kernel_size`` weights (or no score): not judged;
+    - ``structured``: the score at most ``threshold``;
+    - ``frozen``: still noise-like and exactly at init after optimizer steps;
+    - ``too_little_training``: moved less than ``min_change``: the random init dominates;
+    - ``noisy``: moved that far and the learned change is itself noise-like;
+    - ``emerging``: moved that far and the learned change is smooth.
+
+    Example:
+        >>> kw = dict(threshold=0.8, min_kernel_size=16, min_change=1.0)
+        >>> judge_filters(0.5, 25, 100, 2.0, 0.3, **kw), judge_filters(1.0, 25, 100, 0.0, math.nan, **kw)
+        ('structured', 'frozen')
+        >>> judge_filters(1.0, 25, 10, 0.2, 0.3, **kw), judge_filters(1.0, 25, 900, 2.0, 1.0, **kw)
+        ('too_little_training', 'noisy')
+    """
+    if kernel_size < min_kernel_size or math.isnan(score):
+        return "small_kernel"
+    if score <= threshold:
+        return "structured"
+    if steps > 0 and change == 0.0:
+        return "frozen"
+    if change < min_change:
+        return "too_little_training"
+    return "noisy" if change_score > threshold else "emerging"
+
+
+def learned_change(
+    weight: torch.Tensor, initial: torch.Tensor | None, as_bank: Callable[[torch.Tensor], torch.Tensor | None]
+) -> tuple[float, float]:
+    """``(||W - W0|| / ||W0||, noise score of W - W0)`` (the change laid out as a bank by ``as_bank``);
+    NaNs without a usable ``W0``, a NaN score when nothing changed or the change has no layout.
+
+    Example:
+        >>> w0 = torch.randn(4, 1, 5, 5, generator=torch.Generator().manual_seed(0))
+        >>> learned_change(w0 * 3, w0, lambda t: t)[0]
+        2.0
+    """
+    if initial is None or initial.shape != weight.shape or float(initial.norm()) == 0.0:
+        return math.nan, math.nan
+    delta = weight - initial
+    change = float(delta.norm() / initial.norm())
+    bank = as_bank(delta)
+    if change == 0.0 or bank is None:
+        return change, math.nan
+    return change, bank_noise_score(bank)
+
+
+def weights_figure(weight: torch.Tensor, layer_name: str) -> Figure:
+    """The weight matrix of a first ``Linear`` over plain features: one row per unit, a diverging
+    colour scale centred on 0 with a colour bar.
+
+    Example:
+        >>> from recipe_callbacks.core.pictures import figure_to_image
+        >>> figure_to_image(weights_figure(torch.eye(3), "net.0")).shape
+        (360, 480, 3)
+    """
+    peak = float(weight.abs().max()) or 1.0
+    return matrix_chart(
+        weight, vmin=-peak, vmax=peak, cmap="RdBu_r", colorbar_label="weight",
+        title=f"FirstLayerFilterViz: weights of {layer_name!r}, one row per unit (no spatial layout)",
+        xlabel="input feature", ylabel="output unit",
+    )
+
+
+def noise_score_chart(scores: Sequence[tuple[int, float]], layer_name: str, threshold: float) -> Figure:
+    """The noise score of each drawing (global step, score) against ``threshold`` (the structured band shaded).
+
+    Example:
+        >>> from recipe_callbacks.core.pictures import figure_to_image
+        >>> figure_to_image(noise_score_chart([(0, 1.0), (10, 0.6)], "conv1", 0.8)).shape
+        (360, 480, 3)
+    """
+    return line_chart(
+        {"noise score": [v for _, v in scores]}, x=[s for s, _ in scores],
+        title=f"FirstLayerFilterViz: the noise score of {layer_name!r} must fall below the threshold "
+        "(noise is about 1)",
+        xlabel="global step", ylabel="noise score", band=Band(0.0, threshold, "structured filters"),
+        hlines={f"noise_threshold {threshold:g}": threshold},
+    )

@@ -26,6 +26,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from recipe_callbacks.core.eval_stats import MeanEstimate, estimate, sample_sums
+
 InputKind = Literal["image", "tokens", "features"]
 # Above this many features per sample, signatures are average-pooled to this many.
 MAX_FEATURES = 1024
@@ -212,3 +214,152 @@ def wilson_lower(successes: float, n: float, z: float = 1.96) -> float:
     centre = p + z * z / (2 * n)
     spread = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
     return (centre - spread) / (1 + z * z / n)
+
+
+def signatures(kind: InputKind, batches: list[torch.Tensor], thumbnail: int, limit: int) -> torch.Tensor:
+    """The signatures of at most ``limit`` inputs read in ``batches``, one row per sample: thumbnails
+    of images, tokens cut to the shortest sequence, flattened features.
+
+    Example:
+        >>> tuple(signatures("tokens", [torch.zeros(2, 20).long(), torch.zeros(3, 18).long()], 8, 4).shape)
+        (4, 18)
+    """
+    if kind == "image":
+        return torch.cat([image_signatures(x, thumbnail) for x in batches])[:limit]
+    if kind == "tokens":
+        length = min(int(x.shape[1]) for x in batches)
+        return torch.cat([x[:, :length] for x in batches])[:limit]
+    return torch.cat([feature_signatures(x) for x in batches])[:limit]
+
+
+@dataclass(frozen=True)
+class NearCount:
+    """How many validation samples have a near-duplicate (their nearest training sample within the limit)."""
+
+    count: int
+    identical: int  # at distance 0
+    checked: int
+    positions: list[int]  # the first near validation samples, for the table and the pictures
+
+    @property
+    def fraction(self) -> float:
+        return self.count / max(self.checked, 1)
+
+
+def count_near(nearest: Nearest, limit: float, shown: int = 8) -> NearCount:
+    """The validation samples whose nearest training sample is within ``limit`` (a hair of rounding allowed).
+
+    Example:
+        >>> found = count_near(Nearest(torch.tensor([0.0, 0.5, 0.05]), torch.tensor([3, 1, 2])), 0.07)
+        >>> found.count, found.identical, found.positions, round(found.fraction, 3)
+        (2, 1, [0, 2], 0.667)
+    """
+    near = nearest.distance <= limit + 1e-12
+    positions = near.nonzero().flatten()[:shown].tolist()
+    return NearCount(int(near.sum()), int((nearest.distance == 0).sum()), int(nearest.distance.numel()), positions)
+
+
+@dataclass(frozen=True)
+class TooGood:
+    """The too-good-to-be-true flags of one evaluation of training and validation samples."""
+
+    ratio: float  # validation loss over training loss
+    far_below: bool  # the validation loss far below the training loss, intervals apart
+    accuracy_low: float | None  # the lower end of the validation accuracy's 95% interval
+    too_accurate: bool  # that lower end above the limit, in the first epoch
+
+
+def too_good(train_loss: MeanEstimate, val_loss: MeanEstimate, val_accuracy: MeanEstimate | None,
+             max_ratio: float, max_accuracy: float, first_epoch: bool) -> TooGood:
+    """Flag a validation loss below ``max_ratio`` times the training loss (intervals apart), and a
+    validation accuracy whose Wilson interval starts at ``max_accuracy`` or above in the first epoch.
+
+    Example:
+        >>> from recipe_callbacks.core.eval_stats import estimate
+        >>> t, v = estimate(100, 200.0, 410.0), estimate(100, 20.0, 5.0)
+        >>> flags = too_good(t, v, estimate(100, 100.0, 100.0), 0.5, 0.98, first_epoch=True)
+        >>> flags.far_below, flags.too_accurate
+        (True, False)
+    """
+    ratio = val_loss.mean / train_loss.mean if train_loss.mean > 0 else math.nan
+    apart = math.isfinite(val_loss.half_width) and val_loss.high < train_loss.low
+    far_below = math.isfinite(ratio) and ratio < max_ratio and apart
+    if val_accuracy is None or val_accuracy.count <= 0:
+        return TooGood(ratio, far_below, None, False)
+    low = wilson_lower(val_accuracy.mean * val_accuracy.count, val_accuracy.count)
+    return TooGood(ratio, far_below, low, low >= max_accuracy and first_epoch)
+
+
+def find_near(
+    kind: InputKind, train_x: list[torch.Tensor], val_x: list[torch.Tensor], *, thumbnail: int, limit: int,
+    tolerance: float, token_agreement: float,
+) -> tuple[Nearest, float, int]:
+    """The nearest training sample of every validation sample (at most ``limit`` of each), the
+    distance within which it is a near-duplicate, and how many training samples were searched.
+
+    Raises:
+        RuntimeError: inputs of varying shapes.
+
+    Example:
+        >>> x = [torch.arange(40.0).reshape(4, 10)]
+        >>> nearest, within, n = find_near("features", x, x, thumbnail=8, limit=10, tolerance=0.07,
+        ...                                token_agreement=0.9)
+        >>> nearest.distance.tolist(), within, n
+        ([0.0, 0.0, 0.0, 0.0], 0.07, 4)
+    """
+    train, val = signatures(kind, train_x, thumbnail, limit), signatures(kind, val_x, thumbnail, limit)
+    if kind == "tokens":
+        return nearest_tokens(train, val, token_agreement), 1.0 - token_agreement, int(train.shape[0])
+    if kind == "features":
+        train, val = standardize_columns(train, val)
+    return nearest_continuous(train, val), tolerance, int(train.shape[0])
+
+
+class Tally:
+    """Running ``[count, sum, sum of squares]`` of per-sample losses and of accuracy hits (the
+    accuracy is dropped once a batch has none).
+
+    Example:
+        >>> tally = Tally()
+        >>> tally.add(torch.tensor([1.0, 3.0]), torch.tensor([1.0, 0.0]))
+        >>> loss, accuracy = tally.estimates()
+        >>> tally.count, loss.mean, accuracy.mean
+        (2.0, 2.0, 0.5)
+    """
+
+    def __init__(self) -> None:
+        self.loss = torch.zeros(3, dtype=torch.float64)
+        self.hits: torch.Tensor | None = torch.zeros(3, dtype=torch.float64)
+
+    @property
+    def count(self) -> float:
+        return float(self.loss[0])
+
+    def add(self, losses: torch.Tensor, hits: torch.Tensor | None) -> None:
+        self.loss += sample_sums(losses.cpu())
+        self.hits = None if hits is None or self.hits is None else self.hits + sample_sums(hits.cpu())
+
+    def estimates(self) -> tuple[MeanEstimate, MeanEstimate | None]:
+        return estimate(*self.loss.tolist()), estimate(*self.hits.tolist()) if self.hits is not None else None
+
+
+def pair_pictures(
+    val: torch.Tensor, train: torch.Tensor, positions: list[int], nearest: Nearest
+) -> tuple[torch.Tensor, list[str]] | None:
+    """Each near validation sample beside its nearest training sample, as images and captions for a
+    two-column grid; ``None`` for inputs that are not 1- or 3-channel images.
+
+    Example:
+        >>> pictures, captions = pair_pictures(torch.zeros(2, 1, 4, 4), torch.ones(3, 1, 4, 4), [1],
+        ...                                    Nearest(torch.zeros(2), torch.tensor([0, 2])))
+        >>> tuple(pictures.shape), captions
+        ((2, 1, 4, 4), ['val 1', 'train 2'])
+    """
+    if val.shape[1] not in (1, 3):
+        return None
+    pictures, captions = [], []
+    for p in positions:
+        i = int(nearest.index[p])
+        pictures += [val[p], train[i]]
+        captions += [f"val {p}", f"train {i}"]
+    return torch.stack(pictures), captions

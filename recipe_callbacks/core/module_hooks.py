@@ -9,7 +9,7 @@ would see the copy's forward passes as if they were the real model's.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -112,3 +112,41 @@ def suspended_hooks(model: nn.Module, owner_types: tuple[type, ...]) -> Iterator
         for hooks, content in saved:
             hooks.clear()
             hooks.update(content)
+
+
+class _Entered(Exception):
+    """Stops a forward pass as soon as the first watched module is entered (control flow, not an error)."""
+
+
+def first_entered(model: nn.Module, kinds: tuple[type[nn.Module], ...], run: Callable[[], object]) -> str | None:
+    """The name of the first submodule of one of ``kinds`` that ``run`` (a forward pass of ``model``)
+    enters, or ``None`` when none is entered; the pass is stopped right there (pre-forward hooks,
+    removed on return). An error of ``run`` before any such module is entered is raised.
+
+    Example:
+        >>> import torch
+        >>> net = nn.Sequential(nn.ReLU(), nn.Linear(2, 2), nn.Linear(2, 1))
+        >>> first_entered(net, (nn.Linear,), lambda: net(torch.zeros(1, 2)))
+        '1'
+    """
+    entered: list[str] = []
+
+    def make_hook(name: str) -> Callable[[nn.Module, Any], None]:
+        def hook(module: nn.Module, args: Any) -> None:
+            entered.append(name)
+            raise _Entered
+
+        return hook
+
+    handles = [m.register_forward_pre_hook(make_hook(n)) for n, m in model.named_modules() if isinstance(m, kinds)]
+    try:
+        run()
+    except _Entered:
+        pass
+    except Exception:
+        if not entered:
+            raise
+    finally:
+        for handle in handles:
+            handle.remove()
+    return entered[0] if entered else None

@@ -14,6 +14,7 @@ import math
 import textwrap
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import matplotlib
 import numpy as np
@@ -120,24 +121,8 @@ def line_chart(
         drawn += 1
         single = int(np.isfinite(ys).sum()) == 1
         ax.plot(xs[: len(ys)], ys, styles.get(name, "-"), label=name, linewidth=1.6, marker="o" if single else None)
-    if band is not None:
-        ax.axhspan(band.low, band.high, color=HEALTHY, alpha=0.15, label=band.label, zorder=0)
-    for k, (name, value) in enumerate((hlines or {}).items()):
-        if math.isfinite(value) and (value > 0 or not log_y):
-            ax.axhline(value, linestyle=("--", ":", "-.")[k % 3], linewidth=1.4, color="black", label=name)
-    for mark in marks:
-        if math.isfinite(mark.y) or not log_y:
-            y = mark.y if math.isfinite(mark.y) else float(np.nanmax(ax.get_ylim()))
-            ax.plot([mark.x], [y], "X", color=FLAGGED, markersize=9, zorder=5)
-            ax.annotate(mark.label, (mark.x, y), textcoords="offset points", xytext=(6, 6), color=FLAGGED)
-    if log_y:
-        ax.set_yscale("log")
-    else:
-        ax.ticklabel_format(axis="y", useOffset=False)
-        if y_from_zero and drawn:
-            every = np.concatenate([np.asarray(list(v), dtype=np.float64) for v in series.values()])
-            top = float(every[np.isfinite(every)].max())
-            ax.set_ylim(min(0.0, float(every[np.isfinite(every)].min())), top * 1.15 if top > 0 else 1.0)
+    _references(ax, band, hlines or {}, marks, log_y)
+    _y_axis(ax, series, log_y, y_from_zero and drawn > 0)
     if not drawn:
         ax.text(0.5, 0.5, "no finite values to draw", ha="center", va="center", transform=ax.transAxes)
     ax.set_title(_title(title))
@@ -153,6 +138,32 @@ def line_chart(
             ax.legend(loc="best", framealpha=0.85)
     _apply_fonts(fig)
     return fig
+
+
+def _references(ax: Any, band: Band | None, hlines: Mapping[str, float], marks: Sequence[Mark], log_y: bool) -> None:
+    """A line chart's healthy band, labelled reference lines and marked points."""
+    if band is not None:
+        ax.axhspan(band.low, band.high, color=HEALTHY, alpha=0.15, label=band.label, zorder=0)
+    for k, (name, value) in enumerate(hlines.items()):
+        if math.isfinite(value) and (value > 0 or not log_y):
+            ax.axhline(value, linestyle=("--", ":", "-.")[k % 3], linewidth=1.4, color="black", label=name)
+    for mark in marks:
+        if math.isfinite(mark.y) or not log_y:
+            y = mark.y if math.isfinite(mark.y) else float(np.nanmax(ax.get_ylim()))
+            ax.plot([mark.x], [y], "X", color=FLAGGED, markersize=9, zorder=5)
+            ax.annotate(mark.label, (mark.x, y), textcoords="offset points", xytext=(6, 6), color=FLAGGED)
+
+
+def _y_axis(ax: Any, series: Mapping[str, Sequence[float]], log_y: bool, from_zero: bool) -> None:
+    """A line chart's y axis: log, or linear without offset (from 0 when ``from_zero``)."""
+    if log_y:
+        ax.set_yscale("log")
+        return
+    ax.ticklabel_format(axis="y", useOffset=False)
+    if from_zero:
+        every = np.concatenate([np.asarray(list(v), dtype=np.float64) for v in series.values()])
+        top = float(every[np.isfinite(every)].max())
+        ax.set_ylim(min(0.0, float(every[np.isfinite(every)].min())), top * 1.15 if top > 0 else 1.0)
 
 
 def bar_chart(

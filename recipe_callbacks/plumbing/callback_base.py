@@ -288,8 +288,9 @@ class RecipeCallback(Callback):
 
     def state_cost(self, seconds: float, *, key: str = "", field: str = "cost_steps") -> None:
         """State the cost of the Finding under ``key`` as measured: ``values[field]`` becomes
-        ``seconds`` over the median training step of this run, once the next training steps are
-        timed (at the latest at the end of training), and ``seconds`` itself goes in beside it
+        ``seconds`` over the median training step of this run (its first training steps are timed,
+        the first interval left out), once those steps are timed (at the latest at the end of
+        training; a cost stated later is settled at the next step), and ``seconds`` itself goes in beside it
         (``field`` with ``cost_steps`` replaced by ``cost_seconds``). Until then, and when the run
         has too few steps to time, ``values[field]`` keeps the count the check reported.
         """
@@ -311,10 +312,11 @@ class RecipeCallback(Callback):
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        if self._pending_costs:
-            self._step_clock.tick()
-            if self._step_clock.done:
-                self._settle_costs()
+        # timed from the run's first batch, so that a cost stated late (at the end of an epoch, of
+        # training) is settled against this run's steps too
+        self._step_clock.tick()
+        if self._pending_costs and self._step_clock.done:
+            self._settle_costs()
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

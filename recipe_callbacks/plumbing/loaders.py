@@ -1,0 +1,52 @@
+"""Reading samples from the Trainer's loaders outside the loops: the validation loaders before
+validation ran, and the inputs of a bounded number of samples."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import torch
+from lightning.pytorch.utilities.seed import isolate_rng
+from torch.utils.data import DataLoader
+
+from recipe_callbacks.core.data_stats import all_dataloaders, bounded_loader
+from recipe_callbacks.plumbing.batch import ResolvedBatch
+
+if TYPE_CHECKING:
+    import lightning.pytorch as pl
+
+
+def val_dataloaders(trainer: pl.Trainer) -> list[DataLoader[Any]]:
+    """The validation loaders of a fit, set up now if validation has not run yet (``[]`` when there
+    are none, or when setting them up fails: that is the user's to meet in validation, not here)."""
+    if trainer.val_dataloaders is None:
+        try:
+            trainer.fit_loop.epoch_loop.val_loop.setup_data()
+        except Exception:
+            return []
+    return all_dataloaders(trainer.val_dataloaders)
+
+
+def read_inputs(
+    loader: DataLoader[Any], max_samples: int, seed: int, resolve: Callable[[Any], ResolvedBatch | None]
+) -> list[torch.Tensor] | None:
+    """The inputs of at most ``max_samples`` samples of ``loader`` (a seeded subset of a larger set),
+    batch by batch on the CPU, read under an isolated RNG; ``None`` when ``resolve`` (which reports
+    its own skip) finds no input in a batch."""
+    bounded, _ = bounded_loader(loader, max_samples, seed)
+    out: list[torch.Tensor] = []
+    read = 0
+    with isolate_rng():
+        for batch in bounded:
+            resolved = resolve(batch)
+            if resolved is None:
+                return None
+            x = resolved.x.detach().cpu()
+            if x.ndim == 0:
+                x = x.reshape(1)
+            out.append(x)
+            read += int(x.shape[0])
+            if read >= max_samples:
+                break
+    return out
