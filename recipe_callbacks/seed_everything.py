@@ -263,37 +263,22 @@ class SeedEverything(RecipeCallback):
             f"first batch {self.batch_fingerprint or '?'}."
         )
         if restored:
-            self.report(
-                trainer,
-                "pass",
+            status, summary, advice = "pass", (
                 f"resumed from a checkpoint: RNG states of {', '.join(restored)} restored from it, so batch "
                 "order and random masks continue as in an uninterrupted run. This callback changes "
-                "training on purpose (it sets the generators)." + original,
-                values,
-                _COMPARE,
-                log_values=False,
-            )
+                "training on purpose (it sets the generators)." + original
+            ), _COMPARE
         elif not self.save_rng_state:
-            self.report(
-                trainer,
-                "pass",
+            status, summary, advice = "pass", (
                 f"resumed from a checkpoint and re-seeded with {self.seed} (save_rng_state=False): the "
-                "batch order after the resume differs from an uninterrupted run." + original,
-                values,
-                "set save_rng_state=True to continue the random streams exactly on resume",
-                log_values=False,
-            )
+                "batch order after the resume differs from an uninterrupted run." + original
+            ), "set save_rng_state=True to continue the random streams exactly on resume"
         else:
-            self.report(
-                trainer,
-                "warn",
+            status, summary, advice = "warn", (
                 f"resumed from a checkpoint that holds no RNG state of SeedEverything; re-seeded with "
-                f"{self.seed}, so the batch order after the resume differs from an uninterrupted run",
-                values,
-                "resume from a checkpoint saved with SeedEverything(save_rng_state=True) on the Trainer",
-                key="",
-                log_values=False,
-            )
+                f"{self.seed}, so the batch order after the resume differs from an uninterrupted run"
+            ), "resume from a checkpoint saved with SeedEverything(save_rng_state=True) on the Trainer"
+        self.report(trainer, status, summary, values, advice, key="", log_values=False)  # type: ignore[arg-type]
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
