@@ -147,6 +147,7 @@ class LossDecreaseCheck(RecipeCallback):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_fit_start(trainer, pl_module)
         self.losses, self.batches_seen, self.steps_seen, self._step_losses = [], 0, 0, []
+        self._looks = core.looks(self.num_steps, self.max_num_steps)
         judged = bool(self._findings)
         if not self.is_resumed(trainer):
             self._active = not self.early_finished
@@ -257,7 +258,7 @@ class LossDecreaseCheck(RecipeCallback):
             )
             raise CheckSkipped(f"{reason}; log the loss and name it", "monitor")
         if len(self.losses) < core.MIN_LOSSES and not final:
-            self._looks = self._looks[1:]
+            self._looks = [n for n in self._looks if n > self.steps_seen]
             return
         if len(self.losses) < core.MIN_LOSSES:
             self._finish()
