@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import itertools
 import math
+import random
 import statistics
 
 import pytest
-
-import random
-
 import torch
 
 from recipe_callbacks.core.loss_trend import (
