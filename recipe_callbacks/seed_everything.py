@@ -83,8 +83,9 @@ class SeedEverything(RecipeCallback):
     Args:
         seed: the seed, an int in ``[0, 2**32 - 1]``. ``None`` (the presets' choice) keeps a seed the
             user set before (``lightning.pytorch.seed_everything``, LightningCLI's
-            ``seed_everything``, the ``PL_GLOBAL_SEED`` variable) and does not re-seed at all, so the
-            run is exactly the user's; without one it seeds with 0.
+            ``seed_everything``) and does not re-seed at all, so the run is exactly the user's; a
+            ``PL_GLOBAL_SEED`` variable that nothing seeded torch with yet is the seed it seeds with;
+            without either it seeds with 0.
         workers: let Lightning seed every DataLoader worker differently and reproducibly (it adds
             ``pl_worker_init_function`` to loaders without a ``worker_init_fn``).
         deterministic: switch on ``torch.use_deterministic_algorithms`` (and turn off the cuDNN
@@ -124,10 +125,12 @@ class SeedEverything(RecipeCallback):
         super().__init__(on_fail=on_fail)
         # seed=None respects a seed the user already set (lightning's seed_everything, LightningCLI's
         # --seed_everything, PL_GLOBAL_SEED): no re-seeding, so the run is the user's own.
-        user_seed = os.environ.get("PL_GLOBAL_SEED") if seed is None else None
-        self.user_seeded = user_seed is not None and user_seed != _own_seed[0] and user_seed.isdigit()
+        # A PL_GLOBAL_SEED set in the environment that nobody seeded torch with is the seed to use.
+        user_seed = os.environ.get("PL_GLOBAL_SEED", "") if seed is None else ""
+        theirs = user_seed.isdigit() and user_seed != _own_seed[0]
+        self.user_seeded = theirs and torch.initial_seed() == int(user_seed)
         if seed is None:
-            seed = int(user_seed) if self.user_seeded and user_seed is not None else 0
+            seed = int(user_seed) if theirs else 0
         self.seed = check_int("SeedEverything", "seed", seed, minimum=min_seed_value)
         if self.seed > max_seed_value:
             raise ValueError(
@@ -263,37 +266,22 @@ class SeedEverything(RecipeCallback):
             f"first batch {self.batch_fingerprint or '?'}."
         )
         if restored:
-            self.report(
-                trainer,
-                "pass",
+            status, summary, advice = "pass", (
                 f"resumed from a checkpoint: RNG states of {', '.join(restored)} restored from it, so batch "
                 "order and random masks continue as in an uninterrupted run. This callback changes "
-                "training on purpose (it sets the generators)." + original,
-                values,
-                _COMPARE,
-                log_values=False,
-            )
+                "training on purpose (it sets the generators)." + original
+            ), _COMPARE
         elif not self.save_rng_state:
-            self.report(
-                trainer,
-                "pass",
+            status, summary, advice = "pass", (
                 f"resumed from a checkpoint and re-seeded with {self.seed} (save_rng_state=False): the "
-                "batch order after the resume differs from an uninterrupted run." + original,
-                values,
-                "set save_rng_state=True to continue the random streams exactly on resume",
-                log_values=False,
-            )
+                "batch order after the resume differs from an uninterrupted run." + original
+            ), "set save_rng_state=True to continue the random streams exactly on resume"
         else:
-            self.report(
-                trainer,
-                "warn",
+            status, summary, advice = "warn", (
                 f"resumed from a checkpoint that holds no RNG state of SeedEverything; re-seeded with "
-                f"{self.seed}, so the batch order after the resume differs from an uninterrupted run",
-                values,
-                "resume from a checkpoint saved with SeedEverything(save_rng_state=True) on the Trainer",
-                key="",
-                log_values=False,
-            )
+                f"{self.seed}, so the batch order after the resume differs from an uninterrupted run"
+            ), "resume from a checkpoint saved with SeedEverything(save_rng_state=True) on the Trainer"
+        self.report(trainer, status, summary, values, advice, key="", log_values=False)  # type: ignore[arg-type]
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

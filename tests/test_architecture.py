@@ -124,7 +124,6 @@ NOT_YET: set[str] = {
     "no_lr_decay_warning.py",
     "no_lr_decay_warning.py:on_train_start",
     "prediction_dynamics_logger.py",
-    "seed_everything.py",
     "update_ratio_monitor.py",
     "update_ratio_monitor.py:_judge_ratios",
 }

@@ -253,6 +253,7 @@ def test_a_run_resumed_before_the_verdict_goes_on_and_judges(tmp_path: Path) -> 
         ({"plateau_fraction": 2.0}, ValueError, r"plateau_fraction=2.0"),
         ({"monitor": ""}, TypeError, r"LossDecreaseCheck\(monitor=''\)"),
         ({"num_steps": 30.0}, TypeError, r"num_steps=30.0"),
+        ({"num_steps": 30, "max_num_steps": 20}, ValueError, r"max_num_steps=20\): max_num_steps must be an int >= 30"),
     ],
 )
 def test_bad_arguments_name_the_argument(kwargs: dict[str, Any], error: type[Exception], match: str) -> None:
@@ -269,3 +270,83 @@ def test_healthy_model_passes_under_ddp_spawn(tmp_path: Path) -> None:
     assert finding_values(ea, TAG)["relative_decrease"] > 0.05
     report = json.loads((tmp_path / "run" / "recipe_report.json").read_text())
     assert [x["status"] for x in report["findings"] if x["check"] == "LossDecreaseCheck"] == ["pass"]
+
+
+class Regressor(pl.LightningModule):
+    """Linear regression with MSE and plain SGD."""
+
+    def __init__(self, lr: float) -> None:
+        super().__init__()
+        self.lr = lr
+        self.net = nn.Linear(8, 1)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        return nn.functional.mse_loss(self.net(x).squeeze(1), y)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=self.lr)
+
+
+def test_too_high_learning_rate_makes_the_loss_rise_and_fails(tmp_path: Path) -> None:
+    # Planted: SGD at lr 0.8 on a linear regression whose curvature is about 2: every step overshoots.
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(256, 8, generator=g)
+    data = TensorDataset(x, x @ torch.randn(8, generator=g))
+    torch.manual_seed(0)
+    check = LossDecreaseCheck(num_steps=12, on_fail="ignore")
+    fit(tmp_path, Regressor(lr=0.8), check, data, max_steps=12)
+    (f,) = check.findings
+    assert f.status == "fail" and "rising" in f.summary, f.message()
+    assert f.values["decrease_high"] < 0  # the whole interval is a rise
+    assert "learning rate is probably too high" in f.advice
+    # The same model at a sane learning rate passes.
+    torch.manual_seed(0)
+    healthy = LossDecreaseCheck(num_steps=12, on_fail="ignore")
+    fit(tmp_path / "healthy", Regressor(lr=0.05), healthy, data, max_steps=12)
+    assert healthy.findings[0].status == "pass", healthy.findings[0].message()
+
+
+def test_a_noisy_loss_is_watched_longer_and_then_passes(tmp_path: Path) -> None:
+    # Batches of 4 and a small learning rate: after 12 steps the batch-to-batch noise hides the trend,
+    # which the old check read as "flat" (a false FAIL). It watches on and judges with evidence.
+    torch.manual_seed(0)
+    check = LossDecreaseCheck(num_steps=12)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        fast_trainer(tmp_path, callbacks=[check], max_steps=100, max_epochs=-1).fit(
+            TinyClassifier(lr=0.02), loader(blobs(256), batch_size=4)
+        )
+    assert not [w for w in record if issubclass(w.category, RecipeWarning)]
+    (f,) = check.findings
+    assert f.status == "pass", f.message()
+    assert f.values["steps"] > 12 and f.values["max_num_steps"] == 48
+    assert f.values["decrease_low"] > 0  # a decrease with evidence
+    assert f"watched {int(f.values['steps'])} optimizer steps, longer than num_steps=12" in f.summary
+    assert len(check.losses) == f.values["steps"]  # then it stopped watching
+
+
+def test_zero_learning_rate_with_noisy_batches_fails_at_once_on_weights_that_do_not_move(tmp_path: Path) -> None:
+    # The same noisy batches at lr 0: the loss alone cannot tell flat from slow, but not one weight moved.
+    torch.manual_seed(0)
+    check = LossDecreaseCheck(num_steps=12, on_fail="ignore")
+    fit(tmp_path, TinyClassifier(lr=0.0), check, blobs(256), max_steps=40)
+    (f,) = check.findings
+    assert f.status == "fail" and "flat" in f.summary and "not learning" in f.summary, f.message()
+    assert f.values["weights_change"] == 0.0 and f.values["steps"] == 12.0
+    assert "learning rate" in f.advice
+
+
+def test_a_run_that_ends_while_the_noise_hides_the_trend_is_a_skip(tmp_path: Path) -> None:
+    # Labels independent of the inputs: the loss hovers around log 4 while the weights move; in 30 steps
+    # of batches of 16 the noise cannot tell, so it says so instead of warning.
+    data = blobs(256)
+    x, y = data.tensors
+    shuffled = TensorDataset(x, y[torch.randperm(256, generator=torch.Generator().manual_seed(1))])
+    torch.manual_seed(0)
+    check = LossDecreaseCheck(num_steps=12, max_num_steps=48)
+    fit(tmp_path, TinyClassifier(lr=0.05), check, shuffled, max_steps=30)
+    (f,) = check.findings
+    assert f.status == "skip" and "not judged" in f.summary, f.message()
+    assert f.values["steps"] == 30.0 and "max_num_steps=" in f.advice
+    assert f.values["decrease_low"] < 0 < f.values["decrease_high"]

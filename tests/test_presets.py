@@ -225,3 +225,93 @@ def test_presets_respect_the_users_seed(tmp_path: Path) -> None:
     (seeder,) = [cb for cb in presets.callbacks("skeleton") if isinstance(cb, SeedEverything)]
     assert seeder.seed == 42 and seeder.user_seeded
     assert SeedEverything(seed=3).seed == 3 and not SeedEverything(seed=3).user_seeded
+
+
+SEEDED_SCRIPT = textwrap.dedent(
+    """
+    import hashlib
+    import sys
+    import warnings
+    import lightning.pytorch as pl
+    from torch.utils.data import DataLoader
+    from examples.digits import DigitsCNN, digits_datasets
+
+    def digest(module):
+        h = hashlib.sha256()
+        for name, value in sorted(module.state_dict().items()):
+            h.update(name.encode()); h.update(value.detach().cpu().numpy().tobytes())
+        return h.hexdigest()[:16]
+
+    class Model(DigitsCNN):
+        def on_train_start(self):  # after every callback's on_fit_start and on_train_start
+            print("AT_TRAIN_START", digest(self))
+
+    warnings.simplefilter("always")
+    pl.seed_everything(42)
+    train, val = digits_datasets()
+    trainer = pl.Trainer(accelerator="cpu", max_steps=2, limit_val_batches=1, logger=False,
+                         enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False)
+    model = Model()  # built after seeding, after the Trainer (whose RECIPE_PRESET adds the preset)
+    print("BUILT", digest(model))
+    trainer.fit(model, DataLoader(train, batch_size=32), DataLoader(val, batch_size=64))
+    print("CALLBACKS", ",".join(type(cb).__name__ for cb in trainer.callbacks))
+    seeder = [cb for cb in trainer.callbacks if type(cb).__name__ == "SeedEverything"]
+    print("SEEDER", [(cb.seed, cb.user_seeded, [f.status for f in cb.findings]) for cb in seeder])
+    """
+)
+
+
+def _seeded_script(tmp_path: Path, preset: str | None) -> dict[str, str]:
+    script = tmp_path / "seeded.py"
+    script.write_text(SEEDED_SCRIPT)
+    env = {k: v for k, v in os.environ.items() if k not in ("RECIPE_PRESET", "PL_GLOBAL_SEED")}
+    env["PYTHONPATH"] = str(ROOT)
+    if preset is not None:
+        env["RECIPE_PRESET"] = preset
+    done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = dict(x.split(" ", 1) for x in done.stdout.splitlines() if x.split(" ", 1)[0].isupper() and " " in x)
+    lines["OUTPUT"] = done.stdout + done.stderr
+    return lines
+
+
+def test_recipe_preset_variable_keeps_the_scripts_seed_and_initial_weights(tmp_path: Path) -> None:
+    plain = _seeded_script(tmp_path / "plain", None) if (tmp_path / "plain").mkdir() is None else {}
+    with_preset = _seeded_script(tmp_path / "preset", "skeleton") if (tmp_path / "preset").mkdir() is None else {}
+    assert "SeedEverything" in with_preset["CALLBACKS"] and "SeedEverything" not in plain["CALLBACKS"]
+    # The same model, built after seed_everything(42), and still the same when training starts.
+    assert with_preset["BUILT"] == plain["BUILT"]
+    assert with_preset["AT_TRAIN_START"] == plain["AT_TRAIN_START"] == plain["BUILT"]
+    assert with_preset["SEEDER"] == "[(42, True, ['pass'])]"  # the user's seed, kept, no warning
+    assert "built before seeding" not in with_preset["OUTPUT"]
+
+
+def test_lightning_cli_seed_is_kept_and_gives_the_same_weights(tmp_path: Path) -> None:
+    import warnings
+
+    from recipe_callbacks import RecipeWarning, SeedEverything
+    from recipe_callbacks.seed_everything import weights_fingerprint
+
+    def run(with_preset: bool) -> tuple[str, list[str], list[Any]]:
+        args = ["--seed_everything=42", f"--trainer.default_root_dir={tmp_path / str(with_preset)}",
+                "--trainer.max_steps=2", "--trainer.limit_val_batches=1", "--trainer.logger=false",
+                "--trainer.enable_progress_bar=false", "--trainer.enable_checkpointing=false"]
+        if with_preset:
+            args += ["--trainer.callbacks+=recipe_callbacks.presets.RecipePreset", "--trainer.callbacks.name=skeleton"]
+        cli = _cli(args)
+        built = weights_fingerprint(cli.model)
+        with warnings.catch_warnings(record=True) as record:
+            warnings.simplefilter("always")
+            cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+        seeders = [cb for cb in cli.trainer.callbacks if isinstance(cb, SeedEverything)]
+        return built, [str(w.message) for w in record if issubclass(w.category, RecipeWarning)], seeders
+
+    plain_weights, _, none = run(False)
+    preset_weights, recipe_warnings, (seeder,) = run(True)
+    assert not none
+    assert preset_weights == plain_weights  # LightningCLI seeded both with 42 before building the model
+    assert seeder.seed == 42 and seeder.user_seeded
+    assert seeder.weights_fingerprint == plain_weights  # the fingerprint of the seeded run
+    assert not [w for w in recipe_warnings if "seeding" in w], recipe_warnings
+    assert [f.status for f in seeder.findings] == ["pass"]

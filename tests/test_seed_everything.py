@@ -283,3 +283,26 @@ def test_weights_fingerprint_skips_lazy_parameters() -> None:
     plain = nn.Sequential(nn.Linear(2, 3))
     plain.load_state_dict({k: v for k, v in lazy.state_dict().items() if k.startswith("0.")})
     assert weights_fingerprint(lazy) == weights_fingerprint(plain)
+
+
+def test_pl_global_seed_in_the_environment_is_the_seed_when_nothing_seeded_with_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # `PL_GLOBAL_SEED=4242 python train.py` without a seed_everything call: the variable names the seed,
+    # and the generators are seeded with it (not left unseeded, not re-seeded with 0).
+    import recipe_callbacks.seed_everything as module
+
+    monkeypatch.setattr(module, "_own_seed", [None])  # this process's own seeding stays this test's
+    pl.seed_everything(4242, verbose=False)
+    expected = weights(TinyClassifier())
+    torch.manual_seed(12345)  # a process whose generator nobody seeded with 4242
+    monkeypatch.setenv("PL_GLOBAL_SEED", "4242")
+    seeder = SeedEverything()
+    assert seeder.seed == 4242 and not seeder.user_seeded
+    assert same(weights(TinyClassifier()), expected)
+    # After the user's own seed_everything it keeps their seed and does not re-seed.
+    module._own_seed[0] = None
+    pl.seed_everything(4242, verbose=False)
+    state = torch.get_rng_state()
+    kept = SeedEverything()
+    assert kept.seed == 4242 and kept.user_seeded and torch.equal(torch.get_rng_state(), state)

@@ -4,11 +4,25 @@ from __future__ import annotations
 
 import itertools
 import math
+import random
 import statistics
 
 import pytest
+import torch
 
-from recipe_callbacks.core.loss_trend import MIN_LOSSES, first_non_finite, loss_trend, theil_sen, thirds
+from recipe_callbacks.core.loss_trend import (
+    FROZEN_CHANGE,
+    MIN_LOSSES,
+    first_non_finite,
+    looks,
+    loss_trend,
+    relative_change,
+    shift_interval,
+    theil_sen,
+    thirds,
+    verdict,
+    weight_sample,
+)
 
 
 def test_theil_sen_is_the_median_of_pairwise_slopes() -> None:
@@ -81,3 +95,67 @@ def test_first_non_finite_and_input_checks() -> None:
         loss_trend([1.0, 0.5])
     with pytest.raises(ValueError, match="finite"):
         loss_trend([1.0, 0.9, math.nan, 0.8, 0.7, 0.6])
+
+
+def test_shift_interval_is_the_order_statistics_of_the_differences() -> None:
+    first, last = [5.0, 6.0, 7.0, 8.0, 9.0, 10.0], [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
+    diffs = sorted(a - b for a in first for b in last)  # 36 differences
+    # K = floor(36 / 2 - 2.576 * sqrt(6 * 6 * 13 / 12)) = floor(18 - 16.09) = 1 at 99%; 8 at z = 1.
+    assert shift_interval(first, last) == (diffs[0], diffs[35])
+    k = math.floor(18 - 1.0 * math.sqrt(39))
+    assert shift_interval(first, last, z=1.0) == (diffs[k - 1], diffs[36 - k])
+    with pytest.raises(ValueError, match="at least one value"):
+        shift_interval([], [1.0])
+
+
+def test_shift_interval_covers_no_shift_at_about_its_level() -> None:
+    # Oracle: pure noise (no trend) of 30 losses; the 99% interval of first-vs-last third must hold 0
+    # in about 99% of runs, so "flat or rising only with evidence" holds for noise.
+    rng = random.Random(0)
+    runs = 400
+    held = 0
+    for _ in range(runs):
+        losses = [1.0 + rng.gauss(0.0, 0.2) for _ in range(30)]
+        head, _, tail = thirds(losses)
+        low, high = shift_interval(head, tail)
+        held += low <= 0.0 <= high
+    assert held / runs >= 0.97
+
+
+def test_noise_is_never_a_rise_and_a_plateau_is_flat_only_with_evidence() -> None:
+    rng = random.Random(1)
+    # A 1:9 label mix: losses jumping between 0.05 and 0.6 around a slow decrease (the zoo's imbalanced task).
+    noisy = [0.3 * (1 - i / 200) + rng.choice([-0.25, -0.2, 0.0, 0.1, 0.3]) for i in range(30)]
+    t = loss_trend(noisy)
+    assert t.status == "unclear" and t.decrease_low < 0 < t.decrease_high
+    # A transformer's plateau at log 2 with small noise, falling 1% in 30 steps: flat with evidence.
+    plateau = [0.693 * (1 - 0.0003 * i) + rng.gauss(0.0, 0.005) for i in range(30)]
+    assert loss_trend(plateau).status == "flat"
+    # A steady slow decrease with little noise is clear, though below min_decrease.
+    slow = [1.0 - 0.001 * i + rng.gauss(0.0, 0.001) for i in range(30)]
+    assert loss_trend(slow).status == "slow"
+
+
+def test_verdicts_watch_on_when_the_window_cannot_tell() -> None:
+    for status in ("flat", "slow", "unclear"):
+        assert verdict(status, final=False, capped=False, frozen=False) == ("watch", status)
+    assert verdict("decreasing", final=False, capped=False, frozen=True) == ("pass", "decreasing")
+    assert verdict("stalled", final=False, capped=False, frozen=False) == ("warn", "stalled")
+    assert verdict("rising", final=False, capped=False, frozen=False) == ("fail", "rising")
+    assert verdict("rising", final=False, capped=False, frozen=True) == ("fail", "flat")  # weights did not move
+    assert verdict("slow", final=True, capped=False, frozen=False) == ("pass", "slow")
+    assert verdict("flat", final=True, capped=False, frozen=False) == ("skip", "flat")
+    assert verdict("flat", final=True, capped=True, frozen=False) == ("fail", "flat")
+    assert verdict("unclear", final=True, capped=True, frozen=False) == ("skip", "unclear")
+    assert looks(12, 48) == [12, 24, 48] and looks(6, 7) == [6, 7]
+
+
+def test_weights_change_over_a_sample() -> None:
+    w = torch.arange(3000, dtype=torch.float32).reshape(30, 100)
+    sample = weight_sample([("w", w), ("b", torch.ones(3))])
+    assert sample["w"].dtype == torch.float64 and sample["w"].numel() == 1024 and sample["b"].numel() == 3
+    moved = weight_sample([("w", w + 1.0), ("b", torch.ones(3))])
+    expected = math.sqrt(1024) / math.sqrt(float((w.reshape(-1)[:1024].double() ** 2).sum()) + 3)
+    assert relative_change(sample, moved) == pytest.approx(expected)
+    assert relative_change(sample, sample) == 0.0 < FROZEN_CHANGE
+    assert relative_change(sample, {"other": torch.zeros(1)}) is None
