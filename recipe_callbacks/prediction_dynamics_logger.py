@@ -22,10 +22,11 @@ from recipe_callbacks.core.prediction_jitter import (
     snapshot,
     target_scale,
     thin_indices,
+    undone_per_record,
 )
 from recipe_callbacks.core.short_training import take_samples
 from recipe_callbacks.core.task import TASKS, Task, aligned, logits_of, require_task
-from recipe_callbacks.plumbing.batch import BatchToXY, ForwardFn, integer_inputs, resolve_batch
+from recipe_callbacks.plumbing.batch import BatchToXY, ForwardFn, ResolvedBatch, integer_inputs, resolve_batch
 from recipe_callbacks.plumbing.callback_base import RecipeCallback
 from recipe_callbacks.plumbing.finding import OnFail
 from recipe_callbacks.plumbing.observe import observing
@@ -60,11 +61,12 @@ class PredictionDynamicsLogger(RecipeCallback):
     of the targets' standard deviation) and the **flip rate** (fraction of predictions whose class
     changed to or from a confident prediction: an argmax over near-uniform probabilities flips with
     every small update and says nothing about the learning rate). At the end of training a Finding
-    flags a learning rate that is too high: jitter or
-    flip rate still high after the first ``warmup_fraction`` of training (their median over the
-    later records above ``max_jitter`` / ``max_flip_rate``) while the predictions go back and
-    forth (at least ``min_back_and_forth`` of their movement undone, so a model that is still
-    learning steadily is not flagged). The math is in
+    flags a learning rate that is too high when, after the first ``warmup_fraction`` of training, the
+    predictions go back and forth: the movement per record that was undone again (the part of the
+    jitter that is not progress, counted over every late record, bursts included) is above
+    ``max_jitter``, or the median flip rate is above ``max_flip_rate`` while at least
+    ``min_back_and_forth`` of the movement was undone. A model that is still learning moves
+    steadily and is not flagged, however fast it moves. The math is in
     :mod:`recipe_callbacks.core.prediction_jitter`.
 
     Cost: one eval-mode forward pass of ``num_samples`` samples every ``every_n_steps`` steps and
@@ -85,14 +87,15 @@ class PredictionDynamicsLogger(RecipeCallback):
             target and 0/1 targets, float ones too: binary; other float targets: regression);
             ``"multiclass"``, ``"binary"`` or ``"regression"`` say it, with the same meaning as in the
             other checks; ``"classification"`` says one of the first two.
-        max_jitter: the median jitter after warm-up above which the learning rate is flagged.
+        max_jitter: the undone movement per record after warm-up (jitter that went back and forth, in
+            probability or target standard deviations) above which the learning rate is flagged.
         max_flip_rate: the median flip rate after warm-up above which it is flagged.
         min_confidence: a class change counts as a flip only when the top probability was at least
             this fraction of the way from chance (``1/C``) to certainty at one of the two records
             (0.5: above 0.75 for 2 classes, 0.55 for 10); 0 counts every change.
         warmup_fraction: the first part of training (a fraction of the steps seen) that is not
             judged: predictions are expected to move a lot there.
-        min_back_and_forth: high jitter is flagged only when, after warm-up, at least this fraction
+        min_back_and_forth: a high flip rate is flagged only when, after warm-up, at least this fraction
             of the way the predictions travelled was undone (they went back and forth); steady
             movement of a model that is still learning is not flagged.
         max_records: records kept for the heat map and the verdict; when full, every other one is
@@ -126,7 +129,7 @@ class PredictionDynamicsLogger(RecipeCallback):
           samples captioned ``y=<label> p=<prediction>``.
         - At the end: a Finding (text ``recipe.prediction_dynamics_logger/finding``) with its values
           ``late_jitter``, ``late_flip_rate``, ``max_jitter``, ``max_flip_rate``,
-          ``back_and_forth``, ``records``, ``learning_rate``.
+          ``back_and_forth``, ``undone_jitter``, ``records``, ``learning_rate``.
 
     Example::
 
@@ -145,7 +148,7 @@ class PredictionDynamicsLogger(RecipeCallback):
         indices: list[int] | None = None,
         source: Literal["val", "train"] = "val",
         task: str | None = None,
-        max_jitter: float = 0.05,
+        max_jitter: float = 0.04,
         max_flip_rate: float = 0.1,
         min_confidence: float = 0.5,
         warmup_fraction: float = 0.3,
@@ -193,7 +196,8 @@ class PredictionDynamicsLogger(RecipeCallback):
         self.sample_indices: torch.Tensor | None = None
         self._device_xy: tuple[torch.Tensor, torch.Tensor] | None = None
         self._sample_batch: Any = None  # the fixed samples as the batch the model's step receives (CPU)
-        self._device_batch: Any = None
+        # (device samples, model batch, its resolution, integer inputs): built at the first record
+        self._ready: tuple[torch.Tensor, Any, ResolvedBatch, list[torch.Tensor]] | None = None
         self._host_y: torch.Tensor | None = None  # the targets the outputs are scored on, on the host
         self._task: Task | None = None
         self._scale = 1.0
@@ -307,14 +311,11 @@ class PredictionDynamicsLogger(RecipeCallback):
         x, y = self._device_samples(pl_module)
         try:
             precision = trainer.precision_plugin  # e.g. float64 inputs under precision="64-true"
-            batch: Any = (x, y)
-            if self._sample_batch is not None:
-                if self._device_batch is None:
-                    self._device_batch = move_data_to_device(self._sample_batch, pl_module.device)
-                batch = self._device_batch
-            resolved = resolve_batch(batch, self.input_key, self.target_key, None)
-            batch = resolved.with_input(precision.convert_input(resolved.x)) if resolved.with_input else batch
-            resolved = resolve_batch(batch, self.input_key, self.target_key, None)
+            if self._ready is None or self._ready[0] is not x:
+                self._ready = (x, *self._model_batch(precision, x, y, pl_module))
+            _, batch, resolved, integers = self._ready
+            if resolved.with_input is not None:  # a fresh container: the model may change what it is given
+                batch = resolved.with_input(resolved.x)
             with observing(pl_module), precision.val_step_context():
                 output = logits_of(self.run_model(pl_module, batch, resolved))
         except Exception as err:  # the user's training must go on
@@ -323,7 +324,19 @@ class PredictionDynamicsLogger(RecipeCallback):
         if output is None:
             self.skip(trainer, "the model did not return a tensor (or a dict/ModelOutput with 'logits')", "forward_fn")
             return None
-        return aligned(output, y, integer_inputs(batch, resolved))
+        return aligned(output, y, integers)
+
+    def _model_batch(
+        self, precision: Any, x: torch.Tensor, y: torch.Tensor, pl_module: pl.LightningModule
+    ) -> tuple[Any, ResolvedBatch, list[torch.Tensor]]:
+        """The fixed samples as the batch the model's step receives, resolved once per device."""
+        batch: Any = (x, y)
+        if self._sample_batch is not None:
+            batch = move_data_to_device(self._sample_batch, pl_module.device)
+        resolved = resolve_batch(batch, self.input_key, self.target_key, None)
+        batch = resolved.with_input(precision.convert_input(resolved.x)) if resolved.with_input else batch
+        resolved = resolve_batch(batch, self.input_key, self.target_key, None)
+        return batch, resolved, integer_inputs(batch, resolved)
 
     def _resolve_task(self, trainer: pl.Trainer, output: torch.Tensor, y: torch.Tensor) -> Task | None:
         try:
@@ -466,18 +479,21 @@ class PredictionDynamicsLogger(RecipeCallback):
             values.update({"late_flip_rate": late_flips, "max_flip_rate": self.max_flip_rate})
         unit = "" if classification else " target std"
         seen = f"after the first {self.warmup_fraction:.0%} of training, the predictions on {k} fixed samples " \
-               f"moved by {late_jitter:.3g}{unit} per record (median; limit {self.max_jitter:.3g})"
+               f"moved by {late_jitter:.3g}{unit} per record (median)"
         if classification:
             seen += (
                 f" and {late_flips:.1%} of them flipped class per record to or from a confident one "
                 f"(limit {self.max_flip_rate:.1%})"
             )
         first_late = next(i for i, s in enumerate(self.steps) if s > after)
-        bf = back_and_forth(torch.stack(self.per_sample[max(0, first_late - 1) :]))
-        values["back_and_forth"] = bf
-        seen += f"; {bf:.0%} of their movement was undone"
-        high = late_jitter > self.max_jitter or (classification and late_flips > self.max_flip_rate)
-        jumpy = high and bf >= self.min_back_and_forth
+        late = torch.stack(self.per_sample[max(0, first_late - 1) :])
+        bf, undone = back_and_forth(late), undone_per_record(late) / self._scale
+        values.update({"back_and_forth": bf, "undone_jitter": undone})
+        seen += f"; {undone:.3g}{unit} per record went back and forth (limit {self.max_jitter:.3g}), " \
+                f"{bf:.0%} of their movement undone"
+        flips = classification and late_flips > self.max_flip_rate and bf >= self.min_back_and_forth
+        jumpy = undone > self.max_jitter or flips
+        high = jumpy or late_jitter > self.max_jitter
         if jumpy:
             self.report(
                 trainer,

@@ -197,6 +197,28 @@ def back_and_forth(history: torch.Tensor) -> float:
     return 1.0 - net / path if path > 0 else math.nan
 
 
+def undone_per_record(history: torch.Tensor) -> float:
+    """The movement of ``(R, K)`` values (records x samples) that was undone, per record and sample:
+    ``(sum_k sum_r |step r| - sum_k |last - first|) / ((R - 1) K)`` (NaN with fewer than 2 records).
+
+    It is the jitter that went back and forth: 0 for predictions that drift steadily however fast
+    (a model still learning), about the jitter itself for predictions that jump to and fro (a learning
+    rate too high). Unlike a median of the jitter it counts every burst of jumps.
+
+    Example:
+        >>> undone_per_record(torch.tensor([[0.1], [0.5], [0.9]]))  # steady drift
+        0.0
+        >>> round(undone_per_record(torch.tensor([[0.1], [0.9], [0.1], [0.9]])), 3)  # 2.4 travelled, 0.8 net
+        0.533
+    """
+    h = history.detach().to(torch.float64)
+    if h.ndim != 2 or h.shape[0] < 2 or h.shape[1] == 0:
+        return math.nan
+    path = float(h.diff(dim=0).abs().sum())
+    net = float((h[-1] - h[0]).abs().sum())
+    return max(0.0, path - net) / ((h.shape[0] - 1) * h.shape[1])
+
+
 def thin_indices(length: int) -> list[int]:
     """The records kept when a full history is halved: every other one, counted back from the
     newest, so the newest record always stays and the kept ones span the whole run.
