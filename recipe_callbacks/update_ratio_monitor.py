@@ -21,6 +21,7 @@ from recipe_callbacks.core import update_ratio as core
 from recipe_callbacks.core.pictures import Band, line_chart
 from recipe_callbacks.plumbing.callback_base import RecipeCallback
 from recipe_callbacks.plumbing.finding import OnFail, Status
+from recipe_callbacks.plumbing.ranks import sum_over_ranks
 from recipe_callbacks.plumbing.validation import check_bool, check_float, check_int
 
 if TYPE_CHECKING:
@@ -143,6 +144,8 @@ class UpdateRatioMonitor(RecipeCallback):
         self._records: list[tuple[str, str, torch.Tensor, torch.Tensor, int]] = []
         self._calls: dict[str, int] = {}
         self._armed_step = -1
+        self._due = True  # the batch started at a sampled step (or no batch started yet)
+        self._manual = False  # manual optimisation steps the optimizer several times per batch
         # Capped histories.
         self.ratio_steps: deque[int] = deque(maxlen=self.history_size)
         self.ratios: dict[str, deque[float]] = {}
@@ -167,7 +170,9 @@ class UpdateRatioMonitor(RecipeCallback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
         step = trainer.global_step
-        if self.activations and self._sampled(step) and step != self._armed_step:
+        self._due = core.sampled_step(step, self.every_n_steps)
+        self._manual = not pl_module.automatic_optimization
+        if self._due and self.activations and step != self._armed_step:
             self._armed_step = step
             self._arm(trainer, pl_module)
 
@@ -175,6 +180,8 @@ class UpdateRatioMonitor(RecipeCallback):
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
+        if not self._due and not self._manual:  # an unsampled batch: one flag
+            return
         step = trainer.global_step
         # Only the first call of a step: closure-based optimizers (LBFGS) may call this repeatedly.
         if self._sampled(step) and self._snapshot is None and step != self._snapshot_step:
@@ -185,6 +192,8 @@ class UpdateRatioMonitor(RecipeCallback):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
+        if self._snapshot is None and not self._handles:  # an unsampled batch: nothing to measure
+            return
         # What a sampled step measured (update norms, activation counts) reaches the host in one copy.
         due = self._snapshot is not None and trainer.global_step != self._snapshot_step
         norms = self._ratio_norms() if due else None
@@ -272,11 +281,19 @@ class UpdateRatioMonitor(RecipeCallback):
         if signature == self._signatures.get("ratio") and not (final and status == "pass"):
             return
         self._signatures["ratio"] = signature
+        summary, advice = self._ratio_prose(low, high, len(verdicts), values)
+        self.report(trainer, status, summary, values, advice, key="ratio", log_values=False)
+
+    def _ratio_prose(
+        self, low: dict[str, float], high: dict[str, float], layers: int, values: dict[str, float]
+    ) -> tuple[str, str]:
+        """The summary and advice of the ``ratio`` Finding."""
+        low_log, high_log = math.log10(self.min_ratio), math.log10(self.max_ratio)
         window = f"for the last {self.patience} samples (steps 0, 1, 2, 4, ..., then every {self.every_n_steps})"
         parts, advice = [], []
         if high:
             parts.append(
-                f"{len(high)} of {len(verdicts)} layers exploding: log10(update/weight) stayed above "
+                f"{len(high)} of {layers} layers exploding: log10(update/weight) stayed above "
                 f"{high_log:.1f} {window}: {core.summarize_layers(high)}"
             )
             advice.append(
@@ -287,7 +304,7 @@ class UpdateRatioMonitor(RecipeCallback):
             frozen = sorted(set(low) & self._frozen_layers)
             note = f" (requires_grad=False: {', '.join(frozen[:5])})" if frozen else ""
             parts.append(
-                f"{len(low)} of {len(verdicts)} layers not learning: log10(update/weight) stayed below "
+                f"{len(low)} of {layers} layers not learning: log10(update/weight) stayed below "
                 f"{low_log:.1f} {window}: {core.summarize_layers(low)}{note}"
             )
             advice.append(
@@ -298,11 +315,11 @@ class UpdateRatioMonitor(RecipeCallback):
             )
         if not parts:
             parts.append(
-                f"update-to-weight ratios of all {len(verdicts)} layers within "
+                f"update-to-weight ratios of all {layers} layers within "
                 f"[{self.min_ratio:g}, {self.max_ratio:g}] (log10 from {values['min_log10_ratio']:.1f} to "
                 f"{values['max_log10_ratio']:.1f}; about -3 is healthy)"
             )
-        self.report(trainer, status, "; ".join(parts), values, "; ".join(advice), key="ratio", log_values=False)
+        return "; ".join(parts), "; ".join(advice)
 
     # ----------------------------------------------------------------- activations
     def _arm(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -359,17 +376,16 @@ class UpdateRatioMonitor(RecipeCallback):
         records, self._records = self._records, []
         if not records:
             return carry.cpu() if carry is not None else None
-        # One flat vector [active counts of every site..., inactive totals..., sizes...] so that a
-        # single collective sums it over the processes (all ranks run the same sampled step).
+        # One flat vector [active counts of every site..., inactive totals..., sizes..., update norms...]:
+        # one copy to the host, and one collective over the processes (all ranks run the same sampled step).
         device = records[0][2].device
         sizes = torch.tensor([float(r[4]) for r in records], dtype=torch.float64, device=device)
-        flat = torch.cat([r[2].to(device) for r in records] + [torch.stack([r[3].to(device) for r in records]), sizes])
-        if trainer.world_size > 1:
-            flat = trainer.strategy.reduce(flat, reduce_op="sum")
-        size = flat.numel()
+        parts = [r[2].to(device, torch.float64) for r in records]
+        parts += [torch.stack([r[3].to(device, torch.float64) for r in records]), sizes]
         if carry is not None:
-            flat = torch.cat([flat, carry.reshape(-1).to(flat.device)])
-        flat = flat.cpu()
+            parts.append(carry.reshape(-1).to(device, torch.float64))
+        (flat,) = sum_over_ranks(trainer, [torch.cat(parts)])
+        size = flat.numel() - (carry.numel() if carry is not None else 0)
         if carry is not None:
             flat, carry = flat[:size], flat[size:].reshape(carry.shape)
         dead: dict[str, float] = {}

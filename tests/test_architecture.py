@@ -102,9 +102,6 @@ NOT_YET: set[str] = {
     "batch_independence_check.py",
     "causality_check.py:_measure",
     "core/input_stats.py:input_flags",
-    "core/lr_schedule.py:analyze_schedule",
-    "core/lr_schedule.py:length_issues",
-    "core/lr_schedule.py:simulate_schedule",
     "core/pictures.py:line_chart",
     "data_inspector.py",
     "data_inspector.py:_show_hardest",
@@ -124,11 +121,9 @@ NOT_YET: set[str] = {
     "leakage_check.py",
     "leakage_check.py:_too_good",
     "no_lr_decay_warning.py",
-    "no_lr_decay_warning.py:on_train_start",
     "prediction_dynamics_logger.py",
     "seed_everything.py",
     "update_ratio_monitor.py",
-    "update_ratio_monitor.py:_judge_ratios",
 }
 
 
