@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -29,17 +28,6 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 _KINDS_TEXT = "nn.ReLU, ReLU6, Tanh, Sigmoid, Hardtanh, Hardsigmoid, GELU, SiLU or Softplus"
-
-
-def _push(history: dict[str, deque[float]], values: Mapping[str, float], length: int, cap: int) -> None:
-    """Append one sample to every series (NaN where a series has no value; new series NaN-padded)."""
-    for name, value in values.items():
-        if name not in history:
-            history[name] = deque([math.nan] * min(length - 1, cap - 1), maxlen=cap)
-        history[name].append(value)
-    for name, series in history.items():
-        if name not in values:
-            series.append(math.nan)
 
 
 class UpdateRatioMonitor(RecipeCallback):
@@ -140,9 +128,7 @@ class UpdateRatioMonitor(RecipeCallback):
         self._snapshot_step = -1
         self._frozen_layers: set[str] = set()
         # Activation measurement: hooks armed for one sampled step.
-        self._handles: list[torch.utils.hooks.RemovableHandle] = []
-        self._records: list[tuple[str, str, torch.Tensor, torch.Tensor, int]] = []
-        self._calls: dict[str, int] = {}
+        self._watch = core.ActivationWatch(self.unit_dim)
         self._armed_step = -1
         self._due = True  # the batch started at a sampled step (or no batch started yet)
         self._manual = False  # manual optimisation steps the optimizer several times per batch
@@ -160,9 +146,6 @@ class UpdateRatioMonitor(RecipeCallback):
     @override
     def state_key(self) -> str:
         return self._state_key
-
-    def _sampled(self, step: int) -> bool:
-        return core.sampled_step(step, self.every_n_steps)
 
     # ----------------------------------------------------------------- hooks
     @override
@@ -184,7 +167,7 @@ class UpdateRatioMonitor(RecipeCallback):
             return
         step = trainer.global_step
         # Only the first call of a step: closure-based optimizers (LBFGS) may call this repeatedly.
-        if self._sampled(step) and self._snapshot is None and step != self._snapshot_step:
+        if core.sampled_step(step, self.every_n_steps) and self._snapshot is None and step != self._snapshot_step:
             self._snapshot_step = step
             self._take_snapshot(pl_module)
 
@@ -192,13 +175,13 @@ class UpdateRatioMonitor(RecipeCallback):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if self._snapshot is None and not self._handles:  # an unsampled batch: nothing to measure
+        if self._snapshot is None and not self._watch.handles:  # an unsampled batch: nothing to measure
             return
         # What a sampled step measured (update norms, activation counts) reaches the host in one copy.
         due = self._snapshot is not None and trainer.global_step != self._snapshot_step
         norms = self._ratio_norms() if due else None
-        if self._handles:
-            self._disarm()
+        if self._watch.handles:
+            self._watch.disarm()
             norms = self._record_activations(trainer, pl_module, norms)
         elif norms is not None:
             norms = norms.cpu()
@@ -207,7 +190,7 @@ class UpdateRatioMonitor(RecipeCallback):
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._disarm()
+        self._watch.disarm()
         self._snapshot = None
         self._judge_ratios(trainer, final=True)
         if self.activations:
@@ -216,7 +199,7 @@ class UpdateRatioMonitor(RecipeCallback):
 
     @override
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        self._disarm()
+        self._watch.disarm()
         self._snapshot = None
 
     # ----------------------------------------------------------------- update ratios
@@ -224,11 +207,7 @@ class UpdateRatioMonitor(RecipeCallback):
         named = [(n, p) for n, p in pl_module.named_parameters() if self.include_frozen or p.requires_grad]
         with torch.no_grad():
             self._snapshot = [(n, p, p.detach().clone()) for n, p in named]
-        by_layer: dict[str, bool] = {}
-        for n, p in named:
-            layer = core.layer_name(n)
-            by_layer[layer] = by_layer.get(layer, False) or p.requires_grad
-        self._frozen_layers = {layer for layer, trains in by_layer.items() if not trains}
+        self._frozen_layers = core.frozen_layers(named)
 
     def _ratio_norms(self) -> torch.Tensor:
         """``(2, P)`` update and weight norms of the sampled step, still on the device."""
@@ -244,7 +223,7 @@ class UpdateRatioMonitor(RecipeCallback):
         if not ratios:
             return
         self.ratio_steps.append(step)
-        _push(self.ratios, ratios, len(self.ratio_steps), self.history_size)
+        core.push(self.ratios, ratios, len(self.ratio_steps), self.history_size)
         self.log_scalars(trainer, {f"{layer}/log10_ratio": v for layer, v in ratios.items()}, step=step)
         self._judge_ratios(trainer, final=False)
         if len(self.ratio_steps) % self.plot_every_n_samples == 0:
@@ -263,17 +242,14 @@ class UpdateRatioMonitor(RecipeCallback):
                 )
             return
         low_log, high_log = math.log10(self.min_ratio), math.log10(self.max_ratio)
-        verdicts = {k: core.judge_history(v, low_log, high_log, self.patience) for k, v in self.ratios.items()}
-        medians = {k: core.recent_median(v, self.patience) for k, v in self.ratios.items()}
-        low = {k: medians[k] for k, verdict in verdicts.items() if verdict == "low"}
-        high = {k: medians[k] for k, verdict in verdicts.items() if verdict == "high"}
-        finite = [m for m in medians.values() if math.isfinite(m)]
+        verdict = core.judge_histories(self.ratios, low_log, high_log, self.patience)
+        low, high = verdict.low, verdict.high
         values = {
-            "layers": float(len(verdicts)),
+            "layers": float(verdict.series),
             "not_learning_layers": float(len(low)),
             "exploding_layers": float(len(high)),
-            "min_log10_ratio": min(finite, default=math.nan),
-            "max_log10_ratio": max(finite, default=math.nan),
+            "min_log10_ratio": verdict.lowest,
+            "max_log10_ratio": verdict.highest,
             "samples": float(samples),
         }
         status: Status = "fail" if high else "warn" if low else "pass"
@@ -281,7 +257,7 @@ class UpdateRatioMonitor(RecipeCallback):
         if signature == self._signatures.get("ratio") and not (final and status == "pass"):
             return
         self._signatures["ratio"] = signature
-        summary, advice = self._ratio_prose(low, high, len(verdicts), values)
+        summary, advice = self._ratio_prose(low, high, verdict.series, values)
         self.report(trainer, status, summary, values, advice, key="ratio", log_values=False)
 
     def _ratio_prose(
@@ -323,13 +299,7 @@ class UpdateRatioMonitor(RecipeCallback):
 
     # ----------------------------------------------------------------- activations
     def _arm(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._disarm()  # a batch that ended without on_train_batch_end must not leave hooks behind
-        self._records, self._calls = [], {}
-        for name, module in pl_module.named_modules():
-            kind = core.activation_kind(module)
-            if kind is not None:
-                self._handles.append(module.register_forward_hook(self._hook(name or "root", kind, module)))
-        if not self._handles and "activations" not in self._findings:
+        if not self._watch.arm(pl_module) and "activations" not in self._findings:
             self.skip(
                 trainer,
                 f"no {_KINDS_TEXT} module in the model, so no activation health (activations called as "
@@ -338,69 +308,25 @@ class UpdateRatioMonitor(RecipeCallback):
                 key="activations",
             )
 
-    def _hook(self, name: str, kind: core.ActivationKind, module: nn.Module) -> Any:
-        low = float(getattr(module, "min_val", -1.0))
-        high = float(getattr(module, "max_val", 1.0))
-
-        beta = float(getattr(module, "beta", 1.0))
-        by_input = kind in core.INPUT_CUTOFFS
-
-        def hook(_: nn.Module, args: Any, output: Any) -> None:
-            seen = args[0] if by_input and args else output
-            # only training_step's own forward: other callbacks observe under no_grad (EvalModeCheck)
-            if not isinstance(seen, torch.Tensor) or not torch.is_grad_enabled():
-                return
-            count = self._calls.get(name, 0) + 1
-            self._calls[name] = count
-            site = name if count == 1 else f"{name}#{count}"
-            with torch.no_grad():
-                if by_input:
-                    mask = core.inactive_input_mask(seen, kind, beta=beta)
-                else:
-                    mask = core.inactive_mask(seen, kind, low=low, high=high)
-                active, inactive = core.unit_activity(mask, self.unit_dim)
-            self._records.append((site, kind, active, inactive, seen.numel()))
-
-        return hook
-
-    def _disarm(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
-
     def _record_activations(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, carry: torch.Tensor | None = None
     ) -> torch.Tensor | None:
         """Record the activation health of the sampled step; ``carry`` (a device tensor, the update
         norms) travels to the host in the same copy and comes back, on the CPU."""
-        records, self._records = self._records, []
+        records = self._watch.take()
         if not records:
             return carry.cpu() if carry is not None else None
-        # One flat vector [active counts of every site..., inactive totals..., sizes..., update norms...]:
-        # one copy to the host, and one collective over the processes (all ranks run the same sampled step).
-        device = records[0][2].device
-        sizes = torch.tensor([float(r[4]) for r in records], dtype=torch.float64, device=device)
-        parts = [r[2].to(device, torch.float64) for r in records]
-        parts += [torch.stack([r[3].to(device, torch.float64) for r in records]), sizes]
-        if carry is not None:
-            parts.append(carry.reshape(-1).to(device, torch.float64))
+        # The counts and the update norms in one vector: one copy to the host, and one collective over
+        # the processes (all ranks run the same sampled step).
+        counts = core.flat_counts(records)
+        parts = [counts] if carry is None else [counts, carry.reshape(-1).to(counts.device, torch.float64)]
         (flat,) = sum_over_ranks(trainer, [torch.cat(parts)])
-        size = flat.numel() - (carry.numel() if carry is not None else 0)
         if carry is not None:
-            flat, carry = flat[:size], flat[size:].reshape(carry.shape)
-        dead: dict[str, float] = {}
-        scalars: dict[str, float] = {}
-        offset, n = 0, len(records)
-        totals, numels = flat[-2 * n : -n], flat[-n:]
-        for i, (site, kind, active, _, _) in enumerate(records):
-            dead[site] = core.dead_fraction(flat[offset : offset + active.numel()])
-            offset += active.numel()
-            scalars[f"{site}/dead_fraction"] = dead[site]
-            if kind not in core.DEAD_KINDS:
-                scalars[f"{site}/saturated_fraction"] = float(totals[i] / numels[i].clamp_min(1.0))
+            flat, carry = flat[: counts.numel()], flat[counts.numel() :].reshape(carry.shape)
+        dead, scalars = core.activation_fractions(records, flat)
         step = self._armed_step
         self.activation_steps.append(step)
-        _push(self.dead, dead, len(self.activation_steps), self.history_size)
+        core.push(self.dead, dead, len(self.activation_steps), self.history_size)
         self.log_scalars(trainer, scalars, step=step)
         self._judge_activations(trainer, final=False)
         return carry
@@ -416,14 +342,12 @@ class UpdateRatioMonitor(RecipeCallback):
                     key="activations",
                 )
             return
-        verdicts = {k: core.judge_history(v, -1.0, self.max_dead_fraction, self.patience) for k, v in self.dead.items()}
-        medians = {k: core.recent_median(v, self.patience) for k, v in self.dead.items()}
-        dead = {k: medians[k] for k, verdict in verdicts.items() if verdict == "high"}
-        finite = [m for m in medians.values() if math.isfinite(m)]
+        verdict = core.judge_histories(self.dead, -1.0, self.max_dead_fraction, self.patience)
+        dead = verdict.high
         values = {
-            "activation_layers": float(len(verdicts)),
+            "activation_layers": float(verdict.series),
             "dead_layers": float(len(dead)),
-            "max_dead_fraction": max(finite, default=math.nan),
+            "max_dead_fraction": verdict.highest,
             "samples": float(samples),
         }
         status: Status = "warn" if dead else "pass"
@@ -433,7 +357,7 @@ class UpdateRatioMonitor(RecipeCallback):
         self._signatures["activations"] = signature
         if dead:
             summary = (
-                f"{len(dead)} of {len(verdicts)} activation layers have mostly dead units (more than "
+                f"{len(dead)} of {verdict.series} activation layers have mostly dead units (more than "
                 f"{self.max_dead_fraction:.0%} of units inactive on the whole batch for the last {self.patience} "
                 f"samples; dead fraction in brackets): {core.summarize_layers(dead)}"
             )
@@ -444,7 +368,7 @@ class UpdateRatioMonitor(RecipeCallback):
             )
         else:
             summary = (
-                f"no activation layer with mostly dead units (activation layers checked: {len(verdicts)}; "
+                f"no activation layer with mostly dead units (activation layers checked: {verdict.series}; "
                 f"largest dead fraction {values['max_dead_fraction']:.0%})"
             )
             advice = ""
