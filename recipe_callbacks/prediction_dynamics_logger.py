@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
@@ -12,19 +11,19 @@ from lightning.pytorch.utilities.seed import isolate_rng
 from torch.utils.data import DataLoader, IterableDataset
 from typing_extensions import override
 
+from recipe_callbacks.core.data_stats import first_dataloader
 from recipe_callbacks.core.pictures import image_grid, matrix_chart
 from recipe_callbacks.core.prediction_jitter import (
+    RecordHistory,
     Snapshot,
-    back_and_forth,
     flip_rate,
     jitter,
-    late_median,
+    judge_dynamics,
     snapshot,
     target_scale,
-    thin_indices,
-    undone_per_record,
 )
 from recipe_callbacks.core.short_training import take_samples
+from recipe_callbacks.core.skip import CheckSkipped
 from recipe_callbacks.core.task import TASKS, Task, aligned, logits_of, require_task
 from recipe_callbacks.plumbing.batch import BatchToXY, ForwardFn, ResolvedBatch, integer_inputs, resolve_batch
 from recipe_callbacks.plumbing.callback_base import RecipeCallback
@@ -36,17 +35,6 @@ if TYPE_CHECKING:
     import lightning.pytorch as pl
 
 _OWNER = "PredictionDynamicsLogger"
-
-
-def _first_loader(loaders: Any) -> DataLoader[Any] | None:
-    """The first DataLoader of what ``trainer.val_dataloaders`` / ``train_dataloader`` hold."""
-    if isinstance(loaders, DataLoader):
-        return loaders
-    if isinstance(loaders, Mapping):
-        loaders = list(loaders.values())
-    if isinstance(loaders, Sequence) and loaders:
-        return _first_loader(loaders[0])
-    return None
 
 
 class PredictionDynamicsLogger(RecipeCallback):
@@ -203,11 +191,7 @@ class PredictionDynamicsLogger(RecipeCallback):
         self._scale = 1.0
         self._disabled = False
         # The capped history, one entry per record.
-        self.steps: list[int] = []
-        self.per_sample: list[torch.Tensor] = []  # (K,) each
-        self.jitters: list[float] = []
-        self.flip_rates: list[float] = []
-        self.losses: list[float] = []
+        self.history = RecordHistory(self.max_records)
         self._previous: Snapshot | None = None
         self._nonfinite_step = -1
         self._records_since_picture = 0
@@ -229,7 +213,7 @@ class PredictionDynamicsLogger(RecipeCallback):
         if self.sample_x is None and not self._choose_samples(trainer):
             self._disabled = True
             return
-        if not self.steps or self.steps[-1] != trainer.global_step:
+        if not self.history.steps or self.history.steps[-1] != trainer.global_step:
             self._record(trainer, pl_module)
 
     @override
@@ -237,7 +221,7 @@ class PredictionDynamicsLogger(RecipeCallback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         step = trainer.global_step
-        if self._disabled or step % self.every_n_steps or (self.steps and self.steps[-1] == step):
+        if self._disabled or step % self.every_n_steps or (self.history.steps and self.history.steps[-1] == step):
             return
         self._record(trainer, pl_module)
 
@@ -245,7 +229,7 @@ class PredictionDynamicsLogger(RecipeCallback):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._disabled:
             return
-        if self.steps and self.steps[-1] != trainer.global_step:
+        if self.history.steps and self.history.steps[-1] != trainer.global_step:
             self._record(trainer, pl_module)
         if not self._disabled:
             self._log_pictures(trainer)
@@ -254,7 +238,7 @@ class PredictionDynamicsLogger(RecipeCallback):
     # ----------------------------------------------------------------- the fixed samples
     def _choose_samples(self, trainer: pl.Trainer) -> bool:
         loaders = trainer.val_dataloaders if self.source == "val" else trainer.train_dataloader
-        loader = _first_loader(loaders)
+        loader = first_dataloader(loaders)
         if loader is None:
             other = "train" if self.source == "val" else "val"
             reason = f"no {self.source} DataLoader to take the fixed samples from; try source={other!r}"
@@ -385,40 +369,25 @@ class PredictionDynamicsLogger(RecipeCallback):
                 flips = flip_rate(self._previous.classes, snap.classes, self._previous.confident, snap.confident)
                 scalars["flip_rate"] = flips
         self._previous = snap
-        self.steps.append(step)
-        self.per_sample.append(snap.per_sample.float())
-        self.jitters.append(jit)
-        self.flip_rates.append(flips)
-        self.losses.append(snap.loss)
-        if len(self.steps) > self.max_records:
-            self._thin()
+        self.history.add(step, snap.per_sample.float(), jit, flips, snap.loss)
         self.log_scalars(trainer, scalars, step)
         self._records_since_picture += 1
         if self._records_since_picture >= self.pictures_every_n_records:
             self._log_pictures(trainer)
 
-    def _thin(self) -> None:
-        keep = thin_indices(len(self.steps))
-        self.steps = [self.steps[i] for i in keep]
-        self.per_sample = [self.per_sample[i] for i in keep]
-        self.jitters = [self.jitters[i] for i in keep]
-        self.flip_rates = [self.flip_rates[i] for i in keep]
-        self.losses = [self.losses[i] for i in keep]
-
-    # ----------------------------------------------------------------- pictures and verdict
     def heatmap_matrix(self) -> torch.Tensor:
         """``(K, R)``: one row per fixed sample, one column per kept record (oldest left)."""
-        return torch.stack(self.per_sample, dim=1) if self.per_sample else torch.zeros(0, 0)
+        return self.history.heatmap_matrix()
 
     def _log_pictures(self, trainer: pl.Trainer) -> None:
         self._records_since_picture = 0
-        if not trainer.is_global_zero or not self.per_sample:
+        if not trainer.is_global_zero or not self.history.per_sample:
             return
         classification = self._task != "regression"
         matrix = self.heatmap_matrix().numpy()
         chart = matrix_chart(
             matrix, vmin=0.0, vmax=1.0 if classification else None, cmap="viridis" if classification else "magma",
-            x_values=self.steps[-matrix.shape[1]:],
+            x_values=self.history.steps[-matrix.shape[1]:],
             title="PredictionDynamicsLogger: "
             + ("p(true class) per fixed sample; rows should turn bright and stay" if classification
                else "error per fixed sample; rows should darken and stay"),
@@ -450,7 +419,7 @@ class PredictionDynamicsLogger(RecipeCallback):
     def _judge(self, trainer: pl.Trainer) -> None:
         lr = self._learning_rate(trainer)
         lr_text = f"the learning rate ({lr:.3g})" if math.isfinite(lr) else "the learning rate"
-        k = len(self.per_sample[0]) if self.per_sample else 0
+        k = len(self.history.per_sample[0]) if self.history.per_sample else 0
         if self._nonfinite_step >= 0:
             self.report(
                 trainer,
@@ -461,39 +430,28 @@ class PredictionDynamicsLogger(RecipeCallback):
                 "the loss and the inputs for NaN",
             )
             return
-        after = self.warmup_fraction * (self.steps[-1] if self.steps else 0)
-        late_jitter, n_late = late_median(self.jitters, self.steps, after)
-        late_flips, _ = late_median(self.flip_rates, self.steps, after)
-        if n_late < 3:
-            self.skip(
-                trainer,
-                f"only {n_late} records after the first {self.warmup_fraction:.0%} of training "
-                f"(every_n_steps={self.every_n_steps}, {self.steps[-1] if self.steps else 0} steps); need 3",
-                "every_n_steps",
-            )
-            return
         classification = self._task != "regression"
-        values = {"late_jitter": late_jitter, "max_jitter": self.max_jitter, "records": float(len(self.steps)),
-                  "learning_rate": lr}
+        d = judge_dynamics(self.history, self.warmup_fraction, scale=self._scale, max_jitter=self.max_jitter,
+                           max_flip_rate=self.max_flip_rate, min_back_and_forth=self.min_back_and_forth,
+                           classification=classification)
+        if d.late_records < 3:
+            steps = self.history.steps[-1] if self.history.steps else 0
+            raise CheckSkipped(f"only {d.late_records} records after the first {self.warmup_fraction:.0%} of training "
+                               f"(every_n_steps={self.every_n_steps}, {steps} steps); need 3", "every_n_steps")
+        values = {"late_jitter": d.late_jitter, "max_jitter": self.max_jitter,
+                  "records": float(len(self.history.steps)), "learning_rate": lr}
         if classification:
-            values.update({"late_flip_rate": late_flips, "max_flip_rate": self.max_flip_rate})
+            values.update({"late_flip_rate": d.late_flip_rate, "max_flip_rate": self.max_flip_rate})
+        values.update({"back_and_forth": d.back_and_forth, "undone_jitter": d.undone_jitter})
         unit = "" if classification else " target std"
         seen = f"after the first {self.warmup_fraction:.0%} of training, the predictions on {k} fixed samples " \
-               f"moved by {late_jitter:.3g}{unit} per record (median)"
+               f"moved by {d.late_jitter:.3g}{unit} per record (median)"
         if classification:
-            seen += (
-                f" and {late_flips:.1%} of them flipped class per record to or from a confident one "
-                f"(limit {self.max_flip_rate:.1%})"
-            )
-        first_late = next(i for i, s in enumerate(self.steps) if s > after)
-        late = torch.stack(self.per_sample[max(0, first_late - 1) :])
-        bf, undone = back_and_forth(late), undone_per_record(late) / self._scale
-        values.update({"back_and_forth": bf, "undone_jitter": undone})
-        seen += f"; {undone:.3g}{unit} per record went back and forth (limit {self.max_jitter:.3g}), " \
-                f"{bf:.0%} of their movement undone"
-        flips = classification and late_flips > self.max_flip_rate and bf >= self.min_back_and_forth
-        jumpy = undone > self.max_jitter or flips
-        high = jumpy or late_jitter > self.max_jitter
+            seen += (f" and {d.late_flip_rate:.1%} of them flipped class per record to or from a confident one "
+                     f"(limit {self.max_flip_rate:.1%})")
+        seen += f"; {d.undone_jitter:.3g}{unit} per record went back and forth (limit {self.max_jitter:.3g}), " \
+                f"{d.back_and_forth:.0%} of their movement undone"
+        jumpy, high = d.jumpy, d.moving
         if jumpy:
             self.report(
                 trainer,
@@ -518,11 +476,7 @@ class PredictionDynamicsLogger(RecipeCallback):
                 "sample_y": self.sample_y,
                 "sample_indices": self.sample_indices,
                 "task": self._task or "",
-                "steps": torch.tensor(self.steps, dtype=torch.long),
-                "per_sample": self.heatmap_matrix().T.contiguous(),  # (R, K)
-                "jitters": torch.tensor(self.jitters, dtype=torch.float64),
-                "flip_rates": torch.tensor(self.flip_rates, dtype=torch.float64),
-                "losses": torch.tensor(self.losses, dtype=torch.float64),
+                **self.history.state(),
                 "previous_tracked": None if previous is None else previous.tracked.cpu(),
                 "previous_classes": None if previous is None or previous.classes is None else previous.classes.cpu(),
                 "previous_confident": None if previous is None or previous.confident is None
@@ -543,11 +497,7 @@ class PredictionDynamicsLogger(RecipeCallback):
         self._task = task if task in TASKS else None
         if self._task == "regression" and self.sample_y is not None:
             self._scale = target_scale(self.sample_y)
-        self.steps = [int(s) for s in state_dict.get("steps", torch.zeros(0)).tolist()]
-        self.per_sample = list(state_dict.get("per_sample", torch.zeros(0, 0)).unbind(0))
-        self.jitters = [float(v) for v in state_dict.get("jitters", torch.zeros(0)).tolist()]
-        self.flip_rates = [float(v) for v in state_dict.get("flip_rates", torch.zeros(0)).tolist()]
-        self.losses = [float(v) for v in state_dict.get("losses", torch.zeros(0)).tolist()]
+        self.history.load(state_dict)
         tracked = state_dict.get("previous_tracked")
         if isinstance(tracked, torch.Tensor):
             self._previous = Snapshot(
