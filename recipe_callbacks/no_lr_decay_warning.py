@@ -417,7 +417,11 @@ class NoLRDecayWarning(RecipeCallback):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        self._tracker.batch_end(batch_idx, pl_module.automatic_optimization)
+        tracker = self._tracker
+        if tracker.has_plateau:
+            tracker.batch_end(batch_idx, pl_module.automatic_optimization)
+        else:  # nothing to count but the batches of the epoch
+            tracker.batches_this_epoch += 1
 
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
