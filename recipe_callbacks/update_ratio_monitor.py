@@ -13,7 +13,6 @@ from collections import deque
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
-from torch import nn
 from typing_extensions import override
 
 from recipe_callbacks.core import update_ratio as core
@@ -116,15 +115,13 @@ class UpdateRatioMonitor(RecipeCallback):
             raise ValueError(f"{owner}(min_ratio={min_ratio!r}): min_ratio must be below max_ratio={max_ratio!r}")
         self.patience = check_int(owner, "patience", patience)
         self.max_dead_fraction = check_float(owner, "max_dead_fraction", max_dead_fraction, maximum=1.0)
-        for name, flag in (("activations", activations), ("include_frozen", include_frozen)):
-            check_bool(owner, name, flag)
-        self.activations = activations
-        self.include_frozen = include_frozen
+        self.activations = check_bool(owner, "activations", activations)
+        self.include_frozen = check_bool(owner, "include_frozen", include_frozen)
         self.unit_dim = check_int(owner, "unit_dim", unit_dim, minimum=-8)
         self.history_size = check_int(owner, "history_size", history_size, minimum=2)
         self.plot_every_n_samples = check_int(owner, "plot_every_n_samples", plot_every_n_samples)
         # Ratio measurement: parameters copied before a sampled optimizer step.
-        self._snapshot: list[tuple[str, nn.Parameter, torch.Tensor]] | None = None
+        self._snapshot: core.ParameterSnapshot | None = None
         self._snapshot_step = -1
         self._frozen_layers: set[str] = set()
         # Activation measurement: hooks armed for one sampled step.
@@ -179,7 +176,7 @@ class UpdateRatioMonitor(RecipeCallback):
             return
         # What a sampled step measured (update norms, activation counts) reaches the host in one copy.
         due = self._snapshot is not None and trainer.global_step != self._snapshot_step
-        norms = self._ratio_norms() if due else None
+        norms = self._snapshot.norms() if due and self._snapshot is not None else None
         if self._watch.handles:
             self._watch.disarm()
             norms = self._record_activations(trainer, pl_module, norms)
@@ -205,20 +202,12 @@ class UpdateRatioMonitor(RecipeCallback):
     # ----------------------------------------------------------------- update ratios
     def _take_snapshot(self, pl_module: pl.LightningModule) -> None:
         named = [(n, p) for n, p in pl_module.named_parameters() if self.include_frozen or p.requires_grad]
-        with torch.no_grad():
-            self._snapshot = [(n, p, p.detach().clone()) for n, p in named]
-        self._frozen_layers = core.frozen_layers(named)
-
-    def _ratio_norms(self) -> torch.Tensor:
-        """``(2, P)`` update and weight norms of the sampled step, still on the device."""
-        assert self._snapshot is not None
-        with torch.no_grad():
-            return core.stacked_update_norms([b for _, _, b in self._snapshot], [p for _, p, _ in self._snapshot])
+        self._snapshot = core.ParameterSnapshot.take(named, self._snapshot_step)
+        self._frozen_layers = self._snapshot.frozen_layers
 
     def _record_ratios(self, trainer: pl.Trainer, norms: torch.Tensor) -> None:
         assert self._snapshot is not None
-        names = [n for n, _, _ in self._snapshot]
-        step, self._snapshot = self._snapshot_step, None
+        names, step, self._snapshot = self._snapshot.names, self._snapshot.step, None
         ratios = core.layer_log10_ratios(names, norms[0].tolist(), norms[1].tolist())
         if not ratios:
             return
@@ -244,19 +233,12 @@ class UpdateRatioMonitor(RecipeCallback):
         low_log, high_log = math.log10(self.min_ratio), math.log10(self.max_ratio)
         verdict = core.judge_histories(self.ratios, low_log, high_log, self.patience)
         low, high = verdict.low, verdict.high
-        values = {
-            "layers": float(verdict.series),
-            "not_learning_layers": float(len(low)),
-            "exploding_layers": float(len(high)),
-            "min_log10_ratio": verdict.lowest,
-            "max_log10_ratio": verdict.highest,
-            "samples": float(samples),
-        }
+        values = {"layers": float(verdict.series), "not_learning_layers": float(len(low)),
+                  "exploding_layers": float(len(high)), "min_log10_ratio": verdict.lowest,
+                  "max_log10_ratio": verdict.highest, "samples": float(samples)}
         status: Status = "fail" if high else "warn" if low else "pass"
-        signature = (status, tuple(sorted(low)), tuple(sorted(high)))
-        if signature == self._signatures.get("ratio") and not (final and status == "pass"):
+        if not self._changed("ratio", (status, tuple(sorted(low)), tuple(sorted(high))), final):
             return
-        self._signatures["ratio"] = signature
         summary, advice = self._ratio_prose(low, high, verdict.series, values)
         self.report(trainer, status, summary, values, advice, key="ratio", log_values=False)
 
@@ -344,17 +326,11 @@ class UpdateRatioMonitor(RecipeCallback):
             return
         verdict = core.judge_histories(self.dead, -1.0, self.max_dead_fraction, self.patience)
         dead = verdict.high
-        values = {
-            "activation_layers": float(verdict.series),
-            "dead_layers": float(len(dead)),
-            "max_dead_fraction": verdict.highest,
-            "samples": float(samples),
-        }
+        values = {"activation_layers": float(verdict.series), "dead_layers": float(len(dead)),
+                  "max_dead_fraction": verdict.highest, "samples": float(samples)}
         status: Status = "warn" if dead else "pass"
-        signature = (status, tuple(sorted(dead)))
-        if signature == self._signatures.get("activations") and not (final and status == "pass"):
+        if not self._changed("activations", (status, tuple(sorted(dead))), final):
             return
-        self._signatures["activations"] = signature
         if dead:
             summary = (
                 f"{len(dead)} of {verdict.series} activation layers have mostly dead units (more than "
@@ -373,6 +349,14 @@ class UpdateRatioMonitor(RecipeCallback):
             )
             advice = ""
         self.report(trainer, status, summary, values, advice, key="activations", log_values=False)
+
+    def _changed(self, key: str, signature: tuple[Any, ...], final: bool) -> bool:
+        """Whether the Finding ``key`` is to be reported again: its flagged layers changed, or a pass
+        at the end of training."""
+        if signature == self._signatures.get(key) and not (final and signature[0] == "pass"):
+            return False
+        self._signatures[key] = signature
+        return True
 
     # ----------------------------------------------------------------- picture and state
     def _draw(self, trainer: pl.Trainer) -> None:

@@ -449,3 +449,34 @@ def activation_fractions(
         if kind not in DEAD_KINDS:
             scalars[f"{site}/saturated_fraction"] = float(totals[i] / numels[i].clamp_min(1.0))
     return dead, scalars
+
+
+@dataclass
+class ParameterSnapshot:
+    """Copies of the parameters just before a sampled optimizer step, to measure the step's update.
+
+    Example:
+        >>> w = nn.Parameter(torch.tensor([3.0, 4.0]))
+        >>> snap = ParameterSnapshot.take([("layer.weight", w)], step=0)
+        >>> with torch.no_grad():
+        ...     _ = w.add_(torch.tensor([0.0, 0.5]))
+        >>> snap.norms().tolist()
+        [[0.5], [5.0]]
+    """
+
+    names: list[str]
+    params: list[torch.Tensor]
+    copies: list[torch.Tensor]
+    frozen_layers: set[str]
+    step: int
+
+    @classmethod
+    def take(cls, named: Sequence[tuple[str, torch.Tensor]], step: int) -> ParameterSnapshot:
+        with torch.no_grad():
+            copies = [p.detach().clone() for _, p in named]
+        return cls([n for n, _ in named], [p for _, p in named], copies, frozen_layers(named), step)
+
+    def norms(self) -> torch.Tensor:
+        """``(2, P)`` update and weight norms (:func:`stacked_update_norms`), still on the device."""
+        with torch.no_grad():
+            return stacked_update_norms(self.copies, self.params)
