@@ -1,9 +1,9 @@
 """UpdateRatioMonitor: how far each optimizer step moves each layer, and whether activations are alive.
 
-Beyond Karpathy's post but in its spirit (his later lectures): ``log10(||update|| / ||weight||)``
-per layer should sit near ``-3``; far below, the layer does not learn; far above, the updates
-overwhelm the weights. A ReLU that outputs zero for a whole batch, or a tanh pinned at +-1, passes
-no gradient. The monitor measures both on sampled steps only, so it can stay on for a whole run.
+Beyond Karpathy's post but in its spirit (his later lectures): ``log10(||update|| / ||weight||)`` per layer
+should sit near ``-3``; far below, the layer does not learn; far above, the updates overwhelm the weights. A ReLU
+that outputs zero for a whole batch, or a tanh pinned at +-1, passes no gradient. The monitor measures both on
+sampled steps only, so it can stay on for a whole run.
 """
 
 from __future__ import annotations
@@ -32,25 +32,23 @@ _KINDS_TEXT = "nn.ReLU, ReLU6, Tanh, Sigmoid, Hardtanh, Hardsigmoid, GELU, SiLU 
 class UpdateRatioMonitor(RecipeCallback):
     """Logs update-to-weight ratios per layer and the share of dead or saturated activation units.
 
-    On optimizer steps 0, 1, 2, 4, 8, ... (densely at the start, where a bad init shows) and then
-    every ``every_n_steps`` steps it copies the parameters just before the optimizer step
-    (``on_before_optimizer_step``, so with gradient accumulation it brackets the real step) and
-    after the batch computes, per layer, ``log10(||w_after - w_before|| / ||w_before||)`` with all
-    the layer's parameter tensors pooled. On the same steps it hooks every activation module
-    (``nn.ReLU``, ``ReLU6``, ``Tanh``, ``Sigmoid``, ``Hardtanh``, ``Hardsigmoid``, ``GELU``,
-    ``SiLU``, ``Softplus``) for one forward pass: a unit (a feature, or a channel of a conv map) is
-    dead when it is inactive for every value in the batch (ReLU: exactly 0; tanh: ``|y| > 0.99``;
-    sigmoid: within 0.01 of 0 or 1; GELU, SiLU, Softplus: an input so far left that less than 0.01
-    of the gradient passes, see :mod:`recipe_callbacks.core.update_ratio`). Between sampled steps
-    nothing is hooked or copied: an unsampled step costs one integer check per hook. It only reads:
-    the run's weights stay bit-identical.
+    On optimizer steps 0, 1, 2, 4, 8, ... (densely at the start, where a bad init shows) and then every
+    ``every_n_steps`` steps it copies the parameters just before the optimizer step (``on_before_optimizer_step``,
+    so with gradient accumulation it brackets the real step) and after the batch computes, per layer,
+    ``log10(||w_after - w_before|| / ||w_before||)`` with all the layer's parameter tensors pooled. On the same
+    steps it hooks every activation module (``nn.ReLU``, ``ReLU6``, ``Tanh``, ``Sigmoid``, ``Hardtanh``,
+    ``Hardsigmoid``, ``GELU``, ``SiLU``, ``Softplus``) for one forward pass: a unit (a feature, or a channel of a
+    conv map) is dead when it is inactive for every value in the batch (ReLU: exactly 0; tanh: ``|y| > 0.99``;
+    sigmoid: within 0.01 of 0 or 1; GELU, SiLU, Softplus: an input so far left that less than 0.01 of the
+    gradient passes, see :mod:`recipe_callbacks.core.update_ratio`). Between sampled steps nothing is hooked or
+    copied: an unsampled step costs one flag per hook. It only reads: the run's weights stay bit-identical.
 
-    A layer is flagged when its ratio stays below ``min_ratio`` (not learning: a frozen layer, a
-    parameter missing from the optimizer, a vanishing gradient) or above ``max_ratio`` (exploding:
-    learning rate too high) for ``patience`` samples in a row, and an activation layer when more
-    than ``max_dead_fraction`` of its units stay dead for ``patience`` samples. Two Findings: key
-    ``ratio`` (``fail`` when exploding, ``warn`` when not learning) and key ``activations``
-    (``warn``). They are reported when the set of flagged layers changes and at the end of training.
+    A layer is flagged when its ratio stays below ``min_ratio`` (not learning: a frozen layer, a parameter
+    missing from the optimizer, a vanishing gradient) or above ``max_ratio`` (exploding: learning rate too high)
+    for ``patience`` samples in a row, and an activation layer when more than ``max_dead_fraction`` of its units
+    stay dead for ``patience`` samples. Two Findings: key ``ratio`` (``fail`` when exploding, ``warn`` when not
+    learning) and key ``activations`` (``warn``). They are reported when the set of flagged layers changes and at
+    the end of training.
 
     Args:
         every_n_steps: measure on optimizer steps 0, 1, 2, 4, 8, ... below N, then N, 2N, 3N, ...
@@ -59,10 +57,10 @@ class UpdateRatioMonitor(RecipeCallback):
         patience: how many samples in a row a layer must be out of range to be flagged.
         max_dead_fraction: an activation layer with more dead units than this is flagged.
         activations: also measure activation health.
-        unit_dim: the dimension of an activation output that indexes units (1: features of
-            ``(N, D)``, channels of ``(N, C, H, W)``; use -1 for ``(N, T, D)`` sequence models).
-        include_frozen: also measure parameters with ``requires_grad=False`` (they are then flagged
-            as not learning; set ``False`` when freezing is intended, e.g. a fine-tuned backbone).
+        unit_dim: the dimension of an activation output that indexes units (1: features of ``(N, D)``, channels
+            of ``(N, C, H, W)``; use -1 for ``(N, T, D)`` sequence models).
+        include_frozen: also measure parameters with ``requires_grad=False`` (they are then flagged as not
+            learning; set ``False`` when freezing is intended, e.g. a fine-tuned backbone).
         history_size: samples kept per layer for the chart (older ones are dropped).
         plot_every_n_samples: draw the ratio chart every this many samples (and at the end).
         on_fail: what a ``fail`` Finding does: ``"warn"``, ``"raise"`` or ``"ignore"``.
@@ -72,15 +70,14 @@ class UpdateRatioMonitor(RecipeCallback):
         TypeError: an argument of the wrong type.
 
     Logged:
-        - ``recipe.update_ratio_monitor/<layer>/log10_ratio``: per layer (module name, e.g. ``net.0``;
-          ``root`` for parameters of the model itself), at each sampled step; an exact 0 update is
-          logged as -12.
-        - ``recipe.update_ratio_monitor/<activation>/dead_fraction``: per activation module call
-          (``act``, ``act#2`` for a module called twice in one forward).
-        - ``recipe.update_ratio_monitor/<activation>/saturated_fraction``: share of saturated values,
-          for tanh, sigmoid, hardtanh and hardsigmoid.
-        - ``recipe.update_ratio_monitor/ratio_chart``: figure of the ratio per layer over steps on a
-          log axis, the healthy band around 1e-3 shaded, ``min_ratio`` and ``max_ratio`` drawn.
+        - ``recipe.update_ratio_monitor/<layer>/log10_ratio``: per layer (module name, e.g. ``net.0``; ``root``
+          for parameters of the model itself), at each sampled step; an exact 0 update is logged as -12.
+        - ``recipe.update_ratio_monitor/<activation>/dead_fraction``: per activation module call (``act``,
+          ``act#2`` for a module called twice in one forward).
+        - ``recipe.update_ratio_monitor/<activation>/saturated_fraction``: share of saturated values, for tanh,
+          sigmoid, hardtanh and hardsigmoid.
+        - ``recipe.update_ratio_monitor/ratio_chart``: figure of the ratio per layer over steps on a log axis,
+          the healthy band around 1e-3 shaded, ``min_ratio`` and ``max_ratio`` drawn.
         - ``recipe.update_ratio_monitor/finding``: text, the Findings with their values.
 
     Example::
@@ -120,16 +117,13 @@ class UpdateRatioMonitor(RecipeCallback):
         self.unit_dim = check_int(owner, "unit_dim", unit_dim, minimum=-8)
         self.history_size = check_int(owner, "history_size", history_size, minimum=2)
         self.plot_every_n_samples = check_int(owner, "plot_every_n_samples", plot_every_n_samples)
-        # Ratio measurement: parameters copied before a sampled optimizer step.
         self._snapshot: core.ParameterSnapshot | None = None
         self._snapshot_step = -1
         self._frozen_layers: set[str] = set()
-        # Activation measurement: hooks armed for one sampled step.
         self._watch = core.ActivationWatch(self.unit_dim)
         self._armed_step = -1
         self._due = True  # the batch started at a sampled step (or no batch started yet)
         self._manual = False  # manual optimisation steps the optimizer several times per batch
-        # Capped histories.
         self.ratio_steps: deque[int] = deque(maxlen=self.history_size)
         self.ratios: dict[str, deque[float]] = {}
         self.activation_steps: deque[int] = deque(maxlen=self.history_size)
@@ -221,14 +215,9 @@ class UpdateRatioMonitor(RecipeCallback):
     def _judge_ratios(self, trainer: pl.Trainer, *, final: bool) -> None:
         samples = len(self.ratio_steps)
         if samples < self.patience:
-            if final and "ratio" not in self._findings:
-                self.skip(
-                    trainer,
-                    f"{samples} update ratio sample(s) in this run, fewer than patience={self.patience}; "
-                    f"sampled at optimizer steps 0, 1, 2, 4, 8, ... and then every {self.every_n_steps}",
-                    "every_n_steps",
-                    key="ratio",
-                )
+            self._too_few(trainer, "ratio", final, f"{samples} update ratio sample(s) in this run, fewer than "
+                          f"patience={self.patience}; sampled at optimizer steps 0, 1, 2, 4, 8, ... and then every "
+                          f"{self.every_n_steps}")
             return
         low_log, high_log = math.log10(self.min_ratio), math.log10(self.max_ratio)
         verdict = core.judge_histories(self.ratios, low_log, high_log, self.patience)
@@ -250,45 +239,31 @@ class UpdateRatioMonitor(RecipeCallback):
         window = f"for the last {self.patience} samples (steps 0, 1, 2, 4, ..., then every {self.every_n_steps})"
         parts, advice = [], []
         if high:
-            parts.append(
-                f"{len(high)} of {layers} layers exploding: log10(update/weight) stayed above "
-                f"{high_log:.1f} {window}: {core.summarize_layers(high)}"
-            )
-            advice.append(
-                "lower the learning rate (a ratio near 1e-3 is healthy), clip gradients, or check the "
-                "init and normalisation of these layers"
-            )
+            parts.append(f"{len(high)} of {layers} layers exploding: log10(update/weight) stayed above {high_log:.1f} "
+                         f"{window}: {core.summarize_layers(high)}")
+            advice.append("lower the learning rate (a ratio near 1e-3 is healthy), clip gradients, or check the init "
+                          "and normalisation of these layers")
         if low:
             frozen = sorted(set(low) & self._frozen_layers)
             note = f" (requires_grad=False: {', '.join(frozen[:5])})" if frozen else ""
-            parts.append(
-                f"{len(low)} of {layers} layers not learning: log10(update/weight) stayed below "
-                f"{low_log:.1f} {window}: {core.summarize_layers(low)}{note}"
-            )
-            advice.append(
-                "for layers that should train: check requires_grad, that their parameters are in the "
-                "optimizer, the learning rate (too low, or 0), and vanishing gradients (dead or saturated "
-                "activations before them); -12 means nothing moved. If the freeze is intended, set "
-                "UpdateRatioMonitor(include_frozen=False)"
-            )
+            parts.append(f"{len(low)} of {layers} layers not learning: log10(update/weight) stayed below "
+                         f"{low_log:.1f} {window}: {core.summarize_layers(low)}{note}")
+            advice.append("for layers that should train: check requires_grad, that their parameters are in the "
+                          "optimizer, the learning rate (too low, or 0), and vanishing gradients (dead or saturated "
+                          "activations before them); -12 means nothing moved. If the freeze is intended, set "
+                          "UpdateRatioMonitor(include_frozen=False)")
         if not parts:
-            parts.append(
-                f"update-to-weight ratios of all {layers} layers within "
-                f"[{self.min_ratio:g}, {self.max_ratio:g}] (log10 from {values['min_log10_ratio']:.1f} to "
-                f"{values['max_log10_ratio']:.1f}; about -3 is healthy)"
-            )
+            parts.append(f"update-to-weight ratios of all {layers} layers within [{self.min_ratio:g}, "
+                         f"{self.max_ratio:g}] (log10 from {values['min_log10_ratio']:.1f} to "
+                         f"{values['max_log10_ratio']:.1f}; about -3 is healthy)")
         return "; ".join(parts), "; ".join(advice)
 
     # ----------------------------------------------------------------- activations
     def _arm(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self._watch.arm(pl_module) and "activations" not in self._findings:
-            self.skip(
-                trainer,
-                f"no {_KINDS_TEXT} module in the model, so no activation health (activations called as "
-                "functions, e.g. F.relu, are not seen); the update ratios are still measured",
-                "activations",
-                key="activations",
-            )
+            self.skip(trainer, f"no {_KINDS_TEXT} module in the model, so no activation health (activations called "
+                      "as functions, e.g. F.relu, are not seen); the update ratios are still measured", "activations",
+                      key="activations")
 
     def _record_activations(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, carry: torch.Tensor | None = None
@@ -306,23 +281,17 @@ class UpdateRatioMonitor(RecipeCallback):
         if carry is not None:
             flat, carry = flat[: counts.numel()], flat[counts.numel() :].reshape(carry.shape)
         dead, scalars = core.activation_fractions(records, flat)
-        step = self._armed_step
-        self.activation_steps.append(step)
+        self.activation_steps.append(self._armed_step)
         core.push(self.dead, dead, len(self.activation_steps), self.history_size)
-        self.log_scalars(trainer, scalars, step=step)
+        self.log_scalars(trainer, scalars, step=self._armed_step)
         self._judge_activations(trainer, final=False)
         return carry
 
     def _judge_activations(self, trainer: pl.Trainer, *, final: bool) -> None:
         samples = len(self.activation_steps)
         if samples < self.patience:
-            if final and "activations" not in self._findings:
-                self.skip(
-                    trainer,
-                    f"{samples} activation sample(s) in this run, fewer than patience={self.patience}",
-                    "every_n_steps",
-                    key="activations",
-                )
+            reason = f"{samples} activation sample(s) in this run, fewer than patience={self.patience}"
+            self._too_few(trainer, "activations", final, reason)
             return
         verdict = core.judge_histories(self.dead, -1.0, self.max_dead_fraction, self.patience)
         dead = verdict.high
@@ -332,23 +301,22 @@ class UpdateRatioMonitor(RecipeCallback):
         if not self._changed("activations", (status, tuple(sorted(dead))), final):
             return
         if dead:
-            summary = (
-                f"{len(dead)} of {verdict.series} activation layers have mostly dead units (more than "
-                f"{self.max_dead_fraction:.0%} of units inactive on the whole batch for the last {self.patience} "
-                f"samples; dead fraction in brackets): {core.summarize_layers(dead)}"
-            )
-            advice = (
-                "dead ReLUs come from a large negative bias, a bad init or a learning rate that pushed the "
-                "units off: lower the learning rate, check the init, normalise before the activation, or try "
-                "LeakyReLU/GELU; saturated tanh/sigmoid: scale the init or the inputs down"
-            )
+            summary = (f"{len(dead)} of {verdict.series} activation layers have mostly dead units (more than "
+                       f"{self.max_dead_fraction:.0%} of units inactive on the whole batch for the last "
+                       f"{self.patience} samples; dead fraction in brackets): {core.summarize_layers(dead)}")
+            advice = ("dead ReLUs come from a large negative bias, a bad init or a learning rate that pushed the "
+                      "units off: lower the learning rate, check the init, normalise before the activation, or try "
+                      "LeakyReLU/GELU; saturated tanh/sigmoid: scale the init or the inputs down")
         else:
-            summary = (
-                f"no activation layer with mostly dead units (activation layers checked: {verdict.series}; "
-                f"largest dead fraction {values['max_dead_fraction']:.0%})"
-            )
+            summary = (f"no activation layer with mostly dead units (activation layers checked: {verdict.series}; "
+                       f"largest dead fraction {values['max_dead_fraction']:.0%})")
             advice = ""
         self.report(trainer, status, summary, values, advice, key="activations", log_values=False)
+
+    def _too_few(self, trainer: pl.Trainer, key: str, final: bool, reason: str) -> None:
+        """At the end of training, a skip for the Finding ``key`` that never had enough samples."""
+        if final and key not in self._findings:
+            self.skip(trainer, reason, "every_n_steps", key=key)
 
     def _changed(self, key: str, signature: tuple[Any, ...], final: bool) -> bool:
         """Whether the Finding ``key`` is to be reported again: its flagged layers changed, or a pass
@@ -368,24 +336,19 @@ class UpdateRatioMonitor(RecipeCallback):
     def ratio_chart(self) -> Figure:
         """The update/weight ratio of every layer over the sampled steps, against the healthy band."""
         series = {layer: [10.0**v for v in values] for layer, values in self.ratios.items()}
-        return line_chart(
-            series,
-            x=list(self.ratio_steps),
-            title="UpdateRatioMonitor: ||update|| / ||weight|| per layer; healthy near 1e-3",
-            xlabel="optimizer step", ylabel="update / weight ratio (log scale)", log_y=True,
-            band=Band(1e-4, 1e-2, "healthy, around 1e-3"),
-            hlines={f"min_ratio {self.min_ratio:g} (warn)": self.min_ratio, f"max_ratio {self.max_ratio:g} (fail)":
-                    self.max_ratio},
-        )
+        hlines = {f"min_ratio {self.min_ratio:g} (warn)": self.min_ratio,
+                  f"max_ratio {self.max_ratio:g} (fail)": self.max_ratio}
+        return line_chart(series, x=list(self.ratio_steps),
+                          title="UpdateRatioMonitor: ||update|| / ||weight|| per layer; healthy near 1e-3",
+                          xlabel="optimizer step", ylabel="update / weight ratio (log scale)", log_y=True,
+                          band=Band(1e-4, 1e-2, "healthy, around 1e-3"), hlines=hlines)
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        state = super().state_dict()
-        state["ratio_steps"] = list(self.ratio_steps)
-        state["ratios"] = {k: list(v) for k, v in self.ratios.items()}
-        state["activation_steps"] = list(self.activation_steps)
-        state["dead"] = {k: list(v) for k, v in self.dead.items()}
-        return state
+        series = {"ratios": self.ratios, "dead": self.dead}
+        return {**super().state_dict(), "ratio_steps": list(self.ratio_steps),
+                "activation_steps": list(self.activation_steps),
+                **{name: {k: list(v) for k, v in s.items()} for name, s in series.items()}}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

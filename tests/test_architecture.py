@@ -123,7 +123,6 @@ NOT_YET: set[str] = {
     "no_lr_decay_warning.py",
     "prediction_dynamics_logger.py",
     "seed_everything.py",
-    "update_ratio_monitor.py",
 }
 
 
