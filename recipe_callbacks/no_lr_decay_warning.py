@@ -16,13 +16,14 @@ import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
 
-import numpy as np
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from typing_extensions import override
 
 from recipe_callbacks.core import lr_schedule as core
+from recipe_callbacks.core.lr_tracker import CHART_POINTS, ScheduleTracker, misplaced_scheduler_keys
 from recipe_callbacks.core.pictures import line_chart
+from recipe_callbacks.core.skip import CheckSkipped
 from recipe_callbacks.plumbing.batch import BatchToXY
 from recipe_callbacks.plumbing.callback_base import RecipeCallback
 from recipe_callbacks.plumbing.finding import Finding, OnFail, RecipeCheckError, format_value
@@ -32,30 +33,8 @@ if TYPE_CHECKING:
     import lightning.pytorch as pl
     from torch.optim import Optimizer
 
-# Keys of Lightning's scheduler config that only work inside the "lr_scheduler" dict.
-SCHEDULER_ONLY_KEYS: tuple[str, ...] = ("interval", "frequency", "strict", "name", "reduce_on_plateau")
-_CHART_POINTS = 1000
 # Findings about what happened during training (kept across a resume); all others come from the preview.
 _HISTORY_KEYS: tuple[str, ...] = ("plateau_metric:", "manual_not_stepped:")
-
-
-def misplaced_scheduler_keys(optim_conf: Any) -> list[str]:
-    """Scheduler keys (``interval``, ``frequency``, ...) at the top level of what
-    ``configure_optimizers`` returned, where Lightning ignores them.
-
-    Example:
-        >>> misplaced_scheduler_keys({"optimizer": None, "lr_scheduler": None, "interval": "step"})
-        ['interval']
-        >>> misplaced_scheduler_keys({"optimizer": None, "lr_scheduler": {"scheduler": None, "interval": "step"}})
-        []
-    """
-    if isinstance(optim_conf, dict):
-        dicts = [optim_conf]
-    elif isinstance(optim_conf, (list, tuple)):
-        dicts = [d for d in optim_conf if isinstance(d, dict)]
-    else:
-        dicts = []
-    return sorted({k for d in dicts for k in d if k in SCHEDULER_ONLY_KEYS})
 
 
 class NoLRDecayWarning(RecipeCallback):
@@ -177,27 +156,8 @@ class NoLRDecayWarning(RecipeCallback):
         self._misplaced: list[str] | None = None
         self._unwrap: Callable[[], None] | None = None
         self.plan = None
-        self._entries: list[core.ScheduledStep] = []
-        self._start_epochs: list[int] = []
-        self._opt_steps: list[int] = []
-        self._group_offset: list[int] = []
-        self._skip_groups: set[int] = set()
-        self._start_step = 0
-        self._compared = 0
-        self._mismatched = 0
-        self._first_mismatch: tuple[int, int, float, float] | None = None
-        self._chart_stride = 1
-        self._planned_rows: list[list[float]] = []
-        self._planned_first = 0
+        self._tracker = ScheduleTracker([], [])
         self._optimizer_index: dict[int, int] = {}
-        self._log_every = 1
-        self._actual_chart: dict[int, list[float]] = {}
-        self._plateau_expected: list[int] = []
-        self._plateau_reported: list[int] = []
-        self._manual_reported: set[int] = set()
-        self._epochs_done = 0
-        self._batches_this_epoch = 0
-        self._stepped_this_batch = False
 
     # ------------------------------------------------------------------ configure_optimizers' raw dict
     @override
@@ -246,22 +206,9 @@ class NoLRDecayWarning(RecipeCallback):
         # schedule are replaced, what happened during earlier training is kept
         for key in [k for k in self._findings if not k.startswith(_HISTORY_KEYS)]:
             del self._findings[key]
-        optimizers = list(trainer.optimizers)
-        configs = list(trainer.lr_scheduler_configs)
-        self._opt_steps = [0] * len(optimizers)
-        self._group_offset = [int(v) for v in np.cumsum([0] + [len(o.param_groups) for o in optimizers[:-1]])]
+        optimizers, configs = list(trainer.optimizers), list(trainer.lr_scheduler_configs)
         self._optimizer_index = {id(o): k for k, o in enumerate(optimizers)}
-        self._log_every = self.log_every_n_steps or max(1, int(getattr(trainer, "log_every_n_steps", 50) or 1))
-        self._start_step = int(trainer.global_step)
-        self._start_epochs = [int(getattr(c.scheduler, "last_epoch", 0)) for c in configs]
-        self._plateau_expected = [0] * len(configs)
-        self._plateau_reported = [0] * len(configs)
-        if self._misplaced:
-            self._report_misplaced(trainer, self._misplaced)
-        if not optimizers:
-            self.skip(trainer, "the module configured no optimizer; there is no learning rate to check")
-            return
-        self._entries = [
+        entries = [
             core.ScheduledStep(
                 c.scheduler,
                 "step" if c.interval == "step" else "epoch",
@@ -271,12 +218,25 @@ class NoLRDecayWarning(RecipeCallback):
             )
             for c in configs
         ]
-        self._skip_groups = {
-            self._group_offset[e.optimizer_index] + j
-            for e in self._entries
-            if e.reduce_on_plateau
-            for j in range(len(optimizers[e.optimizer_index].param_groups))
-        }
+        self._tracker = ScheduleTracker(
+            entries,
+            [len(o.param_groups) for o in optimizers],
+            start_step=int(trainer.global_step),
+            log_every=self.log_every_n_steps or max(1, int(getattr(trainer, "log_every_n_steps", 50) or 1)),
+        )
+        if self._misplaced:
+            self._report_misplaced(trainer, self._misplaced)
+        if not optimizers:
+            raise CheckSkipped("the module configured no optimizer; there is no learning rate to check")
+        self._preview(trainer, pl_module, optimizers, entries)
+
+    def _preview(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        optimizers: list[Optimizer],
+        real: list[core.ScheduledStep],
+    ) -> None:
         loop = self._loop_plan(trainer)
         if math.isinf(loop.total_steps()) or loop.total_steps() <= loop.start_step:
             self.report(
@@ -289,21 +249,17 @@ class NoLRDecayWarning(RecipeCallback):
             return
         try:
             copies, scheduler_copies = core.copy_for_simulation(
-                optimizers, [c.scheduler for c in configs], keep=(pl_module, trainer)
+                optimizers, [e.scheduler for e in real], keep=(pl_module, trainer)
             )
         except Exception as err:  # a scheduler that cannot be copied must not stop the user's training
             self.report(trainer, "skip", f"could not copy the schedulers to simulate them: {err}", key="schedule")
             return
         entries = [
             core.ScheduledStep(s, e.interval, e.frequency, e.reduce_on_plateau, e.optimizer_index)
-            for s, e in zip(scheduler_copies, self._entries, strict=True)
+            for s, e in zip(scheduler_copies, real, strict=True)
         ]
         self.plan = core.simulate_schedule(copies, entries, loop, max_steps=self.max_preview_steps)
-        self._chart_stride = self.plan.stride * max(1, math.ceil(len(self.plan.steps) / _CHART_POINTS))
-        # The per-step comparison reads plain Python lists: numpy indexing costs more than the step's
-        # whole budget on a fast accelerator step.
-        self._planned_rows = self.plan.lrs.tolist()
-        self._planned_first = int(self.plan.steps[0]) if self.plan.steps.size else 0
+        self._tracker.follow(self.plan)
         self._log_preview(trainer, self.plan, optimizers)
         self._judge(trainer, pl_module, self.plan, entries, loop, optimizers)
 
@@ -321,26 +277,26 @@ class NoLRDecayWarning(RecipeCallback):
     def _log_preview(self, trainer: pl.Trainer, plan: core.PlannedSchedule, optimizers: list[Optimizer]) -> None:
         if not trainer.is_global_zero:
             return
-        every = max(1, math.ceil(len(plan.steps) / _CHART_POINTS))
+        every = max(1, math.ceil(len(plan.steps) / CHART_POINTS))
         series = {self._group_label(g, plan): plan.group_lrs(g)[::every].tolist() for g in range(len(plan.groups))}
         title = (
             f"NoLRDecayWarning: the planned LR of {plan.epochs} epochs; look for early decay or a fall to 0"
         )
         chart = line_chart(series, x=plan.steps[::every].tolist(), title=title, xlabel="optimizer step",
                            ylabel="learning rate", y_from_zero=True)
-        self.log_figure(trainer, "planned_lr", chart, step=self._start_step)
+        self.log_figure(trainer, "planned_lr", chart, step=self._tracker.start_step)
         lines = [f"Planned optimizer steps: {plan.simulated_steps} (estimated_stepping_batches: "
                  f"{trainer.estimated_stepping_batches}); epochs: {plan.epochs}.", ""]
-        for k, e in enumerate(self._entries):
+        for k, e in enumerate(self._tracker.entries):
             lines.append(
                 f"- scheduler {k}: {e.name} on optimizer {e.optimizer_index} "
                 f"({type(optimizers[e.optimizer_index]).__name__}), "
                 f"interval={e.interval!r}, frequency={e.frequency}, stepped {plan.scheduler_steps[k]} times"
                 + (" (metric-driven, not simulated)" if e.reduce_on_plateau else "")
             )
-        if not self._entries:
+        if not self._tracker.entries:
             lines.append("- no scheduler: the LR stays constant.")
-        self.log_text(trainer, "schedule", "\n".join(lines), step=self._start_step)
+        self.log_text(trainer, "schedule", "\n".join(lines), step=self._tracker.start_step)
 
     @staticmethod
     def _group_label(g: int, plan: core.PlannedSchedule) -> str:
@@ -439,93 +395,54 @@ class NoLRDecayWarning(RecipeCallback):
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        self._verify_plateaus(trainer)
-        self._stepped_this_batch = False
+        tracker = self._tracker
+        if tracker.has_plateau:
+            self._verify_plateaus(trainer)
+        tracker.stepped_this_batch = False
 
     @override
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Optimizer
     ) -> None:
-        self._stepped_this_batch = True
         i = self._optimizer_index.get(id(optimizer), 0)
-        if i >= len(self._opt_steps):
+        if i >= len(self._tracker.opt_steps):
             return
-        n = self._opt_steps[i]
-        self._opt_steps[i] += 1
-        step = self._start_step + n
-        offset = self._group_offset[i]
         lrs = [float(group["lr"]) for group in optimizer.param_groups]
-        if self.plan is not None:
-            self._compare(step, offset, lrs)
-        if n % self._log_every == 0:
+        _, offset, log = self._tracker.optimizer_step(i, lrs)
+        if log:
             actual = {f"lr_group_{offset + j}": lr for j, lr in enumerate(lrs)}
             self.log_scalars(trainer, actual, step=trainer.global_step)
-        if self.plan is not None and n % self._chart_stride == 0 and len(self._actual_chart) <= 2 * _CHART_POINTS:
-            row = self._actual_chart.setdefault(step, [math.nan] * len(self.plan.groups))
-            row[offset : offset + len(lrs)] = lrs
-
-    def _compare(self, step: int, offset: int, lrs: list[float]) -> None:
-        assert self.plan is not None
-        k, off_stride = divmod(step - self._planned_first, self.plan.stride)  # as Plan.planned, on lists
-        if k < 0 or off_stride or k >= len(self._planned_rows):
-            return
-        planned = self._planned_rows[k]
-        self._compared += 1
-        for j, actual in enumerate(lrs):
-            g = offset + j
-            if g in self._skip_groups:
-                continue
-            expected = planned[g] if g < len(planned) else math.nan
-            if not math.isclose(actual, expected, rel_tol=1e-6, abs_tol=1e-12):
-                self._mismatched += 1
-                if self._first_mismatch is None:
-                    self._first_mismatch = (step, g, expected, actual)
-                break
 
     @override
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        self._batches_this_epoch += 1
-        if not pl_module.automatic_optimization or not self._stepped_this_batch:
-            return
-        for k, e in enumerate(self._entries):
-            if e.reduce_on_plateau and e.interval == "step" and (batch_idx + 1) % e.frequency == 0:
-                self._plateau_expected[k] += 1
+        tracker = self._tracker
+        if tracker.has_plateau:
+            tracker.batch_end(batch_idx, pl_module.automatic_optimization)
+        else:  # nothing to count but the batches of the epoch
+            tracker.batches_this_epoch += 1
 
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._batches_this_epoch = 0
-        if self._epochs_done:
+        self._tracker.batches_this_epoch = 0
+        if self._tracker.epochs_done:
             self._verify_plateaus(trainer)
             self._verify_manual(trainer, pl_module, at_end=False)
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._verify_plateaus(trainer)
-        self._epochs_done += 1
-        finished = self._batches_this_epoch >= trainer.num_training_batches
-        if not pl_module.automatic_optimization or not finished:
-            return
-        for k, e in enumerate(self._entries):
-            if e.reduce_on_plateau and e.interval == "epoch" and (trainer.current_epoch + 1) % e.frequency == 0:
-                self._plateau_expected[k] += 1
+        tracker = self._tracker
+        finished = tracker.batches_this_epoch >= trainer.num_training_batches
+        tracker.epoch_end(trainer.current_epoch, finished, pl_module.automatic_optimization)
 
     # ------------------------------------------------------------------ checks that need the run
     def _verify_plateaus(self, trainer: pl.Trainer, *, final: bool = False) -> None:
-        for k, e in enumerate(self._entries):
-            if not e.reduce_on_plateau or not self._plateau_expected[k]:
-                continue
-            actual = int(getattr(e.scheduler, "last_epoch", 0)) - self._start_epochs[k]
-            missed = self._plateau_expected[k] - actual
-            reported = self._plateau_reported[k]
-            # warn at the first miss, and once more at the end when more were missed since
-            if missed <= 0 or (reported and (not final or missed == reported)):
-                continue
-            self._plateau_reported[k] = missed
-            monitor = getattr(next((c for c in trainer.lr_scheduler_configs if c.scheduler is e.scheduler), None),
-                              "monitor", None)
-            self._report_plateau(trainer, k, str(monitor), missed, self._plateau_expected[k])
+        for k, missed, expected in self._tracker.missed_plateaus(final=final):
+            scheduler = self._tracker.entries[k].scheduler
+            config = next((c for c in trainer.lr_scheduler_configs if c.scheduler is scheduler), None)
+            self._report_plateau(trainer, k, str(getattr(config, "monitor", None)), missed, expected)
 
     def _report_plateau(self, trainer: pl.Trainer, k: int, monitor: str, missed: int, expected: int) -> None:
         available = sorted(trainer.callback_metrics)
@@ -545,27 +462,13 @@ class NoLRDecayWarning(RecipeCallback):
     def _verify_manual(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *, at_end: bool) -> None:
         if pl_module.automatic_optimization:
             return
-        for k, e in enumerate(self._entries):
-            if k in self._manual_reported:
-                continue
-            stepped = int(getattr(e.scheduler, "last_epoch", 0)) - self._start_epochs[k]
-            if stepped > 0:
-                continue
-            if self.plan is not None:
-                by_epoch = self.plan.scheduler_steps_by_epoch
-                done = len(by_epoch) if at_end else min(self._epochs_done, len(by_epoch))
-                due = by_epoch[done - 1][k] if done else 0
-            else:
-                due = 1 if self._epochs_done else 0
-            if due <= 0:
-                continue
-            self._manual_reported.add(k)
+        for k, stepped, due in self._tracker.not_stepped_manually(at_end=at_end):
             self.report(
                 trainer,
                 "fail",
-                f"manual optimisation: scheduler {k} ({e.name}) is configured but nothing stepped it in "
-                f"{self._epochs_done} epoch(s) (the preview expected {due} steps by now); Lightning does not step "
-                "schedulers when automatic_optimization is False.",
+                f"manual optimisation: scheduler {k} ({self._tracker.entries[k].name}) is configured but nothing "
+                f"stepped it in {self._tracker.epochs_done} epoch(s) (the preview expected {due} steps by now); "
+                "Lightning does not step schedulers when automatic_optimization is False.",
                 {"scheduler_steps": float(stepped), "expected_scheduler_steps": float(due)},
                 "call self.lr_schedulers().step() yourself: in training_step after opt.step() for 'interval': "
                 "'step', or in on_train_epoch_end for 'epoch'.",
@@ -583,21 +486,22 @@ class NoLRDecayWarning(RecipeCallback):
     def _report_actual_vs_planned(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, plan: core.PlannedSchedule
     ) -> None:
-        made = max(self._opt_steps, default=0)
+        tracker = self._tracker
+        made = tracker.made()
         complete = made >= plan.simulated_steps and not plan.truncated and not plan.error
         differences: list[str] = []
-        values = {"compared_steps": float(self._compared), "mismatched_steps": float(self._mismatched)}
-        if self._first_mismatch is not None:
-            step, g, expected, actual = self._first_mismatch
+        values = {"compared_steps": float(tracker.compared), "mismatched_steps": float(tracker.mismatched)}
+        first = tracker.first_mismatch
+        if first is not None:
             differences.append(
-                f"the LR differed from the preview at {self._mismatched} of {self._compared} compared optimizer "
-                f"steps, first at step {step} (group {g}: planned {expected:.6g}, used {actual:.6g})"
+                f"the LR differed from the preview at {tracker.mismatched} of {tracker.compared} compared optimizer "
+                f"steps, first at step {first.step} (group {first.group}: planned {first.planned:.6g}, used "
+                f"{first.used:.6g})"
             )
         if complete:
-            for k, e in enumerate(self._entries):
+            for k, (e, actual_k) in enumerate(zip(tracker.entries, tracker.scheduler_steps(), strict=True)):
                 if e.reduce_on_plateau:
                     continue
-                actual_k = int(getattr(e.scheduler, "last_epoch", 0)) - self._start_epochs[k]
                 values[f"scheduler_{k}_steps"] = float(actual_k)
                 if actual_k != plan.scheduler_steps[k]:
                     differences.append(
@@ -607,7 +511,7 @@ class NoLRDecayWarning(RecipeCallback):
         ran = f"the run made {made} of the {plan.simulated_steps} planned optimizer steps"
         if not differences:
             self.report(
-                trainer, "pass", f"the LR followed the preview at all {self._compared} compared steps; {ran}.",
+                trainer, "pass", f"the LR followed the preview at all {tracker.compared} compared steps; {ran}.",
                 values, key="actual_vs_planned",
             )
             return
@@ -625,14 +529,9 @@ class NoLRDecayWarning(RecipeCallback):
         )
 
     def _log_actual_chart(self, trainer: pl.Trainer, plan: core.PlannedSchedule) -> None:
-        if not trainer.is_global_zero or not self._actual_chart or not plan.steps.size:
+        if not trainer.is_global_zero or not self._tracker.actual_chart or not plan.steps.size:
             return
-        xs = sorted(self._actual_chart)
-        series: dict[str, list[float]] = {}
-        for g in range(len(plan.groups)):
-            planned = [plan.planned(x) for x in xs]
-            series[f"planned {g}"] = [float(p[g]) if p is not None else math.nan for p in planned]
-            series[f"actual {g}"] = [self._actual_chart[x][g] for x in xs]
+        xs, series = self._tracker.chart()
         chart = line_chart(
             series, x=xs, title="NoLRDecayWarning: the LR used (solid) must lie on the planned LR (dashed)",
             xlabel="optimizer step", ylabel="learning rate", y_from_zero=True,
@@ -646,9 +545,10 @@ class NoLRDecayWarning(RecipeCallback):
         if isinstance(exception, MisconfigurationException) and "ReduceLROnPlateau conditioned on metric" in str(
             exception
         ):
-            for k, e in enumerate(self._entries):
+            tracker = self._tracker
+            for k, e in enumerate(tracker.entries):
                 if e.reduce_on_plateau:
                     config = next((c for c in trainer.lr_scheduler_configs if c.scheduler is e.scheduler), None)
-                    expected = max(1, self._plateau_expected[k])
+                    expected = max(1, tracker.plateau_expected[k])
                     with contextlib.suppress(RecipeCheckError):  # never replace the user's exception
                         self._report_plateau(trainer, k, str(getattr(config, "monitor", None)), 1, expected)

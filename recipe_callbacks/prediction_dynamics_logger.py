@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
@@ -12,20 +11,21 @@ from lightning.pytorch.utilities.seed import isolate_rng
 from torch.utils.data import DataLoader, IterableDataset
 from typing_extensions import override
 
+from recipe_callbacks.core.data_stats import first_dataloader
 from recipe_callbacks.core.pictures import image_grid, matrix_chart
 from recipe_callbacks.core.prediction_jitter import (
+    RecordHistory,
     Snapshot,
-    back_and_forth,
     flip_rate,
     jitter,
-    late_median,
+    judge_dynamics,
     snapshot,
     target_scale,
-    thin_indices,
 )
 from recipe_callbacks.core.short_training import take_samples
+from recipe_callbacks.core.skip import CheckSkipped
 from recipe_callbacks.core.task import TASKS, Task, aligned, logits_of, require_task
-from recipe_callbacks.plumbing.batch import BatchToXY, ForwardFn, integer_inputs, resolve_batch
+from recipe_callbacks.plumbing.batch import BatchToXY, ForwardFn, ResolvedBatch, integer_inputs, resolve_batch
 from recipe_callbacks.plumbing.callback_base import RecipeCallback
 from recipe_callbacks.plumbing.finding import OnFail
 from recipe_callbacks.plumbing.observe import observing
@@ -35,17 +35,6 @@ if TYPE_CHECKING:
     import lightning.pytorch as pl
 
 _OWNER = "PredictionDynamicsLogger"
-
-
-def _first_loader(loaders: Any) -> DataLoader[Any] | None:
-    """The first DataLoader of what ``trainer.val_dataloaders`` / ``train_dataloader`` hold."""
-    if isinstance(loaders, DataLoader):
-        return loaders
-    if isinstance(loaders, Mapping):
-        loaders = list(loaders.values())
-    if isinstance(loaders, Sequence) and loaders:
-        return _first_loader(loaders[0])
-    return None
 
 
 class PredictionDynamicsLogger(RecipeCallback):
@@ -60,11 +49,12 @@ class PredictionDynamicsLogger(RecipeCallback):
     of the targets' standard deviation) and the **flip rate** (fraction of predictions whose class
     changed to or from a confident prediction: an argmax over near-uniform probabilities flips with
     every small update and says nothing about the learning rate). At the end of training a Finding
-    flags a learning rate that is too high: jitter or
-    flip rate still high after the first ``warmup_fraction`` of training (their median over the
-    later records above ``max_jitter`` / ``max_flip_rate``) while the predictions go back and
-    forth (at least ``min_back_and_forth`` of their movement undone, so a model that is still
-    learning steadily is not flagged). The math is in
+    flags a learning rate that is too high when, after the first ``warmup_fraction`` of training, the
+    predictions go back and forth: the movement per record that was undone again (the part of the
+    jitter that is not progress, counted over every late record, bursts included) is above
+    ``max_jitter``, or the median flip rate is above ``max_flip_rate`` while at least
+    ``min_back_and_forth`` of the movement was undone. A model that is still learning moves
+    steadily and is not flagged, however fast it moves. The math is in
     :mod:`recipe_callbacks.core.prediction_jitter`.
 
     Cost: one eval-mode forward pass of ``num_samples`` samples every ``every_n_steps`` steps and
@@ -85,14 +75,15 @@ class PredictionDynamicsLogger(RecipeCallback):
             target and 0/1 targets, float ones too: binary; other float targets: regression);
             ``"multiclass"``, ``"binary"`` or ``"regression"`` say it, with the same meaning as in the
             other checks; ``"classification"`` says one of the first two.
-        max_jitter: the median jitter after warm-up above which the learning rate is flagged.
+        max_jitter: the undone movement per record after warm-up (jitter that went back and forth, in
+            probability or target standard deviations) above which the learning rate is flagged.
         max_flip_rate: the median flip rate after warm-up above which it is flagged.
         min_confidence: a class change counts as a flip only when the top probability was at least
             this fraction of the way from chance (``1/C``) to certainty at one of the two records
             (0.5: above 0.75 for 2 classes, 0.55 for 10); 0 counts every change.
         warmup_fraction: the first part of training (a fraction of the steps seen) that is not
             judged: predictions are expected to move a lot there.
-        min_back_and_forth: high jitter is flagged only when, after warm-up, at least this fraction
+        min_back_and_forth: a high flip rate is flagged only when, after warm-up, at least this fraction
             of the way the predictions travelled was undone (they went back and forth); steady
             movement of a model that is still learning is not flagged.
         max_records: records kept for the heat map and the verdict; when full, every other one is
@@ -126,7 +117,7 @@ class PredictionDynamicsLogger(RecipeCallback):
           samples captioned ``y=<label> p=<prediction>``.
         - At the end: a Finding (text ``recipe.prediction_dynamics_logger/finding``) with its values
           ``late_jitter``, ``late_flip_rate``, ``max_jitter``, ``max_flip_rate``,
-          ``back_and_forth``, ``records``, ``learning_rate``.
+          ``back_and_forth``, ``undone_jitter``, ``records``, ``learning_rate``.
 
     Example::
 
@@ -145,7 +136,7 @@ class PredictionDynamicsLogger(RecipeCallback):
         indices: list[int] | None = None,
         source: Literal["val", "train"] = "val",
         task: str | None = None,
-        max_jitter: float = 0.05,
+        max_jitter: float = 0.04,
         max_flip_rate: float = 0.1,
         min_confidence: float = 0.5,
         warmup_fraction: float = 0.3,
@@ -193,17 +184,14 @@ class PredictionDynamicsLogger(RecipeCallback):
         self.sample_indices: torch.Tensor | None = None
         self._device_xy: tuple[torch.Tensor, torch.Tensor] | None = None
         self._sample_batch: Any = None  # the fixed samples as the batch the model's step receives (CPU)
-        self._device_batch: Any = None
+        # (device samples, model batch, its resolution, integer inputs): built at the first record
+        self._ready: tuple[torch.Tensor, Any, ResolvedBatch, list[torch.Tensor]] | None = None
         self._host_y: torch.Tensor | None = None  # the targets the outputs are scored on, on the host
         self._task: Task | None = None
         self._scale = 1.0
         self._disabled = False
         # The capped history, one entry per record.
-        self.steps: list[int] = []
-        self.per_sample: list[torch.Tensor] = []  # (K,) each
-        self.jitters: list[float] = []
-        self.flip_rates: list[float] = []
-        self.losses: list[float] = []
+        self.history = RecordHistory(self.max_records)
         self._previous: Snapshot | None = None
         self._nonfinite_step = -1
         self._records_since_picture = 0
@@ -225,7 +213,7 @@ class PredictionDynamicsLogger(RecipeCallback):
         if self.sample_x is None and not self._choose_samples(trainer):
             self._disabled = True
             return
-        if not self.steps or self.steps[-1] != trainer.global_step:
+        if not self.history.steps or self.history.steps[-1] != trainer.global_step:
             self._record(trainer, pl_module)
 
     @override
@@ -233,7 +221,7 @@ class PredictionDynamicsLogger(RecipeCallback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         step = trainer.global_step
-        if self._disabled or step % self.every_n_steps or (self.steps and self.steps[-1] == step):
+        if self._disabled or step % self.every_n_steps or (self.history.steps and self.history.steps[-1] == step):
             return
         self._record(trainer, pl_module)
 
@@ -241,7 +229,7 @@ class PredictionDynamicsLogger(RecipeCallback):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._disabled:
             return
-        if self.steps and self.steps[-1] != trainer.global_step:
+        if self.history.steps and self.history.steps[-1] != trainer.global_step:
             self._record(trainer, pl_module)
         if not self._disabled:
             self._log_pictures(trainer)
@@ -250,7 +238,7 @@ class PredictionDynamicsLogger(RecipeCallback):
     # ----------------------------------------------------------------- the fixed samples
     def _choose_samples(self, trainer: pl.Trainer) -> bool:
         loaders = trainer.val_dataloaders if self.source == "val" else trainer.train_dataloader
-        loader = _first_loader(loaders)
+        loader = first_dataloader(loaders)
         if loader is None:
             other = "train" if self.source == "val" else "val"
             reason = f"no {self.source} DataLoader to take the fixed samples from; try source={other!r}"
@@ -307,14 +295,11 @@ class PredictionDynamicsLogger(RecipeCallback):
         x, y = self._device_samples(pl_module)
         try:
             precision = trainer.precision_plugin  # e.g. float64 inputs under precision="64-true"
-            batch: Any = (x, y)
-            if self._sample_batch is not None:
-                if self._device_batch is None:
-                    self._device_batch = move_data_to_device(self._sample_batch, pl_module.device)
-                batch = self._device_batch
-            resolved = resolve_batch(batch, self.input_key, self.target_key, None)
-            batch = resolved.with_input(precision.convert_input(resolved.x)) if resolved.with_input else batch
-            resolved = resolve_batch(batch, self.input_key, self.target_key, None)
+            if self._ready is None or self._ready[0] is not x:
+                self._ready = (x, *self._model_batch(precision, x, y, pl_module))
+            _, batch, resolved, integers = self._ready
+            if resolved.with_input is not None:  # a fresh container: the model may change what it is given
+                batch = resolved.with_input(resolved.x)
             with observing(pl_module), precision.val_step_context():
                 output = logits_of(self.run_model(pl_module, batch, resolved))
         except Exception as err:  # the user's training must go on
@@ -323,7 +308,19 @@ class PredictionDynamicsLogger(RecipeCallback):
         if output is None:
             self.skip(trainer, "the model did not return a tensor (or a dict/ModelOutput with 'logits')", "forward_fn")
             return None
-        return aligned(output, y, integer_inputs(batch, resolved))
+        return aligned(output, y, integers)
+
+    def _model_batch(
+        self, precision: Any, x: torch.Tensor, y: torch.Tensor, pl_module: pl.LightningModule
+    ) -> tuple[Any, ResolvedBatch, list[torch.Tensor]]:
+        """The fixed samples as the batch the model's step receives, resolved once per device."""
+        batch: Any = (x, y)
+        if self._sample_batch is not None:
+            batch = move_data_to_device(self._sample_batch, pl_module.device)
+        resolved = resolve_batch(batch, self.input_key, self.target_key, None)
+        batch = resolved.with_input(precision.convert_input(resolved.x)) if resolved.with_input else batch
+        resolved = resolve_batch(batch, self.input_key, self.target_key, None)
+        return batch, resolved, integer_inputs(batch, resolved)
 
     def _resolve_task(self, trainer: pl.Trainer, output: torch.Tensor, y: torch.Tensor) -> Task | None:
         try:
@@ -372,40 +369,25 @@ class PredictionDynamicsLogger(RecipeCallback):
                 flips = flip_rate(self._previous.classes, snap.classes, self._previous.confident, snap.confident)
                 scalars["flip_rate"] = flips
         self._previous = snap
-        self.steps.append(step)
-        self.per_sample.append(snap.per_sample.float())
-        self.jitters.append(jit)
-        self.flip_rates.append(flips)
-        self.losses.append(snap.loss)
-        if len(self.steps) > self.max_records:
-            self._thin()
+        self.history.add(step, snap.per_sample.float(), jit, flips, snap.loss)
         self.log_scalars(trainer, scalars, step)
         self._records_since_picture += 1
         if self._records_since_picture >= self.pictures_every_n_records:
             self._log_pictures(trainer)
 
-    def _thin(self) -> None:
-        keep = thin_indices(len(self.steps))
-        self.steps = [self.steps[i] for i in keep]
-        self.per_sample = [self.per_sample[i] for i in keep]
-        self.jitters = [self.jitters[i] for i in keep]
-        self.flip_rates = [self.flip_rates[i] for i in keep]
-        self.losses = [self.losses[i] for i in keep]
-
-    # ----------------------------------------------------------------- pictures and verdict
     def heatmap_matrix(self) -> torch.Tensor:
         """``(K, R)``: one row per fixed sample, one column per kept record (oldest left)."""
-        return torch.stack(self.per_sample, dim=1) if self.per_sample else torch.zeros(0, 0)
+        return self.history.heatmap_matrix()
 
     def _log_pictures(self, trainer: pl.Trainer) -> None:
         self._records_since_picture = 0
-        if not trainer.is_global_zero or not self.per_sample:
+        if not trainer.is_global_zero or not self.history.per_sample:
             return
         classification = self._task != "regression"
         matrix = self.heatmap_matrix().numpy()
         chart = matrix_chart(
             matrix, vmin=0.0, vmax=1.0 if classification else None, cmap="viridis" if classification else "magma",
-            x_values=self.steps[-matrix.shape[1]:],
+            x_values=self.history.steps[-matrix.shape[1]:],
             title="PredictionDynamicsLogger: "
             + ("p(true class) per fixed sample; rows should turn bright and stay" if classification
                else "error per fixed sample; rows should darken and stay"),
@@ -437,7 +419,7 @@ class PredictionDynamicsLogger(RecipeCallback):
     def _judge(self, trainer: pl.Trainer) -> None:
         lr = self._learning_rate(trainer)
         lr_text = f"the learning rate ({lr:.3g})" if math.isfinite(lr) else "the learning rate"
-        k = len(self.per_sample[0]) if self.per_sample else 0
+        k = len(self.history.per_sample[0]) if self.history.per_sample else 0
         if self._nonfinite_step >= 0:
             self.report(
                 trainer,
@@ -448,36 +430,28 @@ class PredictionDynamicsLogger(RecipeCallback):
                 "the loss and the inputs for NaN",
             )
             return
-        after = self.warmup_fraction * (self.steps[-1] if self.steps else 0)
-        late_jitter, n_late = late_median(self.jitters, self.steps, after)
-        late_flips, _ = late_median(self.flip_rates, self.steps, after)
-        if n_late < 3:
-            self.skip(
-                trainer,
-                f"only {n_late} records after the first {self.warmup_fraction:.0%} of training "
-                f"(every_n_steps={self.every_n_steps}, {self.steps[-1] if self.steps else 0} steps); need 3",
-                "every_n_steps",
-            )
-            return
         classification = self._task != "regression"
-        values = {"late_jitter": late_jitter, "max_jitter": self.max_jitter, "records": float(len(self.steps)),
-                  "learning_rate": lr}
+        d = judge_dynamics(self.history, self.warmup_fraction, scale=self._scale, max_jitter=self.max_jitter,
+                           max_flip_rate=self.max_flip_rate, min_back_and_forth=self.min_back_and_forth,
+                           classification=classification)
+        if d.late_records < 3:
+            steps = self.history.steps[-1] if self.history.steps else 0
+            raise CheckSkipped(f"only {d.late_records} records after the first {self.warmup_fraction:.0%} of training "
+                               f"(every_n_steps={self.every_n_steps}, {steps} steps); need 3", "every_n_steps")
+        values = {"late_jitter": d.late_jitter, "max_jitter": self.max_jitter,
+                  "records": float(len(self.history.steps)), "learning_rate": lr}
         if classification:
-            values.update({"late_flip_rate": late_flips, "max_flip_rate": self.max_flip_rate})
+            values.update({"late_flip_rate": d.late_flip_rate, "max_flip_rate": self.max_flip_rate})
+        values.update({"back_and_forth": d.back_and_forth, "undone_jitter": d.undone_jitter})
         unit = "" if classification else " target std"
         seen = f"after the first {self.warmup_fraction:.0%} of training, the predictions on {k} fixed samples " \
-               f"moved by {late_jitter:.3g}{unit} per record (median; limit {self.max_jitter:.3g})"
+               f"moved by {d.late_jitter:.3g}{unit} per record (median)"
         if classification:
-            seen += (
-                f" and {late_flips:.1%} of them flipped class per record to or from a confident one "
-                f"(limit {self.max_flip_rate:.1%})"
-            )
-        first_late = next(i for i, s in enumerate(self.steps) if s > after)
-        bf = back_and_forth(torch.stack(self.per_sample[max(0, first_late - 1) :]))
-        values["back_and_forth"] = bf
-        seen += f"; {bf:.0%} of their movement was undone"
-        high = late_jitter > self.max_jitter or (classification and late_flips > self.max_flip_rate)
-        jumpy = high and bf >= self.min_back_and_forth
+            seen += (f" and {d.late_flip_rate:.1%} of them flipped class per record to or from a confident one "
+                     f"(limit {self.max_flip_rate:.1%})")
+        seen += f"; {d.undone_jitter:.3g}{unit} per record went back and forth (limit {self.max_jitter:.3g}), " \
+                f"{d.back_and_forth:.0%} of their movement undone"
+        jumpy, high = d.jumpy, d.moving
         if jumpy:
             self.report(
                 trainer,
@@ -502,11 +476,7 @@ class PredictionDynamicsLogger(RecipeCallback):
                 "sample_y": self.sample_y,
                 "sample_indices": self.sample_indices,
                 "task": self._task or "",
-                "steps": torch.tensor(self.steps, dtype=torch.long),
-                "per_sample": self.heatmap_matrix().T.contiguous(),  # (R, K)
-                "jitters": torch.tensor(self.jitters, dtype=torch.float64),
-                "flip_rates": torch.tensor(self.flip_rates, dtype=torch.float64),
-                "losses": torch.tensor(self.losses, dtype=torch.float64),
+                **self.history.state(),
                 "previous_tracked": None if previous is None else previous.tracked.cpu(),
                 "previous_classes": None if previous is None or previous.classes is None else previous.classes.cpu(),
                 "previous_confident": None if previous is None or previous.confident is None
@@ -527,11 +497,7 @@ class PredictionDynamicsLogger(RecipeCallback):
         self._task = task if task in TASKS else None
         if self._task == "regression" and self.sample_y is not None:
             self._scale = target_scale(self.sample_y)
-        self.steps = [int(s) for s in state_dict.get("steps", torch.zeros(0)).tolist()]
-        self.per_sample = list(state_dict.get("per_sample", torch.zeros(0, 0)).unbind(0))
-        self.jitters = [float(v) for v in state_dict.get("jitters", torch.zeros(0)).tolist()]
-        self.flip_rates = [float(v) for v in state_dict.get("flip_rates", torch.zeros(0)).tolist()]
-        self.losses = [float(v) for v in state_dict.get("losses", torch.zeros(0)).tolist()]
+        self.history.load(state_dict)
         tracked = state_dict.get("previous_tracked")
         if isinstance(tracked, torch.Tensor):
             self._previous = Snapshot(

@@ -1,26 +1,25 @@
 """UpdateRatioMonitor: how far each optimizer step moves each layer, and whether activations are alive.
 
-Beyond Karpathy's post but in its spirit (his later lectures): ``log10(||update|| / ||weight||)``
-per layer should sit near ``-3``; far below, the layer does not learn; far above, the updates
-overwhelm the weights. A ReLU that outputs zero for a whole batch, or a tanh pinned at +-1, passes
-no gradient. The monitor measures both on sampled steps only, so it can stay on for a whole run.
+Beyond Karpathy's post but in its spirit (his later lectures): ``log10(||update|| / ||weight||)`` per layer
+should sit near ``-3``; far below, the layer does not learn; far above, the updates overwhelm the weights. A ReLU
+that outputs zero for a whole batch, or a tanh pinned at +-1, passes no gradient. The monitor measures both on
+sampled steps only, so it can stay on for a whole run.
 """
 
 from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
-from torch import nn
 from typing_extensions import override
 
 from recipe_callbacks.core import update_ratio as core
 from recipe_callbacks.core.pictures import Band, line_chart
 from recipe_callbacks.plumbing.callback_base import RecipeCallback
 from recipe_callbacks.plumbing.finding import OnFail, Status
+from recipe_callbacks.plumbing.ranks import sum_over_ranks
 from recipe_callbacks.plumbing.validation import check_bool, check_float, check_int
 
 if TYPE_CHECKING:
@@ -30,39 +29,26 @@ if TYPE_CHECKING:
 _KINDS_TEXT = "nn.ReLU, ReLU6, Tanh, Sigmoid, Hardtanh, Hardsigmoid, GELU, SiLU or Softplus"
 
 
-def _push(history: dict[str, deque[float]], values: Mapping[str, float], length: int, cap: int) -> None:
-    """Append one sample to every series (NaN where a series has no value; new series NaN-padded)."""
-    for name, value in values.items():
-        if name not in history:
-            history[name] = deque([math.nan] * min(length - 1, cap - 1), maxlen=cap)
-        history[name].append(value)
-    for name, series in history.items():
-        if name not in values:
-            series.append(math.nan)
-
-
 class UpdateRatioMonitor(RecipeCallback):
     """Logs update-to-weight ratios per layer and the share of dead or saturated activation units.
 
-    On optimizer steps 0, 1, 2, 4, 8, ... (densely at the start, where a bad init shows) and then
-    every ``every_n_steps`` steps it copies the parameters just before the optimizer step
-    (``on_before_optimizer_step``, so with gradient accumulation it brackets the real step) and
-    after the batch computes, per layer, ``log10(||w_after - w_before|| / ||w_before||)`` with all
-    the layer's parameter tensors pooled. On the same steps it hooks every activation module
-    (``nn.ReLU``, ``ReLU6``, ``Tanh``, ``Sigmoid``, ``Hardtanh``, ``Hardsigmoid``, ``GELU``,
-    ``SiLU``, ``Softplus``) for one forward pass: a unit (a feature, or a channel of a conv map) is
-    dead when it is inactive for every value in the batch (ReLU: exactly 0; tanh: ``|y| > 0.99``;
-    sigmoid: within 0.01 of 0 or 1; GELU, SiLU, Softplus: an input so far left that less than 0.01
-    of the gradient passes, see :mod:`recipe_callbacks.core.update_ratio`). Between sampled steps
-    nothing is hooked or copied: an unsampled step costs one integer check per hook. It only reads:
-    the run's weights stay bit-identical.
+    On optimizer steps 0, 1, 2, 4, 8, ... (densely at the start, where a bad init shows) and then every
+    ``every_n_steps`` steps it copies the parameters just before the optimizer step (``on_before_optimizer_step``,
+    so with gradient accumulation it brackets the real step) and after the batch computes, per layer,
+    ``log10(||w_after - w_before|| / ||w_before||)`` with all the layer's parameter tensors pooled. On the same
+    steps it hooks every activation module (``nn.ReLU``, ``ReLU6``, ``Tanh``, ``Sigmoid``, ``Hardtanh``,
+    ``Hardsigmoid``, ``GELU``, ``SiLU``, ``Softplus``) for one forward pass: a unit (a feature, or a channel of a
+    conv map) is dead when it is inactive for every value in the batch (ReLU: exactly 0; tanh: ``|y| > 0.99``;
+    sigmoid: within 0.01 of 0 or 1; GELU, SiLU, Softplus: an input so far left that less than 0.01 of the
+    gradient passes, see :mod:`recipe_callbacks.core.update_ratio`). Between sampled steps nothing is hooked or
+    copied: an unsampled step costs one flag per hook. It only reads: the run's weights stay bit-identical.
 
-    A layer is flagged when its ratio stays below ``min_ratio`` (not learning: a frozen layer, a
-    parameter missing from the optimizer, a vanishing gradient) or above ``max_ratio`` (exploding:
-    learning rate too high) for ``patience`` samples in a row, and an activation layer when more
-    than ``max_dead_fraction`` of its units stay dead for ``patience`` samples. Two Findings: key
-    ``ratio`` (``fail`` when exploding, ``warn`` when not learning) and key ``activations``
-    (``warn``). They are reported when the set of flagged layers changes and at the end of training.
+    A layer is flagged when its ratio stays below ``min_ratio`` (not learning: a frozen layer, a parameter
+    missing from the optimizer, a vanishing gradient) or above ``max_ratio`` (exploding: learning rate too high)
+    for ``patience`` samples in a row, and an activation layer when more than ``max_dead_fraction`` of its units
+    stay dead for ``patience`` samples. Two Findings: key ``ratio`` (``fail`` when exploding, ``warn`` when not
+    learning) and key ``activations`` (``warn``). They are reported when the set of flagged layers changes and at
+    the end of training.
 
     Args:
         every_n_steps: measure on optimizer steps 0, 1, 2, 4, 8, ... below N, then N, 2N, 3N, ...
@@ -71,10 +57,10 @@ class UpdateRatioMonitor(RecipeCallback):
         patience: how many samples in a row a layer must be out of range to be flagged.
         max_dead_fraction: an activation layer with more dead units than this is flagged.
         activations: also measure activation health.
-        unit_dim: the dimension of an activation output that indexes units (1: features of
-            ``(N, D)``, channels of ``(N, C, H, W)``; use -1 for ``(N, T, D)`` sequence models).
-        include_frozen: also measure parameters with ``requires_grad=False`` (they are then flagged
-            as not learning; set ``False`` when freezing is intended, e.g. a fine-tuned backbone).
+        unit_dim: the dimension of an activation output that indexes units (1: features of ``(N, D)``, channels
+            of ``(N, C, H, W)``; use -1 for ``(N, T, D)`` sequence models).
+        include_frozen: also measure parameters with ``requires_grad=False`` (they are then flagged as not
+            learning; set ``False`` when freezing is intended, e.g. a fine-tuned backbone).
         history_size: samples kept per layer for the chart (older ones are dropped).
         plot_every_n_samples: draw the ratio chart every this many samples (and at the end).
         on_fail: what a ``fail`` Finding does: ``"warn"``, ``"raise"`` or ``"ignore"``.
@@ -84,15 +70,14 @@ class UpdateRatioMonitor(RecipeCallback):
         TypeError: an argument of the wrong type.
 
     Logged:
-        - ``recipe.update_ratio_monitor/<layer>/log10_ratio``: per layer (module name, e.g. ``net.0``;
-          ``root`` for parameters of the model itself), at each sampled step; an exact 0 update is
-          logged as -12.
-        - ``recipe.update_ratio_monitor/<activation>/dead_fraction``: per activation module call
-          (``act``, ``act#2`` for a module called twice in one forward).
-        - ``recipe.update_ratio_monitor/<activation>/saturated_fraction``: share of saturated values,
-          for tanh, sigmoid, hardtanh and hardsigmoid.
-        - ``recipe.update_ratio_monitor/ratio_chart``: figure of the ratio per layer over steps on a
-          log axis, the healthy band around 1e-3 shaded, ``min_ratio`` and ``max_ratio`` drawn.
+        - ``recipe.update_ratio_monitor/<layer>/log10_ratio``: per layer (module name, e.g. ``net.0``; ``root``
+          for parameters of the model itself), at each sampled step; an exact 0 update is logged as -12.
+        - ``recipe.update_ratio_monitor/<activation>/dead_fraction``: per activation module call (``act``,
+          ``act#2`` for a module called twice in one forward).
+        - ``recipe.update_ratio_monitor/<activation>/saturated_fraction``: share of saturated values, for tanh,
+          sigmoid, hardtanh and hardsigmoid.
+        - ``recipe.update_ratio_monitor/ratio_chart``: figure of the ratio per layer over steps on a log axis,
+          the healthy band around 1e-3 shaded, ``min_ratio`` and ``max_ratio`` drawn.
         - ``recipe.update_ratio_monitor/finding``: text, the Findings with their values.
 
     Example::
@@ -127,23 +112,18 @@ class UpdateRatioMonitor(RecipeCallback):
             raise ValueError(f"{owner}(min_ratio={min_ratio!r}): min_ratio must be below max_ratio={max_ratio!r}")
         self.patience = check_int(owner, "patience", patience)
         self.max_dead_fraction = check_float(owner, "max_dead_fraction", max_dead_fraction, maximum=1.0)
-        for name, flag in (("activations", activations), ("include_frozen", include_frozen)):
-            check_bool(owner, name, flag)
-        self.activations = activations
-        self.include_frozen = include_frozen
+        self.activations = check_bool(owner, "activations", activations)
+        self.include_frozen = check_bool(owner, "include_frozen", include_frozen)
         self.unit_dim = check_int(owner, "unit_dim", unit_dim, minimum=-8)
         self.history_size = check_int(owner, "history_size", history_size, minimum=2)
         self.plot_every_n_samples = check_int(owner, "plot_every_n_samples", plot_every_n_samples)
-        # Ratio measurement: parameters copied before a sampled optimizer step.
-        self._snapshot: list[tuple[str, nn.Parameter, torch.Tensor]] | None = None
+        self._snapshot: core.ParameterSnapshot | None = None
         self._snapshot_step = -1
         self._frozen_layers: set[str] = set()
-        # Activation measurement: hooks armed for one sampled step.
-        self._handles: list[torch.utils.hooks.RemovableHandle] = []
-        self._records: list[tuple[str, str, torch.Tensor, torch.Tensor, int]] = []
-        self._calls: dict[str, int] = {}
+        self._watch = core.ActivationWatch(self.unit_dim)
         self._armed_step = -1
-        # Capped histories.
+        self._due = True  # the batch started at a sampled step (or no batch started yet)
+        self._manual = False  # manual optimisation steps the optimizer several times per batch
         self.ratio_steps: deque[int] = deque(maxlen=self.history_size)
         self.ratios: dict[str, deque[float]] = {}
         self.activation_steps: deque[int] = deque(maxlen=self.history_size)
@@ -158,16 +138,15 @@ class UpdateRatioMonitor(RecipeCallback):
     def state_key(self) -> str:
         return self._state_key
 
-    def _sampled(self, step: int) -> bool:
-        return core.sampled_step(step, self.every_n_steps)
-
     # ----------------------------------------------------------------- hooks
     @override
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
         step = trainer.global_step
-        if self.activations and self._sampled(step) and step != self._armed_step:
+        self._due = core.sampled_step(step, self.every_n_steps)
+        self._manual = not pl_module.automatic_optimization
+        if self._due and self.activations and step != self._armed_step:
             self._armed_step = step
             self._arm(trainer, pl_module)
 
@@ -175,9 +154,11 @@ class UpdateRatioMonitor(RecipeCallback):
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
+        if not self._due and not self._manual:  # an unsampled batch: one flag
+            return
         step = trainer.global_step
         # Only the first call of a step: closure-based optimizers (LBFGS) may call this repeatedly.
-        if self._sampled(step) and self._snapshot is None and step != self._snapshot_step:
+        if core.sampled_step(step, self.every_n_steps) and self._snapshot is None and step != self._snapshot_step:
             self._snapshot_step = step
             self._take_snapshot(pl_module)
 
@@ -185,11 +166,13 @@ class UpdateRatioMonitor(RecipeCallback):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
+        if self._snapshot is None and not self._watch.handles:  # an unsampled batch: nothing to measure
+            return
         # What a sampled step measured (update norms, activation counts) reaches the host in one copy.
         due = self._snapshot is not None and trainer.global_step != self._snapshot_step
-        norms = self._ratio_norms() if due else None
-        if self._handles:
-            self._disarm()
+        norms = self._snapshot.norms() if due and self._snapshot is not None else None
+        if self._watch.handles:
+            self._watch.disarm()
             norms = self._record_activations(trainer, pl_module, norms)
         elif norms is not None:
             norms = norms.cpu()
@@ -198,7 +181,7 @@ class UpdateRatioMonitor(RecipeCallback):
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._disarm()
+        self._watch.disarm()
         self._snapshot = None
         self._judge_ratios(trainer, final=True)
         if self.activations:
@@ -207,35 +190,23 @@ class UpdateRatioMonitor(RecipeCallback):
 
     @override
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        self._disarm()
+        self._watch.disarm()
         self._snapshot = None
 
     # ----------------------------------------------------------------- update ratios
     def _take_snapshot(self, pl_module: pl.LightningModule) -> None:
         named = [(n, p) for n, p in pl_module.named_parameters() if self.include_frozen or p.requires_grad]
-        with torch.no_grad():
-            self._snapshot = [(n, p, p.detach().clone()) for n, p in named]
-        by_layer: dict[str, bool] = {}
-        for n, p in named:
-            layer = core.layer_name(n)
-            by_layer[layer] = by_layer.get(layer, False) or p.requires_grad
-        self._frozen_layers = {layer for layer, trains in by_layer.items() if not trains}
-
-    def _ratio_norms(self) -> torch.Tensor:
-        """``(2, P)`` update and weight norms of the sampled step, still on the device."""
-        assert self._snapshot is not None
-        with torch.no_grad():
-            return core.stacked_update_norms([b for _, _, b in self._snapshot], [p for _, p, _ in self._snapshot])
+        self._snapshot = core.ParameterSnapshot.take(named, self._snapshot_step)
+        self._frozen_layers = self._snapshot.frozen_layers
 
     def _record_ratios(self, trainer: pl.Trainer, norms: torch.Tensor) -> None:
         assert self._snapshot is not None
-        names = [n for n, _, _ in self._snapshot]
-        step, self._snapshot = self._snapshot_step, None
+        names, step, self._snapshot = self._snapshot.names, self._snapshot.step, None
         ratios = core.layer_log10_ratios(names, norms[0].tolist(), norms[1].tolist())
         if not ratios:
             return
         self.ratio_steps.append(step)
-        _push(self.ratios, ratios, len(self.ratio_steps), self.history_size)
+        core.push(self.ratios, ratios, len(self.ratio_steps), self.history_size)
         self.log_scalars(trainer, {f"{layer}/log10_ratio": v for layer, v in ratios.items()}, step=step)
         self._judge_ratios(trainer, final=False)
         if len(self.ratio_steps) % self.plot_every_n_samples == 0:
@@ -244,195 +215,116 @@ class UpdateRatioMonitor(RecipeCallback):
     def _judge_ratios(self, trainer: pl.Trainer, *, final: bool) -> None:
         samples = len(self.ratio_steps)
         if samples < self.patience:
-            if final and "ratio" not in self._findings:
-                self.skip(
-                    trainer,
-                    f"{samples} update ratio sample(s) in this run, fewer than patience={self.patience}; "
-                    f"sampled at optimizer steps 0, 1, 2, 4, 8, ... and then every {self.every_n_steps}",
-                    "every_n_steps",
-                    key="ratio",
-                )
+            self._too_few(trainer, "ratio", final, f"{samples} update ratio sample(s) in this run, fewer than "
+                          f"patience={self.patience}; sampled at optimizer steps 0, 1, 2, 4, 8, ... and then every "
+                          f"{self.every_n_steps}")
             return
         low_log, high_log = math.log10(self.min_ratio), math.log10(self.max_ratio)
-        verdicts = {k: core.judge_history(v, low_log, high_log, self.patience) for k, v in self.ratios.items()}
-        medians = {k: core.recent_median(v, self.patience) for k, v in self.ratios.items()}
-        low = {k: medians[k] for k, verdict in verdicts.items() if verdict == "low"}
-        high = {k: medians[k] for k, verdict in verdicts.items() if verdict == "high"}
-        finite = [m for m in medians.values() if math.isfinite(m)]
-        values = {
-            "layers": float(len(verdicts)),
-            "not_learning_layers": float(len(low)),
-            "exploding_layers": float(len(high)),
-            "min_log10_ratio": min(finite, default=math.nan),
-            "max_log10_ratio": max(finite, default=math.nan),
-            "samples": float(samples),
-        }
+        verdict = core.judge_histories(self.ratios, low_log, high_log, self.patience)
+        low, high = verdict.low, verdict.high
+        values = {"layers": float(verdict.series), "not_learning_layers": float(len(low)),
+                  "exploding_layers": float(len(high)), "min_log10_ratio": verdict.lowest,
+                  "max_log10_ratio": verdict.highest, "samples": float(samples)}
         status: Status = "fail" if high else "warn" if low else "pass"
-        signature = (status, tuple(sorted(low)), tuple(sorted(high)))
-        if signature == self._signatures.get("ratio") and not (final and status == "pass"):
+        if not self._changed("ratio", (status, tuple(sorted(low)), tuple(sorted(high))), final):
             return
-        self._signatures["ratio"] = signature
+        summary, advice = self._ratio_prose(low, high, verdict.series, values)
+        self.report(trainer, status, summary, values, advice, key="ratio", log_values=False)
+
+    def _ratio_prose(
+        self, low: dict[str, float], high: dict[str, float], layers: int, values: dict[str, float]
+    ) -> tuple[str, str]:
+        """The summary and advice of the ``ratio`` Finding."""
+        low_log, high_log = math.log10(self.min_ratio), math.log10(self.max_ratio)
         window = f"for the last {self.patience} samples (steps 0, 1, 2, 4, ..., then every {self.every_n_steps})"
         parts, advice = [], []
         if high:
-            parts.append(
-                f"{len(high)} of {len(verdicts)} layers exploding: log10(update/weight) stayed above "
-                f"{high_log:.1f} {window}: {core.summarize_layers(high)}"
-            )
-            advice.append(
-                "lower the learning rate (a ratio near 1e-3 is healthy), clip gradients, or check the "
-                "init and normalisation of these layers"
-            )
+            parts.append(f"{len(high)} of {layers} layers exploding: log10(update/weight) stayed above {high_log:.1f} "
+                         f"{window}: {core.summarize_layers(high)}")
+            advice.append("lower the learning rate (a ratio near 1e-3 is healthy), clip gradients, or check the init "
+                          "and normalisation of these layers")
         if low:
             frozen = sorted(set(low) & self._frozen_layers)
             note = f" (requires_grad=False: {', '.join(frozen[:5])})" if frozen else ""
-            parts.append(
-                f"{len(low)} of {len(verdicts)} layers not learning: log10(update/weight) stayed below "
-                f"{low_log:.1f} {window}: {core.summarize_layers(low)}{note}"
-            )
-            advice.append(
-                "for layers that should train: check requires_grad, that their parameters are in the "
-                "optimizer, the learning rate (too low, or 0), and vanishing gradients (dead or saturated "
-                "activations before them); -12 means nothing moved. If the freeze is intended, set "
-                "UpdateRatioMonitor(include_frozen=False)"
-            )
+            parts.append(f"{len(low)} of {layers} layers not learning: log10(update/weight) stayed below "
+                         f"{low_log:.1f} {window}: {core.summarize_layers(low)}{note}")
+            advice.append("for layers that should train: check requires_grad, that their parameters are in the "
+                          "optimizer, the learning rate (too low, or 0), and vanishing gradients (dead or saturated "
+                          "activations before them); -12 means nothing moved. If the freeze is intended, set "
+                          "UpdateRatioMonitor(include_frozen=False)")
         if not parts:
-            parts.append(
-                f"update-to-weight ratios of all {len(verdicts)} layers within "
-                f"[{self.min_ratio:g}, {self.max_ratio:g}] (log10 from {values['min_log10_ratio']:.1f} to "
-                f"{values['max_log10_ratio']:.1f}; about -3 is healthy)"
-            )
-        self.report(trainer, status, "; ".join(parts), values, "; ".join(advice), key="ratio", log_values=False)
+            parts.append(f"update-to-weight ratios of all {layers} layers within [{self.min_ratio:g}, "
+                         f"{self.max_ratio:g}] (log10 from {values['min_log10_ratio']:.1f} to "
+                         f"{values['max_log10_ratio']:.1f}; about -3 is healthy)")
+        return "; ".join(parts), "; ".join(advice)
 
     # ----------------------------------------------------------------- activations
     def _arm(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._disarm()  # a batch that ended without on_train_batch_end must not leave hooks behind
-        self._records, self._calls = [], {}
-        for name, module in pl_module.named_modules():
-            kind = core.activation_kind(module)
-            if kind is not None:
-                self._handles.append(module.register_forward_hook(self._hook(name or "root", kind, module)))
-        if not self._handles and "activations" not in self._findings:
-            self.skip(
-                trainer,
-                f"no {_KINDS_TEXT} module in the model, so no activation health (activations called as "
-                "functions, e.g. F.relu, are not seen); the update ratios are still measured",
-                "activations",
-                key="activations",
-            )
-
-    def _hook(self, name: str, kind: core.ActivationKind, module: nn.Module) -> Any:
-        low = float(getattr(module, "min_val", -1.0))
-        high = float(getattr(module, "max_val", 1.0))
-
-        beta = float(getattr(module, "beta", 1.0))
-        by_input = kind in core.INPUT_CUTOFFS
-
-        def hook(_: nn.Module, args: Any, output: Any) -> None:
-            seen = args[0] if by_input and args else output
-            # only training_step's own forward: other callbacks observe under no_grad (EvalModeCheck)
-            if not isinstance(seen, torch.Tensor) or not torch.is_grad_enabled():
-                return
-            count = self._calls.get(name, 0) + 1
-            self._calls[name] = count
-            site = name if count == 1 else f"{name}#{count}"
-            with torch.no_grad():
-                if by_input:
-                    mask = core.inactive_input_mask(seen, kind, beta=beta)
-                else:
-                    mask = core.inactive_mask(seen, kind, low=low, high=high)
-                active, inactive = core.unit_activity(mask, self.unit_dim)
-            self._records.append((site, kind, active, inactive, seen.numel()))
-
-        return hook
-
-    def _disarm(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
+        if not self._watch.arm(pl_module) and "activations" not in self._findings:
+            self.skip(trainer, f"no {_KINDS_TEXT} module in the model, so no activation health (activations called "
+                      "as functions, e.g. F.relu, are not seen); the update ratios are still measured", "activations",
+                      key="activations")
 
     def _record_activations(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, carry: torch.Tensor | None = None
     ) -> torch.Tensor | None:
         """Record the activation health of the sampled step; ``carry`` (a device tensor, the update
         norms) travels to the host in the same copy and comes back, on the CPU."""
-        records, self._records = self._records, []
+        records = self._watch.take()
         if not records:
             return carry.cpu() if carry is not None else None
-        # One flat vector [active counts of every site..., inactive totals..., sizes...] so that a
-        # single collective sums it over the processes (all ranks run the same sampled step).
-        device = records[0][2].device
-        sizes = torch.tensor([float(r[4]) for r in records], dtype=torch.float64, device=device)
-        flat = torch.cat([r[2].to(device) for r in records] + [torch.stack([r[3].to(device) for r in records]), sizes])
-        if trainer.world_size > 1:
-            flat = trainer.strategy.reduce(flat, reduce_op="sum")
-        size = flat.numel()
+        # The counts and the update norms in one vector: one copy to the host, and one collective over
+        # the processes (all ranks run the same sampled step).
+        counts = core.flat_counts(records)
+        parts = [counts] if carry is None else [counts, carry.reshape(-1).to(counts.device, torch.float64)]
+        (flat,) = sum_over_ranks(trainer, [torch.cat(parts)])
         if carry is not None:
-            flat = torch.cat([flat, carry.reshape(-1).to(flat.device)])
-        flat = flat.cpu()
-        if carry is not None:
-            flat, carry = flat[:size], flat[size:].reshape(carry.shape)
-        dead: dict[str, float] = {}
-        scalars: dict[str, float] = {}
-        offset, n = 0, len(records)
-        totals, numels = flat[-2 * n : -n], flat[-n:]
-        for i, (site, kind, active, _, _) in enumerate(records):
-            dead[site] = core.dead_fraction(flat[offset : offset + active.numel()])
-            offset += active.numel()
-            scalars[f"{site}/dead_fraction"] = dead[site]
-            if kind not in core.DEAD_KINDS:
-                scalars[f"{site}/saturated_fraction"] = float(totals[i] / numels[i].clamp_min(1.0))
-        step = self._armed_step
-        self.activation_steps.append(step)
-        _push(self.dead, dead, len(self.activation_steps), self.history_size)
-        self.log_scalars(trainer, scalars, step=step)
+            flat, carry = flat[: counts.numel()], flat[counts.numel() :].reshape(carry.shape)
+        dead, scalars = core.activation_fractions(records, flat)
+        self.activation_steps.append(self._armed_step)
+        core.push(self.dead, dead, len(self.activation_steps), self.history_size)
+        self.log_scalars(trainer, scalars, step=self._armed_step)
         self._judge_activations(trainer, final=False)
         return carry
 
     def _judge_activations(self, trainer: pl.Trainer, *, final: bool) -> None:
         samples = len(self.activation_steps)
         if samples < self.patience:
-            if final and "activations" not in self._findings:
-                self.skip(
-                    trainer,
-                    f"{samples} activation sample(s) in this run, fewer than patience={self.patience}",
-                    "every_n_steps",
-                    key="activations",
-                )
+            reason = f"{samples} activation sample(s) in this run, fewer than patience={self.patience}"
+            self._too_few(trainer, "activations", final, reason)
             return
-        verdicts = {k: core.judge_history(v, -1.0, self.max_dead_fraction, self.patience) for k, v in self.dead.items()}
-        medians = {k: core.recent_median(v, self.patience) for k, v in self.dead.items()}
-        dead = {k: medians[k] for k, verdict in verdicts.items() if verdict == "high"}
-        finite = [m for m in medians.values() if math.isfinite(m)]
-        values = {
-            "activation_layers": float(len(verdicts)),
-            "dead_layers": float(len(dead)),
-            "max_dead_fraction": max(finite, default=math.nan),
-            "samples": float(samples),
-        }
+        verdict = core.judge_histories(self.dead, -1.0, self.max_dead_fraction, self.patience)
+        dead = verdict.high
+        values = {"activation_layers": float(verdict.series), "dead_layers": float(len(dead)),
+                  "max_dead_fraction": verdict.highest, "samples": float(samples)}
         status: Status = "warn" if dead else "pass"
-        signature = (status, tuple(sorted(dead)))
-        if signature == self._signatures.get("activations") and not (final and status == "pass"):
+        if not self._changed("activations", (status, tuple(sorted(dead))), final):
             return
-        self._signatures["activations"] = signature
         if dead:
-            summary = (
-                f"{len(dead)} of {len(verdicts)} activation layers have mostly dead units (more than "
-                f"{self.max_dead_fraction:.0%} of units inactive on the whole batch for the last {self.patience} "
-                f"samples; dead fraction in brackets): {core.summarize_layers(dead)}"
-            )
-            advice = (
-                "dead ReLUs come from a large negative bias, a bad init or a learning rate that pushed the "
-                "units off: lower the learning rate, check the init, normalise before the activation, or try "
-                "LeakyReLU/GELU; saturated tanh/sigmoid: scale the init or the inputs down"
-            )
+            summary = (f"{len(dead)} of {verdict.series} activation layers have mostly dead units (more than "
+                       f"{self.max_dead_fraction:.0%} of units inactive on the whole batch for the last "
+                       f"{self.patience} samples; dead fraction in brackets): {core.summarize_layers(dead)}")
+            advice = ("dead ReLUs come from a large negative bias, a bad init or a learning rate that pushed the "
+                      "units off: lower the learning rate, check the init, normalise before the activation, or try "
+                      "LeakyReLU/GELU; saturated tanh/sigmoid: scale the init or the inputs down")
         else:
-            summary = (
-                f"no activation layer with mostly dead units (activation layers checked: {len(verdicts)}; "
-                f"largest dead fraction {values['max_dead_fraction']:.0%})"
-            )
+            summary = (f"no activation layer with mostly dead units (activation layers checked: {verdict.series}; "
+                       f"largest dead fraction {values['max_dead_fraction']:.0%})")
             advice = ""
         self.report(trainer, status, summary, values, advice, key="activations", log_values=False)
+
+    def _too_few(self, trainer: pl.Trainer, key: str, final: bool, reason: str) -> None:
+        """At the end of training, a skip for the Finding ``key`` that never had enough samples."""
+        if final and key not in self._findings:
+            self.skip(trainer, reason, "every_n_steps", key=key)
+
+    def _changed(self, key: str, signature: tuple[Any, ...], final: bool) -> bool:
+        """Whether the Finding ``key`` is to be reported again: its flagged layers changed, or a pass
+        at the end of training."""
+        if signature == self._signatures.get(key) and not (final and signature[0] == "pass"):
+            return False
+        self._signatures[key] = signature
+        return True
 
     # ----------------------------------------------------------------- picture and state
     def _draw(self, trainer: pl.Trainer) -> None:
@@ -444,24 +336,19 @@ class UpdateRatioMonitor(RecipeCallback):
     def ratio_chart(self) -> Figure:
         """The update/weight ratio of every layer over the sampled steps, against the healthy band."""
         series = {layer: [10.0**v for v in values] for layer, values in self.ratios.items()}
-        return line_chart(
-            series,
-            x=list(self.ratio_steps),
-            title="UpdateRatioMonitor: ||update|| / ||weight|| per layer; healthy near 1e-3",
-            xlabel="optimizer step", ylabel="update / weight ratio (log scale)", log_y=True,
-            band=Band(1e-4, 1e-2, "healthy, around 1e-3"),
-            hlines={f"min_ratio {self.min_ratio:g} (warn)": self.min_ratio, f"max_ratio {self.max_ratio:g} (fail)":
-                    self.max_ratio},
-        )
+        hlines = {f"min_ratio {self.min_ratio:g} (warn)": self.min_ratio,
+                  f"max_ratio {self.max_ratio:g} (fail)": self.max_ratio}
+        return line_chart(series, x=list(self.ratio_steps),
+                          title="UpdateRatioMonitor: ||update|| / ||weight|| per layer; healthy near 1e-3",
+                          xlabel="optimizer step", ylabel="update / weight ratio (log scale)", log_y=True,
+                          band=Band(1e-4, 1e-2, "healthy, around 1e-3"), hlines=hlines)
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        state = super().state_dict()
-        state["ratio_steps"] = list(self.ratio_steps)
-        state["ratios"] = {k: list(v) for k, v in self.ratios.items()}
-        state["activation_steps"] = list(self.activation_steps)
-        state["dead"] = {k: list(v) for k, v in self.dead.items()}
-        return state
+        series = {"ratios": self.ratios, "dead": self.dead}
+        return {**super().state_dict(), "ratio_steps": list(self.ratio_steps),
+                "activation_steps": list(self.activation_steps),
+                **{name: {k: list(v) for k, v in s.items()} for name, s in series.items()}}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

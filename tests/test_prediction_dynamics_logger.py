@@ -99,7 +99,7 @@ def test_fixed_samples_are_the_same_across_the_run_and_after_resume(tmp_path: Pa
     trainer.fit(TinyClassifier(), loader(train), loader(val))
     assert torch.equal(first.sample_x, val.tensors[0][:6]) and torch.equal(first.sample_y, val.tensors[1][:6])
     assert first.sample_indices is not None and first.sample_indices.tolist() == list(range(6))
-    steps_before = list(first.steps)
+    steps_before = list(first.history.steps)
     assert steps_before == list(range(0, 9, 2))
 
     # Resume with the validation set in another order: the watched samples must not change.
@@ -110,11 +110,11 @@ def test_fixed_samples_are_the_same_across_the_run_and_after_resume(tmp_path: Pa
     trainer.fit(TinyClassifier(), loader(train), loader(reordered), ckpt_path=last)
     assert second.sample_x is not None and torch.equal(second.sample_x, first.sample_x)
     assert torch.equal(second.sample_y, first.sample_y)
-    assert second.steps[: len(steps_before)] == steps_before  # the history continued
-    assert second.steps[-1] == 16
+    assert second.history.steps[: len(steps_before)] == steps_before  # the history continued
+    assert second.history.steps[-1] == 16
     assert second.heatmap_matrix().shape == (6, 9)
     # The jitter right after the resume compares with the last record before it, not with nothing.
-    assert np.isfinite(second.jitters[len(steps_before)])
+    assert np.isfinite(second.history.jitters[len(steps_before)])
 
 
 class ImageNet(pl.LightningModule):
@@ -196,9 +196,9 @@ def test_history_is_capped(tmp_path: Path) -> None:
     trainer = fast_trainer(tmp_path, max_epochs=10, callbacks=[cb], logger=False)
     trainer.fit(TinyClassifier(), loader(blobs(64), batch_size=16), loader(blobs(16, seed=1)))
     assert trainer.global_step == 40
-    assert len(cb.steps) <= 8 and cb.steps[-1] == 40
-    assert cb.steps == sorted(cb.steps) and cb.steps[0] <= 8  # spans the whole run
-    assert cb.heatmap_matrix().shape == (4, len(cb.steps))
+    assert len(cb.history.steps) <= 8 and cb.history.steps[-1] == 40
+    assert cb.history.steps == sorted(cb.history.steps) and cb.history.steps[0] <= 8  # spans the whole run
+    assert cb.heatmap_matrix().shape == (4, len(cb.history.steps))
     # Without a logger the pictures land as PNG files in the run's directory.
     assert list((tmp_path / "recipe" / "prediction_dynamics_logger" / "heatmap").glob("*.png"))
 
@@ -272,7 +272,7 @@ def test_float_zero_one_targets_are_binary_as_in_the_other_checks(tmp_path: Path
     p_true = torch.where(target == 1, logit.sigmoid(), 1 - logit.sigmoid())
     torch.testing.assert_close(cb.heatmap_matrix()[:, -1].double(), p_true, rtol=1e-5, atol=1e-6)
     bce = float(nn.functional.binary_cross_entropy_with_logits(logit, target))
-    assert cb.losses[-1] == pytest.approx(bce, rel=1e-5)
+    assert cb.history.losses[-1] == pytest.approx(bce, rel=1e-5)
 
 
 @pytest.mark.parametrize(

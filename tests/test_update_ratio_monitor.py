@@ -253,7 +253,7 @@ def test_exploding_ratio_fails_and_raises_when_asked(tmp_path: Path) -> None:
     with pytest.raises(RecipeCheckError, match="exploding"):
         fit(tmp_path, TinyClassifier(lr=5.0), monitor)
     assert finding(monitor, "ratio").status == "fail"
-    assert not monitor._handles and monitor._snapshot is None
+    assert not monitor._watch.handles and monitor._snapshot is None
 
 
 def test_no_activation_modules_and_too_short_runs_skip(tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ import copy
 import math
 import warnings
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -222,6 +222,61 @@ def _read_lrs(optimizers: Sequence[Optimizer]) -> list[float]:
     return [float(group["lr"]) for opt in optimizers for group in opt.param_groups]
 
 
+class _Simulation:
+    """The state of one run of :func:`simulate_schedule`: counts, the recorded curve, the first error."""
+
+    def __init__(self, optimizers: Sequence[Optimizer], schedulers: Sequence[ScheduledStep], stride: int) -> None:
+        self.optimizers = optimizers
+        self.stride = stride
+        self.per_step = [(k, e) for k, e in enumerate(schedulers) if e.interval == "step"]
+        self.per_epoch = [(k, e) for k, e in enumerate(schedulers) if e.interval != "step"]
+        self.counts = [0] * len(schedulers)
+        self.by_epoch: list[list[int]] = []
+        self.steps: list[int] = []
+        self.lrs: list[list[float]] = []
+        self.dead: set[int] = set()
+        self.error, self.error_step = "", -1
+        self.step = self.made = 0
+
+    def advance(self, k: int, entry: ScheduledStep) -> None:
+        """Scheduler ``k`` steps (counted; metric-driven ones and ones that raised are not stepped)."""
+        self.counts[k] += 1
+        if entry.reduce_on_plateau or k in self.dead:
+            return
+        try:
+            entry.scheduler.step()
+        except Exception as err:  # what raises here raises in the real run, after the same optimizer step
+            self.dead.add(k)
+            if not self.error:
+                self.error, self.error_step = f"{entry.name}: {type(err).__name__}: {err}", self.step
+
+    def optimizer_step(self, batch_idx: int) -> None:
+        """One optimizer step: record the LR it uses, then step the ``interval="step"`` schedulers."""
+        if self.made % self.stride == 0 and not self.error:  # after an error the curve is fiction: counts only
+            self.steps.append(self.step)
+            self.lrs.append(_read_lrs(self.optimizers))
+        self.step, self.made = self.step + 1, self.made + 1
+        for k, entry in self.per_step:
+            if (batch_idx + 1) % entry.frequency == 0:
+                self.advance(k, entry)
+
+    def epoch(self, loop: LoopPlan, epoch: int, budget: int) -> bool:
+        """Run one epoch; ``True`` when the step budget is used up."""
+        done = False
+        for batch_idx, steps_optimizer, is_last in loop.epoch_batches():
+            if steps_optimizer:
+                self.optimizer_step(batch_idx)
+            if is_last:
+                for k, entry in self.per_epoch:
+                    if (epoch + 1) % entry.frequency == 0:
+                        self.advance(k, entry)
+            if self.made >= budget:
+                done = True
+                break
+        self.by_epoch.append(list(self.counts))
+        return done
+
+
 def simulate_schedule(
     optimizers: Sequence[Optimizer],
     schedulers: Sequence[ScheduledStep],
@@ -257,69 +312,30 @@ def simulate_schedule(
     if math.isinf(total):
         raise ValueError("simulate_schedule: the run has no end (set max_steps or max_epochs)")
     budget = max(0, int(min(total - loop.start_step, max_steps)))
-    stride = max(1, math.ceil(budget / max(1, max_points)))
-    groups = [(i, j) for i, opt in enumerate(optimizers) for j in range(len(opt.param_groups))]
-    steps: list[int] = []
-    lrs: list[list[float]] = []
-    counts = [0] * len(schedulers)
+    run = _Simulation(optimizers, schedulers, stride=max(1, math.ceil(budget / max(1, max_points))))
+    run.step = loop.start_step
     start_positions = [int(getattr(e.scheduler, "last_epoch", 0)) for e in schedulers]
-    by_epoch: list[list[int]] = []
-    step, made, epoch = loop.start_step, 0, loop.start_epoch
-    error, error_step = "", -1
-
-    dead: set[int] = set()
-    per_step = [(k, e) for k, e in enumerate(schedulers) if e.interval == "step"]
-    per_epoch = [(k, e) for k, e in enumerate(schedulers) if e.interval != "step"]
-
-    def advance(k: int, entry: ScheduledStep) -> None:
-        nonlocal error, error_step
-        counts[k] += 1
-        if entry.reduce_on_plateau or k in dead:
-            return
-        try:
-            entry.scheduler.step()
-        except Exception as err:  # what raises here raises in the real run, after the same optimizer step
-            dead.add(k)
-            if not error:
-                error, error_step = f"{entry.name}: {type(err).__name__}: {err}", step
-
-    done = budget == 0
+    epoch, done = loop.start_epoch, budget == 0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         while not done and (loop.max_epochs < 0 or epoch < loop.max_epochs):
-            for batch_idx, steps_optimizer, is_last in loop.epoch_batches():
-                if steps_optimizer:
-                    if made % stride == 0 and not error:  # after an error the curve is fiction: counts only
-                        steps.append(step)
-                        lrs.append(_read_lrs(optimizers))
-                    step, made = step + 1, made + 1
-                    for k, entry in per_step:
-                        if (batch_idx + 1) % entry.frequency == 0:
-                            advance(k, entry)
-                if is_last:
-                    for k, entry in per_epoch:
-                        if (epoch + 1) % entry.frequency == 0:
-                            advance(k, entry)
-                if made >= budget:
-                    done = True
-                    break
-            by_epoch.append(list(counts))
+            done = run.epoch(loop, epoch, budget)
             epoch += 1
-    n_groups = len(groups)
+    groups = [(i, j) for i, opt in enumerate(optimizers) for j in range(len(opt.param_groups))]
     return PlannedSchedule(
-        steps=np.asarray(steps, dtype=np.int64),
-        lrs=np.asarray(lrs, dtype=np.float64).reshape(len(lrs), n_groups),
+        steps=np.asarray(run.steps, dtype=np.int64),
+        lrs=np.asarray(run.lrs, dtype=np.float64).reshape(len(run.lrs), len(groups)),
         groups=groups,
-        scheduler_steps=counts,
-        scheduler_steps_by_epoch=by_epoch,
+        scheduler_steps=run.counts,
+        scheduler_steps_by_epoch=run.by_epoch,
         scheduler_start=start_positions,
         total_steps=total,
-        simulated_steps=made,
+        simulated_steps=run.made,
         epochs=epoch - loop.start_epoch,
-        stride=stride,
-        truncated=made < total - loop.start_step,
-        error=error,
-        error_step=error_step,
+        stride=run.stride,
+        truncated=run.made < total - loop.start_step,
+        error=run.error,
+        error_step=run.error_step,
     )
 
 
@@ -410,6 +426,139 @@ def _unit_hint(name: str, length: float, interval: str, stepped: int, epochs: in
     )
 
 
+@dataclass(frozen=True)
+class _Length:
+    """What every length rule needs: the scheduler, how often it steps in the run, and the run's size."""
+
+    entry: ScheduledStep
+    index: int
+    stepped: int
+    epochs: int
+    steps: int
+    tolerance: float
+    error: str
+    error_step: int
+
+    @property
+    def where(self) -> str:
+        unit = "optimizer step" if self.entry.interval == "step" else "epoch"
+        return f"scheduler {self.index} ({self.entry.name}, stepped once per {unit}, {self.stepped} times over the run)"
+
+    @property
+    def bounds(self) -> tuple[float, float]:
+        return (1.0 - self.tolerance) * self.stepped, (1.0 + self.tolerance) * self.stepped
+
+    def issue(
+        self, summary: str, values: dict[str, float], advice: str, length_name: str, length: float
+    ) -> ScheduleIssue:
+        hint = _unit_hint(length_name, length, self.entry.interval, self.stepped, self.epochs, self.steps)
+        values = {"stepped": float(self.stepped), **values}
+        return ScheduleIssue(f"length:{self.index}", "fail", summary, values, (advice + hint).strip())
+
+
+def _cosine_length(s: Any, c: _Length) -> list[ScheduleIssue]:
+    t_max, (lo, hi), stepped = float(s.T_max), c.bounds, c.stepped
+    advice = f"set T_max to {stepped} (the number of times the scheduler steps)."
+    if t_max < lo:
+        return [c.issue(
+            f"{c.where}: CosineAnnealingLR(T_max={t_max:g}) reaches eta_min after {t_max:g} steps and then "
+            f"wraps around: the LR rises again back towards its peak for the remaining {stepped - t_max:g}.",
+            {"T_max": t_max}, advice, "T_max", t_max,
+        )]
+    if t_max > hi:
+        reached = (stepped - 1) / t_max
+        left = 0.5 * (1 + math.cos(math.pi * reached))
+        return [c.issue(
+            f"{c.where}: CosineAnnealingLR(T_max={t_max:g}) is only {reached:.0%} of the way down when the run "
+            f"ends; the last LR is still {left:.0%} of the way from eta_min to the peak.",
+            {"T_max": t_max, "fraction_reached": reached}, advice, "T_max", t_max,
+        )]
+    return []
+
+
+def _one_cycle_length(s: Any, c: _Length) -> list[ScheduleIssue]:
+    total, stepped = float(s.total_steps), c.stepped
+    if c.error and c.entry.name in c.error:
+        advice = (
+            f"set total_steps={stepped} (e.g. total_steps=trainer.estimated_stepping_batches with "
+            "'interval': 'step' inside the lr_scheduler dict)."
+            + _unit_hint("total_steps", total, c.entry.interval, stepped, c.epochs, c.steps)
+        )
+        return [ScheduleIssue(
+            f"length:{c.index}",
+            "fail",
+            f"{c.where}: OneCycleLR(total_steps={total:g}) will raise after optimizer step {c.error_step} "
+            f"(\"{c.error.split(': ', 2)[-1]}\"); the run needs {stepped} scheduler steps.",
+            {"stepped": float(stepped), "total_steps": total, "error_step": float(c.error_step)},
+            advice,
+        )]
+    if total > c.bounds[1]:
+        return [c.issue(
+            f"{c.where}: OneCycleLR(total_steps={total:g}) is only {stepped / total:.0%} through its cycle when "
+            "the run ends: the LR never anneals to its final value.",
+            {"total_steps": total},
+            f"set total_steps={stepped} (e.g. trainer.estimated_stepping_batches with 'interval': 'step').",
+            "total_steps", total,
+        )]
+    return []
+
+
+def _step_length(s: Any, c: _Length) -> list[ScheduleIssue]:
+    size = float(s.step_size)
+    if (c.stepped - 1) // size >= 1:
+        return []
+    return [c.issue(
+        f"{c.where}: StepLR(step_size={size:g}) never decays: the run ends before scheduler step {size:g}.",
+        {"step_size": size},
+        f"choose step_size below {c.stepped} (or drop the scheduler while the recipe keeps the LR constant).",
+        "step_size", size,
+    )]
+
+
+def _multi_step_length(s: Any, c: _Length) -> list[ScheduleIssue]:
+    milestones = sorted(int(m) for m in s.milestones)
+    missed = [m for m in milestones if m > c.stepped - 1]
+    if not missed:
+        return []
+    return [c.issue(
+        f"{c.where}: MultiStepLR milestones {missed} are never reached (the scheduler steps {c.stepped} times; "
+        f"milestones {milestones}).",
+        {"milestone_max": float(milestones[-1]), "milestones_missed": float(len(missed))},
+        f"put the milestones within the {c.stepped} scheduler steps of this run.",
+        "milestones", float(milestones[-1]),
+    )]
+
+
+def _polynomial_length(s: Any, c: _Length) -> list[ScheduleIssue]:
+    iters, (lo, hi) = float(s.total_iters), c.bounds
+    if lo <= iters <= hi:
+        return []
+    return [c.issue(
+        f"{c.where}: PolynomialLR(total_iters={iters:g}) does not match the {c.stepped} scheduler steps: the LR "
+        + ("reaches its end long before the run ends." if iters < lo else "never gets to its end."),
+        {"total_iters": iters}, f"set total_iters={c.stepped}.", "total_iters", iters,
+    )]
+
+
+def _chained_length(s: Any, c: _Length) -> list[ScheduleIssue]:
+    out: list[ScheduleIssue] = []
+    for child in getattr(s, "_schedulers", []):
+        sub = ScheduledStep(child, c.entry.interval, c.entry.frequency, optimizer_index=c.entry.optimizer_index)
+        out += length_issues(sub, c.index, c.stepped, epochs=c.epochs, steps=c.steps, tolerance=c.tolerance)
+    return out
+
+
+#: One length rule per scheduler class (the first class in this order that the scheduler is an instance of).
+LENGTH_RULES: tuple[tuple[type, Callable[[Any, _Length], list[ScheduleIssue]]], ...] = (
+    (sched.CosineAnnealingLR, _cosine_length),
+    (sched.OneCycleLR, _one_cycle_length),
+    (sched.StepLR, _step_length),
+    (sched.MultiStepLR, _multi_step_length),
+    (sched.PolynomialLR, _polynomial_length),
+    (sched.ChainedScheduler, _chained_length),
+)
+
+
 def length_issues(
     entry: ScheduledStep,
     index: int,
@@ -426,6 +575,7 @@ def length_issues(
 
     ``epochs`` and ``steps`` are the run's length in epochs and optimizer steps (for the hint that
     names the unit the length was probably counted in). ``error`` is what the simulation caught.
+    The rule of each scheduler class is in :data:`LENGTH_RULES`.
 
     Example:
         >>> p = torch.nn.Parameter(torch.zeros(1))
@@ -433,104 +583,12 @@ def length_issues(
         >>> [i.key for i in length_issues(ScheduledStep(s, "step"), 0, 40, epochs=10, steps=40)]
         ['length:0']
     """
-    s, name, key = entry.scheduler, entry.name, f"length:{index}"
-    unit = "optimizer step" if entry.interval == "step" else "epoch"
-    where = f"scheduler {index} ({name}, stepped once per {unit}, {stepped} times over the run)"
-    lo, hi = (1.0 - tolerance) * stepped, (1.0 + tolerance) * stepped
-    out: list[ScheduleIssue] = []
-
-    def add(summary: str, values: dict[str, float], advice: str, length_name: str, length: float) -> None:
-        hint = _unit_hint(length_name, length, entry.interval, stepped, epochs, steps)
-        out.append(ScheduleIssue(key, "fail", summary, {"stepped": float(stepped), **values}, (advice + hint).strip()))
-
     if stepped <= 0:
-        return out
-    if isinstance(s, sched.CosineAnnealingLR):
-        t_max = float(s.T_max)
-        if t_max < lo:
-            add(
-                f"{where}: CosineAnnealingLR(T_max={t_max:g}) reaches eta_min after {t_max:g} steps and then "
-                f"wraps around: the LR rises again back towards its peak for the remaining {stepped - t_max:g}.",
-                {"T_max": t_max},
-                f"set T_max to {stepped} (the number of times the scheduler steps).",
-                "T_max",
-                t_max,
-            )
-        elif t_max > hi:
-            reached = (stepped - 1) / t_max
-            left = 0.5 * (1 + math.cos(math.pi * reached))
-            add(
-                f"{where}: CosineAnnealingLR(T_max={t_max:g}) is only {reached:.0%} of the way down when the run "
-                f"ends; the last LR is still {left:.0%} of the way from eta_min to the peak.",
-                {"T_max": t_max, "fraction_reached": reached},
-                f"set T_max to {stepped} (the number of times the scheduler steps).",
-                "T_max",
-                t_max,
-            )
-    elif isinstance(s, sched.OneCycleLR):
-        total = float(s.total_steps)
-        if error and name in error:
-            out.append(
-                ScheduleIssue(
-                    key,
-                    "fail",
-                    f"{where}: OneCycleLR(total_steps={total:g}) will raise after optimizer step {error_step} "
-                    f"(\"{error.split(': ', 2)[-1]}\"); the run needs {stepped} scheduler steps.",
-                    {"stepped": float(stepped), "total_steps": total, "error_step": float(error_step)},
-                    (
-                        f"set total_steps={stepped} (e.g. total_steps=trainer.estimated_stepping_batches with "
-                        "'interval': 'step' inside the lr_scheduler dict)."
-                        + _unit_hint("total_steps", total, entry.interval, stepped, epochs, steps)
-                    ),
-                )
-            )
-        elif total > hi:
-            add(
-                f"{where}: OneCycleLR(total_steps={total:g}) is only {stepped / total:.0%} through its cycle when "
-                "the run ends: the LR never anneals to its final value.",
-                {"total_steps": total},
-                f"set total_steps={stepped} (e.g. trainer.estimated_stepping_batches with 'interval': 'step').",
-                "total_steps",
-                total,
-            )
-    elif isinstance(s, sched.StepLR):
-        size = float(s.step_size)
-        if (stepped - 1) // size < 1:
-            add(
-                f"{where}: StepLR(step_size={size:g}) never decays: the run ends before scheduler step {size:g}.",
-                {"step_size": size},
-                f"choose step_size below {stepped} (or drop the scheduler while the recipe keeps the LR constant).",
-                "step_size",
-                size,
-            )
-    elif isinstance(s, sched.MultiStepLR):
-        milestones = sorted(int(m) for m in s.milestones)
-        missed = [m for m in milestones if m > stepped - 1]
-        if missed:
-            add(
-                f"{where}: MultiStepLR milestones {missed} are never reached (the scheduler steps {stepped} times; "
-                f"milestones {milestones}).",
-                {"milestone_max": float(milestones[-1]), "milestones_missed": float(len(missed))},
-                f"put the milestones within the {stepped} scheduler steps of this run.",
-                "milestones",
-                float(milestones[-1]),
-            )
-    elif isinstance(s, sched.PolynomialLR):
-        iters = float(s.total_iters)
-        if not lo <= iters <= hi:
-            add(
-                f"{where}: PolynomialLR(total_iters={iters:g}) does not match the {stepped} scheduler steps: the LR "
-                + ("reaches its end long before the run ends." if iters < lo else "never gets to its end."),
-                {"total_iters": iters},
-                f"set total_iters={stepped}.",
-                "total_iters",
-                iters,
-            )
-    elif isinstance(s, sched.ChainedScheduler):
-        for child in getattr(s, "_schedulers", []):
-            sub = ScheduledStep(child, entry.interval, entry.frequency, optimizer_index=entry.optimizer_index)
-            out += length_issues(sub, index, stepped, epochs=epochs, steps=steps, tolerance=tolerance)
-    return out
+        return []
+    rule = next((r for cls, r in LENGTH_RULES if isinstance(entry.scheduler, cls)), None)
+    if rule is None:
+        return []
+    return rule(entry.scheduler, _Length(entry, index, stepped, epochs, steps, tolerance, error, error_step))
 
 
 def _never_steps(entry: ScheduledStep, index: int, loop: LoopPlan, epochs: int) -> ScheduleIssue:
@@ -558,6 +616,141 @@ def _never_steps(entry: ScheduledStep, index: int, loop: LoopPlan, epochs: int) 
     )
 
 
+@dataclass
+class _Curves:
+    """The planned curves of a run sorted for the curve rules of :func:`analyze_schedule`."""
+
+    schedulers: Sequence[ScheduledStep]
+    run_steps: int
+    end: int
+    stage: Stage
+    min_lr_fraction: float
+    plateau: set[int]
+    too_early: list[tuple[str, DecayProfile]] = field(default_factory=list)
+    rising: list[tuple[str, DecayProfile]] = field(default_factory=list)
+    decaying: list[tuple[str, DecayProfile]] = field(default_factory=list)
+    flat: list[tuple[str, DecayProfile]] = field(default_factory=list)
+
+
+def _scheduler_issues(
+    plan: PlannedSchedule, schedulers: Sequence[ScheduledStep], loop: LoopPlan, length_tolerance: float
+) -> tuple[list[ScheduleIssue], set[int]]:
+    """Never-stepped schedulers and mismatched lengths, and the optimizers they drive."""
+    issues: list[ScheduleIssue] = []
+    flagged: set[int] = set()
+    run_steps = int(plan.simulated_steps)
+    # lengths are judged over the whole run, including what came before a resume
+    epochs, all_steps = loop.start_epoch + plan.epochs, loop.start_step + run_steps
+    for k, entry in enumerate(schedulers):
+        stepped = plan.scheduler_steps[k]
+        if stepped == 0 and run_steps > 0:
+            issues.append(_never_steps(entry, k, loop, epochs))
+            flagged.add(entry.optimizer_index)
+            continue
+        if plan.truncated:
+            continue
+        before = plan.scheduler_start[k] if k < len(plan.scheduler_start) else 0
+        found = length_issues(entry, k, before + stepped, epochs=epochs, steps=all_steps, tolerance=length_tolerance,
+                              error=plan.error, error_step=plan.error_step)
+        if found:
+            flagged.add(entry.optimizer_index)
+        issues += found
+    return issues, flagged
+
+
+def _sort_curves(plan: PlannedSchedule, curves: _Curves, flagged: set[int], end_margin: float) -> None:
+    cyclic = {e.optimizer_index for e in curves.schedulers if isinstance(e.scheduler, CYCLIC_BY_DESIGN)}
+    for g, (opt_i, _) in enumerate(plan.groups):
+        if opt_i in curves.plateau or plan.steps.size == 0:
+            continue
+        prof = decay_profile(plan.group_lrs(g), plan.steps, fraction=curves.min_lr_fraction)
+        label = f"group {g}" if len(plan.groups) > 1 else "the LR"
+        if opt_i not in flagged:
+            if prof.below_step >= 0 and curves.end - prof.below_step > end_margin * curves.run_steps:
+                curves.too_early.append((label, prof))
+            if prof.rise_step >= 0 and opt_i not in cyclic:
+                curves.rising.append((label, prof))
+        (curves.decaying if prof.decays else curves.flat).append((label, prof))
+
+
+def _decays_too_early(c: _Curves) -> list[ScheduleIssue]:
+    if not c.too_early:
+        return []
+    label, prof = c.too_early[0]
+    return [ScheduleIssue(
+        "decays_too_early",
+        "fail",
+        f"{label} falls below {c.min_lr_fraction:g} of its peak ({prof.peak:.3g}) at optimizer step "
+        f"{prof.below_step} of {c.run_steps}: {(c.end - prof.below_step) / max(1, c.run_steps):.0%} of the run "
+        "trains at an LR near zero.",
+        {"peak_lr": prof.peak, "below_step": float(prof.below_step), "planned_steps": float(c.run_steps)},
+        "stretch the decay over the whole run (gamma closer to 1, fewer or later milestones, T_max/"
+        "total_steps equal to the run's scheduler steps), or keep the LR constant until the final stage.",
+    )]
+
+
+def _rises_after_decay(c: _Curves) -> list[ScheduleIssue]:
+    if not c.rising:
+        return []
+    label, prof = c.rising[0]
+    return [ScheduleIssue(
+        "rises_after_decay",
+        "fail",
+        f"{label} decays and then rises again from optimizer step {prof.rise_step}: the schedule wraps "
+        "around before the run ends.",
+        {"peak_lr": prof.peak, "rise_step": float(prof.rise_step)},
+        "make the schedule's length match the run (T_max, total_steps), or use a scheduler that stays at "
+        "its floor.",
+    )]
+
+
+def _decay_in_early_stage(c: _Curves) -> list[ScheduleIssue]:
+    if c.stage != "early":
+        return []
+    if c.decaying:
+        label, prof = c.decaying[0]
+        return [ScheduleIssue(
+            "decay_in_early_stage",
+            "warn",
+            f"decay is on: {label} goes from {prof.peak:.3g} down to {prof.lowest_after_peak:.3g}; the recipe "
+            "keeps the LR constant while you build and overfit, and tunes decay at the very end.",
+            {"peak_lr": prof.peak, "lowest_lr": prof.lowest_after_peak},
+            "drop the scheduler (or use a constant LR) for now; switch to stage='final' when you add decay "
+            "on purpose.",
+        )]
+    if not c.plateau:
+        return []
+    k = next(k for k, e in enumerate(c.schedulers) if e.reduce_on_plateau)
+    return [ScheduleIssue(
+        "decay_in_early_stage",
+        "warn",
+        f"decay is on: scheduler {k} (ReduceLROnPlateau) lowers the LR whenever its metric stalls; the "
+        "recipe keeps the LR constant while you build and overfit, and tunes decay at the very end.",
+        {"plateau_schedulers": float(sum(e.reduce_on_plateau for e in c.schedulers))},
+        "drop the scheduler for now; switch to stage='final' when you add decay on purpose.",
+    )]
+
+
+def _never_decays(c: _Curves) -> list[ScheduleIssue]:
+    if c.stage != "final" or not c.flat or c.decaying:
+        return []
+    label, prof = c.flat[0]
+    return [ScheduleIssue(
+        "never_decays",
+        "warn",
+        f"the final stage has no decay: {label} stays at {prof.final:.3g} to the end of the run.",
+        {"final_lr": prof.final, "peak_lr": prof.peak},
+        "add a decay that ends with the run (e.g. CosineAnnealingLR with T_max=trainer."
+        "estimated_stepping_batches and 'interval': 'step'); decay usually buys the last bit of loss.",
+    )]
+
+
+#: The rules on the planned curves, in the order their Findings are reported.
+CURVE_RULES: tuple[Callable[[_Curves], list[ScheduleIssue]], ...] = (
+    _decays_too_early, _rises_after_decay, _decay_in_early_stage, _never_decays,
+)
+
+
 def analyze_schedule(
     plan: PlannedSchedule,
     schedulers: Sequence[ScheduledStep],
@@ -576,8 +769,8 @@ def analyze_schedule(
     the LR under ``min_lr_fraction`` of its peak with more than ``end_margin`` of the run left; the
     LR rising again after a decay (not for schedulers cyclic by design); in the ``"early"`` stage
     any decay, a ``ReduceLROnPlateau`` included (a warning: the recipe keeps the LR constant until
-    the end); in the ``"final"`` stage
-    no decay at all (a warning).
+    the end); in the ``"final"`` stage no decay at all (a warning). The curve rules are
+    :data:`CURVE_RULES`.
 
     Example:
         >>> p = torch.nn.Parameter(torch.zeros(1))
@@ -588,116 +781,15 @@ def analyze_schedule(
         >>> [i.key for i in analyze_schedule(plan, [entry], loop, stage="final")]
         ['decays_too_early']
     """
-    issues: list[ScheduleIssue] = []
+    issues, flagged = _scheduler_issues(plan, schedulers, loop, length_tolerance)
     run_steps = int(plan.simulated_steps)
-    # lengths are judged over the whole run, including what came before a resume
-    epochs, all_steps = loop.start_epoch + plan.epochs, loop.start_step + run_steps
-    flagged_optimizers: set[int] = set()
-    optimizer_of = [e.optimizer_index for e in schedulers]
-    for k, entry in enumerate(schedulers):
-        stepped = plan.scheduler_steps[k]
-        if stepped == 0 and run_steps > 0:
-            issues.append(_never_steps(entry, k, loop, epochs))
-            flagged_optimizers.add(optimizer_of[k])
-            continue
-        if plan.truncated:
-            continue
-        before = plan.scheduler_start[k] if k < len(plan.scheduler_start) else 0
-        found = length_issues(
-            entry,
-            k,
-            before + stepped,
-            epochs=epochs,
-            steps=all_steps,
-            tolerance=length_tolerance,
-            error=plan.error,
-            error_step=plan.error_step,
-        )
-        if found:
-            flagged_optimizers.add(optimizer_of[k])
-        issues += found
-    plateau = {optimizer_of[k] for k, e in enumerate(schedulers) if e.reduce_on_plateau}
-    cyclic = {optimizer_of[k] for k, e in enumerate(schedulers) if isinstance(e.scheduler, CYCLIC_BY_DESIGN)}
-    too_early: list[tuple[str, DecayProfile]] = []
-    rising: list[tuple[str, DecayProfile]] = []
-    decaying: list[tuple[str, DecayProfile]] = []
-    flat: list[tuple[str, DecayProfile]] = []
-    end = plan.steps[0] + run_steps if plan.steps.size else 0
-    for g, (opt_i, _) in enumerate(plan.groups):
-        if opt_i in plateau or plan.steps.size == 0:
-            continue
-        prof = decay_profile(plan.group_lrs(g), plan.steps, fraction=min_lr_fraction)
-        label = f"group {g}" if len(plan.groups) > 1 else "the LR"
-        if opt_i not in flagged_optimizers:
-            if prof.below_step >= 0 and end - prof.below_step > end_margin * run_steps:
-                too_early.append((label, prof))
-            if prof.rise_step >= 0 and opt_i not in cyclic:
-                rising.append((label, prof))
-        (decaying if prof.decays else flat).append((label, prof))
-    if too_early:
-        label, prof = too_early[0]
-        issues.append(
-            ScheduleIssue(
-                "decays_too_early",
-                "fail",
-                f"{label} falls below {min_lr_fraction:g} of its peak ({prof.peak:.3g}) at optimizer step "
-                f"{prof.below_step} of {run_steps}: {(end - prof.below_step) / max(1, run_steps):.0%} of the run "
-                "trains at an LR near zero.",
-                {"peak_lr": prof.peak, "below_step": float(prof.below_step), "planned_steps": float(run_steps)},
-                "stretch the decay over the whole run (gamma closer to 1, fewer or later milestones, T_max/"
-                "total_steps equal to the run's scheduler steps), or keep the LR constant until the final stage.",
-            )
-        )
-    if rising:
-        label, prof = rising[0]
-        issues.append(
-            ScheduleIssue(
-                "rises_after_decay",
-                "fail",
-                f"{label} decays and then rises again from optimizer step {prof.rise_step}: the schedule wraps "
-                "around before the run ends.",
-                {"peak_lr": prof.peak, "rise_step": float(prof.rise_step)},
-                "make the schedule's length match the run (T_max, total_steps), or use a scheduler that stays at "
-                "its floor.",
-            )
-        )
-    if stage == "early" and decaying:
-        label, prof = decaying[0]
-        issues.append(
-            ScheduleIssue(
-                "decay_in_early_stage",
-                "warn",
-                f"decay is on: {label} goes from {prof.peak:.3g} down to {prof.lowest_after_peak:.3g}; the recipe "
-                "keeps the LR constant while you build and overfit, and tunes decay at the very end.",
-                {"peak_lr": prof.peak, "lowest_lr": prof.lowest_after_peak},
-                "drop the scheduler (or use a constant LR) for now; switch to stage='final' when you add decay "
-                "on purpose.",
-            )
-        )
-    elif stage == "early" and plateau:
-        k = next(k for k, e in enumerate(schedulers) if e.reduce_on_plateau)
-        issues.append(
-            ScheduleIssue(
-                "decay_in_early_stage",
-                "warn",
-                f"decay is on: scheduler {k} (ReduceLROnPlateau) lowers the LR whenever its metric stalls; the "
-                "recipe keeps the LR constant while you build and overfit, and tunes decay at the very end.",
-                {"plateau_schedulers": float(sum(e.reduce_on_plateau for e in schedulers))},
-                "drop the scheduler for now; switch to stage='final' when you add decay on purpose.",
-            )
-        )
-    if stage == "final" and flat and not decaying:
-        label, prof = flat[0]
-        issues.append(
-            ScheduleIssue(
-                "never_decays",
-                "warn",
-                f"the final stage has no decay: {label} stays at {prof.final:.3g} to the end of the run.",
-                {"final_lr": prof.final, "peak_lr": prof.peak},
-                "add a decay that ends with the run (e.g. CosineAnnealingLR with T_max=trainer."
-                "estimated_stepping_batches and 'interval': 'step'); decay usually buys the last bit of loss.",
-            )
-        )
+    curves = _Curves(
+        schedulers, run_steps, end=int(plan.steps[0]) + run_steps if plan.steps.size else 0, stage=stage,
+        min_lr_fraction=min_lr_fraction, plateau={e.optimizer_index for e in schedulers if e.reduce_on_plateau},
+    )
+    _sort_curves(plan, curves, flagged, end_margin)
+    for rule in CURVE_RULES:
+        issues += rule(curves)
     return issues
 
 

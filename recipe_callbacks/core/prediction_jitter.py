@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -197,6 +197,28 @@ def back_and_forth(history: torch.Tensor) -> float:
     return 1.0 - net / path if path > 0 else math.nan
 
 
+def undone_per_record(history: torch.Tensor) -> float:
+    """The movement of ``(R, K)`` values (records x samples) that was undone, per record and sample:
+    ``(sum_k sum_r |step r| - sum_k |last - first|) / ((R - 1) K)`` (NaN with fewer than 2 records).
+
+    It is the jitter that went back and forth: 0 for predictions that drift steadily however fast
+    (a model still learning), about the jitter itself for predictions that jump to and fro (a learning
+    rate too high). Unlike a median of the jitter it counts every burst of jumps.
+
+    Example:
+        >>> undone_per_record(torch.tensor([[0.1], [0.5], [0.9]]))  # steady drift
+        0.0
+        >>> round(undone_per_record(torch.tensor([[0.1], [0.9], [0.1], [0.9]])), 3)  # 2.4 travelled, 0.8 net
+        0.533
+    """
+    h = history.detach().to(torch.float64)
+    if h.ndim != 2 or h.shape[0] < 2 or h.shape[1] == 0:
+        return math.nan
+    path = float(h.diff(dim=0).abs().sum())
+    net = float((h[-1] - h[0]).abs().sum())
+    return max(0.0, path - net) / ((h.shape[0] - 1) * h.shape[1])
+
+
 def thin_indices(length: int) -> list[int]:
     """The records kept when a full history is halved: every other one, counted back from the
     newest, so the newest record always stays and the kept ones span the whole run.
@@ -208,3 +230,110 @@ def thin_indices(length: int) -> list[int]:
         [1, 3]
     """
     return list(range((length - 1) % 2, length, 2))
+
+
+@dataclass
+class RecordHistory:
+    """The records kept for the heat map and the verdict, at most ``cap`` (halved when full:
+    :func:`thin_indices`), one entry per record in every list.
+
+    Example:
+        >>> h = RecordHistory(cap=8)
+        >>> for s in range(10):
+        ...     h.add(s, torch.zeros(2), 0.1, math.nan, 1.0)
+        >>> h.steps, h.heatmap_matrix().shape
+        ([0, 2, 4, 6, 8, 9], torch.Size([2, 6]))
+    """
+
+    cap: int = 256
+    steps: list[int] = field(default_factory=list)
+    per_sample: list[torch.Tensor] = field(default_factory=list)  # (K,) each
+    jitters: list[float] = field(default_factory=list)
+    flip_rates: list[float] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)
+
+    def add(self, step: int, per_sample: torch.Tensor, jitter: float, flips: float, loss: float) -> None:
+        self.steps.append(step)
+        self.per_sample.append(per_sample)
+        self.jitters.append(jitter)
+        self.flip_rates.append(flips)
+        self.losses.append(loss)
+        if len(self.steps) > self.cap:
+            keep = thin_indices(len(self.steps))
+            self.steps = [self.steps[i] for i in keep]
+            self.per_sample = [self.per_sample[i] for i in keep]
+            self.jitters = [self.jitters[i] for i in keep]
+            self.flip_rates = [self.flip_rates[i] for i in keep]
+            self.losses = [self.losses[i] for i in keep]
+
+    def heatmap_matrix(self) -> torch.Tensor:
+        """``(K, R)``: one row per fixed sample, one column per kept record (oldest left)."""
+        return torch.stack(self.per_sample, dim=1) if self.per_sample else torch.zeros(0, 0)
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {
+            "steps": torch.tensor(self.steps, dtype=torch.long),
+            "per_sample": self.heatmap_matrix().T.contiguous(),  # (R, K)
+            "jitters": torch.tensor(self.jitters, dtype=torch.float64),
+            "flip_rates": torch.tensor(self.flip_rates, dtype=torch.float64),
+            "losses": torch.tensor(self.losses, dtype=torch.float64),
+        }
+
+    def load(self, state: dict[str, object]) -> None:
+        def values(key: str) -> list[float]:
+            found = state.get(key)
+            return [float(v) for v in found.tolist()] if isinstance(found, torch.Tensor) else []
+
+        self.steps = [int(s) for s in values("steps")]
+        per_sample = state.get("per_sample")
+        self.per_sample = list(per_sample.unbind(0)) if isinstance(per_sample, torch.Tensor) else []
+        self.jitters, self.flip_rates, self.losses = values("jitters"), values("flip_rates"), values("losses")
+
+
+@dataclass(frozen=True)
+class Dynamics:
+    """The late part of a run's records, judged (see :func:`judge_dynamics`)."""
+
+    late_records: int
+    late_jitter: float
+    late_flip_rate: float
+    back_and_forth: float
+    undone_jitter: float
+    jumpy: bool  # a learning rate too high: the predictions go back and forth
+    moving: bool  # they move more than ``max_jitter`` per record (jumpy or still learning)
+
+
+def judge_dynamics(
+    history: RecordHistory,
+    warmup_fraction: float,
+    *,
+    scale: float = 1.0,
+    max_jitter: float = 0.04,
+    max_flip_rate: float = 0.1,
+    min_back_and_forth: float = 0.5,
+    classification: bool = True,
+) -> Dynamics:
+    """Judge the records after the first ``warmup_fraction`` of the steps: jumpy when the undone
+    movement per record (:func:`undone_per_record`, in units of ``scale``) is above ``max_jitter``,
+    or (classification) the median flip rate is above ``max_flip_rate`` while at least
+    ``min_back_and_forth`` of the movement was undone. Fewer than 3 late records: NaN, not jumpy.
+
+    Example:
+        >>> h = RecordHistory()
+        >>> for s, p in enumerate([0.1, 0.9, 0.1, 0.9, 0.1, 0.9]):
+        ...     h.add(s, torch.tensor([p]), 0.8, 0.0, 1.0)
+        >>> d = judge_dynamics(h, 0.3)
+        >>> d.late_records, d.jumpy, round(d.undone_jitter, 2)
+        (4, True, 0.8)
+    """
+    after = warmup_fraction * (history.steps[-1] if history.steps else 0)
+    late_jitter, n_late = late_median(history.jitters, history.steps, after)
+    late_flips, _ = late_median(history.flip_rates, history.steps, after)
+    if n_late < 3:
+        return Dynamics(n_late, late_jitter, late_flips, math.nan, math.nan, False, False)
+    first_late = next(i for i, s in enumerate(history.steps) if s > after)
+    late = torch.stack(history.per_sample[max(0, first_late - 1) :])
+    bf, undone = back_and_forth(late), undone_per_record(late) / scale
+    flips = classification and late_flips > max_flip_rate and bf >= min_back_and_forth
+    jumpy = undone > max_jitter or flips
+    return Dynamics(n_late, late_jitter, late_flips, bf, undone, jumpy, jumpy or late_jitter > max_jitter)

@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections import deque
 from collections.abc import Mapping, Sequence
-from typing import Literal
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -293,3 +295,188 @@ def summarize_layers(layers: Mapping[str, float], limit: int = 5) -> str:
     text = ", ".join(items)
     extra = len(layers) - limit
     return f"{text} and {extra} more" if extra > 0 else text
+
+
+def frozen_layers(named: Sequence[tuple[str, torch.Tensor]]) -> set[str]:
+    """The layers (:func:`layer_name`) none of whose parameters requires a gradient.
+
+    Example:
+        >>> frozen_layers([("a.weight", torch.zeros(1)), ("b.weight", torch.zeros(1, requires_grad=True))])
+        {'a'}
+    """
+    by_layer: dict[str, bool] = {}
+    for n, p in named:
+        layer = layer_name(n)
+        by_layer[layer] = by_layer.get(layer, False) or p.requires_grad
+    return {layer for layer, trains in by_layer.items() if not trains}
+
+
+def push(history: dict[str, deque[float]], values: Mapping[str, float], length: int, cap: int) -> None:
+    """Append one sample to every series (NaN where a series has no value; new series NaN-padded).
+
+    Example:
+        >>> h: dict[str, deque[float]] = {}
+        >>> push(h, {"a": 1.0}, 1, 4); push(h, {"b": 2.0}, 2, 4)
+        >>> {k: list(v) for k, v in h.items()}
+        {'a': [1.0, nan], 'b': [nan, 2.0]}
+    """
+    for name, value in values.items():
+        if name not in history:
+            history[name] = deque([math.nan] * min(length - 1, cap - 1), maxlen=cap)
+        history[name].append(value)
+    for name, series in history.items():
+        if name not in values:
+            series.append(math.nan)
+
+
+@dataclass(frozen=True)
+class HistoryVerdict:
+    """Which series of a history stayed out of range: their recent medians, and the extremes."""
+
+    low: dict[str, float]
+    high: dict[str, float]
+    series: int
+    lowest: float
+    highest: float
+
+
+def judge_histories(histories: Mapping[str, Sequence[float]], low: float, high: float, patience: int) -> HistoryVerdict:
+    """:func:`judge_history` of every series, with the recent median of each one flagged.
+
+    Example:
+        >>> v = judge_histories({"a": [-3.0] * 3, "b": [-6.0] * 3}, -5.0, -1.0, 3)
+        >>> v.low, v.high, v.lowest
+        ({'b': -6.0}, {}, -6.0)
+    """
+    verdicts = {k: judge_history(v, low, high, patience) for k, v in histories.items()}
+    medians = {k: recent_median(v, patience) for k, v in histories.items()}
+    finite = [m for m in medians.values() if math.isfinite(m)]
+    return HistoryVerdict(
+        {k: medians[k] for k, verdict in verdicts.items() if verdict == "low"},
+        {k: medians[k] for k, verdict in verdicts.items() if verdict == "high"},
+        len(verdicts),
+        min(finite, default=math.nan),
+        max(finite, default=math.nan),
+    )
+
+
+class ActivationWatch:
+    """Forward hooks on every activation module of a model for one training forward pass, counting
+    per unit how often it was active (see :func:`unit_activity`), all on the device.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(2, 3), nn.ReLU())
+        >>> watch = ActivationWatch(unit_dim=1)
+        >>> watch.arm(net)
+        1
+        >>> _ = net(torch.randn(4, 2)); watch.disarm()
+        >>> [(site, kind) for site, kind, *_ in watch.records]
+        [('1', 'relu')]
+    """
+
+    def __init__(self, unit_dim: int = 1) -> None:
+        self.unit_dim = unit_dim
+        self.handles: list[torch.utils.hooks.RemovableHandle] = []
+        self.records: list[tuple[str, str, torch.Tensor, torch.Tensor, int]] = []
+        self._calls: dict[str, int] = {}
+
+    def arm(self, model: nn.Module) -> int:
+        """Hook every activation module of ``model``; the number of modules hooked."""
+        self.disarm()  # a batch that ended without its end hook must not leave hooks behind
+        self.records, self._calls = [], {}
+        for name, module in model.named_modules():
+            kind = activation_kind(module)
+            if kind is not None:
+                self.handles.append(module.register_forward_hook(self._hook(name or "root", kind, module)))
+        return len(self.handles)
+
+    def disarm(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles = []
+
+    def _hook(self, name: str, kind: ActivationKind, module: nn.Module) -> Any:
+        low, high = float(getattr(module, "min_val", -1.0)), float(getattr(module, "max_val", 1.0))
+        beta = float(getattr(module, "beta", 1.0))
+        by_input = kind in INPUT_CUTOFFS
+
+        def hook(_: nn.Module, args: Any, output: Any) -> None:
+            seen = args[0] if by_input and args else output
+            # only training_step's own forward: other callbacks observe under no_grad (EvalModeCheck)
+            if not isinstance(seen, torch.Tensor) or not torch.is_grad_enabled():
+                return
+            count = self._calls.get(name, 0) + 1
+            self._calls[name] = count
+            site = name if count == 1 else f"{name}#{count}"
+            with torch.no_grad():
+                if by_input:
+                    mask = inactive_input_mask(seen, kind, beta=beta)
+                else:
+                    mask = inactive_mask(seen, kind, low=low, high=high)
+                active, inactive = unit_activity(mask, self.unit_dim)
+            self.records.append((site, kind, active, inactive, seen.numel()))
+
+        return hook
+
+    def take(self) -> list[tuple[str, str, torch.Tensor, torch.Tensor, int]]:
+        """The records of the pass, forgotten here."""
+        records, self.records = self.records, []
+        return records
+
+
+def flat_counts(records: Sequence[tuple[str, str, torch.Tensor, torch.Tensor, int]]) -> torch.Tensor:
+    """One float64 vector on the records' device: the active counts of every site, then the inactive
+    totals, then the sizes (what :func:`activation_fractions` reads back)."""
+    device = records[0][2].device
+    sizes = torch.tensor([float(r[4]) for r in records], dtype=torch.float64, device=device)
+    parts = [r[2].to(device, torch.float64) for r in records]
+    return torch.cat([*parts, torch.stack([r[3].to(device, torch.float64) for r in records]), sizes])
+
+
+def activation_fractions(
+    records: Sequence[tuple[str, str, torch.Tensor, torch.Tensor, int]], flat: torch.Tensor
+) -> tuple[dict[str, float], dict[str, float]]:
+    """The dead fraction of every site, and the scalars to log (dead and, for bounded kinds,
+    saturated fractions), from :func:`flat_counts` summed over the processes."""
+    dead: dict[str, float] = {}
+    scalars: dict[str, float] = {}
+    offset, n = 0, len(records)
+    totals, numels = flat[-2 * n : -n], flat[-n:]
+    for i, (site, kind, active, _, _) in enumerate(records):
+        dead[site] = dead_fraction(flat[offset : offset + active.numel()])
+        offset += active.numel()
+        scalars[f"{site}/dead_fraction"] = dead[site]
+        if kind not in DEAD_KINDS:
+            scalars[f"{site}/saturated_fraction"] = float(totals[i] / numels[i].clamp_min(1.0))
+    return dead, scalars
+
+
+@dataclass
+class ParameterSnapshot:
+    """Copies of the parameters just before a sampled optimizer step, to measure the step's update.
+
+    Example:
+        >>> w = nn.Parameter(torch.tensor([3.0, 4.0]))
+        >>> snap = ParameterSnapshot.take([("layer.weight", w)], step=0)
+        >>> with torch.no_grad():
+        ...     _ = w.add_(torch.tensor([0.0, 0.5]))
+        >>> snap.norms().tolist()
+        [[0.5], [5.0]]
+    """
+
+    names: list[str]
+    params: list[torch.Tensor]
+    copies: list[torch.Tensor]
+    frozen_layers: set[str]
+    step: int
+
+    @classmethod
+    def take(cls, named: Sequence[tuple[str, torch.Tensor]], step: int) -> ParameterSnapshot:
+        with torch.no_grad():
+            copies = [p.detach().clone() for _, p in named]
+        return cls([n for n, _ in named], [p for _, p in named], copies, frozen_layers(named), step)
+
+    def norms(self) -> torch.Tensor:
+        """``(2, P)`` update and weight norms (:func:`stacked_update_norms`), still on the device."""
+        with torch.no_grad():
+            return stacked_update_norms(self.copies, self.params)

@@ -91,3 +91,33 @@ def test_back_and_forth_by_hand() -> None:
     assert back_and_forth(torch.tensor([[0.0, 0.0], [1.0, 0.5], [0.0, 1.0]])) == pytest.approx(1 - 1 / 3)
     assert math.isnan(back_and_forth(torch.ones(1, 3)))
     assert math.isnan(back_and_forth(torch.ones(4, 3)))
+
+
+def test_undone_per_record_against_a_loop_oracle() -> None:
+    from recipe_callbacks.core.prediction_jitter import undone_per_record
+
+    g = torch.Generator().manual_seed(0)
+    history = torch.rand(12, 5, generator=g, dtype=torch.float64)
+    path = sum(abs(float(history[r + 1, k] - history[r, k])) for r in range(11) for k in range(5))
+    net = sum(abs(float(history[-1, k] - history[0, k])) for k in range(5))
+    assert undone_per_record(history) == pytest.approx((path - net) / (11 * 5))
+    steady = torch.linspace(0, 1, 12).unsqueeze(1).repeat(1, 5)  # however fast, steady drift undoes nothing
+    assert undone_per_record(steady) == pytest.approx(0.0, abs=1e-12)
+    assert math.isnan(undone_per_record(history[:1]))
+
+
+def test_judge_dynamics_flags_back_and_forth_and_passes_steady_learning() -> None:
+    from recipe_callbacks.core.prediction_jitter import RecordHistory, judge_dynamics
+
+    def history(values: list[float]) -> RecordHistory:
+        h = RecordHistory()
+        for step, v in enumerate(values):
+            previous = values[step - 1] if step else v
+            h.add(step, torch.tensor([v, v]), abs(v - previous), 0.0, 1.0)
+        return h
+
+    learning = judge_dynamics(history([0.1 + 0.08 * i for i in range(11)]), 0.3)  # moves 0.08 per record
+    assert learning.moving and not learning.jumpy and learning.undone_jitter == pytest.approx(0.0, abs=1e-9)
+    bouncing = judge_dynamics(history([0.5 + (0.06 if i % 2 else -0.06) for i in range(11)]), 0.3)
+    assert bouncing.jumpy and bouncing.undone_jitter > 0.1
+    assert judge_dynamics(history([0.5, 0.6]), 0.3).late_records < 3
