@@ -11,15 +11,14 @@ import pytest
 import torch
 from torch import nn
 
+from recipe_callbacks.core.baseline_curves import baseline_verdict
+from recipe_callbacks.core.overfit_curve import overfit_target, overfit_verdict
 from recipe_callbacks.core.short_training import (
     ShortTrainingError,
-    baseline_verdict,
     batch_size_of,
     first_optimizer,
     learning_rates,
     model_notes,
-    overfit_target,
-    overfit_verdict,
     params_without_grad,
     rebuild_optimizer,
     take_samples,
