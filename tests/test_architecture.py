@@ -119,7 +119,6 @@ NOT_YET: set[str] = {
     "init_loss_check.py",
     "init_loss_check.py:_fix_bias",
     "init_loss_check.py:_report_judgement",
-    "input_independent_baseline.py:_judge",
     "input_visualizer.py",
     "leakage_check.py",
     "leakage_check.py:_too_good",
