@@ -11,8 +11,15 @@ import pytest
 import torch
 from torch import nn
 
-from recipe_callbacks.core.baseline_curves import baseline_verdict
-from recipe_callbacks.core.overfit_curve import overfit_target, overfit_verdict
+from recipe_callbacks.core.baseline_curves import baseline_verdict, horizons
+from recipe_callbacks.core.loss_curves import levelled_off
+from recipe_callbacks.core.overfit_curve import (
+    FROZEN_STEADY_RATIO,
+    falling_steadily,
+    overfit_stop,
+    overfit_target,
+    overfit_verdict,
+)
 from recipe_callbacks.core.short_training import (
     ShortTrainingError,
     batch_size_of,
@@ -235,3 +242,29 @@ def test_overfit_verdict_cases() -> None:
     assert overfit_verdict([2.0, float("inf")], 0.05).status == "fail"
     assert overfit_target(2.3, 0.1, None) == pytest.approx(0.23) and overfit_target(2.3, 0.1, 0.5) == 0.5
 
+
+
+def test_a_steady_fall_of_a_fifth_stops_the_run_and_passes() -> None:
+    # a language model's first steps on two samples: about 1.3% a step, straight (GPT-2 of the zoo)
+    curve = [4.5 * (1 - 0.013 * t) for t in range(40)]
+    rule = overfit_stop(0.45, allow_negative=False)
+    stopped = next(t for t in range(1, 41) if rule(curve[:t]))
+    assert stopped == 17 and rule(curve[:stopped]) == "falling steadily"  # 17 points: 4.5 -> 3.56, a fifth
+    assert overfit_verdict(curve[:stopped], 0.45).status == "pass"
+    # a model with frozen parameters must fall further (40%) before its run stops
+    frozen = overfit_stop(0.45, allow_negative=False, steady_ratio=FROZEN_STEADY_RATIO)
+    assert not frozen(curve[:stopped]) and frozen(curve[:32]) == "falling steadily"
+    assert overfit_verdict(curve[:stopped], 0.45, steady_ratio=FROZEN_STEADY_RATIO).status == "warn"
+
+
+def test_a_fall_that_bends_into_a_plateau_is_not_steady() -> None:
+    # fell by 40% in 6 steps, then 0.2% a step: the recent rate is far below the average
+    bend = [2.0 * 0.92**t for t in range(6)] + [1.3 - 0.002 * t for t in range(12)]
+    assert bend[-1] < 0.8 * bend[0] and not levelled_off(bend)
+    assert not falling_steadily(bend)
+    assert falling_steadily([2.0 * 0.97**t for t in range(18)])  # an exponential fall keeps its pace
+    assert not falling_steadily([2.0 * 0.97**t for t in range(15)])  # too few points yet
+
+
+def test_the_baseline_runs_in_two_rounds() -> None:
+    assert horizons(60) == [8, 60] and horizons(8) == [8] and horizons(3) == [3]
