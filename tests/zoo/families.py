@@ -504,8 +504,6 @@ def build(family: str, bug: str | None = None) -> Case:
 # Alarms on healthy models that belong to work outside the zoo's own fixes, by (family, check):
 # the fast test tolerates them (and says so), the table shows them. Remove an entry once it is fixed.
 KNOWN_ALARMS: dict[tuple[str, str], str] = {
-    **{(f, "InputIndependentBaseline"): "copy-training budgets (issue 12 item 1)" for f in FAMILIES},
-    **{(f, "OverfitOneBatch"): "copy-training budgets (issue 12 item 1)" for f in FAMILIES},
     ("hf_bert", "LossDecreaseCheck"): "a transformer's plateau at log 2 over the first 30 steps",
     ("hf_vit", "LossDecreaseCheck"): "a transformer's plateau at log C over the first 30 steps",
     ("imbalanced_binary", "LossDecreaseCheck"): "batch-to-batch noise of a 1:9 label mix read as a rise",
