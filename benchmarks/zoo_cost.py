@@ -8,6 +8,7 @@ that validation pass and is shown, not counted), and the verdicts.
 
     python benchmarks/zoo_cost.py                     # the language models and the ResNet
     python benchmarks/zoo_cost.py --family hf_vit     # another family (repeatable)
+    python benchmarks/zoo_cost.py --all --repeats 3   # every family, the median of three fits
 """
 
 from __future__ import annotations
@@ -118,18 +119,29 @@ def measure(family: str, max_epochs: int | None = None) -> dict[str, Any]:
     return {"family": family, "step": step, "rows": rows}
 
 
+def combined(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """The median of every figure over repeated fits of one family (the machine's load varies)."""
+    first = results[0]
+    rows = []
+    for i, row in enumerate(first["rows"]):
+        same = [r["rows"][i] for r in results]
+        rows.append({**row, **{k: statistics.median(r[k] for r in same) for k in ("stated", "measured", "seconds")}})
+    return {"family": first["family"], "step": statistics.median(r["step"] for r in results), "rows": rows}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--family", action="append", choices=sorted(FAMILIES))
     parser.add_argument("--all", action="store_true", help="every zoo family")
     parser.add_argument("--max-epochs", type=int, default=None)
+    parser.add_argument("--repeats", type=int, default=1, help="fits per family; each figure is the median")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     warnings.simplefilter("ignore", RecipeWarning)
     families = list(FAMILIES) if args.all else args.family or list(DEFAULT_FAMILIES)
     over = []
     for family in families:
-        result = measure(family, args.max_epochs)
+        result = combined([measure(family, args.max_epochs) for _ in range(args.repeats)])
         rows = result["rows"]
         counted = [r for r in rows if r["check"] != VALIDATION_PASS]
         total = sum(r["stated"] for r in counted)
