@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from typing_extensions import override
 
-from recipe_callbacks.core.baseline_curves import BaselineVerdict, baseline_stop, baseline_verdict, horizons
+from recipe_callbacks.core.baseline_curves import BaselineVerdict, baseline_stop, baseline_verdict, next_horizon
 from recipe_callbacks.core.loss_curves import plateau_stop
 from recipe_callbacks.core.pictures import line_chart
 from recipe_callbacks.core.short_training import take_samples
@@ -22,6 +22,9 @@ from recipe_callbacks.plumbing.validation import check_float, check_int
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
+
+FIRST_HORIZON = 8
+"""Steps of the baseline's first round: most models separate within it."""
 
 
 class InputIndependentBaseline(FirstBatchCheck):
@@ -50,9 +53,10 @@ class InputIndependentBaseline(FirstBatchCheck):
     ``min_gap`` of the zero-input loss, or three times that curve's step-to-step noise when larger.
     It stops early too when both curves are the same over the first points (the loss does not
     depend on the input), or when it levels off without separating. When the curves are still
-    undecided at the horizon, both runs start again with the horizon ``max_steps``: most models
-    separate within the first 8 steps; language models, whose real run first learns the same
-    token frequencies as the zero-input one, need tens of steps. ``pass`` when the curves
+    undecided at the horizon, both runs start again with a longer horizon: three times as long
+    when the real run ended below the zero-input curve (it is pulling away), else ``max_steps`` at
+    once: most models separate within the first 8 steps; language models, whose real run first
+    learns the same token frequencies as the zero-input one, need tens of steps. ``pass`` when the curves
     separated; ``fail`` when they are the same, or the real run ended without separating; ``warn``
     when a loss is not finite or the real run's loss did not decrease at all (then the comparison
     says nothing; ``OverfitOneBatch`` tells why the model does not learn). A batch whose only
@@ -168,8 +172,8 @@ class InputIndependentBaseline(FirstBatchCheck):
         spent = 0.0
         try:
             with ShortTrainings(trainer, pl_module, self.lr) as trainings:
-                seed = torch.initial_seed()
-                for horizon in horizons(self.max_steps):
+                seed, horizon = torch.initial_seed(), min(FIRST_HORIZON, self.max_steps)
+                while True:
                     zero_run = trainings.run([zero], horizon, seed=seed, stop=plateau_stop).run
                     levelled = zero_run.stop_reason == "levelled off"
                     rule = baseline_stop(zero_run.losses, levelled, self.min_gap, self.confirm)
@@ -178,8 +182,10 @@ class InputIndependentBaseline(FirstBatchCheck):
                     v = baseline_verdict(
                         real_run.losses, zero_run.losses, self.min_gap, zero_levelled=levelled, confirm=self.confirm
                     )
-                    if v.identical or v.separated or levelled or not math.isfinite(v.real_final + v.zero_final):
+                    decided = v.identical or v.separated or levelled or not math.isfinite(v.real_final + v.zero_final)
+                    if decided or horizon >= self.max_steps:
                         break
+                    horizon = next_horizon(horizon, self.max_steps, ahead=v.gap > 0)
         except CheckSkipped as skip:
             return BaselineRuns([], [], 0, 0, False, 0.0, constant, skipped=skip)
         return BaselineRuns(

@@ -87,17 +87,19 @@ def baseline_stop(zero: Sequence[float], zero_levelled: bool, min_gap: float, co
     return rule
 
 
-def horizons(max_steps: int, first: int = 8) -> list[int]:
-    """The step horizons of the baseline's rounds: a short first round of ``first`` steps (most
-    models separate in it), then one round of ``max_steps`` (the curves that are still undecided
-    after ``first`` steps, a language model's, need tens of steps; a middle round would only repeat
-    the first one's steps).
+def next_horizon(horizon: int, max_steps: int, ahead: bool) -> int:
+    """The step horizon of the baseline's next round, after a round to ``horizon`` left the curves
+    undecided: three times as far when the real run ended ``ahead`` (below the zero-input curve,
+    not yet by the margin: it is pulling away and separates soon), else ``max_steps`` at once (the
+    real run is still behind, as a language model's is while it learns the token frequencies that
+    the zero-input run learns too: it separates only after tens of steps, and a middle round would
+    repeat the first one's steps for nothing). At most ``max_steps``.
 
     Example:
-        >>> horizons(60), horizons(5)
-        ([8, 60], [5])
+        >>> next_horizon(8, 60, ahead=True), next_horizon(8, 60, ahead=False), next_horizon(24, 60, ahead=True)
+        (24, 60, 60)
     """
-    return [first, max_steps] if first < max_steps else [max_steps]
+    return min(3 * horizon, max_steps) if ahead else max_steps
 
 
 @dataclass

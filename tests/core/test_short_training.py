@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from recipe_callbacks.core.baseline_curves import baseline_verdict, horizons
+from recipe_callbacks.core.baseline_curves import baseline_verdict, next_horizon
 from recipe_callbacks.core.loss_curves import levelled_off
 from recipe_callbacks.core.overfit_curve import (
     FROZEN_STEADY_RATIO,
@@ -266,5 +266,7 @@ def test_a_fall_that_bends_into_a_plateau_is_not_steady() -> None:
     assert not falling_steadily([2.0 * 0.97**t for t in range(15)])  # too few points yet
 
 
-def test_the_baseline_runs_in_two_rounds() -> None:
-    assert horizons(60) == [8, 60] and horizons(8) == [8] and horizons(3) == [3]
+def test_the_baseline_rounds_grow_by_the_evidence() -> None:
+    # ahead but not yet by the margin: three times as far; behind: straight to max_steps
+    assert next_horizon(8, 60, ahead=True) == 24 and next_horizon(24, 60, ahead=True) == 60
+    assert next_horizon(8, 60, ahead=False) == 60 and next_horizon(8, 10, ahead=True) == 10
