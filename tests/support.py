@@ -11,6 +11,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
+from typing_extensions import override
 
 
 class TinyClassifier(pl.LightningModule):
@@ -57,6 +58,21 @@ def loader(dataset: Any, batch_size: int = 16, shuffle: bool = False, **kw: Any)
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, **kw)
 
 
+class LeaveTheProcessGroupTogether(pl.Callback):
+    """Under DDP, every rank leaves the process group at teardown, together, while all are alive.
+
+    Left to the interpreter's exit, a rank can tear its gloo process group down while its peer is
+    already gone and abort ("terminate called without an active exception") after a fit whose
+    results were right; a barrier and an explicit destroy on every rank end the run cleanly.
+    """
+
+    @override
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            trainer.strategy.barrier("recipe-tests-teardown")
+            torch.distributed.destroy_process_group()
+
+
 def fast_trainer(root: Path | str, *, logger: Any = "tb", **kw: Any) -> pl.Trainer:
     """A CPU Trainer without progress bar, summary or checkpoints, logging to TensorBoard by default."""
     if logger == "tb":
@@ -73,6 +89,8 @@ def fast_trainer(root: Path | str, *, logger: Any = "tb", **kw: Any) -> pl.Train
         num_sanity_val_steps=0,
     )
     defaults.update(kw)
+    if "ddp" in str(defaults.get("strategy", "")):
+        defaults["callbacks"] = [*list(defaults.get("callbacks") or []), LeaveTheProcessGroupTogether()]
     return pl.Trainer(**defaults)
 
 
