@@ -3,27 +3,28 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from typing_extensions import override
 
+from recipe_callbacks.core.baseline_curves import BaselineVerdict, baseline_stop, baseline_verdict, next_horizon
+from recipe_callbacks.core.loss_curves import plateau_stop
 from recipe_callbacks.core.pictures import line_chart
-from recipe_callbacks.core.short_training import (
-    baseline_stop,
-    baseline_verdict,
-    horizons,
-    plateau_stop,
-    take_samples,
-)
+from recipe_callbacks.core.short_training import take_samples
+from recipe_callbacks.core.skip import CheckSkipped
 from recipe_callbacks.plumbing.batch import BatchToXY, ResolvedBatch
 from recipe_callbacks.plumbing.callback_base import FirstBatchCheck
-from recipe_callbacks.plumbing.copy_training import CopyTrainingSkip, ShortTrainings
-from recipe_callbacks.plumbing.finding import OnFail
+from recipe_callbacks.plumbing.copy_training import ShortTrainings, require_automatic_optimization, run_cost
+from recipe_callbacks.plumbing.finding import OnFail, Status
 from recipe_callbacks.plumbing.validation import check_float, check_int
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
+
+FIRST_HORIZON = 8
+"""Steps of the baseline's first round: most models separate within it."""
 
 
 class InputIndependentBaseline(FirstBatchCheck):
@@ -52,19 +53,21 @@ class InputIndependentBaseline(FirstBatchCheck):
     ``min_gap`` of the zero-input loss, or three times that curve's step-to-step noise when larger.
     It stops early too when both curves are the same over the first points (the loss does not
     depend on the input), or when it levels off without separating. When the curves are still
-    undecided at the horizon, both runs start again with the horizon tripled (24, then
-    ``max_steps``): most models separate within the first 8 steps; language models, whose real
-    run starts from a higher loss than the zero-input one, need more. ``pass`` when the curves
+    undecided at the horizon, both runs start again with a longer horizon: three times as long
+    when the real run ended below the zero-input curve (it is pulling away), else ``max_steps`` at
+    once: most models separate within the first 8 steps; language models, whose real run first
+    learns the same token frequencies as the zero-input one, need tens of steps. ``pass`` when the curves
     separated; ``fail`` when they are the same, or the real run ended without separating; ``warn``
     when a loss is not finite or the real run's loss did not decrease at all (then the comparison
     says nothing; ``OverfitOneBatch`` tells why the model does not learn). A batch whose only
     target is the input itself (labels taken from ``input_ids`` inside ``training_step``) is a
     ``skip``: zeroing the input would zero the target.
 
-    Cost (``values["cost_steps"]``): measured, the check's wall time over the median training step
-    of the same run (``values["cost_seconds"]`` is the wall time); a count of the steps taken
-    (a step on ``num_samples`` of a ``B``-sample batch counting ``num_samples / B``) when the run
-    has too few steps to time.
+    Cost (``values["cost_steps"]``): measured, the wall time of the whole check (both runs of every
+    round, the figure and the report) over the median training step of the same run
+    (``values["cost_seconds"]`` is the wall time); a count of the passes taken (a step on
+    ``num_samples`` of a ``B``-sample batch counting ``num_samples / B``, a forward-only pass a
+    third of that) when the run has too few steps to time.
 
     Args:
         max_steps: the most optimizer steps for each run.
@@ -126,38 +129,28 @@ class InputIndependentBaseline(FirstBatchCheck):
 
     @override
     def check_first_batch(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any) -> None:
-        if not pl_module.automatic_optimization:
-            self.skip(
-                trainer,
-                "the model uses manual optimization: its training_step steps its own optimizer, "
-                "so a short run cannot be trained with its loss",
-            )
-            return
+        require_automatic_optimization(pl_module)
         resolved = self.resolve(trainer, batch)
         if resolved is None:
             return
         if resolved.with_input is None:
-            self.skip(
-                trainer, "the batch comes through batch_to_xy, so it cannot be rebuilt with a zero input", "input_key"
+            raise CheckSkipped(
+                "the batch comes through batch_to_xy, so it cannot be rebuilt with a zero input", "input_key"
             )
-            return
         if resolved.y is None or resolved.y is resolved.x:
-            self.skip(
-                trainer,
+            raise CheckSkipped(
                 "the batch has no target apart from the input (a language model that takes its labels from "
                 "input_ids inside training_step): zeroing the input would zero the target too; give batches a "
                 "separate labels entry",
                 "target_key",
             )
-            return
-        with self.stopwatch() as watch:
+        with self.stopwatch() as watch:  # the whole check: both runs, the figure and the report
             size = int(resolved.x.shape[0]) if resolved.x.ndim else 1
             n = min(self.num_samples, size)
-            payload = trainer.strategy.broadcast(self._train(trainer, pl_module, batch, resolved, n, size), src=0)
-        if "skip" in payload:
-            self.skip(trainer, payload["skip"], payload.get("argument", ""))
-            return
-        self._judge(trainer, payload, n, n / size)
+            runs = trainer.strategy.broadcast(self._train(trainer, pl_module, batch, resolved, n, size), src=0)
+            if runs.skipped is not None:
+                raise runs.skipped
+            self._judge(trainer, runs, n, n / size)
         self.state_cost(watch.seconds)
 
     def _train(
@@ -168,44 +161,39 @@ class InputIndependentBaseline(FirstBatchCheck):
         resolved: ResolvedBatch,
         n: int,
         size: int,
-    ) -> dict[str, Any]:
-        """Train both runs; returns plain data (the same on every rank after the broadcast)."""
+    ) -> BaselineRuns:
+        """Train both runs, in rounds of growing horizon (see the class docstring); plain data, the
+        same on every rank after the broadcast (a skip travels in it too)."""
         assert resolved.with_input is not None
         real = take_samples(batch, n, size)
         zero = take_samples(resolved.with_input(torch.zeros_like(resolved.x)), n, size)
         x = take_samples(resolved.x, n, size)
-        constant = bool(x.numel() > 0 and torch.all(x == x.reshape(-1)[0]))
-        spent = 0
+        constant = float(x.reshape(-1)[0]) if x.numel() > 0 and bool(torch.all(x == x.reshape(-1)[0])) else None
+        spent = 0.0
         try:
-            with ShortTrainings(trainer, pl_module, self.lr) as runs:
-                seed = torch.initial_seed()
-                for horizon in horizons(self.max_steps):
-                    zero_run = runs.run([zero], horizon, seed=seed, stop=plateau_stop).run
+            with ShortTrainings(trainer, pl_module, self.lr) as trainings:
+                seed, horizon = torch.initial_seed(), min(FIRST_HORIZON, self.max_steps)
+                while True:
+                    zero_run = trainings.run([zero], horizon, seed=seed, stop=plateau_stop).run
                     levelled = zero_run.stop_reason == "levelled off"
                     rule = baseline_stop(zero_run.losses, levelled, self.min_gap, self.confirm)
-                    real_run = runs.run([real], self.max_steps if levelled else horizon, seed=seed, stop=rule).run
-                    spent += zero_run.steps + real_run.steps + 2
+                    real_run = trainings.run([real], self.max_steps if levelled else horizon, seed=seed, stop=rule).run
+                    spent += run_cost(zero_run) + run_cost(real_run)
                     v = baseline_verdict(
                         real_run.losses, zero_run.losses, self.min_gap, zero_levelled=levelled, confirm=self.confirm
                     )
-                    if v.identical or v.separated or levelled or not math.isfinite(v.real_final + v.zero_final):
+                    decided = v.identical or v.separated or levelled or not math.isfinite(v.real_final + v.zero_final)
+                    if decided or horizon >= self.max_steps:
                         break
-        except CopyTrainingSkip as skip:
-            return {"skip": skip.reason, "argument": skip.argument}
-        return {
-            "spent": spent,
-            "curves": {"real": real_run.losses, "zero": zero_run.losses},
-            "steps": real_run.steps,
-            "zero_steps": zero_run.steps,
-            "zero_levelled": levelled,
-            "stop": real_run.stop_reason,
-            "constant": constant,
-            "constant_value": float(x.reshape(-1)[0]) if constant else math.nan,
-        }
+                    horizon = next_horizon(horizon, self.max_steps, ahead=v.gap > 0)
+        except CheckSkipped as skip:
+            return BaselineRuns([], [], 0, 0, False, 0.0, constant, skipped=skip)
+        return BaselineRuns(
+            real_run.losses, zero_run.losses, real_run.steps, zero_run.steps, levelled, spent, constant
+        )
 
-    def _judge(self, trainer: pl.Trainer, p: dict[str, Any], n: int, scale: float) -> None:
-        real, zero = p["curves"]["real"], p["curves"]["zero"]
-        v = baseline_verdict(real, zero, self.min_gap, zero_levelled=p["zero_levelled"], confirm=self.confirm)
+    def _judge(self, trainer: pl.Trainer, runs: BaselineRuns, n: int, scale: float) -> None:
+        v = baseline_verdict(runs.real, runs.zero, self.min_gap, zero_levelled=runs.zero_levelled, confirm=self.confirm)
         values = {
             "real_loss": v.real_final,
             "zero_loss": v.zero_final,
@@ -215,23 +203,29 @@ class InputIndependentBaseline(FirstBatchCheck):
             "gap": v.gap,
             "margin": v.margin,
             "noise": v.noise,
-            "steps": float(p["steps"]),
-            "zero_steps": float(p["zero_steps"]),
-            "cost_steps": p["spent"] * scale,
+            "steps": float(runs.steps),
+            "zero_steps": float(runs.zero_steps),
+            "cost_steps": runs.spent * scale,
             "num_samples": float(n),
             "identical": float(v.identical),
             "separated": float(v.separated),
         }
         chart = line_chart(
-            {"real inputs": real, "zero inputs": zero},
+            {"real inputs": runs.real, "zero inputs": runs.zero},
             title="InputIndependentBaseline: the loss on real inputs must end clearly below the loss on zeros",
             xlabel="training step", ylabel="training loss", styles={"zero inputs": "--"},
         )
         self.log_figure(trainer, "loss_curves", chart)
-        runs = f"(zero inputs {p['zero_steps']} steps, real inputs {p['steps']} steps on {n} samples)"
+        status, summary, advice = self._verdict_text(v, runs, n)
+        self.report(trainer, status, summary, values, advice)
+
+    def _verdict_text(self, v: BaselineVerdict, runs: BaselineRuns, n: int) -> tuple[Status, str, str]:
+        """The status, summary and advice of the Finding (the prose of this check, in one place)."""
+        real, zero = runs.real, runs.zero
+        detail = f"(zero inputs {runs.zero_steps} steps, real inputs {runs.steps} steps on {n} samples)"
         curves = (
             f"real inputs: loss {v.real_initial:.3g} -> {v.real_final:.3g}, zeroed inputs: "
-            f"{v.zero_initial:.3g} -> {v.zero_final:.3g} (lowest {v.zero_best:.3g}) {runs}"
+            f"{v.zero_initial:.3g} -> {v.zero_final:.3g} (lowest {v.zero_best:.3g}) {detail}"
         )
         if v.identical:
             summary = (
@@ -239,39 +233,38 @@ class InputIndependentBaseline(FirstBatchCheck):
                 f"of the curve ({v.real_initial:.3g} -> {v.real_final:.3g}, {n} samples): the loss does not depend "
                 "on the input"
             )
-            self.report(trainer, "fail", summary, values, self._advice(p))
-        elif v.status == "pass":
+            return "fail", summary, self._advice(runs)
+        if v.status == "pass":
             summary = f"{curves}; the real inputs ended {v.gap:.3g} below the zero-input loss (margin {v.margin:.3g})"
-            self.report(trainer, "pass", summary, values)
-        elif not all(math.isfinite(x) for x in (*real, *zero)):
+            return "pass", summary, ""
+        if not all(math.isfinite(x) for x in (*real, *zero)):
             which = "real" if not all(math.isfinite(x) for x in real) else "zeroed"
             summary = f"the loss with {which} inputs became non-finite: {curves}; the runs cannot be compared"
             advice = (
                 "a model that divides by or takes the log of its input cannot take zeros; give "
                 "InputIndependentBaseline(lr=...) a smaller learning rate if the real run diverged"
             )
-            self.report(trainer, "warn", summary, values, advice)
-        elif v.status == "warn":
+            return "warn", summary, advice
+        if v.status == "warn":
             summary = (
                 f"the real run's loss did not decrease ({v.real_initial:.3g} -> {v.real_final:.3g}, "
-                f"{p['steps']} steps on {n} samples), so the baseline says nothing about the input"
+                f"{runs.steps} steps on {n} samples), so the baseline says nothing about the input"
             )
             advice = (
                 f"raise max_steps (now {self.max_steps}) or lr; OverfitOneBatch finds why a model does not learn "
                 "(frozen parameters, a learning rate of zero, a wrong loss)"
             )
-            self.report(trainer, "warn", summary, values, advice)
-        else:
-            summary = (
-                f"{curves}; the real inputs did not get clearly below the zero-input loss (ended {v.gap:.3g} "
-                f"below it, margin {v.margin:.3g}): the model is not using its input"
-            )
-            self.report(trainer, "fail", summary, values, self._advice(p))
+            return "warn", summary, advice
+        summary = (
+            f"{curves}; the real inputs did not get clearly below the zero-input loss (ended {v.gap:.3g} "
+            f"below it, margin {v.margin:.3g}): the model is not using its input"
+        )
+        return "fail", summary, self._advice(runs)
 
-    def _advice(self, p: dict[str, Any]) -> str:
-        if p["constant"]:
+    def _advice(self, runs: BaselineRuns) -> str:
+        if runs.constant is not None:
             return (
-                f"every input value of the first batch is {p['constant_value']:g}: the data pipeline feeds a "
+                f"every input value of the first batch is {runs.constant:g}: the data pipeline feeds a "
                 "constant; look at what the loader yields (InputVisualizer shows it)"
             )
         where = (
@@ -281,3 +274,28 @@ class InputIndependentBaseline(FirstBatchCheck):
             f"check that forward uses x (not a constant, a cached tensor or a buffer), that the input "
             f"reaches the network ({where}), and that the data pipeline does not feed zeros or constants"
         )
+
+
+@dataclass
+class BaselineRuns:
+    """What the two short runs left: plain data, the same on every rank after the broadcast.
+
+    Attributes:
+        real: the loss curve on the real inputs.
+        zero: the loss curve on zeroed inputs (of the last round).
+        steps: optimizer steps of the real run.
+        zero_steps: optimizer steps of the zero run.
+        zero_levelled: the zero run stopped because its loss levelled off.
+        spent: every pass of every round, in steps on the few samples (see ``run_cost``).
+        constant: the one value of the input when every value of it is the same, else ``None``.
+        skipped: why the runs could not train (then raised on every rank).
+    """
+
+    real: list[float]
+    zero: list[float]
+    steps: int
+    zero_steps: int
+    zero_levelled: bool
+    spent: float
+    constant: float | None
+    skipped: CheckSkipped | None = None

@@ -14,8 +14,9 @@ the exception: training it in place would draw its initial weights now, from the
 where the user's own first step draws them. It trains a detached copy instead, whose lazy
 parameters hold no memory yet.
 
-Anything that keeps a run from training is a :class:`CopyTrainingSkip` carrying the reason and
-the argument that would fix it, so the calling check reports a ``skip`` instead of crashing.
+Anything that keeps a run from training raises :class:`~recipe_callbacks.core.skip.CheckSkipped`
+carrying the reason and the argument that would fix it, so the calling check reports a ``skip``
+instead of crashing.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.seed import isolate_rng
 from torch import nn
 
+from recipe_callbacks.core.cost import FORWARD_PASS_STEPS
 from recipe_callbacks.core.module_hooks import suspended_hooks
 from recipe_callbacks.core.short_training import (
     LocalBatchNorm,
@@ -50,10 +52,6 @@ if TYPE_CHECKING:
     import lightning.pytorch as pl
 
 
-class CopyTrainingSkip(CheckSkipped):
-    """A short run could not be built or trained; ``argument`` names what to set."""
-
-
 @dataclass
 class RunResult:
     """One short run: its curve, and what the model and optimizer showed before it."""
@@ -61,6 +59,21 @@ class RunResult:
     run: ShortRun
     notes: ModelNotes
     lrs: list[float]
+
+
+def run_cost(run: ShortRun) -> float:
+    """The run's passes in training-step equivalents: each optimizer step one, each forward-only
+    pass (the loss after the last step, or where a stop rule ended the run) a third."""
+    return run.steps + (len(run.losses) - run.steps) * FORWARD_PASS_STEPS
+
+
+def require_automatic_optimization(pl_module: pl.LightningModule) -> None:
+    """Raise :class:`CheckSkipped` for a model that steps its own optimizer (manual optimization)."""
+    if not pl_module.automatic_optimization:
+        raise CheckSkipped(
+            "the model uses manual optimization: its training_step steps its own optimizer, "
+            "so a short run cannot be trained with its loss"
+        )
 
 
 @contextmanager
@@ -157,14 +170,14 @@ class ShortTrainings:
         try:
             return user_optimizer(model, self.pl_module, self.trainer.optimizers, self.lr)
         except ShortTrainingError as err:
-            raise CopyTrainingSkip(f"cannot build the optimizer for a short run of the model: {err}", "lr") from err
+            raise CheckSkipped(f"cannot build the optimizer for a short run of the model: {err}", "lr") from err
 
     def run(self, batches: Sequence[Any], steps: int, *, seed: int, stop: StopRule | None = None) -> RunResult:
         """Train on ``batches`` (cycled) for up to ``steps`` steps with the model's own
         ``training_step`` (see ``train_for``), then put the model back.
 
         Raises:
-            CopyTrainingSkip: no loss to train on, no optimizer, or the user's ``training_step``
+            CheckSkipped: no loss to train on, no optimizer, or the user's ``training_step``
                 raised on a model without its Trainer.
         """
         model = self._model()
@@ -174,9 +187,9 @@ class ShortTrainings:
             try:
                 run = train_for(model, _loss, optimizer, batches, steps, seed=seed, stop=stop)
             except ShortTrainingError as err:
-                raise CopyTrainingSkip(f"cannot train the model: {err}") from err
+                raise CheckSkipped(f"cannot train the model: {err}") from err
             except Exception as err:  # the user's training_step without a Trainer
-                raise CopyTrainingSkip(
+                raise CheckSkipped(
                     f"the training_step of a short run raised {type(err).__name__}: {err}"
                 ) from err
             del optimizer

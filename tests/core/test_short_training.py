@@ -11,15 +11,21 @@ import pytest
 import torch
 from torch import nn
 
+from recipe_callbacks.core.baseline_curves import baseline_verdict, next_horizon
+from recipe_callbacks.core.loss_curves import levelled_off
+from recipe_callbacks.core.overfit_curve import (
+    FROZEN_STEADY_RATIO,
+    falling_steadily,
+    overfit_stop,
+    overfit_target,
+    overfit_verdict,
+)
 from recipe_callbacks.core.short_training import (
     ShortTrainingError,
-    baseline_verdict,
     batch_size_of,
     first_optimizer,
     learning_rates,
     model_notes,
-    overfit_target,
-    overfit_verdict,
     params_without_grad,
     rebuild_optimizer,
     take_samples,
@@ -236,3 +242,31 @@ def test_overfit_verdict_cases() -> None:
     assert overfit_verdict([2.0, float("inf")], 0.05).status == "fail"
     assert overfit_target(2.3, 0.1, None) == pytest.approx(0.23) and overfit_target(2.3, 0.1, 0.5) == 0.5
 
+
+
+def test_a_steady_fall_of_a_fifth_stops_the_run_and_passes() -> None:
+    # a language model's first steps on two samples: about 1.3% a step, straight (GPT-2 of the zoo)
+    curve = [4.5 * (1 - 0.013 * t) for t in range(40)]
+    rule = overfit_stop(0.45, allow_negative=False)
+    stopped = next(t for t in range(1, 41) if rule(curve[:t]))
+    assert stopped == 17 and rule(curve[:stopped]) == "falling steadily"  # 17 points: 4.5 -> 3.56, a fifth
+    assert overfit_verdict(curve[:stopped], 0.45).status == "pass"
+    # a model with frozen parameters must fall further (40%) before its run stops
+    frozen = overfit_stop(0.45, allow_negative=False, steady_ratio=FROZEN_STEADY_RATIO)
+    assert not frozen(curve[:stopped]) and frozen(curve[:32]) == "falling steadily"
+    assert overfit_verdict(curve[:stopped], 0.45, steady_ratio=FROZEN_STEADY_RATIO).status == "warn"
+
+
+def test_a_fall_that_bends_into_a_plateau_is_not_steady() -> None:
+    # fell by 40% in 6 steps, then 0.2% a step: the recent rate is far below the average
+    bend = [2.0 * 0.92**t for t in range(6)] + [1.3 - 0.002 * t for t in range(12)]
+    assert bend[-1] < 0.8 * bend[0] and not levelled_off(bend)
+    assert not falling_steadily(bend)
+    assert falling_steadily([2.0 * 0.97**t for t in range(18)])  # an exponential fall keeps its pace
+    assert not falling_steadily([2.0 * 0.97**t for t in range(15)])  # too few points yet
+
+
+def test_the_baseline_rounds_grow_by_the_evidence() -> None:
+    # ahead but not yet by the margin: three times as far; behind: straight to max_steps
+    assert next_horizon(8, 60, ahead=True) == 24 and next_horizon(24, 60, ahead=True) == 60
+    assert next_horizon(8, 60, ahead=False) == 60 and next_horizon(8, 10, ahead=True) == 10

@@ -504,6 +504,4 @@ def build(family: str, bug: str | None = None) -> Case:
 # Alarms on healthy models that belong to work outside the zoo's own fixes, by (family, check):
 # the fast test tolerates them (and says so), the table shows them. Remove an entry once it is fixed.
 KNOWN_ALARMS: dict[tuple[str, str], str] = {
-    **{(f, "InputIndependentBaseline"): "copy-training budgets (issue 12 item 1)" for f in FAMILIES},
-    **{(f, "OverfitOneBatch"): "copy-training budgets (issue 12 item 1)" for f in FAMILIES},
 }

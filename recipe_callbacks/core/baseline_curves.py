@@ -1,0 +1,167 @@
+"""The input-independent baseline's verdict (recipe step 2g): the real-input curve against the zero-input one.
+
+A model trained from the same weights on real and on zeroed inputs must reach a clearly lower loss
+on the real ones; :func:`baseline_stop` says when the evidence is decisive, :func:`baseline_verdict`
+judges the two curves.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from recipe_callbacks.core.loss_curves import Verdict, identical_curves, levelled_off, step_noise
+from recipe_callbacks.core.short_training import StopRule
+
+
+@dataclass
+class Separation:
+    """Where the real-input curve stands against the zero-input curve at its last point.
+
+    ``reference`` is the zero-input loss it is compared with: the zero curve at the same step, or
+    its lowest value once the zero run has levelled off (an input-free model gets no better).
+    ``margin`` is the gap that counts: ``min_gap`` of the reference, or three times the noise of
+    the zero curve when larger.
+    """
+
+    reference: float
+    gap: float
+    margin: float
+    noise: float
+    separated: bool
+
+
+def separation(
+    real: Sequence[float],
+    zero: Sequence[float],
+    zero_levelled: bool,
+    min_gap: float,
+    confirm: int = 3,
+) -> Separation:
+    """How far the real-input curve is below the zero-input one; ``separated`` when the last
+    ``confirm`` points of ``real`` all sit below their reference by the margin.
+
+    Example:
+        >>> separation([2.3, 1.5, 1.0, 0.8], [2.3, 2.1, 2.0, 1.9], False, 0.05).separated
+        True
+        >>> separation([2.3, 2.2, 2.1, 2.0], [2.3, 2.2, 2.1, 2.0], False, 0.05).separated
+        False
+    """
+    noise = step_noise(zero)
+    best = min((v for v in zero if math.isfinite(v)), default=math.nan)
+
+    def reference(t: int) -> float:
+        if t < len(zero):
+            return float(zero[t])
+        return best if zero_levelled else math.nan
+
+    def margin(ref: float) -> float:
+        return max(min_gap * abs(ref), 3.0 * noise, 1e-6 * max(1.0, abs(ref)))
+
+    t = len(real) - 1
+    ref = reference(t)
+    gap = ref - float(real[t]) if real else math.nan
+    ok = len(real) >= confirm and all(
+        math.isfinite(reference(i)) and math.isfinite(real[i]) and reference(i) - real[i] >= margin(reference(i))
+        for i in range(len(real) - confirm, len(real))
+    )
+    return Separation(ref, gap, margin(ref) if math.isfinite(ref) else math.nan, noise, ok)
+
+
+def baseline_stop(zero: Sequence[float], zero_levelled: bool, min_gap: float, confirm: int = 3) -> StopRule:
+    """When to stop the real-input run: the curves separated, they are identical over the first
+    points, the zero curve has no more points to compare with, or the real run levelled off."""
+
+    def rule(real: Sequence[float]) -> str:
+        if len(real) >= 4 and identical_curves(real, zero):
+            return "identical"
+        if separation(real, zero, zero_levelled, min_gap, confirm).separated:
+            return "separated"
+        if len(real) >= len(zero) and not zero_levelled:
+            return "zero run ended"
+        if levelled_off(real):
+            return "levelled off"
+        return ""
+
+    return rule
+
+
+def next_horizon(horizon: int, max_steps: int, ahead: bool) -> int:
+    """The step horizon of the baseline's next round, after a round to ``horizon`` left the curves
+    undecided: three times as far when the real run ended ``ahead`` (below the zero-input curve,
+    not yet by the margin: it is pulling away and separates soon), else ``max_steps`` at once (the
+    real run is still behind, as a language model's is while it learns the token frequencies that
+    the zero-input run learns too: it separates only after tens of steps, and a middle round would
+    repeat the first one's steps for nothing). At most ``max_steps``.
+
+    Example:
+        >>> next_horizon(8, 60, ahead=True), next_horizon(8, 60, ahead=False), next_horizon(24, 60, ahead=True)
+        (24, 60, 60)
+    """
+    return min(3 * horizon, max_steps) if ahead else max_steps
+
+
+@dataclass
+class BaselineVerdict:
+    """The input-independent baseline judged: the real-input curve against the zero-input curve."""
+
+    status: Verdict
+    real_initial: float
+    real_final: float
+    zero_initial: float
+    zero_final: float
+    zero_best: float
+    gap: float
+    margin: float
+    noise: float
+    real_learned: bool
+    identical: bool
+    separated: bool
+
+
+def baseline_verdict(
+    real: Sequence[float],
+    zero: Sequence[float],
+    min_gap: float,
+    *,
+    zero_levelled: bool = False,
+    confirm: int = 3,
+    min_decrease: float = 0.001,
+) -> BaselineVerdict:
+    """Judge the curves of one model trained from the same weights on real and on zeroed inputs.
+
+    ``fail`` when the curves are the same at every point (the loss does not depend on the input),
+    or when the real run ended without its loss separating from the zero run's (see
+    :func:`separation`); ``pass`` when it separated; ``warn`` when a loss is not finite or the real
+    run's loss did not decrease by ``min_decrease`` of its initial value (then the comparison says
+    nothing about the input).
+
+    Example:
+        >>> baseline_verdict([2.3, 1.0, 0.5, 0.3], [2.3, 2.1, 2.0, 2.0], 0.05).status
+        'pass'
+        >>> baseline_verdict([2.3, 2.0, 1.9, 1.8], [2.3, 2.0, 1.9, 1.8], 0.05).status  # identical
+        'fail'
+        >>> baseline_verdict([2.5, 2.2, 2.1, 2.0], [2.3, 2.1, 2.05, 2.0], 0.05).status  # no better than zeros
+        'fail'
+        >>> baseline_verdict([2.3, 2.3, 2.3], [2.1, 2.1, 2.0], 0.05).status  # learned nothing: says nothing
+        'warn'
+    """
+    if not real or not zero:
+        raise ValueError("baseline_verdict needs two non-empty loss curves")
+    r0, r1, z0, z1 = float(real[0]), float(real[-1]), float(zero[0]), float(zero[-1])
+    finite = all(math.isfinite(v) for v in (*real, *zero))
+    learned = finite and r0 - min(real) > min_decrease * max(abs(r0), 1e-12)
+    identical = identical_curves(real, zero) and len(real) <= len(zero)
+    sep = separation(real, zero, zero_levelled, min_gap, confirm)
+    status: Verdict
+    if identical:
+        status = "fail"
+    elif not finite or not learned:
+        status = "warn"
+    else:
+        status = "pass" if sep.separated else "fail"
+    best = min((v for v in zero if math.isfinite(v)), default=math.nan)
+    return BaselineVerdict(
+        status, r0, r1, z0, z1, best, sep.gap, sep.margin, sep.noise, learned, identical, sep.separated
+    )
