@@ -375,6 +375,21 @@ class PredictionDynamicsLogger(RecipeCallback):
         if self._records_since_picture >= self.pictures_every_n_records:
             self._log_pictures(trainer)
 
+    @property
+    def steps(self) -> list[int]:
+        """The global steps of the kept records (oldest first)."""
+        return self.history.steps
+
+    @property
+    def jitters(self) -> list[float]:
+        """The jitter of each kept record (NaN for the first)."""
+        return self.history.jitters
+
+    @property
+    def losses(self) -> list[float]:
+        """The fixed-batch loss of each kept record."""
+        return self.history.losses
+
     def heatmap_matrix(self) -> torch.Tensor:
         """``(K, R)``: one row per fixed sample, one column per kept record (oldest left)."""
         return self.history.heatmap_matrix()
