@@ -27,8 +27,8 @@ from recipe_callbacks.core.leakage import (
 )
 from recipe_callbacks.core.pictures import image_grid
 from recipe_callbacks.core.skip import CheckSkipped
-from recipe_callbacks.core.task import TASKS, Task, infer_task, logits_of, per_sample_loss
-from recipe_callbacks.plumbing.batch import BatchToXY, ResolvedBatch
+from recipe_callbacks.core.task import TASKS, Task, aligned, infer_task, logits_of, per_sample_loss
+from recipe_callbacks.plumbing.batch import BatchToXY, ForwardFn, ResolvedBatch, integer_inputs
 from recipe_callbacks.plumbing.callback_base import RecipeCallback
 from recipe_callbacks.plumbing.finding import OnFail, Status
 from recipe_callbacks.plumbing.loaders import read_inputs, val_dataloaders
@@ -40,8 +40,7 @@ if TYPE_CHECKING:
 
 _KEY_NEAR, _KEY_TOO_GOOD = "near_duplicates", "too_good"
 _MAX_PAIRS = 8
-# The too-good-to-be-true evaluation runs at the first this many validations of a fit.
-MAX_EVALUATIONS = 5
+MAX_EVALUATIONS = 5  # the too-good-to-be-true evaluation runs at the first this many validations
 
 
 class LeakageCheck(RecipeCallback):
@@ -84,6 +83,9 @@ class LeakageCheck(RecipeCallback):
         input_key: where the input is in a batch (a dict key or a position); inferred when ``None``.
         target_key: where the target is in a batch; inferred when ``None``.
         batch_to_xy: a function ``batch -> (x, y)`` that replaces both.
+        forward_fn: how the too-good-to-be-true evaluation runs the model on a batch the way your
+            step does (a method name or a function ``(pl_module, batch) -> output``); ``None`` reads
+            it from ``forward``'s signature; see :class:`~recipe_callbacks.RecipeCallback`.
 
     Raises:
         ValueError: a count below 1, a tolerance or fraction out of range, an unknown task or
@@ -130,8 +132,9 @@ class LeakageCheck(RecipeCallback):
         input_key: str | None = None,
         target_key: str | None = None,
         batch_to_xy: BatchToXY | None = None,
+        forward_fn: ForwardFn | str | None = None,
     ) -> None:
-        super().__init__(on_fail, input_key, target_key, batch_to_xy)
+        super().__init__(on_fail, input_key, target_key, batch_to_xy, forward_fn)
         owner = "LeakageCheck"
         self.max_samples = check_int(owner, "max_samples", max_samples)
         self.tolerance = check_float(owner, "tolerance", tolerance, inclusive_minimum=True)
@@ -169,7 +172,9 @@ class LeakageCheck(RecipeCallback):
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or trainer.state.fn != "fit" or trainer.global_step == 0 or self.is_resumed(trainer):
             return
-        self._too_good(trainer, pl_module)
+        self._evaluations += 1
+        if self._evaluations <= MAX_EVALUATIONS:  # leakage shows from the first validations on
+            self._too_good(trainer, pl_module)
 
     # ----------------------------------------------------------------- near-duplicates
     def _near_duplicates(self, trainer: pl.Trainer) -> None:
@@ -265,18 +270,20 @@ class LeakageCheck(RecipeCallback):
         tally = Tally()
         task: Task | None = self.task
         with observing(pl_module):
-            for batch in bounded:
+            for host_batch in bounded:
+                batch = move_data_to_device(host_batch, pl_module.device)
                 resolved = self.resolve(trainer, batch, key=_KEY_TOO_GOOD)
                 if resolved is None:
                     return None
                 if resolved.y is None:
                     raise _not_evaluated("target_key")
-                x = move_data_to_device(resolved.x, pl_module.device)
-                y = resolved.y.to(pl_module.device)
                 try:
-                    logits = logits_of(pl_module(x))
-                except Exception as err:  # a forward that wants more than x
-                    raise _not_evaluated("input_key") from err
+                    output = logits_of(self.run_model(pl_module, batch, resolved))
+                except Exception as err:  # a forward that wants more than the input
+                    raise _not_evaluated("forward_fn") from err
+                # paired as the model's own loss pairs them (causal-LM shift, flattened logits)
+                pair = aligned(output, resolved.y, integer_inputs(batch, resolved)) if output is not None else None
+                logits, y = pair if pair is not None else (None, resolved.y)
                 task = task or (infer_task(logits, y) if logits is not None else None)
                 if logits is None or task is None:
                     raise _not_evaluated("task")
