@@ -236,7 +236,7 @@ class InitLossCheck(RecipeCallback):
         super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
         if self._active and not self._capture.handles and self._capture.captured is None and self._batch is None:
             self._batch = batch
-            self._capture.attach(pl_module, capture=True)
+            self._capture.attach(pl_module, capture=True, owner=self)
 
     @override
     def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: torch.Tensor) -> None:
@@ -264,7 +264,7 @@ class InitLossCheck(RecipeCallback):
         if resolved.y is None:
             raise CheckSkipped("the batch has no target to judge the loss against", "target_key", key=key)
         self._capture.calls = []
-        self._capture.attach(pl_module, capture=False)
+        self._capture.attach(pl_module, capture=False, owner=self)
         try:
             with observing(pl_module):
                 output = self.run_model(pl_module, batch, resolved)

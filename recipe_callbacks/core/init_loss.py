@@ -20,6 +20,7 @@ Nothing here imports Lightning; the functions work on plain tensors.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -628,26 +629,27 @@ class LogitsCapture:
         """Remember the storage and size of the logits the model returned."""
         self.ptr, self.numel = logits.data_ptr(), logits.numel()
 
-    def attach(self, model: nn.Module, *, capture: bool) -> None:
-        def on_layer(name: str) -> Callable[..., None]:
-            def hook(module: nn.Module, args: Any, output: Any) -> None:
-                if isinstance(output, torch.Tensor):
-                    self.calls.append((name, output.data_ptr(), output.numel()))
-
-            return hook
-
-        def on_model(module: nn.Module, args: Any, output: Any) -> None:
-            if self.captured is not None or not (module.training and torch.is_grad_enabled()):
-                return
-            logits = logits_of(output)
-            if logits is not None and logits.is_floating_point():
-                self.seen(logits)
-                self.captured = logits.detach().clone()
-
+    def attach(self, model: nn.Module, *, capture: bool, owner: object = None) -> None:
+        """Hook the candidate layers (and with ``capture`` the model). The hooks carry ``owner`` (the
+        callback) as their first argument, so that whoever takes away a callback's hooks for a while
+        (copy training in place) finds them."""
         if capture:
-            self.handles.append(model.register_forward_hook(on_model))
+            self.handles.append(model.register_forward_hook(functools.partial(self._on_model, owner)))
         for name, layer in candidate_layers(model, self.final_layer_name):
-            self.handles.append(layer.register_forward_hook(on_layer(name)))
+            self.handles.append(layer.register_forward_hook(functools.partial(self._on_layer, owner, name)))
+
+    def _on_layer(self, owner: object, name: str, module: nn.Module, args: Any, output: Any) -> None:
+        if isinstance(output, torch.Tensor):
+            self.calls.append((name, output.data_ptr(), output.numel()))
+
+    def _on_model(self, owner: object, module: nn.Module, args: Any, output: Any) -> None:
+        # only the user's own training step: other callbacks observe in eval mode without grad
+        if self.captured is not None or not (module.training and torch.is_grad_enabled()):
+            return
+        logits = logits_of(output)
+        if logits is not None and logits.is_floating_point():
+            self.seen(logits)
+            self.captured = logits.detach().clone()
 
     def detach(self) -> None:
         for handle in self.handles:
