@@ -81,13 +81,16 @@ def test_the_core_never_imports_the_callbacks_or_the_plumbing() -> None:
 PRIVATE_READS_ALLOWED: dict[str, str] = {
     # full_eval_set._user_sampler, the one read: the user's sampler inside the DDP wrapper, to judge coverage
     "full_eval_set.py": "DistributedSamplerWrapper keeps the user's sampler only as _sampler",
+    # observe._attachments and detached_from_trainer: a LightningModule's _trainer/_fabric
+    "plumbing/observe.py": "no public way to read a module's Trainer without raising, nor to detach its Fabric",
 }
 
 
 def test_nothing_reaches_into_private_lightning_state() -> None:
     offenders = []
     private = re.compile(
-        r"\btrainer\._[a-z]|[\"']_sampler[\"']|lightning\.[\w.]*\._[a-z]|from lightning[\w.]* import _"
+        r"\btrainer\._[a-z]|[\"']_(sampler|trainer|fabric)[\"']|\._(trainer|fabric)\b(?!_)|lightning\.[\w.]*\._[a-z]"
+        r"|from lightning[\w.]* import _"
     )
     for path in _modules():
         rel = str(path.relative_to(PACKAGE))

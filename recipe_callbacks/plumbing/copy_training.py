@@ -46,7 +46,7 @@ from recipe_callbacks.core.short_training import (
 )
 from recipe_callbacks.core.skip import CheckSkipped
 from recipe_callbacks.core.snapshot import ModuleSnapshot, has_lazy_tensors
-from recipe_callbacks.plumbing.observe import detached_copy, training_step_loss
+from recipe_callbacks.plumbing.observe import detached_copy, detached_from_trainer, training_step_loss
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
@@ -74,27 +74,6 @@ def require_automatic_optimization(pl_module: pl.LightningModule) -> None:
             "the model uses manual optimization: its training_step steps its own optimizer, "
             "so a short run cannot be trained with its loss"
         )
-
-
-@contextmanager
-def _detached_from_trainer(module: nn.Module) -> Iterator[None]:
-    """Every LightningModule in ``module`` without its Trainer (and Fabric) for the body."""
-    import lightning.pytorch as pl
-
-    saved = [
-        (m, getattr(m, "_trainer", None), getattr(m, "_fabric", None))
-        for m in module.modules()
-        if isinstance(m, pl.LightningModule)
-    ]
-    try:
-        for m, _, _ in saved:
-            m._trainer = None
-            m._fabric = None
-        yield
-    finally:
-        for m, trainer, fabric in saved:
-            m._trainer = trainer
-            m._fabric = fabric
 
 
 @contextmanager
@@ -137,7 +116,7 @@ class ShortTrainings:
         if self.in_place:
             try:
                 self._stack.enter_context(suspended_hooks(self.pl_module, (Callback,)))
-                self._stack.enter_context(_detached_from_trainer(self.pl_module))
+                self._stack.enter_context(detached_from_trainer(self.pl_module))
                 self._stack.enter_context(_local_batchnorm(self.pl_module))
                 # Saved last, restored first: the module goes back to this state after every run,
                 # then the Trainer, the hooks and the batch norm classes come back.

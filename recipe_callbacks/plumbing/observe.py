@@ -54,6 +54,30 @@ def observing(module: nn.Module, *, eval_mode: bool = True, grad: bool = False) 
         yield
 
 
+# The one place that touches a LightningModule's private attachments. Lightning has no public way
+# to ask whether a module is attached without raising (``LightningModule.trainer`` raises when it is
+# not) nor to detach its Fabric; a copy or a short run on the real module must not reach either.
+def _attachments(module: Any) -> tuple[Any, Any]:
+    """The Trainer and the Fabric a LightningModule is attached to (``None`` where it is not)."""
+    return getattr(module, "_trainer", None), getattr(module, "_fabric", None)
+
+
+@contextmanager
+def detached_from_trainer(module: nn.Module) -> Iterator[None]:
+    """Every LightningModule in ``module`` without its Trainer (and Fabric) for the body, so that
+    ``self.log`` and ``self.trainer`` inside a short run reach neither; restored afterwards."""
+    import lightning.pytorch as pl
+
+    saved = [(m, *_attachments(m)) for m in module.modules() if isinstance(m, pl.LightningModule)]
+    try:
+        for m, _, _ in saved:
+            m._trainer, m._fabric = None, None
+        yield
+    finally:
+        for m, trainer, fabric in saved:
+            m._trainer, m._fabric = trainer, fabric
+
+
 def detached_copy(pl_module: M) -> M:
     """A deep copy of the model that shares nothing with it and is not attached to the Trainer.
 
@@ -62,13 +86,7 @@ def detached_copy(pl_module: M) -> M:
     callbacks registered on the real model are not carried over, so an observer never mistakes
     the copy's forward passes for the real model's; the model's own hooks are kept.
     """
-    memo: dict[int, Any] = {}
-    trainer = getattr(pl_module, "_trainer", None)
-    if trainer is not None:
-        memo[id(trainer)] = None
-    fabric = getattr(pl_module, "_fabric", None)
-    if fabric is not None:
-        memo[id(fabric)] = None
+    memo: dict[int, Any] = {id(owner): None for owner in _attachments(pl_module) if owner is not None}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         twin = copy.deepcopy(pl_module, memo)
