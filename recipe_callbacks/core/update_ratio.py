@@ -131,6 +131,20 @@ def layer_log10_ratios(
     return {layer: log10_ratio(math.sqrt(u2), math.sqrt(w2)) for layer, (u2, w2) in sums.items()}
 
 
+# In the order they are tried: ReLU6 is a subclass of Hardtanh, so it comes first.
+_ACTIVATION_KINDS: tuple[tuple[type[nn.Module], ActivationKind], ...] = (
+    (nn.ReLU6, "relu6"),
+    (nn.ReLU, "relu"),
+    (nn.Tanh, "tanh"),
+    (nn.Sigmoid, "sigmoid"),
+    (nn.Hardtanh, "hardtanh"),
+    (nn.Hardsigmoid, "hardsigmoid"),
+    (nn.GELU, "gelu"),
+    (nn.SiLU, "silu"),
+    (nn.Softplus, "softplus"),
+)
+
+
 def activation_kind(module: nn.Module) -> ActivationKind | None:
     """Which activation a module is, for the health statistics; ``None`` for anything else.
 
@@ -143,24 +157,9 @@ def activation_kind(module: nn.Module) -> ActivationKind | None:
         >>> activation_kind(nn.LeakyReLU()) is None
         True
     """
-    if isinstance(module, nn.ReLU6):  # a subclass of Hardtanh: check it first
-        return "relu6"
-    if isinstance(module, nn.ReLU):
-        return "relu"
-    if isinstance(module, nn.Tanh):
-        return "tanh"
-    if isinstance(module, nn.Sigmoid):
-        return "sigmoid"
-    if isinstance(module, nn.Hardtanh):
-        return "hardtanh"
-    if isinstance(module, nn.Hardsigmoid):
-        return "hardsigmoid"
-    if isinstance(module, nn.GELU):
-        return "gelu"
-    if isinstance(module, nn.SiLU):
-        return "silu"
-    if isinstance(module, nn.Softplus):
-        return "softplus"
+    for kind, name in _ACTIVATION_KINDS:
+        if isinstance(module, kind):
+            return name
     return None
 
 
