@@ -20,6 +20,7 @@ import matplotlib
 import numpy as np
 import torch
 from matplotlib import colors
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
@@ -194,33 +195,62 @@ def bar_chart(
     ax = fig.add_subplot()
     vals = np.nan_to_num(np.asarray(list(values), dtype=np.float64))
     pos = np.arange(len(vals), dtype=np.float64)
-    width = 0.4 if second is not None else 0.8
-    colours = [FLAGGED if i in set(flagged) else "C0" for i in range(len(vals))]
-    bars = ax.bar(pos - (width / 2 if second else 0.0), vals, width=width, color=colours, label=first_label or None)
-    if second is not None:
-        ax.bar(pos + width / 2, np.nan_to_num(np.asarray(list(second[0]), dtype=np.float64)), width=width,
-               color="C1", label=second[1])
+    many = len(vals) > MAX_SEPARATE_BARS
+    if many:  # one filled step outline instead of hundreds of bars: as readable, a fraction of the time
+        _stairs(ax, vals, flagged, first_label, second)
+    else:
+        _bars(ax, vals, flagged, first_label, second)
     if flagged:
         ax.bar([math.nan], [math.nan], color=FLAGGED, label=flagged_label)
     if band is not None:
         ax.axhspan(band.low, band.high, color=HEALTHY, alpha=0.15, label=band.label, zorder=0)
     if reference is not None:
         ax.axhline(reference[0], linestyle="--", color="black", linewidth=1.2, label=reference[1])
-    if 0 < len(vals) <= 16 and second is None:
-        ax.bar_label(bars, labels=[f"{v:.4g}" for v in vals], fontsize=8.5, padding=2)
-        ax.margins(y=0.12)
-    ax.set_xticks(pos)
-    step = max(1, math.ceil(len(labels) / 25))
-    ax.set_xticklabels([str(s) if i % step == 0 else "" for i, s in enumerate(labels)],
+    step = max(1, math.ceil(len(labels) / (12 if many else 25)))  # labels that do not run into each other
+    shown = pos[::step]
+    ax.set_xticks(shown)
+    ax.set_xticklabels([str(labels[int(i)]) for i in shown],
                        rotation=0 if max((len(str(s)) for s in labels), default=0) <= 3 else 45)
     ax.set_title(_title(title))
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(True, axis="y", alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
-        ax.legend(loc="best", framealpha=0.85)
+        # "best" weighs every artist: with many bars that alone takes a large share of the drawing
+        ax.legend(loc="upper right" if many else "best", framealpha=0.85)
     _apply_fonts(fig)
     return fig
+
+
+#: Above this many bars a bar chart draws filled steps instead of one rectangle per bar.
+MAX_SEPARATE_BARS = 32
+
+
+def _bars(ax: Axes, vals: np.ndarray, flagged: Sequence[int], first_label: str,
+          second: tuple[Sequence[float], str] | None) -> None:
+    pos = np.arange(len(vals), dtype=np.float64)
+    width = 0.4 if second is not None else 0.8
+    colours = [FLAGGED if i in set(flagged) else "C0" for i in range(len(vals))]
+    bars = ax.bar(pos - (width / 2 if second else 0.0), vals, width=width, color=colours, label=first_label or None)
+    if second is not None:
+        ax.bar(pos + width / 2, np.nan_to_num(np.asarray(list(second[0]), dtype=np.float64)), width=width,
+               color="C1", label=second[1])
+    if 0 < len(vals) <= 16 and second is None:
+        ax.bar_label(bars, labels=[f"{v:.4g}" for v in vals], fontsize=8.5, padding=2)
+        ax.margins(y=0.12)
+
+
+def _stairs(ax: Axes, vals: np.ndarray, flagged: Sequence[int], first_label: str,
+            second: tuple[Sequence[float], str] | None) -> None:
+    edges = np.arange(len(vals) + 1, dtype=np.float64) - 0.5
+    ax.stairs(vals, edges, fill=True, color="C0", alpha=0.75, label=first_label or None)
+    if second is not None:
+        ax.stairs(np.nan_to_num(np.asarray(list(second[0]), dtype=np.float64)), edges, color="C1",
+                  linewidth=1.6, label=second[1])
+    if flagged:
+        idx = np.asarray(sorted(set(flagged)), dtype=np.int64)
+        ax.bar(idx.astype(np.float64), vals[idx], width=1.0, color=FLAGGED)
+    ax.set_xlim(edges[0], edges[-1])
 
 
 def band_chart(
