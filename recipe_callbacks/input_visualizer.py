@@ -190,6 +190,7 @@ class InputVisualizer(RecipeCallback):
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
+        super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
         step = trainer.global_step
         if not self._due(step):
             return
@@ -203,7 +204,9 @@ class InputVisualizer(RecipeCallback):
         # a device read per statistic. The copy keeps dtype and memory layout (channels-last stays).
         x = resolved.x.detach().cpu()
         y = resolved.y.detach().cpu() if isinstance(resolved.y, torch.Tensor) else resolved.y
-        self._look(trainer, x, y, first)
+        with self.stopwatch() as watch:  # the statistics and the pictures: what the look costs
+            self._look(trainer, x, y, first)
+        self.state_cost(watch.seconds, key="" if first else "later")
 
     # ----------------------------------------------------------------- the look
     def _layout(self, x: torch.Tensor) -> tuple[Layout, bool]:

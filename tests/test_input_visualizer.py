@@ -299,3 +299,16 @@ def test_without_a_logger_pictures_and_text_land_in_files(tmp_path: Path) -> Non
     assert (folder / "images" / "step_0000000.png").is_file()
     assert "(16, 1, 8, 8)" in (folder / "summary" / "step_0000000.md").read_text()
     assert status(cb) == "pass"
+
+
+def test_the_first_look_states_its_measured_cost(tmp_path: Path) -> None:
+    """The statistics and pictures of the first look are timed and stated in step equivalents."""
+    x = torch.randn(160, 8)
+    data = DataLoader(TensorDataset(x, torch.arange(160) % 4), batch_size=8)
+    check = InputVisualizer()
+    trainer = fast_trainer(tmp_path, max_steps=20, callbacks=[check])
+    trainer.fit(TinyClassifier(), data)
+    (finding,) = check.findings
+    step = check._step_clock.median()
+    assert step is not None and step > 0 and finding.values["cost_seconds"] > 0
+    assert finding.values["cost_steps"] == pytest.approx(finding.values["cost_seconds"] / step)
