@@ -19,6 +19,7 @@ from recipe_callbacks.core.task import TASKS, Task, aligned, class_indices, infe
 from recipe_callbacks.plumbing.batch import BatchToXY, ForwardFn, integer_inputs
 from recipe_callbacks.plumbing.callback_base import RecipeCallback, sharded_strategy
 from recipe_callbacks.plumbing.finding import OnFail, Status
+from recipe_callbacks.plumbing.loaders import val_dataloaders
 from recipe_callbacks.plumbing.observe import observing
 from recipe_callbacks.plumbing.validation import check_bool, check_choice, check_float, check_int
 
@@ -258,19 +259,11 @@ class DataInspector(RecipeCallback):
         self.report(trainer, status, summary, values, advice, key="labels")
 
     # ----------------------------------------------------------------- leaks
-    def _val_loaders(self, trainer: pl.Trainer) -> list[DataLoader[Any]]:
-        if trainer.val_dataloaders is None:
-            try:
-                trainer.fit_loop.epoch_loop.val_loop.setup_data()
-            except Exception:  # a broken val loader is the user's to meet in validation, not here
-                return []
-        return core.all_dataloaders(trainer.val_dataloaders)
-
     def _check_duplicates(self, trainer: pl.Trainer) -> None:
         key = "duplicates"
         if not self._train_hashes:
             raise CheckSkipped("read no training samples to compare (see the label finding)", "batch_to_xy", key=key)
-        loaders = self._val_loaders(trainer)
+        loaders = val_dataloaders(trainer)
         if not loaders:
             raise CheckSkipped("no validation data to compare with the training set", "", key=key)
         val_hashes: list[bytes] = []
@@ -297,7 +290,7 @@ class DataInspector(RecipeCallback):
         if strategy is not None:
             self.report(trainer, "skip", _SHARDED[0].format(strategy=strategy), {}, _SHARDED[1], key=key)
             return
-        loader = first_dataloader(self._val_loaders(trainer))
+        loader = first_dataloader(val_dataloaders(trainer))
         if loader is None:
             raise CheckSkipped("no validation data to rank by loss", "", key=key)
         bounded, _ = bounded_loader(loader, self.max_samples, self.seed)

@@ -16,9 +16,9 @@ from recipe_callbacks.data_inspector import DataInspector
 from recipe_callbacks.plumbing.batch import BatchToXY, ForwardFn, integer_inputs
 from recipe_callbacks.plumbing.callback_base import RecipeCallback
 from recipe_callbacks.plumbing.finding import OnFail, Status
+from recipe_callbacks.plumbing.loaders import sample_batches
 from recipe_callbacks.plumbing.observe import observing
 from recipe_callbacks.plumbing.ranks import sum_over_ranks
-from recipe_callbacks.plumbing.sampling import sample_batches
 from recipe_callbacks.plumbing.validation import check_bool, check_choice, check_float, check_int, check_optional_str
 
 if TYPE_CHECKING:

@@ -167,6 +167,10 @@ def _y_axis(ax: Any, series: Mapping[str, Sequence[float]], log_y: bool, from_ze
         ax.set_ylim(min(0.0, float(every[np.isfinite(every)].min())), top * 1.15 if top > 0 else 1.0)
 
 
+#: Above this many bars a bar chart draws filled steps instead of one rectangle per bar.
+MAX_SEPARATE_BARS = 32
+
+
 def bar_chart(
     labels: Sequence[str],
     values: Sequence[float],
@@ -220,10 +224,6 @@ def bar_chart(
         ax.legend(loc="upper right" if many else "best", framealpha=0.85)
     _apply_fonts(fig)
     return fig
-
-
-#: Above this many bars a bar chart draws filled steps instead of one rectangle per bar.
-MAX_SEPARATE_BARS = 32
 
 
 def _bars(ax: Axes, vals: np.ndarray, flagged: Sequence[int], first_label: str,

@@ -92,11 +92,9 @@ def _skipping(hook: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(hook)
     def wrapper(self: RecipeCallback, trainer: Any, *args: Any, **kwargs: Any) -> Any:
-        try:
+        with self.skipping(trainer):
             return hook(self, trainer, *args, **kwargs)
-        except CheckSkipped as err:
-            self.skip(trainer, err.reason, err.argument, key=err.key)
-            return None
+        return None
 
     wrapper._recipe_skipping = True  # type: ignore[attr-defined]
     return wrapper
@@ -229,11 +227,9 @@ class RecipeCallback(Callback):
 
     def resolve(self, trainer: pl.Trainer | None, batch: Any, *, key: str = "") -> ResolvedBatch | None:
         """``x``/``y`` of a batch, or ``None`` after a ``skip`` Finding naming the argument to set."""
-        try:
+        with self.skipping(trainer):
             return self.resolved(batch, key=key)
-        except CheckSkipped as err:
-            self.skip(trainer, err.reason, err.argument, key=key)
-            return None
+        return None
 
     def resolved(self, batch: Any, *, key: str = "") -> ResolvedBatch:
         """``x``/``y`` of a batch; raises :class:`CheckSkipped` (for the Finding under ``key``)
@@ -461,11 +457,9 @@ class FirstBatchCheck(RecipeCallback):
             return
         self._ran = True
         if not self.is_resumed(trainer):
-            with self.running(trainer, pl_module, "running on the first training batch"):
-                try:
-                    self.check_first_batch(trainer, pl_module, batch)
-                except CheckSkipped as err:
-                    self.skip(trainer, err.reason, err.argument, key=err.key)
+            # the skip is recorded inside ``running``, so its closing line names the verdict
+            with self.running(trainer, pl_module, "running on the first training batch"), self.skipping(trainer):
+                self.check_first_batch(trainer, pl_module, batch)
         self.finish_early()
 
     @override

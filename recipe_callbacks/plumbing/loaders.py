@@ -1,5 +1,7 @@
 """Reading samples from the Trainer's loaders outside the loops: the validation loaders before
-validation ran, and the inputs of a bounded number of samples."""
+validation ran, the inputs of a bounded number of samples, and a few training batches read again
+from the data set for the checks that judge the model at init. Each read goes through a bounded
+loader of its own under an isolated RNG: the running loaders and the global RNG are not touched."""
 
 from __future__ import annotations
 
@@ -7,10 +9,11 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
+from lightning.fabric.utilities.apply_func import move_data_to_device
 from lightning.pytorch.utilities.seed import isolate_rng
 from torch.utils.data import DataLoader
 
-from recipe_callbacks.core.data_stats import all_dataloaders, bounded_loader
+from recipe_callbacks.core.data_stats import all_dataloaders, bounded_loader, first_dataloader
 from recipe_callbacks.plumbing.batch import ResolvedBatch
 
 if TYPE_CHECKING:
@@ -50,3 +53,19 @@ def read_inputs(
             if read >= max_samples:
                 break
     return out
+
+
+def sample_batches(trainer: pl.Trainer, device: torch.device, n: int) -> list[Any]:
+    """Up to ``n`` training batches read from the data set (not the running loader), on ``device``;
+    ``[]`` without a training DataLoader."""
+    loader = first_dataloader(trainer.train_dataloader)
+    if loader is None:
+        return []
+    bounded, _ = bounded_loader(loader, n * (loader.batch_size or 1))
+    batches: list[Any] = []
+    with isolate_rng():
+        for batch in bounded:
+            batches.append(move_data_to_device(batch, device))
+            if len(batches) >= n:
+                break
+    return batches
