@@ -12,7 +12,17 @@ when it is present, else on the CPU. For each configuration the table shows:
   ``--warmup`` (100) on, sampled ones included, each step's time the minimum over the repetitions,
   and as a share of the bare median step (the `monitor` budget: 1% of a 5 ms step). Work a
   callback does inside the model's forward, through a forward hook, is not in it. ``one-off
-  hook s`` is the rest: the first 100 steps, fit start, epoch ends, validation, fit end;
+  hook s`` is the rest: the first 100 steps, fit start, epoch ends, validation, fit end, and the
+  once-per-fit work inside the window (below);
+- the rule that separates the two: a hook call in which a callback reports a Finding
+  (``RecipeCallback.report``, a verdict: it happens a bounded number of times per fit, whatever
+  its length) or ``RecipeReport`` writes the checklist counts, whole, as once-per-fit work (the
+  one-off column); every other hook call of a training step is recurring work and counts in
+  ``hook us/step``: the unsampled steps, the sampled ones (records every N steps, histograms,
+  histories, scalars, the looks of a one-off check that watches on) and anything else a hook does
+  without giving a verdict. ``verdict s`` shows the once-per-fit seconds moved out of the window.
+  Hooks a callback does not override (Lightning's empty ones) are not wrapped: calling them is part
+  of Lightning's dispatch, printed below the table;
 - ``syncs/step``: blocking device-to-host reads inside the callbacks' hooks per training step,
   the bare Trainer's own per step beside it (``bare syncs``), and ``sync steps``: how many
   training steps had any (all of them must be sampled steps). Counted on CUDA when present
@@ -29,6 +39,10 @@ when it is present, else on the CPU. For each configuration the table shows:
     make bench                                     # both models, about 5 minutes
     python benchmarks/overhead.py --json benchmarks/overhead.json
     python benchmarks/overhead.py --models tiny --only bare,preset:monitor --repeats 1   # a quick look
+
+It also times Lightning's own call of a callback's hook (``_call_callback_hooks`` with empty
+callbacks, ``lightning dispatch``): the price of every registered callback at every step hook,
+before any of its code runs.
 """
 
 from __future__ import annotations
@@ -36,6 +50,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import statistics
 import sys
@@ -170,6 +185,28 @@ def counting_device() -> tuple[torch.device | None, str]:
 
 
 # ----------------------------------------------------------------------------- probes
+class Verdicts:
+    """Counts the once-per-fit events: a Finding reported (``RecipeCallback.report``), the checklist
+    written (``RecipeReport.write``). A hook call in which the count moves is once-per-fit work."""
+
+    count = 0
+    _installed = False
+
+    @classmethod
+    def install(cls) -> None:
+        if cls._installed:
+            return
+        cls._installed = True
+        for owner, name in ((RecipeCallback, "report"), (recipe_callbacks.RecipeReport, "write")):
+            original = getattr(owner, name)
+
+            def counted(self: Any, *args: Any, __original: Any = original, **kwargs: Any) -> Any:
+                cls.count += 1
+                return __original(self, *args, **kwargs)
+
+            setattr(owner, name, counted)
+
+
 class Probe:
     """Wraps every hook of the given callbacks: time inside them (per-step hooks apart from the
     rest) and the syncs they make, with the training step each happened in."""
@@ -177,32 +214,43 @@ class Probe:
     def __init__(self, callbacks: list[Any], syncs: SyncCounter | None) -> None:
         self.step_seconds = 0.0
         self.other_seconds = 0.0
+        self.verdict_seconds = 0.0  # step-hook calls that gave a verdict: once-per-fit work
         self.syncs_by_step: dict[int, int] = {}
         self.by_hook: dict[str, float] = {}
         self.by_step: dict[int, float] = {}
+        self.by_callback: dict[str, dict[int, float]] = {}  # "Callback.hook" -> step -> recurring seconds
         self.step = -1
         self._syncs = syncs
         for cb in callbacks:
             for name in dir(type(cb)):
-                if name.startswith("on_") or name in ("setup", "teardown"):
+                # a hook the callback does not override is Lightning's empty one: calling it is
+                # Lightning's dispatch, timed apart (lightning_dispatch_us)
+                if (name.startswith("on_") or name in ("setup", "teardown")) and (
+                    getattr(type(cb), name) is not getattr(pl.Callback, name, None)
+                ):
                     hook = getattr(cb, name)
                     if callable(hook):
-                        setattr(cb, name, self._wrap(name, hook))
+                        setattr(cb, name, self._wrap(name, hook, f"{type(cb).__name__}.{name}"))
 
-    def _wrap(self, name: str, hook: Any) -> Any:
+    def _wrap(self, name: str, hook: Any, label: str) -> Any:
         per_step = name in STEP_HOOKS
+        mine = self.by_callback.setdefault(label, {}) if per_step else {}
 
         def probed(*args: Any, **kwargs: Any) -> Any:
             before = self._syncs.count() if self._syncs is not None else 0
+            verdicts = Verdicts.count
             start = time.perf_counter()
             try:
                 return hook(*args, **kwargs)
             finally:
                 elapsed = time.perf_counter() - start
                 self.by_hook[name] = self.by_hook.get(name, 0.0) + elapsed
-                if per_step:
+                if per_step and Verdicts.count != verdicts:
+                    self.verdict_seconds += elapsed
+                elif per_step:
                     self.step_seconds += elapsed
                     self.by_step[self.step] = self.by_step.get(self.step, 0.0) + elapsed
+                    mine[self.step] = mine.get(self.step, 0.0) + elapsed
                 else:
                     self.other_seconds += elapsed
                 if self._syncs is not None:
@@ -331,6 +379,7 @@ def run_once(model_name: str, build: Any, device: torch.device, syncs: SyncCount
         "median_step_s": statistics.median(intervals) if intervals else total,
         "hook_us_per_step": probe.step_seconds / steps * 1e6,
         "other_hook_s": probe.other_seconds,
+        "verdict_hook_s": probe.verdict_seconds,
         "syncs_per_step": sum(probe.syncs_by_step.values()) / steps,
         "sync_steps": len(probe.syncs_by_step),
         "run_syncs_per_step": timer.train_syncs / steps,
@@ -338,12 +387,25 @@ def run_once(model_name: str, build: Any, device: torch.device, syncs: SyncCount
         "steps": steps,
         "hook_s_by_name": probe.by_hook,
         "hook_s_by_step": probe.by_step,
+        "hook_s_by_callback": probe.by_callback,
         "peak_bytes": peak,
         "stated_cost_steps": sum(
             f.values.get("cost_steps", 0.0) for cb in callbacks if isinstance(cb, RecipeCallback)
             for f in cb.findings
         ),
     }
+
+
+def steady_by_callback(runs: list[dict[str, Any]], warmup: int) -> dict[str, float]:
+    """``"Callback.hook" -> us/step`` of recurring work over the window (each step the minimum over the
+    repetitions, as :func:`steady_hook_us`), for ``--details``."""
+    steps = min(r["steps"] for r in runs)
+    start = min(warmup, steps // 2)
+    out = {}
+    for label in runs[0]["hook_s_by_callback"]:
+        total = sum(min(r["hook_s_by_callback"][label].get(i, 0.0) for r in runs) for i in range(start, steps))
+        out[label] = total / max(1, steps - start) * 1e6
+    return out
 
 
 def steady_hook_us(runs: list[dict[str, Any]], warmup: int) -> tuple[float, float]:
@@ -390,7 +452,9 @@ def measure(model: str, configs: dict[str, Any], args: argparse.Namespace, root:
             "hook_us_per_step": hook_us,
             "hook_us_per_step_raw_mean": statistics.median(r["hook_us_per_step"] for r in runs),
             "hook_share_of_bare_step": hook_us / 1e6 / bare_step,
-            "one_off_hook_s": warmup_s + statistics.median(r["other_hook_s"] for r in runs),
+            "one_off_hook_s": warmup_s + statistics.median(r["other_hook_s"] + r["verdict_hook_s"] for r in runs),
+            "verdict_hook_s": statistics.median(r["verdict_hook_s"] for r in runs),
+            "hook_us_by_callback": steady_by_callback(runs, args.warmup),
             "extra_step_equivalents": (total - bare_total) / bare_step,
             "stated_cost_steps": statistics.median(r["stated_cost_steps"] for r in runs),
             "peak_memory_ratio": max(r["peak_bytes"] for r in runs) / bare_peak,
@@ -409,10 +473,30 @@ def measure(model: str, configs: dict[str, Any], args: argparse.Namespace, root:
     return table
 
 
+def lightning_dispatch_us(callbacks: int = 10, calls: int = 20_000, repeats: int = 5) -> float:
+    """Lightning's own cost, in microseconds, of calling one hook of one callback: the loop of
+    ``_call_callback_hooks`` (``getattr``, the profiler's context, the ``state_key`` in its name) and
+    the call of an empty hook, from ``callbacks`` empty callbacks against none (the best of ``repeats``)."""
+    from lightning.pytorch.trainer import call
+
+    def seconds(n: int) -> float:
+        trainer = pl.Trainer(callbacks=[pl.Callback() for _ in range(n)], logger=False, enable_progress_bar=False,
+                             enable_model_summary=False, enable_checkpointing=False)
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            for _ in range(calls):
+                call._call_callback_hooks(trainer, "on_before_zero_grad", None)
+            best = min(best, time.perf_counter() - start)
+        return best
+
+    return (seconds(callbacks) - seconds(0)) / (calls * callbacks) * 1e6
+
+
 def print_table(table: list[dict[str, Any]], device: str, counted_on: str) -> None:
     print(f"\ntimings on {device}; syncs and forwards counted on {counted_on or 'nothing'}")
     header = (f"{'model':5} {'configuration':29} {'step ms':>7} {'hook us/step':>12} {'hook %':>7} "
-              f"{'one-off hook s':>13} {'syncs/step':>10} {'bare syncs':>10} {'sync steps':>10} {'+fwd/step':>9} "
+              f"{'one-off hook s':>13} {'verdict s':>9} {'syncs/step':>10} {'bare syncs':>10} {'sync steps':>10} {'+fwd/step':>9} "
               f"{'+steps':>7} {'stated':>7} {'peak x':>6}")
     print(header)
     for row in table:
@@ -423,7 +507,7 @@ def print_table(table: list[dict[str, Any]], device: str, counted_on: str) -> No
             counts = f"{'-':>10} {'-':>10} {'-':>10} {'-':>9}"
         print(f"{row['model']:5} {row['configuration']:29} {row['median_step_ms']:7.2f} "
               f"{row['hook_us_per_step']:12.1f} "
-              f"{100 * row['hook_share_of_bare_step']:6.2f}% {row['one_off_hook_s']:13.2f} {counts} "
+              f"{100 * row['hook_share_of_bare_step']:6.2f}% {row['one_off_hook_s']:13.2f} {row['verdict_hook_s']:9.3f} {counts} "
               f"{row['extra_step_equivalents']:7.1f} {row['stated_cost_steps']:7.1f} {row['peak_memory_ratio']:6.2f}")
 
 
@@ -440,9 +524,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default="", help="comma-separated configuration names (default: all)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1, steadier timings)")
     parser.add_argument("--no-count", action="store_true", help="skip the sync and forward counting runs")
+    parser.add_argument("--details", action="store_true", help="print each callback hook's us/step too")
     parser.add_argument("--json", default="", help="also write the table as JSON to this path")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    Verdicts.install()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     count_on, counted_on = (None, "") if args.no_count else counting_device()
     table: list[dict[str, Any]] = []
@@ -453,8 +539,20 @@ def main(argv: list[str] | None = None) -> int:
                 configs = {k: v for k, v in configs.items() if k in args.only.split(",") or k == "bare"}
             table += measure(model, configs, args, root, device, count_on)
     print_table(table, device.type, counted_on)
+    if args.details:
+        for row in table:
+            shown = {k: v for k, v in row["hook_us_by_callback"].items() if v >= 0.05}
+            print(f"{row['model']} {row['configuration']}: " + ", ".join(
+                f"{k} {v:.1f}" for k, v in sorted(shown.items(), key=lambda kv: -kv[1])))
+    dispatch = lightning_dispatch_us()
+    bare_ms = next((r["median_step_ms"] for r in table if r["configuration"] == "bare"), math.nan)
+    members = len(presets.callbacks("monitor"))
+    per_step = dispatch * len(STEP_HOOKS) * members
+    print(f"\nlightning dispatch: {dispatch:.2f} us per callback per hook; the monitor preset's {members} callbacks x "
+          f"{len(STEP_HOOKS)} step hooks = {per_step:.0f} us per step ({100 * per_step / 1e3 / bare_ms:.2f}% of the "
+          f"bare {bare_ms:.2f} ms step, {100 * per_step / 5e3:.2f}% of a 5 ms step), not in hook us/step")
     if args.json:
-        meta = {"steps": args.steps, "cnn_steps": args.cnn_steps, "warmup": args.warmup, "epochs": args.epochs,
+        meta = {"lightning_dispatch_us": dispatch, "steps": args.steps, "cnn_steps": args.cnn_steps, "warmup": args.warmup, "epochs": args.epochs,
                 "batch_size": args.batch_size, "repeats": args.repeats, "threads": args.threads,
                 "device": device.type, "counted_on": counted_on,
                 "versions": recipe_callbacks.recipe_report.versions()}

@@ -114,13 +114,14 @@ class DistributedConsistencyCheck(RecipeCallback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._active, self._batch_checked, self._drifted = False, False, False
         self._checks, self._last_step = 0, -1
+        self.idle = True  # its step hooks wait for a check that runs (below)
         if trainer.world_size < 2:
             raise CheckSkipped(f"a single process (world_size={trainer.world_size}): no ranks to compare; this check "
                                "runs under DDP with several processes", key=_KEY_PARAMS)
         if not isinstance(trainer.strategy, DDPStrategy) or "DeepSpeed" in type(trainer.strategy).__name__:
             raise CheckSkipped(f"strategy {type(trainer.strategy).__name__} shards or places parameters differently on "
                                "each rank; the check compares full replicas under DDP only", key=_KEY_PARAMS)
-        self._active = True
+        self._active, self.idle = True, False
         self._check_parameters(trainer, pl_module, "after setup")
 
     @override

@@ -164,6 +164,7 @@ class FirstLayerFilterViz(RecipeCallback):
         if self._searched:
             return
         self._searched = True
+        self.idle = True  # searched once: the pictures come at epoch ends, nothing more at the steps
         if self._find_layer(trainer, pl_module, batch):
             score = self._draw(trainer)
             if math.isnan(self.initial_noise_score):

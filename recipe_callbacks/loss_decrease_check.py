@@ -62,14 +62,17 @@ class LossDecreaseCheck(RecipeCallback):
     - ``fail``: the loss is rising (clearly, by more than ``min_decrease``); or flat: clearly within
       ``min_decrease`` after ``max_num_steps``, or at once when the trainable weights did not move
       (less than 1e-4 of their norm: a learning rate of 0, nothing in the optimizer);
-    - ``fail``: a NaN or infinite loss, reported at once with the step and batch index;
+    - ``fail``: a NaN or infinite loss, reported at the next look with the step and batch index it
+      happened at;
     - ``warn``: the loss fell but then stalled (the last third barely below the middle one) at
       more than ``plateau_fraction`` of its starting level: far above zero for a task the model
       should fit;
     - ``skip``: at the last look the noise still hides the trend, or a run ended before
       ``max_num_steps`` with a loss that barely moved while the weights do move.
 
-    One-off: it judges once, then watches nothing. A run resumed from a checkpoint taken before it
+    Cost: the losses stay on the device as detached tensors and are read in one transfer at each
+    look (after ``num_steps``, twice and four times as many steps), so the steps in between cost no
+    host-device synchronisation. One-off: it judges once, then watches nothing. A run resumed from a checkpoint taken before it
     judged goes on with the losses kept in the checkpoint; a resumed run without them (a second
     ``fit`` of a trained model) gets a ``skip`` saying why. With gradient accumulation the
     per-batch loss is restored from Lightning's scaled value; under DDP the loss is averaged over
@@ -128,10 +131,14 @@ class LossDecreaseCheck(RecipeCallback):
             else check_int(owner, "max_num_steps", max_num_steps, minimum=self.num_steps)
         )
         self._looks = core.looks(self.num_steps, self.max_num_steps)
-        self.losses: list[float] = []  # one per optimizer step: the mean loss of its batches
+        self.losses: list[float] = []  # one per optimizer step read so far: the mean loss of its batches
         self.batches_seen = 0
         self.steps_seen = 0
-        self._step_losses: list[float] = []  # the batches of the optimizer step in progress
+        # the batch losses not read yet (detached, on the device), with (watched step, global step,
+        # batch index, epoch) of each: read in one transfer at the next look
+        self._pending: list[torch.Tensor] = []
+        self._pending_at: list[tuple[int, int, int, int]] = []
+        self._scale = 1.0  # Lightning hands on_train_batch_end the loss divided by the accumulation factor
         self._restored_losses: list[float] | None = None
         self._weights_at_start: dict[str, torch.Tensor] | None = None
         self._active = False
@@ -146,7 +153,10 @@ class LossDecreaseCheck(RecipeCallback):
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_fit_start(trainer, pl_module)
-        self.losses, self.batches_seen, self.steps_seen, self._step_losses = [], 0, 0, []
+        self.losses, self.batches_seen, self.steps_seen = [], 0, 0
+        self._pending, self._pending_at = [], []
+        accumulate = trainer.accumulate_grad_batches
+        self._scale = float(accumulate) if pl_module.automatic_optimization and self.monitor is None else 1.0
         self._looks = core.looks(self.num_steps, self.max_num_steps)
         judged = bool(self._findings)
         if not self.is_resumed(trainer):
@@ -169,7 +179,9 @@ class LossDecreaseCheck(RecipeCallback):
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        self._batch_step = trainer.global_step  # the optimizer step this batch's loss belongs to
+        super().on_train_batch_start(trainer, pl_module, batch, batch_idx)  # the step clock
+        if self._active:
+            self._batch_step = trainer.global_step  # the optimizer step this batch's loss belongs to
 
     @override
     def on_train_batch_end(
@@ -178,19 +190,14 @@ class LossDecreaseCheck(RecipeCallback):
         if not self._active:
             return
         self.batches_seen += 1
-        loss = self._loss(trainer, pl_module, outputs)
+        loss = self._loss(trainer, outputs)
+        step = self._batch_step
         if loss is not None:
-            if not math.isfinite(loss):
-                self.losses.append(loss)
-                self._report_non_finite(trainer, loss, batch_idx)
-                return
-            self._step_losses.append(loss)
-        if trainer.global_step == self._batch_step:
+            self._pending.append(loss)
+            self._pending_at.append((self.steps_seen, step, batch_idx, trainer.current_epoch))
+        if trainer.global_step == step:
             return  # the optimizer has not stepped yet (gradient accumulation)
         self.steps_seen += 1
-        if self._step_losses:
-            self.losses.append(sum(self._step_losses) / len(self._step_losses))
-            self._step_losses = []
         if self._looks and self.steps_seen >= self._looks[0]:
             self._judge(trainer, pl_module, final=self.steps_seen >= self.max_num_steps)
 
@@ -207,37 +214,53 @@ class LossDecreaseCheck(RecipeCallback):
         named = ((n, p) for n, p in pl_module.named_parameters() if p.requires_grad and not is_lazy(p))
         return core.weight_sample(named)
 
-    def _loss(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any) -> float | None:
-        """This batch's loss as a float, averaged over processes; ``None`` when there is none."""
+    def _loss(self, trainer: pl.Trainer, outputs: Any) -> torch.Tensor | None:
+        """This batch's loss, detached and left where it is (no synchronisation); ``None`` when there is none."""
         if self.monitor is not None:
             value = trainer.callback_metrics.get(self.monitor)
-            tensor = value.detach() if isinstance(value, torch.Tensor) else None
+            # a copy: the logged tensor may be updated in place before the look reads it
+            tensor = value.detach().clone() if isinstance(value, torch.Tensor) else None
         else:
             tensor = loss_from_step_output(outputs)
             tensor = tensor.detach() if tensor is not None else None
-            # Lightning hands on_train_batch_end the loss divided by the accumulation factor.
-            if tensor is not None and pl_module.automatic_optimization:
-                tensor = tensor * trainer.accumulate_grad_batches
         if tensor is None or tensor.numel() != 1:
             return None
-        tensor = tensor.to(torch.float64).reshape(())
-        if trainer.world_size > 1:
-            tensor = trainer.strategy.reduce(tensor, reduce_op="mean")
-        return float(tensor)
+        return tensor
+
+    def _read(self, trainer: pl.Trainer | None) -> tuple[list[float], tuple[float, tuple[int, int, int, int]] | None]:
+        """The pending batch losses read in one transfer (averaged over the processes when ``trainer``
+        is given) as one loss per optimizer step, and the first loss that is not finite with where it
+        happened (the reading stops there: the finite losses of its own step are left out)."""
+        if not self._pending:
+            return [], None
+        stacked = torch.stack([t.reshape(()).to(torch.float64) for t in self._pending]) * self._scale
+        if trainer is not None and trainer.world_size > 1:
+            stacked = trainer.strategy.reduce(stacked, reduce_op="mean")
+        at = self._pending_at
+        means: list[float] = []
+        group: list[float] = []
+        for i, value in enumerate(stacked.cpu().tolist()):
+            if i and at[i][0] != at[i - 1][0]:
+                means.append(sum(group) / len(group))
+                group = []
+            if not math.isfinite(value):
+                return [*means, value], (value, at[i])
+            group.append(value)
+        return [*means, sum(group) / len(group)], None
 
     def _finish(self) -> None:
         self._active = False
         self.finish_early()
 
-    def _report_non_finite(self, trainer: pl.Trainer, loss: float, batch_idx: int) -> None:
-        step = self._batch_step
+    def _report_non_finite(self, trainer: pl.Trainer, loss: float, where: tuple[int, int, int, int]) -> None:
+        _, step, batch_idx, epoch = where
         values = {"nan_step": float(step), "nan_batch_idx": float(batch_idx), "steps": float(len(self.losses))}
         values["cost_steps"] = 0.0
         self._finish()
         self.report(
             trainer,
             "fail",
-            f"the training loss is {loss} at global step {step} (epoch {trainer.current_epoch}, batch index "
+            f"the training loss is {loss} at global step {step} (epoch {epoch}, batch index "
             f"{batch_idx}; watched batch {len(self.losses)} of {self.num_steps}); the losses before it were finite",
             values,
             _ADVICE_NAN,
@@ -245,9 +268,13 @@ class LossDecreaseCheck(RecipeCallback):
 
     def _judge(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *, final: bool) -> None:
         """One look at the trend: judge, or watch on to the next look (``final``: the last one)."""
-        if self._step_losses:  # the batches of a step the run ended in
-            self.losses.append(sum(self._step_losses) / len(self._step_losses))
-            self._step_losses = []
+        read, non_finite = self._read(trainer)  # with the batches of a step the run ended in
+        self.losses += read
+        self._pending, self._pending_at = [], []
+        if non_finite is not None:
+            # the finite losses of the NaN's own optimizer step are not kept (as when it was read at once)
+            self._report_non_finite(trainer, *non_finite)
+            return
         if self.batches_seen and not self.losses:
             self._finish()
             reason = (
@@ -349,7 +376,8 @@ class LossDecreaseCheck(RecipeCallback):
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
         if self._active:  # not judged yet: a resumed run goes on from these
-            state["losses"] = list(self.losses)
+            read, non_finite = self._read(None)  # this process's losses not read yet (no collective here)
+            state["losses"] = self.losses + (read if non_finite is None else read[:-1])
         return state
 
     @override

@@ -203,13 +203,21 @@ def weight_sample(
     named: Iterable[tuple[str, torch.Tensor]], per_tensor: int = SAMPLE_PER_TENSOR
 ) -> dict[str, torch.Tensor]:
     """A float64 CPU copy of the first ``per_tensor`` values of every named tensor: enough to see
-    whether the weights move, at a small fixed cost whatever the model's size.
+    whether the weights move, at a small fixed cost whatever the model's size. One transfer when the
+    tensors share a device.
 
     Example:
         >>> {k: v.tolist() for k, v in weight_sample([("w", torch.ones(2, 3)), ("b", torch.zeros(1))], 4).items()}
         {'w': [1.0, 1.0, 1.0, 1.0], 'b': [0.0]}
     """
-    return {name: t.detach().reshape(-1)[:per_tensor].to("cpu", torch.float64) for name, t in named}
+    names, heads = [], []
+    for name, t in named:
+        names.append(name)
+        heads.append(t.detach().reshape(-1)[:per_tensor].to(torch.float64))
+    if len({h.device for h in heads}) != 1:  # none, or spread over devices: a copy each
+        return {name: h.to("cpu", copy=True) for name, h in zip(names, heads, strict=True)}
+    host = torch.cat(heads).cpu()
+    return dict(zip(names, host.split([h.numel() for h in heads]), strict=True))
 
 
 def relative_change(before: Mapping[str, torch.Tensor], after: Mapping[str, torch.Tensor]) -> float | None:

@@ -85,16 +85,50 @@ HOOKS: frozenset[str] = frozenset(
 )
 
 
-def _skipping(hook: Callable[..., Any]) -> Callable[..., Any]:
-    """``hook`` with a :class:`CheckSkipped` it raises turned into the callback's ``skip`` Finding."""
+#: The hooks Lightning calls at every training step: a callback whose work is done (:attr:`RecipeCallback.idle`)
+#: costs one attribute check in each.
+STEP_HOOKS: frozenset[str] = frozenset({
+    "on_train_batch_start", "on_before_backward", "on_after_backward", "on_before_optimizer_step",
+    "on_before_zero_grad", "on_train_batch_end",
+})
+
+
+def _skipping(hook: Callable[..., Any], name: str) -> Callable[..., Any]:
+    """``hook`` with a :class:`CheckSkipped` it raises turned into the callback's ``skip`` Finding.
+
+    A plain ``try``/``except`` (free in Python 3.11 while nothing is raised). Only the outermost
+    hook catches: when a subclass's hook calls its parent's through ``super()``, the parent's
+    wrapper passes the skip on, so that the subclass does not go on as if nothing happened. A
+    per-step hook of an :attr:`~RecipeCallback.idle` callback returns at once.
+    """
     if getattr(hook, "_recipe_skipping", False):
         return hook
 
-    @functools.wraps(hook)
-    def wrapper(self: RecipeCallback, trainer: Any, *args: Any, **kwargs: Any) -> Any:
-        with self.skipping(trainer):
-            return hook(self, trainer, *args, **kwargs)
-        return None
+    if name in STEP_HOOKS:
+
+        @functools.wraps(hook)
+        def wrapper(self: RecipeCallback, trainer: Any, *args: Any, **kwargs: Any) -> Any:
+            if self.idle:
+                return None
+            try:
+                return hook(self, trainer, *args, **kwargs)
+            except CheckSkipped as err:
+                if getattr(type(self), name) is not wrapper:  # called through super(): the outermost catches
+                    raise
+                self.skip(trainer, err.reason, err.argument, key=err.key)
+                return None
+
+    else:
+
+        @functools.wraps(hook)
+        def wrapper(self: RecipeCallback, trainer: Any, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return hook(self, trainer, *args, **kwargs)
+            except CheckSkipped as err:
+                if getattr(type(self), name) is not wrapper:
+                    raise
+                self.skip(trainer, err.reason, err.argument, key=err.key)
+                return None
 
     wrapper._recipe_skipping = True  # type: ignore[attr-defined]
     return wrapper
@@ -132,13 +166,16 @@ class RecipeCallback(Callback):
     """
 
     one_off: ClassVar[bool] = False
+    #: True once a one-off check has done all its work in this fit (its verdict given, the step
+    #: clock read, its costs settled): its per-step hooks then return at once.
+    idle: bool = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         # One skip mechanism: any hook may raise CheckSkipped(reason, argument); it is caught here,
         # where Lightning calls the hook, and reported as the skip Finding naming the argument.
         super().__init_subclass__(**kwargs)
         for name in HOOKS & cls.__dict__.keys():
-            setattr(cls, name, _skipping(cls.__dict__[name]))
+            setattr(cls, name, _skipping(cls.__dict__[name], name))
     #: Why the callback cannot run when the strategy shards the model ("" when it can): it then
     #: reports a ``skip`` naming the strategy and this reason, and its hooks do nothing for that fit.
     sharded_reason: ClassVar[str] = ""
@@ -167,6 +204,7 @@ class RecipeCallback(Callback):
         self.early_finished = not self.one_off
         self._pending_costs: list[tuple[str, str, float]] = []
         self._step_clock = StepClock()
+        self._clock_done = False
 
     # ----------------------------------------------------------------- names and tags
     @property
@@ -291,6 +329,7 @@ class RecipeCallback(Callback):
         has too few steps to time, ``values[field]`` keeps the count the check reported.
         """
         self._pending_costs.append((key, field, seconds))
+        self.idle = False  # settled at the next step
 
     def _settle_costs(self) -> None:
         step = self._step_clock.median()
@@ -309,10 +348,21 @@ class RecipeCallback(Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
         # timed from the run's first batch, so that a cost stated late (at the end of an epoch, of
-        # training) is settled against this run's steps too
-        self._step_clock.tick()
-        if self._pending_costs and self._step_clock.done:
-            self._settle_costs()
+        # training) is settled against this run's steps too; once it has its median it is not ticked
+        clock = self._step_clock
+        if not self._clock_done:
+            clock.tick()
+            self._clock_done = clock.done
+        if self._clock_done:
+            if self._pending_costs:
+                self._settle_costs()
+            self._update_idle()
+
+    def _update_idle(self) -> None:
+        """A one-off check is idle once its work is done, the step clock read and its costs settled
+        (any callback may also set :attr:`idle` itself when its step hooks have nothing left to do)."""
+        if self.one_off and self.early_finished and self._clock_done and not self._pending_costs:
+            self.idle = True
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -395,12 +445,15 @@ class RecipeCallback(Callback):
     def finish_early(self) -> None:
         """Mark the one-off work as done, so that ``RecipeReport`` can print the early checklist."""
         self.early_finished = True
+        self._update_idle()
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._resumed_run = None
         self._pending_costs = []
         self._step_clock.reset()
+        self._clock_done = False
+        self.idle = False
         if self.is_resumed(trainer) and self.one_off:
             self.early_finished = True
 
@@ -416,6 +469,11 @@ class RecipeCallback(Callback):
         self._findings = {key: Finding.from_dict(d) for key, d in state_dict.get("findings", {}).items()}
         self.early_finished = bool(state_dict.get("early_finished", self.early_finished))
         self._restored = True
+
+
+# the base's own hooks go through the same wrapper (a subclass that does not override one calls it directly)
+for _name in HOOKS & RecipeCallback.__dict__.keys():
+    setattr(RecipeCallback, _name, _skipping(RecipeCallback.__dict__[_name], _name))
 
 
 class FirstBatchCheck(RecipeCallback):

@@ -105,6 +105,8 @@ class RunRecord:
         self._losses: list[float] = []
         self._steps: list[int] = []
         self._seen = 0
+        self._kept = 0  # losses kept, read or not
+        self._scale = 1
         self._dropped = 0
         self._deterministic: bool | None = None
         self._cudnn_benchmark: bool | None = None
@@ -117,24 +119,27 @@ class RunRecord:
             self._deterministic = torch.are_deterministic_algorithms_enabled()
             self._cudnn_benchmark = bool(torch.backends.cudnn.benchmark)
             self._settings = {**_optimizer_settings(trainer), **_trainer_settings(trainer)}
+            # Lightning hands on_train_batch_end the loss divided by the accumulation factor.
+            accumulate = trainer.accumulate_grad_batches
+            self._scale = accumulate if pl_module.automatic_optimization and accumulate > 1 else 1
         self._seen += 1
-        step, self._step_at_start = self._step_at_start, int(trainer.global_step)
-        if len(self._losses) + len(self._pending) >= self.max_losses:
+        step, self._step_at_start = self._step_at_start, trainer.global_step
+        if self._kept >= self.max_losses:
             self._dropped += 1
             return
         loss = loss_from_step_output(outputs)
         if loss is None or loss.numel() != 1:
             return
-        loss = loss.detach().reshape(())
-        # Lightning hands on_train_batch_end the loss divided by the accumulation factor.
-        if pl_module.automatic_optimization and trainer.accumulate_grad_batches > 1:
-            loss = loss * trainer.accumulate_grad_batches
-        self._pending.append(loss)
+        # kept as it is (Lightning's own detached copy): reshaped, scaled and read at the flush
+        self._pending.append(loss if not loss.requires_grad else loss.detach())
         self._pending_steps.append(step)
+        self._kept += 1
 
     def _flush(self) -> None:
         if self._pending:
-            values = torch.stack([t.to(torch.float64) for t in self._pending]).cpu().tolist()
+            scale = self._scale
+            losses = [t.reshape(()) if scale == 1 else t.reshape(()) * scale for t in self._pending]
+            values = torch.stack([t.to(torch.float64) for t in losses]).cpu().tolist()
             self._losses.extend(float(v) for v in values)
             self._steps.extend(self._pending_steps)
             self._pending, self._pending_steps = [], []
