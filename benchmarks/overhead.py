@@ -496,7 +496,8 @@ def lightning_dispatch_us(callbacks: int = 10, calls: int = 20_000, repeats: int
 def print_table(table: list[dict[str, Any]], device: str, counted_on: str) -> None:
     print(f"\ntimings on {device}; syncs and forwards counted on {counted_on or 'nothing'}")
     header = (f"{'model':5} {'configuration':29} {'step ms':>7} {'hook us/step':>12} {'hook %':>7} "
-              f"{'one-off hook s':>13} {'verdict s':>9} {'syncs/step':>10} {'bare syncs':>10} {'sync steps':>10} {'+fwd/step':>9} "
+              f"{'one-off hook s':>13} {'verdict s':>9} {'syncs/step':>10} {'bare syncs':>10} {'sync steps':>10} "
+              f"{'+fwd/step':>9} "
               f"{'+steps':>7} {'stated':>7} {'peak x':>6}")
     print(header)
     for row in table:
@@ -507,7 +508,8 @@ def print_table(table: list[dict[str, Any]], device: str, counted_on: str) -> No
             counts = f"{'-':>10} {'-':>10} {'-':>10} {'-':>9}"
         print(f"{row['model']:5} {row['configuration']:29} {row['median_step_ms']:7.2f} "
               f"{row['hook_us_per_step']:12.1f} "
-              f"{100 * row['hook_share_of_bare_step']:6.2f}% {row['one_off_hook_s']:13.2f} {row['verdict_hook_s']:9.3f} {counts} "
+              f"{100 * row['hook_share_of_bare_step']:6.2f}% {row['one_off_hook_s']:13.2f} "
+              f"{row['verdict_hook_s']:9.3f} {counts} "
               f"{row['extra_step_equivalents']:7.1f} {row['stated_cost_steps']:7.1f} {row['peak_memory_ratio']:6.2f}")
 
 
@@ -552,7 +554,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{len(STEP_HOOKS)} step hooks = {per_step:.0f} us per step ({100 * per_step / 1e3 / bare_ms:.2f}% of the "
           f"bare {bare_ms:.2f} ms step, {100 * per_step / 5e3:.2f}% of a 5 ms step), not in hook us/step")
     if args.json:
-        meta = {"lightning_dispatch_us": dispatch, "steps": args.steps, "cnn_steps": args.cnn_steps, "warmup": args.warmup, "epochs": args.epochs,
+        meta = {"lightning_dispatch_us": dispatch,
+                "steps": args.steps, "cnn_steps": args.cnn_steps, "warmup": args.warmup, "epochs": args.epochs,
                 "batch_size": args.batch_size, "repeats": args.repeats, "threads": args.threads,
                 "device": device.type, "counted_on": counted_on,
                 "versions": recipe_callbacks.recipe_report.versions()}

@@ -44,39 +44,24 @@ _ADVICE_NAN = (
 class LossDecreaseCheck(RecipeCallback):
     """Verifies that the training loss decreases over the first ``num_steps`` optimizer steps.
 
-    It reads the loss that ``training_step`` returns (a tensor, or ``dict["loss"]``; or the logged
-    metric named by ``monitor``) in ``on_train_batch_end``, so it costs no extra forward pass; the
-    losses of the batches of one optimizer step (``accumulate_grad_batches``) are averaged into one
-    value per step. After ``num_steps`` optimizer steps it cuts the losses into thirds and computes
-    the relative decrease
-    ``(median(first third) - median(last third)) / |median(first third)|`` with a 99% confidence
-    interval from the batch-to-batch noise of the run itself, and the Theil–Sen slope (see
-    ``recipe_callbacks.core.loss_trend``). It calls the loss flat or rising only with evidence.
-    When the first ``num_steps`` cannot tell (a noisy loss, or a model that learns slowly at first,
-    as transformers trained from scratch do), it watches longer, judging again at twice and four
-    times as many steps, up to ``max_num_steps`` or the end of training; the Finding says how long
-    it watched. Verdicts:
+    It reads the loss ``training_step`` returns (or the logged metric ``monitor``) at each batch
+    end, no extra forward pass, one value per optimizer step (the batches of an accumulated step
+    averaged; Lightning's scaled loss restored; averaged over DDP processes). The losses stay on the
+    device and are read in one transfer at each look: after ``num_steps`` steps, then twice and four
+    times as many while the trend is unclear, up to ``max_num_steps`` or the end of training. At a
+    look it computes the relative decrease of the medians of the first and last thirds with a 99%
+    interval from the run's own batch-to-batch noise and the Theil–Sen slope
+    (:mod:`recipe_callbacks.core.loss_trend`), and calls the loss flat or rising only with evidence.
+    Verdicts (the README's "Reading each check" says more): ``pass`` (a decrease of
+    ``min_decrease`` or more, or at the last look a smaller but clear one); ``fail`` (rising;
+    flat after ``max_num_steps``, or at once when the trainable weights did not move; a NaN or
+    infinite loss, reported at the next look with the step and batch index it happened at);
+    ``warn`` (it fell, then stalled above ``plateau_fraction`` of its start); ``skip`` (the noise
+    still hides the trend at the last look, or the run ended before ``max_num_steps``).
 
-    - ``pass``: the loss decreases by ``min_decrease`` or more (or, at the last look, by less but
-      clearly);
-    - ``fail``: the loss is rising (clearly, by more than ``min_decrease``); or flat: clearly within
-      ``min_decrease`` after ``max_num_steps``, or at once when the trainable weights did not move
-      (less than 1e-4 of their norm: a learning rate of 0, nothing in the optimizer);
-    - ``fail``: a NaN or infinite loss, reported at the next look with the step and batch index it
-      happened at;
-    - ``warn``: the loss fell but then stalled (the last third barely below the middle one) at
-      more than ``plateau_fraction`` of its starting level: far above zero for a task the model
-      should fit;
-    - ``skip``: at the last look the noise still hides the trend, or a run ended before
-      ``max_num_steps`` with a loss that barely moved while the weights do move.
-
-    Cost: the losses stay on the device as detached tensors and are read in one transfer at each
-    look (after ``num_steps``, twice and four times as many steps), so the steps in between cost no
-    host-device synchronisation. One-off: it judges once, then watches nothing. A run resumed from a checkpoint taken before it
-    judged goes on with the losses kept in the checkpoint; a resumed run without them (a second
-    ``fit`` of a trained model) gets a ``skip`` saying why. With gradient accumulation the
-    per-batch loss is restored from Lightning's scaled value; under DDP the loss is averaged over
-    the processes.
+    One-off: it judges once, then watches nothing. A run resumed before it judged goes on with the
+    losses kept in the checkpoint; a resumed run without them (a second ``fit`` of a trained model)
+    gets a ``skip`` saying why.
 
     Args:
         num_steps: how many optimizer steps to watch before the first judgement (at least 6).
@@ -95,13 +80,10 @@ class LossDecreaseCheck(RecipeCallback):
 
     Logged:
         - ``recipe.loss_decrease_check/finding``: text, the Finding with its values
-          ``relative_decrease`` (with ``decrease_low``/``decrease_high``, its 99% interval),
-          ``first_loss``, ``last_loss``, ``slope`` (Theil–Sen, loss per step), ``steps`` (watched),
-          ``max_num_steps``, ``weights_change`` (relative, when known), ``cost_steps`` (0: it only
-          watches) when judged; ``nan_step``, ``nan_batch_idx``, ``steps``, ``cost_steps`` when a loss
-          is not finite.
-        - ``recipe.loss_decrease_check/loss_curve``: figure of the watched losses, the Theil–Sen
-          line and the stall level.
+          ``relative_decrease``, ``decrease_low``/``decrease_high``, ``first_loss``, ``last_loss``,
+          ``slope``, ``steps``, ``max_num_steps``, ``weights_change``, ``cost_steps``; or ``nan_step``,
+          ``nan_batch_idx``, ``steps``, ``cost_steps`` for a loss that is not finite.
+        - ``recipe.loss_decrease_check/loss_curve``: figure of the watched losses and the trend.
 
     Example::
 
@@ -130,7 +112,6 @@ class LossDecreaseCheck(RecipeCallback):
             if max_num_steps is None
             else check_int(owner, "max_num_steps", max_num_steps, minimum=self.num_steps)
         )
-        self._looks = core.looks(self.num_steps, self.max_num_steps)
         self.losses: list[float] = []  # one per optimizer step read so far: the mean loss of its batches
         self.batches_seen = 0
         self.steps_seen = 0
@@ -139,6 +120,7 @@ class LossDecreaseCheck(RecipeCallback):
         self._pending: list[torch.Tensor] = []
         self._pending_at: list[tuple[int, int, int, int]] = []
         self._scale = 1.0  # Lightning hands on_train_batch_end the loss divided by the accumulation factor
+        self._looks = core.looks(self.num_steps, self.max_num_steps)
         self._restored_losses: list[float] | None = None
         self._weights_at_start: dict[str, torch.Tensor] | None = None
         self._active = False
@@ -223,30 +205,20 @@ class LossDecreaseCheck(RecipeCallback):
         else:
             tensor = loss_from_step_output(outputs)
             tensor = tensor.detach() if tensor is not None else None
-        if tensor is None or tensor.numel() != 1:
-            return None
-        return tensor
+        return tensor if tensor is not None and tensor.numel() == 1 else None
 
     def _read(self, trainer: pl.Trainer | None) -> tuple[list[float], tuple[float, tuple[int, int, int, int]] | None]:
         """The pending batch losses read in one transfer (averaged over the processes when ``trainer``
-        is given) as one loss per optimizer step, and the first loss that is not finite with where it
-        happened (the reading stops there: the finite losses of its own step are left out)."""
+        is given) as one loss per optimizer step (:func:`~recipe_callbacks.core.loss_trend.step_means`),
+        and the first loss that is not finite with where it happened."""
         if not self._pending:
             return [], None
         stacked = torch.stack([t.reshape(()).to(torch.float64) for t in self._pending]) * self._scale
         if trainer is not None and trainer.world_size > 1:
             stacked = trainer.strategy.reduce(stacked, reduce_op="mean")
-        at = self._pending_at
-        means: list[float] = []
-        group: list[float] = []
-        for i, value in enumerate(stacked.cpu().tolist()):
-            if i and at[i][0] != at[i - 1][0]:
-                means.append(sum(group) / len(group))
-                group = []
-            if not math.isfinite(value):
-                return [*means, value], (value, at[i])
-            group.append(value)
-        return [*means, sum(group) / len(group)], None
+        values: list[float] = stacked.cpu().tolist()
+        means, bad = core.step_means(values, [at[0] for at in self._pending_at])
+        return means, None if bad is None else (values[bad], self._pending_at[bad])
 
     def _finish(self) -> None:
         self._active = False

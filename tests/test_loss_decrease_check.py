@@ -127,7 +127,7 @@ def test_nan_raises_at_the_next_look_under_on_fail_raise(tmp_path: Path) -> None
     # first look, after num_steps=10 steps, and named with the step it happened at
     torch.manual_seed(0)
     model = NaNAtStep(k=2)
-    with pytest.raises(RecipeCheckError, match="global step 2 .*batch index 2"):
+    with pytest.raises(RecipeCheckError, match=r"global step 2 .*batch index 2"):
         fit(tmp_path, model, LossDecreaseCheck(num_steps=10, on_fail="raise"))
     assert model.global_step == 10  # stopped at the look
 

@@ -59,6 +59,30 @@ def first_non_finite(losses: Sequence[float]) -> int | None:
     return next((i for i, v in enumerate(losses) if not math.isfinite(v)), None)
 
 
+def step_means(values: Sequence[float], steps: Sequence[int]) -> tuple[list[float], int | None]:
+    """One loss per optimizer step, the mean of its batches' losses (``steps[i]`` is the step of
+    ``values[i]``; a step's batches are consecutive), and the index of the first value that is not
+    finite (``None`` when all are). The means stop there: the NaN itself ends the list, the finite
+    batches of its own step before it are left out.
+
+    Example:
+        >>> step_means([1.0, 3.0, 4.0], [0, 0, 1])
+        ([2.0, 4.0], None)
+        >>> step_means([1.0, 3.0, 5.0, float("nan")], [0, 0, 1, 1])
+        ([2.0, nan], 3)
+    """
+    means: list[float] = []
+    group: list[float] = []
+    for i, value in enumerate(values):
+        if i and steps[i] != steps[i - 1]:
+            means.append(sum(group) / len(group))
+            group = []
+        if not math.isfinite(value):
+            return [*means, value], i
+        group.append(value)
+    return [*means, sum(group) / len(group)] if group else means, None
+
+
 def theil_sen(values: Sequence[float]) -> tuple[float, float]:
     """Theil–Sen line through ``(i, values[i])``: ``(slope, intercept)``.
 
@@ -217,7 +241,7 @@ def weight_sample(
     if len({h.device for h in heads}) != 1:  # none, or spread over devices: a copy each
         return {name: h.to("cpu", copy=True) for name, h in zip(names, heads, strict=True)}
     host = torch.cat(heads).cpu()
-    return dict(zip(names, host.split([h.numel() for h in heads]), strict=True))
+    return dict(zip(names, torch.split(host, [h.numel() for h in heads]), strict=True))
 
 
 def relative_change(before: Mapping[str, torch.Tensor], after: Mapping[str, torch.Tensor]) -> float | None:

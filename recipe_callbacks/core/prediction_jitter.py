@@ -39,7 +39,15 @@ from dataclasses import dataclass, field
 
 import torch
 
-from recipe_callbacks.core.task import IGNORE_INDEX, Task, class_axis, class_first, class_indices, per_sample_loss
+from recipe_callbacks.core.task import (
+    IGNORE_INDEX,
+    Task,
+    class_axis,
+    class_first,
+    class_indices,
+    per_sample_loss,
+    require_task,
+)
 
 
 @dataclass(frozen=True)
@@ -61,6 +69,31 @@ class Snapshot:
     per_sample: torch.Tensor
     loss: float
     confident: torch.Tensor | None = None
+
+
+    def state(self) -> dict[str, torch.Tensor | None]:
+        """What a checkpoint keeps of the last record (on the CPU), for :meth:`from_state`."""
+        return {
+            "previous_tracked": self.tracked.cpu(),
+            "previous_classes": None if self.classes is None else self.classes.cpu(),
+            "previous_confident": None if self.confident is None else self.confident.cpu(),
+        }
+
+    @staticmethod
+    def from_state(state: dict[str, object]) -> Snapshot | None:
+        """The last record back from :meth:`state` (``None`` when there was none).
+
+        Example:
+            >>> s = Snapshot.from_state(Snapshot(torch.ones(2), None, torch.ones(2), 0.5).state())
+            >>> s.tracked.tolist(), s.classes, math.isnan(s.loss)
+            ([1.0, 1.0], None, True)
+        """
+        tracked = state.get("previous_tracked")
+        if not isinstance(tracked, torch.Tensor):
+            return None
+        classes, confident = state.get("previous_classes"), state.get("previous_confident")
+        return Snapshot(tracked, classes if isinstance(classes, torch.Tensor) else None, torch.zeros(0), math.nan,
+                        confident if isinstance(confident, torch.Tensor) else None)
 
 
 def _per_sample_mean(values: torch.Tensor) -> torch.Tensor:
@@ -115,6 +148,111 @@ def snapshot(outputs: torch.Tensor, targets: torch.Tensor, task: Task, min_confi
     kept = scored.reshape(scored.shape[0], -1)
     per_sample = (tracked * scored).reshape(kept.shape).sum(dim=1) / kept.sum(dim=1).clamp_min(1)
     return Snapshot(tracked[scored], classes[scored], per_sample, loss, confident[scored])
+
+
+def fixed_indices(size: int, indices: Sequence[int] | None, num_samples: int) -> tuple[list[int], list[int]]:
+    """The dataset indices of the fixed samples (``indices``, else the first ``num_samples`` of
+    ``size``), and those of them out of range (empty when all fit).
+
+    Example:
+        >>> fixed_indices(10, None, 16), fixed_indices(10, [3, 12], 16)
+        (([0, 1, 2, 3, 4, 5, 6, 7, 8, 9], []), ([3, 12], [12]))
+    """
+    chosen = list(indices) if indices is not None else list(range(min(num_samples, size)))
+    return chosen, [i for i in chosen if i >= size]
+
+
+def check_task(requested: str | None, output: torch.Tensor, targets: torch.Tensor) -> Task:
+    """The task the fixed samples are scored as: ``requested`` (``None`` infers it, ``"classification"``
+    is one of multiclass or binary) checked against the outputs and targets.
+
+    Raises:
+        ValueError: the outputs and targets do not fit ``requested`` (the message says why).
+
+    Example:
+        >>> check_task(None, torch.zeros(4, 3), torch.tensor([0, 1, 2, 0]))
+        'multiclass'
+        >>> check_task("regression", torch.zeros(4, 3), torch.zeros(4))
+        Traceback (most recent call last):
+        ...
+        ValueError: outputs (4, 3) and targets (4,) differ in size
+    """
+    if requested == "regression":
+        if output.numel() != targets.numel():
+            raise ValueError(f"outputs {tuple(output.shape)} and targets {tuple(targets.shape)} differ in size")
+        return "regression"
+    if requested is None:
+        return require_task(output, targets)
+    # a classification: float labels are class indices or 0/1 here
+    found = require_task(output, targets.long() if targets.is_floating_point() else targets)
+    if requested != "classification" and found != requested:
+        raise ValueError(f"task={requested!r}, but outputs {tuple(output.shape)} with targets "
+                         f"{tuple(targets.shape)} are a {found} task")
+    return found
+
+
+@dataclass(frozen=True)
+class Record:
+    """One record of the fixed samples: the snapshot, the change since the previous one (``None`` for
+    the first; ``flip_rate`` ``None`` for regression) and whether every output was finite."""
+
+    snapshot: Snapshot
+    jitter: float | None
+    flip_rate: float | None
+    finite: bool
+
+    def scalars(self) -> dict[str, float]:
+        """The logged quantities: ``fixed_batch_loss``, then ``jitter`` and ``flip_rate`` when measured."""
+        out = {"fixed_batch_loss": self.snapshot.loss}
+        if self.jitter is not None:
+            out["jitter"] = self.jitter
+        if self.flip_rate is not None:
+            out["flip_rate"] = self.flip_rate
+        return out
+
+
+def record(
+    outputs: torch.Tensor, targets: torch.Tensor, task: Task, previous: Snapshot | None, *,
+    min_confidence: float = 0.5, scale: float = 1.0,
+) -> Record:
+    """Summarise the outputs of one record (:func:`snapshot`) and compare them with the previous one
+    (:func:`jitter`, :func:`flip_rate` over the confident predictions).
+
+    Example:
+        >>> first = record(torch.tensor([[2.0, 0.0]]), torch.tensor([0]), "multiclass", None)
+        >>> first.scalars().keys(), first.finite
+        (dict_keys(['fixed_batch_loss']), True)
+        >>> later = record(torch.tensor([[0.0, 2.0]]), torch.tensor([0]), "multiclass", first.snapshot)
+        >>> round(later.jitter or 0.0, 3), later.flip_rate
+        (0.762, 1.0)
+    """
+    snap = snapshot(outputs, targets, task, min_confidence)
+    finite = bool(torch.isfinite(outputs).all())
+    jit: float | None = None
+    flips: float | None = None
+    if previous is not None:
+        jit = jitter(previous.tracked, snap.tracked, scale)
+        if snap.classes is not None and previous.classes is not None:
+            flips = flip_rate(previous.classes, snap.classes, previous.confident, snap.confident)
+    return Record(snap, jit, flips, finite)
+
+
+def captions(last: Snapshot, targets: torch.Tensor, classification: bool) -> list[str] | None:
+    """``y=<label> p=<prediction>`` per fixed sample for the sample grid, from the last record
+    (``None`` when its predictions are not one per sample).
+
+    Example:
+        >>> captions(Snapshot(torch.ones(2), torch.tensor([1, 0]), torch.ones(2), 0.0), torch.tensor([1, 1]), True)
+        ['y=1 p=1', 'y=1 p=0']
+        >>> captions(Snapshot(torch.tensor([0.5]), None, torch.ones(1), 0.0), torch.tensor([0.25]), False)
+        ['y=0.25 p=0.5']
+    """
+    truth = targets.flatten().tolist()
+    if classification and last.classes is not None and last.classes.ndim == 1:
+        return [f"y={int(t)} p={int(p)}" for t, p in zip(truth, last.classes.cpu().tolist(), strict=False)]
+    if not classification and last.tracked.ndim == 1:
+        return [f"y={t:.2g} p={p:.2g}" for t, p in zip(truth, last.tracked.cpu().tolist(), strict=False)]
+    return None
 
 
 def target_scale(targets: torch.Tensor) -> float:
@@ -301,6 +439,17 @@ class Dynamics:
     undone_jitter: float
     jumpy: bool  # a learning rate too high: the predictions go back and forth
     moving: bool  # they move more than ``max_jitter`` per record (jumpy or still learning)
+
+    def values(
+        self, *, max_jitter: float, max_flip_rate: float, records: int, learning_rate: float, classification: bool
+    ) -> dict[str, float]:
+        """The Finding's values, in the order the report shows them (the flip rates for classification)."""
+        out = {"late_jitter": self.late_jitter, "max_jitter": max_jitter, "records": float(records),
+               "learning_rate": learning_rate}
+        if classification:
+            out.update({"late_flip_rate": self.late_flip_rate, "max_flip_rate": max_flip_rate})
+        out.update({"back_and_forth": self.back_and_forth, "undone_jitter": self.undone_jitter})
+        return out
 
 
 def judge_dynamics(

@@ -41,8 +41,9 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 
+@functools.lru_cache(maxsize=256)
 def snake_case(name: str) -> str:
-    """``"InitLossCheck"`` -> ``"init_loss_check"``.
+    """``"InitLossCheck"`` -> ``"init_loss_check"`` (cached: every logged tag asks for it).
 
     Example:
         >>> snake_case("NoLRDecayWarning")

@@ -11,9 +11,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 from lightning.fabric.utilities.apply_func import move_data_to_device
 from lightning.pytorch.utilities.seed import isolate_rng
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, IterableDataset
 
 from recipe_callbacks.core.data_stats import all_dataloaders, bounded_loader, first_dataloader
+from recipe_callbacks.core.short_training import take_samples
+from recipe_callbacks.core.skip import CheckSkipped
 from recipe_callbacks.plumbing.batch import ResolvedBatch
 
 if TYPE_CHECKING:
@@ -69,3 +71,54 @@ def sample_batches(trainer: pl.Trainer, device: torch.device, n: int) -> list[An
             if len(batches) >= n:
                 break
     return batches
+
+
+def fixed_samples(
+    trainer: pl.Trainer, source: str, indices: list[int] | None, num_samples: int,
+    resolved: Callable[[Any], ResolvedBatch],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, Any]:
+    """Fixed samples to watch over training, read once from the ``source`` (``"val"`` or ``"train"``)
+    loader's data set under an isolated RNG: ``indices`` (or the first ``num_samples``; the first
+    batch of an iterable data set). Returns CPU copies of their inputs and targets, their dataset
+    indices (``None`` for an iterable data set) and, for batches whose input sits in a container, the
+    samples as the batch the model's step receives (else ``None``). Raises :class:`CheckSkipped`
+    naming the argument to set when they cannot be read."""
+    loader = first_dataloader(trainer.val_dataloaders if source == "val" else trainer.train_dataloader)
+    if loader is None:
+        other = "train" if source == "val" else "val"
+        raise CheckSkipped(f"no {source} DataLoader to take the fixed samples from; try source={other!r}", "source")
+    try:
+        with isolate_rng():  # a dataset's __getitem__ may draw random augmentations
+            batch, chosen = _fixed_batch(loader, source, indices, num_samples)
+    except CheckSkipped:
+        raise
+    except Exception as err:  # the user's training must go on
+        raise CheckSkipped(f"reading the fixed samples from the {source} data failed ({err!r})", "indices") from err
+    found = resolved(batch)
+    if found.y is None:
+        raise CheckSkipped("the batches have no target to compare the predictions with", "target_key")
+    k = len(indices) if indices is not None else num_samples
+    x, y = found.x[:k].detach().cpu().clone(), found.y[:k].detach().cpu().clone()
+    as_batch = None
+    if found.with_input is not None:
+        as_batch = move_data_to_device(take_samples(batch, k, int(found.x.shape[0])), "cpu")
+    return x, y, None if chosen is None else torch.tensor(chosen, dtype=torch.long), as_batch
+
+
+def _fixed_batch(
+    loader: DataLoader[Any], source: str, indices: list[int] | None, num_samples: int
+) -> tuple[Any, list[int] | None]:
+    dataset = loader.dataset
+    if not isinstance(dataset, IterableDataset) and hasattr(dataset, "__len__") and loader.batch_size is not None:
+        size = len(dataset)
+        chosen = list(indices) if indices is not None else list(range(min(num_samples, size)))
+        bad = [i for i in chosen if i >= size]
+        if bad:
+            raise CheckSkipped(f"indices {bad} are out of range for a dataset of {size} samples", "indices")
+        return loader.collate_fn([dataset[i] for i in chosen]), chosen
+    if indices is not None:
+        raise CheckSkipped("indices need a map-style dataset (with __len__ and __getitem__)", "indices")
+    batch = next(iter(loader), None)  # iterable datasets: the first batch, cut to num_samples
+    if batch is None:
+        raise CheckSkipped(f"the {source} DataLoader is empty: no fixed samples to take", "source")
+    return batch, None
