@@ -231,6 +231,45 @@ def test_smooth_activations_are_measured_by_their_input(tmp_path: Path, act: nn.
     assert len(dead) == 6 and max(dead) < 0.5
 
 
+class TinyGPT2(pl.LightningModule):
+    """A real Hugging Face GPT-2 from a tiny config: its MLPs use ``NewGELUActivation``, not ``nn.GELU``."""
+
+    def __init__(self, fc_bias: float | None = None) -> None:
+        super().__init__()
+        from transformers import GPT2Config, GPT2LMHeadModel
+
+        config = GPT2Config(vocab_size=50, n_positions=16, n_embd=32, n_layer=2, n_head=2, resid_pdrop=0.0,
+                            embd_pdrop=0.0, attn_pdrop=0.0)
+        self.model = GPT2LMHeadModel(config)
+        if fc_bias is not None:  # planted: every MLP unit far left of the GELU, no gradient passes
+            with torch.no_grad():
+                for block in self.model.transformer.h:
+                    block.mlp.c_fc.bias.fill_(fc_bias)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        (tokens,) = batch
+        loss: torch.Tensor = self.model(input_ids=tokens, labels=tokens).loss
+        return loss
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=1e-3)
+
+
+def test_hugging_face_gpt2_activations_are_measured(tmp_path: Path) -> None:
+    pytest.importorskip("transformers")
+    tokens = torch.utils.data.TensorDataset(torch.randint(0, 50, (64, 16), generator=torch.Generator().manual_seed(0)))
+    torch.manual_seed(0)
+    healthy = UpdateRatioMonitor(every_n_steps=1, on_fail="ignore")
+    fast_trainer(tmp_path / "ok", callbacks=[healthy], max_steps=6, max_epochs=-1).fit(TinyGPT2(), loader(tokens))
+    acts = finding(healthy, "activations")
+    assert acts.status == "pass" and acts.values["activation_layers"] == 2.0, acts.summary
+    torch.manual_seed(0)
+    dead = UpdateRatioMonitor(every_n_steps=1, on_fail="ignore")
+    fast_trainer(tmp_path / "dead", callbacks=[dead], max_steps=6, max_epochs=-1).fit(TinyGPT2(-100.0), loader(tokens))
+    acts = finding(dead, "activations")
+    assert acts.status == "warn" and "mlp.act (1.0)" in acts.summary, acts.summary
+
+
 def test_saturated_tanh_is_measured_and_flagged_on_dict_batches(tmp_path: Path) -> None:
     torch.manual_seed(0)
     monitor = UpdateRatioMonitor(every_n_steps=1, on_fail="ignore")

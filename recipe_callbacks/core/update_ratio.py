@@ -36,12 +36,15 @@ LOG10_CEILING = 12.0
 # A tanh output with |y| above this, or a sigmoid output within 1 - this of 0 or 1, is saturated.
 SATURATION = 0.99
 
-ActivationKind = Literal["relu", "relu6", "tanh", "sigmoid", "hardtanh", "hardsigmoid", "gelu", "silu", "softplus"]
+ActivationKind = Literal[
+    "relu", "relu6", "tanh", "sigmoid", "hardtanh", "hardsigmoid", "gelu", "quick_gelu", "silu", "softplus"
+]
 # Kinds judged by their input rather than their output, and the input below which they pass less
 # than 0.01 of the gradient (for Softplus: of beta * input).
-INPUT_CUTOFFS: dict[str, float] = {"gelu": -3.1, "silu": -6.3, "softplus": -4.6}
+# QuickGELU is x * sigmoid(1.702 x): SiLU's cutoff over 1.702.
+INPUT_CUTOFFS: dict[str, float] = {"gelu": -3.1, "quick_gelu": -3.7, "silu": -6.3, "softplus": -4.6}
 # Kinds whose inactive units are dead (no gradient on one side) rather than saturated.
-DEAD_KINDS: tuple[str, ...] = ("relu", "relu6", "gelu", "silu", "softplus")
+DEAD_KINDS: tuple[str, ...] = ("relu", "relu6", "gelu", "quick_gelu", "silu", "softplus")
 Verdict = Literal["ok", "low", "high"]
 
 
@@ -145,21 +148,44 @@ _ACTIVATION_KINDS: tuple[tuple[type[nn.Module], ActivationKind], ...] = (
 )
 
 
+# Activation modules of other libraries, by class name (a subclass is recognised through its bases),
+# so that none of them needs importing: Hugging Face's (``transformers.activations``). A clipped
+# GELU is left out: its output is also cut off on the right.
+ACTIVATIONS_BY_NAME: dict[str, ActivationKind] = {
+    "GELUActivation": "gelu",
+    "NewGELUActivation": "gelu",
+    "FastGELUActivation": "gelu",
+    "AccurateGELUActivation": "gelu",
+    "PytorchGELUTanh": "gelu",
+    "GELUTanh": "gelu",
+    "QuickGELUActivation": "quick_gelu",
+    "SiLUActivation": "silu",
+    "ReLUSquaredActivation": "relu",
+}
+
+
 def activation_kind(module: nn.Module) -> ActivationKind | None:
     """Which activation a module is, for the health statistics; ``None`` for anything else.
 
-    LeakyReLU and ELU are not counted: their gradient never vanishes on the left, so their units
-    cannot die the way a ReLU's (or a far-left GELU's) do.
+    PyTorch's modules by type, other libraries' (Hugging Face's ``NewGELUActivation`` and the like:
+    :data:`ACTIVATIONS_BY_NAME`) by class name. LeakyReLU and ELU are not counted: their gradient
+    never vanishes on the left, so their units cannot die the way a ReLU's (or a far-left GELU's) do.
 
     Example:
         >>> activation_kind(nn.ReLU()), activation_kind(nn.Tanh()), activation_kind(nn.GELU())
         ('relu', 'tanh', 'gelu')
         >>> activation_kind(nn.LeakyReLU()) is None
         True
+        >>> activation_kind(type("NewGELUActivation", (nn.Module,), {})())
+        'gelu'
     """
     for kind, name in _ACTIVATION_KINDS:
         if isinstance(module, kind):
             return name
+    for cls in type(module).__mro__:
+        found = ACTIVATIONS_BY_NAME.get(cls.__name__)
+        if found is not None:
+            return found
     return None
 
 

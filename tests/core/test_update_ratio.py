@@ -70,9 +70,22 @@ def test_activation_kinds() -> None:
                      None, None]
 
 
+def test_hugging_face_activations_are_recognised_by_class_name() -> None:
+    activations = pytest.importorskip("transformers.activations")
+    kinds = {name: core.activation_kind(activations.ACT2CLS[name]()) for name in (
+        "gelu", "gelu_new", "gelu_fast", "gelu_accurate", "gelu_pytorch_tanh", "quick_gelu", "silu", "relu2",
+        "mish", "linear")}
+    assert kinds == {"gelu": "gelu", "gelu_new": "gelu", "gelu_fast": "gelu", "gelu_accurate": "gelu",
+                     "gelu_pytorch_tanh": "gelu", "quick_gelu": "quick_gelu", "silu": "silu", "relu2": "relu",
+                     "mish": None, "linear": None}
+    clipped, args = activations.ACT2CLS["gelu_10"]
+    assert core.activation_kind(clipped(**args)) is None  # cut off on the right too: not judged as a GELU
+
+
 @pytest.mark.parametrize(("kind", "derivative"), [
     ("gelu", lambda x: torch.special.ndtr(x) + x * torch.exp(-x * x / 2) / math.sqrt(2 * math.pi)),
     ("silu", lambda x: torch.sigmoid(x) * (1 + x * (1 - torch.sigmoid(x)))),
+    ("quick_gelu", lambda x: torch.sigmoid(1.702 * x) * (1 + 1.702 * x * (1 - torch.sigmoid(1.702 * x)))),
     ("softplus", torch.sigmoid),
 ])
 def test_smooth_cutoffs_pass_less_than_a_hundredth_of_the_gradient(kind: str, derivative: Any) -> None:
