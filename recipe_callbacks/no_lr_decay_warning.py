@@ -5,23 +5,23 @@ Before the first step it plays every configured scheduler through the whole plan
 (the real optimizer and schedulers are untouched), stepped exactly as Lightning will step them, and
 shows the planned LR curve of every parameter group. It then names the ways a schedule silently goes
 wrong; during training it logs the LR actually used, and at the end compares it with the preview.
-The math lives in :mod:`recipe_callbacks.core.lr_schedule`; this module collects and reports.
+The math lives in :mod:`recipe_callbacks.core.lr_schedule` and :mod:`recipe_callbacks.core.lr_tracker`
+(status and numbers); every sentence of its Findings is in :mod:`recipe_callbacks.no_lr_decay_text`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
 
-import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from typing_extensions import override
 
+from recipe_callbacks import no_lr_decay_text as text
 from recipe_callbacks.core import lr_schedule as core
-from recipe_callbacks.core.lr_tracker import CHART_POINTS, ScheduleTracker, misplaced_scheduler_keys
+from recipe_callbacks.core import lr_tracker as track
 from recipe_callbacks.core.pictures import line_chart
 from recipe_callbacks.core.skip import CheckSkipped
 from recipe_callbacks.plumbing.batch import BatchToXY
@@ -42,37 +42,18 @@ class NoLRDecayWarning(RecipeCallback):
 
     Recipe 3c: keep the LR constant while you build and overfit; add and tune decay at the very
     end, because schedules copied from other code decay at the wrong time for your run. Recipe 3a:
-    Adam at 3e-4 forgives much.
-
-    Before the first step (``on_train_start``) every configured scheduler is copied and stepped
-    through the whole planned run as Lightning steps it: ``interval``, ``frequency``, gradient
-    accumulation (only batches that step the optimizer count), the batches per epoch,
-    ``max_epochs``/``max_steps`` (``trainer.estimated_stepping_batches``). ``ReduceLROnPlateau`` is
-    counted but not simulated (its decisions need the metric). Findings (each with its own key):
-
-    - ``decay_in_early_stage`` (warn, ``stage="early"``): any decay at all;
-      ``never_decays`` (warn, ``stage="final"``): no decay at all;
-    - ``decays_too_early``: the LR under ``min_lr_fraction`` of its peak with more than
-      ``end_margin`` of the run left; ``rises_after_decay``: the LR climbs again after a decay;
-    - ``length:<k>``: a cosine ``T_max``, OneCycle ``total_steps``, StepLR ``step_size``,
-      MultiStep ``milestones`` or Polynomial ``total_iters`` that does not match the times
-      scheduler ``k`` is stepped (a cosine that wraps around and rises; a OneCycle that will raise),
-      with a hint when the length was counted in the other unit (epochs vs steps);
-    - ``never_steps:<k>``: ``frequency`` larger than the batches per epoch (or the epochs);
-    - ``misplaced_keys``: ``interval``/``frequency`` at the top level of the dict returned by
-      ``configure_optimizers`` (Lightning ignores them there and steps once per epoch);
-    - ``manual_not_stepped:<k>``: manual optimisation with a configured scheduler nothing steps;
-    - ``plateau_metric:<k>``: a ``ReduceLROnPlateau`` whose monitored metric was not in
-      ``trainer.callback_metrics`` when Lightning would have stepped it;
-    - ``actual_vs_planned`` (at the end): the LR the run used against the preview, step by step,
-      and the number of scheduler steps (e.g. skipped steps);
-    - optimizer notes (warn at most): ``adam_lr``, Adam/AdamW more than ``adam_lr_factor`` times
-      away from 3e-4; ``weight_decay_bias_norm``, weight decay on biases and norm weights.
-
-    To see the raw dict returned by ``configure_optimizers`` (the misplaced keys vanish from
-    Lightning's parsed configuration) the callback wraps ``pl_module.configure_optimizers`` from
-    ``setup`` until ``on_fit_start``: the wrapper records the keys of the returned value and passes
-    it on unchanged, so the method runs exactly once, as without the callback.
+    Adam at 3e-4 forgives much. Before the first step every configured scheduler is copied and
+    stepped through the whole planned run as Lightning steps it (``interval``, ``frequency``,
+    gradient accumulation, ``max_epochs``/``max_steps``; ``ReduceLROnPlateau`` counted, not
+    simulated). Findings, each under its key (:meth:`finding`): ``decay_in_early_stage``
+    (``stage="early"``) or ``never_decays`` (``stage="final"``); ``decays_too_early``;
+    ``rises_after_decay``; ``length:<k>`` (a ``T_max``, ``total_steps``, ``step_size``,
+    ``milestones`` or ``total_iters`` that does not match how often scheduler ``k`` steps, with a
+    hint at the unit); ``never_steps:<k>``; ``misplaced_keys`` (``interval``/``frequency`` at the
+    top level of ``configure_optimizers``' dict, which the callback sees by wrapping the method from
+    ``setup`` to ``on_fit_start``, passing its value on unchanged); ``manual_not_stepped:<k>``;
+    ``plateau_metric:<k>``; ``actual_vs_planned`` (at the end); ``adam_lr`` and
+    ``weight_decay_bias_norm`` (notes, warn at most).
 
     Args:
         stage: ``"early"`` (building the baseline: any decay is a warning) or ``"final"`` (tuning
@@ -86,25 +67,17 @@ class NoLRDecayWarning(RecipeCallback):
         max_preview_steps: simulate at most this many optimizer steps (a few microseconds each; a longer
             run is previewed over its first ``max_preview_steps`` steps and the Finding says so).
         on_fail: ``"warn"``, ``"raise"`` or ``"ignore"`` (see :class:`RecipeCallback`).
-        input_key: unused (the check reads no batch); accepted like every recipe callback.
-        target_key: unused, as ``input_key``.
-        batch_to_xy: unused, as ``input_key``.
+        input_key, target_key, batch_to_xy: unused (the check reads no batch); accepted like every
+            recipe callback.
 
     Raises:
         ValueError: for an unknown ``stage`` or an out-of-range number.
         TypeError: for an argument of the wrong type.
 
-    Logged:
-        - ``recipe.no_lr_decay_warning/planned_lr``: picture of the planned LR per param group over the
-          optimizer steps of the run, at the first step.
-        - ``recipe.no_lr_decay_warning/schedule``: text, one line per scheduler (class, interval,
-          frequency, times stepped).
-        - ``recipe.no_lr_decay_warning/lr_group_<i>``: the LR param group ``i`` used (groups numbered
-          across optimizers), every ``log_every_n_steps`` optimizer steps.
-        - ``recipe.no_lr_decay_warning/actual_vs_planned``: picture of the actual against the planned
-          LR, at the end of training.
-        - ``recipe.no_lr_decay_warning/finding``: text, every Finding with its values, e.g.
-          ``planned_steps``, ``peak_lr``, ``stepped``, ``T_max``, ``mismatched_steps``.
+    Logged (under ``recipe.no_lr_decay_warning/``): ``planned_lr`` (picture of the planned LR per
+    param group, at the first step); ``schedule`` (text, one line per scheduler); ``lr_group_<i>``
+    (the LR group ``i`` used, every ``log_every_n_steps`` optimizer steps); ``actual_vs_planned``
+    (picture, at the end); ``finding`` (text, every Finding with its values).
 
     Example::
 
@@ -136,17 +109,13 @@ class NoLRDecayWarning(RecipeCallback):
             None if log_every_n_steps is None else check_int(owner, "log_every_n_steps", log_every_n_steps)
         )
         self.max_preview_steps = check_int(owner, "max_preview_steps", max_preview_steps)
-        self.plan: core.PlannedSchedule | None = None
+        self._state_key = self._generate_state_key(stage=self.stage)  # Lightning reads it around every hook call
         self._reset_run()
 
     @property
     @override
     def state_key(self) -> str:
-        # Lightning reads state_key around every hook call: build it once.
-        key: str | None = self.__dict__.get("_state_key_cache")
-        if key is None:
-            key = self.__dict__["_state_key_cache"] = self._generate_state_key(stage=self.stage)
-        return key
+        return self._state_key
 
     def finding(self, key: str) -> Finding | None:
         """The current Finding with ``key`` (e.g. ``"decays_too_early"``, ``"length:0"``), or ``None``."""
@@ -155,35 +124,19 @@ class NoLRDecayWarning(RecipeCallback):
     def _reset_run(self) -> None:
         self._misplaced: list[str] | None = None
         self._unwrap: Callable[[], None] | None = None
-        self.plan = None
-        self._tracker = ScheduleTracker([], [])
+        self.plan: core.PlannedSchedule | None = None
+        self._tracker = track.ScheduleTracker([], [])
         self._optimizer_index: dict[int, int] = {}
 
     # ------------------------------------------------------------------ configure_optimizers' raw dict
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self.gate_sharded(trainer)
-        if stage != "fit":
-            return
-        self._reset_run()
-        previous = pl_module.__dict__.get("configure_optimizers")
-        original = pl_module.configure_optimizers
-
-        @functools.wraps(original)
-        def recording(*args: Any, **kwargs: Any) -> Any:
-            out = original(*args, **kwargs)
-            self._misplaced = misplaced_scheduler_keys(out)
-            return out
-
-        def unwrap() -> None:
-            if pl_module.__dict__.get("configure_optimizers") is recording:
-                if previous is None:
-                    del pl_module.__dict__["configure_optimizers"]
-                else:
-                    pl_module.__dict__["configure_optimizers"] = previous
-
-        pl_module.__dict__["configure_optimizers"] = recording
-        self._unwrap = unwrap
+        if stage == "fit":
+            self._reset_run()
+            self._unwrap = track.record_returned(
+                pl_module, "configure_optimizers", lambda out: setattr(self, "_misplaced",
+                                                                       track.misplaced_scheduler_keys(out)))
 
     def _restore_configure_optimizers(self) -> None:
         if self._unwrap is not None:
@@ -206,22 +159,11 @@ class NoLRDecayWarning(RecipeCallback):
         # schedule are replaced, what happened during earlier training is kept
         for key in [k for k in self._findings if not k.startswith(_HISTORY_KEYS)]:
             del self._findings[key]
-        optimizers, configs = list(trainer.optimizers), list(trainer.lr_scheduler_configs)
+        optimizers = list(trainer.optimizers)
         self._optimizer_index = {id(o): k for k, o in enumerate(optimizers)}
-        entries = [
-            core.ScheduledStep(
-                c.scheduler,
-                "step" if c.interval == "step" else "epoch",
-                int(c.frequency),
-                bool(c.reduce_on_plateau),
-                next((i for i, o in enumerate(optimizers) if o is c.scheduler.optimizer), 0),
-            )
-            for c in configs
-        ]
-        self._tracker = ScheduleTracker(
-            entries,
-            [len(o.param_groups) for o in optimizers],
-            start_step=int(trainer.global_step),
+        entries = track.scheduled_steps(list(trainer.lr_scheduler_configs), optimizers)
+        self._tracker = track.ScheduleTracker(
+            entries, [len(o.param_groups) for o in optimizers], start_step=int(trainer.global_step),
             log_every=self.log_every_n_steps or max(1, int(getattr(trainer, "log_every_n_steps", 50) or 1)),
         )
         if self._misplaced:
@@ -231,21 +173,14 @@ class NoLRDecayWarning(RecipeCallback):
         self._preview(trainer, pl_module, optimizers, entries)
 
     def _preview(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        optimizers: list[Optimizer],
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizers: list[Optimizer],
         real: list[core.ScheduledStep],
     ) -> None:
-        loop = self._loop_plan(trainer)
+        loop = track.loop_plan(trainer)
         if math.isinf(loop.total_steps()) or loop.total_steps() <= loop.start_step:
-            self.report(
-                trainer,
-                "skip",
-                f"the run has no planned end to preview (planned optimizer steps: {loop.total_steps()})",
-                advice="set Trainer(max_steps=...) or Trainer(max_epochs=...) with a sized training loader",
-                key="schedule",
-            )
+            self.report(trainer, "skip", f"the run has no planned end to preview (planned optimizer steps: "
+                        f"{loop.total_steps()})", advice="set Trainer(max_steps=...) or Trainer(max_epochs=...) with "
+                        "a sized training loader", key="schedule")
             return
         try:
             copies, scheduler_copies = core.copy_for_simulation(
@@ -263,21 +198,10 @@ class NoLRDecayWarning(RecipeCallback):
         self._log_preview(trainer, self.plan, optimizers)
         self._judge(trainer, pl_module, self.plan, entries, loop, optimizers)
 
-    def _loop_plan(self, trainer: pl.Trainer) -> core.LoopPlan:
-        return core.LoopPlan(
-            batches_per_epoch=float(trainer.num_training_batches),
-            max_epochs=-1 if trainer.max_epochs is None else int(trainer.max_epochs),
-            max_steps=int(trainer.max_steps),
-            accumulate_grad_batches=int(trainer.accumulate_grad_batches),
-            accumulate_on_final_batch=bool(trainer.strategy.handles_gradient_accumulation),
-            start_epoch=int(trainer.current_epoch),
-            start_step=int(trainer.global_step),
-        )
-
     def _log_preview(self, trainer: pl.Trainer, plan: core.PlannedSchedule, optimizers: list[Optimizer]) -> None:
         if not trainer.is_global_zero:
             return
-        every = max(1, math.ceil(len(plan.steps) / CHART_POINTS))
+        every = max(1, math.ceil(len(plan.steps) / track.CHART_POINTS))
         series = {self._group_label(g, plan): plan.group_lrs(g)[::every].tolist() for g in range(len(plan.groups))}
         title = (
             f"NoLRDecayWarning: the planned LR of {plan.epochs} epochs; look for early decay or a fall to 0"
@@ -285,18 +209,9 @@ class NoLRDecayWarning(RecipeCallback):
         chart = line_chart(series, x=plan.steps[::every].tolist(), title=title, xlabel="optimizer step",
                            ylabel="learning rate", y_from_zero=True)
         self.log_figure(trainer, "planned_lr", chart, step=self._tracker.start_step)
-        lines = [f"Planned optimizer steps: {plan.simulated_steps} (estimated_stepping_batches: "
-                 f"{trainer.estimated_stepping_batches}); epochs: {plan.epochs}.", ""]
-        for k, e in enumerate(self._tracker.entries):
-            lines.append(
-                f"- scheduler {k}: {e.name} on optimizer {e.optimizer_index} "
-                f"({type(optimizers[e.optimizer_index]).__name__}), "
-                f"interval={e.interval!r}, frequency={e.frequency}, stepped {plan.scheduler_steps[k]} times"
-                + (" (metric-driven, not simulated)" if e.reduce_on_plateau else "")
-            )
-        if not self._tracker.entries:
-            lines.append("- no scheduler: the LR stays constant.")
-        self.log_text(trainer, "schedule", "\n".join(lines), step=self._tracker.start_step)
+        names = [type(o).__name__ for o in optimizers]
+        lines = text.schedule(plan, self._tracker.entries, names, trainer.estimated_stepping_batches)
+        self.log_text(trainer, "schedule", lines, step=self._tracker.start_step)
 
     @staticmethod
     def _group_label(g: int, plan: core.PlannedSchedule) -> str:
@@ -304,91 +219,28 @@ class NoLRDecayWarning(RecipeCallback):
         return f"group {g}" if opt_i == 0 else f"group {g} (opt {opt_i}.{group_i})"
 
     def _judge(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        plan: core.PlannedSchedule,
-        entries: list[core.ScheduledStep],
-        loop: core.LoopPlan,
-        optimizers: list[Optimizer],
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, plan: core.PlannedSchedule,
+        entries: list[core.ScheduledStep], loop: core.LoopPlan, optimizers: list[Optimizer],
     ) -> None:
-        issues = core.analyze_schedule(
-            plan,
-            entries,
-            loop,
-            stage=self.stage,
-            min_lr_fraction=self.min_lr_fraction,
-            end_margin=self.end_margin,
-            length_tolerance=self.length_tolerance,
-        )
-        issues += self._optimizer_notes(pl_module, plan, optimizers)
+        issues = core.analyze_schedule(plan, entries, loop, stage=self.stage, min_lr_fraction=self.min_lr_fraction,
+                                       end_margin=self.end_margin, length_tolerance=self.length_tolerance)
+        issues += track.optimizer_notes(pl_module, plan, optimizers, self.adam_lr_factor)
         for issue in issues:
-            self.report(trainer, issue.status, issue.summary, issue.values, issue.advice, key=issue.key)
-        peaks = [float(plan.group_lrs(g).max()) for g in range(len(plan.groups))] if plan.steps.size else [0.0]
-        finals = [float(plan.group_lrs(g)[-1]) for g in range(len(plan.groups))] if plan.steps.size else [0.0]
-        mistakes = [i for i in issues if i.status == "fail"]
-        summary = (
-            f"planned {plan.simulated_steps} optimizer steps over {plan.epochs} epochs with {len(entries)} "
-            f"scheduler(s); LR peak {max(peaks):.3g}, last {finals[0]:.3g}; "
-            + (f"{len(mistakes)} mistake(s) found." if mistakes else "no schedule mistake found.")
-        )
-        if not pl_module.automatic_optimization:
-            summary += " Manual optimisation: the preview assumes each scheduler steps once per its 'interval'."
-        if plan.truncated:
-            summary += f" The preview covers the first {plan.simulated_steps} steps only (max_preview_steps)."
-        values = {
-            "planned_steps": float(plan.simulated_steps),
-            "peak_lr": max(peaks),
-            "final_lr": finals[0],
-            "cost_steps": 0.0,
-        }
+            summary, advice = text.issue_text(issue)
+            self.report(trainer, issue.status, summary, issue.values, advice, key=issue.key)
+        peak, final = track.plan_levels(plan)
+        mistakes = sum(i.status == "fail" for i in issues)
+        summary = text.plan_summary(plan.simulated_steps, plan.epochs, len(entries), peak, final, mistakes,
+                                    manual=not pl_module.automatic_optimization, truncated=plan.truncated)
+        values = {"planned_steps": float(plan.simulated_steps), "peak_lr": peak, "final_lr": final, "cost_steps": 0.0}
         if mistakes:  # each mistake is its own Finding already; do not add a row that warns again
             self.log_text(trainer, "plan", "\n".join(f"- {k}: {format_value(v)}" for k, v in values.items()))
         else:
             self.report(trainer, "pass", summary, values, key="schedule")
 
-    def _optimizer_notes(
-        self, pl_module: pl.LightningModule, plan: core.PlannedSchedule, optimizers: list[Optimizer]
-    ) -> list[core.ScheduleIssue]:
-        notes: list[core.ScheduleIssue] = []
-        for g, (opt_i, group_i) in enumerate(plan.groups):
-            opt = optimizers[opt_i]
-            if not isinstance(opt, (torch.optim.Adam, torch.optim.AdamW)):
-                continue
-            lr = float(plan.group_lrs(g).max()) if plan.steps.size else float(opt.param_groups[group_i]["lr"])
-            note = core.adam_lr_issue(type(opt).__name__, lr, self.adam_lr_factor)
-            if note is not None:
-                notes.append(note)
-                break
-        decayed = core.decayed_bias_and_norm_params(pl_module, optimizers)
-        if decayed:
-            shown = ", ".join(decayed[:4]) + (", ..." if len(decayed) > 4 else "")
-            notes.append(
-                core.ScheduleIssue(
-                    "weight_decay_bias_norm",
-                    "warn",
-                    f"weight decay applies to {len(decayed)} biases and normalisation weights ({shown}); it pulls "
-                    "scales and shifts towards zero instead of regularising features.",
-                    {"decayed_bias_norm_params": float(len(decayed))},
-                    "put biases and norm weights in a param group with weight_decay=0.0 (as nanoGPT's "
-                    "configure_optimizers does) and decay only the weights of Linear/Conv/Embedding layers.",
-                )
-            )
-        return notes
-
     def _report_misplaced(self, trainer: pl.Trainer, keys: list[str]) -> None:
-        shown = ", ".join(repr(k) for k in keys)
-        self.report(
-            trainer,
-            "fail",
-            f"configure_optimizers returned {shown} at the top level of its dict, beside 'optimizer' and "
-            "'lr_scheduler'; Lightning ignores them there (it only warns about unsupported keys) and steps the "
-            "scheduler with its defaults: once per epoch, frequency 1.",
-            {"misplaced_keys": float(len(keys))},
-            "move them inside the scheduler dict: {'optimizer': opt, 'lr_scheduler': {'scheduler': sched, "
-            "'interval': 'step', 'frequency': 1}}.",
-            key="misplaced_keys",
-        )
+        summary, advice = text.misplaced(keys)
+        self.report(trainer, "fail", summary, {"misplaced_keys": float(len(keys))}, advice, key="misplaced_keys")
 
     # ------------------------------------------------------------------ during training
     @override
@@ -410,8 +262,8 @@ class NoLRDecayWarning(RecipeCallback):
         lrs = [float(group["lr"]) for group in optimizer.param_groups]
         _, offset, log = self._tracker.optimizer_step(i, lrs)
         if log:
-            actual = {f"lr_group_{offset + j}": lr for j, lr in enumerate(lrs)}
-            self.log_scalars(trainer, actual, step=trainer.global_step)
+            self.log_scalars(trainer, {f"lr_group_{offset + j}": lr for j, lr in enumerate(lrs)},
+                             step=trainer.global_step)
 
     @override
     def on_train_batch_end(
@@ -433,47 +285,29 @@ class NoLRDecayWarning(RecipeCallback):
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._verify_plateaus(trainer)
-        tracker = self._tracker
-        finished = tracker.batches_this_epoch >= trainer.num_training_batches
-        tracker.epoch_end(trainer.current_epoch, finished, pl_module.automatic_optimization)
+        finished = self._tracker.batches_this_epoch >= trainer.num_training_batches
+        self._tracker.epoch_end(trainer.current_epoch, finished, pl_module.automatic_optimization)
 
     # ------------------------------------------------------------------ checks that need the run
     def _verify_plateaus(self, trainer: pl.Trainer, *, final: bool = False) -> None:
         for k, missed, expected in self._tracker.missed_plateaus(final=final):
-            scheduler = self._tracker.entries[k].scheduler
-            config = next((c for c in trainer.lr_scheduler_configs if c.scheduler is scheduler), None)
-            self._report_plateau(trainer, k, str(getattr(config, "monitor", None)), missed, expected)
+            self._report_plateau(trainer, k, missed, expected)
 
-    def _report_plateau(self, trainer: pl.Trainer, k: int, monitor: str, missed: int, expected: int) -> None:
-        available = sorted(trainer.callback_metrics)
-        self.report(
-            trainer,
-            "fail",
-            f"scheduler {k} (ReduceLROnPlateau) monitors {monitor!r}, but it was not in trainer.callback_metrics "
-            f"at {missed} of the {expected} times Lightning would have stepped it (available: {available}); "
-            "the LR never reacts to a plateau.",
-            {"plateau_missed_steps": float(missed), "plateau_expected_steps": float(expected)},
-            f"log {monitor!r} with self.log(...) before the scheduler steps (validation metrics exist only after a "
-            "validation run: monitor them with 'interval': 'epoch'), or set 'monitor' inside the lr_scheduler dict "
-            "to one of the available keys.",
-            key=f"plateau_metric:{k}",
-        )
+    def _report_plateau(self, trainer: pl.Trainer, k: int, missed: int, expected: int) -> None:
+        scheduler = self._tracker.entries[k].scheduler
+        config = next((c for c in trainer.lr_scheduler_configs if c.scheduler is scheduler), None)
+        summary, advice = text.plateau(k, str(getattr(config, "monitor", None)), missed, expected,
+                                       sorted(trainer.callback_metrics))
+        values = {"plateau_missed_steps": float(missed), "plateau_expected_steps": float(expected)}
+        self.report(trainer, "fail", summary, values, advice, key=f"plateau_metric:{k}")
 
     def _verify_manual(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *, at_end: bool) -> None:
         if pl_module.automatic_optimization:
             return
         for k, stepped, due in self._tracker.not_stepped_manually(at_end=at_end):
-            self.report(
-                trainer,
-                "fail",
-                f"manual optimisation: scheduler {k} ({self._tracker.entries[k].name}) is configured but nothing "
-                f"stepped it in {self._tracker.epochs_done} epoch(s) (the preview expected {due} steps by now); "
-                "Lightning does not step schedulers when automatic_optimization is False.",
-                {"scheduler_steps": float(stepped), "expected_scheduler_steps": float(due)},
-                "call self.lr_schedulers().step() yourself: in training_step after opt.step() for 'interval': "
-                "'step', or in on_train_epoch_end for 'epoch'.",
-                key=f"manual_not_stepped:{k}",
-            )
+            summary, advice = text.manual(k, self._tracker.entries[k].name, self._tracker.epochs_done, due)
+            values = {"scheduler_steps": float(stepped), "expected_scheduler_steps": float(due)}
+            self.report(trainer, "fail", summary, values, advice, key=f"manual_not_stepped:{k}")
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -487,46 +321,17 @@ class NoLRDecayWarning(RecipeCallback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, plan: core.PlannedSchedule
     ) -> None:
         tracker = self._tracker
-        made = tracker.made()
-        complete = made >= plan.simulated_steps and not plan.truncated and not plan.error
-        differences: list[str] = []
         values = {"compared_steps": float(tracker.compared), "mismatched_steps": float(tracker.mismatched)}
+        differ: list[tuple[int, str, int, int]] = []
+        if tracker.made() >= plan.simulated_steps and not plan.truncated and not plan.error:  # a complete run
+            counts, stepped = tracker.scheduler_differences(plan)
+            values.update(counts)
+            differ = [(k, tracker.entries[k].name, n, plan.scheduler_steps[k]) for k, n in stepped]
         first = tracker.first_mismatch
-        if first is not None:
-            differences.append(
-                f"the LR differed from the preview at {tracker.mismatched} of {tracker.compared} compared optimizer "
-                f"steps, first at step {first.step} (group {first.group}: planned {first.planned:.6g}, used "
-                f"{first.used:.6g})"
-            )
-        if complete:
-            for k, (e, actual_k) in enumerate(zip(tracker.entries, tracker.scheduler_steps(), strict=True)):
-                if e.reduce_on_plateau:
-                    continue
-                values[f"scheduler_{k}_steps"] = float(actual_k)
-                if actual_k != plan.scheduler_steps[k]:
-                    differences.append(
-                        f"scheduler {k} ({e.name}) stepped {actual_k} times, the preview planned "
-                        f"{plan.scheduler_steps[k]}"
-                    )
-        ran = f"the run made {made} of the {plan.simulated_steps} planned optimizer steps"
-        if not differences:
-            self.report(
-                trainer, "pass", f"the LR followed the preview at all {tracker.compared} compared steps; {ran}.",
-                values, key="actual_vs_planned",
-            )
-            return
-        self.report(
-            trainer,
-            "warn",
-            "; ".join(differences) + f"; {ran}.",
-            values,
-            "something other than Lightning's scheduler stepping changed the LR or skipped scheduler steps (an "
-            "overridden lr_scheduler_step, manual stepping, another callback that sets the LR); make the schedule "
-            "the one you previewed."
-            + ("" if pl_module.automatic_optimization else " In manual optimisation step each scheduler once "
-               "per its configured 'interval' to match the preview."),
-            key="actual_vs_planned",
-        )
+        mismatch = None if first is None else (tracker.mismatched, tracker.compared, first)
+        summary, advice = text.actual_vs_planned(mismatch, differ, tracker.compared, tracker.made(),
+                                                 plan.simulated_steps, automatic=pl_module.automatic_optimization)
+        self.report(trainer, "warn" if advice else "pass", summary, values, advice, key="actual_vs_planned")
 
     def _log_actual_chart(self, trainer: pl.Trainer, plan: core.PlannedSchedule) -> None:
         if not trainer.is_global_zero or not self._tracker.actual_chart or not plan.steps.size:
@@ -545,10 +350,7 @@ class NoLRDecayWarning(RecipeCallback):
         if isinstance(exception, MisconfigurationException) and "ReduceLROnPlateau conditioned on metric" in str(
             exception
         ):
-            tracker = self._tracker
-            for k, e in enumerate(tracker.entries):
+            for k, e in enumerate(self._tracker.entries):
                 if e.reduce_on_plateau:
-                    config = next((c for c in trainer.lr_scheduler_configs if c.scheduler is e.scheduler), None)
-                    expected = max(1, tracker.plateau_expected[k])
                     with contextlib.suppress(RecipeCheckError):  # never replace the user's exception
-                        self._report_plateau(trainer, k, str(getattr(config, "monitor", None)), 1, expected)
+                        self._report_plateau(trainer, k, 1, max(1, self._tracker.plateau_expected[k]))

@@ -104,8 +104,6 @@ def test_nothing_reaches_into_private_lightning_state() -> None:
 NOT_YET: set[str] = {
     "full_eval_set.py",
     "init_loss_check.py",
-    "no_lr_decay_warning.py",
-    "prediction_dynamics_logger.py",
 }
 
 

@@ -396,34 +396,34 @@ def decay_profile(
 
 @dataclass(frozen=True)
 class ScheduleIssue:
-    """One thing wrong (or worth a note) with a planned schedule, ready to become a Finding."""
+    """One thing wrong (or worth a note) with a planned schedule: the Finding's key, status and values,
+    what is wrong (``kind``) and the facts its text needs beyond the values (names, labels, lists).
+    The words are the callback's (``NoLRDecayWarning``); nothing here writes prose."""
 
     key: str
     status: Literal["warn", "fail"]
-    summary: str
+    kind: str
     values: dict[str, float]
-    advice: str
+    facts: dict[str, Any] = field(default_factory=dict)
 
 
-def _unit_hint(name: str, length: float, interval: str, stepped: int, epochs: int, steps: int) -> str:
-    """A sentence when ``length`` fits the run in the other unit much better than in its own."""
+def unit_hint(length: float, interval: str, stepped: int, epochs: int, steps: int) -> str:
+    """``"epochs"`` when ``length`` fits the run counted in epochs much better than in the scheduler's
+    own steps (it steps every optimizer step), ``"steps"`` for the other way round, else ``""``.
+
+    Example:
+        >>> unit_hint(10, "step", 100, 10, 100), unit_hint(100, "epoch", 10, 10, 100)
+        ('epochs', 'steps')
+        >>> unit_hint(100, "step", 100, 10, 100)
+        ''
+    """
     other = epochs if interval == "step" else steps
     if stepped <= 0 or other <= 0 or other == stepped:
         return ""
     here, there = length / stepped, length / other
     if not (0 < there <= 1.1 and (here > 1.1 or here < 0.25 * there)):
         return ""
-    if interval == "step":
-        return (
-            f" {name}={length:g} looks counted in epochs (the run has {epochs}) while the scheduler steps after "
-            f"every optimizer step ({stepped} times): count {name} in steps (e.g. from "
-            "trainer.estimated_stepping_batches) or put 'interval': 'epoch' inside the lr_scheduler dict."
-        )
-    return (
-        f" {name}={length:g} looks counted in optimizer steps (the run has {steps}) while the scheduler steps "
-        f"once per epoch ({stepped} times): put 'interval': 'step' inside the lr_scheduler dict, or count "
-        f"{name} in epochs."
-    )
+    return "epochs" if interval == "step" else "steps"
 
 
 @dataclass(frozen=True)
@@ -440,66 +440,38 @@ class _Length:
     error_step: int
 
     @property
-    def where(self) -> str:
-        unit = "optimizer step" if self.entry.interval == "step" else "epoch"
-        return f"scheduler {self.index} ({self.entry.name}, stepped once per {unit}, {self.stepped} times over the run)"
-
-    @property
     def bounds(self) -> tuple[float, float]:
         return (1.0 - self.tolerance) * self.stepped, (1.0 + self.tolerance) * self.stepped
 
-    def issue(
-        self, summary: str, values: dict[str, float], advice: str, length_name: str, length: float
-    ) -> ScheduleIssue:
-        hint = _unit_hint(length_name, length, self.entry.interval, self.stepped, self.epochs, self.steps)
-        values = {"stepped": float(self.stepped), **values}
-        return ScheduleIssue(f"length:{self.index}", "fail", summary, values, (advice + hint).strip())
+    def issue(self, kind: str, values: dict[str, float], length_name: str, length: float,
+              **facts: Any) -> ScheduleIssue:
+        hint = unit_hint(length, self.entry.interval, self.stepped, self.epochs, self.steps)
+        return ScheduleIssue(f"length:{self.index}", "fail", kind, {"stepped": float(self.stepped), **values}, {
+            "index": self.index, "name": self.entry.name, "interval": self.entry.interval, "stepped": self.stepped,
+            "epochs": self.epochs, "steps": self.steps, "hint": hint, "length_name": length_name, "length": length,
+            **facts,
+        })
 
 
 def _cosine_length(s: Any, c: _Length) -> list[ScheduleIssue]:
     t_max, (lo, hi), stepped = float(s.T_max), c.bounds, c.stepped
-    advice = f"set T_max to {stepped} (the number of times the scheduler steps)."
     if t_max < lo:
-        return [c.issue(
-            f"{c.where}: CosineAnnealingLR(T_max={t_max:g}) reaches eta_min after {t_max:g} steps and then "
-            f"wraps around: the LR rises again back towards its peak for the remaining {stepped - t_max:g}.",
-            {"T_max": t_max}, advice, "T_max", t_max,
-        )]
+        return [c.issue("cosine_wraps", {"T_max": t_max}, "T_max", t_max)]
     if t_max > hi:
         reached = (stepped - 1) / t_max
         left = 0.5 * (1 + math.cos(math.pi * reached))
-        return [c.issue(
-            f"{c.where}: CosineAnnealingLR(T_max={t_max:g}) is only {reached:.0%} of the way down when the run "
-            f"ends; the last LR is still {left:.0%} of the way from eta_min to the peak.",
-            {"T_max": t_max, "fraction_reached": reached}, advice, "T_max", t_max,
-        )]
+        return [c.issue("cosine_short", {"T_max": t_max, "fraction_reached": reached}, "T_max", t_max, left=left)]
     return []
 
 
 def _one_cycle_length(s: Any, c: _Length) -> list[ScheduleIssue]:
     total, stepped = float(s.total_steps), c.stepped
     if c.error and c.entry.name in c.error:
-        advice = (
-            f"set total_steps={stepped} (e.g. total_steps=trainer.estimated_stepping_batches with "
-            "'interval': 'step' inside the lr_scheduler dict)."
-            + _unit_hint("total_steps", total, c.entry.interval, stepped, c.epochs, c.steps)
-        )
-        return [ScheduleIssue(
-            f"length:{c.index}",
-            "fail",
-            f"{c.where}: OneCycleLR(total_steps={total:g}) will raise after optimizer step {c.error_step} "
-            f"(\"{c.error.split(': ', 2)[-1]}\"); the run needs {stepped} scheduler steps.",
-            {"stepped": float(stepped), "total_steps": total, "error_step": float(c.error_step)},
-            advice,
-        )]
+        found = c.issue("one_cycle_raises", {"total_steps": total, "error_step": float(c.error_step)},
+                        "total_steps", total, error=c.error.split(": ", 2)[-1], error_step=c.error_step)
+        return [found]
     if total > c.bounds[1]:
-        return [c.issue(
-            f"{c.where}: OneCycleLR(total_steps={total:g}) is only {stepped / total:.0%} through its cycle when "
-            "the run ends: the LR never anneals to its final value.",
-            {"total_steps": total},
-            f"set total_steps={stepped} (e.g. trainer.estimated_stepping_batches with 'interval': 'step').",
-            "total_steps", total,
-        )]
+        return [c.issue("one_cycle_short", {"total_steps": total}, "total_steps", total, reached=stepped / total)]
     return []
 
 
@@ -507,12 +479,7 @@ def _step_length(s: Any, c: _Length) -> list[ScheduleIssue]:
     size = float(s.step_size)
     if (c.stepped - 1) // size >= 1:
         return []
-    return [c.issue(
-        f"{c.where}: StepLR(step_size={size:g}) never decays: the run ends before scheduler step {size:g}.",
-        {"step_size": size},
-        f"choose step_size below {c.stepped} (or drop the scheduler while the recipe keeps the LR constant).",
-        "step_size", size,
-    )]
+    return [c.issue("step_never_decays", {"step_size": size}, "step_size", size)]
 
 
 def _multi_step_length(s: Any, c: _Length) -> list[ScheduleIssue]:
@@ -520,24 +487,16 @@ def _multi_step_length(s: Any, c: _Length) -> list[ScheduleIssue]:
     missed = [m for m in milestones if m > c.stepped - 1]
     if not missed:
         return []
-    return [c.issue(
-        f"{c.where}: MultiStepLR milestones {missed} are never reached (the scheduler steps {c.stepped} times; "
-        f"milestones {milestones}).",
-        {"milestone_max": float(milestones[-1]), "milestones_missed": float(len(missed))},
-        f"put the milestones within the {c.stepped} scheduler steps of this run.",
-        "milestones", float(milestones[-1]),
-    )]
+    values = {"milestone_max": float(milestones[-1]), "milestones_missed": float(len(missed))}
+    return [c.issue("milestones_missed", values, "milestones", float(milestones[-1]), missed=missed,
+                    milestones=milestones)]
 
 
 def _polynomial_length(s: Any, c: _Length) -> list[ScheduleIssue]:
     iters, (lo, hi) = float(s.total_iters), c.bounds
     if lo <= iters <= hi:
         return []
-    return [c.issue(
-        f"{c.where}: PolynomialLR(total_iters={iters:g}) does not match the {c.stepped} scheduler steps: the LR "
-        + ("reaches its end long before the run ends." if iters < lo else "never gets to its end."),
-        {"total_iters": iters}, f"set total_iters={c.stepped}.", "total_iters", iters,
-    )]
+    return [c.issue("polynomial_length", {"total_iters": iters}, "total_iters", iters, short=iters < lo)]
 
 
 def _chained_length(s: Any, c: _Length) -> list[ScheduleIssue]:
@@ -574,14 +533,15 @@ def length_issues(
     ``total_iters``) match the ``stepped`` times Lightning will step it over the whole run?
 
     ``epochs`` and ``steps`` are the run's length in epochs and optimizer steps (for the hint that
-    names the unit the length was probably counted in). ``error`` is what the simulation caught.
-    The rule of each scheduler class is in :data:`LENGTH_RULES`.
+    names the unit the length was probably counted in: :func:`unit_hint`). ``error`` is what the
+    simulation caught. The rule of each scheduler class is in :data:`LENGTH_RULES`.
 
     Example:
         >>> p = torch.nn.Parameter(torch.zeros(1))
         >>> s = torch.optim.lr_scheduler.CosineAnnealingLR(torch.optim.SGD([p], lr=1.0), T_max=10)
-        >>> [i.key for i in length_issues(ScheduledStep(s, "step"), 0, 40, epochs=10, steps=40)]
-        ['length:0']
+        >>> issues = length_issues(ScheduledStep(s, "step"), 0, 40, epochs=10, steps=40)
+        >>> [(i.key, i.kind, i.values["T_max"]) for i in issues]
+        [('length:0', 'cosine_wraps', 10.0)]
     """
     if stepped <= 0:
         return []
@@ -593,26 +553,20 @@ def length_issues(
 
 def _never_steps(entry: ScheduledStep, index: int, loop: LoopPlan, epochs: int) -> ScheduleIssue:
     if entry.interval == "step" and entry.frequency > loop.batches_per_epoch:
-        why = (
-            f"'frequency': {entry.frequency} is larger than the {loop.batches_per_epoch:g} batches per epoch, and "
-            "Lightning counts a 'step' frequency within each epoch ((batch_idx + 1) % frequency)"
-        )
-        advice = f"use a frequency of at most {loop.batches_per_epoch:g}, or 'interval': 'epoch'."
+        why = "frequency_over_batches"
     elif entry.interval == "epoch" and math.isinf(loop.batches_per_epoch):
-        why = "the epoch never ends (an endless training loader), so an 'epoch' interval never comes"
-        advice = "put 'interval': 'step' inside the lr_scheduler dict."
+        why = "endless_epoch"
     elif entry.interval == "epoch":
-        why = f"'frequency': {entry.frequency} is larger than the run's {epochs} epochs"
-        advice = f"use a frequency of at most {epochs}, or 'interval': 'step'."
+        why = "frequency_over_epochs"
     else:
-        why = "the run has no optimizer step at which its 'frequency' comes round"
-        advice = "check 'interval' and 'frequency' inside the lr_scheduler dict."
+        why = "no_step"
     return ScheduleIssue(
         f"never_steps:{index}",
         "fail",
-        f"scheduler {index} ({entry.name}) is never stepped in this run: {why}.",
+        "never_steps",
         {"frequency": float(entry.frequency), "batches_per_epoch": float(loop.batches_per_epoch)},
-        advice,
+        {"index": index, "name": entry.name, "why": why, "frequency": entry.frequency,
+         "batches_per_epoch": loop.batches_per_epoch, "epochs": epochs},
     )
 
 
@@ -677,31 +631,20 @@ def _decays_too_early(c: _Curves) -> list[ScheduleIssue]:
     if not c.too_early:
         return []
     label, prof = c.too_early[0]
-    return [ScheduleIssue(
-        "decays_too_early",
-        "fail",
-        f"{label} falls below {c.min_lr_fraction:g} of its peak ({prof.peak:.3g}) at optimizer step "
-        f"{prof.below_step} of {c.run_steps}: {(c.end - prof.below_step) / max(1, c.run_steps):.0%} of the run "
-        "trains at an LR near zero.",
-        {"peak_lr": prof.peak, "below_step": float(prof.below_step), "planned_steps": float(c.run_steps)},
-        "stretch the decay over the whole run (gamma closer to 1, fewer or later milestones, T_max/"
-        "total_steps equal to the run's scheduler steps), or keep the LR constant until the final stage.",
-    )]
+    values = {"peak_lr": prof.peak, "below_step": float(prof.below_step), "planned_steps": float(c.run_steps)}
+    left = (c.end - prof.below_step) / max(1, c.run_steps)
+    return [ScheduleIssue("decays_too_early", "fail", "decays_too_early", values,
+                          {"label": label, "min_lr_fraction": c.min_lr_fraction, "left": left,
+                           "below_step": prof.below_step, "run_steps": c.run_steps})]
 
 
 def _rises_after_decay(c: _Curves) -> list[ScheduleIssue]:
     if not c.rising:
         return []
     label, prof = c.rising[0]
-    return [ScheduleIssue(
-        "rises_after_decay",
-        "fail",
-        f"{label} decays and then rises again from optimizer step {prof.rise_step}: the schedule wraps "
-        "around before the run ends.",
-        {"peak_lr": prof.peak, "rise_step": float(prof.rise_step)},
-        "make the schedule's length match the run (T_max, total_steps), or use a scheduler that stays at "
-        "its floor.",
-    )]
+    values = {"peak_lr": prof.peak, "rise_step": float(prof.rise_step)}
+    return [ScheduleIssue("rises_after_decay", "fail", "rises_after_decay", values,
+                          {"label": label, "rise_step": prof.rise_step})]
 
 
 def _decay_in_early_stage(c: _Curves) -> list[ScheduleIssue]:
@@ -709,40 +652,21 @@ def _decay_in_early_stage(c: _Curves) -> list[ScheduleIssue]:
         return []
     if c.decaying:
         label, prof = c.decaying[0]
-        return [ScheduleIssue(
-            "decay_in_early_stage",
-            "warn",
-            f"decay is on: {label} goes from {prof.peak:.3g} down to {prof.lowest_after_peak:.3g}; the recipe "
-            "keeps the LR constant while you build and overfit, and tunes decay at the very end.",
-            {"peak_lr": prof.peak, "lowest_lr": prof.lowest_after_peak},
-            "drop the scheduler (or use a constant LR) for now; switch to stage='final' when you add decay "
-            "on purpose.",
-        )]
+        values = {"peak_lr": prof.peak, "lowest_lr": prof.lowest_after_peak}
+        return [ScheduleIssue("decay_in_early_stage", "warn", "decay_in_early_stage", values, {"label": label})]
     if not c.plateau:
         return []
     k = next(k for k, e in enumerate(c.schedulers) if e.reduce_on_plateau)
-    return [ScheduleIssue(
-        "decay_in_early_stage",
-        "warn",
-        f"decay is on: scheduler {k} (ReduceLROnPlateau) lowers the LR whenever its metric stalls; the "
-        "recipe keeps the LR constant while you build and overfit, and tunes decay at the very end.",
-        {"plateau_schedulers": float(sum(e.reduce_on_plateau for e in c.schedulers))},
-        "drop the scheduler for now; switch to stage='final' when you add decay on purpose.",
-    )]
+    values = {"plateau_schedulers": float(sum(e.reduce_on_plateau for e in c.schedulers))}
+    return [ScheduleIssue("decay_in_early_stage", "warn", "plateau_in_early_stage", values, {"index": k})]
 
 
 def _never_decays(c: _Curves) -> list[ScheduleIssue]:
     if c.stage != "final" or not c.flat or c.decaying:
         return []
     label, prof = c.flat[0]
-    return [ScheduleIssue(
-        "never_decays",
-        "warn",
-        f"the final stage has no decay: {label} stays at {prof.final:.3g} to the end of the run.",
-        {"final_lr": prof.final, "peak_lr": prof.peak},
-        "add a decay that ends with the run (e.g. CosineAnnealingLR with T_max=trainer."
-        "estimated_stepping_batches and 'interval': 'step'); decay usually buys the last bit of loss.",
-    )]
+    values = {"final_lr": prof.final, "peak_lr": prof.peak}
+    return [ScheduleIssue("never_decays", "warn", "never_decays", values, {"label": label})]
 
 
 #: The rules on the planned curves, in the order their Findings are reported.
@@ -797,23 +721,17 @@ def adam_lr_issue(optimizer_name: str, lr: float, factor: float = 10.0) -> Sched
     """A note when Adam/AdamW runs more than ``factor`` times away from the recipe's 3e-4.
 
     Example:
-        >>> adam_lr_issue("Adam", 3e-2).key
-        'adam_lr'
+        >>> adam_lr_issue("Adam", 3e-2).facts
+        {'optimizer': 'Adam', 'ratio': 100.0, 'above': True}
         >>> adam_lr_issue("Adam", 1e-3) is None
         True
     """
     ratio = max(lr, ADAM_SAFE_LR) / min(lr, ADAM_SAFE_LR) if lr > 0 else 0.0
     if lr <= 0 or ratio <= factor * (1 + 1e-9):
         return None
-    direction = "above" if lr > ADAM_SAFE_LR else "below"
-    return ScheduleIssue(
-        "adam_lr",
-        "warn",
-        f"{optimizer_name} runs at lr={lr:.3g}, {ratio:.0f}x {direction} "
-        f"the recipe's safe {ADAM_SAFE_LR:g}.",
-        {"adam_lr": lr, "ratio_to_3e-4": lr / ADAM_SAFE_LR},
-        f"start from lr={ADAM_SAFE_LR:g} with Adam while you build the baseline; tune it later on purpose.",
-    )
+    values = {"adam_lr": lr, "ratio_to_3e-4": lr / ADAM_SAFE_LR}
+    return ScheduleIssue("adam_lr", "warn", "adam_lr", values,
+                         {"optimizer": optimizer_name, "ratio": ratio, "above": lr > ADAM_SAFE_LR})
 
 
 # Modules whose weights are scales and shifts, not features: weight decay should not pull them to 0.

@@ -14,12 +14,22 @@ division and a comparison; a compared one reads the LR of each param group once.
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from recipe_callbacks.core.lr_schedule import PlannedSchedule, ScheduledStep
+import torch
+
+from recipe_callbacks.core.lr_schedule import (
+    LoopPlan,
+    PlannedSchedule,
+    ScheduledStep,
+    ScheduleIssue,
+    adam_lr_issue,
+    decayed_bias_and_norm_params,
+)
 
 #: At most about this many points of the actual LR are kept for the chart.
 CHART_POINTS = 1000
@@ -44,6 +54,99 @@ def misplaced_scheduler_keys(optim_conf: Any) -> list[str]:
     else:
         dicts = []
     return sorted({k for d in dicts for k in d if k in SCHEDULER_ONLY_KEYS})
+
+
+def record_returned(owner: Any, name: str, seen: Callable[[Any], None]) -> Callable[[], None]:
+    """Wrap the method ``name`` of ``owner`` (on the instance) so that ``seen`` gets what it returns
+    (the value passed on unchanged, the method run exactly once per call); returns the function that
+    puts the method back (a no-op once something else replaced the wrapper).
+
+    Example:
+        >>> class M:
+        ...     def f(self) -> int:
+        ...         return 3
+        >>> m, got = M(), []
+        >>> unwrap = record_returned(m, "f", got.append)
+        >>> m.f(), got
+        (3, [3])
+        >>> unwrap(); "f" in m.__dict__
+        False
+    """
+    previous = owner.__dict__.get(name)
+    original = getattr(owner, name)
+
+    @functools.wraps(original)
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        out = original(*args, **kwargs)
+        seen(out)
+        return out
+
+    def unwrap() -> None:
+        if owner.__dict__.get(name) is recording:
+            if previous is None:
+                del owner.__dict__[name]
+            else:
+                owner.__dict__[name] = previous
+
+    owner.__dict__[name] = recording
+    return unwrap
+
+
+def scheduled_steps(configs: Sequence[Any], optimizers: Sequence[Any]) -> list[ScheduledStep]:
+    """Lightning's scheduler configurations (``scheduler``, ``interval``, ``frequency``,
+    ``reduce_on_plateau``) as :class:`ScheduledStep` entries, each with its optimizer's index."""
+    return [
+        ScheduledStep(
+            c.scheduler,
+            "step" if c.interval == "step" else "epoch",
+            int(c.frequency),
+            bool(c.reduce_on_plateau),
+            next((i for i, o in enumerate(optimizers) if o is c.scheduler.optimizer), 0),
+        )
+        for c in configs
+    ]
+
+
+def loop_plan(trainer: Any) -> LoopPlan:
+    """The loop's geometry read from a Trainer (batches per epoch, limits, accumulation, resume point)."""
+    return LoopPlan(
+        batches_per_epoch=float(trainer.num_training_batches),
+        max_epochs=-1 if trainer.max_epochs is None else int(trainer.max_epochs),
+        max_steps=int(trainer.max_steps),
+        accumulate_grad_batches=int(trainer.accumulate_grad_batches),
+        accumulate_on_final_batch=bool(trainer.strategy.handles_gradient_accumulation),
+        start_epoch=int(trainer.current_epoch),
+        start_step=int(trainer.global_step),
+    )
+
+
+def plan_levels(plan: PlannedSchedule) -> tuple[float, float]:
+    """The highest planned LR of any group and the last planned LR of the first (0.0, 0.0 for an empty plan)."""
+    if not plan.steps.size:
+        return 0.0, 0.0
+    return max(float(plan.group_lrs(g).max()) for g in range(len(plan.groups))), float(plan.group_lrs(0)[-1])
+
+
+def optimizer_notes(
+    module: torch.nn.Module, plan: PlannedSchedule, optimizers: Sequence[torch.optim.Optimizer], adam_lr_factor: float
+) -> list[ScheduleIssue]:
+    """The notes on the optimizers: Adam/AdamW far from 3e-4 (the first such group), weight decay on
+    biases and normalisation weights (``facts["names"]``: the parameters)."""
+    notes: list[ScheduleIssue] = []
+    for g, (opt_i, group_i) in enumerate(plan.groups):
+        opt = optimizers[opt_i]
+        if not isinstance(opt, (torch.optim.Adam, torch.optim.AdamW)):
+            continue
+        lr = float(plan.group_lrs(g).max()) if plan.steps.size else float(opt.param_groups[group_i]["lr"])
+        note = adam_lr_issue(type(opt).__name__, lr, adam_lr_factor)
+        if note is not None:
+            notes.append(note)
+            break
+    decayed = decayed_bias_and_norm_params(module, optimizers)
+    if decayed:
+        notes.append(ScheduleIssue("weight_decay_bias_norm", "warn", "weight_decay_bias_norm",
+                                   {"decayed_bias_norm_params": float(len(decayed))}, {"names": decayed}))
+    return notes
 
 
 def scheduler_position(entry: ScheduledStep) -> int:
@@ -214,6 +317,19 @@ class ScheduleTracker:
     def scheduler_steps(self) -> list[int]:
         """How often each scheduler stepped during this run."""
         return [scheduler_position(e) - start for e, start in zip(self.entries, self.start_positions, strict=True)]
+
+    def scheduler_differences(self, plan: PlannedSchedule) -> tuple[dict[str, float], list[tuple[int, int]]]:
+        """After a complete run: ``scheduler_<k>_steps`` of every simulated scheduler, and ``(k, stepped)``
+        of those that stepped another number of times than the preview planned."""
+        values: dict[str, float] = {}
+        differ: list[tuple[int, int]] = []
+        for k, (e, actual_k) in enumerate(zip(self.entries, self.scheduler_steps(), strict=True)):
+            if e.reduce_on_plateau:
+                continue
+            values[f"scheduler_{k}_steps"] = float(actual_k)
+            if actual_k != plan.scheduler_steps[k]:
+                differ.append((k, actual_k))
+        return values, differ
 
     def made(self) -> int:
         """Optimizer steps made in this run (the most of any optimizer)."""

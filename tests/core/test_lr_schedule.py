@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from torch import nn
 from torch.optim import lr_scheduler as sched
 
 from recipe_callbacks.core import lr_schedule as core
+from recipe_callbacks.no_lr_decay_text import issue_text
 
 
 def opt_sgd(lr: float = 1.0, groups: int = 1, **kw: Any) -> torch.optim.SGD:
@@ -158,10 +160,31 @@ def test_decay_profile_on_hand_made_curves() -> None:
     assert noisy.rise_step == -1  # a 5% wiggle is not a wrap-around
 
 
+@dataclass(frozen=True)
+class Worded:
+    """A core issue with the words NoLRDecayWarning gives it (the core returns status, kind and numbers)."""
+
+    issue: core.ScheduleIssue
+    summary: str
+    advice: str
+
+    @property
+    def status(self) -> str:
+        return self.issue.status
+
+    @property
+    def values(self) -> dict[str, float]:
+        return self.issue.values
+
+
+def worded(issue: core.ScheduleIssue) -> Worded:
+    return Worded(issue, *issue_text(issue))
+
+
 def run(s: Any, interval: str, loop: core.LoopPlan, stage: str = "final", frequency: int = 1) -> dict[str, Any]:
     entry = core.ScheduledStep(s, interval, frequency)  # type: ignore[arg-type]
     plan = core.simulate_schedule([s.optimizer], [entry], loop)
-    return {i.key: i for i in core.analyze_schedule(plan, [entry], loop, stage=stage)}  # type: ignore[arg-type]
+    return {i.key: worded(i) for i in core.analyze_schedule(plan, [entry], loop, stage=stage)}  # type: ignore[arg-type]
 
 
 LOOP = core.LoopPlan(10, max_epochs=10)  # 100 optimizer steps, 10 epochs
@@ -217,7 +240,7 @@ def test_plateau_groups_are_not_judged() -> None:
     plan = core.simulate_schedule([opt], [entry], LOOP)
     assert core.analyze_schedule(plan, [entry], LOOP, stage="final") == []
     early = core.analyze_schedule(plan, [entry], LOOP, stage="early")
-    assert [i.key for i in early] == ["decay_in_early_stage"] and "ReduceLROnPlateau" in early[0].summary
+    assert [i.key for i in early] == ["decay_in_early_stage"] and "ReduceLROnPlateau" in worded(early[0]).summary
 
 
 # ------------------------------------------------------------------ optimizer notes
