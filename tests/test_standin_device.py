@@ -224,11 +224,17 @@ def test_no_sync_on_unsampled_steps(device: torch.device, tmp_path: Path) -> Non
         trainer.fit(TinyCNN(), loader(images(64, 0), shuffle=True), loader(images(32, 1)))
     assert seen.device == device and batch_index[0] == 15
     # Batch s starts at global step s: monitors sample at s % every == 0 (before the step) or record
-    # when the step they end is a multiple (s + 1); LossDecreaseCheck reads its first 6 losses.
+    # when the step they end is a multiple (s + 1); the first steps are dense (0, 1, 2, 4) and hold the
+    # one-off checks.
     sampled = {s for s in range(16) if s % every == 0 or (s + 1) % every == 0 or s < 6}
     steps = {s for s, _ in syncs_at}
     assert steps & sampled, "the sampled steps read nothing back: the count is broken"
     assert steps <= sampled, f"syncs on unsampled steps: {sorted(steps - sampled)}"
     # a sampled step copies what it measured in one transfer (InputVisualizer: the inputs and the labels)
-    allowed = {"InputVisualizer": 2}
+    allowed = {"InputVisualizer": 2, "LossDecreaseCheck": 2}
     assert {key: n for key, n in syncs_at.items() if key[0] >= 6 and n > allowed.get(key[1], 1)} == {}
+    # LossDecreaseCheck keeps the watched losses on the device and reads them only at its looks (the
+    # batch ending its 6th and 12th optimizer step): one transfer of the losses, one of its weight sample
+    looks = {s: n for (s, owner), n in syncs_at.items() if owner == "LossDecreaseCheck"}
+    assert set(looks) <= {5, 11} and looks, f"LossDecreaseCheck read at batches {looks}, not only at its looks"
+    assert max(looks.values()) <= 2
