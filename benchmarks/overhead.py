@@ -70,12 +70,9 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import recipe_callbacks
 from recipe_callbacks import RecipeCallback, presets
+from recipe_callbacks.plumbing.callback_base import STEP_HOOKS
 
 ROOT = Path(__file__).resolve().parents[1]
-STEP_HOOKS = {
-    "on_train_batch_start", "on_train_batch_end", "on_before_backward", "on_after_backward",
-    "on_before_optimizer_step", "on_before_zero_grad",
-}
 
 
 def rss_bytes() -> int:

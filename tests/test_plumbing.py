@@ -48,6 +48,58 @@ def test_a_hook_that_raises_check_skipped_leaves_a_skip_naming_the_argument(tmp_
     assert "SkipsAtTrainStart" in report and "SkipsOnFirstBatch" in report
 
 
+class Parent(RecipeCallback):
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        raise CheckSkipped("the parent cannot run", "input_key")
+
+
+class Child(Parent):
+    """Calls the parent's hook through super(): a skip there must end the child's hook too."""
+
+    went_on = False
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        self.went_on = True
+
+
+def test_a_skip_in_a_parent_hook_called_through_super_reaches_the_outermost_hook(tmp_path: Path) -> None:
+    child, parent = Child(), Parent()
+    trainer = fast_trainer(tmp_path, max_steps=2, callbacks=[child, parent])
+    trainer.fit(TinyClassifier(), loader(blobs()))
+    assert trainer.global_step == 2 and not child.went_on
+    assert [(f.status, f.summary, f.advice) for f in child.findings] == [
+        ("skip", "the parent cannot run", "set Child(input_key=...)")
+    ]
+    assert [f.summary for f in parent.findings] == ["the parent cannot run"]  # the parent alone still skips
+
+
+class FinishesAtOnce(RecipeCallback):
+    """A one-off check done at its first batch: its step hooks are then idle (one attribute check)."""
+
+    one_off = True
+    calls = 0
+
+    @override
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        self.calls += 1
+        self.finish_early()
+
+
+def test_a_finished_one_off_check_is_idle_once_the_step_clock_has_its_median(tmp_path: Path) -> None:
+    check = FinishesAtOnce()
+    trainer = fast_trainer(tmp_path, max_steps=20, max_epochs=-1, callbacks=[check])
+    trainer.fit(TinyClassifier(), loader(blobs()))
+    # idle once the clock has its median (the first interval and 8 more: at the tenth batch start)
+    assert check.idle and check.calls == 9
+    trainer = fast_trainer(tmp_path / "again", max_steps=3, max_epochs=-1, callbacks=[check])
+    trainer.fit(TinyClassifier(), loader(blobs()))
+    assert check.calls == 12  # a new fit wakes it: idle holds for one fit
+
+
 def test_other_exceptions_still_reach_the_user() -> None:
     class Breaks(RecipeCallback):
         @override

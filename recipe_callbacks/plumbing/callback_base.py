@@ -105,31 +105,19 @@ def _skipping(hook: Callable[..., Any], name: str) -> Callable[..., Any]:
     if getattr(hook, "_recipe_skipping", False):
         return hook
 
-    if name in STEP_HOOKS:
+    per_step = name in STEP_HOOKS
 
-        @functools.wraps(hook)
-        def wrapper(self: RecipeCallback, trainer: Any, *args: Any, **kwargs: Any) -> Any:
-            if self.idle:
-                return None
-            try:
-                return hook(self, trainer, *args, **kwargs)
-            except CheckSkipped as err:
-                if getattr(type(self), name) is not wrapper:  # called through super(): the outermost catches
-                    raise
-                self.skip(trainer, err.reason, err.argument, key=err.key)
-                return None
-
-    else:
-
-        @functools.wraps(hook)
-        def wrapper(self: RecipeCallback, trainer: Any, *args: Any, **kwargs: Any) -> Any:
-            try:
-                return hook(self, trainer, *args, **kwargs)
-            except CheckSkipped as err:
-                if getattr(type(self), name) is not wrapper:
-                    raise
-                self.skip(trainer, err.reason, err.argument, key=err.key)
-                return None
+    @functools.wraps(hook)
+    def wrapper(self: RecipeCallback, trainer: Any, *args: Any, **kwargs: Any) -> Any:
+        if per_step and self.idle:
+            return None
+        try:
+            return hook(self, trainer, *args, **kwargs)
+        except CheckSkipped as err:
+            if getattr(type(self), name) is not wrapper:  # called through super(): the outermost catches
+                raise
+            self.skip(trainer, err.reason, err.argument, key=err.key)
+            return None
 
     wrapper._recipe_skipping = True  # type: ignore[attr-defined]
     return wrapper
