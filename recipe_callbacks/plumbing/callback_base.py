@@ -338,10 +338,11 @@ class RecipeCallback(Callback):
     ) -> None:
         # timed from the run's first batch, so that a cost stated late (at the end of an epoch, of
         # training) is settled against this run's steps too; once it has its median it is not ticked
-        clock = self._step_clock
+        if self._clock_done and not self._pending_costs:
+            return  # the usual step: two attribute checks
         if not self._clock_done:
-            clock.tick()
-            self._clock_done = clock.done
+            self._step_clock.tick()
+            self._clock_done = self._step_clock.done
         if self._clock_done:
             if self._pending_costs:
                 self._settle_costs()
