@@ -210,12 +210,11 @@ class InputIndependentBaseline(FirstBatchCheck):
             "identical": float(v.identical),
             "separated": float(v.separated),
         }
-        chart = line_chart(
-            {"real inputs": runs.real, "zero inputs": runs.zero},
+        self.log_figure(
+            trainer, "loss_curves", line_chart, {"real inputs": runs.real, "zero inputs": runs.zero},
             title="InputIndependentBaseline: the loss on real inputs must end clearly below the loss on zeros",
             xlabel="training step", ylabel="training loss", styles={"zero inputs": "--"},
         )
-        self.log_figure(trainer, "loss_curves", chart)
         status, summary, advice = self._verdict_text(v, runs, n)
         self.report(trainer, status, summary, values, advice)
 

@@ -217,7 +217,7 @@ class LeakageCheck(RecipeCallback):
         """The near-duplicate pairs side by side: validation sample, its nearest training sample."""
         pairs = pair_pictures(val, train, positions, nearest)
         if pairs is not None:
-            self.log_image(trainer, "near_duplicate_pairs", image_grid(pairs[0], ncols=2, captions=pairs[1]))
+            self.log_figure(trainer, "near_duplicate_pairs", image_grid, pairs[0], ncols=2, captions=pairs[1])
 
     def _report_near(
         self, trainer: pl.Trainer, kind: InputKind, nearest: Nearest, found: NearCount, n_train: int

@@ -331,17 +331,24 @@ class UpdateRatioMonitor(RecipeCallback):
         if not trainer.is_global_zero or not self.ratio_steps or self.ratio_steps[-1] == self._drawn_step:
             return
         self._drawn_step = self.ratio_steps[-1]
-        self.log_figure(trainer, "ratio_chart", self.ratio_chart(), step=self.ratio_steps[-1])
+        series, kwargs = self._ratio_chart_data()
+        self.log_figure(trainer, "ratio_chart", line_chart, series, step=self.ratio_steps[-1], **kwargs)
 
     def ratio_chart(self) -> Figure:
         """The update/weight ratio of every layer over the sampled steps, against the healthy band."""
+        series, kwargs = self._ratio_chart_data()
+        return line_chart(series, **kwargs)
+
+    def _ratio_chart_data(self) -> tuple[dict[str, list[float]], dict[str, Any]]:
         series = {layer: [10.0**v for v in values] for layer, values in self.ratios.items()}
         hlines = {f"min_ratio {self.min_ratio:g} (warn)": self.min_ratio,
                   f"max_ratio {self.max_ratio:g} (fail)": self.max_ratio}
-        return line_chart(series, x=list(self.ratio_steps),
-                          title="UpdateRatioMonitor: ||update|| / ||weight|| per layer; healthy near 1e-3",
-                          xlabel="optimizer step", ylabel="update / weight ratio (log scale)", log_y=True,
-                          band=Band(1e-4, 1e-2, "healthy, around 1e-3"), hlines=hlines)
+        return series, {
+            "x": list(self.ratio_steps),
+            "title": "UpdateRatioMonitor: ||update|| / ||weight|| per layer; healthy near 1e-3",
+            "xlabel": "optimizer step", "ylabel": "update / weight ratio (log scale)", "log_y": True,
+            "band": Band(1e-4, 1e-2, "healthy, around 1e-3"), "hlines": hlines,
+        }
 
     @override
     def state_dict(self) -> dict[str, Any]:

@@ -13,10 +13,11 @@ import html
 import math
 from collections.abc import Mapping
 
+from recipe_callbacks.core.drawing import png_bytes
 from recipe_callbacks.plumbing.callback_base import snake_case
 from recipe_callbacks.plumbing.console_report import Checklist, checklist
 from recipe_callbacks.plumbing.finding import Finding
-from recipe_callbacks.plumbing.log_writer import LoggedRecord, markdown_to_html, png_bytes
+from recipe_callbacks.plumbing.log_writer import LoggedRecord, markdown_to_html
 
 _COLOURS = {"pass": "#1a7f37", "warn": "#9a6700", "fail": "#cf222e", "skip": "#6e7781", "pending": "#6e7781"}
 _WORD = {"pass": "PASS", "warn": "WARN", "fail": "FAIL", "skip": "SKIP", "pending": "pending"}
