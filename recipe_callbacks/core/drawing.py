@@ -213,6 +213,12 @@ class Drawer:
         self._outbox.put(message)
         return drawing
 
+    def start(self) -> None:
+        """Start the drawing process now (it takes a second or two to import matplotlib), unless
+        drawing inline."""
+        if not self.inline:
+            self._running()
+
     def orphans(self) -> list[Drawing]:
         """The drawings the drawing process took and will not return (it ended): to draw here."""
         if not self._ended:
@@ -228,6 +234,7 @@ class Drawer:
             self._process = subprocess.Popen(
                 [sys.executable, "-c", _BOOTSTRAP, str(_PACKAGE_DIR)],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, close_fds=True,
+                start_new_session=True,  # a Ctrl-C meant for training does not kill it: it ends with its pipe
             )
         except OSError:
             self.inline = True

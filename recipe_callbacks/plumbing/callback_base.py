@@ -387,6 +387,8 @@ class RecipeCallback(Callback):
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self.gate_sharded(trainer)
+        if trainer.is_global_zero:  # the drawing process starts up while the fit does
+            log_writer.drawer().start()
 
     def gate_sharded(self, trainer: pl.Trainer) -> None:
         """Under FSDP/DeepSpeed/ModelParallel a callback that would copy the model, run passes of its
