@@ -155,17 +155,24 @@ class LoggedRecord:
 
     images: OrderedDict[str, tuple[int, np.ndarray]] = field(default_factory=OrderedDict)
     texts: OrderedDict[str, tuple[int, str]] = field(default_factory=OrderedDict)
+    pngs: dict[str, bytes] = field(default_factory=dict)
     max_tags: int = 256
     max_image_bytes: int = 64 * 2**20
     max_text_chars: int = 20_000
 
-    def add_image(self, tag: str, step: int, image: np.ndarray) -> None:
+    def add_image(self, tag: str, step: int, image: np.ndarray, png: bytes | None = None) -> None:
         self.images.pop(tag, None)
         self.images[tag] = (step, np.array(image, dtype=np.uint8, copy=True))
+        self.pngs[tag] = png or b""  # the picture already encoded, when it is (the report reuses it)
         while len(self.images) > self.max_tags or (
             len(self.images) > 1 and sum(a.nbytes for _, a in self.images.values()) > self.max_image_bytes
         ):
-            self.images.popitem(last=False)  # the oldest tag goes first
+            oldest, _ = self.images.popitem(last=False)  # the oldest tag goes first
+            self.pngs.pop(oldest, None)
+
+    def png(self, tag: str) -> bytes:
+        """The latest picture of ``tag`` as PNG."""
+        return self.pngs.get(tag) or png_bytes(self.images[tag][1])
 
     def add_text(self, tag: str, step: int, text: str) -> None:
         self.texts.pop(tag, None)
@@ -294,7 +301,7 @@ def _write_picture(
     """Write a drawn picture to every logger and the report (``only``: to these logger kinds and
     the ``"files"`` directories alone)."""
     if only is None:
-        logged(trainer).add_image(tag, s, picture.image)
+        logged(trainer).add_image(tag, s, picture.image, picture.png)
     for lg in _loggers(trainer):
         kind = logger_kind(lg)
         if only is not None and kind not in only:
