@@ -254,6 +254,12 @@ class InputIndependentBaseline(FirstBatchCheck):
                 "(frozen parameters, a learning rate of zero, a wrong loss)"
             )
             return "warn", summary, advice
+        if v.status == "skip":
+            summary = (
+                f"{curves}; the real inputs were pulling away from the zero-input loss ({v.gap:.3g} below it at the "
+                f"end, less than the margin {v.margin:.3g}) when the runs reached max_steps: undecided"
+            )
+            return "skip", summary, f"raise InputIndependentBaseline(max_steps=...) (now {self.max_steps}) to decide"
         summary = (
             f"{curves}; the real inputs did not get clearly below the zero-input loss (ended {v.gap:.3g} "
             f"below it, margin {v.margin:.3g}): the model is not using its input"
