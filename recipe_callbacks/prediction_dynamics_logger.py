@@ -258,8 +258,9 @@ class PredictionDynamicsLogger(RecipeCallback):
             return
         classification = self._task != "regression"
         matrix = self.heatmap_matrix().numpy()
-        chart = matrix_chart(
-            matrix, vmin=0.0, vmax=1.0 if classification else None, cmap="viridis" if classification else "magma",
+        self.log_figure(
+            trainer, "heatmap", matrix_chart, matrix, vmin=0.0, vmax=1.0 if classification else None,
+            cmap="viridis" if classification else "magma",
             x_values=self.history.steps[-matrix.shape[1]:],
             title="PredictionDynamicsLogger: "
             + ("p(true class) per fixed sample; rows should turn bright and stay" if classification
@@ -267,13 +268,12 @@ class PredictionDynamicsLogger(RecipeCallback):
             xlabel="global step", ylabel="fixed validation sample",
             colorbar_label="p(true class)" if classification else "|prediction - target|",
         )
-        self.log_figure(trainer, "heatmap", chart)
         x = self.sample_x
         if x is None or x.ndim != 4 or x.shape[1] not in (1, 3) or self._previous is None:
             return
         assert self.sample_y is not None
         shown = core.captions(self._previous, self.sample_y, classification)
-        self.log_image(trainer, "samples", image_grid(x.float(), captions=shown))
+        self.log_figure(trainer, "samples", image_grid, x.float(), captions=shown)
 
     def _learning_rate(self, trainer: pl.Trainer) -> float:
         try:
