@@ -103,38 +103,28 @@ def _prose(
 class InitLossCheck(RecipeCallback):
     """Verify the loss at init (recipe step 2d) and, with ``fix_bias=True``, init well (step 2e).
 
-    At the very first training step a forward hook on the LightningModule (registered for that
-    step only) sees the logits that ``training_step`` computes with ``self(x)``; they are judged
-    against the batch's targets, so the check costs no extra training step. When the hook sees
-    nothing usable (``training_step`` does not call ``self(...)``), ``num_batches`` batches are
-    run forward under ``torch.no_grad`` in eval mode before the first weight update instead.
+    At the first training step a forward hook (for that step only) reads the logits that
+    ``training_step`` computes with ``self(x)`` and judges them against the batch's targets: no
+    extra training step. When ``training_step`` does not call ``self(...)``, ``num_batches``
+    batches are run forward (no grad, eval mode) before the first weight update instead.
 
-    The task is inferred from the logits and targets by :func:`~recipe_callbacks.core.task.infer_task`:
-    integer targets and ``(N, C, ...)`` or ``(N, ..., C)`` logits are multiclass cross-entropy; one
-    logit per target with 0/1 targets is binary cross-entropy; other float targets of the logits'
-    size are MSE. The expected loss is chosen as follows:
+    The task is inferred by :func:`~recipe_callbacks.core.task.infer_task`. The expected loss is
+    ``log C`` (``log 2``) for an unknown or balanced class prior, else the prior's entropy (the
+    prior of a :class:`~recipe_callbacks.DataInspector` on the same Trainer, else the ``fix_bias``
+    counts, else targets counted over the training set, else the first batch's), and the target
+    variance for regression. Inside ``[expected / (1 + tolerance), expected * (1 + tolerance)]`` it
+    passes; above the band, near the *uninformed* loss (``log C`` whatever the prior, ``E[y^2]`` for
+    MSE), it warns (a default bias on an imbalanced task: use ``fix_bias=True``); above both it
+    fails (confident and wrong, e.g. a final layer with large weights); below the band it warns (a
+    leak, or a pretrained model).
 
-    - multiclass / binary: ``log C`` (``log 2``) when the class prior is unknown or balanced (its
-      entropy within the tolerance band of ``log C``), the prior's entropy otherwise. The prior
-      comes from a :class:`~recipe_callbacks.DataInspector` on the same Trainer, else from the
-      ``fix_bias`` counts, else from the first batch's targets.
-    - regression: the variance of the targets (a bias at the target mean).
-
-    The observed loss passes inside ``[expected / (1 + tolerance), expected * (1 + tolerance)]``.
-    Above it at the level of the *uninformed* loss (``log C`` whatever the prior, ``E[y^2]`` for
-    MSE) the model is just not told the prior: a default bias on an imbalanced task (``warn``, use
-    ``fix_bias=True``). Above both it is confident and wrong (``fail``), e.g. a final layer
-    initialised with large weights. Below the band the model knows the answers before training
-    (``warn``): a leak, or a pretrained model.
-
-    ``fix_bias=True`` changes the model on purpose, before the first step: it counts the targets
-    over at most ``max_batches`` training batches and sets the final layer's bias to the log class
-    frequencies (softmax), the log-odds of the positive rate (BCE) or the target mean (MSE), and
-    reports the bias it set and the loss before and after; a bias that makes the loss worse (its
-    layer's output is not the logits) is put back with a ``warn``. The final layer is the last
-    ``Linear``/``Conv`` layer whose output is the logits (or ``final_layer``).
-
-    Does not run again on a run resumed from a checkpoint.
+    ``fix_bias=True`` changes the model on purpose before the first step: it sets the bias of the
+    final layer (the last ``Linear``/``Conv`` whose output is the logits, or ``final_layer``) to the
+    log class frequencies (softmax), the log-odds of the positive rate (BCE) or the target mean
+    (MSE), counted over ``max_batches`` training batches, and reports it with the loss before and
+    after; a bias that makes the loss worse is put back with a ``warn``. The training batches the
+    check reads are read once from the data set (not the running loader) and serve the counts,
+    ``fix_bias`` and the fallback. Does not run again on a run resumed from a checkpoint.
 
     Args:
         task: ``"multiclass"``, ``"binary"`` or ``"regression"``; inferred when ``None``.
@@ -142,7 +132,7 @@ class InitLossCheck(RecipeCallback):
         expected: the expected loss at init, overriding the rule above.
         tolerance: relative half-width of the band on a log scale (0.25: within a factor 1.25).
         fix_bias: set the final layer's bias from the counted prior before the first step.
-        max_batches: training batches read to count the targets for ``fix_bias``.
+        max_batches: training batches read to count the targets (the prior, ``fix_bias``).
         num_batches: batches run forward for the loss before/after ``fix_bias`` and for the
             fallback measurement.
         final_layer: the name of the final layer (as in ``named_modules()``); found when ``None``.
@@ -204,6 +194,7 @@ class InitLossCheck(RecipeCallback):
         self._fixed_summary: TargetSummary | None = None
         self._fix_cost = 0.0
         self._fix_seconds = 0.0
+        self._read: list[Any] | None = None  # the training batches read from the data set, once per fit
         self.final_layer_name: str | None = None
 
     # ----------------------------------------------------------------- hooks
@@ -240,24 +231,25 @@ class InitLossCheck(RecipeCallback):
 
     @override
     def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: torch.Tensor) -> None:
-        if self._active:
-            with self.stopwatch() as watch:
-                self._conclude(trainer, pl_module, float(loss.detach()))
-            self.state_cost(watch.seconds + self._fix_seconds, key=_KEY)
+        self._conclude(trainer, pl_module, float(loss.detach()))
 
     @override
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        if self._active:
-            with self.stopwatch() as watch:
-                self._conclude(trainer, pl_module, None)
-            self.state_cost(watch.seconds + self._fix_seconds, key=_KEY)
+        self._conclude(trainer, pl_module, None)
 
     @override
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         self._capture.detach()
 
     # ----------------------------------------------------------------- measuring
+    def _training_batches(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[Any]:
+        """The training batches this check reads from the data set (for the counts, ``fix_bias`` and
+        the fallback), read at the first need and kept until the check has judged."""
+        if self._read is None:
+            self._read = sample_batches(trainer, pl_module.device, max(self.max_batches, self.num_batches - 1))
+        return self._read
+
     def _forward(self, pl_module: pl.LightningModule, batch: Any, key: str) -> tuple[torch.Tensor, torch.Tensor]:
         """``(logits, target)`` of one batch, run forward under ``observing``."""
         resolved = self.resolved(batch, key=key)
@@ -284,17 +276,22 @@ class InitLossCheck(RecipeCallback):
 
     def _conclude(self, trainer: pl.Trainer, pl_module: pl.LightningModule, step_loss: float | None) -> None:
         """Judge what the first step showed, or run the fallback (the weights are still at init)."""
-        self._capture.detach()
-        self._active = False
-        captured, batch = self._capture.captured, self._batch
-        self._capture.captured, self._batch = None, None
-        with self.skipping(trainer):
-            pairs, cost, source = self._pairs(trainer, pl_module, captured, batch)
-            self.final_layer_name = self._capture.final_layer(pairs[-1][0].numel())
-            final = dict(pl_module.named_modules()).get(self.final_layer_name) if self.final_layer_name else None
-            self._final_has_bias = isinstance(getattr(final, "bias", None), torch.Tensor)
-            self._judge(trainer, pl_module, pairs, step_loss, cost, source)
-        self.finish_early()
+        if not self._active:
+            return
+        with self.stopwatch() as watch:
+            self._capture.detach()
+            self._active = False
+            captured, batch = self._capture.captured, self._batch
+            self._capture.captured, self._batch = None, None
+            with self.skipping(trainer):
+                pairs, cost, source = self._pairs(trainer, pl_module, captured, batch)
+                self.final_layer_name = self._capture.final_layer(pairs[-1][0].numel())
+                final = dict(pl_module.named_modules()).get(self.final_layer_name) if self.final_layer_name else None
+                self._final_has_bias = isinstance(getattr(final, "bias", None), torch.Tensor)
+                self._judge(trainer, pl_module, pairs, step_loss, cost, source)
+            self._read = None
+            self.finish_early()
+        self.state_cost(watch.seconds + self._fix_seconds, key=_KEY)
 
     def _pairs(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, captured: torch.Tensor | None, batch: Any
@@ -306,7 +303,7 @@ class InitLossCheck(RecipeCallback):
                 raise CheckSkipped("the first batch has no target to judge the loss against", "target_key", key=_KEY)
             pair = aligned(captured, resolved.y, integer_inputs(batch, resolved))
             return [pair], self._fix_cost, "the logits of the first training step"
-        extra = sample_batches(trainer, pl_module.device, self.num_batches - 1)
+        extra = self._training_batches(trainer, pl_module)[: self.num_batches - 1]
         pairs = [self._forward(pl_module, b, _KEY) for b in ([batch] if batch is not None else []) + extra]
         if not pairs:
             raise CheckSkipped("saw no batch to judge", "forward_fn", key=_KEY)
@@ -322,36 +319,33 @@ class InitLossCheck(RecipeCallback):
                     return prior.detach().cpu().to(torch.float64)
         return None
 
+    def _count(self, trainer: pl.Trainer, batches: list[Any], task: Task, num_classes: int | None) -> TargetSummary | None:
+        """The targets of ``batches`` summed over the processes (so every rank judges and sets the
+        same prior); ``None`` when a batch has none."""
+        targets = []
+        for batch in batches:
+            try:
+                y = self.resolved(batch).y
+            except CheckSkipped:
+                return None
+            if y is None:
+                return None
+            targets.append(y)
+        summary = TargetSummary.of(task, num_classes, targets)
+        summary.load(sum_over_ranks(trainer, summary.parts()))
+        return summary
+
     def _counted_summary(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, task: Task, num_classes: int | None
     ) -> TargetSummary | None:
-        """The targets of up to ``max_batches`` training batches, read from the data set (no forward
-        pass): a prior from enough data, never from one batch. ``None`` without a training loader."""
+        """The targets of up to ``max_batches`` training batches (no forward pass): a prior from
+        enough data, never from one batch. ``None`` without a training loader."""
         try:
-            batches = sample_batches(trainer, pl_module.device, self.max_batches)
+            batches = self._training_batches(trainer, pl_module)[: self.max_batches]
         except Exception:  # reading the data again must not stop training
             return None
         summary = self._count(trainer, batches, task, num_classes)
         return summary if summary is not None and summary.n else None
-
-    def _expected(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, task: Task, size: int | None, judged: TargetSummary
-    ) -> tuple[ExpectedLoss | None, PriorChoice | None]:
-        choice: PriorChoice | None = None
-        exp: ExpectedLoss | None
-        if task == "regression":
-            summary = self._fixed_summary or self._counted_summary(trainer, pl_module, task, None)
-            exp = core.expected_regression_loss(summary, judged) if summary else core.expected_regression_loss(judged)
-        else:
-            size = size if task == "multiclass" else 2
-            assert size is not None
-            choice = core.choose_prior(size, self._prior_from_inspector(trainer, size), self._fixed_summary,
-                                  lambda: self._counted_summary(trainer, pl_module, task, size), judged)
-            observed = judged.counts if choice.origin != "first_batch" else None
-            exp = core.expected_classification_loss(size, choice.prior, self.tolerance, observed)
-        if exp is not None and self.expected is not None:
-            exp = ExpectedLoss(self.expected, exp.uninformed, "argument")
-        return exp, choice
 
     def _judge(self, trainer: pl.Trainer, pl_module: pl.LightningModule, pairs: list[tuple[torch.Tensor, torch.Tensor]],
                step_loss: float | None, cost: float, source: str) -> None:
@@ -362,13 +356,11 @@ class InitLossCheck(RecipeCallback):
                                f"targets {tuple(target.shape)} ({target.dtype})", "task", key=_KEY)
         num_classes = None
         if task == "multiclass":
-            pairs = [(class_first(lg, tg), tg) for lg, tg in pairs]
-            logits = pairs[0][0]
-            num_classes = self.num_classes or int(logits.shape[1])
-            if logits.ndim < 2 or logits.shape[1] != num_classes:
-                raise CheckSkipped(f"logits {tuple(logits.shape)} do not have {num_classes} classes", "num_classes",
-                                   key=_KEY)
-            if any(int(t.max()) >= num_classes for _, t in pairs if t.numel()):
+            pairs, num_classes, problem = core.multiclass_pairs(pairs, self.num_classes)
+            if problem == "classes":
+                raise CheckSkipped(f"logits {tuple(pairs[0][0].shape)} do not have {num_classes} classes",
+                                   "num_classes", key=_KEY)
+            if problem == "target_range":
                 self.report(trainer, "fail", f"a target class index is >= the {num_classes} logits of the model",
                             {}, "Check the labels and the size of the final layer.", key=_KEY)
                 return
@@ -381,7 +373,11 @@ class InitLossCheck(RecipeCallback):
         # the mean over the processes of the step loss (a process without one adds 0)
         step, has_step = sum_over_ranks(trainer, [torch.tensor([step_loss or 0.0, float(step_loss is not None)])])[0]
         sums.load(sum_over_ranks(trainer, sums.parts()))
-        exp, choice = self._expected(trainer, pl_module, task, num_classes, sums.targets)
+        exp, choice = core.expected_at_init(
+            task, num_classes, sums.targets, self.tolerance, inspector=lambda size: self._prior_from_inspector(
+                trainer, size), fixed=self._fixed_summary, given=self.expected,
+            count=lambda size: self._counted_summary(trainer, pl_module, task, size),
+        )
         if exp is None:
             raise CheckSkipped("no targets were counted", "expected", key=_KEY)
         mean_step = float(step) / trainer.world_size if has_step > 0 else None
@@ -392,20 +388,10 @@ class InitLossCheck(RecipeCallback):
         mean_prob, prior = sums.mean_prob(), choice.prior if choice is not None else None
         gap = core.prior_gap(mean_prob, prior) if mean_prob is not None and prior is not None else 0.0
         at = core.judge_at_init(sums.loss, exp, self.tolerance, has_bias=self._final_has_bias,
-                           per_position=sums.per_position, gap=gap, given=self.expected is not None)
-        j = at.judgement
+                                per_position=sums.per_position, gap=gap, given=self.expected is not None)
         layer = f"final layer '{self.final_layer_name}'" if self.final_layer_name else "final layer not identified"
-        values: dict[str, float] = {
-            "observed": j.observed, "expected": j.expected, "ratio": j.ratio, "band_low": j.low,
-            "band_high": j.high, "uninformed": at.expected.uninformed, "logit_std": sums.logit_std,
-            "samples": float(sums.n), "cost_steps": cost,
-        }
-        if step_loss is not None:
-            values["step_loss"] = step_loss
+        values = core.init_values(sums, at, prior, gap, step_loss, cost)
         if mean_prob is not None:
-            values["num_classes"] = float(mean_prob.numel())
-            if prior is not None:
-                values["prob_gap"] = gap
             if prior is not None:
                 self.log_figure(trainer, "predicted_vs_prior", core.prior_ratio_chart(mean_prob, prior))
             if mean_prob.numel() <= _MAX_CLASS_SCALARS:  # one-time numbers: a table, not single-point charts
@@ -417,7 +403,7 @@ class InitLossCheck(RecipeCallback):
 
     # ----------------------------------------------------------------- init well
     def _fix_bias(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        batches = sample_batches(trainer, pl_module.device, self.max_batches)
+        batches = self._training_batches(trainer, pl_module)[: self.max_batches]
         if not batches:
             raise CheckSkipped("fix_bias found no training DataLoader to count the targets from", "", key=_FIX)
         pairs = [self._forward(pl_module, batch, _FIX) for batch in batches[: self.num_batches]]
@@ -456,23 +442,6 @@ class InitLossCheck(RecipeCallback):
             self._fixed_summary = summary
         self._report_fix(trainer, task, num_classes, summary, pairs, fix, layer_name or "", inspector)
 
-    def _count(
-        self, trainer: pl.Trainer, batches: list[Any], task: Task, num_classes: int | None
-    ) -> TargetSummary | None:
-        """The targets of ``batches`` summed over the processes (so every rank judges and sets the
-        same prior); ``None`` when a batch has none."""
-        summary = TargetSummary(task, num_classes)
-        for batch in batches:
-            try:
-                y = self.resolved(batch).y
-            except CheckSkipped:
-                return None
-            if y is None:
-                return None
-            summary.update(y)
-        summary.load(sum_over_ranks(trainer, summary.parts()))
-        return summary
-
     def _report_fix(self, trainer: pl.Trainer, task: Task, num_classes: int | None, summary: TargetSummary,
                     pairs: list[tuple[torch.Tensor, torch.Tensor]], fix: core.BiasFix, layer_name: str,
                     inspector: torch.Tensor | None) -> None:
@@ -494,4 +463,3 @@ class InitLossCheck(RecipeCallback):
              "fix_bias/cost_steps": self._fix_cost},
             key=_FIX,
         )
-

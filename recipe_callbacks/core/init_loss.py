@@ -32,7 +32,7 @@ from torch import nn
 
 from recipe_callbacks.core.data_stats import label_counts
 from recipe_callbacks.core.pictures import Band, band_chart, bar_chart
-from recipe_callbacks.core.task import Task, class_indices, logits_of, per_sample_loss
+from recipe_callbacks.core.task import Task, class_first, class_indices, logits_of, per_sample_loss
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -102,6 +102,19 @@ class TargetSummary:
         self.total = torch.zeros(0, dtype=torch.float64)  # (D,) sum of y per output column
         self.total_sq = torch.zeros(0, dtype=torch.float64)  # (D,) sum of y^2
         self.n = 0
+
+    @classmethod
+    def of(cls, task: Task, num_classes: int | None, targets: list[torch.Tensor]) -> TargetSummary:
+        """The summary of ``targets``, one batch after the other.
+
+        Example:
+            >>> TargetSummary.of("multiclass", 3, [torch.tensor([0, 2]), torch.tensor([2, 2])]).prior().tolist()
+            [0.25, 0.0, 0.75]
+        """
+        summary = cls(task, num_classes)
+        for target in targets:
+            summary.update(target)
+        return summary
 
     def update(self, target: torch.Tensor) -> None:
         t = target.detach().cpu()
@@ -453,6 +466,74 @@ def choose_prior(
     return PriorChoice(prior, origin, counted)  # type: ignore[arg-type]
 
 
+def expected_at_init(
+    task: Task,
+    size: int | None,
+    judged: TargetSummary,
+    tolerance: float,
+    *,
+    inspector: Callable[[int], torch.Tensor | None],
+    fixed: TargetSummary | None,
+    count: Callable[[int | None], TargetSummary | None],
+    given: float | None = None,
+) -> tuple[ExpectedLoss | None, PriorChoice | None]:
+    """The loss expected at init for the ``judged`` targets of ``task`` (``size`` classes for a
+    multiclass one), and the class prior it comes from (:func:`choose_prior`: ``inspector(size)``,
+    else ``fixed``, else ``count(size)``, which reads the training set and is called only when
+    needed, else the judged targets). Regression: the variance of ``fixed`` or ``count(None)``
+    targets, else of the judged ones. ``given``: the user's expected loss, which replaces the value.
+    ``None`` when nothing was counted.
+
+    Example:
+        >>> judged = TargetSummary.of("binary", None, [torch.tensor([1.0] + [0.0] * 9)])
+        >>> exp, choice = expected_at_init("binary", None, judged, 0.25, inspector=lambda size: None,
+        ...                                fixed=None, count=lambda size: None)
+        >>> round(exp.value, 4), exp.basis, choice.origin
+        (0.3251, 'prior_entropy', 'first_batch')
+    """
+    choice: PriorChoice | None = None
+    exp: ExpectedLoss | None
+    if task == "regression":
+        summary = fixed or count(None)
+        exp = expected_regression_loss(summary, judged) if summary else expected_regression_loss(judged)
+    else:
+        classes = size if task == "multiclass" else 2
+        assert classes is not None
+        choice = choose_prior(classes, inspector(classes), fixed, lambda: count(classes), judged)
+        observed = judged.counts if choice.origin != "first_batch" else None
+        exp = expected_classification_loss(classes, choice.prior, tolerance, observed)
+    if exp is not None and given is not None:
+        exp = ExpectedLoss(given, exp.uninformed, "argument")
+    return exp, choice
+
+
+# What keeps multiclass logits from being judged: no class axis of the expected size, or a target
+# class index beyond the logits.
+ClassProblem = Literal["", "classes", "target_range"]
+
+
+def multiclass_pairs(
+    pairs: list[tuple[torch.Tensor, torch.Tensor]], num_classes: int | None
+) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], int, ClassProblem]:
+    """``(logits, target)`` pairs with the class axis of the logits first (``(N, C, ...)``), the
+    number of classes (``num_classes``, else the size of that axis) and what keeps them from being
+    judged (``""``: nothing).
+
+    Example:
+        >>> pairs, size, problem = multiclass_pairs([(torch.zeros(2, 3), torch.tensor([0, 4]))], None)
+        >>> size, problem
+        (3, 'target_range')
+    """
+    pairs = [(class_first(lg, tg), tg) for lg, tg in pairs]
+    logits = pairs[0][0]
+    size = num_classes or int(logits.shape[1])
+    if logits.ndim < 2 or logits.shape[1] != size:
+        return pairs, size, "classes"
+    if any(int(t.max()) >= size for _, t in pairs if t.numel()):
+        return pairs, size, "target_range"
+    return pairs, size, ""
+
+
 def prior_gap(mean_prob: torch.Tensor, prior: torch.Tensor) -> float:
     """Total variation between the mean predicted distribution and the prior.
 
@@ -508,6 +589,28 @@ def judge_at_init(
     if j.verdict in ("pass", "too_low") and hidden and gap > MAX_PRIOR_GAP:
         j = replace(j, verdict="uninformed")
     return AtInit(j, exp, obstacle)
+
+
+def init_values(
+    sums: InitLossSums, at: AtInit, prior: torch.Tensor | None, gap: float, step_loss: float | None, cost: float
+) -> dict[str, float]:
+    """The values of the loss-at-init Finding: the judgement's figures, the sample count and the
+    cost; the step's own loss when known; the class count, and the gap to the ``prior`` when there
+    is one, for classification."""
+    j = at.judgement
+    values: dict[str, float] = {
+        "observed": j.observed, "expected": j.expected, "ratio": j.ratio, "band_low": j.low,
+        "band_high": j.high, "uninformed": at.expected.uninformed, "logit_std": sums.logit_std,
+        "samples": float(sums.n), "cost_steps": cost,
+    }
+    if step_loss is not None:
+        values["step_loss"] = step_loss
+    mean_prob = sums.mean_prob()
+    if mean_prob is not None:
+        values["num_classes"] = float(mean_prob.numel())
+        if prior is not None:
+            values["prob_gap"] = gap
+    return values
 
 
 # What fix_bias did: set the bias, put it back (the loss got worse), or could not (no bias on the
@@ -701,9 +804,7 @@ def expected_after_fix(
 ) -> float:
     """The loss expected on the judged ``targets`` once the bias is at ``summary``'s prior (NaN when
     nothing was counted)."""
-    judged = TargetSummary(task, num_classes)
-    for t in targets:
-        judged.update(t)
+    judged = TargetSummary.of(task, num_classes, targets)
     if task == "regression":
         exp = expected_regression_loss(summary, judged)
     else:
