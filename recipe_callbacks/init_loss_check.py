@@ -9,7 +9,7 @@ from typing_extensions import override
 
 from recipe_callbacks.core import init_loss as core
 from recipe_callbacks.core.cost import FORWARD_PASS_STEPS
-from recipe_callbacks.core.init_loss import AtInit, ExpectedLoss, InitLossSums, PriorChoice, TargetSummary
+from recipe_callbacks.core.init_loss import ExpectedLoss, InitLossSums, LossAtInit, PriorChoice, TargetSummary
 from recipe_callbacks.core.skip import CheckSkipped
 from recipe_callbacks.core.task import TASKS, Task, aligned, class_first, infer_task, logits_of
 from recipe_callbacks.data_inspector import DataInspector
@@ -53,6 +53,10 @@ _VERDICT = {  # status, what the summary adds after the figures, advice
                 "look for the label leaking into the input or targets the model can read. A pretrained model does "
                 "this by design: then pass expected= or drop this check."),
 }
+_NOT_FIXED = {"no_bias": "fix_bias found no final layer with a bias (found {layer!r})",
+              "size_mismatch": "fix_bias: the bias of '{layer}' has {entries} entries, the prior {size}"}
+_FIXED = ("fix_bias set the bias of '{layer}' to {bias} ({kind}, {counted}): loss {before:.4g} -> {after:.4g} on "
+          "{batches} batches, expected {expected:.4g}. This changed the model on purpose (fix_bias=True).")
 _REVERTED = ("fix_bias: setting the bias of '{layer}' raised the loss {before:.4g} -> {after:.4g}; the bias was put "
              "back. Its output is probably not the logits (an activation or a scale follows it).",
              "Name the layer whose output is the logits with final_layer=, or init its bias by hand.")
@@ -75,15 +79,16 @@ def _source(exp: ExpectedLoss, choice: PriorChoice | None) -> str:
 
 
 def _prose(
-    sums: InitLossSums, exp: ExpectedLoss, at: AtInit, choice: PriorChoice | None, source: str, layer: str
+    sums: InitLossSums, exp: ExpectedLoss, judged: LossAtInit, choice: PriorChoice | None, source: str,
+    final_layer: str | None,
 ) -> tuple[Status, str, str]:
     """The status, summary and advice of the loss-at-init Finding."""
-    j = at.judgement
-    mean_prob, prior = sums.mean_prob(), choice.prior if choice is not None else None
+    at, j, mean_prob, prior = judged.at, judged.at.judgement, sums.mean_prob(), judged.prior
+    layer = f"final layer '{final_layer}'" if final_layer else "final layer not identified"
     gap_text = ""
     if mean_prob is not None and prior is not None:
         gap_text = (f" Mean predicted probability {_fmt_vector(mean_prob)} vs prior {_fmt_vector(prior)}"
-                    f" (total variation {core.prior_gap(mean_prob, prior):.3g}).")
+                    f" (total variation {judged.gap:.3g}).")
     head = (
         f"{sums.task} loss at init {j.observed:.4g} over {sums.n} samples ({source}), expected {j.expected:.4g} "
         f"({_source(at.expected, choice)}); ratio {j.ratio:.3g}, band [{j.low:.4g}, {j.high:.4g}]; {layer}."
@@ -103,39 +108,32 @@ def _prose(
 class InitLossCheck(RecipeCallback):
     """Verify the loss at init (recipe step 2d) and, with ``fix_bias=True``, init well (step 2e).
 
-    At the first training step a forward hook (for that step only) reads the logits that
-    ``training_step`` computes with ``self(x)`` and judges them against the batch's targets: no
-    extra training step. When ``training_step`` does not call ``self(...)``, ``num_batches``
-    batches are run forward (no grad, eval mode) before the first weight update instead.
+    A forward hook reads the logits of the first training step (``training_step`` calling
+    ``self(x)``: no extra step); otherwise ``num_batches`` batches are run forward (no grad, eval
+    mode) before the first update. The loss is judged against ``log C`` for an unknown or balanced
+    class prior, else the prior's entropy (the prior of a :class:`~recipe_callbacks.DataInspector`,
+    else counted over the training set), or the target variance for regression: inside the band
+    ``[expected / (1 + tolerance), expected * (1 + tolerance)]`` it passes; near the uninformed
+    loss (``log C`` whatever the prior) it warns, a default bias on an imbalanced task; above both
+    it fails, confident and wrong; below the band it warns, a leak or a pretrained model.
 
-    The task is inferred by :func:`~recipe_callbacks.core.task.infer_task`. The expected loss is
-    ``log C`` (``log 2``) for an unknown or balanced class prior, else the prior's entropy (the
-    prior of a :class:`~recipe_callbacks.DataInspector` on the same Trainer, else the ``fix_bias``
-    counts, else targets counted over the training set, else the first batch's), and the target
-    variance for regression. Inside ``[expected / (1 + tolerance), expected * (1 + tolerance)]`` it
-    passes; above the band, near the *uninformed* loss (``log C`` whatever the prior, ``E[y^2]`` for
-    MSE), it warns (a default bias on an imbalanced task: use ``fix_bias=True``); above both it
-    fails (confident and wrong, e.g. a final layer with large weights); below the band it warns (a
-    leak, or a pretrained model).
-
-    ``fix_bias=True`` changes the model on purpose before the first step: it sets the bias of the
-    final layer (the last ``Linear``/``Conv`` whose output is the logits, or ``final_layer``) to the
-    log class frequencies (softmax), the log-odds of the positive rate (BCE) or the target mean
-    (MSE), counted over ``max_batches`` training batches, and reports it with the loss before and
-    after; a bias that makes the loss worse is put back with a ``warn``. The training batches the
-    check reads are read once from the data set (not the running loader) and serve the counts,
-    ``fix_bias`` and the fallback. Does not run again on a run resumed from a checkpoint.
+    ``fix_bias=True`` changes the model on purpose before the first step: it sets the final
+    layer's bias to the log class frequencies (softmax), the log-odds of the positive rate (BCE) or
+    the target mean (MSE), and puts it back with a ``warn`` if the loss gets worse. The training
+    batches it reads (from the data set, not the running loader) are read once per fit. Does not
+    run again on a resumed run.
 
     Args:
-        task: ``"multiclass"``, ``"binary"`` or ``"regression"``; inferred when ``None``.
+        task: ``"multiclass"``, ``"binary"`` or ``"regression"``; inferred when ``None``
+            (:func:`~recipe_callbacks.core.task.infer_task`).
         num_classes: number of classes; inferred from the logits when ``None``.
         expected: the expected loss at init, overriding the rule above.
         tolerance: relative half-width of the band on a log scale (0.25: within a factor 1.25).
         fix_bias: set the final layer's bias from the counted prior before the first step.
         max_batches: training batches read to count the targets (the prior, ``fix_bias``).
-        num_batches: batches run forward for the loss before/after ``fix_bias`` and for the
-            fallback measurement.
-        final_layer: the name of the final layer (as in ``named_modules()``); found when ``None``.
+        num_batches: batches run forward for the loss before/after ``fix_bias`` and the fallback.
+        final_layer: the name of the layer whose output is the logits (as in ``named_modules()``);
+            the last ``Linear``/``Conv`` that makes them when ``None``.
         on_fail: ``"warn"``, ``"raise"`` or ``"ignore"`` (see :class:`~recipe_callbacks.RecipeCallback`).
         input_key: where the input is in a batch; inferred when ``None``.
         target_key: where the target is in a batch; inferred when ``None``.
@@ -150,16 +148,16 @@ class InitLossCheck(RecipeCallback):
     Logged:
         - ``recipe.init_loss_check/finding``: text, the Findings with their values ``observed``,
           ``expected``, ``ratio``, ``band_low``, ``band_high``, ``uninformed``, ``logit_std``,
-          ``samples``, ``cost_steps``; for classification also
-          ``num_classes`` and ``prob_gap`` (total variation between the mean predicted
-          distribution and the prior); ``step_loss`` (the loss ``training_step`` returned).
+          ``samples``, ``cost_steps``, ``step_loss`` (the loss ``training_step`` returned); for
+          classification ``num_classes`` and ``prob_gap`` (total variation between the mean
+          predicted distribution and the prior); with ``fix_bias``, ``fix_bias/loss_before``,
+          ``fix_bias/loss_after``, ``fix_bias/expected``, ``fix_bias/counted_samples``,
+          ``fix_bias/cost_steps``.
         - ``recipe.init_loss_check/per_class``: text, the mean predicted probability and the prior
           of each class (up to 32 classes).
         - ``recipe.init_loss_check/loss_at_init``: figure, the loss at init against its expected band.
         - ``recipe.init_loss_check/predicted_vs_prior``: figure, a bar per class of the mean predicted
           probability over the prior (1 everywhere is a calibrated init).
-        - with ``fix_bias``, the values ``fix_bias/loss_before``, ``fix_bias/loss_after``,
-          ``fix_bias/expected``, ``fix_bias/counted_samples``, ``fix_bias/cost_steps`` in the same text.
 
     Example::
 
@@ -255,16 +253,12 @@ class InitLossCheck(RecipeCallback):
         resolved = self.resolved(batch, key=key)
         if resolved.y is None:
             raise CheckSkipped("the batch has no target to judge the loss against", "target_key", key=key)
-        self._capture.calls = []
-        self._capture.attach(pl_module, capture=False, owner=self)
         try:
             with observing(pl_module):
-                output = self.run_model(pl_module, batch, resolved)
+                output = self._capture.run(pl_module, lambda: self.run_model(pl_module, batch, resolved), self)
         except Exception as err:  # a forward that wants more than x: say so, do not break training
             raise CheckSkipped(f"running the model on the batch failed: {type(err).__name__}: {err}; give the way "
                                "your step runs it", "forward_fn", key=key) from err
-        finally:
-            self._capture.detach()
         logits = logits_of(output)
         if logits is None:
             raise CheckSkipped(f"the model returned a {type(output).__name__}, not logits", "forward_fn", key=key)
@@ -285,9 +279,7 @@ class InitLossCheck(RecipeCallback):
             self._capture.captured, self._batch = None, None
             with self.skipping(trainer):
                 pairs, cost, source = self._pairs(trainer, pl_module, captured, batch)
-                self.final_layer_name = self._capture.final_layer(pairs[-1][0].numel())
-                final = dict(pl_module.named_modules()).get(self.final_layer_name) if self.final_layer_name else None
-                self._final_has_bias = isinstance(getattr(final, "bias", None), torch.Tensor)
+                self.final_layer_name, self._final_has_bias = self._capture.final_bias(pl_module, pairs[-1][0].numel())
                 self._judge(trainer, pl_module, pairs, step_loss, cost, source)
             self._read = None
             self.finish_early()
@@ -319,33 +311,21 @@ class InitLossCheck(RecipeCallback):
                     return prior.detach().cpu().to(torch.float64)
         return None
 
-    def _count(self, trainer: pl.Trainer, batches: list[Any], task: Task, num_classes: int | None) -> TargetSummary | None:
-        """The targets of ``batches`` summed over the processes (so every rank judges and sets the
-        same prior); ``None`` when a batch has none."""
-        targets = []
-        for batch in batches:
-            try:
-                y = self.resolved(batch).y
-            except CheckSkipped:
-                return None
-            if y is None:
-                return None
-            targets.append(y)
-        summary = TargetSummary.of(task, num_classes, targets)
-        summary.load(sum_over_ranks(trainer, summary.parts()))
-        return summary
-
-    def _counted_summary(
+    def _counted(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, task: Task, num_classes: int | None
     ) -> TargetSummary | None:
-        """The targets of up to ``max_batches`` training batches (no forward pass): a prior from
-        enough data, never from one batch. ``None`` without a training loader."""
+        """The targets of up to ``max_batches`` training batches (no forward pass) summed over the
+        processes, so that every rank judges and sets the same prior: a prior from enough data, never
+        from one batch. ``None`` without a training loader or when a batch has no target."""
         try:
-            batches = self._training_batches(trainer, pl_module)[: self.max_batches]
-        except Exception:  # reading the data again must not stop training
+            targets = [self.resolved(b).y for b in self._training_batches(trainer, pl_module)[: self.max_batches]]
+        except Exception:  # reading the data again must not stop training; nor a batch it cannot resolve
             return None
-        summary = self._count(trainer, batches, task, num_classes)
-        return summary if summary is not None and summary.n else None
+        if any(y is None for y in targets):
+            return None
+        summary = TargetSummary.of(task, num_classes, [y for y in targets if y is not None])
+        summary.load(sum_over_ranks(trainer, summary.parts()))
+        return summary
 
     def _judge(self, trainer: pl.Trainer, pl_module: pl.LightningModule, pairs: list[tuple[torch.Tensor, torch.Tensor]],
                step_loss: float | None, cost: float, source: str) -> None:
@@ -354,112 +334,78 @@ class InitLossCheck(RecipeCallback):
         if task is None:
             raise CheckSkipped(f"could not tell the task from logits {tuple(logits.shape)} ({logits.dtype}) and "
                                f"targets {tuple(target.shape)} ({target.dtype})", "task", key=_KEY)
-        num_classes = None
-        if task == "multiclass":
-            pairs, num_classes, problem = core.multiclass_pairs(pairs, self.num_classes)
-            if problem == "classes":
-                raise CheckSkipped(f"logits {tuple(pairs[0][0].shape)} do not have {num_classes} classes",
-                                   "num_classes", key=_KEY)
-            if problem == "target_range":
-                self.report(trainer, "fail", f"a target class index is >= the {num_classes} logits of the model",
-                            {}, "Check the labels and the size of the final layer.", key=_KEY)
-                return
-        sums = InitLossSums(task, num_classes)
         try:
-            for lg, tg in pairs:
-                sums.add(lg, tg)
+            sums, num_classes, problem = core.init_sums(pairs, task, self.num_classes)
         except (RuntimeError, ValueError) as err:
             raise CheckSkipped(f"could not compute the {task} loss: {err}", "task", key=_KEY) from err
+        if problem == "classes":
+            shape = tuple(class_first(logits, target).shape)
+            raise CheckSkipped(f"logits {shape} do not have {num_classes} classes", "num_classes", key=_KEY)
+        if sums is None:  # a target class index beyond the logits
+            self.report(trainer, "fail", f"a target class index is >= the {num_classes} logits of the model", {},
+                        "Check the labels and the size of the final layer.", key=_KEY)
+            return
         # the mean over the processes of the step loss (a process without one adds 0)
         step, has_step = sum_over_ranks(trainer, [torch.tensor([step_loss or 0.0, float(step_loss is not None)])])[0]
         sums.load(sum_over_ranks(trainer, sums.parts()))
         exp, choice = core.expected_at_init(
-            task, num_classes, sums.targets, self.tolerance, inspector=lambda size: self._prior_from_inspector(
-                trainer, size), fixed=self._fixed_summary, given=self.expected,
-            count=lambda size: self._counted_summary(trainer, pl_module, task, size),
+            task, num_classes, sums.targets, self.tolerance, fixed=self._fixed_summary, given=self.expected,
+            inspector=lambda size: self._prior_from_inspector(trainer, size),
+            count=lambda size: self._counted(trainer, pl_module, task, size),
         )
         if exp is None:
             raise CheckSkipped("no targets were counted", "expected", key=_KEY)
         mean_step = float(step) / trainer.world_size if has_step > 0 else None
-        self._report_judgement(trainer, sums, exp, choice, mean_step, cost, source)
-
-    def _report_judgement(self, trainer: pl.Trainer, sums: InitLossSums, exp: ExpectedLoss, choice: PriorChoice | None,
-                          step_loss: float | None, cost: float, source: str) -> None:
-        mean_prob, prior = sums.mean_prob(), choice.prior if choice is not None else None
-        gap = core.prior_gap(mean_prob, prior) if mean_prob is not None and prior is not None else 0.0
-        at = core.judge_at_init(sums.loss, exp, self.tolerance, has_bias=self._final_has_bias,
-                                per_position=sums.per_position, gap=gap, given=self.expected is not None)
-        layer = f"final layer '{self.final_layer_name}'" if self.final_layer_name else "final layer not identified"
-        values = core.init_values(sums, at, prior, gap, step_loss, cost)
+        judged = core.loss_at_init(sums, exp, choice, self.tolerance, has_bias=self._final_has_bias,
+                                   given=self.expected is not None, step_loss=mean_step, cost=cost)
+        mean_prob, prior = sums.mean_prob(), judged.prior
         if mean_prob is not None:
             if prior is not None:
                 self.log_figure(trainer, "predicted_vs_prior", core.prior_ratio_chart(mean_prob, prior))
             if mean_prob.numel() <= _MAX_CLASS_SCALARS:  # one-time numbers: a table, not single-point charts
                 self.log_text(trainer, "per_class", core.per_class_table(mean_prob, prior))
-        status, summary, advice = _prose(sums, exp, at, choice, source, layer)
-        chart = core.loss_band_chart(values, self.tolerance, status, _source(at.expected, choice))
+        status, summary, advice = _prose(sums, exp, judged, choice, source, self.final_layer_name)
+        chart = core.loss_band_chart(judged.values, self.tolerance, status, _source(judged.at.expected, choice))
         self.log_figure(trainer, "loss_at_init", chart)
-        self.report(trainer, status, summary, values, advice, key=_KEY)
+        self.report(trainer, status, summary, judged.values, advice, key=_KEY)
 
     # ----------------------------------------------------------------- init well
     def _fix_bias(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         batches = self._training_batches(trainer, pl_module)[: self.max_batches]
         if not batches:
             raise CheckSkipped("fix_bias found no training DataLoader to count the targets from", "", key=_FIX)
-        pairs = [self._forward(pl_module, batch, _FIX) for batch in batches[: self.num_batches]]
+        judged = batches[: self.num_batches]
+        pairs = [self._forward(pl_module, batch, _FIX) for batch in judged]
         logits, target = pairs[0]
         layer_name = self._capture.final_layer(logits.numel())
         task = self._task_of(logits, target)
         if task is None:
             raise CheckSkipped("fix_bias could not tell the task from the logits and targets", "task", key=_FIX)
         num_classes = self.num_classes or (int(class_first(logits, target).shape[1]) if task == "multiclass" else None)
-        summary = self._count(trainer, batches, task, num_classes)
+        summary = self._counted(trainer, pl_module, task, num_classes)
         if summary is None:
             raise CheckSkipped("fix_bias found a batch without targets", "target_key", key=_FIX)
-        inspector = None
-        if task != "regression":
-            inspector = self._prior_from_inspector(trainer, int((num_classes if task == "multiclass" else 2) or 0))
-            if inspector is not None:
-                summary.counts = inspector  # a prior over more samples; only its proportions are used
-        layer = dict(pl_module.named_modules()).get(layer_name) if layer_name else None
-
-        def loss_after() -> float:
-            return core.mean_loss([self._forward(pl_module, b, _FIX) for b in batches[: self.num_batches]], task)
-
+        size = int((num_classes if task == "multiclass" else 2) or 0)
+        inspector = None if task == "regression" else self._prior_from_inspector(trainer, size)
         try:
-            fix = core.fix_bias(layer, task, summary, lambda: core.mean_loss(pairs, task), loss_after)
+            fix = core.init_well(pl_module, layer_name, task, summary, inspector, lambda: core.mean_loss(pairs, task),
+                                 lambda: core.mean_loss([self._forward(pl_module, b, _FIX) for b in judged], task))
         except (RuntimeError, ValueError) as err:
             raise CheckSkipped(f"fix_bias could not compute the {task} loss: {err}", "task", key=_FIX) from err
-        if fix.status == "no_bias":
-            raise CheckSkipped(f"fix_bias found no final layer with a bias (found {layer_name!r})", "final_layer",
-                               key=_FIX)
-        if fix.status == "size_mismatch":
-            assert fix.bias is not None
-            raise CheckSkipped(f"fix_bias: the bias of '{layer_name}' has {fix.entries} entries, the prior "
-                               f"{fix.bias.numel()}", "final_layer", key=_FIX)
+        if fix.status in _NOT_FIXED:
+            size = 0 if fix.bias is None else fix.bias.numel()
+            reason = _NOT_FIXED[fix.status].format(layer=layer_name, entries=fix.entries, size=size)
+            raise CheckSkipped(reason, "final_layer", key=_FIX)
         self._fix_cost = 2 * len(pairs) * FORWARD_PASS_STEPS
-        if fix.status == "set":
-            self._fixed_summary = summary
-        self._report_fix(trainer, task, num_classes, summary, pairs, fix, layer_name or "", inspector)
-
-    def _report_fix(self, trainer: pl.Trainer, task: Task, num_classes: int | None, summary: TargetSummary,
-                    pairs: list[tuple[torch.Tensor, torch.Tensor]], fix: core.BiasFix, layer_name: str,
-                    inspector: torch.Tensor | None) -> None:
-        values = {"fix_bias/loss_before": fix.before, "fix_bias/loss_after": fix.after}
         if fix.status == "reverted":
-            summary_text = _REVERTED[0].format(layer=layer_name, before=fix.before, after=fix.after)
-            self.report(trainer, "warn", summary_text, {**values, "fix_bias/cost_steps": self._fix_cost}, _REVERTED[1],
-                        key=_FIX)
+            self.report(trainer, "warn", _REVERTED[0].format(layer=layer_name, before=fix.before, after=fix.after),
+                        core.fix_values(fix, self._fix_cost), _REVERTED[1], key=_FIX)
             return
+        self._fixed_summary = summary
         expected = core.expected_after_fix(task, num_classes, summary, [tg for _, tg in pairs], self.tolerance)
         counted = "the prior of DataInspector" if inspector is not None else f"counted over {summary.n} targets"
-        bias = fix.bias if fix.bias is not None else torch.zeros(0)
-        self.report(
-            trainer, "pass",
-            f"fix_bias set the bias of '{layer_name}' to {_fmt_vector(bias)} ({_BIAS_KIND[task]}, {counted}): loss "
-            f"{fix.before:.4g} -> {fix.after:.4g} on {len(pairs)} batches, expected {expected:.4g}. This changed the "
-            "model on purpose (fix_bias=True).",
-            {**values, "fix_bias/expected": expected, "fix_bias/counted_samples": float(summary.n),
-             "fix_bias/cost_steps": self._fix_cost},
-            key=_FIX,
-        )
+        bias = _fmt_vector(fix.bias if fix.bias is not None else torch.zeros(0))
+        words: dict[str, Any] = {"layer": layer_name, "bias": bias, "kind": _BIAS_KIND[task], "counted": counted,
+                                 "before": fix.before, "after": fix.after, "batches": len(pairs), "expected": expected}
+        self.report(trainer, "pass", _FIXED.format(**words), core.fix_values(fix, self._fix_cost, expected, summary.n),
+                    key=_FIX)

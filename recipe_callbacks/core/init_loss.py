@@ -481,7 +481,7 @@ def expected_at_init(
     multiclass one), and the class prior it comes from (:func:`choose_prior`: ``inspector(size)``,
     else ``fixed``, else ``count(size)``, which reads the training set and is called only when
     needed, else the judged targets). Regression: the variance of ``fixed`` or ``count(None)``
-    targets, else of the judged ones. ``given``: the user's expected loss, which replaces the value.
+    targets, else (none counted) of the judged ones. ``given``: the user's expected loss, which replaces the value.
     ``None`` when nothing was counted.
 
     Example:
@@ -495,6 +495,7 @@ def expected_at_init(
     exp: ExpectedLoss | None
     if task == "regression":
         summary = fixed or count(None)
+        summary = summary if summary is not None and summary.n else None  # a count of no targets: none
         exp = expected_regression_loss(summary, judged) if summary else expected_regression_loss(judged)
     else:
         classes = size if task == "multiclass" else 2
@@ -532,6 +533,32 @@ def multiclass_pairs(
     if any(int(t.max()) >= size for _, t in pairs if t.numel()):
         return pairs, size, "target_range"
     return pairs, size, ""
+
+
+def init_sums(
+    pairs: list[tuple[torch.Tensor, torch.Tensor]], task: Task, num_classes: int | None
+) -> tuple[InitLossSums | None, int | None, ClassProblem]:
+    """The :class:`InitLossSums` of ``(logits, target)`` pairs of ``task`` and the number of classes
+    (multiclass: of :func:`multiclass_pairs`, and no sums when a problem keeps the pairs from being
+    judged, which is the third item).
+
+    Raises:
+        RuntimeError, ValueError: the loss cannot be computed from these logits and targets.
+
+    Example:
+        >>> sums, size, problem = init_sums([(torch.zeros(4, 2), torch.tensor([0, 1, 1, 0]))], "multiclass", None)
+        >>> round(sums.loss, 4), size, problem
+        (0.6931, 2, '')
+    """
+    problem: ClassProblem = ""
+    if task == "multiclass":
+        pairs, num_classes, problem = multiclass_pairs(pairs, num_classes)
+        if problem:
+            return None, num_classes, problem
+    sums = InitLossSums(task, num_classes)
+    for logits, target in pairs:
+        sums.add(logits, target)
+    return sums, num_classes, problem
 
 
 def prior_gap(mean_prob: torch.Tensor, prior: torch.Tensor) -> float:
@@ -589,6 +616,31 @@ def judge_at_init(
     if j.verdict in ("pass", "too_low") and hidden and gap > MAX_PRIOR_GAP:
         j = replace(j, verdict="uninformed")
     return AtInit(j, exp, obstacle)
+
+
+@dataclass(frozen=True)
+class LossAtInit:
+    """The loss-at-init Finding in numbers and codes: the verdict, the prior the mean prediction is
+    compared with (``None``: unknown, or regression), their total variation (:func:`prior_gap`, 0
+    without a prior) and the Finding's values."""
+
+    at: AtInit
+    prior: torch.Tensor | None
+    gap: float
+    values: dict[str, float]
+
+
+def loss_at_init(
+    sums: InitLossSums, exp: ExpectedLoss, choice: PriorChoice | None, tolerance: float, *, has_bias: bool,
+    given: bool, step_loss: float | None, cost: float,
+) -> LossAtInit:
+    """Judge the summed loss at init against ``exp`` (:func:`judge_at_init`, with the gap between the
+    mean prediction and ``choice``'s prior), with the values of its Finding (:func:`init_values`)."""
+    mean_prob, prior = sums.mean_prob(), choice.prior if choice is not None else None
+    gap = prior_gap(mean_prob, prior) if mean_prob is not None and prior is not None else 0.0
+    at = judge_at_init(sums.loss, exp, tolerance, has_bias=has_bias, per_position=sums.per_position, gap=gap,
+                       given=given)
+    return LossAtInit(at, prior, gap, init_values(sums, at, prior, gap, step_loss, cost))
 
 
 def init_values(
@@ -674,10 +726,35 @@ def fix_bias(
     return BiasFix("set", bias, entries, before, after)
 
 
+def init_well(
+    model: nn.Module, layer_name: str | None, task: Task, summary: TargetSummary, prior: torch.Tensor | None,
+    loss_before: Callable[[], float], loss_after: Callable[[], float],
+) -> BiasFix:
+    """:func:`fix_bias` on the layer of ``model`` named ``layer_name``, at ``summary``'s prior, or
+    at ``prior`` (counted over more samples: only its proportions are used) for classification."""
+    if prior is not None and task != "regression":
+        summary.counts = prior
+    return fix_bias(named_layer(model, layer_name), task, summary, loss_before, loss_after)
+
+
+def fix_values(fix: BiasFix, cost: float, expected: float | None = None, counted: int = 0) -> dict[str, float]:
+    """The values of the fix_bias Finding: the losses before and after, for a bias that was kept the
+    loss ``expected`` with it and the targets ``counted``, and the cost."""
+    values = {"fix_bias/loss_before": fix.before, "fix_bias/loss_after": fix.after}
+    if expected is not None:
+        values.update({"fix_bias/expected": expected, "fix_bias/counted_samples": float(counted)})
+    return {**values, "fix_bias/cost_steps": cost}
+
+
 # Layers whose output can be the logits.
 FINAL_LAYER_TYPES: tuple[type[nn.Module], ...] = (
     nn.Linear, nn.Bilinear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d,
 )
+
+
+def named_layer(model: nn.Module, name: str | None) -> nn.Module | None:
+    """The submodule of ``model`` named ``name`` (as in ``named_modules()``), ``None`` when there is none."""
+    return dict(model.named_modules()).get(name) if name else None
 
 
 def candidate_layers(model: nn.Module, name: str | None = None) -> list[tuple[str, nn.Module]]:
@@ -741,6 +818,16 @@ class LogitsCapture:
         for name, layer in candidate_layers(model, self.final_layer_name):
             self.handles.append(layer.register_forward_hook(functools.partial(self._on_layer, owner, name)))
 
+    def run(self, model: nn.Module, forward: Callable[[], Any], owner: object = None) -> Any:
+        """``forward()`` with the candidate layers hooked, their calls recorded afresh (a pass of the
+        check's own: the model itself is not hooked), so that :meth:`final_layer` names its layer."""
+        self.calls = []
+        self.attach(model, capture=False, owner=owner)
+        try:
+            return forward()
+        finally:
+            self.detach()
+
     def _on_layer(self, owner: object, name: str, module: nn.Module, args: Any, output: Any) -> None:
         if isinstance(output, torch.Tensor):
             self.calls.append((name, output.data_ptr(), output.numel()))
@@ -762,6 +849,11 @@ class LogitsCapture:
     def final_layer(self, numel: int) -> str | None:
         """The layer whose output the last logits seen are (``numel``: their size when none was seen)."""
         return final_layer_of(self.calls, self.ptr, self.numel or numel)
+
+    def final_bias(self, model: nn.Module, numel: int) -> tuple[str | None, bool]:
+        """:meth:`final_layer` of ``model`` and whether that layer has a bias (``False``: none found)."""
+        name = self.final_layer(numel)
+        return name, isinstance(getattr(named_layer(model, name), "bias", None), torch.Tensor)
 
 
 def loss_band_chart(values: dict[str, float], tolerance: float, status: str, source: str) -> Figure:
