@@ -108,28 +108,24 @@ def _prose(
 class InitLossCheck(RecipeCallback):
     """Verify the loss at init (recipe step 2d) and, with ``fix_bias=True``, init well (step 2e).
 
-    A forward hook reads the logits of the first training step (``training_step`` calling
-    ``self(x)``: no extra step); otherwise ``num_batches`` batches are run forward (no grad, eval
-    mode) before the first update. The loss is judged against ``log C`` for an unknown or balanced
-    class prior, else the prior's entropy (the prior of a :class:`~recipe_callbacks.DataInspector`,
-    else counted over the training set), or the target variance for regression: inside the band
-    ``[expected / (1 + tolerance), expected * (1 + tolerance)]`` it passes; near the uninformed
-    loss (``log C`` whatever the prior) it warns, a default bias on an imbalanced task; above both
-    it fails, confident and wrong; below the band it warns, a leak or a pretrained model.
-
-    ``fix_bias=True`` changes the model on purpose before the first step: it sets the final
-    layer's bias to the log class frequencies (softmax), the log-odds of the positive rate (BCE) or
-    the target mean (MSE), and puts it back with a ``warn`` if the loss gets worse. The training
-    batches it reads (from the data set, not the running loader) are read once per fit. Does not
-    run again on a resumed run.
+    Judges the logits of the first training step, read by a forward hook (no extra step; when
+    ``training_step`` does not call ``self(x)``, ``num_batches`` no-grad forward passes instead),
+    against ``log C`` for an unknown or balanced class prior, the prior's entropy otherwise (the
+    prior of a :class:`~recipe_callbacks.DataInspector`, else counted), the target variance for
+    regression: ``warn`` near the uninformed loss (a default bias on an imbalanced task), ``fail``
+    far above the band (confident and wrong), ``warn`` below it (a leak, or a pretrained model).
+    ``fix_bias=True`` sets the final layer's bias from the counted prior before the first step
+    (put back if the loss gets worse). The training batches it reads from the data set are read
+    once per fit. Does not run again on a resumed run.
 
     Args:
         task: ``"multiclass"``, ``"binary"`` or ``"regression"``; inferred when ``None``
             (:func:`~recipe_callbacks.core.task.infer_task`).
         num_classes: number of classes; inferred from the logits when ``None``.
         expected: the expected loss at init, overriding the rule above.
-        tolerance: relative half-width of the band on a log scale (0.25: within a factor 1.25).
-        fix_bias: set the final layer's bias from the counted prior before the first step.
+        tolerance: the band ``[expected / (1 + tolerance), expected * (1 + tolerance)]``.
+        fix_bias: set the final layer's bias to the log class frequencies (softmax), the log-odds
+            of the positive rate (BCE) or the target mean (MSE), changing the model on purpose.
         max_batches: training batches read to count the targets (the prior, ``fix_bias``).
         num_batches: batches run forward for the loss before/after ``fix_bias`` and the fallback.
         final_layer: the name of the layer whose output is the logits (as in ``named_modules()``);
@@ -138,8 +134,7 @@ class InitLossCheck(RecipeCallback):
         input_key: where the input is in a batch; inferred when ``None``.
         target_key: where the target is in a batch; inferred when ``None``.
         batch_to_xy: a function ``batch -> (x, y)`` for batches of any other shape.
-        forward_fn: how to run the model the way your step does (a method name or a function
-            ``(pl_module, batch) -> output``); see :class:`~recipe_callbacks.RecipeCallback`.
+        forward_fn: how to run the model the way your step does (see :class:`~recipe_callbacks.RecipeCallback`).
 
     Raises:
         ValueError: for a tolerance, batch count or task out of range.
@@ -148,11 +143,10 @@ class InitLossCheck(RecipeCallback):
     Logged:
         - ``recipe.init_loss_check/finding``: text, the Findings with their values ``observed``,
           ``expected``, ``ratio``, ``band_low``, ``band_high``, ``uninformed``, ``logit_std``,
-          ``samples``, ``cost_steps``, ``step_loss`` (the loss ``training_step`` returned); for
+          ``samples``, ``cost_steps``, ``step_loss`` (the loss ``training_step`` returned), for
           classification ``num_classes`` and ``prob_gap`` (total variation between the mean
           predicted distribution and the prior); with ``fix_bias``, ``fix_bias/loss_before``,
-          ``fix_bias/loss_after``, ``fix_bias/expected``, ``fix_bias/counted_samples``,
-          ``fix_bias/cost_steps``.
+          ``fix_bias/loss_after``, ``fix_bias/expected``, ``fix_bias/counted_samples``, ``fix_bias/cost_steps``.
         - ``recipe.init_loss_check/per_class``: text, the mean predicted probability and the prior
           of each class (up to 32 classes).
         - ``recipe.init_loss_check/loss_at_init``: figure, the loss at init against its expected band.

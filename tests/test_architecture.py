@@ -79,8 +79,8 @@ def test_the_core_never_imports_the_callbacks_or_the_plumbing() -> None:
 
 #: The one place that reads a private attribute of Lightning, with the reason next to it.
 PRIVATE_READS_ALLOWED: dict[str, str] = {
-    # full_eval_set._user_sampler, the one read: the user's sampler inside the DDP wrapper, to judge coverage
-    "full_eval_set.py": "DistributedSamplerWrapper keeps the user's sampler only as _sampler",
+    # loaders.user_sampler, the one read: the user's sampler inside the DDP wrapper, for FullEvalSet's coverage
+    "plumbing/loaders.py": "DistributedSamplerWrapper keeps the user's sampler only as _sampler",
     # observe._attachments and detached_from_trainer: a LightningModule's _trainer/_fabric
     "plumbing/observe.py": "no public way to read a module's Trainer without raising, nor to detach its Fabric",
 }
