@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torchmetrics
@@ -19,7 +19,7 @@ from recipe_callbacks.core.task import TASKS, Task, logits_of, require_task
 from recipe_callbacks.plumbing.batch import BatchToXY, ForwardFn, integer_inputs
 from recipe_callbacks.plumbing.callback_base import RecipeCallback
 from recipe_callbacks.plumbing.finding import OnFail
-from recipe_callbacks.plumbing.loaders import eval_dataloaders, user_sampler
+from recipe_callbacks.plumbing.loaders import eval_dataloaders, partial_run, user_sampler
 from recipe_callbacks.plumbing.observe import observing
 from recipe_callbacks.plumbing.ranks import sum_over_ranks
 from recipe_callbacks.plumbing.validation import check_choice, check_float, check_int
@@ -68,8 +68,6 @@ _NO_VALIDATION = {
 }
 _NOT_FINITE = ("The loss is not finite: a NaN or infinite output or target in the set makes the figure meaningless",
                "look for NaN/Inf targets (missing values) and outputs in the validation set; drop, impute or mask them")
-
-
 _SMOKE = ("Under {smoke} the Trainer evaluates part of the set on purpose, so this is the figure of that part; "
           "the whole set is judged in an ordinary run")
 _OWN_PASS = ("Ran its own forward pass on {own:.0f} batches per process: validation_step did not call self(x) with "
@@ -99,32 +97,22 @@ def _gap_text(gap: Gap, stage: str) -> tuple[str, str]:
     return problem.format(**words), advice.format(**words)
 
 
-def _smoke_mode(trainer: pl.Trainer) -> str:
-    """``"fast_dev_run=..."`` or ``"overfit_batches=..."`` when the run is partial on purpose, else ``""``."""
-    fast_dev_run = getattr(trainer, "fast_dev_run", False)  # set by the Trainer at runtime, not typed
-    if fast_dev_run:
-        return f"fast_dev_run={fast_dev_run}"
-    overfit = getattr(trainer, "overfit_batches", 0)
-    return f"overfit_batches={overfit}" if overfit else ""
-
-
 class FullEvalSet(RecipeCallback):
     """The exact mean of the loss and metrics over every sample of every evaluation dataloader,
     with its standard error, 95% interval and the number of samples: recipe step 2c.
 
-    Per-sample values are summed in float64, the padding of a ``DistributedSampler`` is left out
-    and the sums of all processes added; the mean is reported to the digits its interval supports,
-    e.g. ``val loss 0.412 ± 0.006, n = 1,797``. A setting that kept it from seeing the whole set
-    exactly once (a batch limit, ``drop_last=True``, a sampler that skips or repeats indices) makes
-    the Finding a ``warn`` naming it. A forward hook reads the logits when ``validation_step``
-    calls ``self(x)``; otherwise it runs one no-grad forward pass per batch (``cost_steps``).
+    Per-sample values are summed in float64, DDP padding left out and the sums of all processes
+    added; the mean is reported to the digits its interval supports (``val loss 0.412 ± 0.006,
+    n = 1,797``). A setting that kept it from seeing the whole set exactly once (a batch limit,
+    ``drop_last=True``, a sampler that skips or repeats indices) is a ``warn`` naming it. A forward
+    hook reads the logits when ``validation_step`` calls ``self(x)``; else it runs one no-grad
+    forward pass per batch (``cost_steps``).
 
     Args:
         metrics: names of metrics for the inferred task (``"accuracy"``, ``"f1"``, ``"auroc"``;
             ``"mae"``, ``"mse"``, ``"r2"``), or a dict ``{name: torchmetrics.Metric}`` updated with
             the raw ``forward`` output and the target. ``None``: accuracy (classification) or MAE
-            (regression); ``[]``: the loss only. Accuracy, MAE and MSE are computed exactly from the
-            sums, with their standard error; the others are torchmetrics metrics.
+            (regression); ``[]``: the loss only. Accuracy, MAE and MSE come exactly from the sums.
         task: ``"multiclass"``, ``"binary"`` or ``"regression"``; inferred from the first batch when
             ``None`` (:func:`~recipe_callbacks.core.task.infer_task`).
         loss: the per-sample loss computed from the logits: ``"cross_entropy"``,
@@ -141,16 +129,13 @@ class FullEvalSet(RecipeCallback):
         ValueError: an unknown metric name, task or loss, or a confidence outside (0, 1).
         TypeError: ``metrics`` neither a list of names nor a dict of torchmetrics metrics.
 
-    Logged (at the global step, by every evaluation epoch; ``<name>`` is ``loss`` and each metric):
-        - ``recipe.full_eval_set/<name>`` and ``<name>_stderr``: the exact mean over the samples of
-          the (first) val dataloader and its standard error (for per-sample means).
-        - ``recipe.full_eval_set/num_samples``: the number of unique samples it covered.
-        - ``recipe.full_eval_set/dataloader_<k>/...``, ``recipe.full_eval_set/test/...``: the same
-          for val dataloader ``k >= 1`` and for ``trainer.test``.
-
-        One Finding per dataloader and stage, replaced every epoch, with values ``<name>``,
-        ``<name>_stderr``, ``<name>_halfwidth``, ``num_samples``, ``dataset_size``,
-        ``padding_excluded`` and ``cost_steps``.
+    Logged (by every evaluation epoch; ``<name>`` is ``loss`` and each metric):
+        - ``recipe.full_eval_set/<name>``, ``<name>_stderr``, ``num_samples``: the exact mean over
+          the (first) val dataloader, its standard error, the unique samples covered; the same
+          under ``dataloader_<k>/`` for val dataloader ``k >= 1`` and under ``test/`` for ``trainer.test``.
+        - One Finding per dataloader and stage, replaced every epoch, with values ``<name>``,
+          ``<name>_stderr``, ``<name>_halfwidth``, ``num_samples``, ``dataset_size``,
+          ``padding_excluded`` and ``cost_steps``.
 
     Example::
 
@@ -181,12 +166,10 @@ class FullEvalSet(RecipeCallback):
     @override
     def state_key(self) -> str:
         # Lightning reads state_key around every hook call: build it once.
-        key: str | None = self.__dict__.get("_state_key_cache")
-        if key is None:
+        if "_state_key_cache" not in self.__dict__:
             names = sorted(self.metric_objects) if self.metric_objects is not None else self.metric_names
-            key = self.__dict__["_state_key_cache"] = self._generate_state_key(metrics=names, task=self.task,
-                                                                               loss=self.loss)
-        return key
+            self.__dict__["_state_key_cache"] = self._generate_state_key(metrics=names, task=self.task, loss=self.loss)
+        return str(self.__dict__["_state_key_cache"])
 
     # ----------------------------------------------------------------- hooks
     @override
@@ -214,13 +197,10 @@ class FullEvalSet(RecipeCallback):
 
     @override
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._stage == "val":
+        if self._stage:  # not the sanity check's
             self._finish(trainer, pl_module)
 
-    @override
-    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._stage == "test":
-            self._finish(trainer, pl_module)
+    on_test_epoch_end = on_validation_epoch_end
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -231,7 +211,7 @@ class FullEvalSet(RecipeCallback):
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._validated_in_fit or any(k != "no_validation" for k in self._findings):
             return
-        loaders = self._loaders(trainer)
+        loaders = eval_dataloaders(trainer, "val")
         batches = [b for b in trainer.num_val_batches if b] if loaders else []
         why = "none" if not loaders or not is_overridden("validation_step", pl_module) else (
             "empty" if not batches else "too_early")
@@ -311,18 +291,12 @@ class FullEvalSet(RecipeCallback):
             epoch.capture.expect(None, None)
 
     def _task_of(self, preds: torch.Tensor, target: torch.Tensor) -> Task:
-        if self.task is not None:
-            return self.task
-        if self._inferred_task is None:
-            self._inferred_task = require_task(preds, target)
+        self._inferred_task = self.task or self._inferred_task or require_task(preds, target)
         return self._inferred_task
 
     # ----------------------------------------------------------------- reducing and reporting
-    def _loaders(self, trainer: pl.Trainer) -> list[Any]:
-        return eval_dataloaders(trainer, self._stage)
-
     def _sampler(self, trainer: pl.Trainer, idx: int) -> Any:
-        loaders = self._loaders(trainer)
+        loaders = eval_dataloaders(trainer, self._stage)
         return getattr(loaders[idx], "sampler", None) if idx < len(loaders) else None
 
     def _key(self, dataloader_idx: int) -> str:
@@ -336,7 +310,7 @@ class FullEvalSet(RecipeCallback):
             self._validated_in_fit = True
             self._findings.pop("no_validation", None)
         tallies = self._epoch.tallies if self._epoch is not None else {}
-        for idx, loader in enumerate(self._loaders(trainer)):
+        for idx, loader in enumerate(eval_dataloaders(trainer, self._stage)):
             tally = tallies.get(idx)
             # Every process adds, in the same order, whatever it saw: sums of sums are exact.
             (total,) = sum_over_ranks(trainer, [tally.parts() if tally is not None else tally_core.no_parts()])
@@ -365,7 +339,7 @@ class FullEvalSet(RecipeCallback):
                       padding_excluded=reading.head[EXCLUDED], cost_steps=own * FORWARD_PASS_STEPS)
         problems, advice = self._coverage(trainer, idx, loader, reading.samples, int(reading.head[EXCLUDED]))
         summary = f"{self._label(idx)} " + "; ".join(_figures(reading)) + "."
-        smoke = _smoke_mode(trainer)
+        smoke = partial_run(trainer)
         if smoke and self._stage == "val":  # a partial run on purpose: a figure, but no verdict on the set
             self.report(trainer, "skip", f"{summary} {_SMOKE.format(smoke=smoke)}", values, key=key, log_values=False)
             return
@@ -379,17 +353,13 @@ class FullEvalSet(RecipeCallback):
             self.report(trainer, "fail", f"{summary} {_NOT_FINITE[0]}", values, _NOT_FINITE[1], key=key,
                         log_values=False)
             return
-        status: Literal["pass", "warn"] = "warn" if problems else "pass"
-        self._report_once(trainer, status, summary, values, " ".join(advice), key, "|".join(advice))
-
-    def _report_once(self, trainer: pl.Trainer, status: Literal["pass", "warn"], summary: str, values: dict[str, float],
-                     advice: str, key: str, signature: str) -> None:
-        """Report every epoch, but warn only when the coverage problems of a dataloader change."""
-        quiet = status == "warn" and self._warned.get(key) == signature
-        self._warned[key] = signature if status == "warn" else ""
+        # reported every epoch, but a warning only when the coverage problems of this dataloader change
+        quiet = bool(problems) and self._warned.get(key) == "|".join(advice)
+        self._warned[key] = "|".join(advice) if problems else ""
         on_fail, self.on_fail = self.on_fail, "ignore" if quiet else self.on_fail
         try:
-            self.report(trainer, status, summary, values, advice, key=key, log_values=False)
+            self.report(trainer, "warn" if problems else "pass", summary, values, " ".join(advice), key=key,
+                        log_values=False)
         finally:
             self.on_fail = on_fail
 

@@ -43,6 +43,16 @@ def eval_dataloaders(trainer: pl.Trainer, stage: str) -> list[Any]:
     return list(loaders) if isinstance(loaders, (list, tuple)) else [loaders]
 
 
+def partial_run(trainer: pl.Trainer) -> str:
+    """``"fast_dev_run=..."`` or ``"overfit_batches=..."`` when the loops read part of the loaders on
+    purpose, else ``""``."""
+    fast_dev_run = getattr(trainer, "fast_dev_run", False)  # set by the Trainer at runtime, not typed
+    if fast_dev_run:
+        return f"fast_dev_run={fast_dev_run}"
+    overfit = getattr(trainer, "overfit_batches", 0)
+    return f"overfit_batches={overfit}" if overfit else ""
+
+
 def user_sampler(sampler: Any) -> Any:
     """The sampler that decides which indices an evaluation visits: the loader's own, the user's
     sampler inside Lightning's ``DistributedSamplerWrapper`` under DDP, ``None`` for a plain
