@@ -13,7 +13,7 @@ from typing_extensions import override
 from recipe_callbacks.core import eval_tally as tally_core
 from recipe_callbacks.core.cost import FORWARD_PASS_STEPS
 from recipe_callbacks.core.eval_stats import LOSSES, LossName, round_to_interval
-from recipe_callbacks.core.eval_tally import EXCLUDED, OWN_PASS, Gap, Reading, Tally, sized_len
+from recipe_callbacks.core.eval_tally import EXCLUDED, OWN_PASS, Gap, Reading, sized_len
 from recipe_callbacks.core.skip import CheckSkipped
 from recipe_callbacks.core.task import TASKS, Task, logits_of, require_task
 from recipe_callbacks.plumbing.batch import BatchToXY, ForwardFn, integer_inputs
@@ -133,9 +133,8 @@ class FullEvalSet(RecipeCallback):
         - ``recipe.full_eval_set/<name>``, ``<name>_stderr``, ``num_samples``: the exact mean over
           the (first) val dataloader, its standard error, the unique samples covered; the same
           under ``dataloader_<k>/`` for val dataloader ``k >= 1`` and under ``test/`` for ``trainer.test``.
-        - One Finding per dataloader and stage, replaced every epoch, with values ``<name>``,
-          ``<name>_stderr``, ``<name>_halfwidth``, ``num_samples``, ``dataset_size``,
-          ``padding_excluded`` and ``cost_steps``.
+        - One Finding per dataloader and stage, replaced every epoch, with these values and
+          ``<name>_halfwidth``, ``dataset_size``, ``padding_excluded``, ``cost_steps``.
 
     Example::
 
@@ -184,7 +183,21 @@ class FullEvalSet(RecipeCallback):
     @override
     def on_validation_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
                                   batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._arm(batch, dataloader_idx)
+        epoch = self._epoch
+        if epoch is None:
+            return
+        epoch.capture.expect(None, None)
+        if epoch.skipping(dataloader_idx):
+            return
+        try:
+            resolved = self.resolved(batch)
+        except CheckSkipped as err:
+            epoch.skip(dataloader_idx, err.reason, err.argument)
+            return
+        if resolved.y is None:
+            epoch.skip(dataloader_idx, "the batch has no target", "target_key")
+            return
+        epoch.arm(batch, resolved, resolved.x, resolved.y)
 
     @override
     def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
@@ -243,45 +256,25 @@ class FullEvalSet(RecipeCallback):
             self._epoch.close()
             self._epoch = None
 
-    def _arm(self, batch: Any, dataloader_idx: int) -> None:
-        epoch = self._epoch
-        if epoch is None:
-            return
-        epoch.capture.expect(None, None)
-        if epoch.skipping(dataloader_idx):
-            return
-        try:
-            resolved = self.resolved(batch)
-        except CheckSkipped as err:
-            epoch.skip(dataloader_idx, err.reason, err.argument)
-            return
-        if resolved.y is None:
-            epoch.skip(dataloader_idx, "the batch has no target", "target_key")
-            return
-        epoch.arm(batch, resolved, resolved.x, resolved.y)
-
-    def _own_pass(self, pl_module: pl.LightningModule, epoch: tally_core.EvalEpoch, tally: Tally) -> str:
-        """One forward pass of FullEvalSet's own when the hook saw none; an error message or ``""``."""
-        epoch.capture.expected = None  # the own pass below must not be captured as the user's call
-        tally.own_pass_batches += 1
-        try:
-            with observing(pl_module):
-                epoch.capture.output = self.run_model(pl_module, epoch.batch, epoch.resolved)
-        except Exception as err:  # e.g. a LightningModule without forward: report it, do not stop training
-            return (f"the evaluation step did not call self(x) with the batch input and running the model "
-                    f"failed: {err}; set forward_fn")
-        return ""
-
     def _accumulate(self, trainer: pl.Trainer, pl_module: pl.LightningModule, idx: int) -> None:
         epoch = self._epoch
         if epoch is None or epoch.capture.expected is None or epoch.capture.target is None:
             return
-        tally = epoch.tally(idx, lambda: self._sampler(trainer, idx), pl_module.device)
+        tally = epoch.tally(idx, lambda: eval_dataloaders(trainer, self._stage), pl_module.device)
         try:
-            failure = self._own_pass(pl_module, epoch, tally) if epoch.capture.output is None else ""
+            if epoch.capture.output is None:  # the step did not call self(x): a forward pass of FullEvalSet's own
+                epoch.capture.expected = None  # which must not be captured as the user's call
+                tally.own_pass_batches += 1
+                try:
+                    with observing(pl_module):
+                        epoch.capture.output = self.run_model(pl_module, epoch.batch, epoch.resolved)
+                except Exception as err:  # e.g. a LightningModule without forward: report it, do not stop training
+                    epoch.skip(idx, f"the evaluation step did not call self(x) with the batch input and running the "
+                               f"model failed: {err}; set forward_fn", "forward_fn")
+                    return
             preds = logits_of(epoch.capture.output)
-            if failure or preds is None:
-                epoch.skip(idx, failure or "forward returned no tensor to compute a loss from", "forward_fn")
+            if preds is None:
+                epoch.skip(idx, "forward returned no tensor to compute a loss from", "forward_fn")
                 return
             epoch.add(tally, preds, integer_inputs(epoch.batch, epoch.resolved), self._task_of, self.loss,
                       self.metric_names, self.metric_objects, self.num_classes)
@@ -295,10 +288,6 @@ class FullEvalSet(RecipeCallback):
         return self._inferred_task
 
     # ----------------------------------------------------------------- reducing and reporting
-    def _sampler(self, trainer: pl.Trainer, idx: int) -> Any:
-        loaders = eval_dataloaders(trainer, self._stage)
-        return getattr(loaders[idx], "sampler", None) if idx < len(loaders) else None
-
     def _key(self, dataloader_idx: int) -> str:
         return f"{self._stage}/{dataloader_idx}"
 
@@ -314,9 +303,9 @@ class FullEvalSet(RecipeCallback):
             tally = tallies.get(idx)
             # Every process adds, in the same order, whatever it saw: sums of sums are exact.
             (total,) = sum_over_ranks(trainer, [tally.parts() if tally is not None else tally_core.no_parts()])
-            reading = tally_core.read_evaluation(total, tally, self.confidence, trainer.world_size,
-                                                 self.task or self._inferred_task, self.metric_names,
-                                                 self.metric_objects)
+            task = self.task or self._inferred_task
+            reading = tally_core.read_evaluation(total, tally, self.confidence, trainer.world_size, task,
+                                                 self.metric_names, self.metric_objects)
             if reading.skipped:
                 reason = tally.skip_reason if tally is not None and tally.skip_reason else (
                     "another process could not read its batches")
@@ -337,7 +326,15 @@ class FullEvalSet(RecipeCallback):
         own = reading.head[OWN_PASS] / max(trainer.world_size, 1)
         values.update(dataset_size=math.nan if dataset_len is None else float(dataset_len),
                       padding_excluded=reading.head[EXCLUDED], cost_steps=own * FORWARD_PASS_STEPS)
-        problems, advice = self._coverage(trainer, idx, loader, reading.samples, int(reading.head[EXCLUDED]))
+        test = self._stage == "test"  # what kept this dataloader from covering its set exactly once:
+        gaps = tally_core.coverage_gaps(
+            loader, user_sampler(getattr(loader, "sampler", None)),
+            planned=(trainer.num_test_batches if test else trainer.num_val_batches)[idx],
+            limit=trainer.limit_test_batches if test else trainer.limit_val_batches,
+            world_size=trainer.world_size, count=reading.samples, excluded=int(reading.head[EXCLUDED]),
+        )
+        texts = [_gap_text(gap, self._stage) for gap in gaps]
+        problems, advice = [problem for problem, _ in texts], [advice for _, advice in texts]
         summary = f"{self._label(idx)} " + "; ".join(_figures(reading)) + "."
         smoke = partial_run(trainer)
         if smoke and self._stage == "val":  # a partial run on purpose: a figure, but no verdict on the set
@@ -362,17 +359,3 @@ class FullEvalSet(RecipeCallback):
                         log_values=False)
         finally:
             self.on_fail = on_fail
-
-    def _coverage(
-        self, trainer: pl.Trainer, idx: int, loader: Any, count: int, excluded: int
-    ) -> tuple[list[str], list[str]]:
-        """What kept this dataloader from covering its set exactly once, naming the settings."""
-        test = self._stage == "test"
-        gaps = tally_core.coverage_gaps(
-            loader, user_sampler(getattr(loader, "sampler", None)),
-            planned=(trainer.num_test_batches if test else trainer.num_val_batches)[idx],
-            limit=trainer.limit_test_batches if test else trainer.limit_val_batches,
-            world_size=trainer.world_size, count=count, excluded=excluded,
-        )
-        texts = [_gap_text(gap, "test" if test else "val") for gap in gaps]
-        return [problem for problem, _ in texts], [advice for _, advice in texts]

@@ -126,10 +126,12 @@ class EvalEpoch:
         self.batch, self.resolved = batch, resolved
         self.capture.expect(x, y)
 
-    def tally(self, idx: int, sampler: Callable[[], Any], device: torch.device) -> Tally:
-        """The tally of dataloader ``idx``, made at its first batch for the loader's ``sampler()``."""
+    def tally(self, idx: int, loaders: Callable[[], list[Any]], device: torch.device) -> Tally:
+        """The tally of dataloader ``idx`` of ``loaders()``, made at its first batch for its sampler."""
         if idx not in self.tallies:
-            self.tallies[idx] = Tally.of_sampler(sampler(), device)
+            found = loaders()
+            self.tallies[idx] = Tally.of_sampler(getattr(found[idx], "sampler", None) if idx < len(found) else None,
+                                                 device)
         return self.tallies[idx]
 
     def add(
