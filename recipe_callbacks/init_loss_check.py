@@ -181,7 +181,6 @@ class InitLossCheck(RecipeCallback):
     def _reset(self) -> None:
         self._capture = core.LogitsCapture(self.final_layer)
         self._final_has_bias = True
-        self._batch: Any = None
         self._active = False
         self._fixed_summary: TargetSummary | None = None
         self._fix_cost = 0.0
@@ -217,9 +216,8 @@ class InitLossCheck(RecipeCallback):
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
                              batch_idx: int) -> None:
         super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
-        if self._active and not self._capture.handles and self._capture.captured is None and self._batch is None:
-            self._batch = batch
-            self._capture.attach(pl_module, capture=True, owner=self)
+        if self._active:
+            self._capture.arm(pl_module, batch, owner=self)
 
     @override
     def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: torch.Tensor) -> None:
@@ -263,38 +261,31 @@ class InitLossCheck(RecipeCallback):
         return self.task or infer_task(logits, target)
 
     def _conclude(self, trainer: pl.Trainer, pl_module: pl.LightningModule, step_loss: float | None) -> None:
-        """Judge what the first step showed, or run the fallback (the weights are still at init)."""
+        """Judge the logits of the first step, or of forward passes of our own (the weights are still at init)."""
         if not self._active:
             return
-        with self.stopwatch() as watch:
-            self._capture.detach()
+        with self.stopwatch() as watch, self.skipping(trainer):
             self._active = False
-            captured, batch = self._capture.captured, self._batch
-            self._capture.captured, self._batch = None, None
-            with self.skipping(trainer):
-                pairs, cost, source = self._pairs(trainer, pl_module, captured, batch)
-                self.final_layer_name, self._final_has_bias = self._capture.final_bias(pl_module, pairs[-1][0].numel())
-                self._judge(trainer, pl_module, pairs, step_loss, cost, source)
-            self._read = None
-            self.finish_early()
+            captured, batch = self._capture.take()
+            if captured is not None:
+                resolved = self.resolved(batch, key=_KEY)
+                if resolved.y is None:
+                    raise CheckSkipped("the first batch has no target to judge the loss against", "target_key",
+                                       key=_KEY)
+                pairs = [aligned(captured, resolved.y, integer_inputs(batch, resolved))]
+                cost, source = self._fix_cost, "the logits of the first training step"
+            else:
+                extra = self._training_batches(trainer, pl_module)[: self.num_batches - 1]
+                pairs = [self._forward(pl_module, b, _KEY) for b in ([batch] if batch is not None else []) + extra]
+                if not pairs:
+                    raise CheckSkipped("saw no batch to judge", "forward_fn", key=_KEY)
+                cost = self._fix_cost + len(pairs) * FORWARD_PASS_STEPS
+                source = "no-grad forward passes (training_step does not call self(x))"
+            self.final_layer_name, self._final_has_bias = self._capture.final_bias(pl_module, pairs[-1][0].numel())
+            self._judge(trainer, pl_module, pairs, step_loss, cost, source)
+        self._read = None
+        self.finish_early()
         self.state_cost(watch.seconds + self._fix_seconds, key=_KEY)
-
-    def _pairs(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, captured: torch.Tensor | None, batch: Any
-    ) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], float, str]:
-        """``(logits, target)`` of the first step, else of forward passes of our own; their cost and source."""
-        if captured is not None:
-            resolved = self.resolved(batch, key=_KEY)
-            if resolved.y is None:
-                raise CheckSkipped("the first batch has no target to judge the loss against", "target_key", key=_KEY)
-            pair = aligned(captured, resolved.y, integer_inputs(batch, resolved))
-            return [pair], self._fix_cost, "the logits of the first training step"
-        extra = self._training_batches(trainer, pl_module)[: self.num_batches - 1]
-        pairs = [self._forward(pl_module, b, _KEY) for b in ([batch] if batch is not None else []) + extra]
-        if not pairs:
-            raise CheckSkipped("saw no batch to judge", "forward_fn", key=_KEY)
-        return pairs, self._fix_cost + len(pairs) * FORWARD_PASS_STEPS, (
-            "no-grad forward passes (training_step does not call self(x))")
 
     # ----------------------------------------------------------------- judging
     def _prior_from_inspector(self, trainer: pl.Trainer, size: int) -> torch.Tensor | None:

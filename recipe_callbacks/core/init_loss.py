@@ -804,6 +804,20 @@ class LogitsCapture:
         self.captured: torch.Tensor | None = None
         self.ptr = 0
         self.numel = 0  # the logits' size as the model returned them (before aligned() cut them)
+        self.batch: Any = None  # the training batch whose logits the model's hook waits for
+
+    def arm(self, model: nn.Module, batch: Any, owner: object = None) -> None:
+        """Wait for the logits of the user's step on ``batch``; once (until :meth:`take`)."""
+        if not self.handles and self.captured is None and self.batch is None:
+            self.batch = batch
+            self.attach(model, capture=True, owner=owner)
+
+    def take(self) -> tuple[torch.Tensor | None, Any]:
+        """Unhook, and hand over the logits captured (``None``: none) and the batch they are of."""
+        self.detach()
+        taken = self.captured, self.batch
+        self.captured, self.batch = None, None
+        return taken
 
     def seen(self, logits: torch.Tensor) -> None:
         """Remember the storage and size of the logits the model returned."""
