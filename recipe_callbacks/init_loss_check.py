@@ -39,8 +39,8 @@ _BASIS = {
 }
 _ORIGIN = {"inspector": "DataInspector's", "fix_bias": "fix_bias's counted", "first_batch": "first batch's",
            "counted": "counted over {counted} training targets"}
-_OBSTACLE = {"no_bias": "the {layer} has no bias, so the prior cannot be set at init",
-             "per_position": "per-position labels (tokens, pixels) are judged against log C, as the recipe does"}
+_OBSTACLE = {"no_bias": "The {layer} has no bias, so the prior cannot be set at init",
+             "per_position": "Per-position labels (tokens, pixels) are judged against log C, as the recipe does"}
 _VERDICT = {  # status, what the summary adds after the figures, advice
     "uninformed": ("warn", " The model predicts as if it did not know the prior (uninformed loss {uninformed:.4g}): a "
                    "default bias on an imbalanced task.", "Init well: use InitLossCheck(fix_bias=True), or set the "
@@ -53,8 +53,14 @@ _VERDICT = {  # status, what the summary adds after the figures, advice
                 "look for the label leaking into the input or targets the model can read. A pretrained model does "
                 "this by design: then pass expected= or drop this check."),
 }
-_NOT_FIXED = {"no_bias": "fix_bias found no final layer with a bias (found {layer!r})",
-              "size_mismatch": "fix_bias: the bias of '{layer}' has {entries} entries, the prior {size}"}
+_NOT_FIXED = {  # why fix_bias set no bias, and the argument that would let it
+    "no_batches": ("fix_bias found no training DataLoader to count the targets from", ""),
+    "no_task": ("fix_bias could not tell the task from the logits and targets", "task"),
+    "no_targets": ("fix_bias found a batch without targets", "target_key"),
+    "loss": ("fix_bias could not compute the {task} loss: {error}", "task"),
+    "no_bias": ("fix_bias found no final layer with a bias (found {layer!r})", "final_layer"),
+    "size_mismatch": ("fix_bias: the bias of '{layer}' has {entries} entries, the prior {size}", "final_layer"),
+}
 _FIXED = ("fix_bias set the bias of '{layer}' to {bias} ({kind}, {counted}): loss {before:.4g} -> {after:.4g} on "
           "{batches} batches, expected {expected:.4g}. This changed the model on purpose (fix_bias=True).")
 _REVERTED = ("fix_bias: setting the bias of '{layer}' raised the loss {before:.4g} -> {after:.4g}; the bias was put "
@@ -62,12 +68,6 @@ _REVERTED = ("fix_bias: setting the bias of '{layer}' raised the loss {before:.4
              "Name the layer whose output is the logits with final_layer=, or init its bias by hand.")
 _BIAS_KIND = {"multiclass": "log class frequencies", "binary": "log-odds of the positive rate",
               "regression": "target mean"}
-
-
-def _fmt_vector(values: torch.Tensor, limit: int = 6) -> str:
-    items = [f"{float(v):.3g}" for v in values.flatten()[:limit]]
-    more = ", ..." if values.numel() > limit else ""
-    return "[" + ", ".join(items) + more + "]"
 
 
 def _source(exp: ExpectedLoss, choice: PriorChoice | None) -> str:
@@ -87,18 +87,16 @@ def _prose(
     layer = f"final layer '{final_layer}'" if final_layer else "final layer not identified"
     gap_text = ""
     if mean_prob is not None and prior is not None:
-        gap_text = (f" Mean predicted probability {_fmt_vector(mean_prob)} vs prior {_fmt_vector(prior)}"
+        gap_text = (f" Mean predicted probability {core.short_vector(mean_prob)} vs prior {core.short_vector(prior)}"
                     f" (total variation {judged.gap:.3g}).")
     head = (
         f"{sums.task} loss at init {j.observed:.4g} over {sums.n} samples ({source}), expected {j.expected:.4g} "
         f"({_source(at.expected, choice)}); ratio {j.ratio:.3g}, band [{j.low:.4g}, {j.high:.4g}]; {layer}."
     )
     if j.verdict == "pass":
-        cannot_act = ""
-        if at.obstacle:
-            why = _OBSTACLE[at.obstacle].format(layer=layer)
-            cannot_act = (f" {why[0].upper()}{why[1:]}: judged against the uninformed loss {exp.uninformed:.4g} "
-                          f"(log C); a bias at the prior would start at {exp.value:.4g}.")
+        cannot_act = "" if not at.obstacle else (
+            f" {_OBSTACLE[at.obstacle].format(layer=layer)}: judged against the uninformed loss {exp.uninformed:.4g} "
+            f"(log C); a bias at the prior would start at {exp.value:.4g}.")
         return "pass", head + cannot_act + gap_text, ""
     status, says, advice = _VERDICT[j.verdict]
     words = {"uninformed": at.expected.uninformed, "logit_std": sums.logit_std, "layer": layer}
@@ -108,15 +106,13 @@ def _prose(
 class InitLossCheck(RecipeCallback):
     """Verify the loss at init (recipe step 2d) and, with ``fix_bias=True``, init well (step 2e).
 
-    Judges the logits of the first training step, read by a forward hook (no extra step; when
-    ``training_step`` does not call ``self(x)``, ``num_batches`` no-grad forward passes instead),
-    against ``log C`` for an unknown or balanced class prior, the prior's entropy otherwise (the
-    prior of a :class:`~recipe_callbacks.DataInspector`, else counted), the target variance for
-    regression: ``warn`` near the uninformed loss (a default bias on an imbalanced task), ``fail``
-    far above the band (confident and wrong), ``warn`` below it (a leak, or a pretrained model).
-    ``fix_bias=True`` sets the final layer's bias from the counted prior before the first step
-    (put back if the loss gets worse). The training batches it reads from the data set are read
-    once per fit. Does not run again on a resumed run.
+    Judges the logits of the first training step, read by a forward hook (else ``num_batches``
+    no-grad forward passes), against ``log C`` for an unknown or balanced class prior, the prior's
+    entropy otherwise (a :class:`~recipe_callbacks.DataInspector`'s, else counted), the target
+    variance for regression: ``warn`` near the uninformed loss (a default bias on an imbalanced
+    task), ``fail`` far above the band (confident and wrong), ``warn`` below it (a leak, or a
+    pretrained model). The training batches it reads from the data set are read once per fit. Does
+    not run again on a resumed run.
 
     Args:
         task: ``"multiclass"``, ``"binary"`` or ``"regression"``; inferred when ``None``
@@ -124,8 +120,9 @@ class InitLossCheck(RecipeCallback):
         num_classes: number of classes; inferred from the logits when ``None``.
         expected: the expected loss at init, overriding the rule above.
         tolerance: the band ``[expected / (1 + tolerance), expected * (1 + tolerance)]``.
-        fix_bias: set the final layer's bias to the log class frequencies (softmax), the log-odds
-            of the positive rate (BCE) or the target mean (MSE), changing the model on purpose.
+        fix_bias: before the first step, set the final layer's bias to the log class frequencies
+            (softmax), the log-odds of the positive rate (BCE) or the target mean (MSE), changing
+            the model on purpose (put back with a ``warn`` if the loss gets worse).
         max_batches: training batches read to count the targets (the prior, ``fix_bias``).
         num_batches: batches run forward for the loss before/after ``fix_bias`` and the fallback.
         final_layer: the name of the layer whose output is the logits (as in ``named_modules()``);
@@ -149,9 +146,9 @@ class InitLossCheck(RecipeCallback):
           ``fix_bias/loss_after``, ``fix_bias/expected``, ``fix_bias/counted_samples``, ``fix_bias/cost_steps``.
         - ``recipe.init_loss_check/per_class``: text, the mean predicted probability and the prior
           of each class (up to 32 classes).
-        - ``recipe.init_loss_check/loss_at_init``: figure, the loss at init against its expected band.
-        - ``recipe.init_loss_check/predicted_vs_prior``: figure, a bar per class of the mean predicted
-          probability over the prior (1 everywhere is a calibrated init).
+        - ``recipe.init_loss_check/loss_at_init``, ``predicted_vs_prior``: figures, the loss at init
+          against its expected band, and a bar per class of the mean predicted probability over the
+          prior (1 everywhere is a calibrated init).
 
     Example::
 
@@ -257,9 +254,6 @@ class InitLossCheck(RecipeCallback):
         self._capture.seen(logits)
         return aligned(logits, resolved.y, integer_inputs(batch, resolved))
 
-    def _task_of(self, logits: torch.Tensor, target: torch.Tensor) -> Task | None:
-        return self.task or infer_task(logits, target)
-
     def _conclude(self, trainer: pl.Trainer, pl_module: pl.LightningModule, step_loss: float | None) -> None:
         """Judge the logits of the first step, or of forward passes of our own (the weights are still at init)."""
         if not self._active:
@@ -315,7 +309,7 @@ class InitLossCheck(RecipeCallback):
     def _judge(self, trainer: pl.Trainer, pl_module: pl.LightningModule, pairs: list[tuple[torch.Tensor, torch.Tensor]],
                step_loss: float | None, cost: float, source: str) -> None:
         logits, target = pairs[0]
-        task = self._task_of(logits, target)
+        task = self.task or infer_task(logits, target)
         if task is None:
             raise CheckSkipped(f"could not tell the task from logits {tuple(logits.shape)} ({logits.dtype}) and "
                                f"targets {tuple(target.shape)} ({target.dtype})", "task", key=_KEY)
@@ -356,41 +350,26 @@ class InitLossCheck(RecipeCallback):
 
     # ----------------------------------------------------------------- init well
     def _fix_bias(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        batches = self._training_batches(trainer, pl_module)[: self.max_batches]
-        if not batches:
-            raise CheckSkipped("fix_bias found no training DataLoader to count the targets from", "", key=_FIX)
-        judged = batches[: self.num_batches]
-        pairs = [self._forward(pl_module, batch, _FIX) for batch in judged]
-        logits, target = pairs[0]
-        layer_name = self._capture.final_layer(logits.numel())
-        task = self._task_of(logits, target)
-        if task is None:
-            raise CheckSkipped("fix_bias could not tell the task from the logits and targets", "task", key=_FIX)
-        num_classes = self.num_classes or (int(class_first(logits, target).shape[1]) if task == "multiclass" else None)
-        summary = self._counted(trainer, pl_module, task, num_classes)
-        if summary is None:
-            raise CheckSkipped("fix_bias found a batch without targets", "target_key", key=_FIX)
-        size = int((num_classes if task == "multiclass" else 2) or 0)
-        inspector = None if task == "regression" else self._prior_from_inspector(trainer, size)
-        try:
-            fix = core.init_well(pl_module, layer_name, task, summary, inspector, lambda: core.mean_loss(pairs, task),
-                                 lambda: core.mean_loss([self._forward(pl_module, b, _FIX) for b in judged], task))
-        except (RuntimeError, ValueError) as err:
-            raise CheckSkipped(f"fix_bias could not compute the {task} loss: {err}", "task", key=_FIX) from err
-        if fix.status in _NOT_FIXED:
-            size = 0 if fix.bias is None else fix.bias.numel()
-            reason = _NOT_FIXED[fix.status].format(layer=layer_name, entries=fix.entries, size=size)
-            raise CheckSkipped(reason, "final_layer", key=_FIX)
-        self._fix_cost = 2 * len(pairs) * FORWARD_PASS_STEPS
+        well = core.init_well(
+            pl_module, self._capture, self._training_batches(trainer, pl_module)[: self.max_batches], self.num_batches,
+            self.task, self.num_classes, forward=lambda batch: self._forward(pl_module, batch, _FIX),
+            count=lambda task, size: self._counted(trainer, pl_module, task, size),
+            prior=lambda size: self._prior_from_inspector(trainer, size),
+        )
+        if well.problem:
+            reason, argument = _NOT_FIXED[well.problem]
+            raise CheckSkipped(reason.format(**well.numbers()), argument, key=_FIX)
+        fix, summary, task, layer = well.fix, well.summary, well.task, well.layer_name
+        assert fix is not None and summary is not None and task is not None
+        self._fix_cost = 2 * len(well.pairs) * FORWARD_PASS_STEPS
         if fix.status == "reverted":
-            self.report(trainer, "warn", _REVERTED[0].format(layer=layer_name, before=fix.before, after=fix.after),
+            self.report(trainer, "warn", _REVERTED[0].format(layer=layer, before=fix.before, after=fix.after),
                         core.fix_values(fix, self._fix_cost), _REVERTED[1], key=_FIX)
             return
         self._fixed_summary = summary
-        expected = core.expected_after_fix(task, num_classes, summary, [tg for _, tg in pairs], self.tolerance)
-        counted = "the prior of DataInspector" if inspector is not None else f"counted over {summary.n} targets"
-        bias = _fmt_vector(fix.bias if fix.bias is not None else torch.zeros(0))
-        words: dict[str, Any] = {"layer": layer_name, "bias": bias, "kind": _BIAS_KIND[task], "counted": counted,
-                                 "before": fix.before, "after": fix.after, "batches": len(pairs), "expected": expected}
-        self.report(trainer, "pass", _FIXED.format(**words), core.fix_values(fix, self._fix_cost, expected, summary.n),
-                    key=_FIX)
+        expected = core.expected_after_fix(task, well.num_classes, summary, [y for _, y in well.pairs], self.tolerance)
+        counted = "the prior of DataInspector" if well.prior is not None else f"counted over {summary.n} targets"
+        bias = core.short_vector(fix.bias if fix.bias is not None else torch.zeros(0))
+        text = _FIXED.format(layer=layer, bias=bias, kind=_BIAS_KIND[task], counted=counted, before=fix.before,
+                             after=fix.after, batches=len(well.pairs), expected=expected)
+        self.report(trainer, "pass", text, core.fix_values(fix, self._fix_cost, expected, summary.n), key=_FIX)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
@@ -32,7 +32,7 @@ from torch import nn
 
 from recipe_callbacks.core.data_stats import label_counts
 from recipe_callbacks.core.pictures import Band, band_chart, bar_chart
-from recipe_callbacks.core.task import Task, class_first, class_indices, logits_of, per_sample_loss
+from recipe_callbacks.core.task import Task, class_first, class_indices, infer_task, logits_of, per_sample_loss
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -726,15 +726,68 @@ def fix_bias(
     return BiasFix("set", bias, entries, before, after)
 
 
+# Why fix_bias set no bias: no training batch to count from, a task it cannot tell, a batch
+# without targets, a loss it cannot compute, no bias on the final layer, a bias of another size.
+NotFixed = Literal["", "no_batches", "no_task", "no_targets", "loss", "no_bias", "size_mismatch"]
+
+
+@dataclass(frozen=True)
+class InitWell:
+    """What :func:`init_well` did (``problem``: why it set no bias, ``""`` when ``fix`` says what it
+    did) and what from: the task, the classes, the counted targets, the judged ``(logits, target)``
+    pairs, the final layer, the prior used instead of the counts, a loss's error."""
+
+    problem: NotFixed
+    fix: BiasFix | None = None
+    task: Task | None = None
+    num_classes: int | None = None
+    summary: TargetSummary | None = None
+    pairs: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
+    layer_name: str | None = None
+    prior: torch.Tensor | None = None
+    error: str = ""
+
+    def numbers(self) -> dict[str, Any]:
+        """What a text about it names: the final layer, the task, a loss's error, the entries of the
+        layer's bias and of the prior's."""
+        fix = self.fix or BiasFix("no_bias")
+        size = 0 if fix.bias is None else fix.bias.numel()
+        return {"layer": self.layer_name, "task": self.task, "error": self.error, "entries": fix.entries, "size": size}
+
+
 def init_well(
-    model: nn.Module, layer_name: str | None, task: Task, summary: TargetSummary, prior: torch.Tensor | None,
-    loss_before: Callable[[], float], loss_after: Callable[[], float],
-) -> BiasFix:
-    """:func:`fix_bias` on the layer of ``model`` named ``layer_name``, at ``summary``'s prior, or
-    at ``prior`` (counted over more samples: only its proportions are used) for classification."""
-    if prior is not None and task != "regression":
-        summary.counts = prior
-    return fix_bias(named_layer(model, layer_name), task, summary, loss_before, loss_after)
+    model: nn.Module, capture: LogitsCapture, batches: list[Any], num_batches: int, task: Task | None,
+    num_classes: int | None, *, forward: Callable[[Any], tuple[torch.Tensor, torch.Tensor]],
+    count: Callable[[Task, int | None], TargetSummary | None], prior: Callable[[int], torch.Tensor | None],
+) -> InitWell:
+    """fix_bias (recipe step 2e) on ``model``: the first ``num_batches`` of ``batches`` run
+    ``forward`` (hooked by ``capture``, which names the final layer), the task and classes told by
+    them unless given, the targets ``count``-ed (a ``prior(size)`` over more samples replaces their
+    class counts: only its proportions are used), and :func:`fix_bias` on the final layer, the loss
+    before on those pairs and after on a second forward pass of the same batches."""
+    if not batches:
+        return InitWell("no_batches")
+    judged = batches[:num_batches]
+    pairs = [forward(batch) for batch in judged]
+    logits, target = pairs[0]
+    layer_name = capture.final_layer(logits.numel())
+    task = task or infer_task(logits, target)
+    if task is None:
+        return InitWell("no_task", layer_name=layer_name)
+    num_classes = num_classes or (int(class_first(logits, target).shape[1]) if task == "multiclass" else None)
+    summary = count(task, num_classes)
+    if summary is None:
+        return InitWell("no_targets", task=task, layer_name=layer_name)
+    counted = None if task == "regression" else prior(int((num_classes if task == "multiclass" else 2) or 0))
+    if counted is not None:
+        summary.counts = counted
+    found = InitWell("", None, task, num_classes, summary, pairs, layer_name, counted)
+    try:
+        fix = fix_bias(named_layer(model, layer_name), task, summary, lambda: mean_loss(pairs, task),
+                       lambda: mean_loss([forward(batch) for batch in judged], task))
+    except (RuntimeError, ValueError) as err:
+        return replace(found, problem="loss", error=str(err))
+    return replace(found, problem=fix.status if fix.status in ("no_bias", "size_mismatch") else "", fix=fix)
 
 
 def fix_values(fix: BiasFix, cost: float, expected: float | None = None, counted: int = 0) -> dict[str, float]:
@@ -895,6 +948,18 @@ def prior_ratio_chart(mean_prob: torch.Tensor, prior: torch.Tensor) -> Figure:
         xlabel="class", ylabel="predicted / prior", reference=(1.0, "1 = matches the prior"),
         band=Band(0.5, 2.0, "within 2x of the prior"), flagged=off, flagged_label="more than 2x off",
     )
+
+
+def short_vector(values: torch.Tensor, limit: int = 6) -> str:
+    """A vector in a few characters: its first ``limit`` entries to 3 digits.
+
+    Example:
+        >>> short_vector(torch.tensor([0.5, 0.25])), short_vector(torch.arange(8.0), limit=2)
+        ('[0.5, 0.25]', '[0, 1, ...]')
+    """
+    items = [f"{float(v):.3g}" for v in values.flatten()[:limit]]
+    more = ", ..." if values.numel() > limit else ""
+    return "[" + ", ".join(items) + more + "]"
 
 
 def per_class_table(mean_prob: torch.Tensor, prior: torch.Tensor | None) -> str:
