@@ -31,10 +31,9 @@ _FIX = "fix_bias"
 # ----------------------------------------------------------------- the prose of this check, in one place
 _BASIS = {
     "prior_unknown": "log C (prior unknown)", "prior_balanced": "log C (prior balanced, entropy {entropy:.4g})",
-    "prior_entropy": "entropy of the class prior",
-    "judged_labels": "cross-entropy of the judged labels against the prior",
-    "target_variance": "variance of the targets",
-    "judged_targets": "MSE of the counted target mean on the judged targets", "argument": "the expected= argument",
+    "prior_entropy": "entropy of the class prior", "target_variance": "variance of the targets",
+    "judged_labels": "cross-entropy of the judged labels against the prior", "argument": "the expected= argument",
+    "judged_targets": "MSE of the counted target mean on the judged targets",
     "log_c": "log C: the prior cannot be acted on", "": "",
 }
 _ORIGIN = {"inspector": "DataInspector's", "fix_bias": "fix_bias's counted", "first_batch": "first batch's",
@@ -188,9 +187,8 @@ class InitLossCheck(RecipeCallback):
     # ----------------------------------------------------------------- hooks
     @override
     def unsupported_when_sharded(self) -> str:
-        if self.fix_bias:
-            return "fix_bias=True sets the final layer's bias, of which each rank holds a shard (fix_bias=False runs)"
-        return ""
+        sets = "fix_bias=True sets the final layer's bias, of which each rank holds a shard (fix_bias=False runs)"
+        return sets if self.fix_bias else ""
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -293,9 +291,8 @@ class InitLossCheck(RecipeCallback):
     def _counted(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, task: Task, num_classes: int | None
     ) -> TargetSummary | None:
-        """The targets of up to ``max_batches`` training batches (no forward pass) summed over the
-        processes, so that every rank judges and sets the same prior: a prior from enough data, never
-        from one batch. ``None`` without a training loader or when a batch has no target."""
+        """The targets of up to ``max_batches`` training batches (no forward pass) summed over the processes (every
+        rank judges and sets the same prior). ``None`` without a training loader or when a batch has no target."""
         try:
             targets = [self.resolved(b).y for b in self._training_batches(trainer, pl_module)[: self.max_batches]]
         except Exception:  # reading the data again must not stop training; nor a batch it cannot resolve
@@ -324,9 +321,10 @@ class InitLossCheck(RecipeCallback):
             self.report(trainer, "fail", f"a target class index is >= the {num_classes} logits of the model", {},
                         "Check the labels and the size of the final layer.", key=_KEY)
             return
-        # the mean over the processes of the step loss (a process without one adds 0)
-        step, has_step = sum_over_ranks(trainer, [torch.tensor([step_loss or 0.0, float(step_loss is not None)])])[0]
-        sums.load(sum_over_ranks(trainer, sums.parts()))
+        # the sums, and the step loss (a process without one adds 0), over the processes in one all-reduce
+        step_part = torch.tensor([step_loss or 0.0, float(step_loss is not None)])
+        (step, has_step), *parts = sum_over_ranks(trainer, [step_part, *sums.parts()])
+        sums.load(parts)
         exp, choice = core.expected_at_init(
             task, num_classes, sums.targets, self.tolerance, fixed=self._fixed_summary, given=self.expected,
             inspector=lambda size: self._prior_from_inspector(trainer, size),
