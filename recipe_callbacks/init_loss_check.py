@@ -77,21 +77,16 @@ def _source(exp: ExpectedLoss, choice: PriorChoice | None) -> str:
     return text
 
 
-def _prose(
-    sums: InitLossSums, exp: ExpectedLoss, judged: LossAtInit, choice: PriorChoice | None, source: str,
-    final_layer: str | None,
-) -> tuple[Status, str, str]:
+def _prose(sums: InitLossSums, exp: ExpectedLoss, judged: LossAtInit, choice: PriorChoice | None, source: str,
+           final_layer: str | None) -> tuple[Status, str, str]:
     """The status, summary and advice of the loss-at-init Finding."""
     at, j, mean_prob, prior = judged.at, judged.at.judgement, sums.mean_prob(), judged.prior
     layer = f"final layer '{final_layer}'" if final_layer else "final layer not identified"
-    gap_text = ""
-    if mean_prob is not None and prior is not None:
-        gap_text = (f" Mean predicted probability {core.short_vector(mean_prob)} vs prior {core.short_vector(prior)}"
-                    f" (total variation {judged.gap:.3g}).")
-    head = (
-        f"{sums.task} loss at init {j.observed:.4g} over {sums.n} samples ({source}), expected {j.expected:.4g} "
-        f"({_source(at.expected, choice)}); ratio {j.ratio:.3g}, band [{j.low:.4g}, {j.high:.4g}]; {layer}."
-    )
+    gap_text = "" if mean_prob is None or prior is None else (
+        f" Mean predicted probability {core.short_vector(mean_prob)} vs prior {core.short_vector(prior)}"
+        f" (total variation {judged.gap:.3g}).")
+    head = (f"{sums.task} loss at init {j.observed:.4g} over {sums.n} samples ({source}), expected {j.expected:.4g} "
+            f"({_source(at.expected, choice)}); ratio {j.ratio:.3g}, band [{j.low:.4g}, {j.high:.4g}]; {layer}.")
     if j.verdict == "pass":
         cannot_act = "" if not at.obstacle else (
             f" {_OBSTACLE[at.obstacle].format(layer=layer)}: judged against the uninformed loss {exp.uninformed:.4g} "
@@ -114,8 +109,7 @@ class InitLossCheck(RecipeCallback):
     not run again on a resumed run.
 
     Args:
-        task: ``"multiclass"``, ``"binary"`` or ``"regression"``; inferred when ``None``
-            (:func:`~recipe_callbacks.core.task.infer_task`).
+        task: ``"multiclass"``, ``"binary"`` or ``"regression"``; inferred when ``None`` (``infer_task``).
         num_classes: number of classes; inferred from the logits when ``None``.
         expected: the expected loss at init, overriding the rule above.
         tolerance: the band ``[expected / (1 + tolerance), expected * (1 + tolerance)]``.
@@ -137,17 +131,14 @@ class InitLossCheck(RecipeCallback):
         TypeError: for arguments of the wrong type.
 
     Logged:
-        - ``recipe.init_loss_check/finding``: text, the Findings with their values ``observed``,
-          ``expected``, ``ratio``, ``band_low``, ``band_high``, ``uninformed``, ``logit_std``,
-          ``samples``, ``cost_steps``, ``step_loss`` (the loss ``training_step`` returned), for
-          classification ``num_classes`` and ``prob_gap`` (total variation between the mean
-          predicted distribution and the prior); with ``fix_bias``, ``fix_bias/loss_before``,
-          ``fix_bias/loss_after``, ``fix_bias/expected``, ``fix_bias/counted_samples``, ``fix_bias/cost_steps``.
-        - ``recipe.init_loss_check/per_class``: text, the mean predicted probability and the prior
-          of each class (up to 32 classes).
-        - ``recipe.init_loss_check/loss_at_init``, ``predicted_vs_prior``: figures, the loss at init
-          against its expected band, and a bar per class of the mean predicted probability over the
-          prior (1 everywhere is a calibrated init).
+        - ``recipe.init_loss_check/finding``: text, the Findings with values ``observed``, ``expected``,
+          ``ratio``, ``band_low``, ``band_high``, ``uninformed``, ``logit_std``, ``samples``, ``cost_steps``,
+          ``step_loss`` (the loss ``training_step`` returned), for classification ``num_classes`` and
+          ``prob_gap`` (total variation between the mean prediction and the prior); with ``fix_bias``,
+          ``fix_bias/`` ``loss_before``, ``loss_after``, ``expected``, ``counted_samples``, ``cost_steps``.
+        - ``recipe.init_loss_check/per_class``: text, the mean predicted probability and the prior of
+          each class (up to 32); ``loss_at_init``, ``predicted_vs_prior``: figures, the loss at init
+          against its band, a bar per class of the mean prediction over the prior (1: calibrated).
 
     Example::
 
@@ -198,10 +189,8 @@ class InitLossCheck(RecipeCallback):
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.is_resumed(trainer):
-            return
-        self._active = True
-        if self.fix_bias:
+        self._active = not self.is_resumed(trainer)
+        if self._active and self.fix_bias:
             with self.stopwatch() as watch, self.skipping(trainer):
                 self._fix_bias(trainer, pl_module)
             self._fix_seconds = watch.seconds
@@ -229,8 +218,7 @@ class InitLossCheck(RecipeCallback):
 
     # ----------------------------------------------------------------- measuring
     def _training_batches(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[Any]:
-        """The training batches this check reads from the data set (for the counts, ``fix_bias`` and
-        the fallback), read at the first need and kept until the check has judged."""
+        """The training batches read from the data set for the counts, fix_bias and the fallback: once, until judged."""
         if self._read is None:
             self._read = sample_batches(trainer, pl_module.device, max(self.max_batches, self.num_batches - 1))
         return self._read
@@ -281,12 +269,11 @@ class InitLossCheck(RecipeCallback):
 
     # ----------------------------------------------------------------- judging
     def _prior_from_inspector(self, trainer: pl.Trainer, size: int) -> torch.Tensor | None:
-        for cb in trainer.callbacks:  # type: ignore[attr-defined]
-            if isinstance(cb, DataInspector):
-                prior = cb.class_prior(trainer)
-                if isinstance(prior, torch.Tensor) and prior.numel() == size:
-                    return prior.detach().cpu().to(torch.float64)
-        return None
+        """The class prior of a DataInspector on the same Trainer, of ``size`` classes."""
+        callbacks = trainer.callbacks  # type: ignore[attr-defined]
+        priors = (cb.class_prior(trainer) for cb in callbacks if isinstance(cb, DataInspector))
+        found = next((p for p in priors if isinstance(p, torch.Tensor) and p.numel() == size), None)
+        return None if found is None else found.detach().cpu().to(torch.float64)
 
     def _counted(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, task: Task, num_classes: int | None
@@ -357,17 +344,15 @@ class InitLossCheck(RecipeCallback):
         if well.problem:
             reason, argument = _NOT_FIXED[well.problem]
             raise CheckSkipped(reason.format(**well.numbers()), argument, key=_FIX)
-        fix, summary, task, layer = well.fix, well.summary, well.task, well.layer_name
+        fix, summary, task = well.fix, well.summary, well.task
         assert fix is not None and summary is not None and task is not None
         self._fix_cost = 2 * len(well.pairs) * FORWARD_PASS_STEPS
         if fix.status == "reverted":
-            self.report(trainer, "warn", _REVERTED[0].format(layer=layer, before=fix.before, after=fix.after),
-                        core.fix_values(fix, self._fix_cost), _REVERTED[1], key=_FIX)
+            self.report(trainer, "warn", _REVERTED[0].format(**well.numbers()), core.fix_values(fix, self._fix_cost),
+                        _REVERTED[1], key=_FIX)
             return
         self._fixed_summary = summary
         expected = core.expected_after_fix(task, well.num_classes, summary, [y for _, y in well.pairs], self.tolerance)
         counted = "the prior of DataInspector" if well.prior is not None else f"counted over {summary.n} targets"
-        bias = core.short_vector(fix.bias if fix.bias is not None else torch.zeros(0))
-        text = _FIXED.format(layer=layer, bias=bias, kind=_BIAS_KIND[task], counted=counted, before=fix.before,
-                             after=fix.after, batches=len(well.pairs), expected=expected)
+        text = _FIXED.format(**well.numbers(), kind=_BIAS_KIND[task], counted=counted, expected=expected)
         self.report(trainer, "pass", text, core.fix_values(fix, self._fix_cost, expected, summary.n), key=_FIX)

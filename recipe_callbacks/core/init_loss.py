@@ -749,10 +749,13 @@ class InitWell:
 
     def numbers(self) -> dict[str, Any]:
         """What a text about it names: the final layer, the task, a loss's error, the entries of the
-        layer's bias and of the prior's."""
+        layer's bias and of the prior's bias, that bias (:func:`short_vector`), the losses before and
+        after and over how many batches."""
         fix = self.fix or BiasFix("no_bias")
-        size = 0 if fix.bias is None else fix.bias.numel()
-        return {"layer": self.layer_name, "task": self.task, "error": self.error, "entries": fix.entries, "size": size}
+        bias = fix.bias if fix.bias is not None else torch.zeros(0)
+        return {"layer": self.layer_name, "task": self.task, "error": self.error, "entries": fix.entries,
+                "size": bias.numel(), "bias": short_vector(bias), "before": fix.before, "after": fix.after,
+                "batches": len(self.pairs)}
 
 
 def init_well(
