@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -76,10 +77,8 @@ _OWN_PASS = ("Ran its own forward pass on {own:.0f} batches per process: validat
 
 def _figures(reading: Reading) -> list[str]:
     """The figures of a dataloader's summary: the loss, then each metric to the digits its interval supports."""
-    loss = reading.loss
-    parts = [f"loss {loss.text()}"]
-    if reading.per_position:
-        parts = [f"loss {loss.text()} scored positions (ignore_index -100 left out) of {reading.samples:,} samples"]
+    scored = f" scored positions (ignore_index -100 left out) of {reading.samples:,} samples"
+    parts = [f"loss {reading.loss.text()}{scored if reading.per_position else ''}"]
     for name, value in reading.metrics.items():
         est = reading.interval(name)
         parts.append(f"{name} {round_to_interval(value, est.half_width)}" if est is not None else f"{name} {value:.4g}")
@@ -161,14 +160,11 @@ class FullEvalSet(RecipeCallback):
         self._warned: dict[str, str] = {}
         self._validated_in_fit = False
 
-    @property
+    @cached_property
     @override
-    def state_key(self) -> str:
-        # Lightning reads state_key around every hook call: build it once.
-        if "_state_key_cache" not in self.__dict__:
-            names = sorted(self.metric_objects) if self.metric_objects is not None else self.metric_names
-            self.__dict__["_state_key_cache"] = self._generate_state_key(metrics=names, task=self.task, loss=self.loss)
-        return str(self.__dict__["_state_key_cache"])
+    def state_key(self) -> str:  # read by Lightning around every hook call: built once
+        names = sorted(self.metric_objects) if self.metric_objects is not None else self.metric_names
+        return self._generate_state_key(metrics=names, task=self.task, loss=self.loss)
 
     # ----------------------------------------------------------------- hooks
     @override
