@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import torch
+from lightning.fabric.utilities.apply_func import move_data_to_device
 from typing_extensions import override
 
 from recipe_callbacks.core import init_loss as core
@@ -205,7 +206,8 @@ class InitLossCheck(RecipeCallback):
 
     @override
     def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: torch.Tensor) -> None:
-        self._conclude(trainer, pl_module, float(loss.detach()))
+        if self._active:  # only then read the loss (a device-to-host copy)
+            self._conclude(trainer, pl_module, float(loss.detach()))
 
     @override
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
@@ -217,14 +219,15 @@ class InitLossCheck(RecipeCallback):
         self._capture.detach()
 
     # ----------------------------------------------------------------- measuring
-    def _training_batches(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[Any]:
-        """The training batches read from the data set for the counts, fix_bias and the fallback: once, until judged."""
+    def _training_batches(self, trainer: pl.Trainer) -> list[Any]:
+        """The training batches read from the data set for the counts, fix_bias and the fallback: once, on the host."""
         if self._read is None:
-            self._read = sample_batches(trainer, pl_module.device, max(self.max_batches, self.num_batches - 1))
+            self._read = sample_batches(trainer, torch.device("cpu"), max(self.max_batches, self.num_batches - 1))
         return self._read
 
     def _forward(self, pl_module: pl.LightningModule, batch: Any, key: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(logits, target)`` of one batch, run forward under ``observing``."""
+        """``(logits, target)`` of one batch (moved to the model's device), run forward under ``observing``."""
+        batch = move_data_to_device(batch, pl_module.device)
         resolved = self.resolved(batch, key=key)
         if resolved.y is None:
             raise CheckSkipped("the batch has no target to judge the loss against", "target_key", key=key)
@@ -255,7 +258,7 @@ class InitLossCheck(RecipeCallback):
                 pairs = [aligned(captured, resolved.y, integer_inputs(batch, resolved))]
                 cost, source = self._fix_cost, "the logits of the first training step"
             else:
-                extra = self._training_batches(trainer, pl_module)[: self.num_batches - 1]
+                extra = self._training_batches(trainer)[: self.num_batches - 1]
                 pairs = [self._forward(pl_module, b, _KEY) for b in ([batch] if batch is not None else []) + extra]
                 if not pairs:
                     raise CheckSkipped("saw no batch to judge", "forward_fn", key=_KEY)
@@ -275,13 +278,11 @@ class InitLossCheck(RecipeCallback):
         found = next((p for p in priors if isinstance(p, torch.Tensor) and p.numel() == size), None)
         return None if found is None else found.detach().cpu().to(torch.float64)
 
-    def _counted(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, task: Task, num_classes: int | None
-    ) -> TargetSummary | None:
+    def _counted(self, trainer: pl.Trainer, task: Task, num_classes: int | None) -> TargetSummary | None:
         """The targets of up to ``max_batches`` training batches (no forward pass) summed over the processes (every
         rank judges and sets the same prior). ``None`` without a training loader or when a batch has no target."""
         try:
-            targets = [self.resolved(b).y for b in self._training_batches(trainer, pl_module)[: self.max_batches]]
+            targets = [self.resolved(b).y for b in self._training_batches(trainer)[: self.max_batches]]
         except Exception:  # reading the data again must not stop training; nor a batch it cannot resolve
             return None
         if any(y is None for y in targets):
@@ -315,7 +316,7 @@ class InitLossCheck(RecipeCallback):
         exp, choice = core.expected_at_init(
             task, num_classes, sums.targets, self.tolerance, fixed=self._fixed_summary, given=self.expected,
             inspector=lambda size: self._prior_from_inspector(trainer, size),
-            count=lambda size: self._counted(trainer, pl_module, task, size),
+            count=lambda size: self._counted(trainer, task, size),
         )
         if exp is None:
             raise CheckSkipped("no targets were counted", "expected", key=_KEY)
@@ -336,9 +337,9 @@ class InitLossCheck(RecipeCallback):
     # ----------------------------------------------------------------- init well
     def _fix_bias(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         well = core.init_well(
-            pl_module, self._capture, self._training_batches(trainer, pl_module)[: self.max_batches], self.num_batches,
+            pl_module, self._capture, self._training_batches(trainer)[: self.max_batches], self.num_batches,
             self.task, self.num_classes, forward=lambda batch: self._forward(pl_module, batch, _FIX),
-            count=lambda task, size: self._counted(trainer, pl_module, task, size),
+            count=lambda task, size: self._counted(trainer, task, size),
             prior=lambda size: self._prior_from_inspector(trainer, size),
         )
         if well.problem:
