@@ -114,8 +114,8 @@ class FullEvalSet(RecipeCallback):
             (regression); ``[]``: the loss only. Accuracy, MAE and MSE come exactly from the sums.
         task: ``"multiclass"``, ``"binary"`` or ``"regression"``; inferred from the first batch when
             ``None`` (:func:`~recipe_callbacks.core.task.infer_task`).
-        loss: the per-sample loss computed from the logits: ``"cross_entropy"``,
-            ``"bce_with_logits"``, ``"mse"``, ``"l1"``; the task's default when ``None``.
+        loss: the per-sample loss, from the logits ``forward`` returns (predictions for regression):
+            ``"cross_entropy"``, ``"bce_with_logits"``, ``"mse"``, ``"l1"``; the task's default when ``None``.
         num_classes: classes of a multiclass task; the size of the logits' class axis when ``None``.
         confidence: the level of the interval (normal approximation), 0.95 by default.
         on_fail: ``"warn"``, ``"raise"`` or ``"ignore"`` (see :class:`RecipeCallback`).

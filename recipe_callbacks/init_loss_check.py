@@ -101,13 +101,13 @@ def _prose(sums: InitLossSums, exp: ExpectedLoss, judged: LossAtInit, choice: Pr
 class InitLossCheck(RecipeCallback):
     """Verify the loss at init (recipe step 2d) and, with ``fix_bias=True``, init well (step 2e).
 
-    Judges the logits of the first training step, read by a forward hook (else ``num_batches``
-    no-grad forward passes), against ``log C`` for an unknown or balanced class prior, the prior's
-    entropy otherwise (a :class:`~recipe_callbacks.DataInspector`'s, else counted), the target
-    variance for regression: ``warn`` near the uninformed loss (a default bias on an imbalanced
-    task), ``fail`` far above the band (confident and wrong), ``warn`` below it (a leak, or a
-    pretrained model). The training batches it reads from the data set are read once per fit. Does
-    not run again on a resumed run.
+    Judges the logits of the first training step, read by a forward hook when ``training_step``
+    calls ``self(x)`` (else of ``num_batches`` no-grad forward passes), against ``log C`` for an
+    unknown or balanced class prior, the prior's entropy otherwise (a
+    :class:`~recipe_callbacks.DataInspector`'s, else counted), the target variance for regression:
+    ``warn`` near the uninformed loss (a default bias on an imbalanced task), ``fail`` far above the
+    band (confident and wrong), ``warn`` below it (a leak, or a pretrained model). The training
+    batches it reads from the data set are read once per fit. Not run again on a resumed run.
 
     Args:
         task: ``"multiclass"``, ``"binary"`` or ``"regression"``; inferred when ``None`` (``infer_task``).

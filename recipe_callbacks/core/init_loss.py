@@ -481,8 +481,8 @@ def expected_at_init(
     multiclass one), and the class prior it comes from (:func:`choose_prior`: ``inspector(size)``,
     else ``fixed``, else ``count(size)``, which reads the training set and is called only when
     needed, else the judged targets). Regression: the variance of ``fixed`` or ``count(None)``
-    targets, else (none counted) of the judged ones. ``given``: the user's expected loss, which replaces the value.
-    ``None`` when nothing was counted.
+    targets, else (none counted) of the judged ones. ``given``: the user's expected loss, which
+    replaces the value. ``None`` when nothing was counted.
 
     Example:
         >>> judged = TargetSummary.of("binary", None, [torch.tensor([1.0] + [0.0] * 9)])
