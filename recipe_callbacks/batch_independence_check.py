@@ -178,11 +178,11 @@ class BatchIndependenceCheck(OneOffDependencyCheck):
             "num_probes": float(len(m.probes)),
             "cost_steps": m.cost,
         }
-        picture = dependency_picture(
-            m.rel, m.leaks, flagged_label="leak across samples", ylabel="probed output sample",
+        self.log_figure(
+            trainer, "dependency_matrix", dependency_picture, m.rel, m.leaks, flagged_label="leak across samples",
+            ylabel="probed output sample",
             title=f"BatchIndependenceCheck: only each sample's own input may be bright ({len(m.leaks)} leak(s))",
         )
-        self.log_figure(trainer, "dependency_matrix", picture)
         setup = self._setup(m.method, m.where, m.batchnorms)
         if m.leaks:
             where = self._where_mixing(m)

@@ -273,12 +273,12 @@ class CausalityCheck(OneOffDependencyCheck):
             "num_positions": float(len(m.positions)),
             "cost_steps": m.cost,
         }
-        picture = dependency_picture(
-            m.rel, m.violations, xlabel="input time step", ylabel="output time step",
+        self.log_figure(
+            trainer, "dependency_matrix", dependency_picture, m.rel, m.violations, xlabel="input time step",
+            ylabel="output time step",
             flagged_label="dependency on the future",
             title=f"CausalityCheck: nothing may be bright above the diagonal, the future ({len(m.violations)} found)",
         )
-        self.log_figure(trainer, "dependency_matrix", picture)
         allowed = "before t" if self.strict else "up to t"
         setup = self._setup(m.method, m.where, m.batchnorms)
         if m.violations:

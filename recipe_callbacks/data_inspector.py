@@ -239,7 +239,7 @@ class DataInspector(RecipeCallback):
             "samples": float(read), "num_classes": float(counts.numel()), "present_classes": float(present),
             "imbalance_ratio": ratio, "majority_fraction": float(counts.max()) / total, "cost_steps": 0.0,
         }
-        self.log_figure(trainer, "label_distribution", core.label_chart(counts, of, self.max_imbalance, _MAX_BARS))
+        self.log_figure(trainer, "label_distribution", core.label_chart, counts, of, self.max_imbalance, _MAX_BARS)
         if counts.numel() <= _MAX_CLASS_SCALARS:
             self.log_text(trainer, "label_counts", core.label_table(counts))
         shares = ", ".join(f"{c}: {int(n)}" for c, n in enumerate(counts[:12]))
@@ -312,8 +312,8 @@ class DataInspector(RecipeCallback):
         self.log_text(trainer, "hardest_samples", core.hardest_table(hardest, positions))
         if images and hardest.inputs:
             captions = [f"y{t} p{p}" for t, p in zip(hardest.targets, hardest.predictions, strict=False)]
-            grid = image_grid(torch.stack(hardest.inputs).float(), captions=captions)
-            self.log_image(trainer, "hardest_samples", grid)
+            self.log_figure(trainer, "hardest_samples", image_grid, torch.stack(hardest.inputs).float(),
+                            captions=captions)
         top = ", ".join(f"#{int(i)} ({float(v):.3g})" for i, v in zip(positions[:5], hardest.losses[:5], strict=False))
         summary = (f"the {len(positions)} highest-loss of {seen} validation samples: {top}; mean loss {mean:.4g}. "
                    f"See {self.tag('hardest_samples')}.")

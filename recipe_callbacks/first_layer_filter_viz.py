@@ -261,15 +261,16 @@ class FirstLayerFilterViz(RecipeCallback):
             self.log_scalars(trainer, {"noise_score": score})
         self.last_noise_score = score
         if trainer.is_global_zero:
-            picture = self.picture(bank)
-            if isinstance(picture, np.ndarray):
-                self.log_image(trainer, "filters", picture)
+            if bank is None:
+                self.log_figure(trainer, "filters", weights_figure, self._weight()[: self.max_filters],
+                                self.layer_name or "")
             else:
-                self.log_figure(trainer, "filters", picture)
+                tiles, ncols = filter_tiles(bank, self.max_filters)
+                self.log_figure(trainer, "filters", image_grid, tiles, ncols=ncols)
             if math.isfinite(score):
                 self._scores = [*self._scores[-(_MAX_SCORES - 1):], (step, score)]
-                chart = noise_score_chart(self._scores, self.layer_name or "", self.noise_threshold)
-                self.log_figure(trainer, "noise_score_chart", chart)
+                self.log_figure(trainer, "noise_score_chart", noise_score_chart, list(self._scores),
+                                self.layer_name or "", self.noise_threshold)
         return score
 
     def picture(self, bank: torch.Tensor | None = None) -> np.ndarray | Figure:

@@ -326,12 +326,12 @@ class InitLossCheck(RecipeCallback):
         mean_prob, prior = sums.mean_prob(), judged.prior
         if mean_prob is not None:
             if prior is not None:
-                self.log_figure(trainer, "predicted_vs_prior", core.prior_ratio_chart(mean_prob, prior))
+                self.log_figure(trainer, "predicted_vs_prior", core.prior_ratio_chart, mean_prob, prior)
             if mean_prob.numel() <= _MAX_CLASS_SCALARS:  # one-time numbers: a table, not single-point charts
                 self.log_text(trainer, "per_class", core.per_class_table(mean_prob, prior))
         status, summary, advice = _prose(sums, exp, judged, choice, source, self.final_layer_name)
-        chart = core.loss_band_chart(judged.values, self.tolerance, status, _source(judged.at.expected, choice))
-        self.log_figure(trainer, "loss_at_init", chart)
+        self.log_figure(trainer, "loss_at_init", core.loss_band_chart, judged.values, self.tolerance, status,
+                        _source(judged.at.expected, choice))
         self.report(trainer, status, summary, judged.values, advice, key=_KEY)
 
     # ----------------------------------------------------------------- init well

@@ -210,12 +210,11 @@ class InputIndependentBaseline(FirstBatchCheck):
             "identical": float(v.identical),
             "separated": float(v.separated),
         }
-        chart = line_chart(
-            {"real inputs": runs.real, "zero inputs": runs.zero},
+        self.log_figure(
+            trainer, "loss_curves", line_chart, {"real inputs": runs.real, "zero inputs": runs.zero},
             title="InputIndependentBaseline: the loss on real inputs must end clearly below the loss on zeros",
             xlabel="training step", ylabel="training loss", styles={"zero inputs": "--"},
         )
-        self.log_figure(trainer, "loss_curves", chart)
         status, summary, advice = self._verdict_text(v, runs, n)
         self.report(trainer, status, summary, values, advice)
 
@@ -255,6 +254,12 @@ class InputIndependentBaseline(FirstBatchCheck):
                 "(frozen parameters, a learning rate of zero, a wrong loss)"
             )
             return "warn", summary, advice
+        if v.status == "skip":
+            summary = (
+                f"{curves}; the real inputs were pulling away from the zero-input loss ({v.gap:.3g} below it at the "
+                f"end, less than the margin {v.margin:.3g}) when the runs reached max_steps: undecided"
+            )
+            return "skip", summary, f"raise InputIndependentBaseline(max_steps=...) (now {self.max_steps}) to decide"
         summary = (
             f"{curves}; the real inputs did not get clearly below the zero-input loss (ended {v.gap:.3g} "
             f"below it, margin {v.margin:.3g}): the model is not using its input"

@@ -295,8 +295,8 @@ class InputVisualizer(RecipeCallback):
             # Very large images are drawn at a stride, so the picture stays about 512 px per tile at most.
             stride = max(1, -(-max(tiles.shape[-2:]) // MAX_TILE_SIDE))
             tiles = tiles[..., ::stride, ::stride]
-            grid = image_grid(tiles.float().cpu(), ncols=cols or None, captions=captions or None)
-            self.log_image(trainer, "images", grid)
+            self.log_figure(trainer, "images", image_grid, tiles.float().cpu(), ncols=cols or None,
+                            captions=captions or None)
         flat = x.detach().reshape(-1)[:MAX_HISTOGRAM_VALUES]
         self.log_histogram(trainer, "input_values", flat.float())
         if y is not None and not y.is_complex():

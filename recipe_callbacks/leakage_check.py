@@ -73,19 +73,13 @@ class LeakageCheck(RecipeCallback):
         max_fraction: largest fraction of validation samples with a near-duplicate that passes.
         eval_samples: samples of each set evaluated for the too-good-to-be-true flags.
         max_val_train_ratio: a validation loss below this fraction of the training loss is a flag.
-        max_first_epoch_accuracy: a validation accuracy whose 95% interval starts above this in the
-            first epoch is a flag.
+        max_first_epoch_accuracy: a first-epoch validation accuracy whose 95% interval starts above this.
         thumbnail_size: side of the image thumbnails.
-        task: ``"multiclass"``, ``"binary"`` or ``"regression"``; inferred from outputs and targets
-            when ``None``.
+        task: ``"multiclass"``, ``"binary"`` or ``"regression"``; inferred when ``None``.
         seed: seed of the subsets drawn from large sets.
-        on_fail: ``"warn"``, ``"raise"`` or ``"ignore"``; this check only ever warns.
-        input_key: where the input is in a batch (a dict key or a position); inferred when ``None``.
-        target_key: where the target is in a batch; inferred when ``None``.
-        batch_to_xy: a function ``batch -> (x, y)`` that replaces both.
-        forward_fn: how the too-good-to-be-true evaluation runs the model on a batch the way your
-            step does (a method name or a function ``(pl_module, batch) -> output``); ``None`` reads
-            it from ``forward``'s signature; see :class:`~recipe_callbacks.RecipeCallback`.
+        on_fail, input_key, target_key, batch_to_xy, forward_fn: as for every check, see
+            :class:`~recipe_callbacks.RecipeCallback` (``forward_fn`` runs the model for the
+            too-good-to-be-true evaluation; this check only ever warns).
 
     Raises:
         ValueError: a count below 1, a tolerance or fraction out of range, an unknown task or
@@ -105,9 +99,9 @@ class LeakageCheck(RecipeCallback):
     Cost:
         At the start: reading at most ``max_samples`` samples of each set and a nearest-neighbour
         search (about 0.5 s for 2,000 x 2,000 thumbnails or sequences of 128 tokens on one CPU
-        thread), 0 training steps. At each of the first five validations: one no-grad forward
-        pass over ``2 * eval_samples`` samples (the total so far is stated in
-        ``values["cost_steps"]``, about a third of a training step per batch).
+        thread). At each of the first five validations: one no-grad forward pass over
+        ``2 * eval_samples`` samples. Both are timed and stated in ``values["cost_steps"]`` of their
+        Finding (the evaluations' total so far), in training steps of this run.
 
     Example::
 
@@ -151,6 +145,7 @@ class LeakageCheck(RecipeCallback):
         self._flagged = False
         self._cost = 0.0
         self._evaluations = 0
+        self._evaluation_watch = self.stopwatch()
 
     # ----------------------------------------------------------------- hooks
     @override
@@ -159,12 +154,15 @@ class LeakageCheck(RecipeCallback):
         self._flagged = False
         self._cost = 0.0
         self._evaluations = 0
+        self._evaluation_watch = self.stopwatch()
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         try:
             if not self.is_resumed(trainer):
-                self._near_duplicates(trainer)
+                with self.stopwatch() as watch, self.skipping(trainer):
+                    self._near_duplicates(trainer)
+                self.state_cost(watch.seconds, key=_KEY_NEAR)
         finally:
             self.finish_early()
 
@@ -174,7 +172,9 @@ class LeakageCheck(RecipeCallback):
             return
         self._evaluations += 1
         if self._evaluations <= MAX_EVALUATIONS:  # leakage shows from the first validations on
-            self._too_good(trainer, pl_module)
+            with self._evaluation_watch, self.skipping(trainer):
+                self._too_good(trainer, pl_module)
+            self.state_cost(self._evaluation_watch.seconds, key=_KEY_TOO_GOOD)  # all its evaluations so far
 
     # ----------------------------------------------------------------- near-duplicates
     def _near_duplicates(self, trainer: pl.Trainer) -> None:
@@ -217,7 +217,7 @@ class LeakageCheck(RecipeCallback):
         """The near-duplicate pairs side by side: validation sample, its nearest training sample."""
         pairs = pair_pictures(val, train, positions, nearest)
         if pairs is not None:
-            self.log_image(trainer, "near_duplicate_pairs", image_grid(pairs[0], ncols=2, captions=pairs[1]))
+            self.log_figure(trainer, "near_duplicate_pairs", image_grid, pairs[0], ncols=2, captions=pairs[1])
 
     def _report_near(
         self, trainer: pl.Trainer, kind: InputKind, nearest: Nearest, found: NearCount, n_train: int

@@ -334,7 +334,8 @@ class LossDecreaseCheck(RecipeCallback):
         if not trainer.is_global_zero:
             return
         fit = [trend.intercept + trend.slope * i for i in range(trend.steps)]
-        chart = line_chart(
+        self.log_figure(
+            trainer, "loss_curve", line_chart,
             {"training loss": self.losses, "Theil-Sen trend": fit},
             title=f"LossDecreaseCheck ({trend.status}): the trend of the first {trend.steps} losses must fall by "
             f"{self.min_decrease:.0%} or more",
@@ -342,7 +343,6 @@ class LossDecreaseCheck(RecipeCallback):
             hlines={f"stall level ({self.plateau_fraction:.0%} of the start)": self.plateau_fraction * trend.first},
             styles={"Theil-Sen trend": "--"},
         )
-        self.log_figure(trainer, "loss_curve", chart)
 
     # ----------------------------------------------------------------- state
     @override

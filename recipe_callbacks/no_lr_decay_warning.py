@@ -282,9 +282,9 @@ class NoLRDecayWarning(RecipeCallback):
         title = (
             f"NoLRDecayWarning: the planned LR of {plan.epochs} epochs; look for early decay or a fall to 0"
         )
-        chart = line_chart(series, x=plan.steps[::every].tolist(), title=title, xlabel="optimizer step",
-                           ylabel="learning rate", y_from_zero=True)
-        self.log_figure(trainer, "planned_lr", chart, step=self._tracker.start_step)
+        self.log_figure(trainer, "planned_lr", line_chart, series, x=plan.steps[::every].tolist(), title=title,
+                        xlabel="optimizer step", ylabel="learning rate", y_from_zero=True,
+                        step=self._tracker.start_step)
         lines = [f"Planned optimizer steps: {plan.simulated_steps} (estimated_stepping_batches: "
                  f"{trainer.estimated_stepping_batches}); epochs: {plan.epochs}.", ""]
         for k, e in enumerate(self._tracker.entries):
@@ -532,12 +532,12 @@ class NoLRDecayWarning(RecipeCallback):
         if not trainer.is_global_zero or not self._tracker.actual_chart or not plan.steps.size:
             return
         xs, series = self._tracker.chart()
-        chart = line_chart(
+        self.log_figure(
+            trainer, "actual_vs_planned", line_chart,
             series, x=xs, title="NoLRDecayWarning: the LR used (solid) must lie on the planned LR (dashed)",
             xlabel="optimizer step", ylabel="learning rate", y_from_zero=True,
             styles={name: "--" for name in series if name.startswith("planned")},
         )
-        self.log_figure(trainer, "actual_vs_planned", chart)
 
     @override
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:

@@ -297,14 +297,13 @@ class OverfitOneBatch(FirstBatchCheck):
         # fifth reads as well on a linear one, which draws in about half the time (no minor ticks).
         log_y = positive and max(finite) > 10 * min(finite)
         low = min(target / 100, target) if log_y else 0.0
-        chart = line_chart(
-            {"loss on the fixed batch": losses},
+        self.log_figure(
+            trainer, "loss_curve", line_chart, {"loss on the fixed batch": losses},
             title=f"OverfitOneBatch: training on one batch must reach the loss {target:.3g}",
             xlabel="optimizer step", ylabel="loss" + (" (log scale)" if log_y else ""),
             log_y=log_y, band=Band(low, target, "target reached") if positive else None,
             hlines={f"target {target:.3g}": target},
         )
-        self.log_figure(trainer, "loss_curve", chart)
 
 
 @dataclass

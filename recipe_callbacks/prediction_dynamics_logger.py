@@ -400,8 +400,9 @@ class PredictionDynamicsLogger(RecipeCallback):
             return
         classification = self._task != "regression"
         matrix = self.heatmap_matrix().numpy()
-        chart = matrix_chart(
-            matrix, vmin=0.0, vmax=1.0 if classification else None, cmap="viridis" if classification else "magma",
+        self.log_figure(
+            trainer, "heatmap", matrix_chart, matrix, vmin=0.0, vmax=1.0 if classification else None,
+            cmap="viridis" if classification else "magma",
             x_values=self.history.steps[-matrix.shape[1]:],
             title="PredictionDynamicsLogger: "
             + ("p(true class) per fixed sample; rows should turn bright and stay" if classification
@@ -409,7 +410,6 @@ class PredictionDynamicsLogger(RecipeCallback):
             xlabel="global step", ylabel="fixed validation sample",
             colorbar_label="p(true class)" if classification else "|prediction - target|",
         )
-        self.log_figure(trainer, "heatmap", chart)
         x = self.sample_x
         if x is None or x.ndim != 4 or x.shape[1] not in (1, 3) or self._previous is None:
             return
@@ -423,7 +423,7 @@ class PredictionDynamicsLogger(RecipeCallback):
             captions = [f"y={t:.2g} p={p:.2g}" for t, p in zip(y.flatten().tolist(), predicted_values, strict=False)]
         else:
             captions = None
-        self.log_image(trainer, "samples", image_grid(x.float(), captions=captions))
+        self.log_figure(trainer, "samples", image_grid, x.float(), captions=captions)
 
     def _learning_rate(self, trainer: pl.Trainer) -> float:
         try:

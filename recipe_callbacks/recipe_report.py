@@ -314,17 +314,21 @@ class RecipeReport(Callback):
 
     @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        log_writer.settle(wait=True)  # the report shows every picture of the fit
         self.write(trainer)
 
     @override
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.training and trainer.state.fn == "validate":
+            log_writer.settle(wait=True)
             self.write(trainer)
 
     @override
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        log_writer.settle(wait=True)
         self.write(trainer)
 
     @override
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        log_writer.settle(wait=True)
         self.write(trainer)

@@ -1,9 +1,8 @@
 """UpdateRatioMonitor: how far each optimizer step moves each layer, and whether activations are alive.
 
-Beyond Karpathy's post but in its spirit (his later lectures): ``log10(||update|| / ||weight||)`` per layer
-should sit near ``-3``; far below, the layer does not learn; far above, the updates overwhelm the weights. A ReLU
-that outputs zero for a whole batch, or a tanh pinned at +-1, passes no gradient. The monitor measures both on
-sampled steps only, so it can stay on for a whole run.
+Beyond Karpathy's post but in its spirit: ``log10(||update|| / ||weight||)`` per layer should sit near ``-3``
+(far below, the layer does not learn; far above, updates overwhelm the weights), and a ReLU that outputs zero for
+a whole batch, or a tanh pinned at +-1, passes no gradient. Both are measured on sampled steps only.
 """
 
 from __future__ import annotations
@@ -328,20 +327,21 @@ class UpdateRatioMonitor(RecipeCallback):
 
     # ----------------------------------------------------------------- picture and state
     def _draw(self, trainer: pl.Trainer) -> None:
-        if not trainer.is_global_zero or not self.ratio_steps or self.ratio_steps[-1] == self._drawn_step:
-            return
-        self._drawn_step = self.ratio_steps[-1]
-        self.log_figure(trainer, "ratio_chart", self.ratio_chart(), step=self.ratio_steps[-1])
+        if trainer.is_global_zero and self.ratio_steps and self.ratio_steps[-1] != self._drawn_step:
+            self._drawn_step = step = self.ratio_steps[-1]
+            self.log_figure(trainer, "ratio_chart", line_chart, step=step, **self._ratio_chart())
 
     def ratio_chart(self) -> Figure:
         """The update/weight ratio of every layer over the sampled steps, against the healthy band."""
-        series = {layer: [10.0**v for v in values] for layer, values in self.ratios.items()}
+        return line_chart(**self._ratio_chart())
+
+    def _ratio_chart(self) -> dict[str, Any]:  # the arguments of line_chart
         hlines = {f"min_ratio {self.min_ratio:g} (warn)": self.min_ratio,
                   f"max_ratio {self.max_ratio:g} (fail)": self.max_ratio}
-        return line_chart(series, x=list(self.ratio_steps),
-                          title="UpdateRatioMonitor: ||update|| / ||weight|| per layer; healthy near 1e-3",
-                          xlabel="optimizer step", ylabel="update / weight ratio (log scale)", log_y=True,
-                          band=Band(1e-4, 1e-2, "healthy, around 1e-3"), hlines=hlines)
+        return {"series": {layer: [10.0**v for v in values] for layer, values in self.ratios.items()},
+                "x": list(self.ratio_steps), "title": "UpdateRatioMonitor: ||update|| / ||weight|| per layer; healthy "
+                "near 1e-3", "xlabel": "optimizer step", "ylabel": "update / weight ratio (log scale)", "log_y": True,
+                "band": Band(1e-4, 1e-2, "healthy, around 1e-3"), "hlines": hlines}
 
     @override
     def state_dict(self) -> dict[str, Any]:

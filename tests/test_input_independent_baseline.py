@@ -237,3 +237,19 @@ def test_ddp_spawn_two_processes(tmp_path: Path) -> None:
     overfit = finding_values(ea, "recipe.overfit_one_batch")
     assert overfit["lowest_loss"] <= overfit["target_loss"]
     assert ea.Images(f"{TAG}/loss_curves") and ea.Images("recipe.overfit_one_batch/loss_curve")
+
+
+class FaintInput(AdamClassifier):
+    """Healthy but slow to use its input: the input is scaled down a thousandfold, so within a few
+    steps the real run gets only slightly below the zero-input run."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x * 1e-3)
+
+
+def test_runs_that_end_pulling_apart_are_undecided_not_a_failure(tmp_path: Path) -> None:
+    finding = _fit(FaintInput(), tmp_path, max_steps=8).findings[0]
+    values = finding.values
+    assert finding.status == "skip", finding.message()
+    assert 0 < values["gap"] < values["margin"] and values["separated"] == 0.0 and values["identical"] == 0.0
+    assert "max_steps=" in finding.advice and "undecided" in finding.summary

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 from recipe_callbacks.core.loss_curves import Verdict, identical_curves, levelled_off, step_noise
 from recipe_callbacks.core.short_training import StopRule
@@ -106,7 +107,7 @@ def next_horizon(horizon: int, max_steps: int, ahead: bool) -> int:
 class BaselineVerdict:
     """The input-independent baseline judged: the real-input curve against the zero-input curve."""
 
-    status: Verdict
+    status: Verdict | Literal["skip"]
     real_initial: float
     real_final: float
     zero_initial: float
@@ -118,6 +119,14 @@ class BaselineVerdict:
     real_learned: bool
     identical: bool
     separated: bool
+
+
+def _ahead(real: Sequence[float], zero: Sequence[float], zero_levelled: bool, confirm: int) -> bool:
+    """Whether the last ``confirm`` points of ``real`` are all below the zero curve's reference."""
+    best = min((v for v in zero if math.isfinite(v)), default=math.nan)
+    tail = range(max(0, len(real) - confirm), len(real))
+    refs = [float(zero[t]) if t < len(zero) else (best if zero_levelled else math.nan) for t in tail]
+    return len(real) >= confirm and all(math.isfinite(r) and real[t] < r for t, r in zip(tail, refs, strict=True))
 
 
 def baseline_verdict(
@@ -132,10 +141,12 @@ def baseline_verdict(
     """Judge the curves of one model trained from the same weights on real and on zeroed inputs.
 
     ``fail`` when the curves are the same at every point (the loss does not depend on the input),
-    or when the real run ended without its loss separating from the zero run's (see
-    :func:`separation`); ``pass`` when it separated; ``warn`` when a loss is not finite or the real
-    run's loss did not decrease by ``min_decrease`` of its initial value (then the comparison says
-    nothing about the input).
+    or when the real run ended without its loss below the zero run's at its last ``confirm``
+    points (the input does not help); ``pass`` when it separated (see :func:`separation`);
+    ``skip`` when it ended below the zero run at every one of those points but not yet by the
+    margin (pulling away when the runs ran out of steps: undecided, not a bug); ``warn`` when a
+    loss is not finite or the real run's loss did not decrease by ``min_decrease`` of its initial
+    value (then the comparison says nothing about the input).
 
     Example:
         >>> baseline_verdict([2.3, 1.0, 0.5, 0.3], [2.3, 2.1, 2.0, 2.0], 0.05).status
@@ -146,6 +157,8 @@ def baseline_verdict(
         'fail'
         >>> baseline_verdict([2.3, 2.3, 2.3], [2.1, 2.1, 2.0], 0.05).status  # learned nothing: says nothing
         'warn'
+        >>> baseline_verdict([2.3, 2.0, 1.8, 1.7], [2.3, 2.01, 1.81, 1.71], 0.05).status  # ahead, not yet clearly
+        'skip'
     """
     if not real or not zero:
         raise ValueError("baseline_verdict needs two non-empty loss curves")
@@ -154,13 +167,15 @@ def baseline_verdict(
     learned = finite and r0 - min(real) > min_decrease * max(abs(r0), 1e-12)
     identical = identical_curves(real, zero) and len(real) <= len(zero)
     sep = separation(real, zero, zero_levelled, min_gap, confirm)
-    status: Verdict
+    status: Verdict | Literal["skip"]
     if identical:
         status = "fail"
     elif not finite or not learned:
         status = "warn"
+    elif sep.separated:
+        status = "pass"
     else:
-        status = "pass" if sep.separated else "fail"
+        status = "skip" if _ahead(real, zero, zero_levelled, confirm) else "fail"
     best = min((v for v in zero if math.isfinite(v)), default=math.nan)
     return BaselineVerdict(
         status, r0, r1, z0, z1, best, sep.gap, sep.margin, sep.noise, learned, identical, sep.separated

@@ -40,6 +40,8 @@ if TYPE_CHECKING:
     import lightning.pytorch as pl
     from matplotlib.figure import Figure
 
+    from recipe_callbacks.core.drawing import Build
+
 
 def snake_case(name: str) -> str:
     """``"InitLossCheck"`` -> ``"init_loss_check"``.
@@ -90,14 +92,24 @@ def _skipping(hook: Callable[..., Any]) -> Callable[..., Any]:
     if getattr(hook, "_recipe_skipping", False):
         return hook
 
+    waits = hook.__name__ in _FIT_ENDS
+
     @functools.wraps(hook)
     def wrapper(self: RecipeCallback, trainer: Any, *args: Any, **kwargs: Any) -> Any:
-        with self.skipping(trainer):
-            return hook(self, trainer, *args, **kwargs)
-        return None
+        try:
+            with self.skipping(trainer):
+                return hook(self, trainer, *args, **kwargs)
+            return None
+        finally:
+            if log_writer.pending():  # pictures drawn meanwhile are written between hooks
+                log_writer.settle(wait=waits)
 
     wrapper._recipe_skipping = True  # type: ignore[attr-defined]
     return wrapper
+
+
+#: The hooks after which the pictures still being drawn are waited for.
+_FIT_ENDS = frozenset({"on_fit_end", "teardown", "on_exception"})
 
 
 def _no_op(*args: Any, **kwargs: Any) -> None:
@@ -265,8 +277,14 @@ class RecipeCallback(Callback):
     def log_image(self, trainer: pl.Trainer, quantity: str, image: np.ndarray, step: int | None = None) -> None:
         log_writer.log_image(trainer, self.tag(quantity), image, step)
 
-    def log_figure(self, trainer: pl.Trainer, quantity: str, figure: Figure, step: int | None = None) -> None:
-        log_writer.log_figure(trainer, self.tag(quantity), figure, step)
+    def log_figure(
+        self, trainer: pl.Trainer, quantity: str, build: Build | Figure, *args: Any, step: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Draw the chart ``build(*args, **kwargs)`` (a function of the core returning a figure or
+        a picture array) in the drawing process and log it under this callback's tag prefix: the
+        training loop does not wait for it (see :mod:`recipe_callbacks.core.drawing`)."""
+        log_writer.log_chart(trainer, self.tag(quantity), build, *args, step=step, **kwargs)
 
     def log_text(self, trainer: pl.Trainer, quantity: str, text: str, step: int | None = None) -> None:
         log_writer.log_text(trainer, self.tag(quantity), text, step)
@@ -319,6 +337,14 @@ class RecipeCallback(Callback):
         if self._pending_costs:
             self._settle_costs()
 
+    @override
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        log_writer.settle(wait=True)  # every picture of the fit is written when it ends
+
+    @override
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        log_writer.settle(wait=True)
+
     # ----------------------------------------------------------------- progress of one-off work
     @contextmanager
     def running(self, trainer: pl.Trainer, pl_module: pl.LightningModule, what: str = "") -> Iterator[None]:
@@ -361,6 +387,8 @@ class RecipeCallback(Callback):
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self.gate_sharded(trainer)
+        if trainer.is_global_zero:  # the drawing process starts up while the fit does
+            log_writer.drawer().start()
 
     def gate_sharded(self, trainer: pl.Trainer) -> None:
         """Under FSDP/DeepSpeed/ModelParallel a callback that would copy the model, run passes of its

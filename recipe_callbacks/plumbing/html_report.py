@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from recipe_callbacks.plumbing.callback_base import snake_case
 from recipe_callbacks.plumbing.console_report import Checklist, checklist
 from recipe_callbacks.plumbing.finding import Finding
-from recipe_callbacks.plumbing.log_writer import LoggedRecord, markdown_to_html, png_bytes
+from recipe_callbacks.plumbing.log_writer import LoggedRecord, markdown_to_html
 
 _COLOURS = {"pass": "#1a7f37", "warn": "#9a6700", "fail": "#cf222e", "skip": "#6e7781", "pending": "#6e7781"}
 _WORD = {"pass": "PASS", "warn": "WARN", "fail": "FAIL", "skip": "SKIP", "pending": "pending"}
@@ -79,7 +79,7 @@ def _pictures(prefix: str, record: LoggedRecord) -> str:
     for tag, (step, image) in record.images.items():
         if not tag.startswith(prefix):
             continue
-        uri = "data:image/png;base64," + base64.b64encode(png_bytes(image)).decode("ascii")
+        uri = "data:image/png;base64," + base64.b64encode(record.png(tag)).decode("ascii")
         name = html.escape(tag[len(prefix):])
         parts.append(f'<figure><img src="{uri}" alt="{html.escape(tag)}" width="{image.shape[1]}">'
                      f"<figcaption>{name} (step {step})</figcaption></figure>")

@@ -18,7 +18,6 @@ in memory (capped), so that the HTML report can show each check's pictures whate
 from __future__ import annotations
 
 import html
-import io
 import os
 import weakref
 from collections import OrderedDict
@@ -32,16 +31,20 @@ from weakref import WeakKeyDictionary
 import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from matplotlib.figure import Figure
 
+from recipe_callbacks.core.drawing import Build, Drawer, Drawing, Picture, png_bytes
 from recipe_callbacks.core.pictures import bar_chart, figure_to_image
 from recipe_callbacks.plumbing.finding import RecipeWarning
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
-    from matplotlib.figure import Figure
 
 _ANNOUNCED_DIRS: set[str] = set()
 _FAILED_WRITES: set[str] = set()
+_DRAWER: Drawer | None = None
+# the pictures on their way: (drawing, trainer, tag, step), in the order they were asked for
+_PENDING: list[tuple[Drawing, Any, str, int, frozenset[str] | None]] = []
 _LOGGER_MODULES = ("lightning.pytorch.loggers", "pytorch_lightning.loggers", "lightning.fabric.loggers",
                    "lightning_fabric.loggers")
 # the scalar tags written through each Trainer, for RecipeReport's Custom Scalars layout
@@ -152,17 +155,24 @@ class LoggedRecord:
 
     images: OrderedDict[str, tuple[int, np.ndarray]] = field(default_factory=OrderedDict)
     texts: OrderedDict[str, tuple[int, str]] = field(default_factory=OrderedDict)
+    pngs: dict[str, bytes] = field(default_factory=dict)
     max_tags: int = 256
     max_image_bytes: int = 64 * 2**20
     max_text_chars: int = 20_000
 
-    def add_image(self, tag: str, step: int, image: np.ndarray) -> None:
+    def add_image(self, tag: str, step: int, image: np.ndarray, png: bytes | None = None) -> None:
         self.images.pop(tag, None)
         self.images[tag] = (step, np.array(image, dtype=np.uint8, copy=True))
+        self.pngs[tag] = png or b""  # the picture already encoded, when it is (the report reuses it)
         while len(self.images) > self.max_tags or (
             len(self.images) > 1 and sum(a.nbytes for _, a in self.images.values()) > self.max_image_bytes
         ):
-            self.images.popitem(last=False)  # the oldest tag goes first
+            oldest, _ = self.images.popitem(last=False)  # the oldest tag goes first
+            self.pngs.pop(oldest, None)
+
+    def png(self, tag: str) -> bytes:
+        """The latest picture of ``tag`` as PNG."""
+        return self.pngs.get(tag) or png_bytes(self.images[tag][1])
 
     def add_text(self, tag: str, step: int, text: str) -> None:
         self.texts.pop(tag, None)
@@ -199,15 +209,6 @@ def scalar_tags(trainer: pl.Trainer) -> set[str]:
 
 
 # ----------------------------------------------------------------------------- pictures, text, histograms
-def png_bytes(image: np.ndarray) -> bytes:
-    """An ``(H, W, 3)`` uint8 picture as PNG bytes."""
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8)).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 def markdown_to_html(text: str) -> str:
     """Markdown (tables included) as HTML, with the ``markdown`` package TensorBoard brings along."""
     try:
@@ -239,30 +240,97 @@ def _wandb_log(logger: Any, step: int, items: Mapping[str, Any]) -> None:
 
 def log_image(trainer: pl.Trainer, tag: str, image: np.ndarray, step: int | None = None) -> None:
     """Write an ``(H, W, 3)`` uint8 picture under ``tag`` to every logger."""
+    if trainer.is_global_zero:
+        settle()
+        _write_picture(trainer, tag, Picture(image, png_bytes(image)), _step(trainer, step))
+
+
+def log_chart(
+    trainer: pl.Trainer, tag: str, build: Build | Figure, *args: Any, step: int | None = None, **kwargs: Any
+) -> None:
+    """Draw ``build(*args, **kwargs)`` (a chart, or a picture array) in the drawing process
+    (:mod:`recipe_callbacks.core.drawing`) and write it under ``tag`` at ``step`` (default: the
+    global step now) when it is drawn: at a later call of this module, at the latest by
+    :func:`settle` with ``wait=True`` at the end of the fit. Only rank 0 draws."""
     if not trainer.is_global_zero:
         return
-    s = _step(trainer, step)
-    logged(trainer).add_image(tag, s, image)
+    if isinstance(build, Figure):  # an already built figure: rendered here
+        log_image(trainer, tag, figure_to_image(build), step)
+        return
+    settle()
+    _PENDING.append((drawer().submit(build, *args, **kwargs), trainer, tag, _step(trainer, step), None))
+
+
+def drawer() -> Drawer:
+    """This process's drawer (its drawing process starts at the first chart)."""
+    global _DRAWER
+    if _DRAWER is None:
+        _DRAWER = Drawer()
+    return _DRAWER
+
+
+def settle(wait: bool = False, timeout: float = 120.0) -> None:
+    """Write the pictures drawn so far, in the order they were asked for; with ``wait``, wait
+    for all of them (the end of a fit). A picture that could not be drawn is a warning, never
+    an error of the fit."""
+    if not _PENDING:
+        return
+    for lost in drawer().orphans():
+        lost.draw_here()
+    while _PENDING and (wait or _PENDING[0][0].done()):
+        drawing, trainer, tag, s, only = _PENDING.pop(0)
+        picture = drawing.result(timeout)
+        if picture is None:
+            key = f"draw:{tag}"
+            if key not in _FAILED_WRITES:
+                _FAILED_WRITES.add(key)
+                rank_zero_warn(f"recipe_callbacks: could not draw the picture {tag}: {drawing.error}",
+                               category=RecipeWarning)
+            continue
+        _write_picture(trainer, tag, picture, s, only)
+
+
+def pending() -> bool:
+    """Whether pictures are still on their way (a cheap check for every hook)."""
+    return bool(_PENDING)
+
+
+def _write_picture(
+    trainer: pl.Trainer, tag: str, picture: Picture, s: int, only: frozenset[str] | None = None
+) -> None:
+    """Write a drawn picture to every logger and the report (``only``: to these logger kinds and
+    the ``"files"`` directories alone)."""
+    if only is None:
+        logged(trainer).add_image(tag, s, picture.image, picture.png)
     for lg in _loggers(trainer):
         kind = logger_kind(lg)
+        if only is not None and kind not in only:
+            continue
         if kind == "tensorboard":
-            lg.experiment.add_image(tag, image, global_step=s, dataformats="HWC")
+            _tensorboard_png(lg.experiment, tag, picture, s)
         elif kind == "wandb":
             with _guarded(lg, "pictures"):
                 import wandb
 
-                _wandb_log(lg, s, {tag: wandb.Image(image)})
+                _wandb_log(lg, s, {tag: wandb.Image(picture.image)})
         elif kind == "mlflow":
             with _guarded(lg, "pictures"):
-                lg.experiment.log_image(lg.run_id, image, artifact_file=_artifact_file(tag, s, ".png"))
-    for directory in _file_dirs(trainer):
-        _file_path(directory, tag, s, ".png").write_bytes(png_bytes(image))
+                lg.experiment.log_image(lg.run_id, picture.image, artifact_file=_artifact_file(tag, s, ".png"))
+    for directory in _file_dirs(trainer) if only is None or "files" in only else ():
+        _file_path(directory, tag, s, ".png").write_bytes(picture.png)
 
 
-def log_figure(trainer: pl.Trainer, tag: str, figure: Figure, step: int | None = None) -> None:
-    """Write a matplotlib figure under ``tag``: rendered once to a picture, then as :func:`log_image`."""
-    if trainer.is_global_zero:
-        log_image(trainer, tag, figure_to_image(figure), step)
+def _tensorboard_png(experiment: Any, tag: str, picture: Picture, step: int) -> None:
+    """``add_image`` with the PNG already encoded (PyTorch's writer), else ``add_image`` itself."""
+    writer = getattr(experiment, "file_writer", None)
+    if not type(experiment).__module__.startswith("torch.utils.tensorboard") or writer is None:
+        experiment.add_image(tag, picture.image, global_step=step, dataformats="HWC")
+        return
+    from tensorboard.compat.proto.summary_pb2 import Summary
+
+    height, width, _ = picture.image.shape
+    image = Summary.Image(height=height, width=width, colorspace=3, encoded_image_string=picture.png)
+    writer.add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), step)
 
 
 def log_text(trainer: pl.Trainer, tag: str, text: str, step: int | None = None) -> None:
@@ -287,25 +355,18 @@ def log_text(trainer: pl.Trainer, tag: str, text: str, step: int | None = None) 
         _file_path(directory, tag, s, ".md").write_text(text, encoding="utf-8")
 
 
-def _histogram_picture(tag: str, data: np.ndarray) -> np.ndarray:
-    counts, edges = np.histogram(data, bins=30)
-    labels = [f"{e:.2g}" for e in edges[:-1]]
-    chart = bar_chart(labels, counts.tolist(), title=f"{tag}: distribution of {data.size} values",
-                      xlabel="bin (left edge)", ylabel="count")
-    return figure_to_image(chart)
-
-
 def log_histogram(trainer: pl.Trainer, tag: str, values: torch.Tensor, step: int | None = None) -> None:
     """Write the distribution of ``values`` under ``tag`` (a PNG bar chart where no histogram API exists)."""
     if not trainer.is_global_zero:
         return
+    settle()
     s = _step(trainer, step)
     data = values.detach().flatten().to(torch.float64).cpu()
     data = data[torch.isfinite(data)]
     if data.numel() == 0:
         return
     array = data.numpy()
-    picture: np.ndarray | None = None
+    wants_picture = bool(_file_dirs(trainer))
     for lg in _loggers(trainer):
         kind = logger_kind(lg)
         if kind == "tensorboard":
@@ -316,12 +377,14 @@ def log_histogram(trainer: pl.Trainer, tag: str, values: torch.Tensor, step: int
 
                 _wandb_log(lg, s, {tag: wandb.Histogram(np_histogram=np.histogram(array, bins=64))})
         elif kind == "mlflow":
-            picture = _histogram_picture(tag, array) if picture is None else picture
-            with _guarded(lg, "histograms"):
-                lg.experiment.log_image(lg.run_id, picture, artifact_file=_artifact_file(tag, s, ".png"))
-    for directory in _file_dirs(trainer):
-        picture = _histogram_picture(tag, array) if picture is None else picture
-        _file_path(directory, tag, s, ".png").write_bytes(png_bytes(picture))
+            wants_picture = True
+    if wants_picture:  # the picture goes to the loggers without histograms (and the report)
+        counts, edges = np.histogram(array, bins=30)
+        labels = [f"{e:.2g}" for e in edges[:-1]]
+        _PENDING.append((drawer().submit(
+            bar_chart, labels, counts.tolist(), title=f"{tag}: distribution of {array.size} values",
+            xlabel="bin (left edge)", ylabel="count",
+        ), trainer, tag, s, frozenset({"mlflow", "files"})))
 
 
 # ----------------------------------------------------------------------------- files of the run

@@ -270,3 +270,13 @@ def test_the_baseline_rounds_grow_by_the_evidence() -> None:
     # ahead but not yet by the margin: three times as far; behind: straight to max_steps
     assert next_horizon(8, 60, ahead=True) == 24 and next_horizon(24, 60, ahead=True) == 60
     assert next_horizon(8, 60, ahead=False) == 60 and next_horizon(8, 10, ahead=True) == 10
+
+
+def test_baseline_verdict_is_undecided_only_when_the_real_run_is_ahead_at_the_end() -> None:
+    # ahead by 0.01 at each of the last three points, the margin 5% of about 1.8: undecided
+    ahead = baseline_verdict([2.3, 2.0, 1.8, 1.7], [2.3, 2.01, 1.81, 1.71], 0.05)
+    assert ahead.status == "skip" and not ahead.separated and 0 < ahead.gap < ahead.margin
+    # level with the zero run at the end (not below): the input does not help
+    assert baseline_verdict([2.3, 2.0, 1.8, 1.71], [2.3, 2.01, 1.81, 1.71], 0.05).status == "fail"
+    # ahead at the last point only
+    assert baseline_verdict([2.3, 2.02, 1.82, 1.70], [2.3, 2.01, 1.81, 1.71], 0.05).status == "fail"
