@@ -11,6 +11,7 @@ from typing_extensions import override
 from recipe_callbacks.core import init_loss as core
 from recipe_callbacks.core.cost import FORWARD_PASS_STEPS
 from recipe_callbacks.core.init_loss import ExpectedLoss, InitLossSums, LossAtInit, PriorChoice, TargetSummary
+from recipe_callbacks.core.init_well import LogitsCapture, expected_after_fix, fix_values, init_well
 from recipe_callbacks.core.skip import CheckSkipped
 from recipe_callbacks.core.task import TASKS, Task, aligned, class_first, infer_task, logits_of
 from recipe_callbacks.data_inspector import DataInspector
@@ -26,8 +27,7 @@ if TYPE_CHECKING:
     import lightning.pytorch as pl
 
 _MAX_CLASS_SCALARS = 32
-_KEY = "init_loss"  # the key of the loss-at-init Finding (fix_bias reports under "fix_bias")
-_FIX = "fix_bias"
+_KEY, _FIX = "init_loss", "fix_bias"  # the keys of the loss-at-init Finding and of fix_bias's
 
 # ----------------------------------------------------------------- the prose of this check, in one place
 _BASIS = {
@@ -114,9 +114,8 @@ class InitLossCheck(RecipeCallback):
         num_classes: number of classes; inferred from the logits when ``None``.
         expected: the expected loss at init, overriding the rule above.
         tolerance: the band ``[expected / (1 + tolerance), expected * (1 + tolerance)]``.
-        fix_bias: before the first step, set the final layer's bias to the log class frequencies
-            (softmax), the log-odds of the positive rate (BCE) or the target mean (MSE), changing
-            the model on purpose (put back with a ``warn`` if the loss gets worse).
+        fix_bias: before the first step, set the final layer's bias to the log class frequencies (softmax), the
+            log-odds of the positive rate (BCE) or the target mean (MSE) on purpose; put back if the loss rises.
         max_batches: training batches read to count the targets (the prior, ``fix_bias``).
         num_batches: batches run forward for the loss before/after ``fix_bias`` and the fallback.
         final_layer: the name of the layer whose output is the logits (as in ``named_modules()``);
@@ -167,7 +166,7 @@ class InitLossCheck(RecipeCallback):
         self._reset()
 
     def _reset(self) -> None:
-        self._capture = core.LogitsCapture(self.final_layer)
+        self._capture = LogitsCapture(self.final_layer)
         self._final_has_bias = True
         self._active = False
         self._fixed_summary: TargetSummary | None = None
@@ -336,7 +335,7 @@ class InitLossCheck(RecipeCallback):
 
     # ----------------------------------------------------------------- init well
     def _fix_bias(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        well = core.init_well(
+        well = init_well(
             pl_module, self._capture, self._training_batches(trainer)[: self.max_batches], self.num_batches,
             self.task, self.num_classes, forward=lambda batch: self._forward(pl_module, batch, _FIX),
             count=lambda task, size: self._counted(trainer, task, size),
@@ -349,11 +348,11 @@ class InitLossCheck(RecipeCallback):
         assert fix is not None and summary is not None and task is not None
         self._fix_cost = 2 * len(well.pairs) * FORWARD_PASS_STEPS
         if fix.status == "reverted":
-            self.report(trainer, "warn", _REVERTED[0].format(**well.numbers()), core.fix_values(fix, self._fix_cost),
+            self.report(trainer, "warn", _REVERTED[0].format(**well.numbers()), fix_values(fix, self._fix_cost),
                         _REVERTED[1], key=_FIX)
             return
         self._fixed_summary = summary
-        expected = core.expected_after_fix(task, well.num_classes, summary, [y for _, y in well.pairs], self.tolerance)
+        expected = expected_after_fix(task, well.num_classes, summary, [y for _, y in well.pairs], self.tolerance)
         counted = "the prior of DataInspector" if well.prior is not None else f"counted over {summary.n} targets"
         text = _FIXED.format(**well.numbers(), kind=_BIAS_KIND[task], counted=counted, expected=expected)
-        self.report(trainer, "pass", text, core.fix_values(fix, self._fix_cost, expected, summary.n), key=_FIX)
+        self.report(trainer, "pass", text, fix_values(fix, self._fix_cost, expected, summary.n), key=_FIX)

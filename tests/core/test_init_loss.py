@@ -11,7 +11,6 @@ import torch.nn.functional as F
 from recipe_callbacks.core.init_loss import (
     ExpectedLoss,
     TargetSummary,
-    bias_for_prior,
     binary_entropy,
     entropy,
     expected_classification_loss,
@@ -19,6 +18,7 @@ from recipe_callbacks.core.init_loss import (
     judge_init_loss,
     predicted_distribution,
 )
+from recipe_callbacks.core.init_well import bias_for_prior
 from recipe_callbacks.core.task import logits_of
 
 
@@ -185,7 +185,7 @@ def test_sums_of_two_halves_added_part_by_part_equal_the_sums_of_the_whole() -> 
 
 
 def test_fix_bias_puts_a_bias_back_when_the_loss_gets_worse_or_the_measure_fails() -> None:
-    from recipe_callbacks.core.init_loss import fix_bias
+    from recipe_callbacks.core.init_well import fix_bias
 
     s = TargetSummary("multiclass", 2)
     s.update(labels_with_prior([90, 10]))
@@ -225,7 +225,7 @@ def test_the_prior_comes_from_enough_data_before_the_judged_batch() -> None:
 
 
 def test_init_well_sets_the_final_bias_to_the_log_odds_of_the_counted_targets() -> None:
-    from recipe_callbacks.core.init_loss import LogitsCapture, init_well
+    from recipe_callbacks.core.init_well import LogitsCapture, init_well
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 1))
