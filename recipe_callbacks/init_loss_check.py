@@ -5,11 +5,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import torch
+from lightning.fabric.utilities.apply_func import move_data_to_device
 from typing_extensions import override
 
 from recipe_callbacks.core import init_loss as core
 from recipe_callbacks.core.cost import FORWARD_PASS_STEPS
-from recipe_callbacks.core.init_loss import AtInit, ExpectedLoss, InitLossSums, PriorChoice, TargetSummary
+from recipe_callbacks.core.init_loss import ExpectedLoss, InitLossSums, LossAtInit, PriorChoice, TargetSummary
+from recipe_callbacks.core.init_well import LogitsCapture, expected_after_fix, fix_values, init_well
 from recipe_callbacks.core.skip import CheckSkipped
 from recipe_callbacks.core.task import TASKS, Task, aligned, class_first, infer_task, logits_of
 from recipe_callbacks.data_inspector import DataInspector
@@ -25,22 +27,20 @@ if TYPE_CHECKING:
     import lightning.pytorch as pl
 
 _MAX_CLASS_SCALARS = 32
-_KEY = "init_loss"  # the key of the loss-at-init Finding (fix_bias reports under "fix_bias")
-_FIX = "fix_bias"
+_KEY, _FIX = "init_loss", "fix_bias"  # the keys of the loss-at-init Finding and of fix_bias's
 
 # ----------------------------------------------------------------- the prose of this check, in one place
 _BASIS = {
     "prior_unknown": "log C (prior unknown)", "prior_balanced": "log C (prior balanced, entropy {entropy:.4g})",
-    "prior_entropy": "entropy of the class prior",
-    "judged_labels": "cross-entropy of the judged labels against the prior",
-    "target_variance": "variance of the targets",
-    "judged_targets": "MSE of the counted target mean on the judged targets", "argument": "the expected= argument",
+    "prior_entropy": "entropy of the class prior", "target_variance": "variance of the targets",
+    "judged_labels": "cross-entropy of the judged labels against the prior", "argument": "the expected= argument",
+    "judged_targets": "MSE of the counted target mean on the judged targets",
     "log_c": "log C: the prior cannot be acted on", "": "",
 }
 _ORIGIN = {"inspector": "DataInspector's", "fix_bias": "fix_bias's counted", "first_batch": "first batch's",
            "counted": "counted over {counted} training targets"}
-_OBSTACLE = {"no_bias": "the {layer} has no bias, so the prior cannot be set at init",
-             "per_position": "per-position labels (tokens, pixels) are judged against log C, as the recipe does"}
+_OBSTACLE = {"no_bias": "The {layer} has no bias, so the prior cannot be set at init",
+             "per_position": "Per-position labels (tokens, pixels) are judged against log C, as the recipe does"}
 _VERDICT = {  # status, what the summary adds after the figures, advice
     "uninformed": ("warn", " The model predicts as if it did not know the prior (uninformed loss {uninformed:.4g}): a "
                    "default bias on an imbalanced task.", "Init well: use InitLossCheck(fix_bias=True), or set the "
@@ -53,17 +53,21 @@ _VERDICT = {  # status, what the summary adds after the figures, advice
                 "look for the label leaking into the input or targets the model can read. A pretrained model does "
                 "this by design: then pass expected= or drop this check."),
 }
+_NOT_FIXED = {  # why fix_bias set no bias, and the argument that would let it
+    "no_batches": ("fix_bias found no training DataLoader to count the targets from", ""),
+    "no_task": ("fix_bias could not tell the task from the logits and targets", "task"),
+    "no_targets": ("fix_bias found a batch without targets", "target_key"),
+    "loss": ("fix_bias could not compute the {task} loss: {error}", "task"),
+    "no_bias": ("fix_bias found no final layer with a bias (found {layer!r})", "final_layer"),
+    "size_mismatch": ("fix_bias: the bias of '{layer}' has {entries} entries, the prior {size}", "final_layer"),
+}
+_FIXED = ("fix_bias set the bias of '{layer}' to {bias} ({kind}, {counted}): loss {before:.4g} -> {after:.4g} on "
+          "{batches} batches, expected {expected:.4g}. This changed the model on purpose (fix_bias=True).")
 _REVERTED = ("fix_bias: setting the bias of '{layer}' raised the loss {before:.4g} -> {after:.4g}; the bias was put "
              "back. Its output is probably not the logits (an activation or a scale follows it).",
              "Name the layer whose output is the logits with final_layer=, or init its bias by hand.")
 _BIAS_KIND = {"multiclass": "log class frequencies", "binary": "log-odds of the positive rate",
               "regression": "target mean"}
-
-
-def _fmt_vector(values: torch.Tensor, limit: int = 6) -> str:
-    items = [f"{float(v):.3g}" for v in values.flatten()[:limit]]
-    more = ", ..." if values.numel() > limit else ""
-    return "[" + ", ".join(items) + more + "]"
 
 
 def _source(exp: ExpectedLoss, choice: PriorChoice | None) -> str:
@@ -74,26 +78,20 @@ def _source(exp: ExpectedLoss, choice: PriorChoice | None) -> str:
     return text
 
 
-def _prose(
-    sums: InitLossSums, exp: ExpectedLoss, at: AtInit, choice: PriorChoice | None, source: str, layer: str
-) -> tuple[Status, str, str]:
+def _prose(sums: InitLossSums, exp: ExpectedLoss, judged: LossAtInit, choice: PriorChoice | None, source: str,
+           final_layer: str | None) -> tuple[Status, str, str]:
     """The status, summary and advice of the loss-at-init Finding."""
-    j = at.judgement
-    mean_prob, prior = sums.mean_prob(), choice.prior if choice is not None else None
-    gap_text = ""
-    if mean_prob is not None and prior is not None:
-        gap_text = (f" Mean predicted probability {_fmt_vector(mean_prob)} vs prior {_fmt_vector(prior)}"
-                    f" (total variation {core.prior_gap(mean_prob, prior):.3g}).")
-    head = (
-        f"{sums.task} loss at init {j.observed:.4g} over {sums.n} samples ({source}), expected {j.expected:.4g} "
-        f"({_source(at.expected, choice)}); ratio {j.ratio:.3g}, band [{j.low:.4g}, {j.high:.4g}]; {layer}."
-    )
+    at, j, mean_prob, prior = judged.at, judged.at.judgement, sums.mean_prob(), judged.prior
+    layer = f"final layer '{final_layer}'" if final_layer else "final layer not identified"
+    gap_text = "" if mean_prob is None or prior is None else (
+        f" Mean predicted probability {core.short_vector(mean_prob)} vs prior {core.short_vector(prior)}"
+        f" (total variation {judged.gap:.3g}).")
+    head = (f"{sums.task} loss at init {j.observed:.4g} over {sums.n} samples ({source}), expected {j.expected:.4g} "
+            f"({_source(at.expected, choice)}); ratio {j.ratio:.3g}, band [{j.low:.4g}, {j.high:.4g}]; {layer}.")
     if j.verdict == "pass":
-        cannot_act = ""
-        if at.obstacle:
-            why = _OBSTACLE[at.obstacle].format(layer=layer)
-            cannot_act = (f" {why[0].upper()}{why[1:]}: judged against the uninformed loss {exp.uninformed:.4g} "
-                          f"(log C); a bias at the prior would start at {exp.value:.4g}.")
+        cannot_act = "" if not at.obstacle else (
+            f" {_OBSTACLE[at.obstacle].format(layer=layer)}: judged against the uninformed loss {exp.uninformed:.4g} "
+            f"(log C); a bias at the prior would start at {exp.value:.4g}.")
         return "pass", head + cannot_act + gap_text, ""
     status, says, advice = _VERDICT[j.verdict]
     words = {"uninformed": at.expected.uninformed, "logit_std": sums.logit_std, "layer": layer}
@@ -103,73 +101,44 @@ def _prose(
 class InitLossCheck(RecipeCallback):
     """Verify the loss at init (recipe step 2d) and, with ``fix_bias=True``, init well (step 2e).
 
-    At the very first training step a forward hook on the LightningModule (registered for that
-    step only) sees the logits that ``training_step`` computes with ``self(x)``; they are judged
-    against the batch's targets, so the check costs no extra training step. When the hook sees
-    nothing usable (``training_step`` does not call ``self(...)``), ``num_batches`` batches are
-    run forward under ``torch.no_grad`` in eval mode before the first weight update instead.
-
-    The task is inferred from the logits and targets by :func:`~recipe_callbacks.core.task.infer_task`:
-    integer targets and ``(N, C, ...)`` or ``(N, ..., C)`` logits are multiclass cross-entropy; one
-    logit per target with 0/1 targets is binary cross-entropy; other float targets of the logits'
-    size are MSE. The expected loss is chosen as follows:
-
-    - multiclass / binary: ``log C`` (``log 2``) when the class prior is unknown or balanced (its
-      entropy within the tolerance band of ``log C``), the prior's entropy otherwise. The prior
-      comes from a :class:`~recipe_callbacks.DataInspector` on the same Trainer, else from the
-      ``fix_bias`` counts, else from the first batch's targets.
-    - regression: the variance of the targets (a bias at the target mean).
-
-    The observed loss passes inside ``[expected / (1 + tolerance), expected * (1 + tolerance)]``.
-    Above it at the level of the *uninformed* loss (``log C`` whatever the prior, ``E[y^2]`` for
-    MSE) the model is just not told the prior: a default bias on an imbalanced task (``warn``, use
-    ``fix_bias=True``). Above both it is confident and wrong (``fail``), e.g. a final layer
-    initialised with large weights. Below the band the model knows the answers before training
-    (``warn``): a leak, or a pretrained model.
-
-    ``fix_bias=True`` changes the model on purpose, before the first step: it counts the targets
-    over at most ``max_batches`` training batches and sets the final layer's bias to the log class
-    frequencies (softmax), the log-odds of the positive rate (BCE) or the target mean (MSE), and
-    reports the bias it set and the loss before and after; a bias that makes the loss worse (its
-    layer's output is not the logits) is put back with a ``warn``. The final layer is the last
-    ``Linear``/``Conv`` layer whose output is the logits (or ``final_layer``).
-
-    Does not run again on a run resumed from a checkpoint.
+    Judges the logits of the first training step, read by a forward hook when ``training_step``
+    calls ``self(x)`` (else of ``num_batches`` no-grad forward passes), against ``log C`` for an
+    unknown or balanced class prior, the prior's entropy otherwise (a
+    :class:`~recipe_callbacks.DataInspector`'s, else counted), the target variance for regression:
+    ``warn`` near the uninformed loss (a default bias on an imbalanced task), ``fail`` far above the
+    band (confident and wrong), ``warn`` below it (a leak, or a pretrained model). The training
+    batches it reads from the data set are read once per fit. Not run again on a resumed run.
 
     Args:
-        task: ``"multiclass"``, ``"binary"`` or ``"regression"``; inferred when ``None``.
+        task: ``"multiclass"``, ``"binary"`` or ``"regression"``; inferred when ``None`` (``infer_task``).
         num_classes: number of classes; inferred from the logits when ``None``.
         expected: the expected loss at init, overriding the rule above.
-        tolerance: relative half-width of the band on a log scale (0.25: within a factor 1.25).
-        fix_bias: set the final layer's bias from the counted prior before the first step.
-        max_batches: training batches read to count the targets for ``fix_bias``.
-        num_batches: batches run forward for the loss before/after ``fix_bias`` and for the
-            fallback measurement.
-        final_layer: the name of the final layer (as in ``named_modules()``); found when ``None``.
+        tolerance: the band ``[expected / (1 + tolerance), expected * (1 + tolerance)]``.
+        fix_bias: before the first step, set the final layer's bias to the log class frequencies (softmax), the
+            log-odds of the positive rate (BCE) or the target mean (MSE) on purpose; put back if the loss rises.
+        max_batches: training batches read to count the targets (the prior, ``fix_bias``).
+        num_batches: batches run forward for the loss before/after ``fix_bias`` and the fallback.
+        final_layer: the name of the layer whose output is the logits (as in ``named_modules()``);
+            the last ``Linear``/``Conv`` that makes them when ``None``.
         on_fail: ``"warn"``, ``"raise"`` or ``"ignore"`` (see :class:`~recipe_callbacks.RecipeCallback`).
         input_key: where the input is in a batch; inferred when ``None``.
         target_key: where the target is in a batch; inferred when ``None``.
         batch_to_xy: a function ``batch -> (x, y)`` for batches of any other shape.
-        forward_fn: how to run the model the way your step does (a method name or a function
-            ``(pl_module, batch) -> output``); see :class:`~recipe_callbacks.RecipeCallback`.
+        forward_fn: how to run the model the way your step does (see :class:`~recipe_callbacks.RecipeCallback`).
 
     Raises:
         ValueError: for a tolerance, batch count or task out of range.
         TypeError: for arguments of the wrong type.
 
     Logged:
-        - ``recipe.init_loss_check/finding``: text, the Findings with their values ``observed``,
-          ``expected``, ``ratio``, ``band_low``, ``band_high``, ``uninformed``, ``logit_std``,
-          ``samples``, ``cost_steps``; for classification also
-          ``num_classes`` and ``prob_gap`` (total variation between the mean predicted
-          distribution and the prior); ``step_loss`` (the loss ``training_step`` returned).
-        - ``recipe.init_loss_check/per_class``: text, the mean predicted probability and the prior
-          of each class (up to 32 classes).
-        - ``recipe.init_loss_check/loss_at_init``: figure, the loss at init against its expected band.
-        - ``recipe.init_loss_check/predicted_vs_prior``: figure, a bar per class of the mean predicted
-          probability over the prior (1 everywhere is a calibrated init).
-        - with ``fix_bias``, the values ``fix_bias/loss_before``, ``fix_bias/loss_after``,
-          ``fix_bias/expected``, ``fix_bias/counted_samples``, ``fix_bias/cost_steps`` in the same text.
+        - ``recipe.init_loss_check/finding``: text, the Findings with values ``observed``, ``expected``,
+          ``ratio``, ``band_low``, ``band_high``, ``uninformed``, ``logit_std``, ``samples``, ``cost_steps``,
+          ``step_loss`` (the loss ``training_step`` returned), for classification ``num_classes`` and
+          ``prob_gap`` (total variation between the mean prediction and the prior); with ``fix_bias``,
+          ``fix_bias/`` ``loss_before``, ``loss_after``, ``expected``, ``counted_samples``, ``cost_steps``.
+        - ``recipe.init_loss_check/per_class``: text, the mean predicted probability and the prior of
+          each class (up to 32); ``loss_at_init``, ``predicted_vs_prior``: figures, the loss at init
+          against its band, a bar per class of the mean prediction over the prior (1: calibrated).
 
     Example::
 
@@ -197,21 +166,20 @@ class InitLossCheck(RecipeCallback):
         self._reset()
 
     def _reset(self) -> None:
-        self._capture = core.LogitsCapture(self.final_layer)
+        self._capture = LogitsCapture(self.final_layer)
         self._final_has_bias = True
-        self._batch: Any = None
         self._active = False
         self._fixed_summary: TargetSummary | None = None
         self._fix_cost = 0.0
         self._fix_seconds = 0.0
+        self._read: list[Any] | None = None  # the training batches read from the data set, once per fit
         self.final_layer_name: str | None = None
 
     # ----------------------------------------------------------------- hooks
     @override
     def unsupported_when_sharded(self) -> str:
-        if self.fix_bias:
-            return "fix_bias=True sets the final layer's bias, of which each rank holds a shard (fix_bias=False runs)"
-        return ""
+        sets = "fix_bias=True sets the final layer's bias, of which each rank holds a shard (fix_bias=False runs)"
+        return sets if self.fix_bias else ""
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -221,10 +189,8 @@ class InitLossCheck(RecipeCallback):
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.is_resumed(trainer):
-            return
-        self._active = True
-        if self.fix_bias:
+        self._active = not self.is_resumed(trainer)
+        if self._active and self.fix_bias:
             with self.stopwatch() as watch, self.skipping(trainer):
                 self._fix_bias(trainer, pl_module)
             self._fix_seconds = watch.seconds
@@ -234,265 +200,159 @@ class InitLossCheck(RecipeCallback):
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
                              batch_idx: int) -> None:
         super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
-        if self._active and not self._capture.handles and self._capture.captured is None and self._batch is None:
-            self._batch = batch
-            self._capture.attach(pl_module, capture=True, owner=self)
+        if self._active:
+            self._capture.arm(pl_module, batch, owner=self)
 
     @override
     def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: torch.Tensor) -> None:
-        if self._active:
-            with self.stopwatch() as watch:
-                self._conclude(trainer, pl_module, float(loss.detach()))
-            self.state_cost(watch.seconds + self._fix_seconds, key=_KEY)
+        if self._active:  # only then read the loss (a device-to-host copy)
+            self._conclude(trainer, pl_module, float(loss.detach()))
 
     @override
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        if self._active:
-            with self.stopwatch() as watch:
-                self._conclude(trainer, pl_module, None)
-            self.state_cost(watch.seconds + self._fix_seconds, key=_KEY)
+        self._conclude(trainer, pl_module, None)
 
     @override
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         self._capture.detach()
 
     # ----------------------------------------------------------------- measuring
+    def _training_batches(self, trainer: pl.Trainer) -> list[Any]:
+        """The training batches read from the data set for the counts, fix_bias and the fallback: once, on the host."""
+        if self._read is None:
+            self._read = sample_batches(trainer, torch.device("cpu"), max(self.max_batches, self.num_batches - 1))
+        return self._read
+
     def _forward(self, pl_module: pl.LightningModule, batch: Any, key: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(logits, target)`` of one batch, run forward under ``observing``."""
+        """``(logits, target)`` of one batch (moved to the model's device), run forward under ``observing``."""
+        batch = move_data_to_device(batch, pl_module.device)
         resolved = self.resolved(batch, key=key)
         if resolved.y is None:
             raise CheckSkipped("the batch has no target to judge the loss against", "target_key", key=key)
-        self._capture.calls = []
-        self._capture.attach(pl_module, capture=False, owner=self)
         try:
             with observing(pl_module):
-                output = self.run_model(pl_module, batch, resolved)
+                output = self._capture.run(pl_module, lambda: self.run_model(pl_module, batch, resolved), self)
         except Exception as err:  # a forward that wants more than x: say so, do not break training
             raise CheckSkipped(f"running the model on the batch failed: {type(err).__name__}: {err}; give the way "
                                "your step runs it", "forward_fn", key=key) from err
-        finally:
-            self._capture.detach()
         logits = logits_of(output)
         if logits is None:
             raise CheckSkipped(f"the model returned a {type(output).__name__}, not logits", "forward_fn", key=key)
         self._capture.seen(logits)
         return aligned(logits, resolved.y, integer_inputs(batch, resolved))
 
-    def _task_of(self, logits: torch.Tensor, target: torch.Tensor) -> Task | None:
-        return self.task or infer_task(logits, target)
-
     def _conclude(self, trainer: pl.Trainer, pl_module: pl.LightningModule, step_loss: float | None) -> None:
-        """Judge what the first step showed, or run the fallback (the weights are still at init)."""
-        self._capture.detach()
-        self._active = False
-        captured, batch = self._capture.captured, self._batch
-        self._capture.captured, self._batch = None, None
-        with self.skipping(trainer):
-            pairs, cost, source = self._pairs(trainer, pl_module, captured, batch)
-            self.final_layer_name = self._capture.final_layer(pairs[-1][0].numel())
-            final = dict(pl_module.named_modules()).get(self.final_layer_name) if self.final_layer_name else None
-            self._final_has_bias = isinstance(getattr(final, "bias", None), torch.Tensor)
+        """Judge the logits of the first step, or of forward passes of our own (the weights are still at init)."""
+        if not self._active:
+            return
+        with self.stopwatch() as watch, self.skipping(trainer):
+            self._active = False
+            captured, batch = self._capture.take()
+            if captured is not None:
+                resolved = self.resolved(batch, key=_KEY)
+                if resolved.y is None:
+                    raise CheckSkipped("the first batch has no target to judge the loss against", "target_key",
+                                       key=_KEY)
+                pairs = [aligned(captured, resolved.y, integer_inputs(batch, resolved))]
+                cost, source = self._fix_cost, "the logits of the first training step"
+            else:
+                extra = self._training_batches(trainer)[: self.num_batches - 1]
+                pairs = [self._forward(pl_module, b, _KEY) for b in ([batch] if batch is not None else []) + extra]
+                if not pairs:
+                    raise CheckSkipped("saw no batch to judge", "forward_fn", key=_KEY)
+                cost = self._fix_cost + len(pairs) * FORWARD_PASS_STEPS
+                source = "no-grad forward passes (training_step does not call self(x))"
+            self.final_layer_name, self._final_has_bias = self._capture.final_bias(pl_module, pairs[-1][0].numel())
             self._judge(trainer, pl_module, pairs, step_loss, cost, source)
+        self._read = None
         self.finish_early()
-
-    def _pairs(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, captured: torch.Tensor | None, batch: Any
-    ) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], float, str]:
-        """``(logits, target)`` of the first step, else of forward passes of our own; their cost and source."""
-        if captured is not None:
-            resolved = self.resolved(batch, key=_KEY)
-            if resolved.y is None:
-                raise CheckSkipped("the first batch has no target to judge the loss against", "target_key", key=_KEY)
-            pair = aligned(captured, resolved.y, integer_inputs(batch, resolved))
-            return [pair], self._fix_cost, "the logits of the first training step"
-        extra = sample_batches(trainer, pl_module.device, self.num_batches - 1)
-        pairs = [self._forward(pl_module, b, _KEY) for b in ([batch] if batch is not None else []) + extra]
-        if not pairs:
-            raise CheckSkipped("saw no batch to judge", "forward_fn", key=_KEY)
-        return pairs, self._fix_cost + len(pairs) * FORWARD_PASS_STEPS, (
-            "no-grad forward passes (training_step does not call self(x))")
+        self.state_cost(watch.seconds + self._fix_seconds, key=_KEY)
 
     # ----------------------------------------------------------------- judging
     def _prior_from_inspector(self, trainer: pl.Trainer, size: int) -> torch.Tensor | None:
-        for cb in trainer.callbacks:  # type: ignore[attr-defined]
-            if isinstance(cb, DataInspector):
-                prior = cb.class_prior(trainer)
-                if isinstance(prior, torch.Tensor) and prior.numel() == size:
-                    return prior.detach().cpu().to(torch.float64)
-        return None
+        """The class prior of a DataInspector on the same Trainer, of ``size`` classes."""
+        callbacks = trainer.callbacks  # type: ignore[attr-defined]
+        priors = (cb.class_prior(trainer) for cb in callbacks if isinstance(cb, DataInspector))
+        found = next((p for p in priors if isinstance(p, torch.Tensor) and p.numel() == size), None)
+        return None if found is None else found.detach().cpu().to(torch.float64)
 
-    def _counted_summary(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, task: Task, num_classes: int | None
-    ) -> TargetSummary | None:
-        """The targets of up to ``max_batches`` training batches, read from the data set (no forward
-        pass): a prior from enough data, never from one batch. ``None`` without a training loader."""
+    def _counted(self, trainer: pl.Trainer, task: Task, num_classes: int | None) -> TargetSummary | None:
+        """The targets of up to ``max_batches`` training batches (no forward pass) summed over the processes (every
+        rank judges and sets the same prior). ``None`` without a training loader or when a batch has no target."""
         try:
-            batches = sample_batches(trainer, pl_module.device, self.max_batches)
-        except Exception:  # reading the data again must not stop training
+            targets = [self.resolved(b).y for b in self._training_batches(trainer)[: self.max_batches]]
+        except Exception:  # reading the data again must not stop training; nor a batch it cannot resolve
             return None
-        summary = self._count(trainer, batches, task, num_classes)
-        return summary if summary is not None and summary.n else None
-
-    def _expected(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, task: Task, size: int | None, judged: TargetSummary
-    ) -> tuple[ExpectedLoss | None, PriorChoice | None]:
-        choice: PriorChoice | None = None
-        exp: ExpectedLoss | None
-        if task == "regression":
-            summary = self._fixed_summary or self._counted_summary(trainer, pl_module, task, None)
-            exp = core.expected_regression_loss(summary, judged) if summary else core.expected_regression_loss(judged)
-        else:
-            size = size if task == "multiclass" else 2
-            assert size is not None
-            choice = core.choose_prior(size, self._prior_from_inspector(trainer, size), self._fixed_summary,
-                                  lambda: self._counted_summary(trainer, pl_module, task, size), judged)
-            observed = judged.counts if choice.origin != "first_batch" else None
-            exp = core.expected_classification_loss(size, choice.prior, self.tolerance, observed)
-        if exp is not None and self.expected is not None:
-            exp = ExpectedLoss(self.expected, exp.uninformed, "argument")
-        return exp, choice
+        if any(y is None for y in targets):
+            return None
+        summary = TargetSummary.of(task, num_classes, [y for y in targets if y is not None])
+        summary.load(sum_over_ranks(trainer, summary.parts()))
+        return summary
 
     def _judge(self, trainer: pl.Trainer, pl_module: pl.LightningModule, pairs: list[tuple[torch.Tensor, torch.Tensor]],
                step_loss: float | None, cost: float, source: str) -> None:
         logits, target = pairs[0]
-        task = self._task_of(logits, target)
+        task = self.task or infer_task(logits, target)
         if task is None:
             raise CheckSkipped(f"could not tell the task from logits {tuple(logits.shape)} ({logits.dtype}) and "
                                f"targets {tuple(target.shape)} ({target.dtype})", "task", key=_KEY)
-        num_classes = None
-        if task == "multiclass":
-            pairs = [(class_first(lg, tg), tg) for lg, tg in pairs]
-            logits = pairs[0][0]
-            num_classes = self.num_classes or int(logits.shape[1])
-            if logits.ndim < 2 or logits.shape[1] != num_classes:
-                raise CheckSkipped(f"logits {tuple(logits.shape)} do not have {num_classes} classes", "num_classes",
-                                   key=_KEY)
-            if any(int(t.max()) >= num_classes for _, t in pairs if t.numel()):
-                self.report(trainer, "fail", f"a target class index is >= the {num_classes} logits of the model",
-                            {}, "Check the labels and the size of the final layer.", key=_KEY)
-                return
-        sums = InitLossSums(task, num_classes)
         try:
-            for lg, tg in pairs:
-                sums.add(lg, tg)
+            sums, num_classes, problem = core.init_sums(pairs, task, self.num_classes)
         except (RuntimeError, ValueError) as err:
             raise CheckSkipped(f"could not compute the {task} loss: {err}", "task", key=_KEY) from err
-        # the mean over the processes of the step loss (a process without one adds 0)
-        step, has_step = sum_over_ranks(trainer, [torch.tensor([step_loss or 0.0, float(step_loss is not None)])])[0]
-        sums.load(sum_over_ranks(trainer, sums.parts()))
-        exp, choice = self._expected(trainer, pl_module, task, num_classes, sums.targets)
+        if problem == "classes":
+            shape = tuple(class_first(logits, target).shape)
+            raise CheckSkipped(f"logits {shape} do not have {num_classes} classes", "num_classes", key=_KEY)
+        if sums is None:  # a target class index beyond the logits
+            self.report(trainer, "fail", f"a target class index is >= the {num_classes} logits of the model", {},
+                        "Check the labels and the size of the final layer.", key=_KEY)
+            return
+        # the sums, and the step loss (a process without one adds 0), over the processes in one all-reduce
+        step_part = torch.tensor([step_loss or 0.0, float(step_loss is not None)])
+        (step, has_step), *parts = sum_over_ranks(trainer, [step_part, *sums.parts()])
+        sums.load(parts)
+        exp, choice = core.expected_at_init(
+            task, num_classes, sums.targets, self.tolerance, fixed=self._fixed_summary, given=self.expected,
+            inspector=lambda size: self._prior_from_inspector(trainer, size),
+            count=lambda size: self._counted(trainer, task, size),
+        )
         if exp is None:
             raise CheckSkipped("no targets were counted", "expected", key=_KEY)
         mean_step = float(step) / trainer.world_size if has_step > 0 else None
-        self._report_judgement(trainer, sums, exp, choice, mean_step, cost, source)
-
-    def _report_judgement(self, trainer: pl.Trainer, sums: InitLossSums, exp: ExpectedLoss, choice: PriorChoice | None,
-                          step_loss: float | None, cost: float, source: str) -> None:
-        mean_prob, prior = sums.mean_prob(), choice.prior if choice is not None else None
-        gap = core.prior_gap(mean_prob, prior) if mean_prob is not None and prior is not None else 0.0
-        at = core.judge_at_init(sums.loss, exp, self.tolerance, has_bias=self._final_has_bias,
-                           per_position=sums.per_position, gap=gap, given=self.expected is not None)
-        j = at.judgement
-        layer = f"final layer '{self.final_layer_name}'" if self.final_layer_name else "final layer not identified"
-        values: dict[str, float] = {
-            "observed": j.observed, "expected": j.expected, "ratio": j.ratio, "band_low": j.low,
-            "band_high": j.high, "uninformed": at.expected.uninformed, "logit_std": sums.logit_std,
-            "samples": float(sums.n), "cost_steps": cost,
-        }
-        if step_loss is not None:
-            values["step_loss"] = step_loss
+        judged = core.loss_at_init(sums, exp, choice, self.tolerance, has_bias=self._final_has_bias,
+                                   given=self.expected is not None, step_loss=mean_step, cost=cost)
+        mean_prob, prior = sums.mean_prob(), judged.prior
         if mean_prob is not None:
-            values["num_classes"] = float(mean_prob.numel())
-            if prior is not None:
-                values["prob_gap"] = gap
             if prior is not None:
                 self.log_figure(trainer, "predicted_vs_prior", core.prior_ratio_chart, mean_prob, prior)
             if mean_prob.numel() <= _MAX_CLASS_SCALARS:  # one-time numbers: a table, not single-point charts
                 self.log_text(trainer, "per_class", core.per_class_table(mean_prob, prior))
-        status, summary, advice = _prose(sums, exp, at, choice, source, layer)
-        self.log_figure(
-            trainer, "loss_at_init", core.loss_band_chart, values, self.tolerance, status, _source(at.expected, choice)
-        )
-        self.report(trainer, status, summary, values, advice, key=_KEY)
+        status, summary, advice = _prose(sums, exp, judged, choice, source, self.final_layer_name)
+        self.log_figure(trainer, "loss_at_init", core.loss_band_chart, judged.values, self.tolerance, status,
+                        _source(judged.at.expected, choice))
+        self.report(trainer, status, summary, judged.values, advice, key=_KEY)
 
     # ----------------------------------------------------------------- init well
     def _fix_bias(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        batches = sample_batches(trainer, pl_module.device, self.max_batches)
-        if not batches:
-            raise CheckSkipped("fix_bias found no training DataLoader to count the targets from", "", key=_FIX)
-        pairs = [self._forward(pl_module, batch, _FIX) for batch in batches[: self.num_batches]]
-        logits, target = pairs[0]
-        layer_name = self._capture.final_layer(logits.numel())
-        task = self._task_of(logits, target)
-        if task is None:
-            raise CheckSkipped("fix_bias could not tell the task from the logits and targets", "task", key=_FIX)
-        num_classes = self.num_classes or (int(class_first(logits, target).shape[1]) if task == "multiclass" else None)
-        summary = self._count(trainer, batches, task, num_classes)
-        if summary is None:
-            raise CheckSkipped("fix_bias found a batch without targets", "target_key", key=_FIX)
-        inspector = None
-        if task != "regression":
-            inspector = self._prior_from_inspector(trainer, int((num_classes if task == "multiclass" else 2) or 0))
-            if inspector is not None:
-                summary.counts = inspector  # a prior over more samples; only its proportions are used
-        layer = dict(pl_module.named_modules()).get(layer_name) if layer_name else None
-
-        def loss_after() -> float:
-            return core.mean_loss([self._forward(pl_module, b, _FIX) for b in batches[: self.num_batches]], task)
-
-        try:
-            fix = core.fix_bias(layer, task, summary, lambda: core.mean_loss(pairs, task), loss_after)
-        except (RuntimeError, ValueError) as err:
-            raise CheckSkipped(f"fix_bias could not compute the {task} loss: {err}", "task", key=_FIX) from err
-        if fix.status == "no_bias":
-            raise CheckSkipped(f"fix_bias found no final layer with a bias (found {layer_name!r})", "final_layer",
-                               key=_FIX)
-        if fix.status == "size_mismatch":
-            assert fix.bias is not None
-            raise CheckSkipped(f"fix_bias: the bias of '{layer_name}' has {fix.entries} entries, the prior "
-                               f"{fix.bias.numel()}", "final_layer", key=_FIX)
-        self._fix_cost = 2 * len(pairs) * FORWARD_PASS_STEPS
-        if fix.status == "set":
-            self._fixed_summary = summary
-        self._report_fix(trainer, task, num_classes, summary, pairs, fix, layer_name or "", inspector)
-
-    def _count(
-        self, trainer: pl.Trainer, batches: list[Any], task: Task, num_classes: int | None
-    ) -> TargetSummary | None:
-        """The targets of ``batches`` summed over the processes (so every rank judges and sets the
-        same prior); ``None`` when a batch has none."""
-        summary = TargetSummary(task, num_classes)
-        for batch in batches:
-            try:
-                y = self.resolved(batch).y
-            except CheckSkipped:
-                return None
-            if y is None:
-                return None
-            summary.update(y)
-        summary.load(sum_over_ranks(trainer, summary.parts()))
-        return summary
-
-    def _report_fix(self, trainer: pl.Trainer, task: Task, num_classes: int | None, summary: TargetSummary,
-                    pairs: list[tuple[torch.Tensor, torch.Tensor]], fix: core.BiasFix, layer_name: str,
-                    inspector: torch.Tensor | None) -> None:
-        values = {"fix_bias/loss_before": fix.before, "fix_bias/loss_after": fix.after}
-        if fix.status == "reverted":
-            summary_text = _REVERTED[0].format(layer=layer_name, before=fix.before, after=fix.after)
-            self.report(trainer, "warn", summary_text, {**values, "fix_bias/cost_steps": self._fix_cost}, _REVERTED[1],
-                        key=_FIX)
-            return
-        expected = core.expected_after_fix(task, num_classes, summary, [tg for _, tg in pairs], self.tolerance)
-        counted = "the prior of DataInspector" if inspector is not None else f"counted over {summary.n} targets"
-        bias = fix.bias if fix.bias is not None else torch.zeros(0)
-        self.report(
-            trainer, "pass",
-            f"fix_bias set the bias of '{layer_name}' to {_fmt_vector(bias)} ({_BIAS_KIND[task]}, {counted}): loss "
-            f"{fix.before:.4g} -> {fix.after:.4g} on {len(pairs)} batches, expected {expected:.4g}. This changed the "
-            "model on purpose (fix_bias=True).",
-            {**values, "fix_bias/expected": expected, "fix_bias/counted_samples": float(summary.n),
-             "fix_bias/cost_steps": self._fix_cost},
-            key=_FIX,
+        well = init_well(
+            pl_module, self._capture, self._training_batches(trainer)[: self.max_batches], self.num_batches,
+            self.task, self.num_classes, forward=lambda batch: self._forward(pl_module, batch, _FIX),
+            count=lambda task, size: self._counted(trainer, task, size),
+            prior=lambda size: self._prior_from_inspector(trainer, size),
         )
-
+        if well.problem:
+            reason, argument = _NOT_FIXED[well.problem]
+            raise CheckSkipped(reason.format(**well.numbers()), argument, key=_FIX)
+        fix, summary, task = well.fix, well.summary, well.task
+        assert fix is not None and summary is not None and task is not None
+        self._fix_cost = 2 * len(well.pairs) * FORWARD_PASS_STEPS
+        if fix.status == "reverted":
+            self.report(trainer, "warn", _REVERTED[0].format(**well.numbers()), fix_values(fix, self._fix_cost),
+                        _REVERTED[1], key=_FIX)
+            return
+        self._fixed_summary = summary
+        expected = expected_after_fix(task, well.num_classes, summary, [y for _, y in well.pairs], self.tolerance)
+        counted = "the prior of DataInspector" if well.prior is not None else f"counted over {summary.n} targets"
+        text = _FIXED.format(**well.numbers(), kind=_BIAS_KIND[task], counted=counted, expected=expected)
+        self.report(trainer, "pass", text, fix_values(fix, self._fix_cost, expected, summary.n), key=_FIX)

@@ -459,3 +459,46 @@ def test_other_callbacks_forward_passes_are_not_judged(tmp_path: Path) -> None:
     fit(tmp_path, TinyClassifier(), loader(blobs()), [cb, Peeker()])
     f = finding(cb, "pass")
     assert f.values["observed"] == pytest.approx(f.values["step_loss"], rel=1e-5)
+
+
+class CountedReads(Dataset[tuple[torch.Tensor, torch.Tensor]]):
+    """Blobs that count how often each sample is read."""
+
+    def __init__(self) -> None:
+        self.data = blobs()
+        self.reads = [0] * len(self.data)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        self.reads[i] += 1
+        return self.data[i]
+
+
+class CountedForward(DirectNetClassifier):
+    """DirectNetClassifier (the fallback: training_step does not call self(x)) counting forward calls."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.forward_calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.forward_calls += 1
+        return super().forward(x)
+
+
+@pytest.mark.parametrize("fix", [False, True], ids=["fallback", "fallback_and_fix_bias"])
+def test_the_training_batches_are_read_once_and_shared(tmp_path: Path, fix: bool) -> None:
+    # without the check: what one training step reads by itself
+    bare = CountedReads()
+    fit(tmp_path / "bare", CountedForward(), loader(bare), [], max_steps=1)
+    data, model = CountedReads(), CountedForward()
+    cb = InitLossCheck(fix_bias=fix, num_batches=2)
+    fit(tmp_path / "checked", model, loader(data), [cb], max_steps=1)
+    assert "no-grad forward passes" in finding(cb, "pass").summary
+    # the counted prior, fix_bias and the fallback's second batch share one read of the data set
+    # (max_batches=20 batches of 16 cover all 64 samples): every sample read once more than bare
+    assert [a - b for a, b in zip(data.reads, bare.reads, strict=True)] == [1] * len(data)
+    # fix_bias: num_batches forward before and after setting the bias; the fallback: num_batches
+    assert model.forward_calls == (2 * 2 if fix else 0) + 2

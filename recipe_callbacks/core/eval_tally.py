@@ -10,7 +10,7 @@ from seeing its set exactly once, as a kind and its numbers. Nothing here import
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping, Sized
+from collections.abc import Callable, Mapping, Sized
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +19,7 @@ import torchmetrics
 from torch.utils.data import DistributedSampler, IterableDataset, RandomSampler, SequentialSampler
 
 from recipe_callbacks.core.eval_stats import (
+    DEFAULT_LOSS,
     PER_SAMPLE_METRICS,
     LossName,
     MeanEstimate,
@@ -29,7 +30,7 @@ from recipe_callbacks.core.eval_stats import (
     sample_sums,
     unpadded_positions,
 )
-from recipe_callbacks.core.task import Task, class_first, class_indices, per_position_losses
+from recipe_callbacks.core.task import Task, aligned, class_first, class_indices, per_position_losses
 
 # Names FullEvalSet builds as torchmetrics metrics for the task it infers.
 CLASSIFICATION_METRICS: tuple[str, ...] = ("accuracy", "f1", "auroc")
@@ -71,6 +72,79 @@ def same_input(seen: Any, expected: torch.Tensor) -> bool:
     if seen.data_ptr() == expected.data_ptr() and seen.stride() == expected.stride():
         return True  # a view of the same memory: no need to compare values (which waits for the device)
     return bool(torch.equal(seen.reshape(-1), expected.reshape(-1)))
+
+
+class OutputCapture:
+    """The output of the user's own forward call on one evaluation batch: :meth:`expect` the batch's
+    input and target, and :meth:`hook` (a forward hook with kwargs on the module) keeps the output
+    of the first call that got that input."""
+
+    def __init__(self) -> None:
+        self.expected: torch.Tensor | None = None
+        self.target: torch.Tensor | None = None
+        self.output: Any = None
+
+    def expect(self, x: torch.Tensor | None, y: torch.Tensor | None) -> None:
+        """Wait for a call on ``x`` (``None``: for none), forgetting any output seen."""
+        self.expected, self.target, self.output = x, y, None
+
+    def hook(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
+        if self.expected is None or self.output is not None:
+            return
+        seen = args[0] if args else next((v for v in kwargs.values() if isinstance(v, torch.Tensor)), None)
+        if same_input(seen, self.expected):
+            self.output = output
+
+
+class EvalEpoch:
+    """One evaluation epoch of FullEvalSet (``stage``: ``"val"`` or ``"test"``): a :class:`Tally`
+    per dataloader, and the batch being evaluated, whose output :attr:`capture` waits for through a
+    forward hook on the module (from the start of the epoch until :meth:`close`)."""
+
+    def __init__(self, stage: str, module: torch.nn.Module) -> None:
+        self.stage = stage
+        self.tallies: dict[int, Tally] = {}
+        self.capture = OutputCapture()
+        self.batch: Any = None  # the batch being evaluated, and its input and target as resolved
+        self.resolved: Any = None
+        self._handle = module.register_forward_hook(self.capture.hook, with_kwargs=True)
+
+    def close(self) -> None:
+        self._handle.remove()
+        self.capture.expect(None, None)
+
+    def skip(self, idx: int, reason: str, argument: str) -> None:
+        """Stop adding to dataloader ``idx`` (the first reason is kept)."""
+        self.tallies.setdefault(idx, Tally.empty()).skip(reason, argument)
+
+    def skipping(self, idx: int) -> bool:
+        tally = self.tallies.get(idx)
+        return tally is not None and bool(tally.skip_reason)
+
+    def arm(self, batch: Any, resolved: Any, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Wait for the output of the forward call on ``x``, the input of ``batch``."""
+        self.batch, self.resolved = batch, resolved
+        self.capture.expect(x, y)
+
+    def tally(self, idx: int, loaders: Callable[[], list[Any]], device: torch.device) -> Tally:
+        """The tally of dataloader ``idx`` of ``loaders()``, made at its first batch for its sampler."""
+        if idx not in self.tallies:
+            found = loaders()
+            self.tallies[idx] = Tally.of_sampler(getattr(found[idx], "sampler", None) if idx < len(found) else None,
+                                                 device)
+        return self.tallies[idx]
+
+    def add(
+        self, tally: Tally, output: torch.Tensor, inputs: list[torch.Tensor],
+        task_of: Callable[[torch.Tensor, torch.Tensor], Task], loss: LossName | None, names: list[str] | None,
+        objects: Mapping[str, torchmetrics.Metric] | None, num_classes: int | None,
+    ) -> None:
+        """Add the batch's ``output`` to ``tally``, paired with the target as the model's loss pairs
+        them (with the batch's integer ``inputs``), for the task ``task_of`` tells."""
+        assert self.capture.target is not None
+        preds, y = aligned(output.detach(), self.capture.target.detach(), inputs)
+        task = task_of(preds, y)
+        tally.add(preds, y, task, loss or DEFAULT_LOSS[task], wanted_names(task, names, objects), objects, num_classes)
 
 
 def build_metric(name: str, task: str, num_classes: int | None) -> torchmetrics.Metric:
@@ -159,6 +233,11 @@ class Tally:
     def empty(cls, real_positions: int | None = None, device: torch.device | None = None) -> Tally:
         return cls(torch.zeros(len(SLOTS), 3, dtype=torch.float64, device=device), real_positions)
 
+    @classmethod
+    def of_sampler(cls, sampler: Any, device: torch.device | None = None) -> Tally:
+        """An empty tally for a dataloader with ``sampler``, which leaves out its DDP padding."""
+        return cls.empty(shard_real_positions(sampler), device)
+
     def skip(self, reason: str, argument: str) -> None:
         """Stop adding: the first reason is kept."""
         if not self.skip_reason:
@@ -239,6 +318,72 @@ def read_parts(total: torch.Tensor, confidence: float) -> tuple[list[float], dic
         name: estimate(sums[3 * i], sums[3 * i + 1], sums[3 * i + 2], confidence) for i, name in enumerate(SLOTS)
     }
     return head, estimates
+
+
+@dataclass(frozen=True)
+class Reading:
+    """One dataloader's evaluation, added over the processes: the counters (:data:`READY`,
+    :data:`SKIPPED`, :data:`OWN_PASS`, :data:`EXCLUDED`), the estimate of every slot and the
+    metric values (none when a process skipped)."""
+
+    head: list[float]
+    estimates: dict[str, MeanEstimate]
+    metrics: dict[str, float]
+
+    @property
+    def skipped(self) -> bool:
+        return self.head[SKIPPED] > 0
+
+    @property
+    def samples(self) -> int:
+        """The samples evaluated (padding left out)."""
+        return self.estimates["loss"].count
+
+    @property
+    def per_position(self) -> bool:
+        """Labels per token or pixel: the loss is the mean over scored positions, as the model's own."""
+        return self.estimates["position_loss"].count > 0
+
+    @property
+    def loss(self) -> MeanEstimate:
+        return self.estimates["position_loss"] if self.per_position else self.estimates["loss"]
+
+    def interval(self, name: str) -> MeanEstimate | None:
+        """The estimate of a metric that is a per-sample mean (``None`` for the others)."""
+        est = self.estimates.get(name)
+        return est if est is not None and est.count > 0 else None
+
+    def values(self) -> dict[str, float]:
+        """The figures of the Finding: the loss, every metric and the standard errors and
+        half-widths of those that are per-sample means, the number of samples (and positions)."""
+        loss = self.loss
+        values = {"loss": loss.mean, "loss_stderr": loss.stderr, "loss_halfwidth": loss.half_width,
+                  "num_samples": float(self.samples)}
+        if self.per_position:
+            values["num_positions"] = float(loss.count)
+        for name, value in self.metrics.items():
+            values[name] = value
+            est = self.interval(name)
+            if est is not None:
+                values[f"{name}_stderr"], values[f"{name}_halfwidth"] = est.stderr, est.half_width
+        return values
+
+
+def read_evaluation(
+    total: torch.Tensor, tally: Tally | None, confidence: float, world_size: int, task: str | None,
+    names: list[str] | None, objects: Mapping[str, Any] | None,
+) -> Reading:
+    """The :class:`Reading` of :meth:`Tally.parts` added over the processes (``tally``: this process's
+    own, whose torchmetrics metrics are computed, a collective under DDP, when every process built
+    them and none skipped)."""
+    head, estimates = read_parts(total, confidence)
+    if head[SKIPPED] > 0:
+        return Reading(head, estimates, {})
+    computed: dict[str, float] = {}
+    if head[READY] == world_size and tally is not None and tally.metrics is not None:
+        computed = {name: float(m.compute()) for name, m in tally.metrics.items()}
+    wanted = wanted_names(task, names, None) if task is not None else []
+    return Reading(head, estimates, metric_values(wanted, objects, computed, estimates))
 
 
 @dataclass(frozen=True)

@@ -14,25 +14,24 @@ is the *uninformed* loss: ``log C`` whatever the prior, ``log 2`` for BCE, ``E[y
 (predicting 0). On a balanced task the two agree. On a 1:9 binary task they do not (``log 2 =
 0.693`` against ``h(0.1) = 0.325``): that gap is what ``fix_bias`` removes.
 
-Which task a model solves and the loss of each sample are :mod:`recipe_callbacks.core.task`'s.
+Which task a model solves and the loss of each sample are :mod:`recipe_callbacks.core.task`'s;
+the bias itself, its layer and ``fix_bias`` are :mod:`recipe_callbacks.core.init_well`'s.
 Nothing here imports Lightning; the functions work on plain tensors.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from recipe_callbacks.core.data_stats import label_counts
 from recipe_callbacks.core.pictures import Band, band_chart, bar_chart
-from recipe_callbacks.core.task import Task, class_indices, logits_of, per_sample_loss
+from recipe_callbacks.core.task import Task, class_first, class_indices, per_sample_loss
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -102,6 +101,19 @@ class TargetSummary:
         self.total = torch.zeros(0, dtype=torch.float64)  # (D,) sum of y per output column
         self.total_sq = torch.zeros(0, dtype=torch.float64)  # (D,) sum of y^2
         self.n = 0
+
+    @classmethod
+    def of(cls, task: Task, num_classes: int | None, targets: list[torch.Tensor]) -> TargetSummary:
+        """The summary of ``targets``, one batch after the other.
+
+        Example:
+            >>> TargetSummary.of("multiclass", 3, [torch.tensor([0, 2]), torch.tensor([2, 2])]).prior().tolist()
+            [0.25, 0.0, 0.75]
+        """
+        summary = cls(task, num_classes)
+        for target in targets:
+            summary.update(target)
+        return summary
 
     def update(self, target: torch.Tensor) -> None:
         t = target.detach().cpu()
@@ -307,31 +319,6 @@ def judge_init_loss(observed: float, expected: ExpectedLoss, tolerance: float) -
     return Judgement(verdict, observed, e, ratio, low, high)
 
 
-def bias_for_prior(task: Task, summary: TargetSummary, eps: float = 1e-4) -> torch.Tensor | None:
-    """The final-layer bias that makes a zero-weight model predict the prior.
-
-    Softmax: ``log p_c`` (classes never seen get probability ``eps``); BCE: the log-odds
-    ``log(p / (1 - p))`` of the positive rate (clamped to ``[eps, 1 - eps]``), a 1-element
-    tensor; regression: the target mean per output column. ``None`` when nothing was counted.
-
-    Example:
-        >>> s = TargetSummary("binary")
-        >>> s.update(torch.tensor([1, 0, 0, 0, 0, 0, 0, 0, 0, 0]))
-        >>> round(float(bias_for_prior("binary", s)[0]), 4) == round(math.log(0.1 / 0.9), 4)
-        True
-    """
-    if task == "regression":
-        return summary.mean()
-    prior = summary.prior()
-    if prior is None:
-        return None
-    if task == "binary":
-        rate = float(prior[1].clamp(eps, 1 - eps))
-        return torch.tensor([math.log(rate / (1 - rate))], dtype=torch.float64)
-    freq = prior.clamp_min(eps)
-    return (freq / freq.sum()).log()
-
-
 class InitLossSums:
     """The loss at init and what goes with it, summed over one or more batches of logits and
     targets: the loss, the predicted probability of each class, the spread of the logits and the
@@ -453,6 +440,101 @@ def choose_prior(
     return PriorChoice(prior, origin, counted)  # type: ignore[arg-type]
 
 
+def expected_at_init(
+    task: Task,
+    size: int | None,
+    judged: TargetSummary,
+    tolerance: float,
+    *,
+    inspector: Callable[[int], torch.Tensor | None],
+    fixed: TargetSummary | None,
+    count: Callable[[int | None], TargetSummary | None],
+    given: float | None = None,
+) -> tuple[ExpectedLoss | None, PriorChoice | None]:
+    """The loss expected at init for the ``judged`` targets of ``task`` (``size`` classes for a
+    multiclass one), and the class prior it comes from (:func:`choose_prior`: ``inspector(size)``,
+    else ``fixed``, else ``count(size)``, which reads the training set and is called only when
+    needed, else the judged targets). Regression: the variance of ``fixed`` or ``count(None)``
+    targets, else (none counted) of the judged ones. ``given``: the user's expected loss, which
+    replaces the value. ``None`` when nothing was counted.
+
+    Example:
+        >>> judged = TargetSummary.of("binary", None, [torch.tensor([1.0] + [0.0] * 9)])
+        >>> exp, choice = expected_at_init("binary", None, judged, 0.25, inspector=lambda size: None,
+        ...                                fixed=None, count=lambda size: None)
+        >>> round(exp.value, 4), exp.basis, choice.origin
+        (0.3251, 'prior_entropy', 'first_batch')
+    """
+    choice: PriorChoice | None = None
+    exp: ExpectedLoss | None
+    if task == "regression":
+        summary = fixed or count(None)
+        summary = summary if summary is not None and summary.n else None  # a count of no targets: none
+        exp = expected_regression_loss(summary, judged) if summary else expected_regression_loss(judged)
+    else:
+        classes = size if task == "multiclass" else 2
+        assert classes is not None
+        choice = choose_prior(classes, inspector(classes), fixed, lambda: count(classes), judged)
+        observed = judged.counts if choice.origin != "first_batch" else None
+        exp = expected_classification_loss(classes, choice.prior, tolerance, observed)
+    if exp is not None and given is not None:
+        exp = ExpectedLoss(given, exp.uninformed, "argument")
+    return exp, choice
+
+
+# What keeps multiclass logits from being judged: no class axis of the expected size, or a target
+# class index beyond the logits.
+ClassProblem = Literal["", "classes", "target_range"]
+
+
+def multiclass_pairs(
+    pairs: list[tuple[torch.Tensor, torch.Tensor]], num_classes: int | None
+) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], int, ClassProblem]:
+    """``(logits, target)`` pairs with the class axis of the logits first (``(N, C, ...)``), the
+    number of classes (``num_classes``, else the size of that axis) and what keeps them from being
+    judged (``""``: nothing).
+
+    Example:
+        >>> pairs, size, problem = multiclass_pairs([(torch.zeros(2, 3), torch.tensor([0, 4]))], None)
+        >>> size, problem
+        (3, 'target_range')
+    """
+    pairs = [(class_first(lg, tg), tg) for lg, tg in pairs]
+    logits = pairs[0][0]
+    size = num_classes or int(logits.shape[1])
+    if logits.ndim < 2 or logits.shape[1] != size:
+        return pairs, size, "classes"
+    if any(int(t.max()) >= size for _, t in pairs if t.numel()):
+        return pairs, size, "target_range"
+    return pairs, size, ""
+
+
+def init_sums(
+    pairs: list[tuple[torch.Tensor, torch.Tensor]], task: Task, num_classes: int | None
+) -> tuple[InitLossSums | None, int | None, ClassProblem]:
+    """The :class:`InitLossSums` of ``(logits, target)`` pairs of ``task`` and the number of classes
+    (multiclass: of :func:`multiclass_pairs`, and no sums when a problem keeps the pairs from being
+    judged, which is the third item).
+
+    Raises:
+        RuntimeError, ValueError: the loss cannot be computed from these logits and targets.
+
+    Example:
+        >>> sums, size, problem = init_sums([(torch.zeros(4, 2), torch.tensor([0, 1, 1, 0]))], "multiclass", None)
+        >>> round(sums.loss, 4), size, problem
+        (0.6931, 2, '')
+    """
+    problem: ClassProblem = ""
+    if task == "multiclass":
+        pairs, num_classes, problem = multiclass_pairs(pairs, num_classes)
+        if problem:
+            return None, num_classes, problem
+    sums = InitLossSums(task, num_classes)
+    for logits, target in pairs:
+        sums.add(logits, target)
+    return sums, num_classes, problem
+
+
 def prior_gap(mean_prob: torch.Tensor, prior: torch.Tensor) -> float:
     """Total variation between the mean predicted distribution and the prior.
 
@@ -510,155 +592,51 @@ def judge_at_init(
     return AtInit(j, exp, obstacle)
 
 
-# What fix_bias did: set the bias, put it back (the loss got worse), or could not (no bias on the
-# layer, or a bias of another size than the prior).
-FixStatus = Literal["set", "reverted", "no_bias", "size_mismatch"]
-
-
 @dataclass(frozen=True)
-class BiasFix:
-    """What :func:`fix_bias` did, with the prior's bias, the layer's bias size and the losses."""
+class LossAtInit:
+    """The loss-at-init Finding in numbers and codes: the verdict, the prior the mean prediction is
+    compared with (``None``: unknown, or regression), their total variation (:func:`prior_gap`, 0
+    without a prior) and the Finding's values."""
 
-    status: FixStatus
-    bias: torch.Tensor | None = None
-    entries: int = 0
-    before: float = math.nan
-    after: float = math.nan
-
-
-def fix_bias(
-    layer: nn.Module | None,
-    task: Task,
-    summary: TargetSummary,
-    loss_before: Callable[[], float],
-    loss_after: Callable[[], float],
-) -> BiasFix:
-    """Set ``layer.bias`` to the prior's bias (:func:`bias_for_prior`; a binary log-odds fills every
-    entry), keeping it only when the loss does not get worse (``loss_after() <= 1.01 *
-    loss_before()``; else, or when ``loss_after`` raises, the old bias is put back).
-
-    Example:
-        >>> s = TargetSummary("binary")
-        >>> s.update(torch.tensor([1.0, 0.0, 0.0, 0.0]))
-        >>> layer = nn.Linear(3, 1)
-        >>> fix_bias(layer, "binary", s, lambda: 0.7, lambda: 0.6).status
-        'set'
-        >>> round(float(layer.bias.detach().sigmoid()), 4)
-        0.25
-    """
-    bias = bias_for_prior(task, summary)
-    layer_bias = getattr(layer, "bias", None)
-    if bias is None or not isinstance(layer_bias, torch.Tensor):
-        return BiasFix("no_bias")
-    entries = layer_bias.numel()
-    target = bias.expand(entries) if bias.numel() == 1 and entries > 1 and task == "binary" else bias
-    if target.numel() != entries:
-        return BiasFix("size_mismatch", bias, entries)
-    before = loss_before()
-    old = layer_bias.detach().clone()
-    with torch.no_grad():
-        layer_bias.copy_(target.reshape(layer_bias.shape).to(layer_bias))
-    try:
-        after = loss_after()
-    except BaseException:
-        with torch.no_grad():
-            layer_bias.copy_(old)
-        raise
-    if not after <= before * 1.01:  # worse (or NaN): this layer's bias does not shift the logits as assumed
-        with torch.no_grad():
-            layer_bias.copy_(old)
-        return BiasFix("reverted", bias, entries, before, after)
-    return BiasFix("set", bias, entries, before, after)
+    at: AtInit
+    prior: torch.Tensor | None
+    gap: float
+    values: dict[str, float]
 
 
-# Layers whose output can be the logits.
-FINAL_LAYER_TYPES: tuple[type[nn.Module], ...] = (
-    nn.Linear, nn.Bilinear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d,
-)
+def loss_at_init(
+    sums: InitLossSums, exp: ExpectedLoss, choice: PriorChoice | None, tolerance: float, *, has_bias: bool,
+    given: bool, step_loss: float | None, cost: float,
+) -> LossAtInit:
+    """Judge the summed loss at init against ``exp`` (:func:`judge_at_init`, with the gap between the
+    mean prediction and ``choice``'s prior), with the values of its Finding (:func:`init_values`)."""
+    mean_prob, prior = sums.mean_prob(), choice.prior if choice is not None else None
+    gap = prior_gap(mean_prob, prior) if mean_prob is not None and prior is not None else 0.0
+    at = judge_at_init(sums.loss, exp, tolerance, has_bias=has_bias, per_position=sums.per_position, gap=gap,
+                       given=given)
+    return LossAtInit(at, prior, gap, init_values(sums, at, prior, gap, step_loss, cost))
 
 
-def candidate_layers(model: nn.Module, name: str | None = None) -> list[tuple[str, nn.Module]]:
-    """The layers whose output can be the logits (the one named ``name`` when given and present).
-
-    Example:
-        >>> [n for n, _ in candidate_layers(nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 1)))]
-        ['0', '2']
-    """
-    if name is not None:
-        named = dict(model.named_modules())
-        return [(name, named[name])] if name in named else []
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, FINAL_LAYER_TYPES)]
-
-
-def final_layer_of(calls: list[tuple[str, int, int]], logits_ptr: int, numel: int) -> str | None:
-    """The last layer in ``calls`` (name, output data_ptr, numel; in call order) whose output is the
-    logits (the same storage), else the last of the same size; ``None`` when none is.
-
-    Example:
-        >>> final_layer_of([("a", 1, 6), ("b", 2, 6), ("c", 3, 4)], 9, 6)
-        'b'
-    """
-    for name, ptr, n in reversed(calls):
-        if ptr == logits_ptr and n == numel:
-            return name
-    for name, _, n in reversed(calls):
-        if n == numel:
-            return name
-    return None
-
-
-class LogitsCapture:
-    """Forward hooks that see a model's logits and which candidate layer made them.
-
-    :meth:`attach` hooks every candidate layer (:func:`candidate_layers`, or the one named
-    ``final_layer``) to record its calls, and with ``capture=True`` the model itself to keep the
-    logits of its first forward in training mode with gradients (the user's own step; other
-    callbacks observe in eval mode without grad). :meth:`final_layer` names the layer whose output
-    the logits are.
-    """
-
-    def __init__(self, final_layer: str | None = None) -> None:
-        self.final_layer_name = final_layer
-        self.handles: list[Any] = []
-        self.calls: list[tuple[str, int, int]] = []  # (layer name, output data_ptr, numel) in call order
-        self.captured: torch.Tensor | None = None
-        self.ptr = 0
-        self.numel = 0  # the logits' size as the model returned them (before aligned() cut them)
-
-    def seen(self, logits: torch.Tensor) -> None:
-        """Remember the storage and size of the logits the model returned."""
-        self.ptr, self.numel = logits.data_ptr(), logits.numel()
-
-    def attach(self, model: nn.Module, *, capture: bool, owner: object = None) -> None:
-        """Hook the candidate layers (and with ``capture`` the model). The hooks carry ``owner`` (the
-        callback) as their first argument, so that whoever takes away a callback's hooks for a while
-        (copy training in place) finds them."""
-        if capture:
-            self.handles.append(model.register_forward_hook(functools.partial(self._on_model, owner)))
-        for name, layer in candidate_layers(model, self.final_layer_name):
-            self.handles.append(layer.register_forward_hook(functools.partial(self._on_layer, owner, name)))
-
-    def _on_layer(self, owner: object, name: str, module: nn.Module, args: Any, output: Any) -> None:
-        if isinstance(output, torch.Tensor):
-            self.calls.append((name, output.data_ptr(), output.numel()))
-
-    def _on_model(self, owner: object, module: nn.Module, args: Any, output: Any) -> None:
-        # only the user's own training step: other callbacks observe in eval mode without grad
-        if self.captured is not None or not (module.training and torch.is_grad_enabled()):
-            return
-        logits = logits_of(output)
-        if logits is not None and logits.is_floating_point():
-            self.seen(logits)
-            self.captured = logits.detach().clone()
-
-    def detach(self) -> None:
-        for handle in self.handles:
-            handle.remove()
-        self.handles = []
-
-    def final_layer(self, numel: int) -> str | None:
-        """The layer whose output the last logits seen are (``numel``: their size when none was seen)."""
-        return final_layer_of(self.calls, self.ptr, self.numel or numel)
+def init_values(
+    sums: InitLossSums, at: AtInit, prior: torch.Tensor | None, gap: float, step_loss: float | None, cost: float
+) -> dict[str, float]:
+    """The values of the loss-at-init Finding: the judgement's figures, the sample count and the
+    cost; the step's own loss when known; the class count, and the gap to the ``prior`` when there
+    is one, for classification."""
+    j = at.judgement
+    values: dict[str, float] = {
+        "observed": j.observed, "expected": j.expected, "ratio": j.ratio, "band_low": j.low,
+        "band_high": j.high, "uninformed": at.expected.uninformed, "logit_std": sums.logit_std,
+        "samples": float(sums.n), "cost_steps": cost,
+    }
+    if step_loss is not None:
+        values["step_loss"] = step_loss
+    mean_prob = sums.mean_prob()
+    if mean_prob is not None:
+        values["num_classes"] = float(mean_prob.numel())
+        if prior is not None:
+            values["prob_gap"] = gap
+    return values
 
 
 def loss_band_chart(values: dict[str, float], tolerance: float, status: str, source: str) -> Figure:
@@ -688,31 +666,21 @@ def prior_ratio_chart(mean_prob: torch.Tensor, prior: torch.Tensor) -> Figure:
     )
 
 
+def short_vector(values: torch.Tensor, limit: int = 6) -> str:
+    """A vector in a few characters: its first ``limit`` entries to 3 digits.
+
+    Example:
+        >>> short_vector(torch.tensor([0.5, 0.25])), short_vector(torch.arange(8.0), limit=2)
+        ('[0.5, 0.25]', '[0, 1, ...]')
+    """
+    items = [f"{float(v):.3g}" for v in values.flatten()[:limit]]
+    more = ", ..." if values.numel() > limit else ""
+    return "[" + ", ".join(items) + more + "]"
+
+
 def per_class_table(mean_prob: torch.Tensor, prior: torch.Tensor | None) -> str:
     """A Markdown table of the mean predicted probability and the prior of each class."""
     rows = ["| class | mean predicted probability | prior |", "|---|---|---|"]
     for c, p in enumerate(mean_prob.tolist()):
         rows.append(f"| {c} | {p:.4g} | {'' if prior is None else f'{float(prior[c]):.4g}'} |")
     return "\n".join(rows)
-
-
-def expected_after_fix(
-    task: Task, num_classes: int | None, summary: TargetSummary, targets: list[torch.Tensor], tolerance: float
-) -> float:
-    """The loss expected on the judged ``targets`` once the bias is at ``summary``'s prior (NaN when
-    nothing was counted)."""
-    judged = TargetSummary(task, num_classes)
-    for t in targets:
-        judged.update(t)
-    if task == "regression":
-        exp = expected_regression_loss(summary, judged)
-    else:
-        size = (num_classes or 2) if task == "multiclass" else 2
-        exp = expected_classification_loss(size, summary.prior(), tolerance, judged.counts)
-    return exp.value if exp else math.nan
-
-
-def mean_loss(pairs: list[tuple[torch.Tensor, torch.Tensor]], task: Task) -> float:
-    """The mean per-sample loss over ``(logits, target)`` pairs (NaN for none)."""
-    losses = [per_sample_loss(lg, tg, task) for lg, tg in pairs]
-    return float(torch.cat(losses).mean()) if losses else math.nan

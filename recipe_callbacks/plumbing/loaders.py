@@ -5,13 +5,14 @@ loader of its own under an isolated RNG: the running loaders and the global RNG 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
 from lightning.fabric.utilities.apply_func import move_data_to_device
+from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
 from lightning.pytorch.utilities.seed import isolate_rng
-from torch.utils.data import DataLoader, IterableDataset
+from torch.utils.data import DataLoader, DistributedSampler, IterableDataset
 
 from recipe_callbacks.core.data_stats import all_dataloaders, bounded_loader, first_dataloader
 from recipe_callbacks.core.short_training import take_samples
@@ -31,6 +32,42 @@ def val_dataloaders(trainer: pl.Trainer) -> list[DataLoader[Any]]:
         except Exception:
             return []
     return all_dataloaders(trainer.val_dataloaders)
+
+
+def eval_dataloaders(trainer: pl.Trainer, stage: str) -> list[Any]:
+    """The loaders of the running evaluation, ``stage`` ``"val"`` or ``"test"``, in the order of
+    their ``dataloader_idx`` (any iterable the Trainer takes, not only ``DataLoader``)."""
+    loaders = trainer.test_dataloaders if stage == "test" else trainer.val_dataloaders
+    if loaders is None:
+        return []
+    if isinstance(loaders, Mapping):
+        return list(loaders.values())
+    return list(loaders) if isinstance(loaders, (list, tuple)) else [loaders]
+
+
+def partial_run(trainer: pl.Trainer) -> str:
+    """``"fast_dev_run=..."`` or ``"overfit_batches=..."`` when the loops read part of the loaders on
+    purpose, else ``""``."""
+    fast_dev_run = getattr(trainer, "fast_dev_run", False)  # set by the Trainer at runtime, not typed
+    if fast_dev_run:
+        return f"fast_dev_run={fast_dev_run}"
+    overfit = getattr(trainer, "overfit_batches", 0)
+    return f"overfit_batches={overfit}" if overfit else ""
+
+
+def user_sampler(sampler: Any) -> Any:
+    """The sampler that decides which indices an evaluation visits: the loader's own, the user's
+    sampler inside Lightning's ``DistributedSamplerWrapper`` under DDP, ``None`` for a plain
+    ``DistributedSampler`` (whose coverage is judged on its own).
+
+    The one read of a private Lightning attribute in the package: the wrapper keeps the user's
+    sampler only as ``_sampler`` of its dataset (a ``_DatasetSamplerWrapper``), and no public
+    attribute or method gives it back; without it a custom sampler that skips or repeats indices
+    would go unseen under DDP.
+    """
+    if not isinstance(sampler, DistributedSampler):
+        return sampler
+    return getattr(sampler.dataset, "_sampler", None) if isinstance(sampler, DistributedSamplerWrapper) else None
 
 
 def read_inputs(

@@ -43,3 +43,33 @@ def test_coverage_gaps_name_a_limit_drop_last_and_a_sampler_with_replacement() -
     drawn = coverage_gaps(DataLoader(data, batch_size=5, sampler=sampler), sampler, planned=2, limit=1.0,
                           world_size=1, count=10, excluded=0)
     assert [g.kind for g in drawn] == ["random_sampler"]
+
+
+def test_an_evaluation_epoch_keeps_the_output_of_the_call_on_the_batch_input_and_reads_it_back() -> None:
+    from recipe_callbacks.core.eval_tally import EvalEpoch, read_evaluation
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 4)
+    x, y = torch.randn(6, 3), torch.tensor([0, 1, 2, 3, 0, 1])
+    epoch = EvalEpoch("val", model)
+    epoch.arm(None, None, x, y)
+    with torch.no_grad():
+        model(torch.randn(6, 3))  # another call (another callback's): not the batch's
+        expected = model(x)
+        model(x)  # a second call on the input: the first is kept
+    assert epoch.capture.output is not None and torch.equal(epoch.capture.output, expected)
+    tally = epoch.tally(0, lambda: [DataLoader(TensorDataset(x, y), batch_size=6)], torch.device("cpu"))
+    epoch.add(tally, epoch.capture.output, [], lambda p, t: "multiclass", None, ["accuracy"], None, None)
+    epoch.close()
+    model(x)  # after close the hook is gone
+    reading = read_evaluation(tally.parts(), tally, 0.95, 1, "multiclass", ["accuracy"], None)
+    assert not reading.skipped and reading.samples == 6 and not reading.per_position
+    assert reading.loss.mean == pytest.approx(float(F.cross_entropy(expected.double(), y)), rel=1e-9)
+    values = reading.values()
+    assert values["accuracy"] == pytest.approx(float((expected.argmax(1) == y).double().mean()))
+    assert {"loss_stderr", "loss_halfwidth", "accuracy_stderr", "num_samples"} <= values.keys()
+    epoch = EvalEpoch("val", model)
+    epoch.skip(1, "the batch has no target", "target_key")
+    skipped = epoch.tallies[1]
+    assert epoch.skipping(1) and read_evaluation(skipped.parts(), skipped, 0.95, 1, None, None, None).skipped
+    epoch.close()

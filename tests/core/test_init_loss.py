@@ -11,7 +11,6 @@ import torch.nn.functional as F
 from recipe_callbacks.core.init_loss import (
     ExpectedLoss,
     TargetSummary,
-    bias_for_prior,
     binary_entropy,
     entropy,
     expected_classification_loss,
@@ -19,6 +18,7 @@ from recipe_callbacks.core.init_loss import (
     judge_init_loss,
     predicted_distribution,
 )
+from recipe_callbacks.core.init_well import bias_for_prior
 from recipe_callbacks.core.task import logits_of
 
 
@@ -185,7 +185,7 @@ def test_sums_of_two_halves_added_part_by_part_equal_the_sums_of_the_whole() -> 
 
 
 def test_fix_bias_puts_a_bias_back_when_the_loss_gets_worse_or_the_measure_fails() -> None:
-    from recipe_callbacks.core.init_loss import fix_bias
+    from recipe_callbacks.core.init_well import fix_bias
 
     s = TargetSummary("multiclass", 2)
     s.update(labels_with_prior([90, 10]))
@@ -222,3 +222,55 @@ def test_the_prior_comes_from_enough_data_before_the_judged_batch() -> None:
     inspector = torch.tensor([0.5, 0.25, 0.25], dtype=torch.float64)
     assert choose_prior(3, inspector, None, lambda: calls.append(1) or None, judged).origin == "inspector"
     assert calls == []  # the training set is not read again when DataInspector counted it
+
+
+def test_init_well_sets_the_final_bias_to_the_log_odds_of_the_counted_targets() -> None:
+    from recipe_callbacks.core.init_well import LogitsCapture, init_well
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 1))
+    with torch.no_grad():
+        model[2].weight.zero_()  # the logits are the bias: the loss after is the prior's entropy
+    x, y = torch.randn(40, 3), torch.tensor([1.0] * 4 + [0.0] * 36)
+    batches = [(x[i : i + 10], y[i : i + 10]) for i in range(0, 40, 10)]
+    capture = LogitsCapture()
+    forwards: list[int] = []
+
+    def forward(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        forwards.append(1)
+        return capture.run(model, lambda: model(batch[0]).squeeze(-1)), batch[1]
+
+    well = init_well(model, capture, batches, 2, None, None, forward=forward,
+                     count=lambda task, size: TargetSummary.of(task, size, [b[1] for b in batches]),
+                     prior=lambda size: None)
+    assert well.problem == "" and well.task == "binary" and well.layer_name == "2"
+    assert well.fix is not None and well.fix.status == "set" and len(forwards) == 4  # 2 before, 2 after
+    assert float(model[2].bias.detach().sigmoid()) == pytest.approx(0.1, rel=1e-4)
+    judged = torch.cat([b[1] for b in batches[:2]])
+    oracle = F.binary_cross_entropy(torch.full_like(judged, 0.1), judged)  # predicting the prior
+    assert well.fix.after == pytest.approx(float(oracle), rel=1e-4)
+    # what stops it, as a status and the numbers a text names
+    assert init_well(model, capture, [], 2, None, None, forward=forward, count=lambda t, s: None,
+                     prior=lambda s: None).problem == "no_batches"
+    no_targets = init_well(model, capture, batches, 2, "binary", None, forward=forward, count=lambda t, s: None,
+                           prior=lambda s: None)
+    assert no_targets.problem == "no_targets" and no_targets.numbers()["layer"] == "2"
+
+
+def test_expected_at_init_counts_only_when_needed_and_takes_a_given_value() -> None:
+    from recipe_callbacks.core.init_loss import expected_at_init
+
+    judged = TargetSummary.of("regression", None, [torch.tensor([[1.0], [3.0]])])
+    counted: list[int | None] = []
+
+    def count(size: int | None) -> TargetSummary:
+        counted.append(size)
+        return TargetSummary("regression")  # no targets: no count, the judged targets' variance
+
+    exp, choice = expected_at_init("regression", None, judged, 0.25, inspector=lambda s: None, fixed=None, count=count)
+    assert exp is not None and exp.value == pytest.approx(1.0) and choice is None and counted == [None]
+    balanced = TargetSummary.of("multiclass", 3, [torch.tensor([0, 1, 2])])
+    exp, choice = expected_at_init("multiclass", 3, balanced, 0.25, inspector=lambda s: torch.full((s,), 1 / s),
+                                   fixed=None, count=count, given=2.0)
+    assert exp is not None and (exp.value, exp.basis) == (2.0, "argument") and choice is not None
+    assert choice.origin == "inspector" and counted == [None]  # DataInspector's prior: the set is not read again
