@@ -64,8 +64,7 @@ class LeakageCheck(RecipeCallback):
     input, validation copied from training, or a task far easier than it should be.
 
     Args:
-        max_samples: samples read from each set for the near-duplicate search (a seeded subset of
-            larger sets; the global RNG is untouched).
+        max_samples: samples of each set for the near-duplicate search (a seeded subset; global RNG untouched).
         tolerance: largest root-mean-square difference of two continuous signatures (in units of a
             standard deviation) that counts as a near-duplicate.
         token_agreement: smallest fraction of positions with the same token that makes two token
@@ -77,13 +76,14 @@ class LeakageCheck(RecipeCallback):
         thumbnail_size: side of the image thumbnails.
         task: ``"multiclass"``, ``"binary"`` or ``"regression"``; inferred when ``None``.
         seed: seed of the subsets drawn from large sets.
-        on_fail, input_key, target_key, batch_to_xy, forward_fn: as for every check, see
-            :class:`~recipe_callbacks.RecipeCallback` (``forward_fn`` runs the model for the
-            too-good-to-be-true evaluation; this check only ever warns).
+        on_fail: as for every check (:class:`~recipe_callbacks.RecipeCallback`); it only ever warns.
+        input_key: as for every check.
+        target_key: as for every check.
+        batch_to_xy: as for every check.
+        forward_fn: as for every check; it runs the model for the too-good-to-be-true evaluation.
 
     Raises:
-        ValueError: a count below 1, a tolerance or fraction out of range, an unknown task or
-            ``on_fail``.
+        ValueError: a count below 1, a tolerance or fraction out of range, an unknown task or on_fail.
         TypeError: a count that is not an int.
 
     Logged:

@@ -67,8 +67,9 @@ class NoLRDecayWarning(RecipeCallback):
         max_preview_steps: simulate at most this many optimizer steps (a few microseconds each; a longer
             run is previewed over its first ``max_preview_steps`` steps and the Finding says so).
         on_fail: ``"warn"``, ``"raise"`` or ``"ignore"`` (see :class:`RecipeCallback`).
-        input_key, target_key, batch_to_xy: unused (the check reads no batch); accepted like every
-            recipe callback.
+        input_key: unused (the check reads no batch); accepted like every recipe callback.
+        target_key: unused, as ``input_key``.
+        batch_to_xy: unused, as ``input_key``.
 
     Raises:
         ValueError: for an unknown ``stage`` or an out-of-range number.

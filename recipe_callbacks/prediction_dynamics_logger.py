@@ -60,8 +60,11 @@ class PredictionDynamicsLogger(RecipeCallback):
         max_records: records kept; when full, every other one is dropped (bounded memory).
         pictures_every_n_records: log the heat map and the sample grid every this many records and
             at the end of training (a heat map is 0.1-0.2 s of matplotlib).
-        on_fail, input_key, target_key, batch_to_xy, forward_fn: as for every
-            :class:`~recipe_callbacks.RecipeCallback`.
+        on_fail: as for every :class:`~recipe_callbacks.RecipeCallback`.
+        input_key: as for every check.
+        target_key: as for every check.
+        batch_to_xy: as for every check.
+        forward_fn: as for every check.
 
     Raises:
         ValueError: for an argument out of range or not one of its choices.
