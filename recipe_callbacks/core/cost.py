@@ -66,7 +66,7 @@ class StepClock:
         (True, 1.0)
     """
 
-    def __init__(self, intervals: int = 8) -> None:
+    def __init__(self, intervals: int = 32) -> None:
         self.intervals = intervals
         self._times: list[float] = []
 
