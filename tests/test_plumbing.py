@@ -12,6 +12,7 @@ import torch
 from typing_extensions import override
 
 from recipe_callbacks import BatchResolutionError, RecipeCallback, RecipeReport
+from recipe_callbacks.core.cost import StepClock
 from recipe_callbacks.core.skip import CheckSkipped
 from recipe_callbacks.plumbing.callback_base import FirstBatchCheck
 from recipe_callbacks.plumbing.ranks import sum_over_ranks
@@ -91,13 +92,14 @@ class FinishesAtOnce(RecipeCallback):
 
 def test_a_finished_one_off_check_is_idle_once_the_step_clock_has_its_median(tmp_path: Path) -> None:
     check = FinishesAtOnce()
-    trainer = fast_trainer(tmp_path, max_steps=20, max_epochs=-1, callbacks=[check])
+    timed = StepClock().intervals
+    trainer = fast_trainer(tmp_path, max_steps=timed + 10, max_epochs=-1, callbacks=[check])
     trainer.fit(TinyClassifier(), loader(blobs()))
-    # idle once the clock has its median (the first interval and 8 more: at the tenth batch start)
-    assert check.idle and check.calls == 9
+    # idle once the clock has its median (the first interval and `timed` more: at batch start timed + 2)
+    assert check.idle and check.calls == timed + 1
     trainer = fast_trainer(tmp_path / "again", max_steps=3, max_epochs=-1, callbacks=[check])
     trainer.fit(TinyClassifier(), loader(blobs()))
-    assert check.calls == 12  # a new fit wakes it: idle holds for one fit
+    assert check.calls == timed + 4  # a new fit wakes it: idle holds for one fit
 
 
 def test_other_exceptions_still_reach_the_user() -> None:
