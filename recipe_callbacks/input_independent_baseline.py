@@ -9,7 +9,13 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from typing_extensions import override
 
-from recipe_callbacks.core.baseline_curves import BaselineVerdict, baseline_stop, baseline_verdict, next_horizon
+from recipe_callbacks.core.baseline_curves import (
+    MEMORISED,
+    BaselineVerdict,
+    baseline_stop,
+    baseline_verdict,
+    next_horizon,
+)
 from recipe_callbacks.core.loss_curves import plateau_stop
 from recipe_callbacks.core.pictures import line_chart
 from recipe_callbacks.core.short_training import take_samples
@@ -254,6 +260,12 @@ class InputIndependentBaseline(FirstBatchCheck):
                 "(frozen parameters, a learning rate of zero, a wrong loss)"
             )
             return "warn", summary, advice
+        if v.status == "skip" and v.memorised and not v.separated:
+            summary = (
+                f"{curves}; both runs memorised their {n} samples (each ended below {MEMORISED:.0%} of its first "
+                "loss), which a model can do from zeroed inputs by position and bias alone: undecided"
+            )
+            return "skip", summary, f"raise InputIndependentBaseline(num_samples=...) (now {n}) to decide"
         if v.status == "skip":
             summary = (
                 f"{curves}; the real inputs were pulling away from the zero-input loss ({v.gap:.3g} below it at the "

@@ -253,3 +253,4 @@ def test_runs_that_end_pulling_apart_are_undecided_not_a_failure(tmp_path: Path)
     assert finding.status == "skip", finding.message()
     assert 0 < values["gap"] < values["margin"] and values["separated"] == 0.0 and values["identical"] == 0.0
     assert "max_steps=" in finding.advice and "undecided" in finding.summary
+

@@ -119,6 +119,11 @@ class BaselineVerdict:
     real_learned: bool
     identical: bool
     separated: bool
+    memorised: bool = False
+
+
+#: Both runs ended below this fraction of their initial loss: they memorised their few samples.
+MEMORISED = 0.05
 
 
 def _ahead(real: Sequence[float], zero: Sequence[float], zero_levelled: bool, confirm: int) -> bool:
@@ -144,7 +149,9 @@ def baseline_verdict(
     or when the real run ended without its loss below the zero run's at its last ``confirm``
     points (the input does not help); ``pass`` when it separated (see :func:`separation`);
     ``skip`` when it ended below the zero run at every one of those points but not yet by the
-    margin (pulling away when the runs ran out of steps: undecided, not a bug); ``warn`` when a
+    margin (pulling away when the runs ran out of steps: undecided, not a bug), or when both runs
+    memorised their few samples (each ended below ``MEMORISED`` of its initial loss: a zero-input
+    model learns so few samples by position and bias alone, so the curves cannot tell); ``warn`` when a
     loss is not finite or the real run's loss did not decrease by ``min_decrease`` of its initial
     value (then the comparison says nothing about the input).
 
@@ -159,6 +166,8 @@ def baseline_verdict(
         'warn'
         >>> baseline_verdict([2.3, 2.0, 1.8, 1.7], [2.3, 2.01, 1.81, 1.71], 0.05).status  # ahead, not yet clearly
         'skip'
+        >>> baseline_verdict([4.5, 0.5, 0.03, 0.028], [4.5, 0.4, 0.03, 0.027], 0.05).memorised  # both learned them
+        True
     """
     if not real or not zero:
         raise ValueError("baseline_verdict needs two non-empty loss curves")
@@ -167,6 +176,7 @@ def baseline_verdict(
     learned = finite and r0 - min(real) > min_decrease * max(abs(r0), 1e-12)
     identical = identical_curves(real, zero) and len(real) <= len(zero)
     sep = separation(real, zero, zero_levelled, min_gap, confirm)
+    memorised = finite and r1 < MEMORISED * r0 and min(zero) < MEMORISED * z0
     status: Verdict | Literal["skip"]
     if identical:
         status = "fail"
@@ -175,8 +185,8 @@ def baseline_verdict(
     elif sep.separated:
         status = "pass"
     else:
-        status = "skip" if _ahead(real, zero, zero_levelled, confirm) else "fail"
+        status = "skip" if memorised or _ahead(real, zero, zero_levelled, confirm) else "fail"
     best = min((v for v in zero if math.isfinite(v)), default=math.nan)
     return BaselineVerdict(
-        status, r0, r1, z0, z1, best, sep.gap, sep.margin, sep.noise, learned, identical, sep.separated
+        status, r0, r1, z0, z1, best, sep.gap, sep.margin, sep.noise, learned, identical, sep.separated, memorised
     )

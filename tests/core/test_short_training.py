@@ -280,3 +280,13 @@ def test_baseline_verdict_is_undecided_only_when_the_real_run_is_ahead_at_the_en
     assert baseline_verdict([2.3, 2.0, 1.8, 1.71], [2.3, 2.01, 1.81, 1.71], 0.05).status == "fail"
     # ahead at the last point only
     assert baseline_verdict([2.3, 2.02, 1.82, 1.70], [2.3, 2.01, 1.81, 1.71], 0.05).status == "fail"
+
+
+def test_baseline_verdict_is_undecided_when_both_runs_memorised_their_samples() -> None:
+    # a masked LM on four samples: both runs end near 0 (the zero-input one by position alone)
+    both = baseline_verdict([4.5, 1.0, 0.1, 0.03, 0.028], [4.5, 0.9, 0.1, 0.03, 0.027], 0.01)
+    assert both.status == "skip" and both.memorised and not both.separated
+    # only the real run memorised: it separated, a pass
+    assert baseline_verdict([4.5, 1.0, 0.1, 0.03, 0.028], [4.5, 3.0, 2.9, 2.9, 2.9], 0.01).status == "pass"
+    # the zero run memorised and the real one did not: the input does not help
+    assert baseline_verdict([4.5, 3.0, 2.9, 2.9, 2.9], [4.5, 1.0, 0.1, 0.03, 0.027], 0.01).status == "fail"
