@@ -31,6 +31,7 @@ class Separation:
     margin: float
     noise: float
     separated: bool
+    ahead: bool = False  # below the reference at those points, by any amount
 
 
 def separation(
@@ -63,11 +64,15 @@ def separation(
     t = len(real) - 1
     ref = reference(t)
     gap = ref - float(real[t]) if real else math.nan
-    ok = len(real) >= confirm and all(
-        math.isfinite(reference(i)) and math.isfinite(real[i]) and reference(i) - real[i] >= margin(reference(i))
-        for i in range(len(real) - confirm, len(real))
-    )
-    return Separation(ref, gap, margin(ref) if math.isfinite(ref) else math.nan, noise, ok)
+    refs = [reference(i) for i in range(max(0, len(real) - confirm), len(real))]
+    gaps = [
+        r - x if math.isfinite(r) and math.isfinite(x) else math.nan  # NaN where a loss is unknown or infinite
+        for r, x in zip(refs, map(float, real[len(real) - len(refs):]), strict=True)
+    ]
+    full = len(real) >= confirm
+    ok = full and all(g >= margin(r) for g, r in zip(gaps, refs, strict=True))
+    ahead = full and all(g > 0 for g in gaps)
+    return Separation(ref, gap, margin(ref) if math.isfinite(ref) else math.nan, noise, ok, ahead)
 
 
 def baseline_stop(zero: Sequence[float], zero_levelled: bool, min_gap: float, confirm: int = 3) -> StopRule:
@@ -126,14 +131,6 @@ class BaselineVerdict:
 MEMORISED = 0.05
 
 
-def _ahead(real: Sequence[float], zero: Sequence[float], zero_levelled: bool, confirm: int) -> bool:
-    """Whether the last ``confirm`` points of ``real`` are all below the zero curve's reference."""
-    best = min((v for v in zero if math.isfinite(v)), default=math.nan)
-    tail = range(max(0, len(real) - confirm), len(real))
-    refs = [float(zero[t]) if t < len(zero) else (best if zero_levelled else math.nan) for t in tail]
-    return len(real) >= confirm and all(math.isfinite(r) and real[t] < r for t, r in zip(tail, refs, strict=True))
-
-
 def baseline_verdict(
     real: Sequence[float],
     zero: Sequence[float],
@@ -185,7 +182,7 @@ def baseline_verdict(
     elif sep.separated:
         status = "pass"
     else:
-        status = "skip" if memorised or _ahead(real, zero, zero_levelled, confirm) else "fail"
+        status = "skip" if memorised or sep.ahead else "fail"
     best = min((v for v in zero if math.isfinite(v)), default=math.nan)
     return BaselineVerdict(
         status, r0, r1, z0, z1, best, sep.gap, sep.margin, sep.noise, learned, identical, sep.separated, memorised
