@@ -93,8 +93,8 @@ def render(build: Build, args: Sequence[Any] = (), kwargs: Mapping[str, Any] | N
 
 
 # ----------------------------------------------------------------------------- the pipes
-def _send(stream: IO[bytes], message: Any) -> None:
-    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+def _send(stream: IO[bytes], data: bytes) -> None:
+    """One pickled frame on a pipe: its length, then the pickle."""
     stream.write(_HEADER.pack(len(data)) + data)
     stream.flush()
 
@@ -125,7 +125,7 @@ def serve() -> None:
             reply: tuple[int, Picture | None, str] = (ticket, render(build, args, kwargs), "")
         except Exception as err:  # reported to the training process, which warns and goes on
             reply = (ticket, None, "".join(traceback.format_exception_only(type(err), err)).strip())
-        _send(out, reply)
+        _send(out, pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL))
 
 
 # ----------------------------------------------------------------------------- the training side
@@ -248,8 +248,7 @@ class Drawer:
         assert process.stdin is not None
         try:
             while (message := self._outbox.get()) is not None:
-                process.stdin.write(_HEADER.pack(len(message)) + message)
-                process.stdin.flush()
+                _send(process.stdin, message)
         except OSError:
             self._end()
         finally:

@@ -375,13 +375,15 @@ class RecipeCallback(Callback):
         if self._pending_costs:
             self._settle_costs()
 
+    # Defined so that the hook wrapper runs after them for every check: it waits for the pictures
+    # still being drawn (every picture of the fit is written when it ends).
     @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        log_writer.settle(wait=True)  # every picture of the fit is written when it ends
+        return None
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        log_writer.settle(wait=True)
+        return None
 
     # ----------------------------------------------------------------- progress of one-off work
     @contextmanager

@@ -163,7 +163,10 @@ class LoggedRecord:
     def add_image(self, tag: str, step: int, image: np.ndarray, png: bytes | None = None) -> None:
         self.images.pop(tag, None)
         self.images[tag] = (step, np.array(image, dtype=np.uint8, copy=True))
-        self.pngs[tag] = png or b""  # the picture already encoded, when it is (the report reuses it)
+        if png:  # the picture already encoded (the report reuses it)
+            self.pngs[tag] = png
+        else:
+            self.pngs.pop(tag, None)
         while len(self.images) > self.max_tags or (
             len(self.images) > 1 and sum(a.nbytes for _, a in self.images.values()) > self.max_image_bytes
         ):
@@ -258,7 +261,14 @@ def log_chart(
         log_image(trainer, tag, figure_to_image(build), step)
         return
     settle()
-    _PENDING.append((drawer().submit(build, *args, **kwargs), trainer, tag, _step(trainer, step), None))
+    _draw_later(trainer, tag, _step(trainer, step), None, build, *args, **kwargs)
+
+
+def _draw_later(
+    trainer: pl.Trainer, tag: str, s: int, only: frozenset[str] | None, build: Build, *args: Any, **kwargs: Any
+) -> None:
+    """Send the chart to the drawer; :func:`settle` writes it (to ``only`` those destinations)."""
+    _PENDING.append((drawer().submit(build, *args, **kwargs), trainer, tag, s, only))
 
 
 def drawer() -> Drawer:
@@ -381,10 +391,8 @@ def log_histogram(trainer: pl.Trainer, tag: str, values: torch.Tensor, step: int
     if wants_picture:  # the picture goes to the loggers without histograms (and the report)
         counts, edges = np.histogram(array, bins=30)
         labels = [f"{e:.2g}" for e in edges[:-1]]
-        _PENDING.append((drawer().submit(
-            bar_chart, labels, counts.tolist(), title=f"{tag}: distribution of {array.size} values",
-            xlabel="bin (left edge)", ylabel="count",
-        ), trainer, tag, s, frozenset({"mlflow", "files"})))
+        _draw_later(trainer, tag, s, frozenset({"mlflow", "files"}), bar_chart, labels, counts.tolist(),
+                    title=f"{tag}: distribution of {array.size} values", xlabel="bin (left edge)", ylabel="count")
 
 
 # ----------------------------------------------------------------------------- files of the run
