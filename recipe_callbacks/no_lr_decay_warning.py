@@ -249,9 +249,9 @@ class NoLRDecayWarning(RecipeCallback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
         tracker = self._tracker
-        if tracker.has_plateau:
+        if tracker.has_plateau:  # what the batch steps is counted for ReduceLROnPlateau only
             self._verify_plateaus(trainer)
-        tracker.stepped_this_batch = False
+            tracker.stepped_this_batch = False
 
     @override
     def on_before_optimizer_step(
@@ -270,11 +270,8 @@ class NoLRDecayWarning(RecipeCallback):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        tracker = self._tracker
-        if tracker.has_plateau:
-            tracker.batch_end(batch_idx, pl_module.automatic_optimization)
-        else:  # nothing to count but the batches of the epoch
-            tracker.batches_this_epoch += 1
+        if self._tracker.has_plateau:  # without one there is nothing to count (epoch_end needs it for plateaus only)
+            self._tracker.batch_end(batch_idx, pl_module.automatic_optimization)
 
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

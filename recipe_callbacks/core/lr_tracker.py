@@ -8,18 +8,22 @@ actually used for the chart, and counts how often Lightning would have stepped e
 when one was not stepped. It returns numbers; the callback writes the Findings. Nothing here
 imports Lightning: the loop's events come in as calls.
 
-A step that is not compared (the preview's recorded steps are every ``stride``-th) costs a
-division and a comparison; a compared one reads the LR of each param group once.
+With one optimizer, a step whose LR is that of the step before, inside a stretch where the preview's
+LR does not change either and before the next logged step, costs one comparison of two lists: its
+comparison with the preview and its chart point are those of the step before, and are counted in one
+go when the stretch ends (at the next step that differs, or when the counts are read).
 """
 
 from __future__ import annotations
 
+import bisect
 import functools
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from recipe_callbacks.core.lr_schedule import (
@@ -185,10 +189,6 @@ class ScheduleTracker:
     start_step: int = 0
     log_every: int = 1
     plan: PlannedSchedule | None = None
-    compared: int = 0
-    mismatched: int = 0
-    first_mismatch: Mismatch | None = None
-    actual_chart: dict[int, list[float]] = field(default_factory=dict)
     epochs_done: int = 0
     batches_this_epoch: int = 0
     stepped_this_batch: bool = False
@@ -208,9 +208,43 @@ class ScheduleTracker:
             for j in range(self.group_counts[e.optimizer_index])
         }
         self._rows: list[list[float]] = []
+        self._run_ends: list[int] = []  # the rows after which the preview's LR changes
         self._first = 0
         self._stride = 1
         self._chart_stride = 1
+        self._compared = 0
+        self._mismatched = 0
+        self._first_mismatch: Mismatch | None = None
+        self._chart: dict[int, list[float]] = {}
+        # the deferred steps (one optimizer only): from step count ``_run_first`` on, the steps before
+        # ``_run_until`` at the LRs ``_run`` are alike (see the module docstring)
+        self._run: list[float] | None = None
+        self._run_first = 0
+        self._run_until = 0
+
+    @property
+    def compared(self) -> int:
+        """The optimizer steps whose LR was compared with the preview."""
+        self._settle(self.made())
+        return self._compared
+
+    @property
+    def mismatched(self) -> int:
+        """The compared steps whose LR differed from the preview."""
+        self._settle(self.made())
+        return self._mismatched
+
+    @property
+    def first_mismatch(self) -> Mismatch | None:
+        """The first compared step whose LR differed from the preview, or ``None``."""
+        self._settle(self.made())
+        return self._first_mismatch
+
+    @property
+    def actual_chart(self) -> dict[int, list[float]]:
+        """``{optimizer step: LR of every group}`` for the chart, at most about ``2 * CHART_POINTS`` steps."""
+        self._settle(self.made())
+        return self._chart
 
     def follow(self, plan: PlannedSchedule) -> None:
         """Compare the coming steps with ``plan``."""
@@ -219,6 +253,8 @@ class ScheduleTracker:
         # The per-step comparison reads plain Python lists: numpy indexing costs more than the step's
         # whole budget on a fast accelerator step.
         self._rows = plan.lrs.tolist()
+        changes = (plan.lrs[1:] != plan.lrs[:-1]).any(axis=1) if len(self._rows) > 1 else []
+        self._run_ends = [int(k) for k in np.flatnonzero(changes)]
         self._first = int(plan.steps[0]) if plan.steps.size else 0
         self._stride = plan.stride
 
@@ -230,19 +266,63 @@ class ScheduleTracker:
         self.stepped_this_batch = True
         n = self.opt_steps[index]
         self.opt_steps[index] = n + 1
+        if n < self._run_until and lrs == self._run:  # as the step before: counted when the stretch ends
+            return self.start_step + n, 0, False
+        return self._step(index, n, lrs)
+
+    def _step(self, index: int, n: int, lrs: Sequence[float]) -> tuple[int, int, bool]:
+        """One step compared and charted on its own (the steps deferred before it counted first)."""
+        self._settle(n)
+        self._run, self._run_until = None, 0
         step, offset = self.start_step + n, self.group_offset[index]
         if self.plan is None:
             return step, offset, n % self.log_every == 0
         k, off_stride = divmod(step - self._first, self._stride)  # as PlannedSchedule.planned, on lists
         if k >= 0 and not off_stride and k < len(self._rows):
             self._compare(step, offset, lrs, self._rows[k])
-        if n % self._chart_stride == 0 and len(self.actual_chart) <= 2 * CHART_POINTS:
-            row = self.actual_chart.setdefault(step, [math.nan] * len(self.plan.groups))
+        if n % self._chart_stride == 0 and len(self._chart) <= 2 * CHART_POINTS:
+            row = self._chart.setdefault(step, [math.nan] * len(self.plan.groups))
             row[offset : offset + len(lrs)] = lrs
+        if len(self.opt_steps) == 1:
+            self._defer(n + 1, list(lrs))
         return step, offset, n % self.log_every == 0
 
+    def _defer(self, first: int, lrs: list[float]) -> None:
+        """Let the steps from step count ``first`` on at ``lrs`` be counted later, up to the next
+        logged step and to the end of the preview's stretch of one LR."""
+        until = first + (-first) % self.log_every  # the next logged step
+        s = self.start_step + first
+        k = max(0, -((self._first - s) // self._stride))  # the first preview row at or after it
+        if k < len(self._rows):
+            end = bisect.bisect_left(self._run_ends, k)
+            if end < len(self._run_ends):  # the preview's LR changes after row _run_ends[end]
+                until = min(until, self._first + (self._run_ends[end] + 1) * self._stride - self.start_step)
+        self._run, self._run_first, self._run_until = lrs, first, until
+
+    def _settle(self, end: int) -> None:
+        """Count the deferred steps before step count ``end``: their comparisons (all alike, one
+        preview row) and their chart points."""
+        first, lrs = self._run_first, self._run
+        if lrs is None or end <= first or self.plan is None:
+            return
+        self._run_first = end
+        s_lo, s_hi, stride = self.start_step + first, self.start_step + end, self._stride
+        k_lo = max(0, -((self._first - s_lo) // stride))
+        k_hi = min(len(self._rows), -((self._first - s_hi) // stride))
+        if k_hi > k_lo:
+            before = self._mismatched
+            self._compare(self._first + k_lo * stride, 0, lrs, self._rows[k_lo])
+            self._compared += k_hi - k_lo - 1
+            if self._mismatched > before:
+                self._mismatched += k_hi - k_lo - 1
+        width = len(self.plan.groups)
+        for n in range(first + (-first) % self._chart_stride, end, self._chart_stride):
+            if len(self._chart) > 2 * CHART_POINTS:
+                break
+            self._chart.setdefault(self.start_step + n, [math.nan] * width)[: len(lrs)] = lrs
+
     def _compare(self, step: int, offset: int, lrs: Sequence[float], planned: list[float]) -> None:
-        self.compared += 1
+        self._compared += 1
         if list(lrs) == planned[offset : offset + len(lrs)] and not self.skip_groups:
             return  # the usual case, exactly the preview's floats
         for j, used in enumerate(lrs):
@@ -251,9 +331,9 @@ class ScheduleTracker:
                 continue
             expected = planned[g] if g < len(planned) else math.nan
             if not math.isclose(used, expected, rel_tol=1e-6, abs_tol=1e-12):
-                self.mismatched += 1
-                if self.first_mismatch is None:
-                    self.first_mismatch = Mismatch(step, g, expected, used)
+                self._mismatched += 1
+                if self._first_mismatch is None:
+                    self._first_mismatch = Mismatch(step, g, expected, used)
                 break
 
     def batch_start(self) -> None:
