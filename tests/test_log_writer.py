@@ -106,3 +106,41 @@ def test_only_rank_zero_writes_under_ddp(tmp_path: Path) -> None:
     event_files = list((tmp_path / "run").glob("events.out.tfevents.*"))
     assert len(event_files) == 1
     _check_tensorboard(tmp_path / "run")
+
+
+class ThreeScalars(RecipeCallback):
+    """Logs three scalars in one call on each of the first two training batches."""
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if batch_idx < 2:
+            self.log_scalars(trainer, {"a": 1.0 + batch_idx, "b": 0.25, "c": -3.0})
+
+
+def _events_with(log_dir: str, prefix: str) -> list[Any]:
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    return [
+        event
+        for path in sorted(Path(log_dir).glob("events.out.tfevents.*"))
+        for event in EventFileLoader(str(path)).Load()
+        if any(v.tag.startswith(prefix) for v in event.summary.value)
+    ]
+
+
+@pytest.mark.parametrize("prefix", ["", "run"])
+def test_the_scalars_of_one_call_are_one_tensorboard_event_with_the_same_tags_and_values(
+    tmp_path: Path, prefix: str
+) -> None:
+    logger = TensorBoardLogger(str(tmp_path), name="tb", prefix=prefix)
+    trainer = fast_trainer(tmp_path, logger=logger, callbacks=[ThreeScalars()], max_steps=2)
+    trainer.fit(TinyClassifier(), loader(blobs()))
+    logger.experiment.flush()
+    tag = f"{prefix}-recipe.three_scalars" if prefix else "recipe.three_scalars"
+    ea = read_events(logger.log_dir)
+    assert scalar_values(ea, f"{tag}/a") == [1.0, 2.0] and scalar_values(ea, f"{tag}/c") == [-3.0, -3.0]
+    assert [e.step for e in ea.Scalars(f"{tag}/b")] == [1, 2]
+    events = _events_with(logger.log_dir, tag)
+    assert [(e.step, sorted(v.tag for v in e.summary.value)) for e in events] == [
+        (s, [f"{tag}/a", f"{tag}/b", f"{tag}/c"]) for s in (1, 2)
+    ]  # was one event per scalar
+    assert "add_scalar" not in vars(logger.experiment)  # the writer is left as it was
