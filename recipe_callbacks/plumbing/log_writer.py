@@ -17,7 +17,6 @@ in memory (capped), so that the HTML report can show each check's pictures whate
 
 from __future__ import annotations
 
-import functools
 import html
 import os
 import weakref
@@ -62,16 +61,17 @@ def logger_kind(logger: Any) -> str:
         >>> logger_kind(CSVLogger("."))
         'csv'
     """
-    return _kind_of(type(logger))
+    logger_type = type(logger)
+    kind = _KINDS.get(logger_type)
+    if kind is None:  # looked up once per logger class: every scalar asks
+        names = {"TensorBoardLogger": "tensorboard", "CSVLogger": "csv", "WandbLogger": "wandb", "MLFlowLogger": "mlflow"}
+        kind = next((names[cls.__name__] for cls in logger_type.__mro__
+                     if cls.__name__ in names and cls.__module__.startswith(_LOGGER_MODULES)), "other")
+        _KINDS[logger_type] = kind
+    return kind
 
 
-@functools.lru_cache(maxsize=64)
-def _kind_of(logger_type: type) -> str:
-    names = {"TensorBoardLogger": "tensorboard", "CSVLogger": "csv", "WandbLogger": "wandb", "MLFlowLogger": "mlflow"}
-    for cls in logger_type.__mro__:
-        if cls.__name__ in names and cls.__module__.startswith(_LOGGER_MODULES):
-            return names[cls.__name__]
-    return "other"
+_KINDS: dict[type, str] = {}
 
 
 def _local_dir(logger: Any, trainer: pl.Trainer) -> Path | None:
