@@ -64,7 +64,8 @@ def logger_kind(logger: Any) -> str:
     logger_type = type(logger)
     kind = _KINDS.get(logger_type)
     if kind is None:  # looked up once per logger class: every scalar asks
-        names = {"TensorBoardLogger": "tensorboard", "CSVLogger": "csv", "WandbLogger": "wandb", "MLFlowLogger": "mlflow"}
+        names = {"TensorBoardLogger": "tensorboard", "CSVLogger": "csv", "WandbLogger": "wandb",
+                 "MLFlowLogger": "mlflow"}
         kind = next((names[cls.__name__] for cls in logger_type.__mro__
                      if cls.__name__ in names and cls.__module__.startswith(_LOGGER_MODULES)), "other")
         _KINDS[logger_type] = kind
