@@ -320,3 +320,28 @@ def test_other_precisions(tmp_path: Path, precision: str) -> None:
     trainer.fit(TinyClassifier(), loader(blobs(32)), loader(blobs(16, seed=1)))
     assert cb.findings[-1].status == "pass", cb.findings[-1].message()
     assert filters.findings[-1].status != "skip", filters.findings[-1].message()
+
+
+def test_a_record_reads_the_forward_signature_once_per_fit_and_writes_one_tensorboard_event(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import inspect
+
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    from recipe_callbacks.plumbing import batch
+
+    batch._FORWARD_PARAMETERS.clear()
+    signatures = []
+    original = inspect.signature
+    monkeypatch.setattr(batch.inspect, "signature", lambda f, *a, **k: (signatures.append(f), original(f, *a, **k))[1])
+    cb, trainer = fit_blobs(tmp_path, lr=0.05, epochs=3)
+    assert len(cb.history.steps) == 13  # 24 steps, every 2 steps, and the first
+    assert [getattr(f, "__name__", "") for f in signatures].count("forward") == 1  # was one per record
+    events = [e for path in sorted(Path(trainer.logger.log_dir).glob("events.out.tfevents.*"))
+              for e in EventFileLoader(str(path)).Load() if any(v.tag.startswith(TAG) for v in e.summary.value)]
+    names = {"fixed_batch_loss", "flip_rate", "jitter"}
+    scalars = [sorted(v.tag.removeprefix(f"{TAG}/") for v in e.summary.value if v.tag.removeprefix(f"{TAG}/") in names)
+               for e in events]
+    assert scalars.count(["fixed_batch_loss", "flip_rate", "jitter"]) == 12  # one event per record (was three)
+    assert scalars.count(["fixed_batch_loss"]) == 1  # the first record: no change to measure yet

@@ -182,13 +182,30 @@ ForwardFn = Callable[[Any, Any], Any]
 
 
 def _forward_parameters(module: Any) -> tuple[list[inspect.Parameter], bool]:
-    """The positional-or-keyword parameters of ``module.forward`` and whether it takes ``**kwargs``."""
+    """The positional-or-keyword parameters of ``module.forward`` and whether it takes ``**kwargs``
+    (read once per forward function: the checks that run the model every few steps ask each time)."""
+    forward = getattr(module, "forward", None)
+    key: tuple[Any, bool] | None = (getattr(forward, "__func__", forward), hasattr(forward, "__self__"))
     try:
-        params = list(inspect.signature(module.forward).parameters.values())
-    except (TypeError, ValueError):
-        return [], False
-    named = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-    return named, any(p.kind is p.VAR_KEYWORD for p in params)
+        found = _FORWARD_PARAMETERS.get(key)  # type: ignore[arg-type]
+    except TypeError:  # an unhashable callable: read it every time
+        found, key = None, None
+    if found is None:
+        try:
+            params = list(inspect.signature(forward).parameters.values())  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            return [], False
+        named = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        found = (named, any(p.kind is p.VAR_KEYWORD for p in params))
+        if key is not None:
+            if len(_FORWARD_PARAMETERS) >= 256:
+                _FORWARD_PARAMETERS.clear()
+            _FORWARD_PARAMETERS[key] = found
+    return list(found[0]), found[1]
+
+
+#: ``(forward function, bound) -> (its parameters, takes **kwargs)``, for :func:`_forward_parameters`.
+_FORWARD_PARAMETERS: dict[tuple[Any, bool], tuple[list[inspect.Parameter], bool]] = {}
 
 
 def model_inputs(module: Any, batch: Any, resolved: ResolvedBatch) -> tuple[tuple[Any, ...], dict[str, Any]]:
