@@ -27,6 +27,7 @@ from recipe_callbacks.core.skip import CheckSkipped
 from recipe_callbacks.plumbing.batch import BatchToXY
 from recipe_callbacks.plumbing.callback_base import RecipeCallback
 from recipe_callbacks.plumbing.finding import Finding, OnFail, RecipeCheckError, format_value
+from recipe_callbacks.plumbing.hook_dispatch import switch_off
 from recipe_callbacks.plumbing.validation import check_choice, check_float, check_int
 
 if TYPE_CHECKING:
@@ -118,6 +119,12 @@ class NoLRDecayWarning(RecipeCallback):
     def state_key(self) -> str:
         return self._state_key
 
+    def _refresh_hooks(self) -> None:  # the batch hooks count for a ReduceLROnPlateau only: else not called
+        super()._refresh_hooks()
+        if not getattr(self, "_tracker", None) or self._tracker.has_plateau or self._gated:
+            return
+        switch_off(self, ("on_train_batch_start", "on_train_batch_end"))
+
     def finding(self, key: str) -> Finding | None:
         """The current Finding with ``key`` (e.g. ``"decays_too_early"``, ``"length:0"``), or ``None``."""
         return self._findings.get(key)
@@ -167,6 +174,7 @@ class NoLRDecayWarning(RecipeCallback):
             entries, [len(o.param_groups) for o in optimizers], start_step=int(trainer.global_step),
             log_every=self.log_every_n_steps or max(1, int(getattr(trainer, "log_every_n_steps", 50) or 1)),
         )
+        self._refresh_hooks()
         if self._misplaced:
             self._report_misplaced(trainer, self._misplaced)
         if not optimizers:
@@ -248,10 +256,9 @@ class NoLRDecayWarning(RecipeCallback):
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        tracker = self._tracker
-        if tracker.has_plateau:  # what the batch steps is counted for ReduceLROnPlateau only
+        if self._tracker.has_plateau:  # what the batch steps is counted for ReduceLROnPlateau only
             self._verify_plateaus(trainer)
-            tracker.stepped_this_batch = False
+            self._tracker.stepped_this_batch = False
 
     @override
     def on_before_optimizer_step(
@@ -263,8 +270,7 @@ class NoLRDecayWarning(RecipeCallback):
         lrs = [float(group["lr"]) for group in optimizer.param_groups]
         _, offset, log = self._tracker.optimizer_step(i, lrs)
         if log:
-            self.log_scalars(trainer, {f"lr_group_{offset + j}": lr for j, lr in enumerate(lrs)},
-                             step=trainer.global_step)
+            self.log_scalars(trainer, {f"lr_group_{offset + j}": lr for j, lr in enumerate(lrs)}, trainer.global_step)
 
     @override
     def on_train_batch_end(

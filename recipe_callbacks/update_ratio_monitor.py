@@ -18,6 +18,7 @@ from recipe_callbacks.core import update_ratio as core
 from recipe_callbacks.core.pictures import Band, line_chart
 from recipe_callbacks.plumbing.callback_base import RecipeCallback
 from recipe_callbacks.plumbing.finding import OnFail, Status
+from recipe_callbacks.plumbing.hook_dispatch import switch_off
 from recipe_callbacks.plumbing.ranks import sum_over_ranks
 from recipe_callbacks.plumbing.validation import check_bool, check_float, check_int
 
@@ -122,6 +123,7 @@ class UpdateRatioMonitor(RecipeCallback):
         self._watch = core.ActivationWatch(self.unit_dim)
         self._armed_step = -1
         self._due = True  # the batch started at a sampled step (or no batch started yet)
+        self._resting = False  # an unsampled batch of automatic optimisation: only on_train_batch_start is called
         self._manual = False  # manual optimisation steps the optimizer several times per batch
         self.ratio_steps: deque[int] = deque(maxlen=self.history_size)
         self.ratios: dict[str, deque[float]] = {}
@@ -137,6 +139,11 @@ class UpdateRatioMonitor(RecipeCallback):
     def state_key(self) -> str:
         return self._state_key
 
+    def _refresh_hooks(self) -> None:
+        super()._refresh_hooks()
+        if getattr(self, "_resting", False) and not self._gated:
+            switch_off(self, ("on_before_optimizer_step", "on_train_batch_end"))
+
     # ----------------------------------------------------------------- hooks
     @override
     def on_train_batch_start(
@@ -145,6 +152,9 @@ class UpdateRatioMonitor(RecipeCallback):
         step = trainer.global_step
         self._due = core.sampled_step(step, self.every_n_steps)
         self._manual = not pl_module.automatic_optimization
+        if self._resting != (not self._due and not self._manual):  # between samples: the other hooks not called
+            self._resting = not self._resting
+            self._refresh_hooks()
         if self._due and self.activations and step != self._armed_step:
             self._armed_step = step
             self._arm(trainer, pl_module)
@@ -225,7 +235,7 @@ class UpdateRatioMonitor(RecipeCallback):
                   "exploding_layers": float(len(high)), "min_log10_ratio": verdict.lowest,
                   "max_log10_ratio": verdict.highest, "samples": float(samples)}
         status: Status = "fail" if high else "warn" if low else "pass"
-        if not self._changed("ratio", (status, tuple(sorted(low)), tuple(sorted(high))), final):
+        if not core.changed(self._signatures, "ratio", (status, tuple(sorted(low)), tuple(sorted(high))), final):
             return
         summary, advice = self._ratio_prose(low, high, verdict.series, values)
         self.report(trainer, status, summary, values, advice, key="ratio", log_values=False)
@@ -297,7 +307,7 @@ class UpdateRatioMonitor(RecipeCallback):
         values = {"activation_layers": float(verdict.series), "dead_layers": float(len(dead)),
                   "max_dead_fraction": verdict.highest, "samples": float(samples)}
         status: Status = "warn" if dead else "pass"
-        if not self._changed("activations", (status, tuple(sorted(dead))), final):
+        if not core.changed(self._signatures, "activations", (status, tuple(sorted(dead))), final):
             return
         if dead:
             summary = (f"{len(dead)} of {verdict.series} activation layers have mostly dead units (more than "
@@ -316,14 +326,6 @@ class UpdateRatioMonitor(RecipeCallback):
         """At the end of training, a skip for the Finding ``key`` that never had enough samples."""
         if final and key not in self._findings:
             self.skip(trainer, reason, "every_n_steps", key=key)
-
-    def _changed(self, key: str, signature: tuple[Any, ...], final: bool) -> bool:
-        """Whether the Finding ``key`` is to be reported again: its flagged layers changed, or a pass
-        at the end of training."""
-        if signature == self._signatures.get(key) and not (final and signature[0] == "pass"):
-            return False
-        self._signatures[key] = signature
-        return True
 
     # ----------------------------------------------------------------- picture and state
     def _draw(self, trainer: pl.Trainer) -> None:
@@ -353,8 +355,5 @@ class UpdateRatioMonitor(RecipeCallback):
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
-        cap = self.history_size
-        self.ratio_steps = deque((int(s) for s in state_dict.get("ratio_steps", [])), maxlen=cap)
-        self.ratios = {k: deque(map(float, v), maxlen=cap) for k, v in state_dict.get("ratios", {}).items()}
-        self.activation_steps = deque((int(s) for s in state_dict.get("activation_steps", [])), maxlen=cap)
-        self.dead = {k: deque(map(float, v), maxlen=cap) for k, v in state_dict.get("dead", {}).items()}
+        self.ratio_steps, self.ratios = core.history_from_state(state_dict, "ratio", self.history_size)
+        self.activation_steps, self.dead = core.history_from_state(state_dict, "activation", self.history_size)

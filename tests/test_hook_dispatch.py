@@ -124,3 +124,21 @@ def test_a_switched_off_callback_pickles_for_ddp_spawn(tmp_path: Path) -> None:
     assert again.idle and switched_off(again) == switched_off(flow)
     _, calls = _fit(tmp_path / "again", [again], steps=3)  # a new fit wakes it
     assert calls[f"[Callback]{again.state_key}.on_before_backward"] == 3
+
+
+def test_the_monitors_are_called_between_their_samples_only_where_they_count(tmp_path: Path) -> None:
+    from recipe_callbacks import NoLRDecayWarning, UpdateRatioMonitor
+    from recipe_callbacks.core.update_ratio import sampled_step
+
+    ratio, lr = UpdateRatioMonitor(every_n_steps=10), NoLRDecayWarning(stage="final", on_fail="ignore")
+    trainer, calls = _fit(tmp_path, [ratio, lr])
+    sampled = sum(sampled_step(s, 10) for s in range(STEPS))  # 0, 1, 2, 4, 8, 10, 20, ...
+    assert calls[f"[Callback]{ratio.state_key}.on_train_batch_start"] == STEPS  # it decides there
+    assert calls[f"[Callback]{ratio.state_key}.on_before_optimizer_step"] == sampled  # was every step
+    assert calls[f"[Callback]{ratio.state_key}.on_train_batch_end"] == sampled
+    assert len(ratio.ratio_steps) == sampled and ratio.findings[0].status == "pass"
+    # without a ReduceLROnPlateau the batch hooks count nothing: only the optimizer step is called
+    assert calls[f"[Callback]{lr.state_key}.on_before_optimizer_step"] == STEPS
+    assert f"[Callback]{lr.state_key}.on_train_batch_start" not in calls  # was every step
+    assert f"[Callback]{lr.state_key}.on_train_batch_end" not in calls
+    assert lr.finding("actual_vs_planned").values["compared_steps"] == STEPS

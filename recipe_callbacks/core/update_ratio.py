@@ -354,6 +354,39 @@ def push(history: dict[str, deque[float]], values: Mapping[str, float], length: 
             series.append(math.nan)
 
 
+def history_from_state(
+    state: Mapping[str, Any], name: str, cap: int
+) -> tuple[deque[int], dict[str, deque[float]]]:
+    """The steps and series of one history back from a checkpoint: ``<name>_steps`` and ``ratios``
+    (``name="ratio"``) or ``dead`` (``name="activation"``), each capped at ``cap``.
+
+    Example:
+        >>> steps, series = history_from_state({"ratio_steps": [0, 1], "ratios": {"fc": [-3.0, -2.5]}}, "ratio", 8)
+        >>> list(steps), {k: list(v) for k, v in series.items()}
+        ([0, 1], {'fc': [-3.0, -2.5]})
+    """
+    series = state.get("ratios" if name == "ratio" else "dead", {})
+    return (deque((int(s) for s in state.get(f"{name}_steps", [])), maxlen=cap),
+            {k: deque(map(float, v), maxlen=cap) for k, v in series.items()})
+
+
+def changed(signatures: dict[str, tuple[Any, ...]], key: str, signature: tuple[Any, ...], final: bool) -> bool:
+    """Whether the Finding ``key`` is to be reported again (its ``signature``, e.g. status and flagged
+    layers, kept in ``signatures``): it changed, or it is a pass at the end of training.
+
+    Example:
+        >>> seen: dict[str, tuple[Any, ...]] = {}
+        >>> changed(seen, "ratio", ("pass",), False), changed(seen, "ratio", ("pass",), False)
+        (True, False)
+        >>> changed(seen, "ratio", ("pass",), True)
+        True
+    """
+    if signature == signatures.get(key) and not (final and signature[0] == "pass"):
+        return False
+    signatures[key] = signature
+    return True
+
+
 @dataclass(frozen=True)
 class HistoryVerdict:
     """Which series of a history stayed out of range: their recent medians, and the extremes."""
