@@ -123,6 +123,31 @@ def snapshot(outputs: torch.Tensor, targets: torch.Tensor, task: Task, min_confi
         ([1.0, 1.0], 1.0)
     """
     out = outputs.detach().to(torch.float64)
+    if task == "multiclass" and _plain_classes(out, targets):
+        return _plain_multiclass(out, targets.detach().long(), min_confidence)
+    return _snapshot(out, targets, task, min_confidence)
+
+
+def _plain_classes(out: torch.Tensor, targets: torch.Tensor) -> bool:
+    """``(K, C)`` logits with ``(K,)`` integer classes, none of them the padding index: the usual case."""
+    return (out.ndim == 2 and targets.ndim == 1 and out.shape[0] == targets.shape[0] and out.shape[1] >= 2
+            and not targets.is_floating_point() and targets.numel() > 0 and int(targets.min()) >= 0)
+
+
+def _plain_multiclass(out: torch.Tensor, labels: torch.Tensor, min_confidence: float) -> Snapshot:
+    """:func:`snapshot` of ``(K, C)`` float64 logits and ``(K,)`` classes in a few operations, with the
+    same numbers: the cross-entropy is minus the true class's log-probability, averaged, as
+    ``F.cross_entropy`` computes it from the same ``log_softmax``."""
+    log_probs = torch.log_softmax(out, dim=1)
+    true = log_probs.gather(1, labels.unsqueeze(1)).squeeze(1)
+    tracked = true.exp()
+    top_log_prob, classes = log_probs.max(dim=1)
+    confident = top_log_prob.exp() >= confidence_floor(out.shape[1], min_confidence)
+    return Snapshot(tracked, classes, tracked, float(true.neg().mean()), confident)
+
+
+def _snapshot(out: torch.Tensor, targets: torch.Tensor, task: Task, min_confidence: float) -> Snapshot:
+    """:func:`snapshot` of every other layout (sequences, one-hot targets, padding, binary, regression)."""
     labels = class_indices(targets.detach()).long()  # one-hot / probability rows: their argmax class
     if task == "multiclass" and class_axis(out, labels) is None:
         raise ValueError(f"outputs {tuple(out.shape)} have no class axis that fits targets {tuple(labels.shape)}")

@@ -121,3 +121,27 @@ def test_judge_dynamics_flags_back_and_forth_and_passes_steady_learning() -> Non
     bouncing = judge_dynamics(history([0.5 + (0.06 if i % 2 else -0.06) for i in range(11)]), 0.3)
     assert bouncing.jumpy and bouncing.undone_jitter > 0.1
     assert judge_dynamics(history([0.5, 0.6]), 0.3).late_records < 3
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_plain_class_logits_take_the_short_way_to_the_same_numbers_bit_for_bit(seed: int) -> None:
+    from recipe_callbacks.core import prediction_jitter
+
+    g = torch.Generator().manual_seed(seed)
+    calls = []
+    for trial in range(50):
+        k, c = int(torch.randint(1, 40, (1,), generator=g)), int(torch.randint(2, 60, (1,), generator=g))
+        logits = torch.randn(k, c, generator=g, dtype=torch.float64) * (10.0 ** float(torch.randint(-3, 3, (1,))))
+        if trial % 7 == 0:
+            logits[0, 0] = 80.0  # a near-certain row
+        labels = torch.randint(0, c, (k,), generator=g)
+        short = snapshot(logits.float(), labels, "multiclass", min_confidence=0.3)
+        calls.append(prediction_jitter._plain_classes(logits, labels))
+        long = prediction_jitter._snapshot(logits.float().double(), labels, "multiclass", 0.3)  # the general way
+        assert short.loss == long.loss
+        for a, b in ((short.tracked, long.tracked), (short.per_sample, long.per_sample), (short.classes, long.classes),
+                     (short.confident, long.confident)):
+            assert a is not None and b is not None and a.dtype == b.dtype and torch.equal(a, b)
+    assert all(calls)
+    padded = torch.tensor([0, -100, 1])  # a padding index goes the general way
+    assert not prediction_jitter._plain_classes(torch.zeros(3, 2, dtype=torch.float64), padded)
