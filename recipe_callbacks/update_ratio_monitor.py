@@ -118,19 +118,17 @@ class UpdateRatioMonitor(RecipeCallback):
         self.history_size = check_int(owner, "history_size", history_size, minimum=2)
         self.plot_every_n_samples = check_int(owner, "plot_every_n_samples", plot_every_n_samples)
         self._snapshot: core.ParameterSnapshot | None = None
-        self._snapshot_step = -1
+        self._snapshot_step = self._armed_step = self._drawn_step = -1
         self._frozen_layers: set[str] = set()
         self._watch = core.ActivationWatch(self.unit_dim)
-        self._armed_step = -1
         self._due = True  # the batch started at a sampled step (or no batch started yet)
-        self._resting = False  # an unsampled batch of automatic optimisation: only on_train_batch_start is called
+        self._resting, self._next_due = False, 0  # resting between samples: only on_train_batch_start is called
         self._manual = False  # manual optimisation steps the optimizer several times per batch
         self.ratio_steps: deque[int] = deque(maxlen=self.history_size)
         self.ratios: dict[str, deque[float]] = {}
         self.activation_steps: deque[int] = deque(maxlen=self.history_size)
         self.dead: dict[str, deque[float]] = {}
         self._signatures: dict[str, tuple[Any, ...]] = {}
-        self._drawn_step = -1
         # Lightning reads state_key around every hook call (profiler names): build it once.
         self._state_key = self._generate_state_key(every_n_steps=self.every_n_steps)
 
@@ -150,8 +148,11 @@ class UpdateRatioMonitor(RecipeCallback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
         step = trainer.global_step
+        if self._resting and step < self._next_due and pl_module.automatic_optimization:
+            return  # between samples: one comparison
         self._due = core.sampled_step(step, self.every_n_steps)
         self._manual = not pl_module.automatic_optimization
+        self._next_due = core.next_sampled_step(step, self.every_n_steps)
         if self._resting != (not self._due and not self._manual):  # between samples: the other hooks not called
             self._resting = not self._resting
             self._refresh_hooks()
@@ -191,7 +192,7 @@ class UpdateRatioMonitor(RecipeCallback):
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._watch.disarm()
-        self._snapshot = None
+        self._snapshot, self._next_due = None, 0  # a next fit decides its first step afresh
         self._judge_ratios(trainer, final=True)
         if self.activations:
             self._judge_activations(trainer, final=True)
@@ -200,7 +201,7 @@ class UpdateRatioMonitor(RecipeCallback):
     @override
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         self._watch.disarm()
-        self._snapshot = None
+        self._snapshot, self._next_due = None, 0  # a next fit decides its first step afresh
 
     # ----------------------------------------------------------------- update ratios
     def _take_snapshot(self, pl_module: pl.LightningModule) -> None:

@@ -142,3 +142,5 @@ def test_the_monitors_are_called_between_their_samples_only_where_they_count(tmp
     assert f"[Callback]{lr.state_key}.on_train_batch_start" not in calls  # was every step
     assert f"[Callback]{lr.state_key}.on_train_batch_end" not in calls
     assert lr.finding("actual_vs_planned").values["compared_steps"] == STEPS
+    _, again = _fit(tmp_path / "again", [ratio], steps=3)  # a next fit samples its steps 0, 1, 2 afresh
+    assert again[f"[Callback]{ratio.state_key}.on_before_optimizer_step"] == 3

@@ -216,6 +216,18 @@ def sampled_step(step: int, every_n_steps: int) -> bool:
     return step % every_n_steps == 0 or (step < every_n_steps and step & (step - 1) == 0)
 
 
+def next_sampled_step(step: int, every_n_steps: int) -> int:
+    """The first step after ``step`` that :func:`sampled_step` measures.
+
+    Example:
+        >>> [next_sampled_step(s, 10) for s in (0, 1, 2, 3, 8, 9, 10, 25)]
+        [1, 2, 4, 4, 10, 10, 20, 30]
+    """
+    after = (step // every_n_steps + 1) * every_n_steps
+    power = 1 << max(step, 0).bit_length()  # the next power of two
+    return min(after, power) if power < every_n_steps else after
+
+
 def inactive_mask(
     output: torch.Tensor, kind: ActivationKind, *, low: float = -1.0, high: float = 1.0
 ) -> torch.Tensor:
