@@ -127,8 +127,9 @@ class RunRecord:
         if self._kept >= self.max_losses:
             self._dropped += 1
             return
-        loss = loss_from_step_output(outputs)
-        if loss is None or loss.numel() != 1:
+        # Lightning hands on {"loss": tensor}: read at once (a cost of every training batch)
+        loss = outputs.get("loss") if type(outputs) is dict else loss_from_step_output(outputs)
+        if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
             return
         # kept as it is (Lightning's own detached copy): reshaped, scaled and read at the flush
         self._pending.append(loss if not loss.requires_grad else loss.detach())
