@@ -15,7 +15,7 @@ import torch
 from typing_extensions import override
 
 from recipe_callbacks.core import update_ratio as core
-from recipe_callbacks.core.pictures import Band, line_chart
+from recipe_callbacks.core.pictures import line_chart
 from recipe_callbacks.plumbing.callback_base import RecipeCallback
 from recipe_callbacks.plumbing.finding import OnFail, Status
 from recipe_callbacks.plumbing.hook_dispatch import switch_off
@@ -129,6 +129,7 @@ class UpdateRatioMonitor(RecipeCallback):
         self.activation_steps: deque[int] = deque(maxlen=self.history_size)
         self.dead: dict[str, deque[float]] = {}
         self._signatures: dict[str, tuple[Any, ...]] = {}
+        self._scalars: dict[int, dict[str, float]] = {}  # by step
         # Lightning reads state_key around every hook call (profiler names): build it once.
         self._state_key = self._generate_state_key(every_n_steps=self.every_n_steps)
 
@@ -188,6 +189,9 @@ class UpdateRatioMonitor(RecipeCallback):
             norms = norms.cpu()
         if norms is not None:
             self._record_ratios(trainer, norms)
+        for step, values in self._scalars.items():  # what the step measured, in one write
+            self.log_scalars(trainer, values, step=step)
+        self._scalars = {}
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -217,7 +221,7 @@ class UpdateRatioMonitor(RecipeCallback):
             return
         self.ratio_steps.append(step)
         core.push(self.ratios, ratios, len(self.ratio_steps), self.history_size)
-        self.log_scalars(trainer, {f"{layer}/log10_ratio": v for layer, v in ratios.items()}, step=step)
+        self._scalars.setdefault(step, {}).update({f"{layer}/log10_ratio": v for layer, v in ratios.items()})
         self._judge_ratios(trainer, final=False)
         if len(self.ratio_steps) % self.plot_every_n_samples == 0:
             self._draw(trainer)
@@ -293,7 +297,7 @@ class UpdateRatioMonitor(RecipeCallback):
         dead, scalars = core.activation_fractions(records, flat)
         self.activation_steps.append(self._armed_step)
         core.push(self.dead, dead, len(self.activation_steps), self.history_size)
-        self.log_scalars(trainer, scalars, step=self._armed_step)
+        self._scalars.setdefault(self._armed_step, {}).update(scalars)  # written with the ratios: one event
         self._judge_activations(trainer, final=False)
         return carry
 
@@ -339,12 +343,7 @@ class UpdateRatioMonitor(RecipeCallback):
         return line_chart(**self._ratio_chart())
 
     def _ratio_chart(self) -> dict[str, Any]:  # the arguments of line_chart
-        hlines = {f"min_ratio {self.min_ratio:g} (warn)": self.min_ratio,
-                  f"max_ratio {self.max_ratio:g} (fail)": self.max_ratio}
-        return {"series": {layer: [10.0**v for v in values] for layer, values in self.ratios.items()},
-                "x": list(self.ratio_steps), "title": "UpdateRatioMonitor: ||update|| / ||weight|| per layer; healthy "
-                "near 1e-3", "xlabel": "optimizer step", "ylabel": "update / weight ratio (log scale)", "log_y": True,
-                "band": Band(1e-4, 1e-2, "healthy, around 1e-3"), "hlines": hlines}
+        return core.ratio_chart_arguments(self.ratios, list(self.ratio_steps), self.min_ratio, self.max_ratio)
 
     @override
     def state_dict(self) -> dict[str, Any]:

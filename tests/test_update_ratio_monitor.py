@@ -366,3 +366,18 @@ def test_dead_relus_flagged_under_ddp_spawn(tmp_path: Path) -> None:
     report = json.loads((tmp_path / "run" / "recipe_report.json").read_text())
     statuses = sorted(f["status"] for f in report["findings"] if f["check"] == "UpdateRatioMonitor")
     assert statuses == ["warn", "warn"]
+
+
+def test_a_sampled_step_writes_its_ratios_and_activations_as_one_tensorboard_event(tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    torch.manual_seed(0)
+    fit(tmp_path, TinyClassifier(lr=0.05), UpdateRatioMonitor(every_n_steps=2), max_steps=10)
+    events = [e for path in sorted((tmp_path / "run").glob("events.out.tfevents.*"))
+              for e in EventFileLoader(str(path)).Load()
+              if any(v.tag.endswith(("log10_ratio", "dead_fraction")) for v in e.summary.value)]
+    tags = [sorted(v.tag.removeprefix(f"{TAG}/") for v in e.summary.value) for e in events]
+    assert [e.step for e in events] == [0, 1, 2, 4, 6, 8]  # one event per sample (was two)
+    assert tags == [["net.0/log10_ratio", "net.1/dead_fraction", "net.2/log10_ratio"]] * 6
+    ea = read_events(tmp_path / "run")
+    assert [e.step for e in ea.Scalars(f"{TAG}/net.0/log10_ratio")] == [0, 1, 2, 4, 6, 8]

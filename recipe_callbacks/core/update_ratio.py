@@ -28,6 +28,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from recipe_callbacks.core.pictures import Band
+
 # log10 of a ratio that is exactly 0 (a frozen layer) or infinite (a zero weight that moved) is
 # clamped to these, so that charts and scalars stay finite.
 LOG10_FLOOR = -12.0
@@ -364,6 +366,19 @@ def push(history: dict[str, deque[float]], values: Mapping[str, float], length: 
     for name, series in history.items():
         if name not in values:
             series.append(math.nan)
+
+
+def ratio_chart_arguments(
+    ratios: Mapping[str, Sequence[float]], steps: list[int], min_ratio: float, max_ratio: float
+) -> dict[str, Any]:
+    """The arguments of :func:`~recipe_callbacks.core.pictures.line_chart` for the ratio chart: the
+    ratio of every layer (from its log10 history) over the sampled steps, the healthy band around
+    1e-3 and the two limits."""
+    hlines = {f"min_ratio {min_ratio:g} (warn)": min_ratio, f"max_ratio {max_ratio:g} (fail)": max_ratio}
+    return {"series": {layer: [10.0**v for v in values] for layer, values in ratios.items()},
+            "x": steps, "title": "UpdateRatioMonitor: ||update|| / ||weight|| per layer; healthy near 1e-3",
+            "xlabel": "optimizer step", "ylabel": "update / weight ratio (log scale)", "log_y": True,
+            "band": Band(1e-4, 1e-2, "healthy, around 1e-3"), "hlines": hlines}
 
 
 def history_from_state(
