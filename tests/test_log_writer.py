@@ -144,3 +144,20 @@ def test_the_scalars_of_one_call_are_one_tensorboard_event_with_the_same_tags_an
         (s, [f"{tag}/a", f"{tag}/b", f"{tag}/c"]) for s in (1, 2)
     ]  # was one event per scalar
     assert "add_scalar" not in vars(logger.experiment)  # the writer is left as it was
+
+
+class Renaming(TensorBoardLogger):
+    """A user's logger that renames what it logs: its own way is kept for every call."""
+
+    def log_metrics(self, metrics: Any, step: Any = None) -> None:
+        super().log_metrics({f"{k}_mine": v for k, v in metrics.items()}, step)
+
+
+def test_a_logger_with_its_own_log_metrics_keeps_its_tags(tmp_path: Path) -> None:
+    logger = Renaming(str(tmp_path), name="tb")
+    trainer = fast_trainer(tmp_path, logger=logger, callbacks=[ThreeScalars()], max_steps=2)
+    trainer.fit(TinyClassifier(), loader(blobs()))
+    logger.experiment.flush()
+    ea = read_events(logger.log_dir)
+    assert scalar_values(ea, "recipe.three_scalars/a_mine") == [1.0, 2.0]
+    assert [len(e.summary.value) for e in _events_with(logger.log_dir, "recipe.three_scalars")] == [3, 3]

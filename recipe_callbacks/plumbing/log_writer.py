@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import html
 import os
+import sys
 import weakref
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
@@ -218,10 +219,14 @@ def log_scalars(trainer: pl.Trainer, values: Mapping[str, float], step: int | No
 
 
 def _tensorboard_scalars(logger: Any, metrics: dict[str, float], step: int) -> None:
-    """``logger.log_metrics`` (its prefix, a subclass's own way) with the ``add_scalar`` calls it makes
-    gathered into one ``Summary``: one event for the values of one call, where each ``add_scalar`` is
-    an event of its own (about 40 us of the training process each, and again in the writer thread).
-    The tags, values and step are the same; a call with other arguments is passed on unchanged."""
+    """The values of one call as one TensorBoard event (one ``Summary``), with the tags
+    ``logger.log_metrics`` gives them, where each of its ``add_scalar`` calls is an event of its own
+    (about 40 us of the training process each, and again in the writer thread).
+
+    The first call through a logger runs ``log_metrics`` with its ``add_scalar`` calls gathered (its
+    prefix, a subclass's own way; a call with other arguments is passed on unchanged); when the
+    logger's ``log_metrics`` is Lightning's own, the prefix it put before the tags is kept, and later
+    calls write the event directly."""
     experiment = logger.experiment
     writer = getattr(experiment, "file_writer", None)
     if writer is None or not type(experiment).__module__.startswith("torch.utils.tensorboard"):
@@ -229,6 +234,11 @@ def _tensorboard_scalars(logger: Any, metrics: dict[str, float], step: int) -> N
         return
     from tensorboard.compat.proto.summary_pb2 import Summary
 
+    prefix = _TB_PREFIX.get(logger)
+    if prefix is not None:
+        writer.add_summary(Summary(value=[Summary.Value(tag=prefix + t, simple_value=v) for t, v in metrics.items()]),
+                           step)
+        return
     gathered: list[Any] = []
     original = experiment.add_scalar
 
@@ -249,6 +259,29 @@ def _tensorboard_scalars(logger: Any, metrics: dict[str, float], step: int) -> N
             experiment.add_scalar = previous
         if gathered:
             writer.add_summary(Summary(value=gathered), step)
+    _learn_prefix(logger, list(metrics), [v.tag for v in gathered])
+
+
+def _learn_prefix(logger: Any, tags: list[str], written: list[str]) -> None:
+    """Keep the prefix Lightning's own ``log_metrics`` put before every tag (the same for all)."""
+    stock = type(logger).log_metrics in _stock_log_metrics() and "log_metrics" not in vars(logger)
+    if not stock or "add_scalar" in vars(logger.experiment) or len(written) != len(tags) or not tags:
+        return
+    prefix = written[0][: len(written[0]) - len(tags[0])]
+    if all(w == prefix + t for t, w in zip(tags, written, strict=True)):
+        _TB_PREFIX[logger] = prefix
+
+
+def _stock_log_metrics() -> set[Any]:
+    """``TensorBoardLogger.log_metrics`` of the Lightning packages imported (a logger's class comes from one)."""
+    modules = ("lightning.fabric.loggers", "lightning.pytorch.loggers", "lightning_fabric.loggers",
+               "pytorch_lightning.loggers")
+    return {getattr(sys.modules[m].TensorBoardLogger, "log_metrics", None) for m in modules
+            if hasattr(sys.modules.get(m), "TensorBoardLogger")}
+
+
+#: The tag prefix of each TensorBoardLogger whose log_metrics is Lightning's own (learned at its first scalars).
+_TB_PREFIX: WeakKeyDictionary[Any, str] = WeakKeyDictionary()
 
 
 def scalar_tags(trainer: pl.Trainer) -> set[str]:
