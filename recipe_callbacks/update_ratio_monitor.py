@@ -205,7 +205,7 @@ class UpdateRatioMonitor(RecipeCallback):
     @override
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         self._watch.disarm()
-        self._snapshot, self._next_due = None, 0  # a next fit decides its first step afresh
+        self._snapshot, self._next_due, self._scalars = None, 0, {}  # a next fit starts afresh
 
     # ----------------------------------------------------------------- update ratios
     def _take_snapshot(self, pl_module: pl.LightningModule) -> None:

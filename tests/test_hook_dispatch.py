@@ -131,7 +131,7 @@ def test_the_monitors_are_called_between_their_samples_only_where_they_count(tmp
     from recipe_callbacks.core.update_ratio import sampled_step
 
     ratio, lr = UpdateRatioMonitor(every_n_steps=10), NoLRDecayWarning(stage="final", on_fail="ignore")
-    trainer, calls = _fit(tmp_path, [ratio, lr])
+    _, calls = _fit(tmp_path, [ratio, lr])
     sampled = sum(sampled_step(s, 10) for s in range(STEPS))  # 0, 1, 2, 4, 8, 10, 20, ...
     assert calls[f"[Callback]{ratio.state_key}.on_train_batch_start"] == STEPS  # it decides there
     assert calls[f"[Callback]{ratio.state_key}.on_before_optimizer_step"] == sampled  # was every step
