@@ -196,7 +196,8 @@ class UpdateRatioMonitor(RecipeCallback):
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._watch.disarm()
-        self._snapshot, self._next_due = None, 0  # a next fit decides its first step afresh
+        self._snapshot, self._next_due, self._resting = None, 0, False  # a next fit decides its first step afresh
+        self._refresh_hooks()
         self._judge_ratios(trainer, final=True)
         if self.activations:
             self._judge_activations(trainer, final=True)
