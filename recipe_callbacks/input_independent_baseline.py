@@ -171,19 +171,28 @@ class InputIndependentBaseline(FirstBatchCheck):
         """Train both runs, in rounds of growing horizon (see the class docstring); plain data, the
         same on every rank after the broadcast (a skip travels in it too)."""
         assert resolved.with_input is not None
-        real = take_samples(batch, n, size)
-        zero = take_samples(resolved.with_input(torch.zeros_like(resolved.x)), n, size)
+        real_batch = take_samples(batch, n, size)
+        zero_batch = take_samples(resolved.with_input(torch.zeros_like(resolved.x)), n, size)
         x = take_samples(resolved.x, n, size)
         constant = float(x.reshape(-1)[0]) if x.numel() > 0 and bool(torch.all(x == x.reshape(-1)[0])) else None
         spent = 0.0
         try:
             with ShortTrainings(trainer, pl_module, self.lr) as trainings:
                 seed, horizon = torch.initial_seed(), min(FIRST_HORIZON, self.max_steps)
+                zero_state = real_state = None  # a later round continues both runs where they stopped
                 while True:
-                    zero_run = trainings.run([zero], horizon, seed=seed, stop=plateau_stop).run
+                    more = horizon < self.max_steps
+                    zero = trainings.run(
+                        [zero_batch], horizon, seed=seed, stop=plateau_stop, keep=more, resume=zero_state
+                    )
+                    zero_run, zero_state = zero.run, zero.state
                     levelled = zero_run.stop_reason == "levelled off"
                     rule = baseline_stop(zero_run.losses, levelled, self.min_gap, self.confirm)
-                    real_run = trainings.run([real], self.max_steps if levelled else horizon, seed=seed, stop=rule).run
+                    real = trainings.run(
+                        [real_batch], self.max_steps if levelled else horizon, seed=seed, stop=rule,
+                        keep=more and not levelled, resume=real_state,
+                    )
+                    real_run, real_state = real.run, real.state
                     spent += run_cost(zero_run) + run_cost(real_run)
                     v = baseline_verdict(
                         real_run.losses, zero_run.losses, self.min_gap, zero_levelled=levelled, confirm=self.confirm

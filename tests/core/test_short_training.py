@@ -70,6 +70,52 @@ def test_train_for_matches_a_plain_pytorch_loop() -> None:
         assert torch.equal(a, b)
 
 
+def _dropout_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(3, 5), nn.Dropout(0.3), nn.Linear(5, 1))
+
+
+def _continued(stop: Any, first: int, total: int) -> tuple[Any, Any, nn.Module]:
+    """A run of ``first`` steps continued to ``total`` (model and Adam carried over as a caller
+    that put them back would), next to one uninterrupted run of ``total`` steps from the same start."""
+    net, batches = _dropout_net(), _data()
+    twin = copy.deepcopy(net)
+    opt = torch.optim.Adam(net.parameters(), lr=0.01)
+    early = train_for(net, _mse, opt, batches, first, seed=7, stop=stop)
+    torch.manual_seed(123)  # whatever the caller draws in between is not the run's
+    later = train_for(net, _mse, opt, batches, total, stop=stop, resume=early)
+    whole = train_for(twin, _mse, torch.optim.Adam(twin.parameters(), lr=0.01), batches, total, seed=7, stop=stop)
+    assert all(torch.equal(a, b) for a, b in zip(net.parameters(), twin.parameters(), strict=True))
+    return later, whole, twin
+
+
+def test_a_continued_run_equals_an_uninterrupted_run_bit_for_bit() -> None:
+    later, whole, _ = _continued(None, 3, 9)
+    assert later.losses == whole.losses and len(whole.losses) == 10  # dropout draws: the RNG is carried on
+    assert later.steps == whole.steps == 9
+    assert (later.fresh_steps, later.fresh_evals) == (6, 1)  # only the new steps (and the loss after them)
+
+
+def test_a_continued_run_stops_where_an_uninterrupted_one_would() -> None:
+    def rule(losses: Any) -> str:  # fires at the 6th loss: inside the continuation
+        return "sixth" if len(losses) == 6 else ""
+
+    later, whole, _ = _continued(rule, 3, 9)
+    assert later.losses == whole.losses and later.stop_reason == whole.stop_reason == "sixth"
+    assert later.steps == whole.steps == 5
+
+
+def test_a_continued_run_is_cut_where_the_new_rule_fires_on_the_earlier_losses() -> None:
+    net, batches = _dropout_net(), _data()
+    opt = torch.optim.Adam(net.parameters(), lr=0.01)
+    early = train_for(net, _mse, opt, batches, 6, seed=7)
+    later = train_for(net, _mse, opt, batches, 20, stop=lambda losses: "now" if len(losses) == 3 else "", resume=early)
+    assert later.losses == early.losses[:3] and later.steps == 2 and later.stop_reason == "now"
+    assert (later.fresh_steps, later.fresh_evals) == (0, 0)  # nothing trained
+    with pytest.raises(ValueError, match="cannot continue a run of 6 steps to 4"):
+        train_for(net, _mse, opt, batches, 4, resume=early)
+
+
 def test_train_for_stops_when_the_target_is_reached() -> None:
     net = nn.Linear(1, 1)
     with torch.no_grad():
