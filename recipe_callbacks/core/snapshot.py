@@ -206,7 +206,9 @@ class SavedTensors:
                 return obj.data.to(obj.device, copy=True)
             assert self._file is not None
             t = torch.empty(obj.data.shape, dtype=obj.data.dtype)
-            raw = memoryview(_byte_view(t))
+            view = _byte_view(t)
+            assert view is not None  # a fresh contiguous CPU tensor, as the saved one was
+            raw = memoryview(view)
             self._file.seek(obj.offset)
             done = 0
             while done < raw.nbytes:
