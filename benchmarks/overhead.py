@@ -50,7 +50,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import os
 import statistics
 import sys
@@ -71,6 +70,7 @@ from torch.utils.data import DataLoader, TensorDataset
 import recipe_callbacks
 from recipe_callbacks import RecipeCallback, presets
 from recipe_callbacks.plumbing.callback_base import STEP_HOOKS
+from recipe_callbacks.plumbing.hook_dispatch import dispatched_step_hooks, switch_off
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -273,6 +273,8 @@ class StepTimer(pl.Callback):
         self.train_syncs = 0
         self._first: tuple[int, int] | None = None
         self._handle: Any = None
+        self.dispatched: list[int] = []  # per step: the step hooks Lightning calls on the other callbacks
+        self.registered = 0
 
     @property
     def forwards(self) -> int:
@@ -289,6 +291,9 @@ class StepTimer(pl.Callback):
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, i: int) -> None:
         self.probe.step = len(self.starts)
+        others = [cb for cb in trainer.callbacks if cb is not self]  # type: ignore[attr-defined]
+        self.registered = len(others)
+        self.dispatched.append(dispatched_step_hooks(others, STEP_HOOKS))
         if self._first is None:  # counting starts at the first step: fit-start work is one-off
             self._first = (self.forwards, self.syncs.count() if self.syncs is not None else 0)
         self.starts.append(time.perf_counter())
@@ -385,6 +390,8 @@ def run_once(model_name: str, build: Any, device: torch.device, syncs: SyncCount
         "hook_s_by_name": probe.by_hook,
         "hook_s_by_step": probe.by_step,
         "hook_s_by_callback": probe.by_callback,
+        "dispatched_by_step": timer.dispatched,
+        "registered_callbacks": timer.registered,
         "peak_bytes": peak,
         "stated_cost_steps": sum(
             f.values.get("cost_steps", 0.0) for cb in callbacks if isinstance(cb, RecipeCallback)
@@ -403,6 +410,13 @@ def steady_by_callback(runs: list[dict[str, Any]], warmup: int) -> dict[str, flo
         total = sum(min(r["hook_s_by_callback"][label].get(i, 0.0) for r in runs) for i in range(start, steps))
         out[label] = total / max(1, steps - start) * 1e6
     return out
+
+
+def steady_dispatched(per_step: list[int], warmup: int) -> float:
+    """Mean number of step hooks Lightning called on the callbacks per step, over the steps from
+    ``warmup`` on (the same in every repetition: it follows the callbacks' state, not the clock)."""
+    window = per_step[min(warmup, len(per_step) // 2):]
+    return sum(window) / max(1, len(window))
 
 
 def steady_hook_us(runs: list[dict[str, Any]], warmup: int) -> tuple[float, float]:
@@ -452,6 +466,8 @@ def measure(model: str, configs: dict[str, Any], args: argparse.Namespace, root:
             "one_off_hook_s": warmup_s + statistics.median(r["other_hook_s"] + r["verdict_hook_s"] for r in runs),
             "verdict_hook_s": statistics.median(r["verdict_hook_s"] for r in runs),
             "hook_us_by_callback": steady_by_callback(runs, args.warmup),
+            "registered_callbacks": runs[0]["registered_callbacks"],
+            "dispatched_step_hooks_per_step": steady_dispatched(runs[0]["dispatched_by_step"], args.warmup),
             "extra_step_equivalents": (total - bare_total) / bare_step,
             "stated_cost_steps": statistics.median(r["stated_cost_steps"] for r in runs),
             "peak_memory_ratio": max(r["peak_bytes"] for r in runs) / bare_peak,
@@ -470,14 +486,20 @@ def measure(model: str, configs: dict[str, Any], args: argparse.Namespace, root:
     return table
 
 
-def lightning_dispatch_us(callbacks: int = 10, calls: int = 20_000, repeats: int = 5) -> float:
-    """Lightning's own cost, in microseconds, of calling one hook of one callback: the loop of
-    ``_call_callback_hooks`` (``getattr``, the profiler's context, the ``state_key`` in its name) and
-    the call of an empty hook, from ``callbacks`` empty callbacks against none (the best of ``repeats``)."""
+def lightning_dispatch_us(callbacks: int = 10, calls: int = 20_000, repeats: int = 5) -> tuple[float, float]:
+    """Lightning's own cost, in microseconds, of one hook of one registered callback: called (the loop
+    of ``_call_callback_hooks``: ``getattr``, the profiler's context, the ``state_key`` in its name,
+    and the call of an empty hook) and switched off (``None`` on the instance: the ``getattr`` and
+    ``callable`` only, see ``recipe_callbacks.plumbing.hook_dispatch``), from ``callbacks`` callbacks
+    against none (the best of ``repeats``)."""
     from lightning.pytorch.trainer import call
 
-    def seconds(n: int) -> float:
-        trainer = pl.Trainer(callbacks=[pl.Callback() for _ in range(n)], logger=False, enable_progress_bar=False,
+    def seconds(n: int, off: bool = False) -> float:
+        cbs = [pl.Callback() for _ in range(n)]
+        if off:
+            for cb in cbs:
+                switch_off(cb, ["on_before_zero_grad"])
+        trainer = pl.Trainer(callbacks=cbs, logger=False, enable_progress_bar=False,
                              enable_model_summary=False, enable_checkpointing=False)
         best = float("inf")
         for _ in range(repeats):
@@ -487,7 +509,29 @@ def lightning_dispatch_us(callbacks: int = 10, calls: int = 20_000, repeats: int
             best = min(best, time.perf_counter() - start)
         return best
 
-    return (seconds(callbacks) - seconds(0)) / (calls * callbacks) * 1e6
+    none = seconds(0)
+    return ((seconds(callbacks) - none) / (calls * callbacks) * 1e6,
+            max(0.0, seconds(callbacks, off=True) - none) / (calls * callbacks) * 1e6)
+
+
+def print_dispatch(table: list[dict[str, Any]], called_us: float, skipped_us: float) -> None:
+    """Each configuration's hook time with Lightning's dispatch of its callbacks added: the whole
+    per-step price against the ``monitor`` budget (1% of a 5 ms step, 50 us)."""
+    print(f"\nlightning dispatch: {called_us:.2f} us per called hook, {skipped_us:.3f} us per switched-off hook "
+          f"({len(STEP_HOOKS)} step hooks per registered callback)")
+    print(f"{'model':5} {'configuration':29} {'hook us':>8} {'callbacks':>9} {'called/step':>11} {'dispatch us':>11} "
+          f"{'total us':>9} {'of 5 ms':>8} {'of bare':>8}")
+    for row in table:
+        called = row["dispatched_step_hooks_per_step"]
+        skipped = row["registered_callbacks"] * len(STEP_HOOKS) - called
+        row["dispatch_us_per_step"] = called * called_us + skipped * skipped_us
+        row["total_us_per_step"] = row["hook_us_per_step"] + row["dispatch_us_per_step"]
+        bare_ms = next(r["median_step_ms"] for r in table
+                       if r["model"] == row["model"] and r["configuration"] == "bare")
+        print(f"{row['model']:5} {row['configuration']:29} {row['hook_us_per_step']:8.1f} "
+              f"{row['registered_callbacks']:9d} {called:11.1f} {row['dispatch_us_per_step']:11.1f} "
+              f"{row['total_us_per_step']:9.1f} {row['total_us_per_step'] / 50:7.2f}% "
+              f"{row['total_us_per_step'] / 10 / bare_ms:7.2f}%")
 
 
 def print_table(table: list[dict[str, Any]], device: str, counted_on: str) -> None:
@@ -543,15 +587,10 @@ def main(argv: list[str] | None = None) -> int:
             shown = {k: v for k, v in row["hook_us_by_callback"].items() if v >= 0.05}
             print(f"{row['model']} {row['configuration']}: " + ", ".join(
                 f"{k} {v:.1f}" for k, v in sorted(shown.items(), key=lambda kv: -kv[1])))
-    dispatch = lightning_dispatch_us()
-    bare_ms = next((r["median_step_ms"] for r in table if r["configuration"] == "bare"), math.nan)
-    members = len(presets.callbacks("monitor"))
-    per_step = dispatch * len(STEP_HOOKS) * members
-    print(f"\nlightning dispatch: {dispatch:.2f} us per callback per hook; the monitor preset's {members} callbacks x "
-          f"{len(STEP_HOOKS)} step hooks = {per_step:.0f} us per step ({100 * per_step / 1e3 / bare_ms:.2f}% of the "
-          f"bare {bare_ms:.2f} ms step, {100 * per_step / 5e3:.2f}% of a 5 ms step), not in hook us/step")
+    called_us, skipped_us = lightning_dispatch_us()
+    print_dispatch(table, called_us, skipped_us)
     if args.json:
-        meta = {"lightning_dispatch_us": dispatch,
+        meta = {"lightning_dispatch_us": called_us, "lightning_switched_off_us": skipped_us,
                 "steps": args.steps, "cnn_steps": args.cnn_steps, "warmup": args.warmup, "epochs": args.epochs,
                 "batch_size": args.batch_size, "repeats": args.repeats, "threads": args.threads,
                 "device": device.type, "counted_on": counted_on,

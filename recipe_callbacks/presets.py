@@ -33,6 +33,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
 from recipe_callbacks.plumbing.finding import RecipeWarning
+from recipe_callbacks.plumbing.hook_dispatch import switch_off, unused_hooks
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
@@ -220,6 +221,7 @@ class RecipePreset(Callback):
             raise ValueError(f"RecipePreset(name={name!r}): name must be one of {names()}")
         self.name = name
         self.added: list[Callback] = []
+        switch_off(self, unused_hooks(type(self)))  # only setup does anything
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:

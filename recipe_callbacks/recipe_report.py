@@ -17,6 +17,7 @@ from recipe_callbacks.plumbing import log_writer
 from recipe_callbacks.plumbing.callback_base import RecipeCallback
 from recipe_callbacks.plumbing.console_report import render_console
 from recipe_callbacks.plumbing.finding import Finding, details_markdown
+from recipe_callbacks.plumbing.hook_dispatch import switch_off, unused_hooks
 from recipe_callbacks.plumbing.html_report import render_html
 from recipe_callbacks.plumbing.run_record import RunRecord
 from recipe_callbacks.plumbing.validation import check_bool
@@ -215,6 +216,7 @@ class RecipeReport(Callback):
         self.last_markdown = ""
         self.run_record = RunRecord()
         self._printed_markdown = ""
+        switch_off(self, unused_hooks(type(self)))  # Lightning does not call the hooks it has nothing in
 
     @staticmethod
     def recipe_callbacks(trainer: pl.Trainer) -> list[RecipeCallback]:

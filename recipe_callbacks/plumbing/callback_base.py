@@ -34,6 +34,14 @@ from recipe_callbacks.plumbing.batch import (
     resolve_batch,
 )
 from recipe_callbacks.plumbing.finding import ON_FAIL_CHOICES, Finding, OnFail, Status, apply_on_fail, details_markdown
+from recipe_callbacks.plumbing.hook_dispatch import (
+    DISPATCHED,
+    SKIPS_NON_CALLABLE,
+    switch_off,
+    switch_on,
+    switched_off,
+    unused_hooks,
+)
 from recipe_callbacks.plumbing.validation import check_choice, check_optional_str
 
 if TYPE_CHECKING:
@@ -102,7 +110,8 @@ def _skipping(hook: Callable[..., Any], name: str) -> Callable[..., Any]:
     A plain ``try``/``except`` (free in Python 3.11 while nothing is raised). Only the outermost
     hook catches: when a subclass's hook calls its parent's through ``super()``, the parent's
     wrapper passes the skip on, so that the subclass does not go on as if nothing happened. A
-    per-step hook of an :attr:`~RecipeCallback.idle` callback returns at once.
+    per-step hook of an :attr:`~RecipeCallback.idle` callback returns at once (where Lightning
+    still calls it: see :mod:`recipe_callbacks.plumbing.hook_dispatch`).
     """
     if getattr(hook, "_recipe_skipping", False):
         return hook
@@ -112,7 +121,7 @@ def _skipping(hook: Callable[..., Any], name: str) -> Callable[..., Any]:
 
     @functools.wraps(hook)
     def wrapper(self: RecipeCallback, trainer: Any, *args: Any, **kwargs: Any) -> Any:
-        if per_step and self.idle:
+        if per_step and self._idle:
             return None
         try:
             return hook(self, trainer, *args, **kwargs)
@@ -165,9 +174,8 @@ class RecipeCallback(Callback):
     """
 
     one_off: ClassVar[bool] = False
-    #: True once a one-off check has done all its work in this fit (its verdict given, the step
-    #: clock read, its costs settled): its per-step hooks then return at once.
-    idle: bool = False
+    _idle: bool = False
+    _gated: bool = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         # One skip mechanism: any hook may raise CheckSkipped(reason, argument); it is caught here,
@@ -204,6 +212,36 @@ class RecipeCallback(Callback):
         self._pending_costs: list[tuple[str, str, float]] = []
         self._step_clock = StepClock()
         self._clock_done = False
+        self._refresh_hooks()
+
+    # ----------------------------------------------------------------- which hooks Lightning calls
+    @property
+    def idle(self) -> bool:
+        """True once the callback's per-step work is done for this fit (a one-off check after its
+        verdict, the step clock read and its costs settled; or set by the callback itself): Lightning
+        then does not call its step hooks at all (see :mod:`~recipe_callbacks.plumbing.hook_dispatch`)."""
+        return self._idle
+
+    @idle.setter
+    def idle(self, value: bool) -> None:
+        if value != self._idle:
+            self._idle = value
+            self._refresh_hooks()
+
+    def _refresh_hooks(self) -> None:
+        """Switch off, on this instance, the hooks Lightning need not call now: those the class does
+        not override, the step hooks while idle, and the base's step clock once it has its median
+        and no cost waits to be settled."""
+        if self._gated:
+            return  # off for the whole fit (gate_sharded)
+        off = set(unused_hooks(type(self)))
+        if self._idle:
+            off |= STEP_HOOKS
+        elif self._clock_done and not self._pending_costs and _base_clock_only(type(self)):
+            off.add("on_train_batch_start")
+        now = switched_off(self)
+        switch_on(self, now - off)
+        switch_off(self, off - now)
 
     # ----------------------------------------------------------------- names and tags
     @property
@@ -335,6 +373,7 @@ class RecipeCallback(Callback):
         """
         self._pending_costs.append((key, field, seconds))
         self.idle = False  # settled at the next step
+        self._refresh_hooks()
 
     def _settle_costs(self) -> None:
         step = self._step_clock.median()
@@ -363,6 +402,7 @@ class RecipeCallback(Callback):
             if self._pending_costs:
                 self._settle_costs()
             self._update_idle()
+            self._refresh_hooks()
 
     def _update_idle(self) -> None:
         """A one-off check is idle once its work is done, the step clock read and its costs settled
@@ -435,18 +475,20 @@ class RecipeCallback(Callback):
         own or read whole parameters reports a ``skip`` and switches its hooks off for this fit (a
         later fit with another strategy switches them on again). Subclasses that override ``setup``
         call this first."""
-        for name in [k for k in self.__dict__ if k.startswith("on_") and self.__dict__[k] is _no_op]:
-            del self.__dict__[name]
+        if self._gated:  # a former fit's: every hook comes back first
+            self._gated = False
+            switch_on(self, switched_off(self))
         strategy = sharded_strategy(trainer)
         reason = self.unsupported_when_sharded() if strategy is not None else ""
         if not reason:
+            self._refresh_hooks()
             return
         advice = f"run {self.check_name} in a short fit with strategy='ddp' (or one device) before the sharded run"
         self.report(trainer, "skip", f"not run under {strategy}: {reason}", {}, advice, key="sharded")
+        self._gated = True
         self.finish_early()
-        for name in dir(Callback):
-            if name.startswith("on_") and name not in ("on_save_checkpoint", "on_load_checkpoint"):
-                setattr(self, name, _no_op)
+        # None where Lightning skips it, else a hook that does nothing
+        switch_off(self, [n for n in DISPATCHED if n.startswith("on_")], None if SKIPS_NON_CALLABLE else _no_op)
 
     # ----------------------------------------------------------------- resume
     def is_resumed(self, trainer: pl.Trainer) -> bool:
@@ -474,6 +516,7 @@ class RecipeCallback(Callback):
         self.idle = False
         if self.is_resumed(trainer) and self.one_off:
             self.early_finished = True
+        self._refresh_hooks()
 
     @override
     def state_dict(self) -> dict[str, Any]:
@@ -492,6 +535,11 @@ class RecipeCallback(Callback):
 # the base's own hooks go through the same wrapper (a subclass that does not override one calls it directly)
 for _name in HOOKS & RecipeCallback.__dict__.keys():
     setattr(RecipeCallback, _name, _skipping(RecipeCallback.__dict__[_name], _name))
+
+
+def _base_clock_only(cls: type[RecipeCallback]) -> bool:
+    """The class's ``on_train_batch_start`` is the base's step clock (nothing of its own)."""
+    return cls.on_train_batch_start is RecipeCallback.__dict__["on_train_batch_start"]
 
 
 class FirstBatchCheck(RecipeCallback):
