@@ -54,7 +54,8 @@ class ShortRun:
         fresh_evals: forward passes of this call not followed by a step (the loss after the last
             step, or the one a stop rule ended the run on).
         rng: the random state from before the loss that followed the last step (what
-            :func:`train_for` needs to continue the run; ``None`` after a non-finite loss).
+            :func:`train_for` needs to continue the run; ``None`` unless asked for, and after a
+            non-finite loss).
     """
 
     losses: list[float] = field(default_factory=list)
@@ -107,6 +108,7 @@ def train_for(
     seed: int | None = None,
     stop: StopRule | None = None,
     resume: ShortRun | None = None,
+    resumable: bool = False,
 ) -> ShortRun:
     """Take up to ``steps`` optimizer steps on ``batches`` (cycled), recording the loss.
 
@@ -120,7 +122,9 @@ def train_for(
     rules are first applied to the earlier run's losses (where an uninterrupted run would have
     stopped, the earlier curve is cut there and nothing is trained), then training goes on from
     its last step under the random state it left, so the curve equals that of one uninterrupted
-    run of ``steps`` steps bit for bit. ``seed`` is not used then.
+    run of ``steps`` steps bit for bit. ``seed`` is not used then. ``resumable`` keeps the random
+    state that continuing this run needs (``ShortRun.rng``; taking it at every step costs a
+    little, so only when asked).
 
     Raises:
         ShortTrainingError: ``loss_fn`` returned no tensor, or ``batches`` is empty.
@@ -149,7 +153,8 @@ def train_for(
         resume.rng.restore()
     for step in range(run.steps, steps):
         batch = batches[step % len(batches)]
-        run.rng = RandomState.capture()
+        if resumable:
+            run.rng = RandomState.capture()
         optimizer.zero_grad(set_to_none=True)
         loss = _scalar_loss(loss_fn(model, batch))
         value = float(loss.detach())
@@ -172,7 +177,7 @@ def train_for(
         run.steps += 1
         run.fresh_steps += 1
         run.fresh_evals -= 1
-    run.rng = RandomState.capture()
+    run.rng = RandomState.capture() if resumable else None
     with torch.no_grad():
         run.losses.append(float(_scalar_loss(loss_fn(model, batches[steps % len(batches)]))))
     run.fresh_evals += 1

@@ -218,7 +218,7 @@ class ShortTrainings:
             notes, lrs = model_notes(model, optimizer), learning_rates(optimizer)
             if resume is not None:
                 resume.put_back(optimizer)
-            run = self._train(model, optimizer, batches, steps, seed, stop, resume)
+            run = self._train(model, optimizer, batches, steps, seed, stop, resume, keep and self.in_place)
             state = resume if resume is not None and run.fresh_steps + run.fresh_evals == 0 else None
             if resume is not None and state is None:
                 resume.close()
@@ -240,11 +240,12 @@ class ShortTrainings:
         seed: int,
         stop: StopRule | None,
         resume: RunState | None,
+        resumable: bool,
     ) -> ShortRun:
         try:
             return train_for(
                 model, _loss, optimizer, batches, steps, seed=seed, stop=stop,
-                resume=None if resume is None else resume.run,
+                resume=None if resume is None else resume.run, resumable=resumable,
             )
         except ShortTrainingError as err:
             raise CheckSkipped(f"cannot train the model: {err}") from err

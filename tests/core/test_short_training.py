@@ -81,7 +81,7 @@ def _continued(stop: Any, first: int, total: int) -> tuple[Any, Any, nn.Module]:
     net, batches = _dropout_net(), _data()
     twin = copy.deepcopy(net)
     opt = torch.optim.Adam(net.parameters(), lr=0.01)
-    early = train_for(net, _mse, opt, batches, first, seed=7, stop=stop)
+    early = train_for(net, _mse, opt, batches, first, seed=7, stop=stop, resumable=True)
     torch.manual_seed(123)  # whatever the caller draws in between is not the run's
     later = train_for(net, _mse, opt, batches, total, stop=stop, resume=early)
     whole = train_for(twin, _mse, torch.optim.Adam(twin.parameters(), lr=0.01), batches, total, seed=7, stop=stop)
@@ -108,7 +108,7 @@ def test_a_continued_run_stops_where_an_uninterrupted_one_would() -> None:
 def test_a_continued_run_is_cut_where_the_new_rule_fires_on_the_earlier_losses() -> None:
     net, batches = _dropout_net(), _data()
     opt = torch.optim.Adam(net.parameters(), lr=0.01)
-    early = train_for(net, _mse, opt, batches, 6, seed=7)
+    early = train_for(net, _mse, opt, batches, 6, seed=7, resumable=True)
     later = train_for(net, _mse, opt, batches, 20, stop=lambda losses: "now" if len(losses) == 3 else "", resume=early)
     assert later.losses == early.losses[:3] and later.steps == 2 and later.stop_reason == "now"
     assert (later.fresh_steps, later.fresh_evals) == (0, 0)  # nothing trained
