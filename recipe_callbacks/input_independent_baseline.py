@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     import lightning.pytorch as pl
 
 FIRST_HORIZON = 8
-"""Steps of the baseline's first round: most models separate within it."""
+"""Steps of the baseline's rounds: most models separate within the first."""
 
 
 class InputIndependentBaseline(FirstBatchCheck):
@@ -59,13 +59,13 @@ class InputIndependentBaseline(FirstBatchCheck):
     ``min_gap`` of the zero-input loss, or three times that curve's step-to-step noise when larger.
     It stops early too when both curves are the same over the first points (the loss does not
     depend on the input), or when it levels off without separating. When the curves are still
-    undecided at the horizon, both runs go on to a longer horizon: three times as long when the
-    real run ended below the zero-input curve (it is pulling away), else ``max_steps`` at once:
-    most models separate within the first 8 steps; language models, whose real run first learns
-    the same token frequencies as the zero-input one, need tens of steps. A longer round continues
-    each run where the last one stopped (its module, optimizer and random state kept off the device,
-    as the start of fit is), so no step is trained twice and the curves are, bit for bit, those of
-    uninterrupted runs to that horizon. ``pass`` when the curves
+    undecided at the horizon, both runs go on for another 8 steps, up to ``max_steps``: most
+    models separate within the first 8 steps; language models, whose real run first learns the
+    same token frequencies as the zero-input one, need tens of steps. A round continues each run
+    where the last one stopped (its module, optimizer and random state kept off the device, as the
+    start of fit is), so no step is trained twice, the curves are, bit for bit, those of
+    uninterrupted runs to that horizon, and the zero-input run goes at most 8 steps beyond where
+    the real run separates. ``pass`` when the curves
     separated; ``fail`` when they are the same, or the real run ended without separating; ``warn``
     when a loss is not finite or the real run's loss did not decrease at all (then the comparison
     says nothing; ``OverfitOneBatch`` tells why the model does not learn). A batch whose only
@@ -204,7 +204,7 @@ class InputIndependentBaseline(FirstBatchCheck):
                     decided = v.identical or v.separated or levelled or not math.isfinite(v.real_final + v.zero_final)
                     if decided or horizon >= self.max_steps:
                         break
-                    horizon = next_horizon(horizon, self.max_steps, ahead=v.gap > 0)
+                    horizon = next_horizon(horizon, self.max_steps, FIRST_HORIZON)
         except CheckSkipped as skip:
             return BaselineRuns([], [], 0, 0, False, 0.0, constant, skipped=skip)
         return BaselineRuns(
