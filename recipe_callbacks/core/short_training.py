@@ -78,13 +78,6 @@ class RandomState:
     python: Any
     numpy: Any
 
-    @staticmethod
-    def capture() -> RandomState:
-        """The generators' state now."""
-        in_use = torch.cuda.is_available() and torch.cuda.is_initialized()  # type: ignore[no-untyped-call]
-        cuda = torch.cuda.get_rng_state_all() if in_use else None
-        return RandomState(torch.get_rng_state(), cuda, random.getstate(), np.random.get_state())
-
     def restore(self) -> None:
         """Put every generator back to this state."""
         torch.set_rng_state(self.cpu)
@@ -92,6 +85,32 @@ class RandomState:
             torch.cuda.set_rng_state_all(self.cuda)
         random.setstate(self.python)
         np.random.set_state(self.numpy)
+
+
+def _torch_states() -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+    in_use = torch.cuda.is_available() and torch.cuda.is_initialized()  # type: ignore[no-untyped-call]
+    return torch.get_rng_state(), torch.cuda.get_rng_state_all() if in_use else None
+
+
+class _Draws:
+    """The random state of a run at each step, cheaply: torch's generators at every step, Python's
+    and numpy's at the start only (a ``training_step`` rarely draws from them; when it did, their
+    state moved and :meth:`state` has none: the run cannot be continued, a caller starts it afresh)."""
+
+    def __init__(self) -> None:
+        self._python, self._numpy = random.getstate(), np.random.get_state()
+        self._torch = _torch_states()
+
+    def step(self) -> None:
+        self._torch = _torch_states()
+
+    def state(self) -> RandomState | None:
+        numpy_now = np.random.get_state()
+        same = random.getstate() == self._python and all(
+            np.array_equal(a, b) if isinstance(a, np.ndarray) else a == b
+            for a, b in zip(numpy_now, self._numpy, strict=True)
+        )
+        return RandomState(*self._torch, self._python, self._numpy) if same else None
 
 
 StopRule = Callable[[Sequence[float]], str]
@@ -151,10 +170,11 @@ def train_for(
             return run
         assert resume.rng is not None
         resume.rng.restore()
+    draws = _Draws() if resumable else None
     for step in range(run.steps, steps):
         batch = batches[step % len(batches)]
-        if resumable:
-            run.rng = RandomState.capture()
+        if draws is not None:
+            draws.step()
         optimizer.zero_grad(set_to_none=True)
         loss = _scalar_loss(loss_fn(model, batch))
         value = float(loss.detach())
@@ -163,12 +183,10 @@ def train_for(
         if not math.isfinite(value):
             run.rng = None
             return run
-        if stop_below is not None and value <= stop_below:
-            run.reached_target = True
-            return run
-        reason = stop(run.losses) if stop is not None else ""
-        if reason:
-            run.stop_reason = reason
+        run.reached_target = stop_below is not None and value <= stop_below
+        run.stop_reason = "" if run.reached_target or stop is None else stop(run.losses)
+        if run.reached_target or run.stop_reason:
+            run.rng = None if draws is None else draws.state()
             return run
         loss.backward()  # type: ignore[no-untyped-call]
         if step == 0:
@@ -177,7 +195,9 @@ def train_for(
         run.steps += 1
         run.fresh_steps += 1
         run.fresh_evals -= 1
-    run.rng = RandomState.capture() if resumable else None
+    if draws is not None:
+        draws.step()
+    run.rng = None if draws is None else draws.state()
     with torch.no_grad():
         run.losses.append(float(_scalar_loss(loss_fn(model, batches[steps % len(batches)]))))
     run.fresh_evals += 1

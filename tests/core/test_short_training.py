@@ -336,3 +336,21 @@ def test_baseline_verdict_is_undecided_when_both_runs_memorised_their_samples() 
     assert baseline_verdict([4.5, 1.0, 0.1, 0.03, 0.028], [4.5, 3.0, 2.9, 2.9, 2.9], 0.01).status == "pass"
     # the zero run memorised and the real one did not: the input does not help
     assert baseline_verdict([4.5, 3.0, 2.9, 2.9, 2.9], [4.5, 1.0, 0.1, 0.03, 0.027], 0.01).status == "fail"
+
+
+def test_a_run_whose_step_draws_from_python_or_numpy_cannot_be_continued() -> None:
+    # their states are taken once per run (cheap), so a step that moved them leaves no state to continue from;
+    # a caller then trains the longer run afresh, which gives the same curve
+    import random
+
+    import numpy as np
+
+    net, batches = _dropout_net(), _data()
+    opt = torch.optim.Adam(net.parameters(), lr=0.01)
+    assert train_for(net, _mse, opt, batches, 3, seed=7, resumable=True).rng is not None
+    for draw in (random.random, np.random.rand):
+
+        def noisy(model: nn.Module, batch: Any, draw: Any = draw) -> torch.Tensor:
+            return _mse(model, batch) * (1.0 + 0.0 * draw())
+
+        assert train_for(net, noisy, opt, batches, 3, seed=7, resumable=True).rng is None
