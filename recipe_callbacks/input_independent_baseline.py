@@ -74,7 +74,7 @@ class InputIndependentBaseline(FirstBatchCheck):
 
     Cost (``values["cost_steps"]``): measured, the wall time of the whole check (both runs, every
     step once, the figure and the report) over the median training step of the same run; on the
-    zoo's language models about 35-55 steps of each run on ``num_samples`` samples
+    zoo's models from 2-8 steps of each run on ``num_samples`` samples to about 48 (its character LSTM)
     (``values["cost_seconds"]`` is the wall time); a count of the passes taken (a step on
     ``num_samples`` of a ``B``-sample batch counting ``num_samples / B``, a forward-only pass a
     third of that) when the run has too few steps to time.
