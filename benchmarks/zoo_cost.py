@@ -38,16 +38,21 @@ from lightning.pytorch.loggers import TensorBoardLogger
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from recipe_callbacks import RecipeCallback, RecipeWarning, presets
+from recipe_callbacks.core.cost import StepClock
 from recipe_callbacks.plumbing import log_writer
 from tests.zoo.families import FAMILIES, build
 
 DEFAULT_FAMILIES = ("hf_gpt2", "nanogpt", "lstm_lm", "hf_resnet")
 BUDGET = 50.0
+WINDOW = StepClock().intervals  # the intervals the checks time their median step over
 VALIDATION_PASS = "FullEvalSet"  # its pass over the validation set at fit start is the budget's validation pass
 
 
 class StepTimer(pl.Callback):
-    """The intervals between the starts of consecutive training batches (the first left out)."""
+    """The intervals between the starts of consecutive training batches (the first left out), the
+    first 32 of them: the window the checks' own step clock times (``core.cost.StepClock``), so that
+    stated and measured costs divide by the median of the same steps (the first steps of a fit are
+    slower while the drawing process starts beside them, so a longer window gives a shorter median)."""
 
     def __init__(self) -> None:
         self.starts: list[float] = []
@@ -56,7 +61,7 @@ class StepTimer(pl.Callback):
         self.starts.append(time.perf_counter())
 
     def median_step(self) -> float:
-        steps = [b - a for a, b in zip(self.starts[1:], self.starts[2:], strict=False)][:40]
+        steps = [b - a for a, b in zip(self.starts[1:], self.starts[2:], strict=False)][:WINDOW]
         return statistics.median(steps) if steps else float("nan")
 
 

@@ -179,7 +179,7 @@ class DataInspector(RecipeCallback):
               hashes: list[bytes] | None) -> tuple[list[torch.Tensor], int, int]:
         """Read a bounded subset: hash its inputs into ``hashes`` (when given) and return
         ``(targets, samples read, data set size)``. Inputs are not kept."""
-        bounded, size = bounded_loader(loader, self.max_samples, self.seed)
+        bounded, size = bounded_loader(loader, self.max_samples, self.seed, reading=True)
         targets: list[torch.Tensor] = []
         read = 0
         with isolate_rng():

@@ -250,7 +250,7 @@ class InputVisualizer(RecipeCallback):
         value = y.reshape(-1)[0].item()
         same = total = 0
         try:
-            bounded, _ = bounded_loader(loader, _PRIOR_SAMPLES)
+            bounded, _ = bounded_loader(loader, _PRIOR_SAMPLES, reading=True)
             with isolate_rng():
                 for batch in bounded:
                     resolved = resolve_batch(batch, self.input_key, self.target_key, self.batch_to_xy)

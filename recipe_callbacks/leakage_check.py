@@ -13,8 +13,9 @@ from typing_extensions import override
 
 from recipe_callbacks.core.cost import FORWARD_PASS_STEPS
 from recipe_callbacks.core.data_stats import bounded_loader, first_dataloader
-from recipe_callbacks.core.eval_stats import MeanEstimate, per_sample_metric
+from recipe_callbacks.core.eval_stats import per_sample_metric
 from recipe_callbacks.core.leakage import (
+    Batches,
     InputKind,
     NearCount,
     Nearest,
@@ -22,7 +23,9 @@ from recipe_callbacks.core.leakage import (
     count_near,
     find_near,
     input_kind,
+    nothing_too_good,
     pair_pictures,
+    tally_in_turn,
     too_good,
 )
 from recipe_callbacks.core.pictures import image_grid
@@ -56,12 +59,14 @@ class LeakageCheck(RecipeCallback):
     samples have a near-duplicate in training (exact copies are ``DataInspector``'s).
 
     At the first validations of a fit (up to five) it evaluates the model in eval mode, with the
-    same plain task loss, on ``eval_samples`` training and ``eval_samples`` validation samples and warns
-    when the validation loss is far below the training loss (below ``max_val_train_ratio`` times
-    it, intervals apart: with dropout and augmentation both evaluated in eval mode, only a data
-    difference explains it), or when the validation accuracy is near 1.0 in the first epoch (the
-    lower end of its 95% interval at least ``max_first_epoch_accuracy``): a label hidden in the
-    input, validation copied from training, or a task far easier than it should be.
+    same plain task loss, on up to ``eval_samples`` training and validation samples (a batch of each
+    in turn) and warns when the validation loss is far below the training loss (below
+    ``max_val_train_ratio`` times it, intervals apart: with dropout and augmentation both evaluated
+    in eval mode, only a data difference explains it), or when the validation accuracy is near 1.0
+    in the first epoch (the lower end of its 95% interval at least ``max_first_epoch_accuracy``): a
+    label hidden in the input, validation copied from training, or a task far easier than it should
+    be. It stops early, from 32 samples of each set on, once wider (99.9%) intervals rule both flags
+    out (``core.leakage.nothing_too_good``), as a healthy model's do after a few batches.
 
     Args:
         max_samples: samples of each set for the near-duplicate search (a seeded subset; global RNG untouched).
@@ -91,17 +96,18 @@ class LeakageCheck(RecipeCallback):
         - ``recipe.leakage_check/near_duplicate_pairs``: image, validation sample beside its nearest
           training sample (image inputs with near-duplicates only).
         - ``recipe.leakage_check/train_loss_eval``, ``.../val_loss_eval``, ``.../val_train_ratio``:
-          scalars at each validation (eval mode, the plain task loss, ``eval_samples`` of each set).
+          scalars at each validation (eval mode, the plain task loss).
         - the Findings ``near_duplicates`` (``near_duplicates``, ``near_fraction``, ``min_distance``,
           ``checked_train``, ``checked_val``) and ``too_good`` (``train_loss``, ``val_loss``,
-          ``val_train_ratio``, ``val_accuracy``, ``val_accuracy_low``), in the report.
+          ``val_train_ratio``, ``train_samples``, ``val_samples``, ``val_accuracy``,
+          ``val_accuracy_low``), in the report.
 
     Cost:
         At the start: reading at most ``max_samples`` samples of each set and a nearest-neighbour
         search (about 0.5 s for 2,000 x 2,000 thumbnails or sequences of 128 tokens on one CPU
-        thread). At each of the first five validations: one no-grad forward pass over
-        ``2 * eval_samples`` samples. Both are timed and stated in ``values["cost_steps"]`` of their
-        Finding (the evaluations' total so far), in training steps of this run.
+        thread). At each of the first five validations: no-grad forward passes over at most
+        ``2 * eval_samples`` samples, usually 2 x 32 (it stops early, see above). Both are timed,
+        stated in ``values["cost_steps"]`` of their Finding (the evaluations' total so far).
 
     Example::
 
@@ -142,19 +148,16 @@ class LeakageCheck(RecipeCallback):
         self.thumbnail_size = check_int(owner, "thumbnail_size", thumbnail_size)
         self.task: Task | None = None if task is None else check_choice(owner, "task", task, TASKS)
         self.seed = check_int(owner, "seed", seed, minimum=0)
-        self._flagged = False
-        self._cost = 0.0
-        self._evaluations = 0
-        self._evaluation_watch = self.stopwatch()
+        self._reset()
+
+    def _reset(self) -> None:  # forget the evaluations of an earlier fit
+        self._flagged, self._cost, self._evaluations, self._evaluation_watch = False, 0.0, 0, self.stopwatch()
 
     # ----------------------------------------------------------------- hooks
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_fit_start(trainer, pl_module)
-        self._flagged = False
-        self._cost = 0.0
-        self._evaluations = 0
-        self._evaluation_watch = self.stopwatch()
+        self._reset()
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -208,15 +211,9 @@ class LeakageCheck(RecipeCallback):
             raise CheckSkipped(f"could not compare the inputs: {err}", "batch_to_xy", key=_KEY_NEAR) from err
         found = count_near(nearest, limit, _MAX_PAIRS)
         self._report_near(trainer, kind, nearest, found, n_train)
-        if kind == "image" and found.positions:
-            self._log_pairs(trainer, torch.cat(val_x), torch.cat(train_x), found.positions, nearest)
-
-    def _log_pairs(
-        self, trainer: pl.Trainer, val: torch.Tensor, train: torch.Tensor, positions: list[int], nearest: Nearest
-    ) -> None:
-        """The near-duplicate pairs side by side: validation sample, its nearest training sample."""
-        pairs = pair_pictures(val, train, positions, nearest)
-        if pairs is not None:
+        pairs = pair_pictures(torch.cat(val_x), torch.cat(train_x), found.positions, nearest) if (
+            kind == "image" and found.positions) else None
+        if pairs is not None:  # the near-duplicate pairs side by side: validation sample, nearest training sample
             self.log_figure(trainer, "near_duplicate_pairs", image_grid, pairs[0], ncols=2, captions=pairs[1])
 
     def _report_near(
@@ -224,15 +221,9 @@ class LeakageCheck(RecipeCallback):
     ) -> None:
         count, same, n_val = found.count, found.identical, found.checked
         fraction, positions = found.fraction, found.positions
-        values = {
-            "near_duplicates": float(count),
-            "near_fraction": fraction,
-            "identical_signatures": float(same),
-            "min_distance": float(nearest.distance.min()) if n_val else math.nan,
-            "checked_train": float(n_train),
-            "checked_val": float(n_val),
-            "cost_steps": 0.0,
-        }
+        values = {"near_duplicates": float(count), "near_fraction": fraction, "identical_signatures": float(same),
+                  "min_distance": float(nearest.distance.min()) if n_val else math.nan,
+                  "checked_train": float(n_train), "checked_val": float(n_val), "cost_steps": 0.0}
         what = {
             "image": f"grey {self.thumbnail_size}x{self.thumbnail_size} thumbnails within an RMS difference of "
             f"{self.tolerance:g} standard deviations",
@@ -258,61 +249,76 @@ class LeakageCheck(RecipeCallback):
         self.report(trainer, status, summary, values, advice, key=_KEY_NEAR, log_values=False)
 
     # ----------------------------------------------------------------- too good to be true
-    def _evaluate(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, loader: DataLoader[Any]
-    ) -> tuple[MeanEstimate, MeanEstimate | None, Task] | None:
-        """Loss and accuracy estimates of ``eval_samples`` samples; ``None`` after a skip.
-
-        Raises:
-            CheckSkipped: the model could not be evaluated (naming the argument that would let it).
-        """
-        bounded, _ = bounded_loader(loader, self.eval_samples, self.seed)
-        tally = Tally()
+    def _batches(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, loader: DataLoader[Any], tasks: list[Task]
+    ) -> Batches:
+        """Per batch of at most ``eval_samples`` samples: per-sample losses and accuracy hits (``None``
+        after a skip of the batch's resolution); the task goes to ``tasks``. Raises ``CheckSkipped``."""
         task: Task | None = self.task
+        for host_batch in bounded_loader(loader, self.eval_samples, self.seed)[0]:
+            batch = move_data_to_device(host_batch, pl_module.device)
+            resolved = self.resolve(trainer, batch, key=_KEY_TOO_GOOD)
+            if resolved is None:
+                yield None
+                return
+            if resolved.y is None:
+                raise _not_evaluated("target_key")
+            try:
+                output = logits_of(self.run_model(pl_module, batch, resolved))
+            except Exception as err:  # a forward that wants more than the input
+                raise _not_evaluated("forward_fn") from err
+            # paired as the model's own loss pairs them (causal-LM shift, flattened logits)
+            pair = aligned(output, resolved.y, integer_inputs(batch, resolved)) if output is not None else None
+            logits, y = pair if pair is not None else (None, resolved.y)
+            task = task or (infer_task(logits, y) if logits is not None else None)
+            if logits is None or task is None:
+                raise _not_evaluated("task")
+            try:
+                losses = per_sample_loss(logits, y, task)
+            except (RuntimeError, ValueError) as err:
+                raise _not_evaluated("task") from err
+            self._cost += FORWARD_PASS_STEPS
+            tasks.append(task)
+            yield losses, per_sample_metric("accuracy", task, logits, y)
+
+    def _evaluate(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, loaders: tuple[DataLoader[Any], DataLoader[Any]]
+    ) -> tuple[list[Tally], Task] | None:
+        """Training and validation tallies, a batch of each in turn, each up to ``eval_samples``
+        samples, until they rule both flags out (``nothing_too_good``); ``None`` after a skip."""
+        first_epoch = trainer.current_epoch == 0
+        tasks: list[Task] = []
+
+        def enough(tallies: list[Tally]) -> bool:
+            return all(t.count for t in tallies) and nothing_too_good(
+                tallies[0].estimates()[0], *tallies[1].estimates(), self.max_val_train_ratio,
+                self.max_first_epoch_accuracy, first_epoch,
+            )
+
         with observing(pl_module):
-            for host_batch in bounded:
-                batch = move_data_to_device(host_batch, pl_module.device)
-                resolved = self.resolve(trainer, batch, key=_KEY_TOO_GOOD)
-                if resolved is None:
-                    return None
-                if resolved.y is None:
-                    raise _not_evaluated("target_key")
-                try:
-                    output = logits_of(self.run_model(pl_module, batch, resolved))
-                except Exception as err:  # a forward that wants more than the input
-                    raise _not_evaluated("forward_fn") from err
-                # paired as the model's own loss pairs them (causal-LM shift, flattened logits)
-                pair = aligned(output, resolved.y, integer_inputs(batch, resolved)) if output is not None else None
-                logits, y = pair if pair is not None else (None, resolved.y)
-                task = task or (infer_task(logits, y) if logits is not None else None)
-                if logits is None or task is None:
-                    raise _not_evaluated("task")
-                try:
-                    losses = per_sample_loss(logits, y, task)
-                except (RuntimeError, ValueError) as err:
-                    raise _not_evaluated("task") from err
-                tally.add(losses, per_sample_metric("accuracy", task, logits, y))
-                self._cost += FORWARD_PASS_STEPS
-                if tally.count >= self.eval_samples:
-                    break
-        if tally.count == 0 or task is None:
+            streams = [self._batches(trainer, pl_module, loader, tasks) for loader in loaders]
+            tallies = tally_in_turn(streams, self.eval_samples, enough)
+        if tallies is None:
+            return None
+        if not tasks or not all(t.count for t in tallies):
             raise _not_evaluated("")
-        return *tally.estimates(), task
+        return tallies, tasks[0]
 
     def _too_good(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         train_loader = first_dataloader(trainer.train_dataloader)
         val_loader = first_dataloader(trainer.val_dataloaders)
         if train_loader is None or val_loader is None:
             raise CheckSkipped("no training or validation data to evaluate", key=_KEY_TOO_GOOD)
-        train = self._evaluate(trainer, pl_module, train_loader)
-        val = self._evaluate(trainer, pl_module, val_loader) if train is not None else None
-        if train is None or val is None:
+        evaluated = self._evaluate(trainer, pl_module, (train_loader, val_loader))
+        if evaluated is None:
             return
-        (t_loss, _, task), (v_loss, v_acc, _) = train, val
+        (train, val), task = evaluated
+        (t_loss, _), (v_loss, v_acc) = train.estimates(), val.estimates()
         flags = too_good(t_loss, v_loss, v_acc, self.max_val_train_ratio, self.max_first_epoch_accuracy,
                          trainer.current_epoch == 0)
         values = {"train_loss": t_loss.mean, "val_loss": v_loss.mean, "val_train_ratio": flags.ratio,
-                  "step": float(trainer.global_step), "cost_steps": self._cost}
+                  "train_samples": train.count, "val_samples": val.count, "step": float(trainer.global_step),
+                  "cost_steps": self._cost}
         parts = [
             f"at step {trainer.global_step} (epoch {trainer.current_epoch}), in eval mode with the plain {task} "
             f"loss: training samples {t_loss.text()}, validation samples {v_loss.text()} (ratio {flags.ratio:.2g})"
@@ -337,17 +343,11 @@ class LeakageCheck(RecipeCallback):
             )
         if seen:
             self._flagged = True
-            self.report(
-                trainer,
-                "warn",
-                f"too good to be true: {' and '.join(seen)}. {summary}.",
-                values,
-                "Look for leakage: a label (or an ID that encodes it) in the inputs, validation samples copied "
-                "from training, a validation set from an easier distribution, or training labels that are noisier "
-                "than validation's. If the task is this easy, raise max_first_epoch_accuracy.",
-                key=_KEY_TOO_GOOD,
-                log_values=False,
-            )
+            advice = ("Look for leakage: a label (or an ID that encodes it) in the inputs, validation samples copied "
+                      "from training, a validation set from an easier distribution, or training labels that are "
+                      "noisier than validation's. If the task is this easy, raise max_first_epoch_accuracy.")
+            summary = f"too good to be true: {' and '.join(seen)}. {summary}."
+            self.report(trainer, "warn", summary, values, advice, key=_KEY_TOO_GOOD, log_values=False)
         elif not self._flagged:
             self.report(
                 trainer, "pass", f"{summary}: nothing too good to be true", values, key=_KEY_TOO_GOOD, log_values=False

@@ -14,6 +14,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from recipe_callbacks import BatchIndependenceCheck, InputIndependentBaseline, OverfitOneBatch
+from recipe_callbacks.plumbing.copy_training import ShortTrainings
 from tests import copy_families as families
 from tests.support import TinyClassifier, blobs, fast_trainer, loader
 
@@ -209,3 +210,44 @@ def test_a_batch_whose_only_target_is_the_input_is_a_skip_naming_target_key(tmp_
     )
     (finding,) = iib.findings
     assert finding.status == "skip" and "target_key" in finding.advice, finding.message()
+
+
+class DropoutBNNet(BNNet):
+    """Batch norm statistics, dropout draws and Adam's moments: everything a continued run must carry on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Dropout(0.3), nn.Linear(16, 4))
+
+
+class ContinuedRuns(pl.Callback):
+    """At the first batch: a run of 4 steps kept and continued to 12 (once more, to 20), beside
+    uninterrupted runs of 12 and 20 steps from the start of fit."""
+
+    def __init__(self) -> None:
+        self.curves: dict[str, list[float]] = {}
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, i: int) -> None:
+        if self.curves:
+            return
+        with ShortTrainings(trainer, pl_module, None) as trainings:
+            first = trainings.run([batch], 4, seed=5, keep=True)
+            assert first.state is not None
+            middle = trainings.run([batch], 12, seed=5, keep=True, resume=first.state)
+            last = trainings.run([batch], 20, seed=5, resume=middle.state)
+            self.curves = {
+                "continued 12": middle.run.losses, "whole 12": trainings.run([batch], 12, seed=5).run.losses,
+                "continued 20": last.run.losses, "whole 20": trainings.run([batch], 20, seed=5).run.losses,
+            }
+            self.fresh = (middle.run.fresh_steps, last.run.fresh_steps)
+
+
+def test_a_kept_run_continued_gives_the_uninterrupted_curve_and_the_module_comes_back(tmp_path: Path) -> None:
+    pl.seed_everything(0)
+    before, after, runs = StateAt(), StateAt(), ContinuedRuns()
+    trainer = fast_trainer(tmp_path, logger=False, callbacks=[before, runs, after], max_steps=1)
+    trainer.fit(DropoutBNNet(), loader(blobs(64), batch_size=32))
+    assert runs.curves["continued 12"] == runs.curves["whole 12"] and len(runs.curves["whole 12"]) == 13
+    assert runs.curves["continued 20"] == runs.curves["whole 20"]
+    assert runs.fresh == (8, 8)  # only the steps past the earlier run's
+    assert _same(before.state, after.state)

@@ -3,6 +3,7 @@ passed; and, for both training checks (2g, 2h), no observer effect, resume and D
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from recipe_callbacks.input_independent_baseline import InputIndependentBaseline
+from recipe_callbacks.input_independent_baseline import FIRST_HORIZON, InputIndependentBaseline
 from recipe_callbacks.overfit_one_batch import OverfitOneBatch
 from tests.support import TinyClassifier, blobs, fast_trainer, finding_values, loader, read_events, scalar_values
 
@@ -254,3 +255,40 @@ def test_runs_that_end_pulling_apart_are_undecided_not_a_failure(tmp_path: Path)
     assert 0 < values["gap"] < values["margin"] and values["separated"] == 0.0 and values["identical"] == 0.0
     assert "max_steps=" in finding.advice and "undecided" in finding.summary
 
+
+
+class Passes:
+    """A count kept outside the module (the short runs put the module's own attributes back)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+
+class CountedFaintInput(AdamClassifier):
+    """Healthy, with an input scaled down 300-fold: the curves separate only after the first round
+    of 8 steps; counts the passes of its ``training_step``."""
+
+    def __init__(self) -> None:
+        super().__init__(lr=0.02)
+        self.passes = Passes()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x * 3e-3)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        self.passes.count += 1
+        return super().training_step(batch, batch_idx)
+
+
+def test_a_later_round_continues_the_runs_instead_of_training_them_again(tmp_path: Path) -> None:
+    model = CountedFaintInput()
+    finding = _fit(model, tmp_path).findings[0]
+    values = finding.values
+    assert finding.status == "pass", finding.message()
+    assert values["zero_steps"] > FIRST_HORIZON and values["steps"] > FIRST_HORIZON  # more than one round
+    passes = model.passes.count - 2  # less the Trainer's own two steps
+    # every step of both runs once, and per round and run at most one pass without a step (the loss
+    # after its last step); starting the runs again would take the earlier rounds' steps again
+    steps = values["zero_steps"] + values["steps"]
+    rounds = math.ceil(max(values["zero_steps"], values["steps"]) / FIRST_HORIZON)
+    assert steps < passes <= steps + 2 * rounds

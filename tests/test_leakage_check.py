@@ -83,6 +83,36 @@ def test_healthy_digits_pass(tmp_path: Path, digits: tuple[TensorDataset, Tensor
     assert near.status == "pass" and near.values["near_duplicates"] == 0 and near.values["checked_val"] == 359
     assert good.status == "pass" and good.values["val_accuracy"] < 0.98
     assert 0.5 < good.values["val_train_ratio"] < 2.0
+    assert good.values["train_samples"] < 256  # it stopped once the flags were ruled out
+
+
+class CountedDigits(DigitsCNN):
+    """Counts its forward passes in eval mode (the too-good evaluation's; validation_step does none)."""
+
+    def __init__(self, counter: list[int]) -> None:
+        super().__init__()
+        self.counter = counter
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            self.counter.append(int(x.shape[0]))
+        return super().forward(x)
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        pass
+
+
+def test_the_evaluation_stops_once_a_healthy_model_rules_the_flags_out(
+    tmp_path: Path, digits: tuple[TensorDataset, TensorDataset]
+) -> None:
+    counter: list[int] = []
+    pl.seed_everything(0, verbose=False)
+    check = _fit(tmp_path, CountedDigits(counter), *digits, max_epochs=2, num_sanity_val_steps=0)
+    good = _finding(check, "eval mode")
+    assert good.status == "pass"
+    # the first validation (after 45 steps): a batch of each set ruled both flags out, not 256 samples of each;
+    # the second (a model that fits well, so per-sample losses with a long tail) needs them all
+    assert counter[:2] == [32, 128] and good.values["train_samples"] == good.values["val_samples"] == 256
 
 
 def test_healthy_breast_cancer_with_dropout_passes(tmp_path: Path) -> None:
@@ -155,6 +185,7 @@ def test_label_in_the_input_is_too_good_to_be_true(tmp_path: Path, digits: tuple
     good = _finding(check, "too good")
     assert good.status == "warn" and "near 1.0 in the first epoch" in good.summary
     assert good.values["val_accuracy_low"] >= 0.98
+    assert good.values["train_samples"] == good.values["val_samples"] == 256  # a flag is never cut short
 
 
 def test_validation_of_one_repeated_sample_is_far_easier(

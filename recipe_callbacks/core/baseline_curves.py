@@ -93,19 +93,19 @@ def baseline_stop(zero: Sequence[float], zero_levelled: bool, min_gap: float, co
     return rule
 
 
-def next_horizon(horizon: int, max_steps: int, ahead: bool) -> int:
+def next_horizon(horizon: int, max_steps: int, step: int = 8) -> int:
     """The step horizon of the baseline's next round, after a round to ``horizon`` left the curves
-    undecided: three times as far when the real run ended ``ahead`` (below the zero-input curve,
-    not yet by the margin: it is pulling away and separates soon), else ``max_steps`` at once (the
-    real run is still behind, as a language model's is while it learns the token frequencies that
-    the zero-input run learns too: it separates only after tens of steps, and a middle round would
-    repeat the first one's steps for nothing). At most ``max_steps``.
+    undecided: ``step`` steps further, at most ``max_steps``. Each round continues both runs where
+    the last one stopped (nothing is trained twice), so short rounds cost only the one pass each run
+    takes again at its last step, and the zero-input run goes at most ``step`` steps beyond where
+    the real run separates (a language model's real run first learns the same token frequencies as
+    the zero-input one and separates only after tens of steps).
 
     Example:
-        >>> next_horizon(8, 60, ahead=True), next_horizon(8, 60, ahead=False), next_horizon(24, 60, ahead=True)
-        (24, 60, 60)
+        >>> next_horizon(8, 60), next_horizon(56, 60)
+        (16, 60)
     """
-    return min(3 * horizon, max_steps) if ahead else max_steps
+    return min(horizon + step, max_steps)
 
 
 @dataclass

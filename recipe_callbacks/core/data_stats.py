@@ -116,9 +116,18 @@ def _plain_sampler(loader: DataLoader[Any]) -> bool:
     return type(loader.sampler) in (SequentialSampler, RandomSampler, DistributedSampler)
 
 
-def bounded_loader(loader: DataLoader[Any], max_samples: int, seed: int = 0) -> tuple[DataLoader[Any], int]:
+#: Samples per batch, at most, of a loader that only reads the data (no model runs on its batches).
+READ_BATCH = 256
+
+
+def bounded_loader(
+    loader: DataLoader[Any], max_samples: int, seed: int = 0, *, reading: bool = False
+) -> tuple[DataLoader[Any], int]:
     """A loader over at most ``max_samples`` samples of ``loader``'s data set, with its collate
-    function and batch size, in the main process, the same on every process.
+    function and batch size, in the main process, the same on every process. ``reading=True``, for
+    a pass that only reads the data (hashes, labels, inputs; no model runs on the batches): batches
+    of up to eight times the batch size, at most :data:`READ_BATCH` samples (the loader's own
+    per-batch work, most of the time of reading small samples, paid fewer times).
 
     The whole data set when it is small; otherwise a random subset drawn with its own generator
     seeded by ``seed`` (the global RNG is not touched). A loader with a custom sampler (e.g. a
@@ -137,6 +146,8 @@ def bounded_loader(loader: DataLoader[Any], max_samples: int, seed: int = 0) -> 
     batch_size = loader.batch_size or (
         getattr(loader.batch_sampler, "batch_size", None) if loader.batch_sampler is not None else None
     ) or 1
+    if reading and loader.batch_size:  # not where the loader's batches come whole from the data set
+        batch_size = max(batch_size, min(READ_BATCH, 8 * batch_size))
     # its own generator: iterating a DataLoader draws a base seed, which must not come from the global RNG
     common: dict[str, Any] = {
         "batch_size": batch_size, "collate_fn": loader.collate_fn, "num_workers": 0,

@@ -20,6 +20,7 @@ Nothing here imports Lightning.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -290,6 +291,53 @@ def too_good(train_loss: MeanEstimate, val_loss: MeanEstimate, val_accuracy: Mea
     return TooGood(ratio, far_below, low, low >= max_accuracy and first_epoch)
 
 
+#: The too-good evaluation stops once this many samples of each set rule both flags out.
+MIN_RULED_OUT = 32
+#: The normal quantile of the intervals that rule the flags out: 99.9%, wider than the 95% of the
+#: flags themselves, so that stopping early does not let a flag slip through.
+RULED_OUT_Z = 3.29
+
+
+def wilson_upper(successes: float, n: float, z: float = 1.96) -> float:
+    """Upper end of the Wilson score interval of a proportion.
+
+    Example:
+        >>> round(wilson_upper(0, 360), 4), round(wilson_upper(18, 20), 3)
+        (0.0106, 0.972)
+    """
+    return 1.0 - wilson_lower(n - successes, n, z) if n > 0 else 1.0
+
+
+def nothing_too_good(train_loss: MeanEstimate, val_loss: MeanEstimate, val_accuracy: MeanEstimate | None,
+                     max_ratio: float, max_accuracy: float, first_epoch: bool) -> bool:
+    """True when more samples cannot raise either flag of :func:`too_good`: with at least
+    :data:`MIN_RULED_OUT` samples of each set, the validation loss at the low end of its
+    :data:`RULED_OUT_Z` interval is at least ``max_ratio`` times the training loss at the high end
+    of its own, and (in the first epoch) the validation accuracy's Wilson interval ends below
+    ``max_accuracy``. What a healthy model shows after a few batches.
+
+    Example:
+        >>> from recipe_callbacks.core.eval_stats import estimate
+        >>> t, v = estimate(64, 128.0, 272.0), estimate(64, 122.0, 250.0)  # both about 2, spread 0.5
+        >>> nothing_too_good(t, v, estimate(64, 40.0, 40.0), 0.5, 0.98, first_epoch=True)
+        True
+        >>> nothing_too_good(t, estimate(64, 32.0, 17.0), None, 0.5, 0.98, first_epoch=False)  # val near 0.5
+        False
+        >>> nothing_too_good(t, v, estimate(64, 64.0, 64.0), 0.5, 0.98, first_epoch=True)  # all right
+        False
+    """
+    if min(train_loss.count, val_loss.count) < MIN_RULED_OUT:
+        return False
+    train_high = train_loss.mean + RULED_OUT_Z * train_loss.stderr
+    val_low = val_loss.mean - RULED_OUT_Z * val_loss.stderr
+    if not (math.isfinite(train_high) and math.isfinite(val_low) and val_low >= max_ratio * train_high):
+        return False
+    if not first_epoch or val_accuracy is None or val_accuracy.count <= 0:
+        return True
+    hits = val_accuracy.mean * val_accuracy.count
+    return wilson_upper(hits, val_accuracy.count, RULED_OUT_Z) < max_accuracy
+
+
 def find_near(
     kind: InputKind, train_x: list[torch.Tensor], val_x: list[torch.Tensor], *, thumbnail: int, limit: int,
     tolerance: float, token_agreement: float,
@@ -363,3 +411,39 @@ def pair_pictures(
         pictures += [val[p], train[i]]
         captions += [f"val {p}", f"train {i}"]
     return torch.stack(pictures), captions
+
+
+Batches = Iterator["tuple[torch.Tensor, torch.Tensor | None] | None"]
+
+
+def tally_in_turn(streams: Sequence[Batches], limit: int, enough: Callable[[list[Tally]], bool]) -> list[Tally] | None:
+    """Tally per-sample ``(losses, hits)`` batches of several streams, a batch of each in turn, each
+    stream up to ``limit`` samples, until ``enough`` of the tallies so far (checked after each turn);
+    ``None`` when a stream yields ``None`` (it could not go on).
+
+    Example:
+        >>> def stream(value):
+        ...     while True:
+        ...         yield torch.full((4,), value), None
+        >>> tallies = tally_in_turn([stream(1.0), stream(2.0)], 16, lambda t: t[0].count >= 8)
+        >>> [t.count for t in tallies]
+        [8.0, 8.0]
+        >>> [t.count for t in tally_in_turn([stream(1.0), iter([(torch.ones(2), None)])], 6, lambda t: False)]
+        [8.0, 2.0]
+    """
+    tallies = [Tally() for _ in streams]
+    live = [True] * len(streams)
+    while any(live):
+        for i in (i for i, on in enumerate(live) if on):
+            try:
+                got = next(streams[i])
+            except StopIteration:
+                live[i] = False
+                continue
+            if got is None:
+                return None
+            tallies[i].add(*got)
+            live[i] = tallies[i].count < limit
+        if enough(tallies):
+            break
+    return tallies

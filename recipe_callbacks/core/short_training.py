@@ -9,17 +9,23 @@ in :mod:`recipe_callbacks.core.baseline_curves` and :mod:`recipe_callbacks.core.
 
 The caller owns the RNG: :func:`train_for` seeds torch when given ``seed``, so run it inside
 ``torch.random.fork_rng`` (or Lightning's ``isolate_rng``) to leave the real run untouched.
+
+A run can be continued later (``resume=``): each run keeps the random state from before the loss
+that followed its last step, so a run continued from a model and optimizer put back as they were
+after that step gives the same curve, bit for bit, as one uninterrupted run of the longer length.
 """
 
 from __future__ import annotations
 
 import inspect
 import math
+import random
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn.parameter import is_lazy
@@ -44,6 +50,12 @@ class ShortRun:
         no_grad_params: names of trainable parameters that got no (or an all-zero) gradient from the
             first backward pass.
         stop_reason: what ``stop`` returned when it ended the run (empty otherwise).
+        fresh_steps: optimizer steps taken by this call (``steps`` less those of the run it resumed).
+        fresh_evals: forward passes of this call not followed by a step (the loss after the last
+            step, or the one a stop rule ended the run on).
+        rng: the random state from before the loss that followed the last step (what
+            :func:`train_for` needs to continue the run; ``None`` unless asked for, and after a
+            non-finite loss).
     """
 
     losses: list[float] = field(default_factory=list)
@@ -51,6 +63,54 @@ class ShortRun:
     reached_target: bool = False
     no_grad_params: list[str] = field(default_factory=list)
     stop_reason: str = ""
+    fresh_steps: int = 0
+    fresh_evals: int = 0
+    rng: RandomState | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class RandomState:
+    """The random generators a ``training_step`` may draw from: torch (CPU and every CUDA device
+    already in use), Python's ``random`` and numpy's global generator."""
+
+    cpu: torch.Tensor
+    cuda: list[torch.Tensor] | None
+    python: Any
+    numpy: Any
+
+    def restore(self) -> None:
+        """Put every generator back to this state."""
+        torch.set_rng_state(self.cpu)
+        if self.cuda is not None:
+            torch.cuda.set_rng_state_all(self.cuda)
+        random.setstate(self.python)
+        np.random.set_state(self.numpy)
+
+
+def _torch_states() -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+    in_use = torch.cuda.is_available() and torch.cuda.is_initialized()  # type: ignore[no-untyped-call]
+    return torch.get_rng_state(), torch.cuda.get_rng_state_all() if in_use else None
+
+
+class _Draws:
+    """The random state of a run at each step, cheaply: torch's generators at every step, Python's
+    and numpy's at the start only (a ``training_step`` rarely draws from them; when it did, their
+    state moved and :meth:`state` has none: the run cannot be continued, a caller starts it afresh)."""
+
+    def __init__(self) -> None:
+        self._python, self._numpy = random.getstate(), np.random.get_state()
+        self._torch = _torch_states()
+
+    def step(self) -> None:
+        self._torch = _torch_states()
+
+    def state(self) -> RandomState | None:
+        numpy_now = np.random.get_state()
+        same = random.getstate() == self._python and all(
+            np.array_equal(a, b) if isinstance(a, np.ndarray) else a == b
+            for a, b in zip(numpy_now, self._numpy, strict=True)
+        )
+        return RandomState(*self._torch, self._python, self._numpy) if same else None
 
 
 StopRule = Callable[[Sequence[float]], str]
@@ -66,6 +126,8 @@ def train_for(
     stop_below: float | None = None,
     seed: int | None = None,
     stop: StopRule | None = None,
+    resume: ShortRun | None = None,
+    resumable: bool = False,
 ) -> ShortRun:
     """Take up to ``steps`` optimizer steps on ``batches`` (cycled), recording the loss.
 
@@ -74,8 +136,18 @@ def train_for(
     Otherwise, after the last step the loss is evaluated once more without gradients. A non-finite
     loss ends the run too.
 
+    With ``resume`` (an earlier run of this model, now put back with its optimizer as they were
+    after that run's last step), the run continues it instead of starting afresh: the stopping
+    rules are first applied to the earlier run's losses (where an uninterrupted run would have
+    stopped, the earlier curve is cut there and nothing is trained), then training goes on from
+    its last step under the random state it left, so the curve equals that of one uninterrupted
+    run of ``steps`` steps bit for bit. ``seed`` is not used then. ``resumable`` keeps the random
+    state that continuing this run needs (``ShortRun.rng``; taking it at every step costs a
+    little, so only when asked).
+
     Raises:
         ShortTrainingError: ``loss_fn`` returned no tensor, or ``batches`` is empty.
+        ValueError: ``resume`` has more steps than ``steps``, or no random state to continue from.
 
     Example:
         >>> _ = torch.manual_seed(0)
@@ -88,17 +160,63 @@ def train_for(
     """
     if not batches:
         raise ShortTrainingError("no batch to train on")
-    if seed is not None:
-        torch.manual_seed(seed)
-    run = ShortRun()
-    for step in range(steps):
+    if resume is None:
+        if seed is not None:
+            torch.manual_seed(seed)
+        run = ShortRun()
+    else:
+        run = _replayed(resume, steps, stop_below, stop)
+        if run.reached_target or run.stop_reason:
+            return run
+        assert resume.rng is not None
+        resume.rng.restore()
+    draws = _Draws() if resumable else None
+    for step in range(run.steps, steps):
         batch = batches[step % len(batches)]
+        if draws is not None:
+            draws.step()
         optimizer.zero_grad(set_to_none=True)
         loss = _scalar_loss(loss_fn(model, batch))
         value = float(loss.detach())
         run.losses.append(value)
+        run.fresh_evals += 1
         if not math.isfinite(value):
+            run.rng = None
             return run
+        run.reached_target = stop_below is not None and value <= stop_below
+        run.stop_reason = "" if run.reached_target or stop is None else stop(run.losses)
+        if run.reached_target or run.stop_reason:
+            run.rng = None if draws is None else draws.state()
+            return run
+        loss.backward()  # type: ignore[no-untyped-call]
+        if step == 0:
+            run.no_grad_params = params_without_grad(model)
+        optimizer.step()
+        run.steps += 1
+        run.fresh_steps += 1
+        run.fresh_evals -= 1
+    if draws is not None:
+        draws.step()
+    run.rng = None if draws is None else draws.state()
+    with torch.no_grad():
+        run.losses.append(float(_scalar_loss(loss_fn(model, batches[steps % len(batches)]))))
+    run.fresh_evals += 1
+    if stop_below is not None and run.losses[-1] <= stop_below:
+        run.reached_target = True
+    return run
+
+
+def _replayed(resume: ShortRun, steps: int, stop_below: float | None, stop: StopRule | None) -> ShortRun:
+    """The earlier run's steps as an uninterrupted run under these stopping rules would have taken
+    them: cut where a rule fires on its losses, else all of them, ready to go on from the last."""
+    if resume.steps > steps or resume.rng is None:
+        raise ValueError(
+            f"cannot continue a run of {resume.steps} steps to {steps} steps"
+            + ("" if resume.rng is not None else " (it ended on a non-finite loss)")
+        )
+    run = ShortRun(no_grad_params=list(resume.no_grad_params), rng=resume.rng)
+    for value in resume.losses[: resume.steps]:
+        run.losses.append(value)
         if stop_below is not None and value <= stop_below:
             run.reached_target = True
             return run
@@ -106,15 +224,7 @@ def train_for(
         if reason:
             run.stop_reason = reason
             return run
-        loss.backward()  # type: ignore[no-untyped-call]
-        if step == 0:
-            run.no_grad_params = params_without_grad(model)
-        optimizer.step()
         run.steps += 1
-    with torch.no_grad():
-        run.losses.append(float(_scalar_loss(loss_fn(model, batches[steps % len(batches)]))))
-    if stop_below is not None and run.losses[-1] <= stop_below:
-        run.reached_target = True
     return run
 
 

@@ -11,7 +11,8 @@ Where the bytes go: tensors on an accelerator are copied to host memory (device 
 grow); CPU tensors are written to an unnamed temporary file (host memory is then the device
 memory, and the page cache, not the process, holds the copy), read straight back into the
 tensors' own storage on restore. A tensor that cannot be viewed as bytes (not contiguous) is
-cloned in memory instead.
+cloned in memory instead. :class:`SavedTensors` holds other tensors the same way (an optimizer's
+state while a short run waits to be continued).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 import torch
@@ -160,6 +162,83 @@ class ModuleSnapshot:
             self._file.close()
             self._file = None
         self._tensors.clear()
+
+
+class SavedTensors:
+    """A nested structure (dicts, lists, tuples) whose tensors are held off the device, as
+    :class:`ModuleSnapshot` holds a module's (an optimizer's ``state_dict()`` while its run waits to
+    be continued); :meth:`load` rebuilds it with fresh tensors on their devices.
+
+    Example:
+        >>> saved = SavedTensors({"state": {0: {"step": torch.tensor(3.0), "m": torch.ones(2)}}, "lr": 0.1})
+        >>> tree = saved.load(); saved.close()
+        >>> tree["state"][0]["m"].tolist(), float(tree["state"][0]["step"]), tree["lr"]
+        ([1.0, 1.0], 3.0, 0.1)
+    """
+
+    def __init__(self, tree: Any) -> None:
+        self._file: BinaryIO | None = None
+        self._tree = self._save(tree)
+
+    def _save(self, obj: Any) -> Any:
+        if isinstance(obj, torch.Tensor):
+            view = _byte_view(obj)
+            if view is None:
+                return _Held(obj.device, obj.detach().to("cpu", copy=True), None)
+            if self._file is None:
+                self._file = tempfile.TemporaryFile()  # noqa: SIM115 - closed by close()
+            offset = self._file.tell()
+            self._file.write(memoryview(view))
+            return _Held(obj.device, torch.empty_like(obj, device="meta"), offset)
+        if isinstance(obj, dict):
+            return {k: self._save(v) for k, v in obj.items()}
+        if isinstance(obj, list | tuple):
+            return type(obj)(self._save(v) for v in obj)
+        return obj
+
+    def load(self) -> Any:
+        """The structure with every tensor read back (new tensors, on their devices)."""
+        return self._load(self._tree)
+
+    def _load(self, obj: Any) -> Any:
+        if isinstance(obj, _Held):
+            if obj.offset is None:
+                return obj.data.to(obj.device, copy=True)
+            assert self._file is not None
+            t = torch.empty(obj.data.shape, dtype=obj.data.dtype)
+            view = _byte_view(t)
+            assert view is not None  # a fresh contiguous CPU tensor, as the saved one was
+            raw = memoryview(view)
+            self._file.seek(obj.offset)
+            done = 0
+            while done < raw.nbytes:
+                got = self._file.readinto(raw[done:])  # type: ignore[attr-defined]
+                if not got:
+                    raise RuntimeError("the saved tensors' file ended early")
+                done += got
+            return t.to(obj.device)
+        if isinstance(obj, dict):
+            return {k: self._load(v) for k, v in obj.items()}
+        if isinstance(obj, list | tuple):
+            return type(obj)(self._load(v) for v in obj)
+        return obj
+
+    def close(self) -> None:
+        """Free the saved copies (the temporary file is deleted)."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        self._tree = None
+
+
+@dataclass(frozen=True)
+class _Held:
+    """A tensor of :class:`SavedTensors`: a host copy (``offset`` ``None``), or a meta tensor giving
+    shape and dtype of the bytes at ``offset`` in the file."""
+
+    device: torch.device
+    data: torch.Tensor
+    offset: int | None
 
 
 @contextmanager

@@ -9,10 +9,15 @@ in a submodule) trains the very parameters its compiled code reads. While a run 
 is detached from the Trainer (``self.log`` is a no-op), hooks that other callbacks registered on it
 are taken away, and ``SyncBatchNorm`` layers compute locally.
 
+A run can be kept to be continued (``run(..., keep=True)``, then ``run(..., resume=state)``): what
+it trained (the module's state, saved as the start is, and its optimizer's state) is held off the
+device until then, and the continued run's curve equals one uninterrupted run's bit for bit.
+
 A model with lazy parameters not yet materialised (``nn.LazyLinear`` before its first forward) is
 the exception: training it in place would draw its initial weights now, from the isolated RNG, not
 where the user's own first step draws them. It trains a detached copy instead, whose lazy
-parameters hold no memory yet.
+parameters hold no memory yet (its runs cannot be kept: a continued run starts afresh, which
+gives the same curve).
 
 Anything that keeps a run from training raises :class:`~recipe_callbacks.core.skip.CheckSkipped`
 carrying the reason and the argument that would fix it, so the calling check reports a ``skip``
@@ -45,26 +50,56 @@ from recipe_callbacks.core.short_training import (
     user_optimizer,
 )
 from recipe_callbacks.core.skip import CheckSkipped
-from recipe_callbacks.core.snapshot import ModuleSnapshot, has_lazy_tensors
+from recipe_callbacks.core.snapshot import ModuleSnapshot, SavedTensors, has_lazy_tensors
 from recipe_callbacks.plumbing.observe import detached_copy, detached_from_trainer, training_step_loss
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
 
 
+class RunState:
+    """What a kept run trained, to continue it: the module's state after its last step (saved as
+    :class:`ModuleSnapshot` saves, off the device), its optimizer's state (the same way) and the
+    run itself (its losses and random state); :meth:`close` frees them."""
+
+    def __init__(self, run: ShortRun, module: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        self.run = run
+        optimizer.zero_grad(set_to_none=True)  # a continued run starts each step from no gradient
+        self._module: ModuleSnapshot | None = ModuleSnapshot(module)
+        self._optimizer: SavedTensors | None = SavedTensors(optimizer.state_dict())
+
+    def put_back(self, optimizer: torch.optim.Optimizer) -> None:
+        """Write the saved state into the module it was taken from and into ``optimizer`` (a new
+        optimizer of the same parameters)."""
+        assert self._module is not None and self._optimizer is not None, "the run state was closed"
+        self._module.restore()
+        optimizer.load_state_dict(self._optimizer.load())
+
+    def close(self) -> None:
+        """Free what it holds (can be called more than once)."""
+        if self._module is not None:
+            self._module.close()
+        if self._optimizer is not None:
+            self._optimizer.close()
+        self._module = self._optimizer = None
+
+
 @dataclass
 class RunResult:
-    """One short run: its curve, and what the model and optimizer showed before it."""
+    """One short run: its curve, what the model and optimizer showed before it, and (when kept) the
+    state to continue it from."""
 
     run: ShortRun
     notes: ModelNotes
     lrs: list[float]
+    state: RunState | None = None
 
 
 def run_cost(run: ShortRun) -> float:
-    """The run's passes in training-step equivalents: each optimizer step one, each forward-only
+    """The passes of the run's last call in training-step equivalents (a continued run's earlier
+    passes were counted with the call that made them): each optimizer step one, each forward-only
     pass (the loss after the last step, or where a stop rule ended the run) a third."""
-    return run.steps + (len(run.losses) - run.steps) * FORWARD_PASS_STEPS
+    return run.fresh_steps + run.fresh_evals * FORWARD_PASS_STEPS
 
 
 def require_automatic_optimization(pl_module: pl.LightningModule) -> None:
@@ -110,6 +145,7 @@ class ShortTrainings:
         self.in_place = not has_lazy_tensors(pl_module)
         self._stack = ExitStack()
         self._snapshot: ModuleSnapshot | None = None
+        self._kept: list[RunState] = []
 
     def __enter__(self) -> ShortTrainings:
         self._stack.enter_context(isolate_rng())
@@ -131,6 +167,9 @@ class ShortTrainings:
         self._stack.close()
 
     def _close(self) -> None:
+        for state in self._kept:
+            state.close()
+        self._kept.clear()
         if self._snapshot is not None:
             self._snapshot.restore()
             self._snapshot.close()
@@ -151,9 +190,23 @@ class ShortTrainings:
         except ShortTrainingError as err:
             raise CheckSkipped(f"cannot build the optimizer for a short run of the model: {err}", "lr") from err
 
-    def run(self, batches: Sequence[Any], steps: int, *, seed: int, stop: StopRule | None = None) -> RunResult:
+    def run(
+        self,
+        batches: Sequence[Any],
+        steps: int,
+        *,
+        seed: int,
+        stop: StopRule | None = None,
+        keep: bool = False,
+        resume: RunState | None = None,
+    ) -> RunResult:
         """Train on ``batches`` (cycled) for up to ``steps`` steps with the model's own
         ``training_step`` (see ``train_for``), then put the model back.
+
+        With ``keep``, the result carries the state to continue the run from (``None`` for a model
+        that trains as a copy, or after a non-finite loss); ``resume`` continues such a run (its
+        state is freed then, or carried on when kept again) instead of starting from the start of
+        fit. Every kept state is freed at the end of the block.
 
         Raises:
             CheckSkipped: no loss to train on, no optimizer, or the user's ``training_step``
@@ -163,19 +216,41 @@ class ShortTrainings:
         try:
             optimizer = self._optimizer(model)
             notes, lrs = model_notes(model, optimizer), learning_rates(optimizer)
-            try:
-                run = train_for(model, _loss, optimizer, batches, steps, seed=seed, stop=stop)
-            except ShortTrainingError as err:
-                raise CheckSkipped(f"cannot train the model: {err}") from err
-            except Exception as err:  # the user's training_step without a Trainer
-                raise CheckSkipped(
-                    f"the training_step of a short run raised {type(err).__name__}: {err}"
-                ) from err
+            if resume is not None:
+                resume.put_back(optimizer)
+            run = self._train(model, optimizer, batches, steps, seed, stop, resume, keep and self.in_place)
+            state = resume if resume is not None and run.fresh_steps + run.fresh_evals == 0 else None
+            if resume is not None and state is None:
+                resume.close()
+            if state is None and keep and self.in_place and run.rng is not None:
+                state = RunState(run, model, optimizer)
+                self._kept.append(state)
             del optimizer
-            return RunResult(run, notes, lrs)
+            return RunResult(run, notes, lrs, state if keep else None)
         finally:
             if self._snapshot is not None:
                 self._snapshot.restore()
+
+    @staticmethod
+    def _train(
+        model: pl.LightningModule,
+        optimizer: torch.optim.Optimizer,
+        batches: Sequence[Any],
+        steps: int,
+        seed: int,
+        stop: StopRule | None,
+        resume: RunState | None,
+        resumable: bool,
+    ) -> ShortRun:
+        try:
+            return train_for(
+                model, _loss, optimizer, batches, steps, seed=seed, stop=stop,
+                resume=None if resume is None else resume.run, resumable=resumable,
+            )
+        except ShortTrainingError as err:
+            raise CheckSkipped(f"cannot train the model: {err}") from err
+        except Exception as err:  # the user's training_step without a Trainer
+            raise CheckSkipped(f"the training_step of a short run raised {type(err).__name__}: {err}") from err
 
 
 def _loss(model: nn.Module, batch: Any) -> torch.Tensor | None:

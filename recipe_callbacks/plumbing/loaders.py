@@ -76,7 +76,7 @@ def read_inputs(
     """The inputs of at most ``max_samples`` samples of ``loader`` (a seeded subset of a larger set),
     batch by batch on the CPU, read under an isolated RNG; ``None`` when ``resolve`` (which reports
     its own skip) finds no input in a batch."""
-    bounded, _ = bounded_loader(loader, max_samples, seed)
+    bounded, _ = bounded_loader(loader, max_samples, seed, reading=True)
     out: list[torch.Tensor] = []
     read = 0
     with isolate_rng():

@@ -79,6 +79,20 @@ def test_bounded_loader_reads_a_small_set_whole_and_in_order() -> None:
     assert torch.cat([b[0] for b in dl]).tolist() == list(range(30))
 
 
+def test_a_reading_loader_takes_bigger_batches_of_the_same_samples_in_the_same_order() -> None:
+    ds = TensorDataset(torch.arange(1000.0))
+    for batch_size, expected in ((8, 64), (32, 256), (512, 512)):
+        plain, n = bounded_loader(DataLoader(ds, batch_size=batch_size), 600, seed=1)
+        read, m = bounded_loader(DataLoader(ds, batch_size=batch_size), 600, seed=1, reading=True)
+        sizes = [len(b[0]) for b in read]
+        assert n == m == 600 and sizes[0] == min(expected, 600) and sum(sizes) == 600
+        assert torch.equal(torch.cat([b[0] for b in plain]), torch.cat([b[0] for b in read]))
+    # a loader whose data set yields whole batches (batch_size=None) is read as before
+    unbatched, _ = bounded_loader(DataLoader(ds, batch_size=None), 5, reading=True)
+    before, _ = bounded_loader(DataLoader(ds, batch_size=None), 5)
+    assert [repr(b) for b in unbatched] == [repr(b) for b in before] and len(list(before)) == 5
+
+
 def test_bounded_loader_subsets_a_large_set_deterministically_without_touching_the_global_rng() -> None:
     ds = TensorDataset(torch.arange(1000.0))
     torch.manual_seed(5)
