@@ -18,7 +18,7 @@ state while a short run waits to be continued).
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, BinaryIO
@@ -181,47 +181,41 @@ class SavedTensors:
         self._tree = self._save(tree)
 
     def _save(self, obj: Any) -> Any:
-        if isinstance(obj, torch.Tensor):
-            view = _byte_view(obj)
-            if view is None:
-                return _Held(obj.device, obj.detach().to("cpu", copy=True), None)
-            if self._file is None:
-                self._file = tempfile.TemporaryFile()  # noqa: SIM115 - closed by close()
-            offset = self._file.tell()
-            self._file.write(memoryview(view))
-            return _Held(obj.device, torch.empty_like(obj, device="meta"), offset)
-        if isinstance(obj, dict):
-            return {k: self._save(v) for k, v in obj.items()}
-        if isinstance(obj, list | tuple):
-            return type(obj)(self._save(v) for v in obj)
-        return obj
+        return _map_leaves(obj, torch.Tensor, self._save_tensor)
+
+    def _save_tensor(self, obj: torch.Tensor) -> _Held:
+        view = _byte_view(obj)
+        if view is None:
+            return _Held(obj.device, obj.detach().to("cpu", copy=True), None)
+        if self._file is None:
+            self._file = tempfile.TemporaryFile()  # noqa: SIM115 - closed by close()
+        offset = self._file.tell()
+        self._file.write(memoryview(view))
+        return _Held(obj.device, torch.empty_like(obj, device="meta"), offset)
 
     def load(self) -> Any:
         """The structure with every tensor read back (new tensors, on their devices)."""
         return self._load(self._tree)
 
     def _load(self, obj: Any) -> Any:
-        if isinstance(obj, _Held):
-            if obj.offset is None:
-                return obj.data.to(obj.device, copy=True)
-            assert self._file is not None
-            t = torch.empty(obj.data.shape, dtype=obj.data.dtype)
-            view = _byte_view(t)
-            assert view is not None  # a fresh contiguous CPU tensor, as the saved one was
-            raw = memoryview(view)
-            self._file.seek(obj.offset)
-            done = 0
-            while done < raw.nbytes:
-                got = self._file.readinto(raw[done:])  # type: ignore[attr-defined]
-                if not got:
-                    raise RuntimeError("the saved tensors' file ended early")
-                done += got
-            return t.to(obj.device)
-        if isinstance(obj, dict):
-            return {k: self._load(v) for k, v in obj.items()}
-        if isinstance(obj, list | tuple):
-            return type(obj)(self._load(v) for v in obj)
-        return obj
+        return _map_leaves(obj, _Held, self._load_tensor)
+
+    def _load_tensor(self, obj: _Held) -> torch.Tensor:
+        if obj.offset is None:
+            return obj.data.to(obj.device, copy=True)
+        assert self._file is not None
+        t = torch.empty(obj.data.shape, dtype=obj.data.dtype)
+        view = _byte_view(t)
+        assert view is not None  # a fresh contiguous CPU tensor, as the saved one was
+        raw = memoryview(view)
+        self._file.seek(obj.offset)
+        done = 0
+        while done < raw.nbytes:
+            got = self._file.readinto(raw[done:])  # type: ignore[attr-defined]
+            if not got:
+                raise RuntimeError("the saved tensors' file ended early")
+            done += got
+        return t.to(obj.device)
 
     def close(self) -> None:
         """Free the saved copies (the temporary file is deleted)."""
@@ -229,6 +223,17 @@ class SavedTensors:
             self._file.close()
             self._file = None
         self._tree = None
+
+
+def _map_leaves(obj: Any, leaf: type, fn: Callable[[Any], Any]) -> Any:
+    """``obj`` with every ``leaf`` inside its dicts, lists and tuples replaced by ``fn(leaf)``."""
+    if isinstance(obj, leaf):
+        return fn(obj)
+    if isinstance(obj, dict):
+        return {k: _map_leaves(v, leaf, fn) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(_map_leaves(v, leaf, fn) for v in obj)
+    return obj
 
 
 @dataclass(frozen=True)
