@@ -108,9 +108,7 @@ class ModuleSnapshot:
         if view is None:
             self._tensors.append((t, t.detach().to("cpu", copy=True), 0))
             return
-        if self._file is None:
-            self._file = tempfile.TemporaryFile()  # noqa: SIM115 - closed by close()
-        self._file.write(memoryview(view))
+        self._file = _spill(self._file, view)
         self._tensors.append((t, None, view.nbytes))
 
     @property
@@ -146,13 +144,7 @@ class ModuleSnapshot:
                 raw = _byte_view(t)
                 if raw is None:  # the tensor changed layout during training: cannot happen in place
                     raise RuntimeError("a saved tensor can no longer be viewed as bytes")
-                view = memoryview(raw)
-                done = 0
-                while done < nbytes:
-                    got = self._file.readinto(view[done:])  # type: ignore[attr-defined]
-                    if not got:
-                        raise RuntimeError("the snapshot file ended early")
-                    done += got
+                _read_into(self._file, memoryview(raw), nbytes, "the snapshot file")
         for p, grad in self._grads:
             p.grad = grad
 
@@ -187,10 +179,8 @@ class SavedTensors:
         view = _byte_view(obj)
         if view is None:
             return _Held(obj.device, obj.detach().to("cpu", copy=True), None)
-        if self._file is None:
-            self._file = tempfile.TemporaryFile()  # noqa: SIM115 - closed by close()
-        offset = self._file.tell()
-        self._file.write(memoryview(view))
+        offset = self._file.tell() if self._file is not None else 0
+        self._file = _spill(self._file, view)
         return _Held(obj.device, torch.empty_like(obj, device="meta"), offset)
 
     def load(self) -> Any:
@@ -207,14 +197,8 @@ class SavedTensors:
         t = torch.empty(obj.data.shape, dtype=obj.data.dtype)
         view = _byte_view(t)
         assert view is not None  # a fresh contiguous CPU tensor, as the saved one was
-        raw = memoryview(view)
         self._file.seek(obj.offset)
-        done = 0
-        while done < raw.nbytes:
-            got = self._file.readinto(raw[done:])  # type: ignore[attr-defined]
-            if not got:
-                raise RuntimeError("the saved tensors' file ended early")
-            done += got
+        _read_into(self._file, memoryview(view), view.nbytes, "the saved tensors' file")
         return t.to(obj.device)
 
     def close(self) -> None:
@@ -223,6 +207,24 @@ class SavedTensors:
             self._file.close()
             self._file = None
         self._tree = None
+
+
+def _spill(file: BinaryIO | None, view: Any) -> BinaryIO:
+    """Append the bytes of ``view`` to ``file``, an unnamed temporary file made on first use."""
+    if file is None:
+        file = tempfile.TemporaryFile()  # noqa: SIM115 - closed by the owner's close()
+    file.write(memoryview(view))
+    return file
+
+
+def _read_into(file: BinaryIO, view: memoryview, nbytes: int, what: str) -> None:
+    """Read ``nbytes`` bytes from ``file`` at its position into ``view``."""
+    done = 0
+    while done < nbytes:
+        got = file.readinto(view[done:])  # type: ignore[attr-defined]
+        if not got:
+            raise RuntimeError(f"{what} ended early")
+        done += got
 
 
 def _map_leaves(obj: Any, leaf: type, fn: Callable[[Any], Any]) -> Any:
