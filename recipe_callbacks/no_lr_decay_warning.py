@@ -27,7 +27,6 @@ from recipe_callbacks.core.skip import CheckSkipped
 from recipe_callbacks.plumbing.batch import BatchToXY
 from recipe_callbacks.plumbing.callback_base import RecipeCallback
 from recipe_callbacks.plumbing.finding import Finding, OnFail, RecipeCheckError, format_value
-from recipe_callbacks.plumbing.hook_dispatch import switch_off
 from recipe_callbacks.plumbing.validation import check_choice, check_float, check_int
 
 if TYPE_CHECKING:
@@ -119,11 +118,11 @@ class NoLRDecayWarning(RecipeCallback):
     def state_key(self) -> str:
         return self._state_key
 
-    def _refresh_hooks(self) -> None:  # the batch hooks count for a ReduceLROnPlateau only: else not called
-        super()._refresh_hooks()
-        if not getattr(self, "_tracker", None) or self._tracker.has_plateau or self._gated:
-            return
-        switch_off(self, ("on_train_batch_start", "on_train_batch_end"))
+    def _hooks_off(self) -> set[str]:  # the batch hooks count for a ReduceLROnPlateau only: else not called
+        off = super()._hooks_off()
+        if not getattr(self, "_tracker", None) or self._tracker.has_plateau:
+            return off
+        return off | {"on_train_batch_start", "on_train_batch_end"}
 
     def finding(self, key: str) -> Finding | None:
         """The current Finding with ``key`` (e.g. ``"decays_too_early"``, ``"length:0"``), or ``None``."""

@@ -18,7 +18,6 @@ from recipe_callbacks.core import update_ratio as core
 from recipe_callbacks.core.pictures import line_chart
 from recipe_callbacks.plumbing.callback_base import RecipeCallback
 from recipe_callbacks.plumbing.finding import OnFail, Status
-from recipe_callbacks.plumbing.hook_dispatch import switch_off
 from recipe_callbacks.plumbing.ranks import sum_over_ranks
 from recipe_callbacks.plumbing.validation import check_bool, check_float, check_int
 
@@ -138,10 +137,9 @@ class UpdateRatioMonitor(RecipeCallback):
     def state_key(self) -> str:
         return self._state_key
 
-    def _refresh_hooks(self) -> None:
-        super()._refresh_hooks()
-        if getattr(self, "_resting", False) and not self._gated:
-            switch_off(self, ("on_before_optimizer_step", "on_train_batch_end"))
+    def _hooks_off(self) -> set[str]:  # resting between samples: only on_train_batch_start is called
+        off = super()._hooks_off()
+        return off | {"on_before_optimizer_step", "on_train_batch_end"} if getattr(self, "_resting", False) else off
 
     # ----------------------------------------------------------------- hooks
     @override

@@ -228,17 +228,22 @@ class RecipeCallback(Callback):
             self._idle = value
             self._refresh_hooks()
 
-    def _refresh_hooks(self) -> None:
-        """Switch off, on this instance, the hooks Lightning need not call now: those the class does
-        not override, the step hooks while idle, and the base's step clock once it has its median
-        and no cost waits to be settled."""
-        if self._gated:
-            return  # off for the whole fit (gate_sharded)
+    def _hooks_off(self) -> set[str]:
+        """The hooks Lightning need not call now: those the class does not override, the step hooks
+        while idle, and the base's step clock once it has its median and no cost waits to be
+        settled. A subclass adds the hooks its own state leaves with nothing to do."""
         off = set(unused_hooks(type(self)))
         if self._idle:
             off |= STEP_HOOKS
         elif self._clock_done and not self._pending_costs and _base_clock_only(type(self)):
             off.add("on_train_batch_start")
+        return off
+
+    def _refresh_hooks(self) -> None:
+        """Switch off, on this instance, the hooks of :meth:`_hooks_off`, and on again the others."""
+        if self._gated:
+            return  # off for the whole fit (gate_sharded)
+        off = self._hooks_off()
         now = switched_off(self)
         switch_on(self, now - off)
         switch_off(self, off - now)
@@ -372,7 +377,7 @@ class RecipeCallback(Callback):
         has too few steps to time, ``values[field]`` keeps the count the check reported.
         """
         self._pending_costs.append((key, field, seconds))
-        self.idle = False  # settled at the next step
+        self._idle = False  # settled at the next step
         self._refresh_hooks()
 
     def _settle_costs(self) -> None:
