@@ -24,6 +24,12 @@ if TYPE_CHECKING:
     import lightning.pytorch as pl
 
 _OWNER = "PredictionDynamicsLogger"
+#: A record's outputs (on the host) wait to be summarised and logged with the next ones, up to this
+#: many records: between training steps the code of one summary is cold (about 300 us on the
+#: bench's tiny model), in a run warm (about 60 us after the first). Only outputs of at most
+#: HELD_VALUES values wait (language-model logits are summarised at once).
+HELD_RECORDS = 8
+HELD_VALUES = 1 << 16
 
 
 class PredictionDynamicsLogger(RecipeCallback):
@@ -34,7 +40,8 @@ class PredictionDynamicsLogger(RecipeCallback):
     optimizer steps the model predicts on them in eval mode, without gradients, under an isolated RNG
     (training is unchanged), and the **jitter** (mean change of the true-class probability, or of the
     regression prediction in target standard deviations) and the **flip rate** (class changes to or
-    from a confident prediction) are logged. At the end a Finding warns of a learning rate too high
+    from a confident prediction) are logged (small outputs are summarised a few records at a time,
+    each value at its own step: see ``HELD_RECORDS``). At the end a Finding warns of a learning rate too high
     when, after ``warmup_fraction`` of training, the predictions go back and forth: the undone
     movement per record is above ``max_jitter``, or the median flip rate is above ``max_flip_rate``
     with at least ``min_back_and_forth`` of the movement undone; steady movement (still learning)
@@ -144,6 +151,8 @@ class PredictionDynamicsLogger(RecipeCallback):
         self._previous: core.Snapshot | None = None
         self._nonfinite_step = -1
         self._records_since_picture = 0
+        self._last_step = -1  # the global step of the latest record, summarised or not
+        self._held: list[tuple[pl.Trainer, int, torch.Tensor]] = []  # records not yet summarised
 
     @property
     @override
@@ -160,7 +169,7 @@ class PredictionDynamicsLogger(RecipeCallback):
                 trainer, self.source, self.indices, self.num_samples, self.resolved
             )
         self._disabled = False
-        if not self.history.steps or self.history.steps[-1] != trainer.global_step:
+        if self._last_step != trainer.global_step:
             self._record(trainer, pl_module)
 
     @override
@@ -168,7 +177,7 @@ class PredictionDynamicsLogger(RecipeCallback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         step = trainer.global_step
-        if self._disabled or step % self.every_n_steps or (self.history.steps and self.history.steps[-1] == step):
+        if self._disabled or step % self.every_n_steps or self._last_step == step:
             return
         self._record(trainer, pl_module)
 
@@ -176,7 +185,7 @@ class PredictionDynamicsLogger(RecipeCallback):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._disabled:
             return
-        if self.history.steps and self.history.steps[-1] != trainer.global_step:
+        if self._last_step >= 0 and self._last_step != trainer.global_step:
             self._record(trainer, pl_module)
         self._log_pictures(trainer)
         self._judge(trainer)
@@ -235,27 +244,53 @@ class PredictionDynamicsLogger(RecipeCallback):
                 raise CheckSkipped(f"cannot compare the predictions with the targets: {err}", "task") from err
             self._scale = core.target_scale(y) if self._task == "regression" else 1.0
         self._disabled = False
-        now = core.record(output, y, self._task, self._previous, min_confidence=self.min_confidence, scale=self._scale)
-        step = int(trainer.global_step)
-        if self._nonfinite_step < 0 and not now.finite:
-            self._nonfinite_step = step
-        snap = self._previous = now.snapshot
-        jit, flips = (math.nan if v is None else v for v in (now.jitter, now.flip_rate))
-        self.history.add(step, snap.per_sample.float(), jit, flips, snap.loss)
-        self.log_scalars(trainer, now.scalars(), step)
+        step = self._last_step = int(trainer.global_step)
+        self._held.append((trainer, step, output))
+        if len(self._held) >= HELD_RECORDS or output.numel() > HELD_VALUES:
+            self._summarise()
         self._records_since_picture += 1
         if self._records_since_picture >= self.pictures_every_n_records:
             self._log_pictures(trainer)
 
-    steps = property(lambda self: self.history.steps, doc="The global steps of the kept records (oldest first).")
-    jitters = property(lambda self: self.history.jitters, doc="The jitter of each kept record (NaN for the first).")
-    losses = property(lambda self: self.history.losses, doc="The fixed-batch loss of each kept record.")
+    def _summarise(self) -> None:
+        """Summarise the held records in order (:func:`core.record`), keep them and log their values."""
+        held, self._held = self._held, []
+        assert (self._host_y is not None and self._task is not None) or not held
+        for trainer, step, output in held:
+            now = core.record(output, self._host_y, self._task, self._previous,  # type: ignore[arg-type]
+                              min_confidence=self.min_confidence, scale=self._scale)
+            if self._nonfinite_step < 0 and not now.finite:
+                self._nonfinite_step = step
+            snap = self._previous = now.snapshot
+            jit, flips = (math.nan if v is None else v for v in (now.jitter, now.flip_rate))
+            self.history.add(step, snap.per_sample.float(), jit, flips, snap.loss)
+            self.log_scalars(trainer, now.scalars(), step)
+
+    @property
+    def steps(self) -> list[int]:
+        """The global steps of the kept records (oldest first)."""
+        self._summarise()
+        return self.history.steps
+
+    @property
+    def jitters(self) -> list[float]:
+        """The jitter of each kept record (NaN for the first)."""
+        self._summarise()
+        return self.history.jitters
+
+    @property
+    def losses(self) -> list[float]:
+        """The fixed-batch loss of each kept record."""
+        self._summarise()
+        return self.history.losses
 
     def heatmap_matrix(self) -> torch.Tensor:
         """``(K, R)``: one row per fixed sample, one column per kept record (oldest left)."""
+        self._summarise()
         return self.history.heatmap_matrix()
 
     def _log_pictures(self, trainer: pl.Trainer) -> None:
+        self._summarise()
         self._records_since_picture = 0
         if not trainer.is_global_zero or not self.history.per_sample:
             return
@@ -285,6 +320,7 @@ class PredictionDynamicsLogger(RecipeCallback):
             return math.nan
 
     def _judge(self, trainer: pl.Trainer) -> None:
+        self._summarise()
         lr = self._learning_rate(trainer)
         lr_text = f"the learning rate ({lr:.3g})" if math.isfinite(lr) else "the learning rate"
         k = len(self.history.per_sample[0]) if self.history.per_sample else 0
@@ -333,6 +369,7 @@ class PredictionDynamicsLogger(RecipeCallback):
     # ----------------------------------------------------------------- state
     @override
     def state_dict(self) -> dict[str, Any]:
+        self._summarise()
         state = super().state_dict()
         previous = self._previous.state() if self._previous is not None else dict.fromkeys(
             ("previous_tracked", "previous_classes", "previous_confident"))
@@ -355,4 +392,5 @@ class PredictionDynamicsLogger(RecipeCallback):
         self.history.load(state_dict)
         self._previous = core.Snapshot.from_state(state_dict)
         self._nonfinite_step = int(state_dict.get("nonfinite_step", -1))
+        self._last_step = self.history.steps[-1] if self.history.steps else -1
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import csv
+import time
 from pathlib import Path
 from typing import Any
 
+import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
@@ -14,6 +16,7 @@ from PIL import Image
 
 from recipe_callbacks import RecipeCallback
 from recipe_callbacks.core.pictures import FIGURE_SHAPE, line_chart
+from recipe_callbacks.plumbing import log_writer
 from tests.support import TinyClassifier, blobs, fast_trainer, loader, read_events, scalar_values, text_values
 
 PICTURE = np.zeros((6, 10, 3), dtype=np.uint8)
@@ -161,3 +164,42 @@ def test_a_logger_with_its_own_log_metrics_keeps_its_tags(tmp_path: Path) -> Non
     ea = read_events(logger.log_dir)
     assert scalar_values(ea, "recipe.three_scalars/a_mine") == [1.0, 2.0]
     assert [len(e.summary.value) for e in _events_with(logger.log_dir, "recipe.three_scalars")] == [3, 3]
+
+
+class EveryBatch(RecipeCallback):
+    """Logs one scalar on every training batch and notes how many events were held after each."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: list[int] = []
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.log_scalars(trainer, {"value": float(batch_idx)})
+        self.held.append(len(log_writer._HELD))
+
+
+def test_scalar_events_are_held_and_written_in_runs_every_one_on_disk_at_the_end_of_the_fit(tmp_path: Path) -> None:
+    cb = EveryBatch()
+    trainer = fast_trainer(tmp_path, callbacks=[cb], max_steps=40)
+    trainer.fit(TinyClassifier(), loader(blobs(n=1280), batch_size=32))
+    # the first call writes through log_metrics (the prefix learned); then runs of HELD_EVENTS
+    assert max(cb.held) == log_writer.HELD_EVENTS - 1 and cb.held.count(0) >= 2
+    assert not log_writer._HELD
+    ea = read_events(tmp_path / "run")
+    assert [(e.step, e.value) for e in ea.Scalars("recipe.every_batch/value")] == [(s + 1, float(s)) for s in range(40)]
+
+
+class Sleepy(pl.Callback):
+    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        time.sleep(0.03)
+
+
+def test_held_scalar_events_wait_at_most_held_seconds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(log_writer, "HELD_SECONDS", 0.05)
+    cb = EveryBatch()
+    trainer = fast_trainer(tmp_path, callbacks=[Sleepy(), cb], max_steps=12)
+    trainer.fit(TinyClassifier(), loader(blobs(n=1280), batch_size=32))
+    # a step takes 30 ms: an event is written within two steps (held by count alone, 11 would wait)
+    assert len(cb.held) == 12 and max(cb.held) <= 2
+    ea = read_events(tmp_path / "run")
+    assert [e.step for e in ea.Scalars("recipe.every_batch/value")] == list(range(1, 13))

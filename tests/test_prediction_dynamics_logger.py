@@ -345,3 +345,27 @@ def test_a_record_reads_the_forward_signature_once_per_fit_and_writes_one_tensor
                for e in events]
     assert scalars.count(["fixed_batch_loss", "flip_rate", "jitter"]) == 12  # one event per record (was three)
     assert scalars.count(["fixed_batch_loss"]) == 1  # the first record: no change to measure yet
+
+
+def test_records_summarised_a_few_at_a_time_keep_and_log_what_one_at_a_time_would(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from recipe_callbacks import prediction_dynamics_logger as module
+
+    held: list[int] = []
+    summarise = module.PredictionDynamicsLogger._summarise
+    monkeypatch.setattr(module.PredictionDynamicsLogger, "_summarise",
+                        lambda self: (held.append(len(self._held)), summarise(self))[1])
+    runs = {}
+    for records in (1, module.HELD_RECORDS):
+        monkeypatch.setattr(module, "HELD_RECORDS", records)
+        held.clear()
+        cb, trainer = fit_blobs(tmp_path / str(records), lr=0.05, epochs=3)
+        ea = read_events(trainer.logger.log_dir)
+        runs[records] = (cb.history.steps, cb.history.jitters, cb.history.losses, cb.heatmap_matrix(),
+                         [(e.step, e.value) for e in ea.Scalars(f"{TAG}/jitter")], max(held))
+    one, few = runs[1], runs[module.HELD_RECORDS]
+    assert one[-1] == 1 and few[-1] == module.HELD_RECORDS  # held up to 8 records at once
+    assert one[0] == few[0] and len(one[0]) == 13
+    np.testing.assert_array_equal(np.asarray(one[1]), np.asarray(few[1]))
+    assert one[2] == few[2] and torch.equal(one[3], few[3]) and one[4] == few[4] and len(one[4]) == 12

@@ -131,7 +131,7 @@ def _skipping(hook: Callable[..., Any], name: str) -> Callable[..., Any]:
             self.skip(trainer, err.reason, err.argument, key=err.key)
             return None
         finally:
-            if log_writer.pending():  # pictures drawn meanwhile are written between hooks
+            if waits or log_writer.pending():  # pictures drawn meanwhile (and held scalars) written between hooks
                 log_writer.settle(wait=waits)
 
     wrapper._recipe_skipping = True  # type: ignore[attr-defined]

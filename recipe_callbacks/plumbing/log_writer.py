@@ -20,6 +20,7 @@ from __future__ import annotations
 import html
 import os
 import sys
+import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
@@ -226,7 +227,7 @@ def _tensorboard_scalars(logger: Any, metrics: dict[str, float], step: int) -> N
     The first call through a logger runs ``log_metrics`` with its ``add_scalar`` calls gathered (its
     prefix, a subclass's own way; a call with other arguments is passed on unchanged); when the
     logger's ``log_metrics`` is Lightning's own, the prefix it put before the tags is kept, and later
-    calls write the event directly."""
+    calls make the event directly, held to be written with others (:func:`write_held_scalars`)."""
     experiment = logger.experiment
     writer = getattr(experiment, "file_writer", None)
     if writer is None or not type(experiment).__module__.startswith("torch.utils.tensorboard"):
@@ -236,8 +237,7 @@ def _tensorboard_scalars(logger: Any, metrics: dict[str, float], step: int) -> N
 
     prefix = _TB_PREFIX.get(logger)
     if prefix is not None:
-        writer.add_summary(Summary(value=[Summary.Value(tag=prefix + t, simple_value=v) for t, v in metrics.items()]),
-                           step)
+        _hold_scalars(writer, prefix, metrics, step)
         return
     gathered: list[Any] = []
     original = experiment.add_scalar
@@ -260,6 +260,49 @@ def _tensorboard_scalars(logger: Any, metrics: dict[str, float], step: int) -> N
         if gathered:
             writer.add_summary(Summary(value=gathered), step)
     _learn_prefix(logger, list(metrics), [v.tag for v in gathered])
+
+
+# Events written one by one, between training steps, cost about 150 us each (the code is cold after
+# every step); written in a run, about 30 us. So the events of the learned-prefix path are held and
+# written together: at HELD_EVENTS of them, when the first is HELD_SECONDS old (checked at every
+# write and between the recipe callbacks' hooks), and at the end of every fit. TensorBoard's writer
+# puts them on disk every 120 s anyway, with the step each carries.
+HELD_EVENTS = 16
+HELD_SECONDS = 2.0
+_HELD: list[tuple[Any, str, dict[str, float], int]] = []  # (file writer, prefix, values, step)
+_held_due = 0.0  # when the oldest held event is due (0: none held)
+
+
+def _hold_scalars(writer: Any, prefix: str, metrics: dict[str, float], step: int) -> None:
+    global _held_due
+    now = time.monotonic()
+    if not _HELD:
+        _held_due = now + HELD_SECONDS
+    _HELD.append((writer, prefix, metrics, step))
+    if len(_HELD) >= HELD_EVENTS or now >= _held_due:
+        write_held_scalars()
+
+
+def write_held_scalars() -> None:
+    """Write the held scalar events (see ``HELD_EVENTS``), in the order they were logged."""
+    global _held_due
+    if not _HELD:
+        return
+    from tensorboard.compat.proto.summary_pb2 import Summary
+
+    held = list(_HELD)
+    _HELD.clear()
+    _held_due = 0.0
+    for writer, prefix, metrics, step in held:
+        try:
+            writer.add_summary(Summary(value=[Summary.Value(tag=prefix + t, simple_value=v)
+                                              for t, v in metrics.items()]), step)
+        except Exception as err:  # a writer closed meanwhile: the fit goes on without these values
+            key = f"held:{type(err).__name__}"
+            if key not in _FAILED_WRITES:
+                _FAILED_WRITES.add(key)
+                rank_zero_warn(f"recipe_callbacks: TensorBoard could not take scalars ({type(err).__name__}: "
+                               f"{err}); training goes on without them", category=RecipeWarning)
 
 
 def _learn_prefix(logger: Any, tags: list[str], written: list[str]) -> None:
@@ -358,9 +401,11 @@ def drawer() -> Drawer:
 
 
 def settle(wait: bool = False, timeout: float = 120.0) -> None:
-    """Write the pictures drawn so far, in the order they were asked for; with ``wait``, wait
-    for all of them (the end of a fit). A picture that could not be drawn is a warning, never
-    an error of the fit."""
+    """Write the held scalars that are due and the pictures drawn so far, in the order they were
+    asked for; with ``wait``, all held scalars and every picture, waited for (the end of a fit). A
+    picture that could not be drawn is a warning, never an error of the fit."""
+    if wait or (_held_due > 0.0 and time.monotonic() >= _held_due):
+        write_held_scalars()
     if not _PENDING:
         return
     for lost in drawer().orphans():
@@ -379,8 +424,8 @@ def settle(wait: bool = False, timeout: float = 120.0) -> None:
 
 
 def pending() -> bool:
-    """Whether pictures are still on their way (a cheap check for every hook)."""
-    return bool(_PENDING)
+    """Whether pictures are still on their way or held scalars are due (a cheap check for every hook)."""
+    return bool(_PENDING) or (_held_due > 0.0 and time.monotonic() >= _held_due)
 
 
 def _write_picture(
