@@ -11,18 +11,27 @@ from typing_extensions import override
 
 from recipe_callbacks.core.baseline_curves import (
     MEMORISED,
+    PAIRING_ALPHA,
     BaselineVerdict,
+    PairingTest,
     baseline_stop,
     baseline_verdict,
     next_horizon,
+    pairing_test,
 )
+from recipe_callbacks.core.cost import FORWARD_PASS_STEPS
 from recipe_callbacks.core.loss_curves import plateau_stop
 from recipe_callbacks.core.pictures import line_chart
-from recipe_callbacks.core.short_training import take_samples
+from recipe_callbacks.core.short_training import other_pairings, take_samples
 from recipe_callbacks.core.skip import CheckSkipped
 from recipe_callbacks.plumbing.batch import BatchToXY, ResolvedBatch
 from recipe_callbacks.plumbing.callback_base import FirstBatchCheck
-from recipe_callbacks.plumbing.copy_training import ShortTrainings, require_automatic_optimization, run_cost
+from recipe_callbacks.plumbing.copy_training import (
+    RunState,
+    ShortTrainings,
+    require_automatic_optimization,
+    run_cost,
+)
 from recipe_callbacks.plumbing.finding import OnFail, Status
 from recipe_callbacks.plumbing.validation import check_float, check_int
 
@@ -31,6 +40,11 @@ if TYPE_CHECKING:
 
 FIRST_HORIZON = 8
 """Steps of the baseline's rounds: most models separate within the first."""
+
+PAIRINGS = 23
+"""Other pairings of inputs and targets the pairing test compares (all of them for 4 samples of
+4 different targets): the own pairing comes first among 24 by luck with chance 1/24, within
+``PAIRING_ALPHA``."""
 
 
 class InputIndependentBaseline(FirstBatchCheck):
@@ -65,19 +79,32 @@ class InputIndependentBaseline(FirstBatchCheck):
     where the last one stopped (its module, optimizer and random state kept off the device, as the
     start of fit is), so no step is trained twice, the curves are, bit for bit, those of
     uninterrupted runs to that horizon, and the zero-input run goes at most 8 steps beyond where
-    the real run separates. ``pass`` when the curves
-    separated; ``fail`` when they are the same, or the real run ended without separating; ``warn``
+    the real run separates.
+
+    Where the curves are still undecided after the first round, a pairing test asks
+    the real run directly whether it learned from its inputs: the loss of its samples with each
+    input and its own target, and with the inputs reordered among the samples (23 other pairings;
+    the targets and everything else of the batch kept), before and after its training, all under
+    one random state. A model that learned nothing about which input goes with which target lowers
+    every pairing's loss alike, and its own pairing falls most by luck with chance 1/24; so when it
+    falls more than every other (beyond round-off), the check passes there, within a 5% error. The
+    curves cannot show this as early on a language model: its zero-input run learns the characters'
+    frequencies faster than the real one (its input is the same at every step), so the real curve
+    starts out behind and gets below it only after tens of steps. Samples with fewer distinct
+    pairings (fewer than 4 samples, equal targets) go on with the rounds.
+
+    ``pass`` when the curves separated or the pairing test passed; ``fail`` when they are the same,
+    or the real run ended without separating; ``warn``
     when a loss is not finite or the real run's loss did not decrease at all (then the comparison
     says nothing; ``OverfitOneBatch`` tells why the model does not learn). A batch whose only
     target is the input itself (labels taken from ``input_ids`` inside ``training_step``) is a
     ``skip``: zeroing the input would zero the target.
 
     Cost (``values["cost_steps"]``): measured, the wall time of the whole check (both runs, every
-    step once, the figure and the report) over the median training step of the same run; on the
-    zoo's models from 2-8 steps of each run on ``num_samples`` samples to about 48 (its character LSTM)
-    (``values["cost_seconds"]`` is the wall time); a count of the passes taken (a step on
-    ``num_samples`` of a ``B``-sample batch counting ``num_samples / B``, a forward-only pass a
-    third of that) when the run has too few steps to time.
+    step once, the pairing test's 48 forward passes when taken, the figure and the report) over the
+    median training step of the same run (``values["cost_seconds"]`` is the wall time); a count of
+    the passes taken (a step on ``num_samples`` of a ``B``-sample batch counting ``num_samples / B``,
+    a forward-only pass a third of that) when the run has too few steps to time.
 
     Args:
         max_steps: the most optimizer steps for each run.
@@ -104,7 +131,10 @@ class InputIndependentBaseline(FirstBatchCheck):
           ``zero_best_loss`` (the lowest zero-input loss), ``gap``, ``margin``, ``noise`` (how far
           the real curve ended below its zero-input reference, the gap that counts, the zero curve's
           noise), ``identical``, ``separated`` (1 when the curves are the same at every point, when
-          they separated), ``steps``, ``zero_steps``, ``cost_steps``, ``num_samples``.
+          they separated), ``paired`` (1 when the pairing test passed), ``pairings`` (the other
+          pairings it compared, 0 when not taken), ``pairing_gap`` (how much more the own pairing's
+          loss fell than the best other one's), ``steps``, ``zero_steps``, ``cost_steps``,
+          ``num_samples``.
 
     Example::
 
@@ -184,6 +214,8 @@ class InputIndependentBaseline(FirstBatchCheck):
             with ShortTrainings(trainer, pl_module, self.lr) as trainings:
                 seed, horizon = torch.initial_seed(), min(FIRST_HORIZON, self.max_steps)
                 zero_state = real_state = None  # a later round continues both runs where they stopped
+                pairing: PairingTest | None = None
+                first = True  # the pairing test looks once, after the first round (one look keeps its error bound)
                 while True:
                     more = horizon < self.max_steps
                     zero = trainings.run(
@@ -202,14 +234,37 @@ class InputIndependentBaseline(FirstBatchCheck):
                         real_run.losses, zero_run.losses, self.min_gap, zero_levelled=levelled, confirm=self.confirm
                     )
                     decided = v.identical or v.separated or levelled or not math.isfinite(v.real_final + v.zero_final)
+                    if not decided and first and real_state is not None and v.real_learned:
+                        pairing, cost = self._pairing(trainings, real_batch, seed, real_state)
+                        spent += cost
+                        decided = pairing is not None and pairing.learned
                     if decided or horizon >= self.max_steps:
                         break
+                    first = False
                     horizon = next_horizon(horizon, self.max_steps, FIRST_HORIZON)
         except CheckSkipped as skip:
             return BaselineRuns([], [], 0, 0, False, 0.0, constant, skipped=skip)
         return BaselineRuns(
-            real_run.losses, zero_run.losses, real_run.steps, zero_run.steps, levelled, spent, constant
+            real_run.losses, zero_run.losses, real_run.steps, zero_run.steps, levelled, spent, constant, pairing
         )
+
+    def _pairing(
+        self, trainings: ShortTrainings, batch: Any, seed: int, at: RunState
+    ) -> tuple[PairingTest | None, float]:
+        """The pairing test on the real run as a kept state left it (see ``pairing_test``) and its
+        cost in steps; ``None`` when the samples have too few distinct pairings to decide (fewer
+        than 4 samples, equal targets) or the batch cannot be rebuilt with its inputs reordered."""
+        cut = self.resolved(batch)
+        x, y = cut.x, cut.y
+        if cut.with_input is None or y is None or x.ndim == 0 or y.ndim == 0 or y.shape[0] != x.shape[0]:
+            return None, 0.0
+        orders = other_pairings(y, PAIRINGS)
+        if (len(orders) + 1) * PAIRING_ALPHA < 1:
+            return None, 0.0
+        batches = [batch, *(cut.with_input(x[torch.tensor(order, device=x.device)]) for order in orders)]
+        before = trainings.evaluate(batches, seed=seed)
+        after = trainings.evaluate(batches, seed=seed, at=at)
+        return pairing_test(before, after), 2 * len(batches) * FORWARD_PASS_STEPS
 
     def _judge(self, trainer: pl.Trainer, runs: BaselineRuns, n: int, scale: float) -> None:
         v = baseline_verdict(runs.real, runs.zero, self.min_gap, zero_levelled=runs.zero_levelled, confirm=self.confirm)
@@ -228,6 +283,9 @@ class InputIndependentBaseline(FirstBatchCheck):
             "num_samples": float(n),
             "identical": float(v.identical),
             "separated": float(v.separated),
+            "paired": float(runs.pairing is not None and runs.pairing.learned),
+            "pairings": float(runs.pairing.pairings) if runs.pairing is not None else 0.0,
+            "pairing_gap": runs.pairing.gap if runs.pairing is not None else math.nan,
         }
         self.log_figure(
             trainer, "loss_curves", line_chart, {"real inputs": runs.real, "zero inputs": runs.zero},
@@ -254,6 +312,15 @@ class InputIndependentBaseline(FirstBatchCheck):
             return "fail", summary, self._advice(runs)
         if v.status == "pass":
             summary = f"{curves}; the real inputs ended {v.gap:.3g} below the zero-input loss (margin {v.margin:.3g})"
+            return "pass", summary, ""
+        pairing = runs.pairing
+        if pairing is not None and pairing.learned and v.status != "warn":
+            summary = (
+                f"{curves}; the curves were not apart yet, but the real run learned from its inputs which target "
+                f"goes with which: its loss fell {pairing.own_fall:.3g} with each input and its own target, "
+                f"{pairing.gap:.3g} more than with any of the {pairing.pairings} other pairings of these samples "
+                f"(by luck with chance {pairing.p_value:.2g})"
+            )
             return "pass", summary, ""
         if not all(math.isfinite(x) for x in (*real, *zero)):
             which = "real" if not all(math.isfinite(x) for x in real) else "zeroed"
@@ -318,6 +385,7 @@ class BaselineRuns:
         zero_levelled: the zero run stopped because its loss levelled off.
         spent: every pass of every round, in steps on the few samples (see ``run_cost``).
         constant: the one value of the input when every value of it is the same, else ``None``.
+        pairing: the pairing test, when the curves were undecided after a round and it was taken.
         skipped: why the runs could not train (then raised on every rank).
     """
 
@@ -328,4 +396,5 @@ class BaselineRuns:
     zero_levelled: bool
     spent: float
     constant: float | None
+    pairing: PairingTest | None = None
     skipped: CheckSkipped | None = None

@@ -11,10 +11,11 @@ import lightning.pytorch as pl
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import TensorDataset
+from torch.utils.data import DataLoader, TensorDataset
 
 from recipe_callbacks.input_independent_baseline import FIRST_HORIZON, InputIndependentBaseline
 from recipe_callbacks.overfit_one_batch import OverfitOneBatch
+from tests import copy_families as families
 from tests.support import TinyClassifier, blobs, fast_trainer, finding_values, loader, read_events, scalar_values
 
 TAG = "recipe.input_independent_baseline"
@@ -282,9 +283,10 @@ class CountedFaintInput(AdamClassifier):
 
 def test_a_later_round_continues_the_runs_instead_of_training_them_again(tmp_path: Path) -> None:
     model = CountedFaintInput()
-    finding = _fit(model, tmp_path).findings[0]
+    finding = _fit(model, tmp_path, num_samples=3).findings[0]  # 3 samples: too few pairings for the pairing test
     values = finding.values
     assert finding.status == "pass", finding.message()
+    assert values["pairings"] == 0 and values["separated"] == 1
     assert values["zero_steps"] > FIRST_HORIZON and values["steps"] > FIRST_HORIZON  # more than one round
     passes = model.passes.count - 2  # less the Trainer's own two steps
     # every step of both runs once, and per round and run at most one pass without a step (the loss
@@ -292,3 +294,57 @@ def test_a_later_round_continues_the_runs_instead_of_training_them_again(tmp_pat
     steps = values["zero_steps"] + values["steps"]
     rounds = math.ceil(max(values["zero_steps"], values["steps"]) / FIRST_HORIZON)
     assert steps < passes <= steps + 2 * rounds
+
+
+def test_undecided_curves_are_decided_by_the_pairing_test_after_the_first_round(tmp_path: Path) -> None:
+    model = CountedFaintInput()
+    finding = _fit(model, tmp_path).findings[0]  # 4 samples of 4 classes: 23 other pairings
+    values = finding.values
+    assert finding.status == "pass", finding.message()
+    assert values["separated"] == 0 and values["gap"] < values["margin"]  # the curves alone were undecided
+    assert values["paired"] == 1 and values["pairings"] == 23 and values["pairing_gap"] > 0
+    assert values["zero_steps"] == values["steps"] == FIRST_HORIZON  # one round
+    # both runs' steps, one pass more each (the loss at their last point), and every pairing before and after
+    steps = values["zero_steps"] + values["steps"]
+    assert model.passes.count - 2 == steps + 2 + 2 * (values["pairings"] + 1)
+    assert "23 other pairings" in finding.summary
+
+
+def _char_lstm_run(root: Path, callbacks: list[pl.Callback]) -> dict[str, torch.Tensor]:
+    data, vocab = families.char_data()
+    pl.seed_everything(0)
+    model = families.CharLSTM(vocab)  # with dropout: the pairings are compared under one random state
+    fast_trainer(root, logger=False, callbacks=callbacks, max_steps=3).fit(
+        model, DataLoader(data, batch_size=16, shuffle=True)
+    )
+    return model.state_dict()
+
+
+def test_a_language_model_whose_real_curve_starts_behind_passes_in_one_round(tmp_path: Path) -> None:
+    # The zero-input run learns the character frequencies faster (its input is the same at every
+    # step): after the first round the real curve is still behind it, but the real run has learned
+    # which input goes with which target.
+    cb = InputIndependentBaseline(on_fail="ignore")
+    checked = _char_lstm_run(tmp_path / "checked", [cb])
+    (finding,) = cb.findings
+    values = finding.values
+    assert finding.status == "pass", finding.message()
+    assert values["gap"] < 0 < values["pairing_gap"] and values["paired"] == 1
+    assert values["steps"] == values["zero_steps"] == FIRST_HORIZON
+    bare = _char_lstm_run(tmp_path / "bare", [])
+    assert checked.keys() == bare.keys()
+    for name, tensor in checked.items():
+        assert torch.equal(tensor, bare[name]), name
+
+
+def test_a_pipeline_feeding_a_constant_is_caught_and_no_pairing_passes_it(tmp_path: Path) -> None:
+    x, y = blobs(64).tensors
+    ones = loader(TensorDataset(torch.ones_like(x), y), batch_size=32)
+    torch.manual_seed(0)
+    (finding,) = _fit(AdamClassifier(lr=0.02), tmp_path, ones).findings
+    values = finding.values
+    assert finding.status == "fail", finding.message()
+    assert values["identical"] == 0  # ones are not zeros: the curves differ, the input just says nothing
+    # every reordering of the inputs is the same batch: no pairing falls more than another
+    assert values["pairings"] == 23 and values["paired"] == 0 and values["pairing_gap"] == 0
+    assert "every input value of the first batch is 1" in finding.advice

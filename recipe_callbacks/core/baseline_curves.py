@@ -2,7 +2,9 @@
 
 A model trained from the same weights on real and on zeroed inputs must reach a clearly lower loss
 on the real ones; :func:`baseline_stop` says when the evidence is decisive, :func:`baseline_verdict`
-judges the two curves.
+judges the two curves. :func:`pairing_test` asks the same question of the real run alone, where the
+curves are still undecided: did its training lower the loss of each input with its own target more
+than with other samples' targets.
 """
 
 from __future__ import annotations
@@ -187,3 +189,63 @@ def baseline_verdict(
     return BaselineVerdict(
         status, r0, r1, z0, z1, best, sep.gap, sep.margin, sep.noise, learned, identical, sep.separated, memorised
     )
+
+
+#: The most a pairing test may err: it decides only with at least ``1 / PAIRING_ALPHA - 1`` other pairings.
+PAIRING_ALPHA = 0.05
+
+#: Losses within this share of each other are the same loss: a mean over a batch in float32 taken in
+#: another order differs by a few of its epsilons (1.2e-7), far less than this.
+PAIRING_RTOL = 1e-5
+
+
+@dataclass
+class PairingTest:
+    """The real run's losses with each input paired with its own target and with other pairings of
+    the same samples, before and after its training (see :func:`pairing_test`).
+
+    ``own_fall`` is how far training lowered the loss of the batch's own pairing; ``gap`` how far
+    that exceeds the largest fall of any other pairing; ``p_value`` the chance that the own pairing
+    comes first by luck, had the training learned nothing about which input goes with which target.
+    """
+
+    pairings: int
+    own_fall: float
+    gap: float
+    p_value: float
+    learned: bool
+
+
+def pairing_test(before: Sequence[float], after: Sequence[float], alpha: float = PAIRING_ALPHA) -> PairingTest:
+    """A permutation test on one model: index 0 of ``before`` and ``after`` is the loss with the
+    batch's own pairing of inputs and targets, the rest the losses with other pairings of the same
+    samples (their inputs in another order, the targets kept), each before and after the run's
+    training, all under the same random state.
+
+    A model that has learned nothing from its inputs about their targets (one that ignores its
+    input, or gets the same input for every sample) lowers every pairing's loss alike: which one
+    falls most is then a matter of luck, the own pairing with chance ``1 / (pairings + 1)``, so
+    ``learned`` is only set when that chance is at most ``alpha`` and the own pairing fell more
+    than every other one (beyond round-off, ``PAIRING_RTOL``). Falls are compared rather than the
+    losses after training, so what an input does to the loss before any training (a mask kept with
+    its own sample, say) cancels out.
+
+    Example:
+        >>> before = [4.55] + [4.55] * 23
+        >>> pairing_test(before, [4.14] + [4.15] * 23).learned
+        True
+        >>> pairing_test(before, [4.14] * 24).learned  # the same for every pairing: the input is ignored
+        False
+        >>> pairing_test(before[:4], [4.14, 4.15, 4.15, 4.15]).p_value  # too few pairings to tell
+        0.25
+    """
+    if len(before) != len(after) or not before:
+        raise ValueError("pairing_test needs the same pairings before and after, the own one first")
+    falls = [b - a for b, a in zip(before, after, strict=True)]
+    own, others = falls[0], falls[1:]
+    p_value = 1.0 / len(falls)
+    finite = all(math.isfinite(v) for v in (*before, *after))
+    gap = own - max(others) if others and finite else math.nan
+    tolerance = PAIRING_RTOL * max(1.0, *(abs(v) for v in (*before, *after) if math.isfinite(v)))
+    learned = finite and bool(others) and p_value <= alpha and own > 0 and gap > tolerance
+    return PairingTest(len(others), own, gap, p_value, learned)

@@ -18,6 +18,7 @@ after that step gives the same curve, bit for bit, as one uninterrupted run of t
 from __future__ import annotations
 
 import inspect
+import itertools
 import math
 import random
 import warnings
@@ -204,6 +205,32 @@ def train_for(
     if stop_below is not None and run.losses[-1] <= stop_below:
         run.reached_target = True
     return run
+
+
+def current_random_state() -> RandomState:
+    """The random generators as they are now (see :class:`RandomState`)."""
+    return RandomState(*_torch_states(), random.getstate(), np.random.get_state())
+
+
+def evaluate_losses(model: nn.Module, loss_fn: LossFn, batches: Sequence[Any], rng: RandomState) -> list[float]:
+    """The loss of each batch, without gradients and without a step, every one under the random
+    state ``rng`` (so a ``training_step`` with dropout draws the same masks for each): the points
+    of a paired comparison of batches on one model.
+
+    Example:
+        >>> _ = torch.manual_seed(0)
+        >>> net = nn.Sequential(nn.Linear(2, 2), nn.Dropout(0.5)).train()
+        >>> batch = torch.ones(4, 2)
+        >>> a, b = evaluate_losses(net, lambda m, x: m(x).sum(), [batch, batch], current_random_state())
+        >>> a == b  # the same dropout masks
+        True
+    """
+    losses = []
+    with torch.no_grad():
+        for batch in batches:
+            rng.restore()
+            losses.append(float(_scalar_loss(loss_fn(model, batch))))
+    return losses
 
 
 def _replayed(resume: ShortRun, steps: int, stop_below: float | None, stop: StopRule | None) -> ShortRun:
@@ -487,6 +514,58 @@ def batch_size_of(batch: Any) -> int | None:
         if size is not None:
             return size
     return None
+
+
+def other_pairings(targets: torch.Tensor, limit: int = 23, seed: int = 0) -> list[list[int]]:
+    """Orders of a few samples' inputs that pair them with their targets differently: with
+    ``order``, target ``i`` goes with the input of sample ``order[i]``.
+
+    One order per distinct pairing (two samples with equal targets exchanging their inputs leave the
+    pairs as they were, so such orders count once, and those that give the batch's own pairs not at
+    all), at most ``limit``: every one when there are no more, else a sample drawn with a generator
+    of its own (``seed``; the global random state is not touched). For a permutation test: a model
+    that has learned nothing about which input goes with which target is as likely to do best on
+    any of the pairings as on the batch's own.
+
+    Example:
+        >>> len(other_pairings(torch.tensor([0, 1, 2, 3])))  # 4! - 1
+        23
+        >>> other_pairings(torch.tensor([5, 5, 7]))  # target 7 with input 1 or 0 (not its own, 2)
+        [[0, 2, 1], [1, 2, 0]]
+        >>> other_pairings(torch.tensor([1, 1]))  # equal targets: no other pairing
+        []
+    """
+    n = int(targets.shape[0]) if targets.ndim else 0
+    rows = targets.detach().reshape(n, -1)
+    keys: list[int] = []  # each target's key: the first sample with an equal target
+    for i in range(n):
+        keys.append(next((keys[j] for j in range(i) if torch.equal(rows[i], rows[j])), i))
+
+    def pairing(order: Sequence[int]) -> tuple[tuple[int, int], ...]:
+        return tuple(sorted((j, keys[i]) for i, j in enumerate(order)))
+
+    seen = {pairing(range(n))}
+    found: list[list[int]] = []
+
+    def add(order: Sequence[int]) -> None:
+        key = pairing(order)
+        if key not in seen:
+            seen.add(key)
+            found.append(list(order))
+
+    if math.factorial(n) <= 10 * (limit + 1):
+        for order in itertools.permutations(range(n)):
+            add(order)
+        if len(found) > limit:
+            g = torch.Generator().manual_seed(seed)
+            found = [found[i] for i in sorted(torch.randperm(len(found), generator=g)[:limit].tolist())]
+        return found
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(20 * limit):
+        if len(found) >= limit:
+            break
+        add(torch.randperm(n, generator=g).tolist())
+    return found
 
 
 def take_samples(batch: Any, n: int, batch_size: int) -> Any:

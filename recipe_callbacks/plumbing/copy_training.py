@@ -44,6 +44,8 @@ from recipe_callbacks.core.short_training import (
     ShortRun,
     ShortTrainingError,
     StopRule,
+    current_random_state,
+    evaluate_losses,
     learning_rates,
     model_notes,
     train_for,
@@ -68,12 +70,13 @@ class RunState:
         self._module: ModuleSnapshot | None = ModuleSnapshot(module)
         self._optimizer: SavedTensors | None = SavedTensors(optimizer.state_dict())
 
-    def put_back(self, optimizer: torch.optim.Optimizer) -> None:
+    def put_back(self, optimizer: torch.optim.Optimizer | None) -> None:
         """Write the saved state into the module it was taken from and into ``optimizer`` (a new
-        optimizer of the same parameters)."""
+        optimizer of the same parameters; ``None`` for the module alone)."""
         assert self._module is not None and self._optimizer is not None, "the run state was closed"
         self._module.restore()
-        optimizer.load_state_dict(self._optimizer.load())
+        if optimizer is not None:
+            optimizer.load_state_dict(self._optimizer.load())
 
     def close(self) -> None:
         """Free what it holds (can be called more than once)."""
@@ -227,6 +230,34 @@ class ShortTrainings:
                 self._kept.append(state)
             del optimizer
             return RunResult(run, notes, lrs, state if keep else None)
+        finally:
+            if self._snapshot is not None:
+                self._snapshot.restore()
+
+    def evaluate(self, batches: Sequence[Any], *, seed: int, at: RunState | None = None) -> list[float]:
+        """The loss of each batch with the model's own ``training_step``, forward only (no gradient,
+        no step; train mode, as the points of a run's curve), every batch under the same random
+        state: the model as at the start of fit under ``seed`` (as a run's first point), or, with
+        ``at``, as a kept run left it, under that run's random state at its last point (the state
+        is not used up). Then the model is put back.
+
+        Raises:
+            CheckSkipped: the user's ``training_step`` raised on a model without its Trainer.
+        """
+        model = self._model()
+        try:
+            if at is not None:
+                at.put_back(None)
+                assert at.run.rng is not None, "a kept run has its random state"
+                rng = at.run.rng
+            else:
+                torch.manual_seed(seed)
+                rng = current_random_state()
+            return evaluate_losses(model, _loss, batches, rng)
+        except ShortTrainingError as err:
+            raise CheckSkipped(f"cannot evaluate the model: {err}") from err
+        except Exception as err:  # the user's training_step without a Trainer
+            raise CheckSkipped(f"the training_step of a short run raised {type(err).__name__}: {err}") from err
         finally:
             if self._snapshot is not None:
                 self._snapshot.restore()
