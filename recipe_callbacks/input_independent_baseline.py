@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -12,6 +11,7 @@ from typing_extensions import override
 from recipe_callbacks.core.baseline_curves import (
     MEMORISED,
     PAIRING_ALPHA,
+    BaselineRuns,
     BaselineVerdict,
     PairingTest,
     baseline_stop,
@@ -26,12 +26,7 @@ from recipe_callbacks.core.short_training import other_pairings, take_samples
 from recipe_callbacks.core.skip import CheckSkipped
 from recipe_callbacks.plumbing.batch import BatchToXY, ResolvedBatch
 from recipe_callbacks.plumbing.callback_base import FirstBatchCheck
-from recipe_callbacks.plumbing.copy_training import (
-    RunState,
-    ShortTrainings,
-    require_automatic_optimization,
-    run_cost,
-)
+from recipe_callbacks.plumbing.copy_training import RunState, ShortTrainings, require_automatic_optimization, run_cost
 from recipe_callbacks.plumbing.finding import OnFail, Status
 from recipe_callbacks.plumbing.validation import check_float, check_int
 
@@ -42,9 +37,7 @@ FIRST_HORIZON = 8
 """Steps of the baseline's rounds: most models separate within the first."""
 
 PAIRINGS = 23
-"""Other pairings of inputs and targets the pairing test compares (all of them for 4 samples of
-4 different targets): the own pairing comes first among 24 by luck with chance 1/24, within
-``PAIRING_ALPHA``."""
+"""Other pairings the pairing test compares (all, for 4 samples of 4 different targets): 1 in 24 by luck."""
 
 
 class InputIndependentBaseline(FirstBatchCheck):
@@ -313,15 +306,8 @@ class InputIndependentBaseline(FirstBatchCheck):
         if v.status == "pass":
             summary = f"{curves}; the real inputs ended {v.gap:.3g} below the zero-input loss (margin {v.margin:.3g})"
             return "pass", summary, ""
-        pairing = runs.pairing
-        if pairing is not None and pairing.learned and v.status != "warn":
-            summary = (
-                f"{curves}; the curves were not apart yet, but the real run learned from its inputs which target "
-                f"goes with which: its loss fell {pairing.own_fall:.3g} with each input and its own target, "
-                f"{pairing.gap:.3g} more than with any of the {pairing.pairings} other pairings of these samples "
-                f"(by luck with chance {pairing.p_value:.2g})"
-            )
-            return "pass", summary, ""
+        if runs.pairing is not None and runs.pairing.learned and v.status != "warn":
+            return "pass", f"{curves}; the curves were not apart yet, but {runs.pairing.describe()}", ""
         if not all(math.isfinite(x) for x in (*real, *zero)):
             which = "real" if not all(math.isfinite(x) for x in real) else "zeroed"
             summary = f"the loss with {which} inputs became non-finite: {curves}; the runs cannot be compared"
@@ -371,30 +357,3 @@ class InputIndependentBaseline(FirstBatchCheck):
             f"check that forward uses x (not a constant, a cached tensor or a buffer), that the input "
             f"reaches the network ({where}), and that the data pipeline does not feed zeros or constants"
         )
-
-
-@dataclass
-class BaselineRuns:
-    """What the two short runs left: plain data, the same on every rank after the broadcast.
-
-    Attributes:
-        real: the loss curve on the real inputs.
-        zero: the loss curve on zeroed inputs (of the last round).
-        steps: optimizer steps of the real run.
-        zero_steps: optimizer steps of the zero run.
-        zero_levelled: the zero run stopped because its loss levelled off.
-        spent: every pass of every round, in steps on the few samples (see ``run_cost``).
-        constant: the one value of the input when every value of it is the same, else ``None``.
-        pairing: the pairing test, when the curves were undecided after a round and it was taken.
-        skipped: why the runs could not train (then raised on every rank).
-    """
-
-    real: list[float]
-    zero: list[float]
-    steps: int
-    zero_steps: int
-    zero_levelled: bool
-    spent: float
-    constant: float | None
-    pairing: PairingTest | None = None
-    skipped: CheckSkipped | None = None

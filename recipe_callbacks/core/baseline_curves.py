@@ -16,6 +16,7 @@ from typing import Literal
 
 from recipe_callbacks.core.loss_curves import Verdict, identical_curves, levelled_off, step_noise
 from recipe_callbacks.core.short_training import StopRule
+from recipe_callbacks.core.skip import CheckSkipped
 
 
 @dataclass
@@ -215,6 +216,14 @@ class PairingTest:
     p_value: float
     learned: bool
 
+    def describe(self) -> str:
+        """What the test found, for a Finding's summary."""
+        return (
+            f"the real run learned from its inputs which target goes with which: its loss fell {self.own_fall:.3g} "
+            f"with each input and its own target, {self.gap:.3g} more than with any of the {self.pairings} other "
+            f"pairings of these samples (by luck with chance {self.p_value:.2g})"
+        )
+
 
 def pairing_test(before: Sequence[float], after: Sequence[float], alpha: float = PAIRING_ALPHA) -> PairingTest:
     """A permutation test on one model: index 0 of ``before`` and ``after`` is the loss with the
@@ -249,3 +258,30 @@ def pairing_test(before: Sequence[float], after: Sequence[float], alpha: float =
     tolerance = PAIRING_RTOL * max(1.0, *(abs(v) for v in (*before, *after) if math.isfinite(v)))
     learned = finite and bool(others) and p_value <= alpha and own > 0 and gap > tolerance
     return PairingTest(len(others), own, gap, p_value, learned)
+
+
+@dataclass
+class BaselineRuns:
+    """What the two short runs left: plain data, the same on every rank after the broadcast.
+
+    Attributes:
+        real: the loss curve on the real inputs.
+        zero: the loss curve on zeroed inputs (of the last round).
+        steps: optimizer steps of the real run.
+        zero_steps: optimizer steps of the zero run.
+        zero_levelled: the zero run stopped because its loss levelled off.
+        spent: every pass of every round, in steps on the few samples (see ``run_cost``).
+        constant: the one value of the input when every value of it is the same, else ``None``.
+        pairing: the pairing test, when the curves were undecided after a round and it was taken.
+        skipped: why the runs could not train (then raised on every rank).
+    """
+
+    real: list[float]
+    zero: list[float]
+    steps: int
+    zero_steps: int
+    zero_levelled: bool
+    spent: float
+    constant: float | None
+    pairing: PairingTest | None = None
+    skipped: CheckSkipped | None = None
