@@ -20,6 +20,8 @@ from torch.utils.data import (
     RandomSampler,
     SequentialSampler,
     Subset,
+    TensorDataset,
+    default_collate,
 )
 
 from recipe_callbacks.core.pictures import bar_chart
@@ -156,18 +158,50 @@ def bounded_loader(
     if isinstance(dataset, IterableDataset):
         return DataLoader(_Take(dataset, max_samples), **common), -1
     size = len(dataset)  # type: ignore[arg-type]
+    indices: list[int] | None = None  # the whole data set
     if not _plain_sampler(loader) and loader.sampler is not None:
-        indices: list[int] = []
+        picked: list[int] = []
         for index in loader.sampler:
-            indices.append(int(index))
-            if len(indices) >= max_samples:
+            picked.append(int(index))
+            if len(picked) >= max_samples:
                 break
-    elif size <= max_samples:
-        return DataLoader(dataset, shuffle=False, **common), size
-    else:
+        indices = picked
+    elif size > max_samples:
         generator = torch.Generator().manual_seed(seed)
         indices = sorted(torch.randperm(size, generator=generator)[:max_samples].tolist())
+    if type(dataset) is TensorDataset and loader.collate_fn is default_collate:  # not a subclass: its own items
+        rows = _TensorRows(dataset, range(size) if indices is None else indices)
+        return DataLoader(rows, shuffle=False, **{**common, "collate_fn": _as_collated}), len(rows)
+    if indices is None:
+        return DataLoader(dataset, shuffle=False, **common), size
     return DataLoader(Subset(dataset, indices), shuffle=False, **common), len(indices)
+
+
+class _TensorRows(Subset[Any]):
+    """Rows of a ``TensorDataset`` read a batch at a time: ``__getitems__`` cuts each tensor once,
+    which is what ``default_collate`` makes of the rows read one by one (a list of the stacked
+    tensors), without a call per sample. A ``Subset`` (``indices`` maps a position to the row).
+
+    Example:
+        >>> ds = TensorDataset(torch.arange(6.0).reshape(3, 2), torch.tensor([0, 1, 0]))
+        >>> rows = _TensorRows(ds, [0, 2])
+        >>> [t.tolist() for t in rows.__getitems__([1, 0])] == [t.tolist() for t in default_collate([ds[2], ds[0]])]
+        True
+    """
+
+    def __init__(self, dataset: TensorDataset, indices: Sequence[int]) -> None:
+        super().__init__(dataset, indices)
+        self.tensors = dataset.tensors
+        self._rows = torch.tensor(list(indices), dtype=torch.long)
+
+    def __getitems__(self, batch: list[int]) -> list[torch.Tensor]:  # type: ignore[override]
+        where = self._rows[torch.as_tensor(batch, dtype=torch.long)]
+        return [t[where] for t in self.tensors]
+
+
+def _as_collated(batch: Any) -> Any:
+    """The collate function of :class:`_TensorRows`' loader: its batches come collated."""
+    return batch
 
 
 class _Take(IterableDataset[Any]):

@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 import torch
-from torch.utils.data import DataLoader, TensorDataset, WeightedRandomSampler
+from torch.utils.data import DataLoader, Subset, TensorDataset, WeightedRandomSampler
 
 from recipe_callbacks.core.data_stats import (
     all_dataloaders,
@@ -114,6 +114,38 @@ def test_bounded_loader_follows_a_custom_sampler() -> None:
     dl, n = bounded_loader(DataLoader(ds, batch_size=10, sampler=sampler), 50)
     values = torch.cat([b[0] for b in dl])
     assert n == 50 and set(values.tolist()) <= {0.0, 1.0, 2.0, 3.0, 4.0}
+
+
+class OwnItems(TensorDataset):
+    """A ``TensorDataset`` subclass: it may make its own items, so it is read one sample at a time."""
+
+
+def test_a_tensor_data_set_is_read_a_batch_at_a_time_into_the_same_batches(monkeypatch: pytest.MonkeyPatch) -> None:
+    x, y = torch.randn(300, 5), torch.randint(0, 3, (300,))
+
+    def sampler() -> WeightedRandomSampler:
+        return WeightedRandomSampler(torch.ones(300), 80, generator=torch.Generator().manual_seed(0))
+
+    cases = [(1000, None, False), (100, None, True), (100, None, False), (50, sampler, False)]
+    loaders = [bounded_loader(DataLoader(OwnItems(x, y), batch_size=16, sampler=s and s()), m, seed=2,
+                              reading=reading) for m, s, reading in cases]
+    per_sample = [(list(dl), n, dl.dataset) for dl, n in loaders]
+
+    def one_sample(self: TensorDataset, index: int) -> None:
+        raise AssertionError("a TensorDataset read one sample at a time")
+
+    monkeypatch.setattr(TensorDataset, "__getitem__", one_sample)
+    for (m, s, reading), (want, n, source) in zip(cases, per_sample, strict=True):
+        fast, k = bounded_loader(DataLoader(TensorDataset(x, y), batch_size=16, sampler=s and s()), m, seed=2,
+                                 reading=reading)
+        got = list(fast)
+        assert k == n and len(got) == len(want)
+        for a, b in zip(got, want, strict=True):
+            assert type(a) is type(b) and all(torch.equal(u, v) for u, v in zip(a, b, strict=True))
+        # positions map back to data set indices as through a Subset (DataInspector's hardest samples)
+        assert isinstance(fast.dataset, Subset) and list(fast.dataset.indices) == (
+            list(source.indices) if isinstance(source, Subset) else list(range(300))
+        )
 
 
 def test_first_and_all_dataloaders() -> None:
