@@ -176,7 +176,8 @@ class PredictionDynamicsLogger(RecipeCallback):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        step = trainer.global_step
+        counter = self._counter
+        step = counter.completed if counter is not None else trainer.global_step
         if self._disabled or step % self.every_n_steps or self._last_step == step:
             return
         self._record(trainer, pl_module)
