@@ -134,6 +134,7 @@ class NoLRDecayWarning(RecipeCallback):
         self.plan: core.PlannedSchedule | None = None
         self._tracker = track.ScheduleTracker([], [])
         self._optimizer_index: dict[int, int] = {}
+        self._sole: Any = None  # the only optimizer of the fit (None with several)
 
     # ------------------------------------------------------------------ configure_optimizers' raw dict
     @override
@@ -168,6 +169,7 @@ class NoLRDecayWarning(RecipeCallback):
             del self._findings[key]
         optimizers = list(trainer.optimizers)
         self._optimizer_index = {id(o): k for k, o in enumerate(optimizers)}
+        self._sole = optimizers[0] if len(optimizers) == 1 else None
         entries = track.scheduled_steps(list(trainer.lr_scheduler_configs), optimizers)
         self._tracker = track.ScheduleTracker(
             entries, [len(o.param_groups) for o in optimizers], start_step=int(trainer.global_step),
@@ -263,10 +265,16 @@ class NoLRDecayWarning(RecipeCallback):
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Optimizer
     ) -> None:
-        i = self._optimizer_index.get(id(optimizer), 0)
-        if i >= len(self._tracker.opt_steps):
-            return
-        lrs = [float(group["lr"]) for group in optimizer.param_groups]
+        groups = optimizer.param_groups
+        lrs = [float(groups[0]["lr"])] if len(groups) == 1 else [float(group["lr"]) for group in groups]
+        if optimizer is self._sole:  # the usual: one optimizer, mostly at the LRs of the step before
+            if self._tracker.alike(lrs):
+                return
+            i = 0
+        else:
+            i = self._optimizer_index.get(id(optimizer), 0)
+            if i >= len(self._tracker.opt_steps):
+                return
         _, offset, log = self._tracker.optimizer_step(i, lrs)
         if log:
             self.log_scalars(trainer, {f"lr_group_{offset + j}": lr for j, lr in enumerate(lrs)}, trainer.global_step)
