@@ -212,7 +212,7 @@ class NoLRDecayWarning(RecipeCallback):
         if not trainer.is_global_zero:
             return
         every = max(1, math.ceil(len(plan.steps) / track.CHART_POINTS))
-        series = {self._group_label(g, plan): plan.group_lrs(g)[::every].tolist() for g in range(len(plan.groups))}
+        series = {text.group_label(g, plan): plan.group_lrs(g)[::every].tolist() for g in range(len(plan.groups))}
         title = (
             f"NoLRDecayWarning: the planned LR of {plan.epochs} epochs; look for early decay or a fall to 0"
         )
@@ -222,11 +222,6 @@ class NoLRDecayWarning(RecipeCallback):
         names = [type(o).__name__ for o in optimizers]
         lines = text.schedule(plan, self._tracker.entries, names, trainer.estimated_stepping_batches)
         self.log_text(trainer, "schedule", lines, step=self._tracker.start_step)
-
-    @staticmethod
-    def _group_label(g: int, plan: core.PlannedSchedule) -> str:
-        opt_i, group_i = plan.groups[g]
-        return f"group {g}" if opt_i == 0 else f"group {g} (opt {opt_i}.{group_i})"
 
     def _judge(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, plan: core.PlannedSchedule,
@@ -267,14 +262,11 @@ class NoLRDecayWarning(RecipeCallback):
     ) -> None:
         groups = optimizer.param_groups
         lrs = [float(groups[0]["lr"])] if len(groups) == 1 else [float(group["lr"]) for group in groups]
-        if optimizer is self._sole:  # the usual: one optimizer, mostly at the LRs of the step before
-            if self._tracker.alike(lrs):
-                return
-            i = 0
-        else:
-            i = self._optimizer_index.get(id(optimizer), 0)
-            if i >= len(self._tracker.opt_steps):
-                return
+        if optimizer is self._sole and self._tracker.alike(lrs):
+            return  # the usual: one optimizer, mostly at the LRs of the step before
+        i = self._optimizer_index.get(id(optimizer), 0)
+        if i >= len(self._tracker.opt_steps):
+            return
         _, offset, log = self._tracker.optimizer_step(i, lrs)
         if log:
             self.log_scalars(trainer, {f"lr_group_{offset + j}": lr for j, lr in enumerate(lrs)}, trainer.global_step)
