@@ -427,9 +427,14 @@ class RecipeCallback(Callback):
             self._settle_costs()
 
     # Defined so that the hook wrapper runs after them for every check: it waits for the pictures
-    # still being drawn (every picture of the fit is written when it ends).
+    # still being drawn and writes the held scalars (all of the fit's are written when it ends, or
+    # fails: Lightning closes the loggers right after on_exception).
     @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        return None
+
+    @override
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         return None
 
     @override
