@@ -232,6 +232,12 @@ def actual_vs_planned(mismatch: tuple[int, int, Any] | None, differ: list[tuple[
                "per its configured 'interval' to match the preview."))
 
 
+def group_label(g: int, plan: PlannedSchedule) -> str:
+    """The chart's name of param group ``g`` (counted across optimizers)."""
+    opt_i, group_i = plan.groups[g]
+    return f"group {g}" if opt_i == 0 else f"group {g} (opt {opt_i}.{group_i})"
+
+
 def schedule(plan: PlannedSchedule, entries: list[ScheduledStep], optimizers: list[str], estimated: float) -> str:
     """The ``schedule`` text: the planned run and one line per scheduler (``optimizers``: their class names)."""
     lines = [f"Planned optimizer steps: {plan.simulated_steps} (estimated_stepping_batches: "

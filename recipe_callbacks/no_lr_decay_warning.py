@@ -134,6 +134,7 @@ class NoLRDecayWarning(RecipeCallback):
         self.plan: core.PlannedSchedule | None = None
         self._tracker = track.ScheduleTracker([], [])
         self._optimizer_index: dict[int, int] = {}
+        self._sole: Any = None  # the only optimizer of the fit (None with several)
 
     # ------------------------------------------------------------------ configure_optimizers' raw dict
     @override
@@ -168,6 +169,7 @@ class NoLRDecayWarning(RecipeCallback):
             del self._findings[key]
         optimizers = list(trainer.optimizers)
         self._optimizer_index = {id(o): k for k, o in enumerate(optimizers)}
+        self._sole = optimizers[0] if len(optimizers) == 1 else None
         entries = track.scheduled_steps(list(trainer.lr_scheduler_configs), optimizers)
         self._tracker = track.ScheduleTracker(
             entries, [len(o.param_groups) for o in optimizers], start_step=int(trainer.global_step),
@@ -210,7 +212,7 @@ class NoLRDecayWarning(RecipeCallback):
         if not trainer.is_global_zero:
             return
         every = max(1, math.ceil(len(plan.steps) / track.CHART_POINTS))
-        series = {self._group_label(g, plan): plan.group_lrs(g)[::every].tolist() for g in range(len(plan.groups))}
+        series = {text.group_label(g, plan): plan.group_lrs(g)[::every].tolist() for g in range(len(plan.groups))}
         title = (
             f"NoLRDecayWarning: the planned LR of {plan.epochs} epochs; look for early decay or a fall to 0"
         )
@@ -220,11 +222,6 @@ class NoLRDecayWarning(RecipeCallback):
         names = [type(o).__name__ for o in optimizers]
         lines = text.schedule(plan, self._tracker.entries, names, trainer.estimated_stepping_batches)
         self.log_text(trainer, "schedule", lines, step=self._tracker.start_step)
-
-    @staticmethod
-    def _group_label(g: int, plan: core.PlannedSchedule) -> str:
-        opt_i, group_i = plan.groups[g]
-        return f"group {g}" if opt_i == 0 else f"group {g} (opt {opt_i}.{group_i})"
 
     def _judge(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, plan: core.PlannedSchedule,
@@ -263,10 +260,13 @@ class NoLRDecayWarning(RecipeCallback):
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Optimizer
     ) -> None:
+        groups = optimizer.param_groups
+        lrs = [float(groups[0]["lr"])] if len(groups) == 1 else [float(group["lr"]) for group in groups]
+        if optimizer is self._sole and self._tracker.alike(lrs):
+            return  # the usual: one optimizer, mostly at the LRs of the step before
         i = self._optimizer_index.get(id(optimizer), 0)
         if i >= len(self._tracker.opt_steps):
             return
-        lrs = [float(group["lr"]) for group in optimizer.param_groups]
         _, offset, log = self._tracker.optimizer_step(i, lrs)
         if log:
             self.log_scalars(trainer, {f"lr_group_{offset + j}": lr for j, lr in enumerate(lrs)}, trainer.global_step)

@@ -11,6 +11,7 @@ from typing_extensions import override
 
 from recipe_callbacks.core import prediction_jitter as core
 from recipe_callbacks.core.pictures import image_grid, matrix_chart
+from recipe_callbacks.core.short_training import learning_rates
 from recipe_callbacks.core.skip import CheckSkipped
 from recipe_callbacks.core.task import TASKS, Task, aligned, logits_of
 from recipe_callbacks.plumbing.batch import BatchToXY, ForwardFn, ResolvedBatch, integer_inputs, resolve_batch
@@ -18,18 +19,12 @@ from recipe_callbacks.plumbing.callback_base import RecipeCallback
 from recipe_callbacks.plumbing.finding import OnFail
 from recipe_callbacks.plumbing.loaders import fixed_samples
 from recipe_callbacks.plumbing.observe import observing
-from recipe_callbacks.plumbing.validation import check_choice, check_float, check_int
+from recipe_callbacks.plumbing.validation import check_choice, check_float, check_indices, check_int
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
 
 _OWNER = "PredictionDynamicsLogger"
-#: A record's outputs (on the host) wait to be summarised and logged with the next ones, up to this
-#: many records: between training steps the code of one summary is cold (about 300 us on the
-#: bench's tiny model), in a run warm (about 60 us after the first). Only outputs of at most
-#: HELD_VALUES values wait (language-model logits are summarised at once).
-HELD_RECORDS = 8
-HELD_VALUES = 1 << 16
 
 
 class PredictionDynamicsLogger(RecipeCallback):
@@ -114,11 +109,7 @@ class PredictionDynamicsLogger(RecipeCallback):
         super().__init__(on_fail, input_key, target_key, batch_to_xy, forward_fn)
         self.num_samples = check_int(_OWNER, "num_samples", num_samples)
         self.every_n_steps = check_int(_OWNER, "every_n_steps", every_n_steps)
-        if indices is not None:
-            if not isinstance(indices, (list, tuple)) or not indices:
-                raise TypeError(f"{_OWNER}(indices={indices!r}): indices must be None or a non-empty list of ints")
-            indices = [check_int(_OWNER, "indices", i, minimum=0) for i in indices]
-        self.indices = indices
+        self.indices = check_indices(_OWNER, "indices", indices)
         self.source: Literal["val", "train"] = check_choice(_OWNER, "source", source, ("val", "train"))
         # one meaning of ``task`` across the callbacks (a preset hands the same value to all)
         self.task: str | None = check_choice(_OWNER, "task", task, (None, "auto", "classification", *TASKS))
@@ -176,7 +167,8 @@ class PredictionDynamicsLogger(RecipeCallback):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        step = trainer.global_step
+        counter = self._counter
+        step = counter.completed if counter is not None else trainer.global_step
         if self._disabled or step % self.every_n_steps or self._last_step == step:
             return
         self._record(trainer, pl_module)
@@ -190,17 +182,13 @@ class PredictionDynamicsLogger(RecipeCallback):
         self._log_pictures(trainer)
         self._judge(trainer)
 
-    # ----------------------------------------------------------------- the fixed samples
-    def _device_samples(self, pl_module: pl.LightningModule) -> tuple[torch.Tensor, torch.Tensor]:
-        assert self.sample_x is not None and self.sample_y is not None
-        if self._device_xy is None or self._device_xy[0].device != pl_module.device:
-            self._device_xy = (self.sample_x.to(pl_module.device), self.sample_y.to(pl_module.device))
-        return self._device_xy
-
     # ----------------------------------------------------------------- one record
     def _predict(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> tuple[torch.Tensor, torch.Tensor]:
         """The outputs on the fixed samples and the targets they are scored on (:func:`aligned`)."""
-        x, y = self._device_samples(pl_module)
+        assert self.sample_x is not None and self.sample_y is not None
+        if self._device_xy is None or self._device_xy[0].device != pl_module.device:  # the samples, once per device
+            self._device_xy = (self.sample_x.to(pl_module.device), self.sample_y.to(pl_module.device))
+        x, y = self._device_xy
         try:
             precision = trainer.precision_plugin  # e.g. float64 inputs under precision="64-true"
             if self._ready is None or self._ready[0] is not x:
@@ -231,22 +219,19 @@ class PredictionDynamicsLogger(RecipeCallback):
     def _record(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._disabled = True  # until this record is done: a CheckSkipped stops the watch
         predicted = self._predict(trainer, pl_module)
-        # One device-to-host transfer per record: the K fixed outputs (the targets once); the rest
-        # is K-sized CPU work.
-        output = predicted[0].detach().float().cpu()
+        output = predicted[0].detach().float().cpu()  # one copy to the host per record; the rest is K-sized CPU work
         if self._host_y is None:
-            self._host_y = predicted[1].detach().cpu()
-        y = self._host_y
+            self._host_y = predicted[1].detach().cpu()  # the targets once
         if self._task is None:
             try:
-                self._task = core.check_task(self.task, output, y)
+                self._task = core.check_task(self.task, output, self._host_y)
             except ValueError as err:
                 raise CheckSkipped(f"cannot compare the predictions with the targets: {err}", "task") from err
-            self._scale = core.target_scale(y) if self._task == "regression" else 1.0
+            self._scale = core.target_scale(self._host_y) if self._task == "regression" else 1.0
         self._disabled = False
         step = self._last_step = int(trainer.global_step)
         self._held.append((trainer, step, output))
-        if len(self._held) >= HELD_RECORDS or output.numel() > HELD_VALUES:
+        if len(self._held) >= core.HELD_RECORDS or output.numel() > core.HELD_VALUES:
             self._summarise()
         self._records_since_picture += 1
         if self._records_since_picture >= self.pictures_every_n_records:
@@ -261,33 +246,20 @@ class PredictionDynamicsLogger(RecipeCallback):
                               min_confidence=self.min_confidence, scale=self._scale)
             if self._nonfinite_step < 0 and not now.finite:
                 self._nonfinite_step = step
-            snap = self._previous = now.snapshot
-            jit, flips = (math.nan if v is None else v for v in (now.jitter, now.flip_rate))
-            self.history.add(step, snap.per_sample.float(), jit, flips, snap.loss)
+            self._previous = self.history.add_record(step, now)
             self.log_scalars(trainer, now.scalars(), step)
 
-    @property
-    def steps(self) -> list[int]:
-        """The global steps of the kept records (oldest first)."""
+    def _summarised(self) -> core.RecordHistory:
         self._summarise()
-        return self.history.steps
+        return self.history
 
-    @property
-    def jitters(self) -> list[float]:
-        """The jitter of each kept record (NaN for the first)."""
-        self._summarise()
-        return self.history.jitters
-
-    @property
-    def losses(self) -> list[float]:
-        """The fixed-batch loss of each kept record."""
-        self._summarise()
-        return self.history.losses
+    steps = property(lambda self: self._summarised().steps, doc="The global steps of the kept records (oldest first).")
+    jitters = property(lambda self: self._summarised().jitters, doc="The jitter of each kept record (NaN first).")
+    losses = property(lambda self: self._summarised().losses, doc="The fixed-batch loss of each kept record.")
 
     def heatmap_matrix(self) -> torch.Tensor:
         """``(K, R)``: one row per fixed sample, one column per kept record (oldest left)."""
-        self._summarise()
-        return self.history.heatmap_matrix()
+        return self._summarised().heatmap_matrix()
 
     def _log_pictures(self, trainer: pl.Trainer) -> None:
         self._summarise()
@@ -314,10 +286,8 @@ class PredictionDynamicsLogger(RecipeCallback):
         self.log_figure(trainer, "samples", image_grid, x.float(), captions=shown)
 
     def _learning_rate(self, trainer: pl.Trainer) -> float:
-        try:
-            return float(trainer.optimizers[0].param_groups[0]["lr"])
-        except (IndexError, KeyError, TypeError, ValueError):
-            return math.nan
+        rates = learning_rates(trainer.optimizers[0]) if trainer.optimizers else []
+        return rates[0] if rates else math.nan
 
     def _judge(self, trainer: pl.Trainer) -> None:
         self._summarise()
@@ -344,14 +314,7 @@ class PredictionDynamicsLogger(RecipeCallback):
                                f"(every_n_steps={self.every_n_steps}, {steps} steps); need 3", "every_n_steps")
         values = d.values(max_jitter=self.max_jitter, max_flip_rate=self.max_flip_rate,
                           records=len(self.history.steps), learning_rate=lr, classification=classification)
-        unit = "" if classification else " target std"
-        seen = f"after the first {self.warmup_fraction:.0%} of training, the predictions on {k} fixed samples " \
-               f"moved by {d.late_jitter:.3g}{unit} per record (median)"
-        if classification:
-            seen += (f" and {d.late_flip_rate:.1%} of them flipped class per record to or from a confident one "
-                     f"(limit {self.max_flip_rate:.1%})")
-        seen += f"; {d.undone_jitter:.3g}{unit} per record went back and forth (limit {self.max_jitter:.3g}), " \
-                f"{d.back_and_forth:.0%} of their movement undone"
+        seen = d.describe(k, self.warmup_fraction, self.max_jitter, self.max_flip_rate, classification)
         jumpy, high = d.jumpy, d.moving
         if jumpy:
             self.report(

@@ -17,7 +17,7 @@ from recipe_callbacks.plumbing import log_writer
 from recipe_callbacks.plumbing.callback_base import RecipeCallback
 from recipe_callbacks.plumbing.console_report import render_console
 from recipe_callbacks.plumbing.finding import Finding, details_markdown
-from recipe_callbacks.plumbing.hook_dispatch import switch_off, unused_hooks
+from recipe_callbacks.plumbing.hook_dispatch import step_counter, switch_off, unused_hooks
 from recipe_callbacks.plumbing.html_report import render_html
 from recipe_callbacks.plumbing.run_record import RunRecord
 from recipe_callbacks.plumbing.validation import check_bool
@@ -212,6 +212,7 @@ class RecipeReport(Callback):
         self.print_report = check_bool("RecipeReport", "print_report", print_report)
         self._early_printed = False
         self._early_due = False
+        self._rank_zero, self._counter = True, None  # set at fit start
         self._layout_tags: set[str] = set()
         self.last_markdown = ""
         self.run_record = RunRecord()
@@ -288,6 +289,7 @@ class RecipeReport(Callback):
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._early_printed = False
+        self._rank_zero, self._counter = trainer.is_global_zero, step_counter(trainer)  # read at every batch
         self.run_record.start(trainer)
         self._early_due = False
         self._printed_markdown = ""
@@ -297,8 +299,9 @@ class RecipeReport(Callback):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if trainer.is_global_zero:
-            self.run_record.record_batch(trainer, pl_module, outputs)
+        if self._rank_zero:
+            counter = self._counter
+            self.run_record.record_batch(trainer, pl_module, outputs, None if counter is None else counter.completed)
         self._maybe_print_early(trainer)
 
     @override

@@ -146,8 +146,9 @@ class UpdateRatioMonitor(RecipeCallback):
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        step = trainer.global_step
-        if self._resting and step < self._next_due and pl_module.automatic_optimization:
+        counter = self._counter
+        step = counter.completed if counter is not None else trainer.global_step
+        if self._resting and step < self._next_due:  # resting only under automatic optimization (below)
             return  # between samples: one comparison
         self._due = core.sampled_step(step, self.every_n_steps)
         self._manual = not pl_module.automatic_optimization

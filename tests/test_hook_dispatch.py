@@ -144,3 +144,56 @@ def test_the_monitors_are_called_between_their_samples_only_where_they_count(tmp
     assert lr.finding("actual_vs_planned").values["compared_steps"] == STEPS
     _, again = _fit(tmp_path / "again", [ratio], steps=3)  # a next fit samples its steps 0, 1, 2 afresh
     assert again[f"[Callback]{ratio.state_key}.on_before_optimizer_step"] == 3
+
+
+class StepReads(RecipeCallback):
+    """Compares the step counter the recipe callbacks read with ``trainer.global_step`` at every batch hook."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pairs: list[tuple[int, int]] = []
+
+    def _compare(self, trainer: Any) -> None:
+        assert self._counter is not None
+        self.pairs.append((self._counter.completed, trainer.global_step))
+
+    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        self._compare(trainer)
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self._compare(trainer)
+
+
+class ManualEveryOther(TinyClassifier):
+    """Manual optimization that steps the optimizer on every other batch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+
+    def training_step(self, batch: Any, batch_idx: int) -> Any:
+        loss = super().training_step(batch, batch_idx)
+        self.manual_backward(loss)
+        if batch_idx % 2:
+            self.optimizers().step()  # type: ignore[union-attr]
+            self.optimizers().zero_grad()  # type: ignore[union-attr]
+        return loss
+
+
+def test_the_step_counter_is_the_global_step_at_every_batch_also_manual_accumulated_and_resumed(
+    tmp_path: Path,
+) -> None:
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    for name, module, flags in (("auto", TinyClassifier(), {"accumulate_grad_batches": 3}),
+                                ("manual", ManualEveryOther(), {})):
+        reads, ckpt = StepReads(), ModelCheckpoint(dirpath=tmp_path / name, save_last=True)
+        trainer = fast_trainer(tmp_path / name, max_epochs=2, callbacks=[reads, ckpt], enable_checkpointing=True,
+                               **flags)
+        trainer.fit(module, loader(blobs(n=96)))
+        assert len(reads.pairs) == 24 and all(a == b for a, b in reads.pairs) and reads.pairs[-1][1] > 0
+        resumed = StepReads()
+        trainer = fast_trainer(tmp_path / name, max_epochs=3, callbacks=[resumed], enable_checkpointing=True, **flags)
+        trainer.fit(module, loader(blobs(n=96)), ckpt_path=str(tmp_path / name / "last.ckpt"))
+        assert len(resumed.pairs) == 12 and all(a == b for a, b in resumed.pairs)
+        assert resumed.pairs[0][0] == reads.pairs[-1][1]  # the restored count, read through the counter

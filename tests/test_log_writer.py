@@ -203,3 +203,20 @@ def test_held_scalar_events_wait_at_most_held_seconds(tmp_path: Path, monkeypatc
     assert len(cb.held) == 12 and max(cb.held) <= 2
     ea = read_events(tmp_path / "run")
     assert [e.step for e in ea.Scalars("recipe.every_batch/value")] == list(range(1, 13))
+
+
+class FailsAtBatch(TinyClassifier):
+    def training_step(self, batch: Any, batch_idx: int) -> Any:
+        if batch_idx == 5:
+            raise RuntimeError("the user's step failed")
+        return super().training_step(batch, batch_idx)
+
+
+def test_held_scalar_events_are_written_when_the_fit_fails(tmp_path: Path) -> None:
+    cb = EveryBatch()
+    trainer = fast_trainer(tmp_path, callbacks=[cb], max_steps=40)
+    with pytest.raises(RuntimeError, match="the user's step failed"):
+        trainer.fit(FailsAtBatch(), loader(blobs(n=1280), batch_size=32))
+    assert max(cb.held) >= 3 and not log_writer._HELD  # held during the fit, written at its failure
+    ea = read_events(tmp_path / "run")
+    assert [e.step for e in ea.Scalars("recipe.every_batch/value")] == [1, 2, 3, 4, 5]

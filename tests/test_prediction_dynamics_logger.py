@@ -350,11 +350,11 @@ def test_a_record_reads_the_forward_signature_once_per_fit_and_writes_one_tensor
 def test_records_summarised_a_few_at_a_time_keep_and_log_what_one_at_a_time_would(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from recipe_callbacks import prediction_dynamics_logger as module
+    from recipe_callbacks.core import prediction_jitter as module
 
     held: list[int] = []
-    summarise = module.PredictionDynamicsLogger._summarise
-    monkeypatch.setattr(module.PredictionDynamicsLogger, "_summarise",
+    summarise = PredictionDynamicsLogger._summarise
+    monkeypatch.setattr(PredictionDynamicsLogger, "_summarise",
                         lambda self: (held.append(len(self._held)), summarise(self))[1])
     runs = {}
     for records in (1, module.HELD_RECORDS):

@@ -141,6 +141,11 @@ def _portable(value: Any) -> Any:
     return value
 
 
+#: Set when a drawing finished (or the drawing process ended) since the training side last looked:
+#: the hooks look at this flag, not at every drawing on its way (a list: read without a call).
+FINISHED = [False]
+
+
 class Drawing:
     """One chart on its way: :meth:`done` says whether it is drawn, :meth:`result` waits for it."""
 
@@ -154,6 +159,7 @@ class Drawing:
         self.picture, self.error = picture, error
         self.args, self.kwargs = (), {}
         self._done.set()
+        FINISHED[0] = True
 
     def done(self) -> bool:
         return self._done.is_set()
@@ -271,6 +277,7 @@ class Drawer:
     def _end(self) -> None:
         self._ended = True
         self.inline = True
+        FINISHED[0] = True  # what it still had is drawn here, at the next look
 
     def stop(self) -> None:
         """End the drawing process (at exit); what it still had is drawn here when asked for."""

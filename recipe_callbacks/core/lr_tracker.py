@@ -263,12 +263,23 @@ class ScheduleTracker:
         """Optimizer ``index`` is about to step with ``lrs`` (one per param group): compare them
         with the preview and keep them for the chart. Returns the run's optimizer step, the number
         of the optimizer's first group across optimizers, and whether this step's LR is to be logged."""
+        if index == 0 and self.alike(lrs):
+            return self.start_step + self.opt_steps[0] - 1, 0, False
         self.stepped_this_batch = True
         n = self.opt_steps[index]
         self.opt_steps[index] = n + 1
-        if n < self._run_until and lrs == self._run:  # as the step before: counted when the stretch ends
-            return self.start_step + n, 0, False
         return self._step(index, n, lrs)
+
+    def alike(self, lrs: Sequence[float]) -> bool:
+        """The sole optimizer is about to step at the LRs of the step before, within a deferred stretch:
+        counted (compared and charted when the stretch ends; never a logged step) and ``True``; else
+        ``False`` and nothing done (:meth:`optimizer_step` takes it)."""
+        n = self.opt_steps[0]
+        if n < self._run_until and lrs == self._run:
+            self.opt_steps[0] = n + 1
+            self.stepped_this_batch = True
+            return True
+        return False
 
     def _step(self, index: int, n: int, lrs: Sequence[float]) -> tuple[int, int, bool]:
         """One step compared and charted on its own (the steps deferred before it counted first)."""

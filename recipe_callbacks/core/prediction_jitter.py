@@ -49,6 +49,13 @@ from recipe_callbacks.core.task import (
     require_task,
 )
 
+#: A record's outputs (on the host) wait to be summarised with the next ones, up to this many
+#: records: between training steps the code of one summary is cold (about 300 us on the bench's
+#: tiny model), in a run warm (about 60 us after the first). Only outputs of at most HELD_VALUES
+#: values wait (language-model logits are summarised at once).
+HELD_RECORDS = 8
+HELD_VALUES = 1 << 16
+
 
 @dataclass(frozen=True)
 class Snapshot:
@@ -415,6 +422,14 @@ class RecordHistory:
     flip_rates: list[float] = field(default_factory=list)
     losses: list[float] = field(default_factory=list)
 
+    def add_record(self, step: int, record: Record) -> Snapshot:
+        """Keep ``record`` of ``step`` (its snapshot's heat-map values, jitter, flip rate and loss); returns
+        its snapshot, the one the next record is compared with."""
+        snap = record.snapshot
+        jit, flips = (math.nan if v is None else v for v in (record.jitter, record.flip_rate))
+        self.add(step, snap.per_sample.float(), jit, flips, snap.loss)
+        return snap
+
     def add(self, step: int, per_sample: torch.Tensor, jitter: float, flips: float, loss: float) -> None:
         self.steps.append(step)
         self.per_sample.append(per_sample)
@@ -475,6 +490,18 @@ class Dynamics:
             out.update({"late_flip_rate": self.late_flip_rate, "max_flip_rate": max_flip_rate})
         out.update({"back_and_forth": self.back_and_forth, "undone_jitter": self.undone_jitter})
         return out
+
+    def describe(self, k: int, warmup_fraction: float, max_jitter: float, max_flip_rate: float,
+                 classification: bool) -> str:
+        """What the Finding says it saw on the ``k`` fixed samples after warm-up."""
+        unit = "" if classification else " target std"
+        seen = (f"after the first {warmup_fraction:.0%} of training, the predictions on {k} fixed samples moved by "
+                f"{self.late_jitter:.3g}{unit} per record (median)")
+        if classification:
+            seen += (f" and {self.late_flip_rate:.1%} of them flipped class per record to or from a confident one "
+                     f"(limit {max_flip_rate:.1%})")
+        return (seen + f"; {self.undone_jitter:.3g}{unit} per record went back and forth (limit {max_jitter:.3g}), "
+                f"{self.back_and_forth:.0%} of their movement undone")
 
 
 def judge_dynamics(

@@ -37,6 +37,7 @@ from recipe_callbacks.plumbing.finding import ON_FAIL_CHOICES, Finding, OnFail, 
 from recipe_callbacks.plumbing.hook_dispatch import (
     DISPATCHED,
     SKIPS_NON_CALLABLE,
+    step_counter,
     switch_off,
     switch_on,
     switched_off,
@@ -131,12 +132,16 @@ def _skipping(hook: Callable[..., Any], name: str) -> Callable[..., Any]:
             self.skip(trainer, err.reason, err.argument, key=err.key)
             return None
         finally:
-            if waits or log_writer.pending():  # pictures drawn meanwhile (and held scalars) written between hooks
+            # pictures drawn meanwhile and held scalars that are due are written between hooks (two
+            # flags read inline: this runs after every hook of every recipe callback)
+            if waits or _PICTURES_READY[0] or (_HELD_DUE[0] and time.monotonic() >= _HELD_DUE[0]):
                 log_writer.settle(wait=waits)
 
     wrapper._recipe_skipping = True  # type: ignore[attr-defined]
     return wrapper
 
+
+_PICTURES_READY, _HELD_DUE = log_writer.PICTURES_READY, log_writer.HELD_DUE
 
 #: The hooks after which the pictures still being drawn are waited for.
 _FIT_ENDS = frozenset({"on_fit_end", "teardown", "on_exception"})
@@ -211,6 +216,7 @@ class RecipeCallback(Callback):
         self.early_finished = not self.one_off
         self._pending_costs: list[tuple[str, str, float]] = []
         self._step_clock = StepClock()
+        self._counter: Any = None  # the global step's own counter (hook_dispatch.step_counter), set at fit start
         self._clock_done = False
         self._refresh_hooks()
 
@@ -421,9 +427,14 @@ class RecipeCallback(Callback):
             self._settle_costs()
 
     # Defined so that the hook wrapper runs after them for every check: it waits for the pictures
-    # still being drawn (every picture of the fit is written when it ends).
+    # still being drawn and writes the held scalars (all of the fit's are written when it ends, or
+    # fails: Lightning closes the loggers right after on_exception).
     @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        return None
+
+    @override
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         return None
 
     @override
@@ -514,6 +525,7 @@ class RecipeCallback(Callback):
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._counter = step_counter(trainer)
         self._resumed_run = None
         self._pending_costs = []
         self._step_clock.reset()

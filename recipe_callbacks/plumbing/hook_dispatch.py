@@ -108,3 +108,26 @@ def dispatched_step_hooks(callbacks: Iterable[Callback], hooks: Iterable[str]) -
     """How many of ``hooks`` Lightning would call on ``callbacks`` now (the callable ones)."""
     names = tuple(hooks)
     return sum(callable(getattr(cb, name, None)) for cb in callbacks for name in names)
+
+
+def step_counter(trainer: Any) -> Any:
+    """Lightning's own counter behind ``trainer.global_step``: an object whose ``completed`` is the
+    global step for the whole fit (the loops update it in place, also when they restore a checkpoint),
+    or ``None`` when it is not where Lightning 2 keeps it (read ``trainer.global_step`` then).
+
+    Between training steps ``trainer.global_step`` walks the fit loop, the strategy and the module to
+    the counter, about 1.8 µs; ``completed`` of the counter is about 0.4 µs. The hooks called on every
+    step read it there; take it at ``on_fit_start`` (the module's ``automatic_optimization`` picks it).
+    """
+    try:
+        loop = trainer.fit_loop.epoch_loop
+        module = trainer.lightning_module
+        if module is None or module.automatic_optimization:
+            counter = loop.automatic_optimization.optim_progress.optimizer.step.total
+        else:
+            counter = loop.manual_optimization.optim_step_progress.total
+        if isinstance(counter.completed, int) and counter.completed == trainer.global_step:
+            return counter
+    except (AttributeError, RuntimeError):
+        pass
+    return None

@@ -35,7 +35,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from matplotlib.figure import Figure
 
-from recipe_callbacks.core.drawing import Build, Drawer, Drawing, Picture, png_bytes
+from recipe_callbacks.core.drawing import FINISHED, Build, Drawer, Drawing, Picture, png_bytes
 from recipe_callbacks.core.pictures import bar_chart, figure_to_image
 from recipe_callbacks.plumbing.finding import RecipeWarning
 
@@ -47,6 +47,8 @@ _FAILED_WRITES: set[str] = set()
 _DRAWER: Drawer | None = None
 # the pictures on their way: (drawing, trainer, tag, step), in the order they were asked for
 _PENDING: list[tuple[Drawing, Any, str, int, frozenset[str] | None]] = []
+#: Set when a picture on its way is drawn: the hook wrapper (``callback_base``) settles then
+PICTURES_READY = FINISHED
 _LOGGER_MODULES = ("lightning.pytorch.loggers", "pytorch_lightning.loggers", "lightning.fabric.loggers",
                    "lightning_fabric.loggers")
 # the scalar tags written through each Trainer, for RecipeReport's Custom Scalars layout
@@ -270,29 +272,29 @@ def _tensorboard_scalars(logger: Any, metrics: dict[str, float], step: int) -> N
 HELD_EVENTS = 16
 HELD_SECONDS = 2.0
 _HELD: list[tuple[Any, str, dict[str, float], int]] = []  # (file writer, prefix, values, step)
-_held_due = 0.0  # when the oldest held event is due (0: none held)
+#: When the oldest held event is due, on ``time.monotonic()`` (0.0: none held); a list, so that the
+#: hook wrapper (``callback_base``) reads it without a call
+HELD_DUE = [0.0]
 
 
 def _hold_scalars(writer: Any, prefix: str, metrics: dict[str, float], step: int) -> None:
-    global _held_due
     now = time.monotonic()
     if not _HELD:
-        _held_due = now + HELD_SECONDS
+        HELD_DUE[0] = now + HELD_SECONDS
     _HELD.append((writer, prefix, metrics, step))
-    if len(_HELD) >= HELD_EVENTS or now >= _held_due:
+    if len(_HELD) >= HELD_EVENTS or now >= HELD_DUE[0]:
         write_held_scalars()
 
 
 def write_held_scalars() -> None:
     """Write the held scalar events (see ``HELD_EVENTS``), in the order they were logged."""
-    global _held_due
     if not _HELD:
         return
     from tensorboard.compat.proto.summary_pb2 import Summary
 
     held = list(_HELD)
     _HELD.clear()
-    _held_due = 0.0
+    HELD_DUE[0] = 0.0
     for writer, prefix, metrics, step in held:
         try:
             writer.add_summary(Summary(value=[Summary.Value(tag=prefix + t, simple_value=v)
@@ -404,8 +406,9 @@ def settle(wait: bool = False, timeout: float = 120.0) -> None:
     """Write the held scalars that are due and the pictures drawn so far, in the order they were
     asked for; with ``wait``, all held scalars and every picture, waited for (the end of a fit). A
     picture that could not be drawn is a warning, never an error of the fit."""
-    if wait or (_held_due > 0.0 and time.monotonic() >= _held_due):
+    if wait or (HELD_DUE[0] and time.monotonic() >= HELD_DUE[0]):
         write_held_scalars()
+    FINISHED[0] = False  # before looking: a drawing finished from now on sets it again
     if not _PENDING:
         return
     for lost in drawer().orphans():
@@ -425,7 +428,7 @@ def settle(wait: bool = False, timeout: float = 120.0) -> None:
 
 def pending() -> bool:
     """Whether pictures are still on their way or held scalars are due (a cheap check for every hook)."""
-    return bool(_PENDING) or (_held_due > 0.0 and time.monotonic() >= _held_due)
+    return bool(_PENDING) or bool(HELD_DUE[0] and time.monotonic() >= HELD_DUE[0])
 
 
 def _write_picture(

@@ -112,8 +112,11 @@ class RunRecord:
         self._cudnn_benchmark: bool | None = None
         self._settings: dict[str, Any] = {}
 
-    def record_batch(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any) -> None:
-        """Keep this batch's training loss (a detached tensor; no synchronisation)."""
+    def record_batch(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, global_step: int | None = None
+    ) -> None:
+        """Keep this batch's training loss (a detached tensor; no synchronisation); ``global_step`` is
+        ``trainer.global_step`` when the caller has it at hand."""
         if self._deterministic is None:
             # Read once the run is set up: SeedEverything / Trainer(deterministic=...) have acted by now.
             self._deterministic = torch.are_deterministic_algorithms_enabled()
@@ -123,7 +126,7 @@ class RunRecord:
             accumulate = trainer.accumulate_grad_batches
             self._scale = accumulate if pl_module.automatic_optimization and accumulate > 1 else 1
         self._seen += 1
-        step, self._step_at_start = self._step_at_start, trainer.global_step
+        step, self._step_at_start = self._step_at_start, trainer.global_step if global_step is None else global_step
         if self._kept >= self.max_losses:
             self._dropped += 1
             return

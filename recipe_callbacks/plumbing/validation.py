@@ -85,3 +85,21 @@ def check_optional_str(owner: str, name: str, value: Any) -> str | None:
     if value is not None and (not isinstance(value, str) or not value):
         raise _fail(owner, name, value, "None or a non-empty str", TypeError)
     return value
+
+
+def check_indices(owner: str, name: str, value: Any) -> list[int] | None:
+    """``None`` or a non-empty list (or tuple) of ints >= 0, as a list.
+
+    Example:
+        >>> check_indices("PredictionDynamicsLogger", "indices", (3, 1))
+        [3, 1]
+        >>> check_indices("PredictionDynamicsLogger", "indices", [])
+        Traceback (most recent call last):
+        ...
+        TypeError: PredictionDynamicsLogger(indices=[]): indices must be None or a non-empty list of ints
+    """
+    if value is None:
+        return None
+    if not isinstance(value, (list, tuple)) or not value:
+        raise _fail(owner, name, value, "None or a non-empty list of ints", TypeError)
+    return [check_int(owner, name, i, minimum=0) for i in value]

@@ -117,3 +117,41 @@ def test_a_fit_writes_every_picture_by_its_end_and_a_failed_one_is_a_warning(tmp
     picture = np.asarray(Image.open(io.BytesIO(images[0].encoded_image_string)).convert("RGB"))
     assert np.array_equal(picture, render(line_chart, ({"loss": [2.0, 1.0, 0.5]},), {"title": "curve"}).image)
     assert "recipe._draws/broken" not in events.Tags()["images"]
+
+
+class _Gated(RecipeCallback):
+    """Asks for a picture at the first batch that the drawing process draws only once a file exists
+    (created at batch 6), and notes at every batch whether it is still on its way."""
+
+    def __init__(self, gate: Path) -> None:
+        super().__init__()
+        self.gate = gate
+        self.on_its_way: list[bool] = []
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, i: int) -> None:
+        if i == 0:
+            self.log_figure(trainer, "gated", drawing_builders.after_file, str(self.gate), 5)
+        if i == 6:
+            self.gate.touch()
+            for _ in range(3000):
+                if log_writer.PICTURES_READY[0]:
+                    break
+                time.sleep(0.01)
+        self.on_its_way.append(log_writer.pending())
+
+
+def test_between_hooks_a_picture_on_its_way_is_looked_at_only_once_it_is_drawn(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settles: list[int] = []
+    settle = log_writer.settle
+    monkeypatch.setattr(log_writer, "settle", lambda wait=False, **kw: (settles.append(len(cb.on_its_way)),
+                                                                         settle(wait, **kw))[1])
+    cb = _Gated(tmp_path / "gate")
+    trainer = fast_trainer(tmp_path, callbacks=[cb], max_steps=10)
+    trainer.fit(TinyClassifier(), loader(blobs(320)))
+    assert cb.on_its_way[:6] == [True] * 6 and cb.on_its_way[8:] == [False, False]
+    during = [n for n in settles if 1 <= n <= 6]
+    assert during == [], settles  # nothing drawn yet: no hook looked
+    assert 7 in settles  # drawn: the hook of batch 6 wrote it
+    assert [i.step for i in read_events(trainer.logger.log_dir).Images("recipe._gated/gated")] == [0]  # type: ignore[union-attr]
