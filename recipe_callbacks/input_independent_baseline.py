@@ -74,11 +74,10 @@ class InputIndependentBaseline(FirstBatchCheck):
     uninterrupted runs to that horizon, and the zero-input run goes at most 8 steps beyond where
     the real run separates.
 
-    Where the curves are still undecided after the first round, a pairing test asks
-    the real run directly whether it learned from its inputs: the loss of its samples with each
-    input and its own target, and with the inputs reordered among the samples (23 other pairings;
-    the targets and everything else of the batch kept), before and after its training, all under
-    one random state. A model that learned nothing about which input goes with which target lowers
+    Where the curves are still undecided after the first round, a pairing test asks the real run
+    directly whether it learned from its inputs: the loss of its samples with each input and its
+    own target, and with the inputs reordered among the samples (23 other pairings; the targets and
+    everything else of the batch kept), before and after its training, all under one random state. A model that learned nothing about which input goes with which target lowers
     every pairing's loss alike, and its own pairing falls most by luck with chance 1/24; so when it
     falls more than every other (beyond round-off), the check passes there, within a 5% error. The
     curves cannot show this as early on a language model: its zero-input run learns the characters'
@@ -87,11 +86,10 @@ class InputIndependentBaseline(FirstBatchCheck):
     pairings (fewer than 4 samples, equal targets) go on with the rounds.
 
     ``pass`` when the curves separated or the pairing test passed; ``fail`` when they are the same,
-    or the real run ended without separating; ``warn``
-    when a loss is not finite or the real run's loss did not decrease at all (then the comparison
-    says nothing; ``OverfitOneBatch`` tells why the model does not learn). A batch whose only
-    target is the input itself (labels taken from ``input_ids`` inside ``training_step``) is a
-    ``skip``: zeroing the input would zero the target.
+    or the real run ended without separating; ``warn`` when a loss is not finite or the real run's
+    loss did not decrease at all (then the comparison says nothing; ``OverfitOneBatch`` tells why
+    the model does not learn). A batch whose only target is the input itself (labels taken from
+    ``input_ids`` inside ``training_step``) is a ``skip``: zeroing the input would zero the target.
 
     Cost (``values["cost_steps"]``): measured, the wall time of the whole check (both runs, every
     step once, the pairing test's 48 forward passes when taken, the figure and the report) over the
