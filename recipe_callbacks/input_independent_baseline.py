@@ -77,9 +77,10 @@ class InputIndependentBaseline(FirstBatchCheck):
     Where the curves are still undecided after the first round, a pairing test asks the real run
     directly whether it learned from its inputs: the loss of its samples with each input and its
     own target, and with the inputs reordered among the samples (23 other pairings; the targets and
-    everything else of the batch kept), before and after its training, all under one random state. A model that learned nothing about which input goes with which target lowers
-    every pairing's loss alike, and its own pairing falls most by luck with chance 1/24; so when it
-    falls more than every other (beyond round-off), the check passes there, within a 5% error. The
+    everything else of the batch kept), before and after its training, all under one random state.
+    A model that learned nothing about which input goes with which target lowers every pairing's
+    loss alike, and its own pairing falls most by luck with chance 1/24; so when it falls more than
+    every other (beyond round-off), the check passes there, within a 5% error. The
     curves cannot show this as early on a language model: its zero-input run learns the characters'
     frequencies faster than the real one (its input is the same at every step), so the real curve
     starts out behind and gets below it only after tens of steps. Samples with fewer distinct

@@ -52,7 +52,12 @@ _PACKAGE_DIR = Path(__file__).resolve().parents[1]
 # The drawing process imports the core without the package's __init__ (which imports Lightning):
 # ``recipe_callbacks`` is registered as a bare package over its directory first.
 _BOOTSTRAP = (
-    "import sys, types\n"
+    "import os, sys, types\n"
+    "if hasattr(os, 'nice'):\n"  # below training: on a busy machine the pictures wait, not the steps
+    "    try:\n"
+    "        os.nice(10)\n"
+    "    except OSError:\n"
+    "        pass\n"
     "package = types.ModuleType('recipe_callbacks')\n"
     "package.__path__ = [sys.argv[1]]\n"
     "sys.modules['recipe_callbacks'] = package\n"

@@ -5,6 +5,7 @@ here or a warning, never an error of the fit."""
 from __future__ import annotations
 
 import io
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -155,3 +156,11 @@ def test_between_hooks_a_picture_on_its_way_is_looked_at_only_once_it_is_drawn(
     assert during == [], settles  # nothing drawn yet: no hook looked
     assert 7 in settles  # drawn: the hook of batch 6 wrote it
     assert [i.step for i in read_events(trainer.logger.log_dir).Images("recipe._gated/gated")] == [0]  # type: ignore[union-attr]
+
+
+@pytest.mark.skipif(not hasattr(os, "getpriority"), reason="process priorities are a POSIX notion")
+def test_the_drawing_process_runs_below_training(drawer: Drawer) -> None:
+    assert drawer.submit(drawing_builders.flat, (2, 2, 3)).result(60) is not None
+    assert drawer._process is not None
+    mine = os.getpriority(os.PRIO_PROCESS, 0)
+    assert os.getpriority(os.PRIO_PROCESS, drawer._process.pid) == min(mine + 10, 19)
