@@ -22,7 +22,7 @@ from recipe_callbacks.core.baseline_curves import (
 from recipe_callbacks.core.cost import FORWARD_PASS_STEPS
 from recipe_callbacks.core.loss_curves import plateau_stop
 from recipe_callbacks.core.pictures import line_chart
-from recipe_callbacks.core.short_training import other_pairings, take_samples
+from recipe_callbacks.core.short_training import distinct_targets, other_pairings, take_samples
 from recipe_callbacks.core.skip import CheckSkipped
 from recipe_callbacks.plumbing.batch import BatchToXY, ResolvedBatch
 from recipe_callbacks.plumbing.callback_base import FirstBatchCheck
@@ -50,12 +50,13 @@ class InputIndependentBaseline(FirstBatchCheck):
     the network, or a data pipeline that feeds zeros or constants.
 
     Both runs train the user's own module in place from its weights at the start of fit on the
-    first ``num_samples`` samples of the first training batch (the batch ``training_step``
-    receives, so no data loader is read twice), with the user's own optimizer class and settings
-    (the first optimizer, at its base learning rate, without scheduler) and loss
+    first ``num_samples`` samples of the first training batch (of different targets where the first
+    ones repeat a target and the batch has others, for the pairing test below; the batch
+    ``training_step`` receives, so no data loader is read twice), with the user's own optimizer
+    class and settings (the first optimizer, at its base learning rate, without scheduler) and loss
     (``training_step``), in train mode and under an isolated RNG seeded the same for both; the
-    module is put back bit for bit after each (see ``recipe_callbacks.plumbing.copy_training``), so the real
-    run, its optimizer, the logged metrics and the RNG are untouched. It does not run again on a
+    module is put back bit for bit after each (see ``recipe_callbacks.plumbing.copy_training``), so
+    the real run, its optimizer, the logged metrics and the RNG are untouched. It does not run again on a
     run resumed from a checkpoint.
 
     Judged by evidence, not by a fixed step count: the zero-input run goes first and trains until
@@ -197,9 +198,10 @@ class InputIndependentBaseline(FirstBatchCheck):
         """Train both runs, in rounds of growing horizon (see the class docstring); plain data, the
         same on every rank after the broadcast (a skip travels in it too)."""
         assert resolved.with_input is not None
-        real_batch = take_samples(batch, n, size)
-        zero_batch = take_samples(resolved.with_input(torch.zeros_like(resolved.x)), n, size)
-        x = take_samples(resolved.x, n, size)
+        chosen = distinct_targets(resolved.y, n) if resolved.y is not None else None
+        real_batch = take_samples(batch, n, size, chosen)
+        zero_batch = take_samples(resolved.with_input(torch.zeros_like(resolved.x)), n, size, chosen)
+        x = take_samples(resolved.x, n, size, chosen)
         constant = float(x.reshape(-1)[0]) if x.numel() > 0 and bool(torch.all(x == x.reshape(-1)[0])) else None
         spent = 0.0
         try:

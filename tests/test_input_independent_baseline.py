@@ -348,3 +348,20 @@ def test_a_pipeline_feeding_a_constant_is_caught_and_no_pairing_passes_it(tmp_pa
     # every reordering of the inputs is the same batch: no pairing falls more than another
     assert values["pairings"] == 23 and values["paired"] == 0 and values["pairing_gap"] == 0
     assert "every input value of the first batch is 1" in finding.advice
+
+
+def test_first_samples_of_one_class_are_replaced_by_the_first_of_each_class_for_the_pairing_test(
+    tmp_path: Path,
+) -> None:
+    data = blobs(64)
+    order = [0, 4, 8, 1, 5, 2, 6, 3, *range(9, 64)]  # classes 0 0 0 1 1 2 2 3 ... (blobs cycle 0-3)
+    x, y = data.tensors
+    assert y[order][:8].tolist() == [0, 0, 0, 1, 1, 2, 2, 3]
+    reordered = TensorDataset(x[order], y[order])
+    finding = _fit(CountedFaintInput(), tmp_path, data=loader(reordered, batch_size=32)).findings[0]
+    values = finding.values
+    assert finding.status == "pass", finding.message()
+    # samples 0, 3, 5, 7 of the batch (one of each class): 23 other pairings, decided in one round;
+    # the first four (three of class 0) would give 3 and the rounds would go on
+    assert values["pairings"] == 23 and values["paired"] == 1
+    assert values["zero_steps"] == values["steps"] == FIRST_HORIZON

@@ -568,9 +568,10 @@ def other_pairings(targets: torch.Tensor, limit: int = 23, seed: int = 0) -> lis
     return found
 
 
-def take_samples(batch: Any, n: int, batch_size: int) -> Any:
-    """The first ``n`` samples of a batch: every tensor whose first dimension is ``batch_size`` is
-    cut to ``n``; everything else is kept as it is (tuples, lists and dicts are rebuilt).
+def take_samples(batch: Any, n: int, batch_size: int, indices: Sequence[int] | None = None) -> Any:
+    """The first ``n`` samples of a batch (the samples at ``indices``, when given): every tensor whose
+    first dimension is ``batch_size`` is cut to them; everything else is kept as it is (tuples, lists
+    and dicts are rebuilt).
 
     Example:
         >>> x, y = take_samples((torch.zeros(8, 3), torch.arange(8)), 2, 8)
@@ -578,13 +579,43 @@ def take_samples(batch: Any, n: int, batch_size: int) -> Any:
         ((2, 3), [0, 1])
         >>> take_samples({"x": torch.zeros(8, 3), "scale": torch.ones(3)}, 2, 8)["scale"].shape
         torch.Size([3])
+        >>> take_samples(torch.arange(8), 2, 8, indices=[1, 5]).tolist()
+        [1, 5]
     """
     if isinstance(batch, torch.Tensor):
-        return batch[:n] if batch.ndim > 0 and batch.shape[0] == batch_size else batch
+        if batch.ndim == 0 or batch.shape[0] != batch_size:
+            return batch
+        return batch[:n] if indices is None else batch[torch.tensor(list(indices), device=batch.device)]
     if isinstance(batch, Mapping):
-        return type(batch)({k: take_samples(v, n, batch_size) for k, v in batch.items()})  # type: ignore[call-arg]
+        return type(batch)({k: take_samples(v, n, batch_size, indices)  # type: ignore[call-arg]
+                            for k, v in batch.items()})
     if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # a namedtuple
-        return type(batch)(*(take_samples(v, n, batch_size) for v in batch))
+        return type(batch)(*(take_samples(v, n, batch_size, indices) for v in batch))
     if isinstance(batch, (list, tuple)):
-        return type(batch)(take_samples(v, n, batch_size) for v in batch)
+        return type(batch)(take_samples(v, n, batch_size, indices) for v in batch)
     return batch
+
+
+def distinct_targets(targets: torch.Tensor, n: int) -> list[int] | None:
+    """The first sample of each of the batch's first ``n`` different targets, when the first ``n``
+    samples repeat a target but the batch holds ``n`` different ones (``None`` otherwise: the first
+    ``n`` samples are as varied as the batch allows, or the targets are not one per sample).
+
+    Example:
+        >>> distinct_targets(torch.tensor([3, 3, 1, 3, 0, 2, 1]), 4)
+        [0, 2, 4, 5]
+        >>> distinct_targets(torch.tensor([3, 1, 0, 2, 1]), 4) is None  # already different
+        True
+        >>> distinct_targets(torch.tensor([0, 1, 1, 0, 1]), 4) is None  # two classes: as varied as it gets
+        True
+    """
+    if targets.ndim == 0 or targets.shape[0] <= n:
+        return None
+    rows = targets.detach().reshape(targets.shape[0], -1).cpu()  # one copy; the comparisons on the host
+    picked: list[int] = []
+    for i in range(rows.shape[0]):
+        if not any(torch.equal(rows[i], rows[j]) for j in picked):
+            picked.append(i)
+            if len(picked) == n:
+                break
+    return picked if len(picked) == n and picked != list(range(n)) else None
