@@ -277,6 +277,11 @@ _HELD: list[tuple[Any, str, dict[str, float], int]] = []  # (file writer, prefix
 HELD_DUE = [0.0]
 
 
+def _held_due() -> bool:
+    """Whether the oldest held event is due (the hook wrapper reads ``HELD_DUE`` the same way, inline)."""
+    return bool(HELD_DUE[0]) and time.monotonic() >= HELD_DUE[0]
+
+
 def _hold_scalars(writer: Any, prefix: str, metrics: dict[str, float], step: int) -> None:
     now = time.monotonic()
     if not _HELD:
@@ -406,7 +411,7 @@ def settle(wait: bool = False, timeout: float = 120.0) -> None:
     """Write the held scalars that are due and the pictures drawn so far, in the order they were
     asked for; with ``wait``, all held scalars and every picture, waited for (the end of a fit). A
     picture that could not be drawn is a warning, never an error of the fit."""
-    if wait or (HELD_DUE[0] and time.monotonic() >= HELD_DUE[0]):
+    if wait or _held_due():
         write_held_scalars()
     FINISHED[0] = False  # before looking: a drawing finished from now on sets it again
     if not _PENDING:
@@ -428,7 +433,7 @@ def settle(wait: bool = False, timeout: float = 120.0) -> None:
 
 def pending() -> bool:
     """Whether pictures are still on their way or held scalars are due (a cheap check for every hook)."""
-    return bool(_PENDING) or bool(HELD_DUE[0] and time.monotonic() >= HELD_DUE[0])
+    return bool(_PENDING) or _held_due()
 
 
 def _write_picture(
